@@ -1,0 +1,16 @@
+"""The SFU worker's control application (private port)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from vilokanam.backends import attach_backends
+from vilokanam.config import Settings
+from vilokanam.health import add_health_routes
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application()
+    attach_backends(app, settings)
+    add_health_routes(app, role="sfu")
+    return app

@@ -1,0 +1,3 @@
+from vilokanam.cli import main
+
+raise SystemExit(main())

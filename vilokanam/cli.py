@@ -1,0 +1,164 @@
+"""The `vilokanam` command: `dev`, `migrate`, `signaling`, `sfu`, `billing`.
+
+Every flag has an environment variable of the same meaning (the README's
+configuration table); a flag wins over the environment. Known failures — an
+unreachable store, a port in use, an edited migration, a bad setting — end in
+one clear line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from vilokanam.backends import BackendUnreachable
+from vilokanam.config import ConfigError, Settings
+from vilokanam.logs import configure_logging, register_secret
+from vilokanam.migrations import MigrationError
+from vilokanam.services.net import PortInUseError
+from vilokanam.services.process import ServiceStartError
+
+# Exit codes: 2 usage / configuration (argparse's own), 3 a dependency failed.
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+_KNOWN_FAILURES: tuple[type[BaseException], ...] = (
+    BackendUnreachable, PortInUseError, MigrationError, ServiceStartError)
+
+
+def _store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="Postgres URL (DATABASE_URL)")
+    parser.add_argument("--redis-url", help="Redis URL (REDIS_URL)")
+
+
+def _logging_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=["text", "json"],
+                        help="log line format (VILOKANAM_LOG_FORMAT)")
+    parser.add_argument("--log-level", help="log level (VILOKANAM_LOG_LEVEL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vilokanam", description="Vilokanam-view: pay-per-second live streaming.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = sub.add_parser("dev", help="run the whole platform locally (Postgres, Redis, "
+                                     "chain, signaling, one SFU worker, billing)")
+    dev.add_argument("--data-dir", help="where dev data lives (VILOKANAM_DATA_DIR)")
+    dev.add_argument("--http-port", type=int, help="signaling port (VILOKANAM_HTTP_PORT)")
+    dev.add_argument("--substrate-url", help="use this chain instead of starting one "
+                                             "(SUBSTRATE_URL)")
+    _store_flags(dev)
+    _logging_flags(dev)
+
+    migrate = sub.add_parser("migrate", help="apply pending schema migrations")
+    migrate.add_argument("--database-url", help="Postgres URL (DATABASE_URL)")
+    _logging_flags(migrate)
+
+    signaling = sub.add_parser("signaling", help="run the signaling server")
+    signaling.add_argument("--http-host", help="bind address (VILOKANAM_HTTP_HOST)")
+    signaling.add_argument("--http-port", type=int, help="port (VILOKANAM_HTTP_PORT)")
+    signaling.add_argument("--public-url", help="public base URL (VILOKANAM_PUBLIC_URL)")
+    _store_flags(signaling)
+    _logging_flags(signaling)
+
+    sfu = sub.add_parser("sfu", help="run one SFU worker")
+    sfu.add_argument("--sfu-host", help="control bind address (VILOKANAM_SFU_HOST)")
+    sfu.add_argument("--sfu-port", type=int, help="control port (VILOKANAM_SFU_PORT)")
+    _store_flags(sfu)
+    _logging_flags(sfu)
+
+    billing = sub.add_parser("billing", help="run the billing worker")
+    billing.add_argument("--billing-port", type=int, help="port (VILOKANAM_BILLING_PORT)")
+    billing.add_argument("--substrate-url", help="chain RPC URL (SUBSTRATE_URL)")
+    _store_flags(billing)
+    _logging_flags(billing)
+    return parser
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    settings = Settings.from_env(**overrides)
+    register_secret(settings.escrow_uri)
+    return settings
+
+
+def _run_migrate(settings: Settings) -> int:
+
+    if not settings.database_url:
+        raise ConfigError("DATABASE_URL is not set (or pass --database-url)")
+    applied = asyncio.run(_migrate_or_unreachable(settings.database_url))
+    print("applied: " + ", ".join(applied) if applied else "nothing to apply: schema is current")
+    return 0
+
+
+async def _migrate_or_unreachable(url: str) -> list[str]:
+    from vilokanam.backends import connect_postgres
+    from vilokanam.migrations import migrate
+
+    pool = await connect_postgres(url, max_size=1)  # a clear error when unreachable
+    await pool.close()
+    return await migrate(url)
+
+
+def _run_signaling(settings: Settings) -> int:
+    from signaling.app import create_app
+    from vilokanam.serve import run_role
+
+    run_role(create_app(settings), "signaling", settings.http_host, settings.http_port,
+             "VILOKANAM_HTTP_PORT")
+    return 0
+
+
+def _run_sfu(settings: Settings) -> int:
+    from sfu.app import create_app
+    from vilokanam.serve import run_role
+
+    run_role(create_app(settings), "sfu", settings.sfu_host, settings.sfu_port,
+             "VILOKANAM_SFU_PORT")
+    return 0
+
+
+def _run_billing(settings: Settings) -> int:
+    from billing.app import create_app
+    from vilokanam.serve import run_role
+
+    run_role(create_app(settings), "billing", "127.0.0.1", settings.billing_port,
+             "VILOKANAM_BILLING_PORT")
+    return 0
+
+
+def _run_dev(settings: Settings) -> int:
+    from vilokanam.dev import run_dev
+
+    return run_dev(settings)
+
+
+_COMMANDS: dict[str, Callable[[Settings], int]] = {
+    "dev": _run_dev,
+    "migrate": _run_migrate,
+    "signaling": _run_signaling,
+    "sfu": _run_sfu,
+    "billing": _run_billing,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings_from(args)
+    except ConfigError as exc:
+        print(f"vilokanam {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        return _COMMANDS[args.command](settings)
+    except ConfigError as exc:
+        print(f"vilokanam {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except _KNOWN_FAILURES as exc:
+        print(f"vilokanam {args.command}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,214 @@
+"""Configuration: every setting comes from the environment (and, where it makes
+sense, a command-line flag of the same name).
+
+`SETTINGS` is the single list of what can be configured; the README's
+configuration table and docker-compose.yml are checked against it by the tests,
+so adding a setting here without documenting it fails CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str | None
+    help: str
+    secret: bool = False
+
+
+def _setting(env: str, default: str | None, help: str, *, secret: bool = False) -> Any:
+    return field(default=None, metadata={"setting": Setting(env, default, help, secret)})
+
+
+def _parse_port(name: str, raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a port number, got {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{name} must be between 0 and 65535, got {port}")
+    return port
+
+
+def _parse_decimal(name: str, raw: str) -> Decimal:
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ConfigError(f"{name} must be a decimal number, got {raw!r}") from None
+    if not value.is_finite():
+        raise ConfigError(f"{name} must be finite, got {raw!r}")
+    return value
+
+
+def _parse_ice_servers(name: str, raw: str) -> list[dict[str, Any]]:
+    """Either a JSON list of RTCIceServer dicts or a comma-separated list of URLs."""
+    raw = raw.strip()
+    if not raw:
+        return []
+    if raw.startswith("["):
+        try:
+            servers = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{name} is not valid JSON: {exc.msg}") from None
+        if not all(isinstance(s, dict) and "urls" in s for s in servers):
+            raise ConfigError(f"{name}: every entry needs a 'urls' field")
+        return list(servers)
+    return [{"urls": url.strip()} for url in raw.split(",") if url.strip()]
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = _setting(
+        "DATABASE_URL", None,
+        "Postgres URL. Unset under `vilokanam dev`: it starts its own Postgres.")
+    redis_url: str | None = _setting(
+        "REDIS_URL", None,
+        "Redis URL. Unset under `vilokanam dev`: it starts its own Redis.")
+    substrate_url: str | None = _setting(
+        "SUBSTRATE_URL", None,
+        "WebSocket RPC URL of the Substrate chain. Unset under `vilokanam dev`: "
+        "it starts the local chopsticks chain (needs Node).")
+    http_host: str = _setting(
+        "VILOKANAM_HTTP_HOST", "127.0.0.1", "Address the signaling server binds.")
+    http_port: int = _setting(
+        "VILOKANAM_HTTP_PORT", "8080", "Port of the signaling server.")
+    public_url: str | None = _setting(
+        "VILOKANAM_PUBLIC_URL", None,
+        "Base URL clients reach signaling at; absolute WHIP/WHEP/watch URLs are built "
+        "from it. Default `http://<host>:<port>`.")
+    sfu_host: str = _setting(
+        "VILOKANAM_SFU_HOST", "127.0.0.1",
+        "Address an SFU worker binds its private control port to.")
+    sfu_port: int = _setting(
+        "VILOKANAM_SFU_PORT", "8090",
+        "Private control (and /healthz, /metrics) port of an SFU worker.")
+    billing_port: int = _setting(
+        "VILOKANAM_BILLING_PORT", "8070",
+        "Port of the billing worker's /healthz, /readyz and /metrics.")
+    data_dir: Path = _setting(
+        "VILOKANAM_DATA_DIR", "./.vilokanam",
+        "Where `vilokanam dev` keeps Postgres, Redis and chain data (survives restarts).")
+    dev_postgres_port: int = _setting(
+        "VILOKANAM_DEV_POSTGRES_PORT", "54329", "Port of the Postgres that `vilokanam dev` starts.")
+    dev_redis_port: int = _setting(
+        "VILOKANAM_DEV_REDIS_PORT", "63799", "Port of the Redis that `vilokanam dev` starts.")
+    dev_chain_port: int = _setting(
+        "VILOKANAM_DEV_CHAIN_PORT", "8000", "RPC port of the chain that `vilokanam dev` starts.")
+    ice_servers: list[dict[str, Any]] = _setting(
+        "VILOKANAM_ICE_SERVERS", "",
+        "ICE servers for every peer connection: comma-separated URLs or a JSON list of "
+        "RTCIceServer objects. Empty by default: nothing contacts a public STUN host.")
+    ss58_prefix: int = _setting(
+        "VILOKANAM_SS58_PREFIX", "42", "SS58 prefix in which account ids are stored.")
+    price_default: Decimal = _setting(
+        "VILOKANAM_PRICE_DEFAULT", "0.001", "Default price per second of a stream, in tokens.")
+    platform_fee: Decimal = _setting(
+        "VILOKANAM_PLATFORM_FEE", "0.1", "Platform's share of each tick, a fraction (0.1 = 10%).")
+    escrow_uri: str | None = _setting(
+        "VILOKANAM_ESCROW_URI", None,
+        "Secret URI (e.g. a mnemonic or `//Escrow`) of the platform's escrow account. "
+        "Never logged. `vilokanam dev` uses the dev URI `//VilokanamEscrow`.", secret=True)
+    log_format: str = _setting(
+        "VILOKANAM_LOG_FORMAT", "text", "`text` (key=value) or `json`: one line per event.")
+    log_level: str = _setting("VILOKANAM_LOG_LEVEL", "INFO", "Log level.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every setting from `env` (default: os.environ); `overrides`
+        (e.g. CLI flags) win over the environment when not None."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            spec: Setting = f.metadata["setting"]
+            override = overrides.get(f.name)
+            raw = str(override) if override is not None else env.get(spec.env, spec.default)
+            values[f.name] = _PARSERS.get(f.name, _keep)(spec.env, raw)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.price_default <= 0:
+            raise ConfigError("VILOKANAM_PRICE_DEFAULT must be greater than zero")
+        if not Decimal(0) <= self.platform_fee < Decimal(1):
+            raise ConfigError("VILOKANAM_PLATFORM_FEE must be a fraction in [0, 1)")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("VILOKANAM_LOG_FORMAT must be 'text' or 'json'")
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.http_host}:{self.http_port}"
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            spec: Setting = f.metadata["setting"]
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            env[spec.env] = json.dumps(value) if isinstance(value, list) else str(value)
+        return env
+
+
+def _keep(_name: str, raw: str | None) -> str | None:
+    return raw
+
+
+def _optional(parse: Callable[[str, str], Any]) -> Callable[[str, str | None], Any]:
+    def parse_optional(name: str, raw: str | None) -> Any:
+        return None if raw is None else parse(name, raw)
+
+    return parse_optional
+
+
+def _parse_int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+_PARSERS: dict[str, Callable[[str, str | None], Any]] = {
+    "http_port": _optional(_parse_port),
+    "sfu_port": _optional(_parse_port),
+    "billing_port": _optional(_parse_port),
+    "dev_postgres_port": _optional(_parse_port),
+    "dev_redis_port": _optional(_parse_port),
+    "dev_chain_port": _optional(_parse_port),
+    "data_dir": _optional(lambda _n, raw: Path(raw)),
+    "ice_servers": _optional(_parse_ice_servers),
+    "ss58_prefix": _optional(_parse_int),
+    "price_default": _optional(_parse_decimal),
+    "platform_fee": _optional(_parse_decimal),
+}
+
+
+def all_settings() -> list[Setting]:
+    return [f.metadata["setting"] for f in fields(Settings)]
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a log line or an error message: the password is hidden."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
