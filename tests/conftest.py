@@ -1,0 +1,135 @@
+"""The test harness: real Postgres, Redis and chopsticks processes, started once
+per test session on free ports (or Postgres/Redis given by TEST_DATABASE_URL /
+TEST_REDIS_URL), a clean database and keyspace for every test, and handles to
+kill -9 and restart each server for fault tests. Nothing here is a mock."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from vilokanam.config import Settings
+from vilokanam.migrations import migrate
+from vilokanam.services.net import free_port
+from vilokanam.services.postgres import PostgresServer
+from vilokanam.services.redis import RedisServer
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(available: bool, what: str) -> None:
+    """Skip when a developer machine lacks `what`; in CI a missing part is a
+    failure, so a browser or chain test can never pass by skipping there."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is missing in CI: .ci/run must install it")
+    pytest.skip(f"{what} is not installed on this machine; CI runs this test")
+
+
+@dataclass
+class Stores:
+    """The session's Postgres and Redis. `postgres`/`redis` are None when the
+    URL came from TEST_DATABASE_URL / TEST_REDIS_URL (not ours to kill)."""
+
+    database_url: str
+    redis_url: str
+    postgres: PostgresServer | None
+    redis: RedisServer | None
+
+    def owned_postgres(self) -> PostgresServer:
+        require(self.postgres is not None, "a Postgres the harness owns (TEST_DATABASE_URL is set)")
+        assert self.postgres is not None
+        return self.postgres
+
+    def owned_redis(self) -> RedisServer:
+        require(self.redis is not None, "a Redis the harness owns (TEST_REDIS_URL is set)")
+        assert self.redis is not None
+        return self.redis
+
+    def ensure_running(self) -> None:
+        """A fault test may have killed a server: bring it back for the next."""
+        for server in (self.postgres, self.redis):
+            if server is not None and not server.process.running:
+                server.start()
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
+    root = tmp_path_factory.mktemp("stores")
+    postgres = redis_server = None
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if not database_url:
+        postgres = PostgresServer(root / "postgres", free_port(), fast=True)
+        postgres.start()
+        database_url = postgres.url
+    if not redis_url:
+        redis_server = RedisServer(root / "redis", free_port())
+        redis_server.start()
+        redis_url = redis_server.url
+    asyncio.run(migrate(database_url))
+    yield Stores(database_url, redis_url, postgres, redis_server)
+    for server in (redis_server, postgres):
+        if server is not None:
+            server.stop()
+
+
+async def _empty_all_tables(conn: asyncpg.Connection) -> None:
+    tables = await conn.fetch(
+        "SELECT quote_ident(tablename) AS t FROM pg_tables "
+        "WHERE schemaname = 'public' AND tablename <> 'schema_migrations'")
+    if tables:
+        await conn.execute(
+            f"TRUNCATE {', '.join(r['t'] for r in tables)} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture
+async def db(stores: Stores) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the migrated test database, every table emptied."""
+    stores.ensure_running()
+    conn = await asyncpg.connect(stores.database_url)
+    try:
+        await _empty_all_tables(conn)
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
+    """A client on an empty Redis keyspace."""
+    stores.ensure_running()
+    client = aioredis.Redis.from_url(stores.redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def settings(stores: Stores, tmp_path: Path) -> Settings:
+    """Settings for role processes under test: the session's stores, free ports."""
+    return Settings.from_env(
+        {},
+        database_url=stores.database_url,
+        redis_url=stores.redis_url,
+        http_port=free_port(),
+        sfu_port=free_port(),
+        billing_port=free_port(),
+        data_dir=tmp_path / "data",
+    )
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
