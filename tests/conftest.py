@@ -18,11 +18,17 @@ import redis.asyncio as aioredis
 
 from vilokanam.config import Settings
 from vilokanam.migrations import migrate
+from vilokanam.services.chain import ChainNode, dev_accounts, node_available
 from vilokanam.services.net import free_port
 from vilokanam.services.postgres import PostgresServer
 from vilokanam.services.redis import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
+# The test chain's funding: Alice's is above 2^53, so it must survive
+# chopsticks' JavaScript config parsing exactly; the escrow's is odd on purpose.
+ALICE_FUNDS = 1_000_000 * 10**12
+ESCROW_FUNDS = 123_456_789_012_345_678
+ESCROW_URI = "//VilokanamEscrow"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -129,6 +135,30 @@ def settings(stores: Stores, tmp_path: Path) -> Settings:
         billing_port=free_port(),
         data_dir=tmp_path / "data",
     )
+
+
+def npm_cache_dir() -> Path:
+    """Where the chain's node_modules are kept between test runs (an install
+    takes seconds and 270 MB): $VILOKANAM_TEST_CACHE, default <repo>/.cache."""
+    return Path(os.environ.get("VILOKANAM_TEST_CACHE", REPO / ".cache")) / "chain-npm"
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainNode]:
+    """One chopsticks chain for the session, the dev accounts and the escrow
+    funded. Tests that need a pristine chain may kill() and start() it: every
+    start is a fresh, re-funded genesis (the chain lives in memory)."""
+    require(node_available(), "Node >= 20 with npm (for the chopsticks dev chain)")
+    from vilokanam.accounts import address_of
+
+    funded = {address: ALICE_FUNDS for address in dev_accounts().values()}
+    funded[address_of(ESCROW_URI)] = ESCROW_FUNDS
+    node = ChainNode(tmp_path_factory.mktemp("chain"), free_port(), funded=funded,
+                     npm_dir=npm_cache_dir())
+    node.provision()
+    node.start()
+    yield node
+    node.stop()
 
 
 def chromium_path() -> str | None:

@@ -1,0 +1,224 @@
+"""`vilokanam dev` as a newcomer runs it: everything serving within 30 s, URLs
+printed, data kept across a restart, Ctrl-C/SIGTERM stopping every process
+within 10 s, and a clear line when Node is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.conftest import npm_cache_dir, require
+from tests.processes import http_get
+from vilokanam.services.chain import node_available
+from vilokanam.services.net import free_port
+
+READY_LINE = "Vilokanam-view is running"
+
+
+@dataclass
+class DevRun:
+    """One `vilokanam dev` process with its output read line by line."""
+
+    proc: subprocess.Popen[str]
+    lines: queue.Queue[str] = field(default_factory=queue.Queue)
+    seen: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float) -> float:
+        started = time.monotonic()
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                assert self.proc.poll() is None, "dev exited:\n" + "\n".join(self.seen)
+                continue
+            self.seen.append(line)
+            if text in line:
+                return time.monotonic() - started
+        raise AssertionError(f"no {text!r} within {timeout} s:\n" + "\n".join(self.seen))
+
+    def output(self) -> str:
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return "\n".join(self.seen)
+
+
+@dataclass
+class DevPorts:
+    http: int = field(default_factory=free_port)
+    sfu: int = field(default_factory=free_port)
+    billing: int = field(default_factory=free_port)
+    postgres: int = field(default_factory=free_port)
+    redis: int = field(default_factory=free_port)
+    chain: int = field(default_factory=free_port)
+
+    def env(self, data_dir: Path, path: str) -> dict[str, str]:
+        return {
+            "PATH": path,
+            "HOME": os.environ.get("HOME", "/root"),
+            "VILOKANAM_DATA_DIR": str(data_dir),
+            "VILOKANAM_HTTP_PORT": str(self.http),
+            "VILOKANAM_SFU_PORT": str(self.sfu),
+            "VILOKANAM_BILLING_PORT": str(self.billing),
+            "VILOKANAM_DEV_POSTGRES_PORT": str(self.postgres),
+            "VILOKANAM_DEV_REDIS_PORT": str(self.redis),
+            "VILOKANAM_DEV_CHAIN_PORT": str(self.chain),
+        }
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A dev data dir whose chain packages come from the test cache (the first
+    `vilokanam dev` on a machine installs them itself; that is not retested)."""
+    data = tmp_path / "dev"
+    (data / "chain").mkdir(parents=True)
+    npm_cache_dir().mkdir(parents=True, exist_ok=True)
+    (data / "chain" / "npm").symlink_to(npm_cache_dir())
+    return data
+
+
+StartDev = Callable[..., DevRun]
+
+
+@pytest.fixture
+def start_dev(data_dir: Path) -> Iterator[StartDev]:
+    runs: list[DevRun] = []
+
+    def start(ports: DevPorts, path: str = os.environ["PATH"]) -> DevRun:
+        proc = subprocess.Popen([sys.executable, "-m", "vilokanam", "dev"],
+                                env=ports.env(data_dir, path), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        run = DevRun(proc)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        if run.proc.poll() is None:
+            os.killpg(run.proc.pid, signal.SIGKILL)
+            run.proc.wait()
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def stop_and_check_nothing_left(run: DevRun) -> float:
+    family = descendants(run.proc.pid)
+    assert family, "dev started no children?"
+    started = time.monotonic()
+    run.proc.send_signal(signal.SIGTERM)
+    run.proc.wait(timeout=15)
+    took = time.monotonic() - started
+    assert run.proc.returncode == 0, run.output()
+    assert took < 10, f"stopping took {took:.1f} s"
+    time.sleep(0.2)
+    left = [pid for pid in family if alive(pid)]
+    assert not left, f"processes left behind: {left}"
+    assert "stopped." in run.output()
+    return took
+
+
+async def _count_users(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM users"))
+    finally:
+        await conn.close()
+
+
+async def _add_user(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("INSERT INTO users (account_id) VALUES ('dev-restart-probe')")
+    finally:
+        await conn.close()
+
+
+def test_dev_serves_everything_keeps_data_and_stops_clean(start_dev: StartDev) -> None:
+    require(node_available(), "Node >= 20 with npm (for the chopsticks dev chain)")
+    ports = DevPorts()
+    run = start_dev(ports)
+    assert run.wait_for(READY_LINE, timeout=30) < 30
+    output = run.output()
+    for url in (f"http://127.0.0.1:{ports.http}", f"ws://127.0.0.1:{ports.chain}",
+                f"127.0.0.1:{ports.postgres}", f"redis://127.0.0.1:{ports.redis}"):
+        assert url in output
+    for port in (ports.http, ports.sfu, ports.billing):
+        assert http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+    database_url = f"postgresql://postgres@127.0.0.1:{ports.postgres}/vilokanam"
+    asyncio.run(_add_user(database_url))
+    stop_and_check_nothing_left(run)
+
+    again = start_dev(ports)
+    again.wait_for(READY_LINE, timeout=30)
+    assert "migrations applied: none pending" in again.output()
+    assert asyncio.run(_count_users(database_url)) == 1
+    stop_and_check_nothing_left(again)
+
+
+def test_dev_without_node_runs_with_settlement_off(start_dev: StartDev) -> None:
+    ports = DevPorts()
+    run = start_dev(ports, path="/usr/sbin:/sbin")  # no node, npm or anything else
+    run.wait_for(READY_LINE, timeout=30)
+    notes = [line for line in run.output().splitlines() if "settlement is OFF" in line]
+    assert len(notes) == 1, run.output()
+    assert http_get(f"http://127.0.0.1:{ports.http}/healthz")[0] == 200
+    stop_and_check_nothing_left(run)
+
+
+def test_dev_refuses_a_port_in_use(start_dev: StartDev) -> None:
+    import socket
+
+    ports = DevPorts()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports.postgres))
+        taken.listen()
+        run = start_dev(ports)
+        run.proc.wait(timeout=30)
+    assert run.proc.returncode == 3
+    assert (f"vilokanam dev: port {ports.postgres} is already in use "
+            "(set VILOKANAM_DEV_POSTGRES_PORT to use another)") in run.output()
