@@ -104,9 +104,10 @@ StartDev = Callable[..., DevRun]
 def start_dev(data_dir: Path) -> Iterator[StartDev]:
     runs: list[DevRun] = []
 
-    def start(ports: DevPorts, path: str = os.environ["PATH"]) -> DevRun:
+    def start(ports: DevPorts, path: str = os.environ["PATH"],
+              extra: dict[str, str] | None = None) -> DevRun:
         proc = subprocess.Popen([sys.executable, "-m", "vilokanam", "dev"],
-                                env=ports.env(data_dir, path), stdout=subprocess.PIPE,
+                                env={**ports.env(data_dir, path), **(extra or {})}, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         run = DevRun(proc)
         runs.append(run)
@@ -222,3 +223,15 @@ def test_dev_refuses_a_port_in_use(start_dev: StartDev) -> None:
     assert run.proc.returncode == 3
     assert (f"vilokanam dev: port {ports.postgres} is already in use "
             "(set VILOKANAM_DEV_POSTGRES_PORT to use another)") in run.output()
+
+
+def test_dev_with_an_unreachable_database_url_is_one_clear_line(
+        start_dev: StartDev) -> None:
+    ports = DevPorts()
+    run = start_dev(ports, extra={"DATABASE_URL": "postgresql://u:pw123456@127.0.0.1:1/x"})
+    run.proc.wait(timeout=30)
+    assert run.proc.returncode == 3
+    assert run.output().strip().splitlines()[-1] == (
+        "vilokanam dev: cannot reach Postgres at postgresql://u:***@127.0.0.1:1/x: "
+        "connection refused")
+    assert "Traceback" not in run.output()

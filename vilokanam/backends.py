@@ -23,6 +23,19 @@ class BackendUnreachable(RuntimeError):
     pass
 
 
+_PG_CONNECT_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
+                      asyncpg.InterfaceError)
+
+
+async def connect_postgres_once(url: str) -> asyncpg.Connection:
+    """A single connection (migrations, tools), with the same clear error."""
+    try:
+        return await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+    except _PG_CONNECT_ERRORS as exc:
+        reason = f"cannot reach Postgres at {redact_url(url)}: {_why(exc)}"
+        raise BackendUnreachable(reason) from None
+
+
 async def connect_postgres(url: str, *, max_size: int = 10) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(

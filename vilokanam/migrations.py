@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
+from vilokanam.backends import connect_postgres_once
 from vilokanam.resources import resource_dir
 
 # Arbitrary but fixed: every migrating process must take the same lock.
@@ -73,7 +74,7 @@ def check_applied(applied: dict[str, str], migrations: list[Migration]) -> list[
 async def migrate(dsn: str, sql_dir: Path | None = None) -> list[str]:
     """Apply every pending migration; returns the names applied (empty: no-op)."""
     migrations = load_migrations(sql_dir)
-    conn = await asyncpg.connect(dsn)
+    conn = await connect_postgres_once(dsn)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_ID)
         try:
