@@ -85,21 +85,13 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 
 def _run_migrate(settings: Settings) -> int:
+    from vilokanam.migrations import migrate
 
     if not settings.database_url:
         raise ConfigError("DATABASE_URL is not set (or pass --database-url)")
-    applied = asyncio.run(_migrate_or_unreachable(settings.database_url))
+    applied = asyncio.run(migrate(settings.database_url))
     print("applied: " + ", ".join(applied) if applied else "nothing to apply: schema is current")
     return 0
-
-
-async def _migrate_or_unreachable(url: str) -> list[str]:
-    from vilokanam.backends import connect_postgres
-    from vilokanam.migrations import migrate
-
-    pool = await connect_postgres(url, max_size=1)  # a clear error when unreachable
-    await pool.close()
-    return await migrate(url)
 
 
 def _run_signaling(settings: Settings) -> int:
