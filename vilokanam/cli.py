@@ -81,6 +81,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     settings = Settings.from_env(**overrides)
     register_secret(settings.escrow_uri)
+    register_secret(settings.token_secret)
     return settings
 
 

@@ -95,6 +95,13 @@ class Settings:
     sfu_port: int = _setting(
         "VILOKANAM_SFU_PORT", "8090",
         "Private control (and /healthz, /metrics) port of an SFU worker.")
+    sfu_advertise_url: str | None = _setting(
+        "VILOKANAM_SFU_ADVERTISE_URL", None,
+        "Control URL an SFU worker registers for signaling to reach it. "
+        "Default `http://<sfu host>:<sfu port>`.")
+    sfu_capacity: int = _setting(
+        "VILOKANAM_SFU_CAPACITY", "300",
+        "Peer connections (publishers + viewers) one SFU worker accepts.")
     billing_port: int = _setting(
         "VILOKANAM_BILLING_PORT", "8070",
         "Port of the billing worker's /healthz, /readyz and /metrics.")
@@ -121,6 +128,14 @@ class Settings:
         "VILOKANAM_ESCROW_URI", None,
         "Secret URI (e.g. a mnemonic or `//Escrow`) of the platform's escrow account. "
         "Never logged. `vilokanam dev` uses the dev URI `//VilokanamEscrow`.", secret=True)
+    dev_mode: bool = _setting(
+        "VILOKANAM_DEV_MODE", "false",
+        "Enables `POST /api/dev/token` (a viewer token for any account, no signature). "
+        "`vilokanam dev` turns it on; never in production.")
+    token_secret: str | None = _setting(
+        "VILOKANAM_TOKEN_SECRET", None,
+        "HMAC secret that signs Bearer tokens (at least 32 characters). Never logged. "
+        "`vilokanam dev` makes one and keeps it in its data dir.", secret=True)
     log_format: str = _setting(
         "VILOKANAM_LOG_FORMAT", "text", "`text` (key=value) or `json`: one line per event.")
     log_level: str = _setting("VILOKANAM_LOG_LEVEL", "INFO", "Log level.")
@@ -145,6 +160,10 @@ class Settings:
             raise ConfigError("VILOKANAM_PRICE_DEFAULT must be greater than zero")
         if not Decimal(0) <= self.platform_fee < Decimal(1):
             raise ConfigError("VILOKANAM_PLATFORM_FEE must be a fraction in [0, 1)")
+        if self.token_secret is not None and len(self.token_secret) < 32:
+            raise ConfigError("VILOKANAM_TOKEN_SECRET must be at least 32 characters")
+        if self.sfu_capacity < 1:
+            raise ConfigError("VILOKANAM_SFU_CAPACITY must be at least 1")
         if self.log_format not in ("text", "json"):
             raise ConfigError("VILOKANAM_LOG_FORMAT must be 'text' or 'json'")
 
@@ -154,6 +173,12 @@ class Settings:
             return self.public_url.rstrip("/")
         return f"http://{self.http_host}:{self.http_port}"
 
+    @property
+    def sfu_control_url(self) -> str:
+        if self.sfu_advertise_url:
+            return self.sfu_advertise_url.rstrip("/")
+        return f"http://{self.sfu_host}:{self.sfu_port}"
+
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
         env: dict[str, str] = {}
@@ -162,7 +187,12 @@ class Settings:
             value = getattr(self, f.name)
             if value is None:
                 continue
-            env[spec.env] = json.dumps(value) if isinstance(value, list) else str(value)
+            if isinstance(value, list):
+                env[spec.env] = json.dumps(value)
+            elif isinstance(value, bool):
+                env[spec.env] = "true" if value else "false"
+            else:
+                env[spec.env] = str(value)
         return env
 
 
@@ -175,6 +205,15 @@ def _optional(parse: Callable[[str, str], Any]) -> Callable[[str, str | None], A
         return None if raw is None else parse(name, raw)
 
     return parse_optional
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 def _parse_int(name: str, raw: str) -> int:
@@ -194,6 +233,8 @@ _PARSERS: dict[str, Callable[[str, str | None], Any]] = {
     "data_dir": _optional(lambda _n, raw: Path(raw)),
     "ice_servers": _optional(_parse_ice_servers),
     "ss58_prefix": _optional(_parse_int),
+    "sfu_capacity": _optional(_parse_int),
+    "dev_mode": _optional(_parse_bool),
     "price_default": _optional(_parse_decimal),
     "platform_fee": _optional(_parse_decimal),
 }

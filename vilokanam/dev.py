@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Protocol
 
 from vilokanam.config import Settings, redact_url
+from vilokanam.logs import register_secret
 from vilokanam.migrations import migrate
 from vilokanam.services.net import ensure_port_free
 from vilokanam.services.process import ManagedProcess
@@ -171,9 +172,24 @@ def _check_ports(settings: Settings) -> None:
         ensure_port_free(port, setting=setting)
 
 
+def _dev_token_secret(data_dir: Path) -> str:
+    """A token secret kept in the data dir, so tokens survive a dev restart."""
+    import secrets
+
+    path = data_dir / "token_secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
 def run_dev(settings: Settings) -> int:
     _check_ports(settings)
-    stack = DevStack(settings)
+    if settings.token_secret is None:
+        settings = replace(settings, token_secret=_dev_token_secret(settings.data_dir.resolve()))
+    register_secret(settings.token_secret)
+    stack = DevStack(replace(settings, dev_mode=True))
     started = time.monotonic()
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
