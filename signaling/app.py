@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from signaling.state import SETTINGS
 from vilokanam.backends import attach_backends
 from vilokanam.config import Settings
 from vilokanam.health import add_health_routes
-
-SETTINGS = web.AppKey("settings", Settings)
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -107,8 +107,9 @@ def start_dev(data_dir: Path) -> Iterator[StartDev]:
     def start(ports: DevPorts, path: str = os.environ["PATH"],
               extra: dict[str, str] | None = None) -> DevRun:
         proc = subprocess.Popen([sys.executable, "-m", "vilokanam", "dev"],
-                                env={**ports.env(data_dir, path), **(extra or {})}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                env={**ports.env(data_dir, path), **(extra or {})},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
         run = DevRun(proc)
         runs.append(run)
         return run
