@@ -1,0 +1,80 @@
+"""The one place that reaches into aiortc's internals (aiortc 1.16).
+
+The SFU lives on four of them, each small and tested:
+- a receiver's decoder queue is replaced by a tap, so assembled *encoded*
+  frames come to us and nothing is ever decoded;
+- a viewer sender's keyframe request (PLI/FIR from the viewer) is routed to us,
+  since with pre-encoded packets the sender has no encoder to ask;
+- a PLI is sent upstream to the publisher for its media SSRCs;
+- a transceiver's negotiated codecs are narrowed after setRemoteDescription,
+  and the DTLS server role is taken when the offer leaves it open.
+Pinned to aiortc 1.16 in pyproject.toml; tests/test_sfu_relay.py fails loudly
+if an upgrade moves any of these."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+FrameHandler = Callable[[RTCRtpCodecParameters, JitterFrame], None]
+
+
+class EncodedFrameTap:
+    """Stands in for the receiver's decoder queue. `put` runs on the event
+    loop (from the receiver's RTP handler) and hands each assembled encoded
+    frame to `on_frame`; only the stop sentinel reaches the decoder thread,
+    which therefore idles and decodes nothing."""
+
+    def __init__(self, on_frame: FrameHandler) -> None:
+        self._on_frame = on_frame
+        self._sentinel: queue.Queue[None] = queue.Queue()
+
+    def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
+        if item is None:
+            self._sentinel.put(None)
+        else:
+            self._on_frame(*item)
+
+    def get(self, *args: Any, **kwargs: Any) -> None:
+        return self._sentinel.get(*args, **kwargs)
+
+
+def tap_receiver(receiver: RTCRtpReceiver, on_frame: FrameHandler) -> None:
+    """Must run before the receiver starts (i.e. on the `track` event)."""
+    receiver._RTCRtpReceiver__decoder_queue = EncodedFrameTap(on_frame)  # type: ignore[attr-defined]
+
+
+def route_keyframe_requests(sender: RTCRtpSender, on_request: Callable[[], None]) -> None:
+    """The sender calls `_send_keyframe()` on PLI/FIR from its remote peer."""
+    sender._send_keyframe = on_request  # type: ignore[method-assign]
+
+
+async def request_keyframe_upstream(receiver: RTCRtpReceiver) -> None:
+    """PLI for each media SSRC the receiver has seen (not its RTX SSRCs)."""
+    rtx_ssrcs = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+    streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+    for ssrc in list(streams):
+        if ssrc not in rtx_ssrcs:
+            await receiver._send_rtcp_pli(ssrc)
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    return list(transceiver._codecs)
+
+
+def narrow_codecs(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecParameters]) -> None:
+    """After setRemoteDescription(offer): the answer will list only `codecs`."""
+    transceiver._codecs = codecs
+
+
+def take_dtls_server_role(transceiver: RTCRtpTransceiver) -> None:
+    """Answer `a=setup:passive` when the offer said actpass: WHIP clients built
+    on GStreamer fail as DTLS servers against aiortc (DESIGN.md)."""
+    dtls = transceiver.receiver.transport
+    if dtls._role == "auto":
+        dtls._set_role("server")

@@ -1,0 +1,23 @@
+"""Prometheus metrics of an SFU worker: what an operator watches."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+FRAMES_FORWARDED = Counter(
+    "vilokanam_sfu_frames_forwarded_total",
+    "Encoded frames handed to viewers' senders (one per viewer per frame).", ["kind"])
+BYTES_FORWARDED = Counter(
+    "vilokanam_sfu_bytes_forwarded_total",
+    "Bytes of encoded frames handed to viewers' senders.", ["kind"])
+QUEUE_DROPS = Counter(
+    "vilokanam_sfu_viewer_queue_drops_total",
+    "Frames dropped because a viewer's queue was full.", ["kind"])
+KEYFRAME_REQUESTS = Counter(
+    "vilokanam_sfu_keyframe_requests_total",
+    "Keyframe requests (viewer PLI/FIR, joins, overflows) before throttling.")
+KEYFRAME_REQUESTS_SENT = Counter(
+    "vilokanam_sfu_keyframe_requests_sent_total", "PLIs sent upstream to publishers.")
+LIVE_STREAMS = Gauge("vilokanam_sfu_live_streams", "Streams with a publisher on this worker.")
+VIEWERS = Gauge("vilokanam_sfu_viewers", "Viewer peer connections on this worker.")
+PEER_CONNECTIONS = Gauge("vilokanam_sfu_peer_connections", "Open peer connections.")

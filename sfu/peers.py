@@ -1,0 +1,178 @@
+"""Peer connections of the two kinds a worker holds: a publisher's (media in,
+tapped as encoded frames) and a viewer's (media out, forwarded packets).
+
+Each answer lists exactly one codec per kind (publisher: our preference among
+what it offers; viewer: the publisher's), takes the DTLS server role when the
+offer allows, and uses only the configured ICE servers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.exceptions import InternalError, InvalidStateError, OperationError
+from aiortc.sdp import candidate_from_sdp
+
+from sfu import aiortc_hooks as hooks
+from sfu import metrics
+from sfu.codecs import CodecMismatch, choose_codec, match_codec, pin
+from sfu.relay import Fanout, ForwardedTrack
+from vilokanam.tasks import TaskOwner
+
+
+class PeerError(Exception):
+    """A request the worker refuses; `code` is the control API's error code."""
+
+    status = 400
+    code = "bad_request"
+
+
+class BadSdp(PeerError):
+    code = "bad_sdp"
+
+
+class NoSupportedCodec(PeerError):
+    status = 422
+    code = "no_supported_codec"
+
+
+class TooManyTracks(PeerError):
+    status = 422
+    code = "too_many_tracks"
+
+
+class BadCandidate(PeerError):
+    code = "bad_candidate"
+
+
+def make_peer_connection(ice_servers: list[dict[str, Any]]) -> RTCPeerConnection:
+    """Always an explicit list: with none, aiortc would use a public STUN host."""
+    servers = [RTCIceServer(**server) for server in ice_servers]
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+
+
+async def _apply_offer(pc: RTCPeerConnection, sdp: str) -> None:
+    if not isinstance(sdp, str) or not sdp.startswith("v=0") or "\nm=" not in sdp:
+        raise BadSdp("the offer is not an SDP session description")
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+    except (OperationError, InternalError) as exc:
+        # aiortc raises these when no codec of a section is one it knows.
+        raise NoSupportedCodec(str(exc)) from None
+    except (ValueError, KeyError, IndexError, TypeError, InvalidStateError) as exc:
+        raise BadSdp(f"the offer could not be parsed: {exc}") from None
+
+
+async def _answer(pc: RTCPeerConnection) -> str:
+    for transceiver in pc.getTransceivers():
+        hooks.take_dtls_server_role(transceiver)
+    await pc.setLocalDescription(await pc.createAnswer())
+    return str(pc.localDescription.sdp)
+
+
+def _media_transceivers(pc: RTCPeerConnection) -> list[RTCRtpTransceiver]:
+    transceivers = [t for t in pc.getTransceivers() if t.kind in ("audio", "video")]
+    kinds = [t.kind for t in transceivers]
+    if kinds.count("video") > 1 or kinds.count("audio") > 1:
+        raise TooManyTracks("at most one audio and one video track per stream")
+    return transceivers
+
+
+@dataclass
+class Peer:
+    """One peer connection and what the worker knows of it."""
+
+    peer_id: str
+    stream_id: str
+    pc: RTCPeerConnection
+    role: str  # "publisher" | "viewer"
+    user_id: str | None = None
+    viewer_session_id: str | None = None
+    tracks: list[tuple[Fanout, ForwardedTrack]] = field(default_factory=list)
+
+    async def add_candidate(self, candidate: dict[str, Any]) -> None:
+        text = candidate.get("candidate")
+        if not text:  # end of candidates: aiortc needs no signal
+            return
+        if not isinstance(text, str):
+            raise BadCandidate("candidate must be a string")
+        try:
+            parsed = candidate_from_sdp(text.removeprefix("candidate:"))
+        except (ValueError, IndexError) as exc:
+            raise BadCandidate(f"not an ICE candidate: {exc}") from None
+        parsed.sdpMid = candidate.get("sdpMid")
+        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+        if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
+            parsed.sdpMLineIndex = 0
+        await self.pc.addIceCandidate(parsed)
+
+    async def close(self) -> None:
+        for fanout, track in self.tracks:
+            fanout.unsubscribe(track)
+        self.tracks.clear()
+        await self.pc.close()
+
+
+async def accept_publisher(peer: Peer, offer: str, fanouts: dict[str, Fanout]) -> str:
+    """Answer a publisher: pin one codec per kind, tap its receivers into the
+    fanouts. Returns the answer SDP."""
+    await _apply_offer(peer.pc, offer)
+    transceivers = _media_transceivers(peer.pc)
+    if not transceivers:
+        raise NoSupportedCodec("the offer has no audio or video")
+    for transceiver in transceivers:
+        codecs = hooks.negotiated_codecs(transceiver)
+        try:
+            codec = choose_codec(transceiver.kind, codecs)
+        except CodecMismatch as exc:
+            raise NoSupportedCodec(str(exc)) from None
+        hooks.narrow_codecs(transceiver, pin(codecs, codec))
+        fanout = fanouts[transceiver.kind]
+        fanout.attach(codec)
+        hooks.tap_receiver(transceiver.receiver, fanout.push)
+    return await _answer(peer.pc)
+
+
+async def accept_viewer(peer: Peer, offer: str, fanouts: dict[str, Fanout]) -> str:
+    """Answer a viewer with the stream's codecs and subscribe it to the fanouts."""
+    await _apply_offer(peer.pc, offer)
+    for transceiver in _media_transceivers(peer.pc):
+        fanout = fanouts.get(transceiver.kind)
+        if fanout is None or fanout.codec is None:
+            continue  # the stream has no such track: that section goes inactive
+        codecs = hooks.negotiated_codecs(transceiver)
+        try:
+            codec = match_codec(fanout.codec, codecs)
+        except CodecMismatch as exc:
+            raise NoSupportedCodec(str(exc)) from None
+        hooks.narrow_codecs(transceiver, pin(codecs, codec))
+        track = fanout.subscribe()
+        peer.tracks.append((fanout, track))
+        sender = peer.pc.addTrack(track)
+        hooks.route_keyframe_requests(sender, fanout.request_keyframe)
+    if not peer.tracks:
+        raise NoSupportedCodec("the offer receives none of this stream's tracks")
+    return await _answer(peer.pc)
+
+
+def upstream_keyframe_requester(get_pc: Callable[[], RTCPeerConnection | None], kind: str,
+                                tasks: TaskOwner) -> Callable[[], None]:
+    """A callback for a Fanout: PLI to whichever publisher feeds it now."""
+    def request() -> None:
+        pc = get_pc()
+        if pc is None:
+            return
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == kind:
+                metrics.KEYFRAME_REQUESTS_SENT.inc()
+                tasks.spawn(hooks.request_keyframe_upstream(transceiver.receiver), "pli")
+
+    return request

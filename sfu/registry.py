@@ -1,0 +1,163 @@
+"""The worker side of the SFU registry (docs/architecture.md, "Worker registry").
+
+A worker announces itself every second: `SADD vk:sfu:workers <id>` and
+`SET vk:sfu:worker:<id> <record> PX 3000`. A worker that dies stops
+refreshing its record, which expires 3 s later and so leaves placement; a
+worker that stops cleanly deletes it at once. The key names and the record are
+defined here, once: signaling's placement reads what this module writes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from vilokanam.logs import log_event
+
+log = logging.getLogger("vilokanam.sfu.registry")
+
+WORKERS_KEY = "vk:sfu:workers"
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TTL_MS = 3000
+
+
+def worker_key(worker_id: str) -> str:
+    return f"vk:sfu:worker:{worker_id}"
+
+
+def stream_worker_key(stream_id: str) -> str:
+    """Which worker a stream lives on; set by placement, deleted by the worker
+    when the stream ends."""
+    return f"vk:stream:{stream_id}:worker"
+
+
+def new_worker_id() -> str:
+    """Unique per process, and readable in logs: host, pid, a random tail."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """The JSON a worker keeps under `vk:sfu:worker:<id>`."""
+
+    worker_id: str
+    control_url: str
+    capacity: int
+    load: int  # peer connections open now
+    streams: int
+    heartbeat_ms: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> WorkerRecord:
+        """Raises ValueError for anything that is not a well-formed record."""
+        data: Any = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("worker record is not a JSON object")
+        try:
+            record = cls(str(data["worker_id"]), str(data["control_url"]),
+                         _count(data["capacity"]), _count(data["load"]),
+                         _count(data["streams"]), _count(data["heartbeat_ms"]))
+        except KeyError as missing:
+            raise ValueError(f"worker record lacks {missing}") from None
+        if record.capacity < 1:
+            raise ValueError("worker capacity must be at least 1")
+        return record
+
+    @property
+    def has_room(self) -> bool:
+        return self.load < self.capacity
+
+    @property
+    def utilisation(self) -> float:
+        return self.load / self.capacity
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return value
+
+
+class WorkerRegistration:
+    """Keeps one worker in the registry while it runs.
+
+    `await start()` writes the record once (so the worker is placeable as soon
+    as it serves, and an unreachable Redis fails the start loudly), then
+    refreshes it every `interval_s` from a task it owns. `await stop()` cancels
+    that task and deletes the record: the worker leaves placement at once
+    instead of 3 s later. Call `stop()` first thing when draining.
+    """
+
+    def __init__(self, redis: aioredis.Redis, *, worker_id: str, control_url: str,
+                 capacity: int, load_fn: Callable[[], int], streams_fn: Callable[[], int],
+                 interval_s: float = HEARTBEAT_INTERVAL_S,
+                 ttl_ms: int = HEARTBEAT_TTL_MS) -> None:
+        self.worker_id = worker_id
+        self._redis = redis
+        self._control_url = control_url
+        self._capacity = capacity
+        self._load_fn = load_fn
+        self._streams_fn = streams_fn
+        self._interval_s = interval_s
+        self._ttl_ms = ttl_ms
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self) -> WorkerRecord:
+        return WorkerRecord(self.worker_id, self._control_url, self._capacity,
+                            self._load_fn(), self._streams_fn(), int(time.time() * 1000))
+
+    async def beat(self) -> None:
+        # One transaction, so a reader never sees the id without its record
+        # because of us (a record that expired is another matter).
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(WORKERS_KEY, self.worker_id)
+            pipe.set(worker_key(self.worker_id), self.record().to_json(), px=self._ttl_ms)
+            await pipe.execute()
+
+    async def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("worker registration already started")
+        await self.beat()
+        self._task = asyncio.create_task(self._run(), name=f"sfu-registry-{self.worker_id}")
+        log_event(log, "sfu.registered", worker_id=self.worker_id,
+                  control_url=self._control_url, capacity=self._capacity)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(worker_key(self.worker_id))
+                pipe.srem(WORKERS_KEY, self.worker_id)
+                await pipe.execute()
+        except (aioredis.RedisError, OSError) as exc:
+            # The record still expires on its own within the TTL.
+            log_event(log, "sfu.deregister_failed", logging.WARNING,
+                      worker_id=self.worker_id, error=str(exc))
+            return
+        log_event(log, "sfu.deregistered", worker_id=self.worker_id)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.beat()
+            except Exception as exc:  # noqa: BLE001 - the heartbeat must outlive any one failure
+                # Keep trying: a Redis restart (or a bad load_fn reading) must not
+                # take the worker out of placement for longer than it lasts.
+                log_event(log, "sfu.heartbeat_failed", logging.WARNING,
+                          worker_id=self.worker_id, error=repr(exc))

@@ -1,0 +1,335 @@
+"""The streams one worker carries: who publishes, who watches, and the life of
+each stream — live on publish, a 10 s grace when the publisher's connection is
+lost (a reconnect in time resumes the same session, viewers stay connected),
+ended after it or on an explicit leave."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sfu import metrics
+from sfu.events import EventBus
+from sfu.lifecycle import Lifecycle
+from sfu.peers import (
+    Peer,
+    PeerError,
+    accept_publisher,
+    accept_viewer,
+    make_peer_connection,
+    upstream_keyframe_requester,
+)
+from sfu.relay import Fanout
+from vilokanam.logs import log_event
+from vilokanam.tasks import TaskOwner
+
+log = logging.getLogger("sfu.streams")
+
+RECONNECT_GRACE = 10.0
+FIRST_MEDIA_TIMEOUT = 10.0  # ICE + DTLS must have brought media by then
+MEDIA_TIMEOUT = 5.0  # a publisher silent this long has lost its connection
+ANALYTICS_EVERY = 10  # seconds between stream_analytics rows
+
+
+class StreamNotLive(PeerError):
+    status = 404
+    code = "stream_not_live"
+
+
+class AlreadyLive(PeerError):
+    status = 409
+    code = "already_live"
+
+
+class AtCapacity(PeerError):
+    status = 503
+    code = "at_capacity"
+
+
+class UnknownPeer(PeerError):
+    status = 404
+    code = "unknown_peer"
+
+
+@dataclass
+class LiveStream:
+    stream_id: str
+    session_id: str = ""
+    fanouts: dict[str, Fanout] = field(default_factory=dict)
+    publisher: Peer | None = None
+    viewers: dict[str, Peer] = field(default_factory=dict)
+    grace: asyncio.Task[None] | None = None
+    last_media_at: float = field(default_factory=time.monotonic)
+    had_media: bool = False
+
+    def media_arrived(self) -> None:
+        self.last_media_at = time.monotonic()
+        self.had_media = True
+
+    def publisher_silent(self, now: float) -> bool:
+        limit = MEDIA_TIMEOUT if self.had_media else FIRST_MEDIA_TIMEOUT
+        return self.publisher is not None and now - self.last_media_at > limit
+
+
+def _new_peer_id() -> str:
+    return secrets.token_urlsafe(18)  # unguessable: it names a control resource
+
+
+@dataclass
+class StreamManager:
+    ice_servers: list[dict[str, Any]]
+    capacity: int
+    sfu_url: str
+    lifecycle: Lifecycle
+    events: EventBus
+    streams: dict[str, LiveStream] = field(default_factory=dict)
+    peers: dict[str, Peer] = field(default_factory=dict)
+    tasks: TaskOwner = field(default_factory=lambda: TaskOwner("sfu"))
+    _publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def start(self) -> None:
+        self.tasks.spawn(self._every_second(), "clock")
+
+    # -- publishers ---------------------------------------------------------------
+
+    async def publish(self, stream_id: str, offer: str, signaling_url: str) -> dict[str, Any]:
+        async with self._publish_lock:
+            stream = self.streams.get(stream_id)
+            if stream is not None and stream.publisher is not None:
+                raise AlreadyLive("this stream already has a publisher")
+            self._check_capacity()
+            resumed = stream is not None
+            stream = stream or self._new_stream(stream_id)
+            peer = Peer(_new_peer_id(), stream_id, make_peer_connection(self.ice_servers),
+                        "publisher")
+            try:
+                answer = await accept_publisher(peer, offer, stream.fanouts)
+            except BaseException:
+                await peer.pc.close()
+                if not resumed:
+                    self._forget(stream)
+                raise
+            if resumed:
+                self._cancel_grace(stream)
+            else:
+                stream.session_id = await self._go_live(stream, signaling_url, peer)
+            self._adopt_publisher(stream, peer)
+        log_event(log, "publisher.connected", stream_id=stream_id, peer_id=peer.peer_id,
+                  session_id=stream.session_id, resumed=resumed)
+        return {"peer_id": peer.peer_id, "sdp": answer, "session_id": stream.session_id,
+                "resumed": resumed}
+
+    def _new_stream(self, stream_id: str) -> LiveStream:
+        stream = LiveStream(stream_id)
+        for kind in ("video", "audio"):
+            requester = upstream_keyframe_requester(
+                lambda: stream.publisher.pc if stream.publisher else None, kind, self.tasks)
+            stream.fanouts[kind] = Fanout(kind, requester, on_media=stream.media_arrived)
+        self.streams[stream_id] = stream
+        return stream
+
+    async def _go_live(self, stream: LiveStream, signaling_url: str, peer: Peer) -> str:
+        try:
+            session_id = await self.lifecycle.stream_started(
+                stream.stream_id, self.sfu_url, signaling_url)
+        except BaseException:
+            await peer.pc.close()
+            self._forget(stream)
+            raise
+        metrics.LIVE_STREAMS.inc()
+        await self.events.stream(stream.stream_id, "stream_started", session_id=session_id)
+        return session_id
+
+    def _adopt_publisher(self, stream: LiveStream, peer: Peer) -> None:
+        stream.publisher = peer
+        stream.last_media_at = time.monotonic()
+        stream.had_media = False
+        self._register(peer)
+
+        @peer.pc.on("connectionstatechange")
+        def on_state() -> None:
+            if peer.pc.connectionState in ("failed", "closed"):
+                self.tasks.spawn(self._publisher_lost(peer), "publisher-lost")
+
+    async def _publisher_lost(self, peer: Peer) -> None:
+        stream = self.streams.get(peer.stream_id)
+        if stream is None or stream.publisher is not peer:
+            return
+        stream.publisher = None
+        self._unregister(peer)
+        await peer.close()
+        log_event(log, "publisher.lost", stream_id=stream.stream_id, peer_id=peer.peer_id,
+                  session_id=stream.session_id, grace_s=RECONNECT_GRACE)
+        stream.grace = self.tasks.spawn(self._end_after_grace(stream), "grace")
+
+    async def _end_after_grace(self, stream: LiveStream) -> None:
+        await asyncio.sleep(RECONNECT_GRACE)
+        stream.grace = None
+        await self.end_stream(stream.stream_id, "stream_ended")
+
+    def _cancel_grace(self, stream: LiveStream) -> None:
+        if stream.grace is not None:
+            stream.grace.cancel()
+            stream.grace = None
+
+    # -- viewers --------------------------------------------------------------------
+
+    async def watch(self, stream_id: str, offer: str, user_id: str) -> dict[str, Any]:
+        stream = self.streams.get(stream_id)
+        if stream is None or not stream.session_id:
+            raise StreamNotLive("the stream is not live on this worker")
+        self._check_capacity()
+        peer = Peer(_new_peer_id(), stream_id, make_peer_connection(self.ice_servers), "viewer",
+                    user_id=user_id)
+        try:
+            answer = await accept_viewer(peer, offer, stream.fanouts)
+            stream.viewers[peer.peer_id] = peer
+            self._register(peer)
+            peer.viewer_session_id = await self.lifecycle.viewer_joined(
+                stream_id, stream.session_id, user_id, len(stream.viewers))
+        except BaseException:
+            stream.viewers.pop(peer.peer_id, None)
+            self._unregister(peer)
+            await peer.close()
+            raise
+        self._watch_viewer_connection(peer)
+        await self._viewer_count_changed(stream)
+        log_event(log, "viewer.joined", stream_id=stream_id, peer_id=peer.peer_id,
+                  viewer_session_id=peer.viewer_session_id, user_id=user_id)
+        return {"peer_id": peer.peer_id, "sdp": answer,
+                "viewer_session_id": peer.viewer_session_id}
+
+    def _watch_viewer_connection(self, peer: Peer) -> None:
+        @peer.pc.on("connectionstatechange")
+        def on_state() -> None:
+            if peer.pc.connectionState in ("failed", "closed"):
+                self.tasks.spawn(self.leave(peer.peer_id, reason="connection_failed"),
+                                 "viewer-lost")
+
+    # -- any peer ---------------------------------------------------------------------
+
+    async def add_candidate(self, peer_id: str, candidate: dict[str, Any]) -> None:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            raise UnknownPeer("no such peer on this worker")
+        await peer.add_candidate(candidate)
+
+    async def leave(self, peer_id: str, reason: str = "left", lost: bool = False) -> None:
+        """A peer goes. A publisher's explicit leave ends the stream at once;
+        a lost publisher connection (`lost`) gets the reconnect grace."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            if reason == "left":
+                raise UnknownPeer("no such peer on this worker")
+            return
+        if peer.role == "publisher":
+            if lost:
+                await self._publisher_lost(peer)
+            else:
+                await self.end_stream(peer.stream_id, "stream_ended")
+            return
+        await self._viewer_gone(peer, reason)
+
+    async def _viewer_gone(self, peer: Peer, reason: str) -> None:
+        stream = self.streams.get(peer.stream_id)
+        self._unregister(peer)
+        await peer.close()
+        await self.events.peer_closed(peer.peer_id, reason)
+        if stream is None or stream.viewers.pop(peer.peer_id, None) is None:
+            return
+        if peer.viewer_session_id:
+            await self.lifecycle.viewer_left(stream.stream_id, stream.session_id,
+                                             peer.viewer_session_id, len(stream.viewers))
+        await self._viewer_count_changed(stream)
+        log_event(log, "viewer.left", stream_id=stream.stream_id, peer_id=peer.peer_id,
+                  viewer_session_id=peer.viewer_session_id, reason=reason)
+
+    async def end_stream(self, stream_id: str, reason: str) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self._cancel_grace(stream)
+        peers = list(stream.viewers.values())
+        if stream.publisher is not None:
+            peers.append(stream.publisher)
+        for peer in peers:
+            self._unregister(peer)
+            await peer.close()
+            await self.events.peer_closed(peer.peer_id, reason)
+        for fanout in stream.fanouts.values():
+            fanout.close()
+        metrics.LIVE_STREAMS.dec()
+        await self.lifecycle.stream_ended(stream_id, stream.session_id)
+        await self.events.unplace(stream_id)
+        await self.events.stream(stream_id, "stream_ended", session_id=stream.session_id)
+        log_event(log, "stream.ended", stream_id=stream_id, session_id=stream.session_id,
+                  reason=reason, viewers=len(stream.viewers))
+
+    async def _viewer_count_changed(self, stream: LiveStream) -> None:
+        await self.events.stream(stream.stream_id, "viewer_count", count=len(stream.viewers))
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def _check_capacity(self) -> None:
+        if len(self.peers) >= self.capacity:
+            raise AtCapacity(f"this worker holds {self.capacity} peer connections")
+
+    def _register(self, peer: Peer) -> None:
+        self.peers[peer.peer_id] = peer
+        metrics.PEER_CONNECTIONS.set(len(self.peers))
+        metrics.VIEWERS.set(sum(len(s.viewers) for s in self.streams.values()))
+
+    def _unregister(self, peer: Peer) -> None:
+        self.peers.pop(peer.peer_id, None)
+        metrics.PEER_CONNECTIONS.set(len(self.peers))
+        metrics.VIEWERS.set(sum(len(s.viewers) for s in self.streams.values()))
+
+    def _forget(self, stream: LiveStream) -> None:
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+        for fanout in stream.fanouts.values():
+            fanout.close()
+
+    @property
+    def load(self) -> int:
+        return len(self.peers)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "publishers": sum(1 for p in self.peers.values() if p.role == "publisher"),
+            "viewers": sum(1 for p in self.peers.values() if p.role == "viewer"),
+            "peer_connections": len(self.peers),
+            "streams": len(self.streams),
+            "tasks": len(self.tasks),
+        }
+
+    async def _every_second(self) -> None:
+        """The worker's clock: lost publishers, and analytics every 10 s."""
+        second = 0
+        while True:
+            await asyncio.sleep(1.0)
+            second += 1
+            now = time.monotonic()
+            for stream in list(self.streams.values()):
+                if stream.publisher is not None and stream.publisher_silent(now):
+                    await self._publisher_lost(stream.publisher)
+            if second % ANALYTICS_EVERY == 0:
+                await self._record_analytics()
+
+    async def _record_analytics(self) -> None:
+        counts = {s.stream_id: len(s.viewers) for s in self.streams.values() if s.session_id}
+        try:
+            await self.lifecycle.record_analytics(datetime.now(UTC).replace(tzinfo=None), counts)
+        except Exception as exc:  # a missed sample must not stop the clock
+            log_event(log, "analytics.failed", logging.WARNING, error=repr(exc))
+
+    async def close(self) -> None:
+        """Shutdown: end every stream here, then stop our tasks."""
+        for stream_id in list(self.streams):
+            await self.end_stream(stream_id, "worker_draining")
+        await self.tasks.close()

@@ -1,0 +1,208 @@
+"""The SFU worker with real aiortc peers over loopback: a publisher's encoded
+frames reach every viewer without being decoded or re-encoded; lifecycle rows
+follow; every refusal has its code; nothing leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestServer
+
+from sfu.aiortc_hooks import EncodedFrameTap
+from sfu.app import create_app
+from sfu.control import MANAGER
+from sfu.relay import ForwardedTrack
+from sfu.streams import StreamManager
+from tests.media_clients import Publisher, Viewer
+from vilokanam.config import Settings
+
+
+@dataclass
+class Worker:
+    server: TestServer
+    session: aiohttp.ClientSession
+
+    @property
+    def manager(self) -> StreamManager:
+        return self.server.app[MANAGER]
+
+    def url(self, path: str) -> str:
+        return str(self.server.make_url(path))
+
+    async def post(self, path: str, body: object) -> tuple[int, dict]:
+        async with self.session.post(self.url(path), json=body) as resp:
+            return resp.status, (await resp.json() if resp.status != 204 else {})
+
+    def signal_publisher(self, stream_id: str):  # type: ignore[no-untyped-def]
+        async def signal(offer: str) -> str:
+            status, body = await self.post(f"/control/streams/{stream_id}/publisher",
+                                           {"sdp": offer, "signaling_url": "http://sig"})
+            assert status == 201, body
+            self.last = body
+            return str(body["sdp"])
+        return signal
+
+    def signal_viewer(self, stream_id: str, user_id: str):  # type: ignore[no-untyped-def]
+        async def signal(offer: str) -> str:
+            status, body = await self.post(f"/control/streams/{stream_id}/viewers",
+                                           {"sdp": offer, "viewer_user_id": user_id})
+            assert status == 201, body
+            self.last = body
+            return str(body["sdp"])
+        return signal
+
+
+@pytest.fixture
+async def worker(settings: Settings, db: asyncpg.Connection,
+                 redis: aioredis.Redis) -> AsyncIterator[Worker]:
+    server = TestServer(create_app(settings))
+    await server.start_server()
+    async with aiohttp.ClientSession() as session:
+        yield Worker(server, session)
+    await server.close()
+
+
+async def make_stream(db: asyncpg.Connection) -> tuple[str, str]:
+    creator = await db.fetchval(
+        "INSERT INTO users (account_id, is_creator) VALUES ('creator', TRUE) RETURNING id")
+    stream = await db.fetchval(
+        "INSERT INTO streams (creator_id, title, stream_key_hash) "
+        "VALUES ($1, 'test stream', sha256('k'::bytea)) RETURNING id", creator)
+    return str(stream), str(creator)
+
+
+async def make_viewer_user(db: asyncpg.Connection, name: str) -> str:
+    return str(await db.fetchval(
+        "INSERT INTO users (account_id) VALUES ($1) RETURNING id", name))
+
+
+@pytest.fixture
+def encoders_that_ran(monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    """ids of every aiortc encoder instance whose encode() ran in this process
+    (the test's own publisher encodes, so the set is never trivially empty)."""
+    from aiortc.codecs.h264 import H264Encoder
+    from aiortc.codecs.opus import OpusEncoder
+    from aiortc.codecs.vpx import Vp8Encoder
+
+    ran: set[int] = set()
+    for cls in (Vp8Encoder, H264Encoder, OpusEncoder):
+        original = cls.encode
+
+        def counting(self, *args, _original=original, **kwargs):  # type: ignore[no-untyped-def]
+            ran.add(id(self))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "encode", counting)
+    return ran
+
+
+async def test_one_publisher_two_viewers_forwarded_without_reencode(
+        worker: Worker, db: asyncpg.Connection, redis: aioredis.Redis,
+        encoders_that_ran: set[int]) -> None:
+    stream_id, _ = await make_stream(db)
+    events = redis.pubsub()
+    await events.subscribe(f"vk:stream:{stream_id}:events")
+    publisher = Publisher()
+    await publisher.start(worker.signal_publisher(stream_id))
+    session_id = worker.last["session_id"]
+    viewers = [Viewer(), Viewer()]
+    for number, viewer in enumerate(viewers):
+        user = await make_viewer_user(db, f"viewer-{number}")
+        await viewer.start(worker.signal_viewer(stream_id, user))
+    try:
+        for viewer in viewers:
+            await viewer.wait_for_frames("video", 30)
+            await viewer.wait_for_frames("audio", 30)
+        assert_no_codec_ran_in_the_worker(worker.manager, encoders_that_ran)
+
+        stream = await db.fetchrow("SELECT * FROM streams WHERE id = $1", stream_id)
+        assert stream["status"] == "live" and stream["start_time"] is not None
+        assert stream["viewer_count"] == 2
+        session = await db.fetchrow("SELECT * FROM stream_sessions WHERE id = $1", session_id)
+        assert session["sfu_server_url"] == worker.manager.sfu_url
+        assert session["signaling_server_url"] == "http://sig"
+        assert session["viewer_peak"] == 2 and session["end_time"] is None
+        rows = await db.fetch("SELECT * FROM stream_viewers WHERE stream_id = $1", stream_id)
+        assert len(rows) == 2 and all(r["is_active"] for r in rows)
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+        await publisher.close()
+    assert {"type": "stream_started", "stream_id": stream_id,
+            "session_id": session_id} in await _drain(events)
+    await events.aclose()
+
+
+def assert_no_codec_ran_in_the_worker(manager: StreamManager, encoded: set[int]) -> None:
+    """The publisher's receivers feed taps (their decoder threads get nothing),
+    and no viewer sender's encoder ever encoded: frames went through pack()."""
+    assert encoded, "the client publisher encodes: the instrumentation must see it"
+    peers = list(manager.peers.values())
+    publisher = next(p for p in peers if p.role == "publisher")
+    for transceiver in publisher.pc.getTransceivers():
+        queue = transceiver.receiver._RTCRtpReceiver__decoder_queue
+        assert isinstance(queue, EncodedFrameTap)
+    for viewer in (p for p in peers if p.role == "viewer"):
+        for transceiver in viewer.pc.getTransceivers():
+            track = transceiver.sender.track
+            assert isinstance(track, ForwardedTrack) and track.frames_sent > 0
+            encoder = transceiver.sender._RTCRtpSender__encoder
+            assert encoder is not None and id(encoder) not in encoded
+
+
+async def _drain(pubsub: aioredis.client.PubSub, seconds: float = 0.5) -> list[dict]:
+    """Every event published so far (and for `seconds` more)."""
+    messages = []
+    deadline = asyncio.get_running_loop().time() + seconds
+    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+        if message is not None:
+            messages.append(json.loads(message["data"]))
+    return messages
+
+
+async def test_publisher_leave_ends_stream_and_tells_viewers(
+        worker: Worker, db: asyncpg.Connection, redis: aioredis.Redis) -> None:
+    stream_id, _ = await make_stream(db)
+    publisher, viewer = Publisher(), Viewer()
+    await publisher.start(worker.signal_publisher(stream_id))
+    publisher_peer, session_id = worker.last["peer_id"], worker.last["session_id"]
+    await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(db, "v")))
+    viewer_peer = worker.last["peer_id"]
+    peer_events = redis.pubsub()
+    await peer_events.subscribe(f"vk:peer:{viewer_peer}:events")
+    await viewer.wait_for_frames("video", 5)
+
+    async with worker.session.delete(worker.url(f"/control/peers/{publisher_peer}")) as resp:
+        assert resp.status == 204
+    assert {"type": "peer_closed", "peer_id": viewer_peer,
+            "reason": "stream_ended"} in await _drain(peer_events)
+    stream = await db.fetchrow("SELECT status, end_time, viewer_count FROM streams WHERE id = $1",
+                               stream_id)
+    assert (stream["status"], stream["viewer_count"]) == ("ended", 0)
+    assert stream["end_time"] is not None
+    assert await db.fetchval("SELECT end_time FROM stream_sessions WHERE id = $1",
+                             session_id) is not None
+    assert not await db.fetchval("SELECT bool_or(is_active) FROM stream_viewers")
+    assert await redis.get(f"vk:stream:{stream_id}:worker") is None
+    await viewer.close()
+    await publisher.close()
+    await peer_events.aclose()
+    await _wait_for_zero(worker.manager)
+
+
+async def _wait_for_zero(manager: StreamManager) -> None:
+    for _ in range(100):
+        stats = manager.stats()
+        if stats == {"publishers": 0, "viewers": 0, "peer_connections": 0, "streams": 0,
+                     "tasks": 1}:  # only the worker's clock
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"leaked: {manager.stats()}")
