@@ -105,14 +105,18 @@ class Peer:
         if not isinstance(text, str):
             raise BadCandidate("candidate must be a string")
         try:
+            # aiortc's parser asserts on malformed input rather than raising ValueError.
             parsed = candidate_from_sdp(text.removeprefix("candidate:"))
-        except (ValueError, IndexError) as exc:
-            raise BadCandidate(f"not an ICE candidate: {exc}") from None
+        except (AssertionError, ValueError, IndexError) as exc:
+            raise BadCandidate(f"not an ICE candidate: {exc or 'malformed'}") from None
         parsed.sdpMid = candidate.get("sdpMid")
         parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
         if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
             parsed.sdpMLineIndex = 0
-        await self.pc.addIceCandidate(parsed)
+        try:
+            await self.pc.addIceCandidate(parsed)
+        except ValueError as exc:  # e.g. an sdpMid no section has
+            raise BadCandidate(str(exc)) from None
 
     async def close(self) -> None:
         for fanout, track in self.tracks:

@@ -206,3 +206,123 @@ async def _wait_for_zero(manager: StreamManager) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"leaked: {manager.stats()}")
+
+
+async def _offer(kinds: tuple[str, ...] = ("video", "audio"),
+                 direction: str = "sendonly") -> str:
+    from tests.media_clients import client_pc
+
+    pc = client_pc()
+    for kind in kinds:
+        pc.addTransceiver(kind, direction=direction)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return str(sdp)
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [
+    ("not json", 400, "bad_request"),
+    ([], 400, "bad_request"),
+    ({"sdp": 42}, 400, "bad_request"),
+    ({"sdp": "hello"}, 400, "bad_sdp"),
+    ({"sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:garbage\r\n"}, 400, "bad_sdp"),
+])
+async def test_publisher_bad_bodies_are_refused_with_codes(
+        worker: Worker, db: asyncpg.Connection, body: object, status: int, code: str) -> None:
+    stream_id, _ = await make_stream(db)
+    url = worker.url(f"/control/streams/{stream_id}/publisher")
+    data = body if isinstance(body, str) else json.dumps(body)
+    async with worker.session.post(url, data=data) as resp:
+        assert resp.status == status
+        assert (await resp.json())["error"]["code"] == code
+    await _wait_for_zero(worker.manager)
+
+
+async def test_no_supported_codec_and_too_many_tracks(worker: Worker,
+                                                      db: asyncpg.Connection) -> None:
+    stream_id, _ = await make_stream(db)
+    path = f"/control/streams/{stream_id}/publisher"
+    vp9_only = (await _offer(("video",))).replace("VP8/90000", "VP9/90000").replace(
+        "H264/90000", "AV1/90000")
+    assert await worker.post(path, {"sdp": vp9_only}) == (422, {"error": {
+        "code": "no_supported_codec", "message": await _message(worker, path, vp9_only)}})
+    status, body = await worker.post(path, {"sdp": await _offer(("video", "video", "audio"))})
+    assert (status, body["error"]["code"]) == (422, "too_many_tracks")
+    assert await db.fetchval("SELECT status FROM streams WHERE id = $1", stream_id) == "pending"
+    await _wait_for_zero(worker.manager)
+
+
+async def _message(worker: Worker, path: str, sdp: str) -> str:
+    _, body = await worker.post(path, {"sdp": sdp})
+    return str(body["error"]["message"])
+
+
+async def test_refusals_by_state_and_capacity(worker: Worker, db: asyncpg.Connection) -> None:
+    stream_id, _ = await make_stream(db)
+    user = await make_viewer_user(db, "viewer")
+    status, body = await worker.post(f"/control/streams/{stream_id}/viewers",
+                                     {"sdp": await _offer(direction="recvonly"),
+                                      "viewer_user_id": user})
+    assert (status, body["error"]["code"]) == (404, "stream_not_live")
+
+    publisher = Publisher()
+    await publisher.start(worker.signal_publisher(stream_id))
+    status, body = await worker.post(f"/control/streams/{stream_id}/publisher",
+                                     {"sdp": await _offer()})
+    assert (status, body["error"]["code"]) == (409, "already_live")
+
+    status, body = await worker.post("/control/peers/nobody/candidates",
+                                     {"candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host"})
+    assert (status, body["error"]["code"]) == (404, "unknown_peer")
+    async with worker.session.delete(worker.url("/control/peers/nobody")) as resp:
+        assert resp.status == 404
+    peer = worker.last["peer_id"]
+    status, body = await worker.post(f"/control/peers/{peer}/candidates",
+                                     {"candidate": "not a candidate"})
+    assert (status, body["error"]["code"]) == (400, "bad_candidate")
+    assert (await worker.post(f"/control/peers/{peer}/candidates", {"candidate": None}))[0] == 204
+
+    worker.manager.capacity = 1
+    status, body = await worker.post(f"/control/streams/{stream_id}/viewers",
+                                     {"sdp": await _offer(direction="recvonly"),
+                                      "viewer_user_id": user})
+    assert (status, body["error"]["code"]) == (503, "at_capacity")
+    await publisher.close()
+
+
+async def test_publisher_reconnecting_within_grace_resumes_session(
+        worker: Worker, db: asyncpg.Connection) -> None:
+    stream_id, _ = await make_stream(db)
+    first, viewer = Publisher(), Viewer()
+    await first.start(worker.signal_publisher(stream_id))
+    first_peer, session_id = worker.last["peer_id"], worker.last["session_id"]
+    await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(db, "v")))
+    await viewer.wait_for_frames("video", 10)
+
+    await first.close()  # the publisher's connection is lost, not ended
+    async with worker.session.delete(worker.url(f"/control/peers/{first_peer}?reason=lost")):
+        pass
+    assert await db.fetchval("SELECT status FROM streams WHERE id = $1", stream_id) == "live"
+
+    second = Publisher()
+    await second.start(worker.signal_publisher(stream_id))
+    assert worker.last["resumed"] is True and worker.last["session_id"] == session_id
+    before = viewer.frames["video"]
+    await viewer.wait_for_frames("video", before + 30)  # the same viewer connection goes on
+    assert await db.fetchval("SELECT count(*) FROM stream_sessions") == 1
+    await viewer.close()
+    await second.close()
+
+
+async def test_h264_is_forwarded_too(worker: Worker, db: asyncpg.Connection) -> None:
+    stream_id, _ = await make_stream(db)
+    publisher, viewer = Publisher(), Viewer()
+    answer = await publisher.start(worker.signal_publisher(stream_id), video_codec="video/H264")
+    assert "H264/90000" in answer and "VP8/90000" not in answer
+    viewer_answer = await viewer.start(worker.signal_viewer(
+        stream_id, await make_viewer_user(db, "v")))
+    assert "H264/90000" in viewer_answer and "VP8/90000" not in viewer_answer
+    await viewer.wait_for_frames("video", 20)
+    await viewer.close()
+    await publisher.close()
