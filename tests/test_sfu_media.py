@@ -326,3 +326,45 @@ async def test_h264_is_forwarded_too(worker: Worker, db: asyncpg.Connection) -> 
     await viewer.wait_for_frames("video", 20)
     await viewer.close()
     await publisher.close()
+
+
+async def test_analytics_rows_while_live(worker: Worker, db: asyncpg.Connection,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import sfu.streams
+
+    monkeypatch.setattr(sfu.streams, "ANALYTICS_EVERY", 1)  # every second, not every 10
+    stream_id, _ = await make_stream(db)
+    publisher, viewer = Publisher(), Viewer()
+    await publisher.start(worker.signal_publisher(stream_id))
+    await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(db, "v")))
+    await viewer.wait_for_frames("video", 5)
+    await asyncio.sleep(2.2)
+    counts = [r["viewer_count"] for r in await db.fetch(
+        "SELECT viewer_count FROM stream_analytics WHERE stream_id = $1", stream_id)]
+    assert len(counts) >= 2 and counts[-1] == 1
+    await viewer.close()
+    await publisher.close()
+
+
+async def test_a_publisher_that_dies_silently_ends_the_stream(
+        worker: Worker, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DELETE, no DTLS close: the media simply stops (a crashed browser)."""
+    import sfu.streams
+
+    monkeypatch.setattr(sfu.streams, "MEDIA_TIMEOUT", 1.0)
+    monkeypatch.setattr(sfu.streams, "RECONNECT_GRACE", 0.5)
+    stream_id, _ = await make_stream(db)
+    publisher, viewer = Publisher(), Viewer()
+    await publisher.start(worker.signal_publisher(stream_id))
+    await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(db, "v")))
+    await viewer.wait_for_frames("video", 5)
+    for transceiver in publisher.pc.getTransceivers():
+        transceiver.sender._enabled = False  # aiortc: read but send nothing; ICE stays up
+    for _ in range(60):
+        if await db.fetchval("SELECT status FROM streams WHERE id = $1", stream_id) == "ended":
+            break
+        await asyncio.sleep(0.1)
+    assert await db.fetchval("SELECT status FROM streams WHERE id = $1", stream_id) == "ended"
+    await viewer.close()
+    await publisher.close()
+    await _wait_for_zero(worker.manager)
