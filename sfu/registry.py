@@ -156,7 +156,7 @@ class WorkerRegistration:
             await asyncio.sleep(self._interval_s)
             try:
                 await self.beat()
-            except Exception as exc:  # noqa: BLE001 - the heartbeat must outlive any one failure
+            except Exception as exc:  # the heartbeat must outlive any one failure
                 # Keep trying: a Redis restart (or a bad load_fn reading) must not
                 # take the worker out of placement for longer than it lasts.
                 log_event(log, "sfu.heartbeat_failed", logging.WARNING,

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from signaling.api import add_api_routes
+from signaling.errors import error_middleware
+from signaling.events import events_ctx
+from signaling.pages import add_page_routes
+from signaling.sfu_client import sfu_client_ctx
 from signaling.state import SETTINGS
+from signaling.ws import add_ws_routes
 from vilokanam.backends import attach_backends
 from vilokanam.config import Settings
 from vilokanam.health import add_health_routes
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[error_middleware])
     app[SETTINGS] = settings
     attach_backends(app, settings)
+    app.cleanup_ctx.append(sfu_client_ctx)
+    app.cleanup_ctx.append(events_ctx)  # after the backends: it uses their Redis
     add_health_routes(app, role="signaling")
+    add_api_routes(app)
+    add_page_routes(app)
+    add_ws_routes(app)
     return app

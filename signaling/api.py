@@ -1,0 +1,218 @@
+"""The REST API under /api: dev tokens, streams, the current user.
+
+Handlers stay thin: parse (errors.parse_json_body, the parse_* helpers below),
+one query, one JSON shape per resource (`stream_json`). Every error is an
+`ApiError` rendered by errors.error_middleware."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from signaling.errors import bad_request, not_found, parse_json_body
+from signaling.state import SETTINGS
+from signaling.stream_keys import hash_stream_key, new_stream_key
+from signaling.tokens import issue_token
+from signaling.users import (
+    canonical_or_400,
+    find_user,
+    get_or_create_user,
+    make_creator,
+    require_user,
+    token_secret_or_503,
+)
+from vilokanam.backends import BACKENDS
+from vilokanam.config import Settings
+from vilokanam.money import decimal_from_json, format_amount
+
+# streams.price_per_second is NUMERIC(38, 18): 20 integer digits, 18 decimals.
+# Anything outside is refused rather than rounded or overflowed by Postgres.
+PRICE_MAX_DECIMALS = 18
+PRICE_LIMIT = Decimal(10) ** 20
+TITLE_MAX = 255
+STREAM_STATUSES = ("pending", "live", "ended", "archived")  # the schema's comment
+PAGE_DEFAULT, PAGE_MAX = 50, 200
+OFFSET_MAX = 10**9
+
+# Lifecycle timestamps are TIMESTAMP (no zone) filled with NOW() by the
+# database, i.e. wall time in the session's TimeZone: read them back in that
+# zone so the API can give absolute ISO 8601 instants.
+_STREAM_SELECT = """
+SELECT s.id::text AS id, s.title, s.status, u.account_id AS creator_account,
+       s.price_per_second, COALESCE(s.viewer_count, 0) AS viewer_count,
+       COALESCE(s.total_ticks, 0) AS total_ticks,
+       s.start_time AT TIME ZONE current_setting('TimeZone') AS start_time,
+       s.end_time AT TIME ZONE current_setting('TimeZone') AS end_time
+FROM streams s JOIN users u ON u.id = s.creator_id
+"""
+
+
+# -- money -----------------------------------------------------------------
+
+def parse_price(value: object, default: Decimal) -> Decimal:
+    """A price per second from JSON: a decimal string or a number (parsed as
+    Decimal), > 0, below 10^20, at most 18 decimals; else 400 invalid_price."""
+    if value is None:
+        return default
+    amount = decimal_from_json(value)
+    # adjusted() bounds the magnitude before format_amount, so "1e-999999999"
+    # cannot make us print a billion zeros.
+    if (amount is None or not amount.is_finite() or not 0 < amount < PRICE_LIMIT
+            or amount.adjusted() < -PRICE_MAX_DECIMALS
+            or len(format_amount(amount).partition(".")[2]) > PRICE_MAX_DECIMALS):
+        raise bad_request("invalid_price", "price_per_second must be a number of tokens > 0, "
+                          f"below 10^20, with at most {PRICE_MAX_DECIMALS} decimals")
+    return amount
+
+
+# -- request parsing ---------------------------------------------------------
+
+def stream_id_or_none(raw: str) -> str | None:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        return None
+
+
+def parse_stream_id(request: web.Request) -> str:
+    stream_id = stream_id_or_none(request.match_info["stream_id"])
+    if stream_id is None:
+        raise bad_request("invalid_stream_id", "a stream id is a UUID")
+    return stream_id
+
+
+def parse_title(value: object) -> str:
+    title = value.strip() if isinstance(value, str) else ""
+    if not 1 <= len(title) <= TITLE_MAX or "\x00" in title:
+        raise bad_request("invalid_title", f"title must be 1 to {TITLE_MAX} characters")
+    return title
+
+
+def _query_int(request: web.Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdecimal() or len(raw) > 10:
+        raise bad_request("invalid_paging", f"{name} must be a non-negative integer")
+    return min(int(raw), maximum)
+
+
+def parse_paging(request: web.Request) -> tuple[int, int]:
+    limit = _query_int(request, "limit", PAGE_DEFAULT, PAGE_MAX)
+    if limit < 1:
+        raise bad_request("invalid_paging", "limit must be at least 1")
+    return limit, _query_int(request, "offset", 0, OFFSET_MAX)
+
+
+def parse_status(request: web.Request) -> str | None:
+    status = request.query.get("status")
+    if status is not None and status not in STREAM_STATUSES:
+        raise bad_request("invalid_status", f"status must be one of {', '.join(STREAM_STATUSES)}")
+    return status
+
+
+# -- responses -----------------------------------------------------------------
+
+def stream_urls(settings: Settings, stream_id: str) -> dict[str, str]:
+    base = settings.base_url
+    return {"watch_url": f"{base}/watch/{stream_id}", "whep_url": f"{base}/whep/{stream_id}",
+            "publish_url": f"{base}/publish/{stream_id}", "whip_url": f"{base}/whip/{stream_id}"}
+
+
+def stream_json(row: asyncpg.Record, settings: Settings) -> dict[str, Any]:
+    """The public view of a stream: never its key or the key's hash."""
+    urls = stream_urls(settings, row["id"])
+    return {
+        "id": row["id"], "title": row["title"], "status": row["status"],
+        "creator_account": row["creator_account"],
+        "price_per_second": format_amount(row["price_per_second"]),
+        "viewer_count": row["viewer_count"], "total_ticks": row["total_ticks"],
+        "start_time": _iso(row["start_time"]), "end_time": _iso(row["end_time"]),
+        "watch_url": urls["watch_url"], "whep_url": urls["whep_url"],
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+# -- handlers --------------------------------------------------------------------
+
+async def dev_token(request: web.Request) -> web.Response:
+    """A viewer token for any account, no signature: `vilokanam dev` only."""
+    settings = request.app[SETTINGS]
+    if not settings.dev_mode:
+        raise not_found("not_found", "no such resource")
+    secret = token_secret_or_503(settings)
+    body = await parse_json_body(request)
+    account = canonical_or_400(body.get("account"), settings)
+    user = await get_or_create_user(request.app[BACKENDS].pg, account)
+    return web.json_response({"token": issue_token(secret, user.id, account),
+                              "user_id": user.id, "account": account})
+
+
+async def create_stream(request: web.Request) -> web.Response:
+    claims = await require_user(request)
+    settings = request.app[SETTINGS]
+    body = await parse_json_body(request)
+    title = parse_title(body.get("title"))
+    price = parse_price(body.get("price_per_second"), settings.price_default)
+    stream_key = new_stream_key()
+    async with request.app[BACKENDS].pg.acquire() as conn, conn.transaction():
+        creator = await make_creator(conn, claims.account)
+        stream_id = await conn.fetchval(
+            "INSERT INTO streams (creator_id, title, price_per_second, stream_key_hash) "
+            "VALUES ($1::uuid, $2, $3, $4) RETURNING id::text",
+            creator.id, title, price, hash_stream_key(stream_key))
+        row = await conn.fetchrow(f"{_STREAM_SELECT} WHERE s.id = $1::uuid", stream_id)
+    assert row is not None
+    # The key is shown here, once; only its hash is stored (migration 0005).
+    created = {**stream_json(row, settings), **stream_urls(settings, stream_id),
+               "stream_key": stream_key}
+    return web.json_response(created, status=201)
+
+
+async def list_streams(request: web.Request) -> web.Response:
+    status = parse_status(request)
+    limit, offset = parse_paging(request)
+    rows = await request.app[BACKENDS].pg.fetch(
+        f"""{_STREAM_SELECT}
+        WHERE $1::text IS NULL OR s.status = $1
+        ORDER BY COALESCE(s.viewer_count, 0) DESC, s.start_time DESC NULLS LAST,
+                 s.created_at DESC, s.id
+        LIMIT $2 OFFSET $3""", status, limit, offset)
+    settings = request.app[SETTINGS]
+    return web.json_response({"streams": [stream_json(row, settings) for row in rows],
+                              "limit": limit, "offset": offset})
+
+
+async def get_stream(request: web.Request) -> web.Response:
+    stream_id = parse_stream_id(request)
+    row = await request.app[BACKENDS].pg.fetchrow(f"{_STREAM_SELECT} WHERE s.id = $1::uuid",
+                                                  stream_id)
+    if row is None:
+        raise not_found("stream_not_found", f"no stream {stream_id}")
+    return web.json_response(stream_json(row, request.app[SETTINGS]))
+
+
+async def me(request: web.Request) -> web.Response:
+    claims = await require_user(request)
+    user = await find_user(request.app[BACKENDS].pg, claims.account)
+    # Balances are metering's (a later issue): it will fill this from the
+    # viewer's deposits minus their ticks. Always a decimal string in tokens.
+    balance = format_amount(Decimal(0))
+    return web.json_response({"account": claims.account,
+                              "is_creator": user is not None and user.is_creator,
+                              "balance": balance})
+
+
+def add_api_routes(app: web.Application) -> None:
+    app.router.add_post("/api/dev/token", dev_token)
+    app.router.add_post("/api/streams", create_stream)
+    app.router.add_get("/api/streams", list_streams)
+    app.router.add_get("/api/streams/{stream_id}", get_stream)
+    app.router.add_get("/api/me", me)

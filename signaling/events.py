@@ -1,0 +1,138 @@
+"""The workers' Redis pub/sub events (docs/architecture.md, "Events"), fanned
+out to the websockets on this signaling server that care.
+
+One pub/sub connection per signaling app, pattern-subscribed to every stream's
+and every peer's channel once at startup. That costs each signaling server
+every event of every stream (small, and only on changes), and buys two
+things: no subscribe round trip per websocket, and no window in which a
+websocket is registered but its subscription not yet active. Listeners are
+registered per channel in memory; delivery is a plain synchronous call, so a
+listener must not block (the websocket one only queues a message)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from sfu.events import peer_channel, stream_channel
+from vilokanam.backends import BACKENDS
+from vilokanam.logs import log_event
+
+log = logging.getLogger("vilokanam.signaling.events")
+
+# The channel names are the workers' (sfu/events.py), who publish on them.
+PATTERNS = (stream_channel("*"), peer_channel("*"))
+RETRY_S = 1.0
+# get_message wakes up this often, so redis-py's health check PINGs an idle
+# connection and a dead one is noticed.
+POLL_S = 1.0
+SUBSCRIBE_TIMEOUT_S = 5.0
+
+
+class Listener(Protocol):
+    def on_event(self, channel: str, event: dict[str, Any]) -> None: ...
+
+
+class EventHub:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._listeners: dict[str, set[Listener]] = {}
+        self._pubsub: Any = None  # redis.asyncio.client.PubSub, once started
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, channel: str, listener: Listener) -> None:
+        self._listeners.setdefault(channel, set()).add(listener)
+
+    def remove(self, channel: str, listener: Listener) -> None:
+        listeners = self._listeners.get(channel)
+        if listeners is not None:
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[channel]
+
+    @property
+    def channels(self) -> int:
+        return len(self._listeners)
+
+    async def start(self) -> None:
+        self._pubsub = self._redis.pubsub()
+        try:
+            await self._subscribe()
+        except BaseException:
+            await self.stop()
+            raise
+        self._task = asyncio.create_task(self._listen(), name="signaling-events")
+
+    async def _subscribe(self) -> None:
+        await self._pubsub.psubscribe(*PATTERNS)
+        # Wait for Redis to confirm, so every event published after start()
+        # returns reaches us.
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+            confirmed = 0
+            while confirmed < len(PATTERNS):
+                message = await self._pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
+                confirmed += message is not None and message["type"] == "psubscribe"
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+            self._pubsub = None
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True,
+                                                         timeout=POLL_S)
+            except (aioredis.RedisError, OSError) as exc:
+                # redis-py reconnects and re-subscribes on the next read; events
+                # published meanwhile are lost (pub/sub keeps no history).
+                log_event(log, "events.redis_error", logging.WARNING, error=repr(exc))
+                await asyncio.sleep(RETRY_S)
+                continue
+            if message is not None and message["type"] == "pmessage":
+                self.dispatch(_text(message["channel"]), message["data"])
+
+    def dispatch(self, channel: str, data: bytes | str) -> None:
+        listeners = self._listeners.get(channel)
+        if not listeners:
+            return
+        try:
+            event = json.loads(data)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            log_event(log, "events.bad_event", logging.WARNING, channel=channel)
+            return
+        for listener in tuple(listeners):  # a listener may unregister itself
+            try:
+                listener.on_event(channel, event)
+            except Exception as exc:  # one bad listener must not starve the rest
+                log_event(log, "events.listener_failed", logging.ERROR, channel=channel,
+                          event_type=event.get("type"), error=repr(exc))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+EVENTS = web.AppKey("events", EventHub)
+
+
+async def events_ctx(app: web.Application) -> AsyncIterator[None]:
+    hub = EventHub(app[BACKENDS].redis)
+    await hub.start()
+    app[EVENTS] = hub
+    try:
+        yield
+    finally:
+        await hub.stop()

@@ -1,0 +1,125 @@
+"""Placement: which SFU worker a stream lives on (docs/architecture.md).
+
+Reads the registry the workers write (`sfu/registry.py`): a new stream goes to
+the live worker with the lowest load/capacity that has room, and is pinned
+there by `vk:stream:<id>:worker`; a stream already pinned to a live worker
+stays there (a reconnecting publisher resumes, viewers find it). The load is
+what the worker last reported (at most 1 s old), so a burst of placements
+within one second may all pick the same worker; the worker refuses what it
+cannot take (`at_capacity`)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from sfu.registry import WORKERS_KEY, WorkerRecord, stream_worker_key, worker_key
+from vilokanam.logs import log_event
+
+log = logging.getLogger("vilokanam.signaling.placement")
+
+# Pin a stream to `new` only if the pin is still what we read (`expected`, ''
+# for none): two signaling servers placing one stream at once agree on one
+# worker. Returns the pin after the call.
+_PIN_IF_UNCHANGED = """
+local current = redis.call('GET', KEYS[1])
+if (current == false and ARGV[1] == '') or current == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[2])
+    return ARGV[2]
+end
+return current
+"""
+_UNPIN_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+_PLACEMENT_ATTEMPTS = 3
+
+
+class NoCapacity(Exception):
+    """No live worker has room for a new stream."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    worker: WorkerRecord
+    sticky: bool  # the stream was already pinned to this worker
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _parse(worker_id: str, raw: bytes | str) -> WorkerRecord | None:
+    try:
+        return WorkerRecord.from_json(raw)
+    except ValueError as exc:
+        log_event(log, "placement.bad_worker_record", logging.WARNING,
+                  worker_id=worker_id, error=str(exc))
+        return None
+
+
+async def get_worker(redis: aioredis.Redis, worker_id: str) -> WorkerRecord | None:
+    """The worker's record, or None when it stopped heartbeating."""
+    raw = await redis.get(worker_key(worker_id))
+    return None if raw is None else _parse(worker_id, raw)
+
+
+async def live_workers(redis: aioredis.Redis) -> list[WorkerRecord]:
+    """Every worker whose record has not expired. Ids whose record is gone
+    are dropped from the set here ("whoever notices", per the contract); a
+    live worker that loses a race with this re-adds itself on its next beat."""
+    ids = sorted(_text(member) or "" for member in await redis.smembers(WORKERS_KEY))
+    if not ids:
+        return []
+    raws = await redis.mget([worker_key(worker_id) for worker_id in ids])
+    gone = [worker_id for worker_id, raw in zip(ids, raws, strict=True) if raw is None]
+    if gone:
+        await redis.srem(WORKERS_KEY, *gone)
+    records = (_parse(worker_id, raw) for worker_id, raw in zip(ids, raws, strict=True)
+               if raw is not None)
+    return [record for record in records if record is not None]
+
+
+def least_loaded(workers: list[WorkerRecord]) -> WorkerRecord | None:
+    """The worker with room and the lowest load/capacity (ties: fewer peers,
+    then the id, so the choice is deterministic)."""
+    with_room = [worker for worker in workers if worker.has_room]
+    return min(with_room, key=lambda w: (w.utilisation, w.load, w.worker_id), default=None)
+
+
+async def place_stream(redis: aioredis.Redis, stream_id: str) -> Placement:
+    """The worker a publisher of `stream_id` must go to. Raises NoCapacity."""
+    key = stream_worker_key(stream_id)
+    pinned = _text(await redis.get(key))
+    for _ in range(_PLACEMENT_ATTEMPTS):
+        if pinned is not None and (worker := await get_worker(redis, pinned)) is not None:
+            return Placement(worker, sticky=True)
+        chosen = least_loaded(await live_workers(redis))
+        if chosen is None:
+            raise NoCapacity("no SFU worker has room for a new stream")
+        winner = _text(await redis.eval(_PIN_IF_UNCHANGED, 1, key, pinned or "",
+                                        chosen.worker_id))
+        if winner == chosen.worker_id:
+            log_event(log, "placement.pinned", stream_id=stream_id, worker_id=winner,
+                      load=chosen.load, capacity=chosen.capacity)
+            return Placement(chosen, sticky=False)
+        pinned = winner  # someone else pinned it meanwhile: follow them if alive
+    raise NoCapacity("the stream's placement kept changing; try again")
+
+
+async def unpin_stream(redis: aioredis.Redis, stream_id: str, worker_id: str) -> None:
+    """Undo a fresh pin the worker refused, so a retry may choose another
+    worker. A pin that has since changed is left alone."""
+    await redis.eval(_UNPIN_IF_OURS, 1, stream_worker_key(stream_id), worker_id)
+
+
+async def stream_worker(redis: aioredis.Redis, stream_id: str) -> WorkerRecord | None:
+    """Where viewers of `stream_id` go: its pinned worker if that is alive,
+    else None (the stream is not live)."""
+    pinned = _text(await redis.get(stream_worker_key(stream_id)))
+    return None if pinned is None else await get_worker(redis, pinned)

@@ -1,0 +1,448 @@
+"""`GET /ws`: the websocket protocol (docs/protocol.md) for publishers and
+viewers. One `Connection` per websocket: it reads client messages one at a
+time (so a client's candidates reach the worker after its offer), checks
+credentials, places the stream, asks the worker for an answer, and relays the
+worker's events for its stream and peer. Everything it sends goes through its
+`Outbox`, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from prometheus_client import Gauge
+
+from sfu.events import peer_channel, stream_channel
+from signaling import protocol
+from signaling.events import EVENTS
+from signaling.placement import NoCapacity, Placement, place_stream, stream_worker, unpin_stream
+from signaling.protocol import (
+    MAX_FRAME_BYTES,
+    MAX_MESSAGE_BYTES,
+    Candidate,
+    ErrorCode,
+    Leave,
+    Message,
+    ProtocolError,
+    Publish,
+    State,
+    Watch,
+)
+from signaling.rate_limit import AUTH_FAILURES, STREAM_KEY_LIMIT, FailureLimiter
+from signaling.sfu_client import SFU_CLIENT, PeerGone, PeerRef, SfuError
+from signaling.state import SETTINGS
+from signaling.stream_keys import key_matches
+from signaling.tokens import InvalidToken, TokenClaims, verify_token
+from vilokanam.backends import BACKENDS
+from vilokanam.logs import log_event
+
+log = logging.getLogger("vilokanam.signaling.ws")
+
+WS_CONNECTIONS = Gauge("vilokanam_ws_connections", "Open websocket connections")
+
+HEARTBEAT_S = 30.0  # aiohttp pings; a client that stops answering is closed
+OUTBOX_LIMIT = 256  # messages queued for a client that does not read
+HELD_LIMIT = 32  # events held while the worker has not answered yet
+ENDING_GRACE_S = 5.0  # at cleanup, for sessions still ending on their worker
+
+T = TypeVar("T")
+
+
+async def ensure_viewer_can_pay(app: web.Application, claims: TokenClaims,
+                                stream_id: str) -> None:
+    """Metering hook (issue 4): raise ProtocolError(INSUFFICIENT_FUNDS) when
+    the viewer's balance cannot pay for `stream_id`. Lets everyone in until then."""
+
+
+class Outbox:
+    """Messages to one client, sent in order by one task it owns: an event
+    never waits on another client's socket and never overtakes the answer
+    queued before it. A client that lets `OUTBOX_LIMIT` messages pile up is
+    not reading: `on_overflow` is called once and the rest is dropped."""
+
+    def __init__(self, ws: web.WebSocketResponse, on_overflow: Callable[[], None],
+                 name: str) -> None:
+        self._ws = ws
+        self._on_overflow = on_overflow
+        self._overflowed = False
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._task = asyncio.create_task(self._drain(), name=name)
+
+    def put(self, message: Message) -> None:
+        if self._overflowed:
+            return
+        if self._queue.qsize() >= OUTBOX_LIMIT:
+            self._overflowed = True
+            self._on_overflow()
+            return
+        self._queue.put_nowait(message)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        while True:
+            message = await self._queue.get()
+            try:
+                await self._ws.send_json(message)
+            except ConnectionError:
+                return  # the socket is closing; the reader loop ends the connection
+
+
+@dataclass
+class Session:
+    """A publish or watch: pending until the worker answers, then live."""
+
+    state: State
+    stream_id: str
+    peer: PeerRef | None = None
+    stream_session_id: str | None = None  # publisher: the stream_sessions id
+    held: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Connection:
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
+        app = request.app
+        self._request = request
+        self._ws = ws
+        self._settings = app[SETTINGS]
+        self._backends = app[BACKENDS]
+        self._sfu = app[SFU_CLIENT]
+        self._events = app[EVENTS]
+        self._connections = app[CONNECTIONS]
+        self._remote = request.remote or "unknown"
+        self._id = secrets.token_hex(4)
+        self._session: Session | None = None
+        self._outbox = Outbox(ws, self._on_overflow, name=f"ws-outbox-{self._id}")
+
+    @property
+    def state(self) -> State:
+        session = self._session
+        return session.state if session is not None and session.peer is not None else State.IDLE
+
+    def send(self, message: Message) -> None:
+        self._outbox.put(message)
+
+    async def run(self) -> None:
+        self.send(protocol.hello())
+        try:
+            async for frame in self._ws:
+                await self._on_frame(frame)
+        finally:
+            # A websocket that closes ends its session, like leave. aiohttp
+            # cancels handlers at shutdown, so the ending (a DELETE to the
+            # worker) runs in a task the app owns and waits for at cleanup.
+            await asyncio.shield(self._connections.run_ending(self._end(),
+                                                              name=f"ws-end-{self._id}"))
+
+    async def _end(self) -> None:
+        # No `leave` came: the client's connection is gone, not its intent. A
+        # publisher gets the worker's reconnect grace (it may come back within
+        # 10 s and resume); a viewer simply leaves.
+        await self._hang_up(self._detach(), lost=True)
+        await self._outbox.close()
+
+    # --- client messages -------------------------------------------------------
+
+    async def _on_frame(self, frame: WSMessage) -> None:
+        try:
+            if frame.type is WSMsgType.TEXT:
+                await self._on_text(frame.data)
+            elif frame.type is WSMsgType.BINARY:
+                raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                    "binary frames are not part of the protocol: send JSON text")
+            elif frame.type is WSMsgType.ERROR:
+                log_event(log, "ws.frame_error", logging.WARNING, **self._ids(),
+                          error=repr(self._ws.exception()))
+        except ProtocolError as err:
+            self.send(protocol.error(err.code, err.message))
+        except Exception as exc:  # no exception may close the connection
+            log_event(log, "ws.internal_error", logging.ERROR, **self._ids(), error=repr(exc),
+                      traceback=traceback.format_exc())
+            self.send(protocol.error(ErrorCode.INTERNAL_ERROR,
+                                     "internal error; the request was not carried out"))
+
+    async def _on_text(self, text: str) -> None:
+        if len(text.encode()) > MAX_MESSAGE_BYTES:
+            raise ProtocolError(ErrorCode.MESSAGE_TOO_LARGE,
+                                f"a message may be at most {MAX_MESSAGE_BYTES} bytes")
+        match protocol.parse_message(text):
+            case Publish() as message:
+                await self._publish(message)
+            case Watch() as message:
+                await self._watch(message)
+            case Candidate() as message:
+                await self._candidate(message)
+            case Leave():
+                await self._leave()
+
+    async def _publish(self, message: Publish) -> None:
+        self._require_idle("publish")
+        await self._check_stream_key(message.stream_id, message.stream_key)
+        placement = await self._place(message.stream_id)
+        session = self._begin(State.PUBLISHING, message.stream_id)
+        try:
+            answer = await self._answered(session, self._sfu.add_publisher(
+                placement.worker.control_url, message.stream_id, sdp=message.sdp,
+                signaling_url=self._settings.base_url))
+        except SfuError as err:
+            await self._unpin_refused(placement, message.stream_id, err)
+            raise
+        session.stream_session_id = answer.session_id
+        self._established(session, answer.peer,
+                          protocol.publish_answer(answer.sdp, answer.session_id, answer.resumed))
+
+    async def _watch(self, message: Watch) -> None:
+        self._require_idle("watch")
+        claims = self._verify_token(message.token)
+        await ensure_viewer_can_pay(self._request.app, claims, message.stream_id)
+        worker = await stream_worker(self._backends.redis, message.stream_id)
+        if worker is None:
+            raise ProtocolError(ErrorCode.STREAM_NOT_LIVE, "the stream is not live")
+        session = self._begin(State.WATCHING, message.stream_id)
+        answer = await self._answered(session, self._sfu.add_viewer(
+            worker.control_url, message.stream_id, sdp=message.sdp,
+            viewer_user_id=claims.user_id))
+        self._established(session, answer.peer,
+                          protocol.watch_answer(answer.sdp, answer.viewer_session_id))
+
+    async def _candidate(self, message: Candidate) -> None:
+        session = self._session
+        if session is None or session.peer is None:  # idle
+            raise ProtocolError(ErrorCode.WRONG_STATE,
+                                "candidate is allowed only while publishing or watching")
+        try:
+            await self._sfu.add_candidate(session.peer, message.candidate)
+        except PeerGone:
+            pass  # the worker closed the peer; its peer_closed event tells the client
+
+    async def _leave(self) -> None:
+        # Idempotent: a leave that crosses the server's stream_ended is no error.
+        await self._hang_up(self._detach())
+        self.send(protocol.left())
+
+    # --- checks -------------------------------------------------------------------
+
+    def _require_idle(self, action: str) -> None:
+        if self.state is not State.IDLE:
+            raise ProtocolError(ErrorCode.WRONG_STATE,
+                                f"cannot {action} while {self.state}: send leave first")
+
+    async def _check_stream_key(self, stream_id: str, stream_key: str) -> None:
+        limiter = FailureLimiter(self._backends.redis, STREAM_KEY_LIMIT)
+        # Before the comparison: a limited address learns nothing, even with the right key.
+        if await limiter.is_limited(self._remote):
+            raise ProtocolError(ErrorCode.RATE_LIMITED,
+                                "too many wrong stream keys from this address; try again later")
+        stored = await self._backends.pg.fetchval(
+            "SELECT stream_key_hash FROM streams WHERE id = $1", uuid.UUID(stream_id))
+        if stored is None:
+            raise ProtocolError(ErrorCode.STREAM_NOT_FOUND, "no such stream")
+        if not key_matches(stream_key, stored):
+            failures = await limiter.record_failure(self._remote)
+            log_event(log, "ws.stream_key_refused", logging.WARNING, **self._ids(),
+                      stream_id=stream_id, failures=failures)
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "wrong stream key")
+
+    def _verify_token(self, token: str) -> TokenClaims:
+        secret = self._settings.token_secret
+        if not secret:
+            log_event(log, "ws.no_token_secret", logging.ERROR, **self._ids())
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "this server cannot check viewer tokens")
+        try:
+            return verify_token(secret, token)
+        except InvalidToken as exc:
+            AUTH_FAILURES.labels(kind="token").inc()
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+
+    async def _place(self, stream_id: str) -> Placement:
+        try:
+            return await place_stream(self._backends.redis, stream_id)
+        except NoCapacity as exc:
+            raise ProtocolError(ErrorCode.NO_CAPACITY, str(exc)) from None
+
+    async def _unpin_refused(self, placement: Placement, stream_id: str, err: SfuError) -> None:
+        # A fresh pin to a worker that said no would send the retry back to
+        # it; one it could not be asked (or that has a publisher) stays.
+        if err.refused and not placement.sticky and err.code is not ErrorCode.ALREADY_LIVE:
+            await unpin_stream(self._backends.redis, stream_id, placement.worker.worker_id)
+
+    # --- the session ---------------------------------------------------------------
+
+    def _begin(self, state: State, stream_id: str) -> Session:
+        """Listen to the stream's events before the worker is asked, so the
+        ones it publishes while answering (this viewer's count) are not lost."""
+        session = Session(state, stream_id)
+        self._session = session
+        self._events.add(stream_channel(stream_id), self)
+        return session
+
+    async def _answered(self, session: Session, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except BaseException:
+            self._detach()  # the session never started
+            raise
+
+    def _established(self, session: Session, peer: PeerRef, answer: Message) -> None:
+        session.peer = peer
+        self._events.add(peer_channel(peer.peer_id), self)
+        self.send(answer)
+        log_event(log, "ws.session_started", **self._ids())
+        held, session.held = session.held, []
+        for event in held:
+            self._apply(session, event)
+
+    def _detach(self) -> Session | None:
+        """End the session here at once, so no later event of it reaches the client."""
+        session, self._session = self._session, None
+        if session is not None:
+            self._events.remove(stream_channel(session.stream_id), self)
+            if session.peer is not None:
+                self._events.remove(peer_channel(session.peer.peer_id), self)
+        return session
+
+    async def _hang_up(self, session: Session | None, lost: bool = False) -> None:
+        """Close the session's peer on the worker: a publisher's stream ends at
+        once, or after the reconnect grace when the connection was `lost`."""
+        if session is None or session.peer is None:
+            return
+        try:
+            await self._sfu.close_peer(session.peer, lost=lost)
+        except PeerGone:
+            pass  # already closed by the worker
+        except SfuError as err:
+            # The worker's ICE timeout closes it; nothing more we can do.
+            log_event(log, "ws.hang_up_failed", logging.WARNING, **self._ids(session),
+                      error=err.message)
+        log_event(log, "ws.session_ended", **self._ids(session))
+
+    # --- worker events (called by the EventHub) ------------------------------------------
+
+    def on_event(self, channel: str, event: dict[str, Any]) -> None:
+        session = self._session
+        if session is None:
+            return
+        if session.peer is None:
+            if len(session.held) < HELD_LIMIT:
+                session.held.append(event)
+            return
+        self._apply(session, event)
+
+    def _apply(self, session: Session, event: dict[str, Any]) -> None:
+        match event.get("type"):
+            case "viewer_count":
+                count = event.get("count")
+                if isinstance(count, int) and not isinstance(count, bool):
+                    self.send(protocol.viewer_count(count))
+            case "stream_started":
+                self.send(protocol.stream_started())
+            case "stream_ended" if not self._is_stale(session, event):
+                self._detach()
+                self.send(protocol.stream_ended())
+            case "peer_closed" if session.peer and event.get("peer_id") == session.peer.peer_id:
+                self._detach()
+                self.send(protocol.peer_closed(str(event.get("reason"))))
+                log_event(log, "ws.peer_closed", **self._ids(session), reason=event.get("reason"))
+
+    @staticmethod
+    def _is_stale(session: Session, event: dict[str, Any]) -> bool:
+        """An end of an earlier session of the stream (a publisher who has
+        since published again) is not the end of this one."""
+        ended = event.get("session_id")
+        return session.stream_session_id is not None and ended not in (
+            None, session.stream_session_id)
+
+    # --- housekeeping -----------------------------------------------------------------
+
+    def _on_overflow(self) -> None:
+        log_event(log, "ws.client_too_slow", logging.WARNING, **self._ids())
+        if self._request.transport is not None:
+            self._request.transport.abort()
+
+    def _ids(self, session: Session | None = None) -> dict[str, Any]:
+        session = session or self._session
+        ids: dict[str, Any] = {"conn": self._id, "remote": self._remote}
+        if session is not None:
+            ids.update(state=session.state.value, stream_id=session.stream_id)
+            if session.peer is not None:
+                ids["peer_id"] = session.peer.peer_id
+        return ids
+
+
+@dataclass
+class Connections:
+    """The app's websockets: the open ones, closed at shutdown, and the
+    endings of closed ones still talking to a worker, awaited at cleanup."""
+
+    sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    endings: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def run_ending(self, ending: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(ending, name=name)
+        self.endings.add(task)
+        task.add_done_callback(self.endings.discard)
+        return task
+
+    async def close_sockets(self) -> None:
+        sockets = list(self.sockets)
+        await asyncio.gather(*[ws.close(code=WSCloseCode.GOING_AWAY,
+                                        message=b"server shutting down") for ws in sockets],
+                             return_exceptions=True)
+
+    async def wait_endings(self) -> None:
+        if not self.endings:
+            return
+        _, late = await asyncio.wait(set(self.endings), timeout=ENDING_GRACE_S)
+        for task in late:
+            log_event(log, "ws.ending_abandoned", logging.WARNING, task=task.get_name())
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
+
+CONNECTIONS = web.AppKey("ws_connections", Connections)
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    # aiohttp's frame limit sits above the protocol's, so an oversized message
+    # gets an error reply instead of closing the connection.
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=HEARTBEAT_S)
+    await ws.prepare(request)
+    sockets = request.app[CONNECTIONS].sockets
+    sockets.add(ws)
+    WS_CONNECTIONS.inc()
+    try:
+        await Connection(request, ws).run()
+    finally:
+        sockets.discard(ws)
+        WS_CONNECTIONS.dec()
+    return ws
+
+
+async def _close_websockets(app: web.Application) -> None:
+    """On shutdown: close every websocket so its handler ends its session
+    (rather than aiohttp waiting for it, then cancelling it)."""
+    await app[CONNECTIONS].close_sockets()
+
+
+async def _connections_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[CONNECTIONS] = Connections()
+    yield
+    await app[CONNECTIONS].wait_endings()
+
+
+def add_ws_routes(app: web.Application) -> None:
+    """Call after `sfu_client_ctx` and `events_ctx` are in the app's cleanup
+    contexts: this one's clean-up (waiting for sessions to end on their
+    workers) must run before theirs (cleanup contexts unwind in reverse)."""
+    app.router.add_get("/ws", websocket)
+    app.cleanup_ctx.append(_connections_ctx)
+    app.on_shutdown.append(_close_websockets)

@@ -1,0 +1,166 @@
+"""Placement and the worker registry on a real Redis: least-loaded choice,
+expired and full workers left out, sticky streams, and the worker side's
+heartbeat really writing, refreshing and deleting its record."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from sfu.registry import (
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_TTL_MS,
+    WORKERS_KEY,
+    WorkerRecord,
+    WorkerRegistration,
+    stream_worker_key,
+    worker_key,
+)
+from signaling.placement import (
+    NoCapacity,
+    live_workers,
+    place_stream,
+    stream_worker,
+    unpin_stream,
+)
+
+
+async def register(redis: aioredis.Redis, worker_id: str, *, load: int = 0,
+                   capacity: int = 10, px: int = 60_000) -> WorkerRecord:
+    """A worker's record written exactly as a worker writes it."""
+    record = WorkerRecord(worker_id, f"http://127.0.0.1:1/{worker_id}", capacity, load, 0,
+                          int(time.time() * 1000))
+    await redis.sadd(WORKERS_KEY, worker_id)
+    await redis.set(worker_key(worker_id), record.to_json(), px=px)
+    return record
+
+
+def new_stream() -> str:
+    return str(uuid.uuid4())
+
+
+async def test_a_new_stream_goes_to_the_least_loaded_worker(redis: aioredis.Redis) -> None:
+    await register(redis, "half", load=5, capacity=10)
+    await register(redis, "fifth", load=20, capacity=100)
+    await register(redis, "quarter", load=1, capacity=4)
+    stream = new_stream()
+    placement = await place_stream(redis, stream)
+    assert (placement.worker.worker_id, placement.sticky) == ("fifth", False)
+    assert await redis.get(stream_worker_key(stream)) == b"fifth"
+    assert await redis.ttl(stream_worker_key(stream)) == -1  # no TTL: the worker deletes it
+
+
+async def test_a_worker_whose_record_expired_is_not_chosen(redis: aioredis.Redis) -> None:
+    await register(redis, "idle-but-dead", load=0, px=50)
+    await register(redis, "busy", load=9)
+    await asyncio.sleep(0.1)
+    assert (await place_stream(redis, new_stream())).worker.worker_id == "busy"
+    # whoever notices drops the dead id from the set
+    assert await redis.smembers(WORKERS_KEY) == {b"busy"}
+
+
+async def test_full_workers_are_skipped_and_none_with_room_is_no_capacity(
+        redis: aioredis.Redis) -> None:
+    await register(redis, "full", load=10, capacity=10)
+    await register(redis, "room", load=9, capacity=10)
+    assert (await place_stream(redis, new_stream())).worker.worker_id == "room"
+    await register(redis, "room", load=10, capacity=10)
+    stream = new_stream()
+    with pytest.raises(NoCapacity):
+        await place_stream(redis, stream)
+    assert await redis.get(stream_worker_key(stream)) is None
+
+
+async def test_no_worker_at_all_is_no_capacity(redis: aioredis.Redis) -> None:
+    with pytest.raises(NoCapacity):
+        await place_stream(redis, new_stream())
+
+
+async def test_a_placed_stream_sticks_to_its_live_worker(redis: aioredis.Redis) -> None:
+    await register(redis, "a", load=1)
+    await register(redis, "b", load=5)
+    stream = new_stream()
+    assert (await place_stream(redis, stream)).worker.worker_id == "a"
+    await register(redis, "a", load=9)  # now busier than b: the stream stays (publisher resumes)
+    again = await place_stream(redis, stream)
+    assert (again.worker.worker_id, again.sticky) == ("a", True)
+    assert (await stream_worker(redis, stream)).worker_id == "a"  # type: ignore[union-attr]
+
+    await redis.delete(worker_key("a"))  # a died: viewers find nothing, a publisher moves
+    assert await stream_worker(redis, stream) is None
+    moved = await place_stream(redis, stream)
+    assert (moved.worker.worker_id, moved.sticky) == ("b", False)
+    assert await redis.get(stream_worker_key(stream)) == b"b"
+
+
+async def test_concurrent_placements_of_one_stream_agree(redis: aioredis.Redis) -> None:
+    for name in ("a", "b", "c"):
+        await register(redis, name)
+    stream = new_stream()
+    placements = await asyncio.gather(*(place_stream(redis, stream) for _ in range(8)))
+    assert len({p.worker.worker_id for p in placements}) == 1
+
+
+async def test_unpin_removes_only_its_own_pin(redis: aioredis.Redis) -> None:
+    await register(redis, "a")
+    stream = new_stream()
+    await place_stream(redis, stream)
+    await unpin_stream(redis, stream, "someone-else")
+    assert await redis.get(stream_worker_key(stream)) == b"a"
+    await unpin_stream(redis, stream, "a")
+    assert await redis.get(stream_worker_key(stream)) is None
+
+
+async def test_a_malformed_record_is_ignored(redis: aioredis.Redis) -> None:
+    await redis.sadd(WORKERS_KEY, "garbled")
+    await redis.set(worker_key("garbled"), json.dumps({"worker_id": "garbled"}), px=60_000)
+    await register(redis, "good", load=3)
+    assert [w.worker_id for w in await live_workers(redis)] == ["good"]
+
+
+async def test_worker_heartbeat_writes_refreshes_and_deletes(redis: aioredis.Redis) -> None:
+    assert (HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_MS) == (1.0, 3000)  # the contract
+    load = {"now": 2}
+    registration = WorkerRegistration(redis, worker_id="w1", control_url="http://127.0.0.1:9",
+                                      capacity=50, load_fn=lambda: load["now"],
+                                      streams_fn=lambda: 1)
+    await registration.start()
+    try:
+        first = json.loads(await redis.get(worker_key("w1")))
+        assert first == {"worker_id": "w1", "control_url": "http://127.0.0.1:9", "capacity": 50,
+                         "load": 2, "streams": 1, "heartbeat_ms": first["heartbeat_ms"]}
+        assert 0 < await redis.pttl(worker_key("w1")) <= 3000
+        assert await redis.sismember(WORKERS_KEY, "w1")
+
+        load["now"] = 7
+        await asyncio.sleep(HEARTBEAT_INTERVAL_S * 1.5)
+        second = json.loads(await redis.get(worker_key("w1")))
+        assert second["load"] == 7 and second["heartbeat_ms"] > first["heartbeat_ms"]
+        assert await redis.pttl(worker_key("w1")) > 2000  # refreshed, not counting down
+        assert (await place_stream(redis, new_stream())).worker.load == 7
+    finally:
+        await registration.stop()
+    assert await redis.get(worker_key("w1")) is None
+    assert not await redis.sismember(WORKERS_KEY, "w1")
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "sfu-registry-w1"]
+
+
+async def test_a_stopped_heartbeat_expires(redis: aioredis.Redis) -> None:
+    registration = WorkerRegistration(redis, worker_id="w2", control_url="http://127.0.0.1:9",
+                                      capacity=5, load_fn=lambda: 0, streams_fn=lambda: 0,
+                                      interval_s=0.05, ttl_ms=150)
+    await registration.start()
+    await asyncio.sleep(0.3)  # several TTLs: alive only because it is refreshed
+    assert [w.worker_id for w in await live_workers(redis)] == ["w2"]
+    # a crash: the task dies without deleting anything
+    task = next(t for t in asyncio.all_tasks() if t.get_name() == "sfu-registry-w2")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0.3)
+    assert await live_workers(redis) == []
+    await registration.stop()

@@ -1,0 +1,705 @@
+"""The websocket protocol (docs/protocol.md) end to end through the real
+signaling app, real Postgres and real Redis: every message, every error code,
+the states, the rate limit, event relay and clean-up. The SFU worker here is
+`FakeWorker` (see its docstring); the media tests use the real one."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import aiohttp
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
+
+from sfu.registry import (
+    WORKERS_KEY,
+    WorkerRecord,
+    WorkerRegistration,
+    stream_worker_key,
+    worker_key,
+)
+from signaling import ws as ws_module
+from signaling.app import create_app
+from signaling.protocol import MAX_MESSAGE_BYTES, ErrorCode, ProtocolError
+from signaling.stream_keys import hash_stream_key, new_stream_key
+from signaling.tokens import issue_token
+from vilokanam.config import Settings
+from vilokanam.services.net import free_port
+
+SECRET = "x" * 40
+OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"  # never parsed by the fake
+TIMEOUT = 5.0
+
+Socket = aiohttp.ClientWebSocketResponse
+Recorded = tuple[str, str, Any]
+
+
+class FakeWorker:
+    """A FAKE SFU worker: only the HTTP door of the control API
+    (docs/architecture.md), with canned answers, recording every request.
+    It stands in for the real aiortc worker in these protocol tests only (no
+    media, no lifecycle rows, no events of its own unless a test asks); the
+    end-to-end tests run the real worker. It registers itself in Redis through
+    the real `sfu/registry.py` heartbeat, exactly as a worker does."""
+
+    def __init__(self, redis: aioredis.Redis, worker_id: str | None = None) -> None:
+        self.redis = redis
+        self.requests: list[Recorded] = []
+        self.peers: set[str] = set()
+        self.refusal: tuple[int, str] | None = None  # the next POST's error answer
+        self.while_answering: Callable[[], Awaitable[None]] | None = None
+        self.delete_delay = 0.0  # a slow worker: DELETEs take this long
+        self.worker_id = worker_id or f"fake-{secrets.token_hex(3)}"
+        app = web.Application()
+        app.router.add_post("/control/streams/{stream_id}/publisher", self._publisher)
+        app.router.add_post("/control/streams/{stream_id}/viewers", self._viewer)
+        app.router.add_post("/control/peers/{peer_id}/candidates", self._candidate)
+        app.router.add_delete("/control/peers/{peer_id}", self._delete)
+        self._server = TestServer(app)
+        self._registration: WorkerRegistration | None = None
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.port}"
+
+    @property
+    def last_peer(self) -> str:
+        return [path for method, path, _ in self.requests if method == "ANSWERED"][-1]
+
+    async def start(self) -> None:
+        await self._server.start_server()
+        self._registration = WorkerRegistration(
+            self.redis, worker_id=self.worker_id, control_url=self.control_url, capacity=10,
+            load_fn=lambda: len(self.peers), streams_fn=lambda: 0)
+        await self._registration.start()
+
+    async def deregister(self) -> None:
+        if self._registration is not None:
+            await self._registration.stop()
+            self._registration = None
+
+    async def stop(self) -> None:
+        await self.deregister()
+        await self._server.close()
+
+    def requests_to(self, method: str) -> list[Recorded]:
+        return [r for r in self.requests if r[0] == method]
+
+    async def _record(self, request: web.Request) -> Any:
+        body = await request.json() if request.can_read_body else None
+        self.requests.append((request.method, request.path, body))
+        return body
+
+    async def _answer(self, request: web.Request, fields: dict[str, Any]) -> web.Response:
+        await self._record(request)
+        if self.refusal is not None:
+            return self._refuse()
+        if self.while_answering is not None:
+            await self.while_answering()
+        peer_id = f"peer-{secrets.token_hex(4)}"
+        self.peers.add(peer_id)
+        self.requests.append(("ANSWERED", peer_id, None))
+        return web.json_response({"peer_id": peer_id, "sdp": "v=0 fake answer", **fields},
+                                 status=201)
+
+    async def _publisher(self, request: web.Request) -> web.Response:
+        return await self._answer(request, {"session_id": str(uuid.uuid4()), "resumed": False})
+
+    async def _viewer(self, request: web.Request) -> web.Response:
+        return await self._answer(request, {"viewer_session_id": str(uuid.uuid4())})
+
+    async def _candidate(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if self.refusal is not None:
+            return self._refuse()
+        return self._peer_status(request.match_info["peer_id"], forget=False)
+
+    def _refuse(self) -> web.Response:
+        assert self.refusal is not None
+        (status, code), self.refusal = self.refusal, None
+        return web.json_response({"error": {"code": code, "message": f"fake {code}"}},
+                                 status=status)
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(self.delete_delay)
+        await self._record(request)
+        return self._peer_status(request.match_info["peer_id"], forget=True)
+
+    def _peer_status(self, peer_id: str, *, forget: bool) -> web.Response:
+        if peer_id not in self.peers:
+            return web.json_response({"error": {"code": "unknown_peer", "message": "fake"}},
+                                     status=404)
+        if forget:
+            self.peers.discard(peer_id)
+        return web.Response(status=204)
+
+
+@dataclasses.dataclass
+class Harness:
+    client: TestClient[web.Request, web.Application]
+    worker: FakeWorker
+    redis: aioredis.Redis
+    db: asyncpg.Connection
+    settings: Settings
+    keys: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    async def connect(self) -> Socket:
+        ws = await self.client.ws_connect("/ws")
+        assert await ws.receive_json(timeout=TIMEOUT) == {"type": "hello", "version": 1}
+        return ws
+
+    async def user(self) -> str:
+        account = f"5Test{secrets.token_hex(12)}"
+        return str(await self.db.fetchval(
+            "INSERT INTO users(account_id) VALUES ($1) RETURNING id::text", account))
+
+    async def stream(self) -> tuple[str, str]:
+        """A stream row, as the API creates it: (id, its stream key)."""
+        key = new_stream_key()
+        stream_id = await self.db.fetchval(
+            "INSERT INTO streams(creator_id, title, stream_key_hash) VALUES ($1, 'test', $2) "
+            "RETURNING id::text", uuid.UUID(await self.user()), hash_stream_key(key))
+        self.keys[str(stream_id)] = key
+        return str(stream_id), key
+
+    async def stream_key(self, stream_id: str) -> str:
+        return self.keys[stream_id]
+
+    async def token(self) -> tuple[str, str]:
+        """A viewer: (user id, its token)."""
+        user_id = await self.user()
+        return user_id, issue_token(SECRET, user_id, "5Viewer")
+
+    async def publishing(self) -> tuple[Socket, str, dict[str, Any]]:
+        ws = await self.connect()
+        stream_id, key = await self.stream()
+        answer = await ask(ws, publish(stream_id, key))
+        assert answer["type"] == "answer", answer
+        return ws, stream_id, answer
+
+    async def event(self, channel: str, **event: Any) -> None:
+        assert await self.redis.publish(channel, json.dumps(event)) >= 1
+
+
+@asynccontextmanager
+async def running(settings: Settings, redis: aioredis.Redis,
+                  db: asyncpg.Connection) -> AsyncIterator[Harness]:
+    settings = dataclasses.replace(settings, token_secret=SECRET)
+    worker = FakeWorker(redis)
+    await worker.start()
+    try:
+        server = TestServer(create_app(settings), host=settings.http_host,
+                            port=settings.http_port)
+        async with TestClient(server) as client:
+            yield Harness(client, worker, redis, db, settings)
+    finally:
+        await worker.stop()
+
+
+@pytest.fixture
+async def h(settings: Settings, redis: aioredis.Redis,
+            db: asyncpg.Connection) -> AsyncIterator[Harness]:
+    async with running(settings, redis, db) as harness:
+        yield harness
+
+
+def publish(stream_id: str, key: str, sdp: str = OFFER) -> dict[str, Any]:
+    return {"type": "publish", "stream_id": stream_id, "stream_key": key, "sdp": sdp}
+
+
+def watch(stream_id: str, token: str, sdp: str = OFFER) -> dict[str, Any]:
+    return {"type": "watch", "stream_id": stream_id, "token": token, "sdp": sdp}
+
+
+async def ask(ws: Socket, message: dict[str, Any]) -> dict[str, Any]:
+    await ws.send_json(message)
+    return dict(await ws.receive_json(timeout=TIMEOUT))
+
+
+async def error_code(ws: Socket, message: dict[str, Any] | str) -> str:
+    if isinstance(message, str):
+        await ws.send_str(message)
+        reply = await ws.receive_json(timeout=TIMEOUT)
+    else:
+        reply = await ask(ws, message)
+    assert reply["type"] == "error" and set(reply) == {"type", "code", "message"}, reply
+    assert reply["message"]
+    return str(reply["code"])
+
+
+async def eventually(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+# -- publish -----------------------------------------------------------------------
+
+async def test_publish_answers_and_pins_the_stream(h: Harness) -> None:
+    ws, stream_id, answer = await h.publishing()
+    assert set(answer) == {"type", "sdp", "session_id", "resumed"}
+    assert answer["sdp"] == "v=0 fake answer" and answer["resumed"] is False
+    uuid.UUID(answer["session_id"])
+    method, path, body = h.worker.requests[0]
+    assert (method, path) == ("POST", f"/control/streams/{stream_id}/publisher")
+    assert body == {"sdp": OFFER, "signaling_url": h.settings.base_url}
+    assert await h.redis.get(stream_worker_key(stream_id)) == h.worker.worker_id.encode()
+    await ws.close()
+
+
+async def test_publish_to_an_unknown_stream(h: Harness) -> None:
+    ws = await h.connect()
+    assert await error_code(ws, publish(str(uuid.uuid4()), "sk_whatever")) == "stream_not_found"
+
+
+async def test_a_wrong_key_is_unauthorized_counted_and_rate_limited(h: Harness) -> None:
+    ws = await h.connect()
+    stream_id, key = await h.stream()
+    before = metric("vilokanam_auth_failures_total", kind="stream_key")
+    for _ in range(5):
+        assert await error_code(ws, publish(stream_id, "sk_wrong")) == "unauthorized"
+    assert metric("vilokanam_auth_failures_total", kind="stream_key") == before + 5
+    assert await error_code(ws, publish(stream_id, "sk_wrong")) == "rate_limited"
+    # checked before the key: even the right key learns nothing while limited
+    assert await error_code(ws, publish(stream_id, key)) == "rate_limited"
+    # shared through Redis: another connection from the same address is limited too
+    other = await h.connect()
+    assert await error_code(other, publish(stream_id, key)) == "rate_limited"
+    assert 0 < await h.redis.ttl("vk:ratelimit:stream_key:127.0.0.1") <= 60
+    assert not h.worker.requests
+
+
+async def test_no_worker_is_no_capacity(h: Harness) -> None:
+    await h.worker.deregister()
+    ws = await h.connect()
+    stream_id, key = await h.stream()
+    assert await error_code(ws, publish(stream_id, key)) == "no_capacity"
+
+
+async def test_a_full_worker_is_no_capacity(h: Harness) -> None:
+    await h.worker.deregister()
+    full = WorkerRecord("full", h.worker.control_url, 2, 2, 1, int(time.time() * 1000))
+    await h.redis.sadd(WORKERS_KEY, "full")
+    await h.redis.set(worker_key("full"), full.to_json(), px=60_000)
+    ws = await h.connect()
+    stream_id, key = await h.stream()
+    assert await error_code(ws, publish(stream_id, key)) == "no_capacity"
+
+
+@pytest.mark.parametrize(("status", "worker_code", "code"), [
+    (409, "already_live", "already_live"),
+    (422, "no_supported_codec", "no_supported_codec"),
+    (422, "too_many_tracks", "too_many_tracks"),
+    (400, "bad_sdp", "bad_sdp"),
+    (503, "at_capacity", "no_capacity"),
+    (500, "kaput", "sfu_unavailable"),
+])
+async def test_worker_refusals_map_to_protocol_codes(h: Harness, status: int, worker_code: str,
+                                                     code: str) -> None:
+    ws = await h.connect()
+    stream_id, key = await h.stream()
+    h.worker.refusal = (status, worker_code)
+    assert await error_code(ws, publish(stream_id, key)) == code
+    pinned = await h.redis.get(stream_worker_key(stream_id))
+    # a fresh pin the worker refused is undone; already_live means someone is live there
+    assert (pinned is not None) == (worker_code in ("already_live", "kaput"))
+    # still idle: the same connection may publish again
+    assert (await ask(ws, publish(stream_id, key)))["type"] == "answer"
+
+
+async def test_an_unreachable_worker_is_sfu_unavailable(h: Harness) -> None:
+    await h.worker.deregister()
+    dead = WorkerRecord("dead", f"http://127.0.0.1:{free_port()}", 10, 0, 0,
+                        int(time.time() * 1000))
+    await h.redis.sadd(WORKERS_KEY, "dead")
+    await h.redis.set(worker_key("dead"), dead.to_json(), px=60_000)
+    ws = await h.connect()
+    stream_id, key = await h.stream()
+    assert await error_code(ws, publish(stream_id, key)) == "sfu_unavailable"
+
+
+async def test_a_reconnecting_publisher_goes_back_to_its_worker(h: Harness) -> None:
+    ws, stream_id, _ = await h.publishing()
+    key = await h.stream_key(stream_id)
+    peer = h.worker.last_peer
+    await h.event(f"vk:peer:{peer}:events", type="peer_closed", peer_id=peer,
+                  reason="connection_failed")
+    assert (await ws.receive_json(timeout=TIMEOUT))["code"] == "connection_failed"
+    idler = FakeWorker(h.redis, worker_id="0-idler")  # least loaded, first by id: preferred
+    await idler.start()
+    try:
+        assert (await ask(ws, publish(stream_id, key)))["type"] == "answer"
+        assert len(h.worker.requests_to("POST")) == 2 and not idler.requests
+        other_id, other_key = await h.stream()
+        other = await h.connect()
+        assert (await ask(other, publish(other_id, other_key)))["type"] == "answer"
+        assert len(idler.requests_to("POST")) == 1  # a new stream does go to the idler
+        await other.close()
+        await eventually(lambda: bool(idler.requests_to("DELETE")), "the idler's DELETE")
+    finally:
+        await idler.stop()
+
+
+# -- watch -------------------------------------------------------------------------
+
+async def test_watch_answers_with_the_viewer_session(h: Harness) -> None:
+    _, stream_id, _ = await h.publishing()
+    user_id, token = await h.token()
+    ws = await h.connect()
+    answer = await ask(ws, watch(stream_id, token))
+    assert set(answer) == {"type", "sdp", "session_id", "viewer_session_id"}
+    assert answer["session_id"] == answer["viewer_session_id"]
+    method, path, body = h.worker.requests_to("POST")[-1]
+    assert path == f"/control/streams/{stream_id}/viewers"
+    assert body == {"sdp": OFFER, "viewer_user_id": user_id}
+
+
+@pytest.mark.parametrize("token", ["v1.bad.token", issue_token("y" * 40, "u", "a"),
+                                   issue_token(SECRET, "u", "a", ttl_s=-5)])
+async def test_watch_with_a_bad_token_is_unauthorized(h: Harness, token: str) -> None:
+    _, stream_id, _ = await h.publishing()
+    ws = await h.connect()
+    before = metric("vilokanam_auth_failures_total", kind="token")
+    assert await error_code(ws, watch(stream_id, token)) == "unauthorized"
+    assert metric("vilokanam_auth_failures_total", kind="token") == before + 1
+    assert not h.worker.requests_to("POST")[1:]  # only the publisher reached the worker
+
+
+async def test_watch_a_stream_that_is_not_live(h: Harness) -> None:
+    _, token = await h.token()
+    ws = await h.connect()
+    never_placed, _ = await h.stream()
+    assert await error_code(ws, watch(never_placed, token)) == "stream_not_live"
+    # pinned to a worker that has died
+    await h.redis.set(stream_worker_key(never_placed), "gone-worker")
+    assert await error_code(ws, watch(never_placed, token)) == "stream_not_live"
+    # the worker has no publisher for it
+    await h.redis.set(stream_worker_key(never_placed), h.worker.worker_id)
+    h.worker.refusal = (404, "stream_not_live")
+    assert await error_code(ws, watch(never_placed, token)) == "stream_not_live"
+
+
+async def test_the_balance_hook_refuses_with_insufficient_funds(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broke(*_: Any) -> None:
+        raise ProtocolError(ErrorCode.INSUFFICIENT_FUNDS, "top up first")
+
+    monkeypatch.setattr(ws_module, "ensure_viewer_can_pay", broke)
+    _, stream_id, _ = await h.publishing()
+    _, token = await h.token()
+    ws = await h.connect()
+    assert await error_code(ws, watch(stream_id, token)) == "insufficient_funds"
+
+
+async def test_an_unexpected_exception_is_internal_error_and_the_socket_lives(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def bug(*_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ws_module, "ensure_viewer_can_pay", bug)
+    _, stream_id, _ = await h.publishing()
+    _, token = await h.token()
+    ws = await h.connect()
+    assert await error_code(ws, watch(stream_id, token)) == "internal_error"
+    assert (await ask(ws, {"type": "leave"}))["type"] == "left"
+
+
+# -- candidates, leave, close ------------------------------------------------------------
+
+async def test_candidates_reach_the_worker_in_order(h: Harness) -> None:
+    ws, _, _ = await h.publishing()
+    peer = h.worker.last_peer
+    candidate = {"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host",
+                 "sdpMid": "0", "sdpMLineIndex": 0}
+    await ws.send_json({"type": "candidate", "candidate": candidate})
+    await ws.send_json({"type": "candidate", "candidate": None})
+    assert (await ask(ws, {"type": "leave"}))["type"] == "left"  # candidates send no reply
+    assert h.worker.requests[-3:] == [
+        ("POST", f"/control/peers/{peer}/candidates", candidate),
+        ("POST", f"/control/peers/{peer}/candidates", {"candidate": None}),
+        ("DELETE", f"/control/peers/{peer}", None),
+    ]
+
+
+async def test_a_candidate_the_worker_cannot_parse_is_bad_candidate(h: Harness) -> None:
+    ws, _, _ = await h.publishing()
+    h.worker.refusal = (400, "bad_candidate")
+    candidate = {"candidate": "candidate:garbage", "sdpMid": "0", "sdpMLineIndex": 0}
+    assert await error_code(ws, {"type": "candidate", "candidate": candidate}) == "bad_candidate"
+    await ws.send_json({"type": "candidate", "candidate": None})  # still publishing
+    assert await ask(ws, {"type": "leave"}) == {"type": "left"}
+    assert [r[2] for r in h.worker.requests_to("POST")[-2:]] == [candidate, {"candidate": None}]
+
+
+async def test_a_candidate_for_a_peer_the_worker_closed_is_ignored(h: Harness) -> None:
+    ws, _, _ = await h.publishing()
+    h.worker.peers.clear()  # the worker closed it; its peer_closed event is on the way
+    await ws.send_json({"type": "candidate", "candidate": None})
+    assert (await ask(ws, {"type": "leave"}))["type"] == "left"
+
+
+async def test_leave_deletes_the_peer_and_returns_to_idle(h: Harness) -> None:
+    ws, _, _ = await h.publishing()
+    peer = h.worker.last_peer
+    assert await ask(ws, {"type": "leave"}) == {"type": "left"}
+    assert h.worker.requests_to("DELETE") == [("DELETE", f"/control/peers/{peer}", None)]
+    assert peer not in h.worker.peers
+    assert await error_code(ws, {"type": "candidate", "candidate": None}) == "wrong_state"
+    assert await ask(ws, {"type": "leave"}) == {"type": "left"}  # idempotent
+    assert len(h.worker.requests_to("DELETE")) == 1
+
+
+async def test_closing_the_websocket_deletes_the_peer(h: Harness) -> None:
+    ws, _, _ = await h.publishing()
+    peer = h.worker.last_peer
+    await ws.close()
+    await eventually(lambda: bool(h.worker.requests_to("DELETE")), "the DELETE")
+    assert h.worker.requests_to("DELETE") == [("DELETE", f"/control/peers/{peer}", None)]
+
+
+async def test_a_watcher_closing_deletes_its_peer(h: Harness) -> None:
+    _, stream_id, _ = await h.publishing()
+    _, token = await h.token()
+    ws = await h.connect()
+    await ask(ws, watch(stream_id, token))
+    viewer_peer = h.worker.last_peer
+    await ws.close()
+    await eventually(lambda: bool(h.worker.requests_to("DELETE")), "the DELETE")
+    assert h.worker.requests_to("DELETE") == [("DELETE", f"/control/peers/{viewer_peer}", None)]
+
+
+# -- states ------------------------------------------------------------------------
+
+async def test_wrong_state_messages_keep_the_connection(h: Harness) -> None:
+    ws = await h.connect()
+    assert await error_code(ws, {"type": "candidate", "candidate": None}) == "wrong_state"
+    stream_id, key = await h.stream()
+    assert (await ask(ws, publish(stream_id, key)))["type"] == "answer"
+    assert await error_code(ws, publish(stream_id, key)) == "wrong_state"
+    _, token = await h.token()
+    assert await error_code(ws, watch(stream_id, token)) == "wrong_state"
+    assert await ask(ws, {"type": "leave"}) == {"type": "left"}
+
+    assert (await ask(ws, watch(stream_id, token)))["type"] == "answer"
+    assert await error_code(ws, watch(stream_id, token)) == "wrong_state"
+    assert await error_code(ws, publish(stream_id, key)) == "wrong_state"
+    assert await ask(ws, {"type": "leave"}) == {"type": "left"}
+
+
+# -- bad input ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("raw", "code", "field"), [
+    ("not json", "bad_json", None),
+    ('{"type": "publish",', "bad_json", None),
+    ("[1, 2]", "unknown_type", None),
+    ('"publish"', "unknown_type", None),
+    ("{}", "unknown_type", None),
+    ('{"type": "dance"}', "unknown_type", None),
+    ('{"type": "publish", "stream_key": "k", "sdp": "x"}', "bad_request", "stream_id"),
+    ('{"type": "publish", "stream_id": "no-uuid", "stream_key": "k", "sdp": "x"}',
+     "bad_request", "stream_id"),
+    (f'{{"type": "publish", "stream_id": "{uuid.uuid4()}", "sdp": "x"}}',
+     "bad_request", "stream_key"),
+    (f'{{"type": "watch", "stream_id": "{uuid.uuid4()}", "token": "t"}}', "bad_request", "sdp"),
+    (f'{{"type": "watch", "stream_id": "{uuid.uuid4()}", "token": 5, "sdp": "x"}}',
+     "bad_request", "token"),
+    ('{"type": "candidate"}', "bad_request", "candidate"),
+    ('{"type": "candidate", "candidate": "a=candidate"}', "bad_request", "candidate"),
+    ('{"type": "candidate", "candidate": {"sdpMid": "0"}}', "bad_request",
+     "candidate.candidate"),
+    ('{"type": "candidate", "candidate": {"candidate": "", "sdpMLineIndex": true}}',
+     "bad_request", "candidate.sdpMLineIndex"),
+])
+async def test_bad_input_is_an_error_and_the_socket_lives(h: Harness, raw: str, code: str,
+                                                          field: str | None) -> None:
+    ws = await h.connect()
+    await ws.send_str(raw)
+    reply = await ws.receive_json(timeout=TIMEOUT)
+    assert (reply["type"], reply["code"]) == ("error", code)
+    if field is not None:
+        assert reply["message"].startswith(f"{field}:")
+    assert await ask(ws, {"type": "leave"}) == {"type": "left"}
+
+
+async def test_binary_frames_are_bad_request(h: Harness) -> None:
+    ws = await h.connect()
+    await ws.send_bytes(b'{"type": "leave"}')
+    assert (await ws.receive_json(timeout=TIMEOUT))["code"] == "bad_request"
+    assert await ask(ws, {"type": "leave"}) == {"type": "left"}
+
+
+async def test_a_message_over_64_kib_is_refused_and_the_socket_lives(h: Harness) -> None:
+    ws = await h.connect()
+    stream_id, key = await h.stream()
+    huge = json.dumps(publish(stream_id, key, sdp="a" * MAX_MESSAGE_BYTES))
+    assert await error_code(ws, huge) == "message_too_large"
+    assert (await ask(ws, publish(stream_id, key)))["type"] == "answer"
+    assert len(h.worker.requests_to("POST")) == 1  # the huge one never reached the worker
+
+
+async def test_a_frame_over_1_mib_closes_with_1009(h: Harness) -> None:
+    ws = await h.connect()
+    await ws.send_str("x" * (1024 * 1024 + 1))
+    closing = await ws.receive(timeout=TIMEOUT)
+    assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+    assert ws.close_code == 1009
+
+
+# -- events ----------------------------------------------------------------------------
+
+async def test_stream_events_are_relayed(h: Harness) -> None:
+    ws, stream_id, answer = await h.publishing()
+    channel = f"vk:stream:{stream_id}:events"
+    other_stream = f"vk:stream:{uuid.uuid4()}:events"
+    await h.redis.publish(other_stream, json.dumps({"type": "viewer_count", "count": 99}))
+    await h.event(channel, type="viewer_count", stream_id=stream_id, count=3)
+    assert await ws.receive_json(timeout=TIMEOUT) == {"type": "viewer_count", "count": 3}
+    await h.event(channel, type="stream_started", stream_id=stream_id,
+                  session_id=answer["session_id"])
+    assert await ws.receive_json(timeout=TIMEOUT) == {"type": "stream_started"}
+    # the end of an earlier session of this stream is not ours
+    await h.event(channel, type="stream_ended", stream_id=stream_id, session_id="earlier")
+    await h.event(channel, type="stream_ended", stream_id=stream_id,
+                  session_id=answer["session_id"])
+    assert await ws.receive_json(timeout=TIMEOUT) == {"type": "stream_ended"}
+    assert await error_code(ws, {"type": "candidate", "candidate": None}) == "wrong_state"
+
+
+async def test_viewers_get_counts_and_the_end(h: Harness) -> None:
+    _, stream_id, _ = await h.publishing()
+    _, token = await h.token()
+    ws = await h.connect()
+    await ask(ws, watch(stream_id, token))
+    channel = f"vk:stream:{stream_id}:events"
+    await h.event(channel, type="viewer_count", stream_id=stream_id, count=1)
+    assert await ws.receive_json(timeout=TIMEOUT) == {"type": "viewer_count", "count": 1}
+    await h.event(channel, type="stream_ended", stream_id=stream_id, session_id="s")
+    assert await ws.receive_json(timeout=TIMEOUT) == {"type": "stream_ended"}
+    # the worker's peer_closed for the same end is not a second message
+    await h.event(f"vk:peer:{h.worker.last_peer}:events", type="peer_closed",
+                  peer_id=h.worker.last_peer, reason="stream_ended")
+    assert await ask(ws, {"type": "leave"}) == {"type": "left"}
+
+
+async def test_events_published_while_the_worker_answers_follow_the_answer(
+        h: Harness) -> None:
+    _, stream_id, _ = await h.publishing()
+
+    async def count_this_viewer() -> None:
+        await h.event(f"vk:stream:{stream_id}:events", type="viewer_count",
+                      stream_id=stream_id, count=1)
+        await asyncio.sleep(0.1)  # let signaling receive it before the answer
+
+    h.worker.while_answering = count_this_viewer
+    _, token = await h.token()
+    ws = await h.connect()
+    assert (await ask(ws, watch(stream_id, token)))["type"] == "answer"
+    assert await ws.receive_json(timeout=TIMEOUT) == {"type": "viewer_count", "count": 1}
+
+
+@pytest.mark.parametrize(("reason", "expected"), [
+    ("stream_ended", {"type": "stream_ended"}),
+    ("connection_failed", {"type": "error", "code": "connection_failed"}),
+    ("worker_draining", {"type": "error", "code": "worker_draining"}),
+    ("insufficient_funds", {"type": "error", "code": "insufficient_funds"}),
+    ("left", {"type": "error", "code": "peer_closed"}),
+])
+async def test_peer_closed_ends_the_session(h: Harness, reason: str,
+                                            expected: dict[str, str]) -> None:
+    ws, stream_id, _ = await h.publishing()
+    peer = h.worker.last_peer
+    await h.event(f"vk:peer:{peer}:events", type="peer_closed", peer_id=peer, reason=reason)
+    reply = await ws.receive_json(timeout=TIMEOUT)
+    assert {k: reply[k] for k in expected} == expected
+    # idle again, with no DELETE: the worker closed it already
+    assert await error_code(ws, {"type": "candidate", "candidate": None}) == "wrong_state"
+    assert not h.worker.requests_to("DELETE")
+
+
+async def test_malformed_events_are_dropped(h: Harness) -> None:
+    ws, stream_id, _ = await h.publishing()
+    channel = f"vk:stream:{stream_id}:events"
+    await h.redis.publish(channel, b"\xff not json")
+    await h.redis.publish(channel, json.dumps([1, 2]))
+    await h.event(channel, type="viewer_count", count="many")
+    await h.event(channel, type="viewer_count", count=2)
+    assert await ws.receive_json(timeout=TIMEOUT) == {"type": "viewer_count", "count": 2}
+
+
+# -- resources -------------------------------------------------------------------------
+
+class StuckSocket:
+    """A websocket whose client never reads: every send blocks."""
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_client_that_does_not_read_is_dropped_once() -> None:
+    overflows: list[int] = []
+    outbox = ws_module.Outbox(cast(web.WebSocketResponse, StuckSocket()),
+                              lambda: overflows.append(1), name="test-outbox")
+    for n in range(ws_module.OUTBOX_LIMIT + 10):
+        outbox.put({"n": n})
+    await asyncio.sleep(0)
+    assert overflows == [1]
+    await outbox.close()
+
+
+async def test_connections_are_counted(h: Harness) -> None:
+    before = metric("vilokanam_ws_connections")
+    sockets = [await h.connect() for _ in range(3)]
+    assert metric("vilokanam_ws_connections") == before + 3
+    for ws in sockets:
+        await ws.close()
+    await eventually(lambda: metric("vilokanam_ws_connections") == before, "the gauge")
+
+
+async def test_no_task_outlives_the_app(settings: Settings, redis: aioredis.Redis,
+                                        db: asyncpg.Connection) -> None:
+    before = asyncio.all_tasks()
+    # The publisher's socket is not the test client's: the server's shutdown
+    # must close it (1001) and end its session on the worker by itself.
+    async with aiohttp.ClientSession() as outsider:
+        async with running(settings, redis, db) as h:
+            publisher = await outsider.ws_connect(h.client.make_url("/ws"))
+            assert (await publisher.receive_json(timeout=TIMEOUT))["type"] == "hello"
+            stream_id, key = await h.stream()
+            assert (await ask(publisher, publish(stream_id, key)))["type"] == "answer"
+            _, token = await h.token()
+            viewer = await h.connect()
+            await ask(viewer, watch(stream_id, token))
+            await h.event(f"vk:stream:{stream_id}:events", type="viewer_count", count=1)
+            assert (await publisher.receive_json(timeout=TIMEOUT))["count"] == 1
+            assert (await viewer.receive_json(timeout=TIMEOUT))["count"] == 1
+            await h.connect()  # an idle one too
+            h.worker.delete_delay = 0.5  # still ending when the app shuts down
+            names = {t.get_name() for t in asyncio.all_tasks()}
+            assert sum(name.startswith("ws-outbox-") for name in names) == 3
+            assert "signaling-events" in names
+        closing = await publisher.receive(timeout=TIMEOUT)
+        assert (closing.type, closing.data) == (WSMsgType.CLOSE, 1001)
+    # both peers were deleted before the app let go of its SFU client
+    assert len(h.worker.requests_to("DELETE")) == 2
+
+    def leaked() -> set[asyncio.Task[Any]]:
+        return {t for t in asyncio.all_tasks() - before if not t.done()}
+
+    await eventually(lambda: not leaked(), "every task to end")
