@@ -78,3 +78,14 @@ def take_dtls_server_role(transceiver: RTCRtpTransceiver) -> None:
     dtls = transceiver.receiver.transport
     if dtls._role == "auto":
         dtls._set_role("server")
+
+
+def restrict_host_candidates(addresses: list[str]) -> None:
+    """Offer host ICE candidates only on `addresses` (process-wide: aioice
+    reads its interface list from one module function). aioice never offers
+    127.0.0.1 by itself; tests and single-machine setups need exactly that."""
+    import aioice.ice
+
+    chosen = list(addresses)
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [  # type: ignore[assignment]
+        a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]

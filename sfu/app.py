@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from sfu.aiortc_hooks import restrict_host_candidates
 from sfu.control import MANAGER, add_control_routes
 from sfu.events import EventBus
 from sfu.lifecycle import Lifecycle
+from sfu.registry import WorkerRegistration, new_worker_id
 from sfu.streams import StreamManager
 from vilokanam.backends import BACKENDS, attach_backends
 from vilokanam.config import Settings
@@ -17,6 +19,8 @@ from vilokanam.health import add_health_routes
 
 
 def create_app(settings: Settings) -> web.Application:
+    if settings.ice_host_addresses:
+        restrict_host_candidates(settings.ice_host_addresses)
     app = web.Application(client_max_size=256 * 1024)  # SDP offers with many candidates
     attach_backends(app, settings)
 
@@ -28,7 +32,13 @@ def create_app(settings: Settings) -> web.Application:
             events=EventBus(backends.redis))
         manager.start()
         app[MANAGER] = manager
+        registration = WorkerRegistration(
+            backends.redis, worker_id=new_worker_id(), control_url=settings.sfu_control_url,
+            capacity=settings.sfu_capacity, load_fn=lambda: manager.load,
+            streams_fn=lambda: len(manager.streams))
+        await registration.start()
         yield
+        await registration.stop()  # out of placement first, then end what we carry
         await manager.close()
 
     app.cleanup_ctx.append(manager_ctx)

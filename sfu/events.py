@@ -8,6 +8,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from sfu.registry import stream_worker_key
+
 
 def stream_channel(stream_id: str) -> str:
     return f"vk:stream:{stream_id}:events"
@@ -15,10 +17,6 @@ def stream_channel(stream_id: str) -> str:
 
 def peer_channel(peer_id: str) -> str:
     return f"vk:peer:{peer_id}:events"
-
-
-def placement_key(stream_id: str) -> str:
-    return f"vk:stream:{stream_id}:worker"
 
 
 @dataclass
@@ -38,4 +36,4 @@ class EventBus:
 
     async def unplace(self, stream_id: str) -> None:
         """The stream ended here: signaling must not send viewers to us for it."""
-        await self.redis.delete(placement_key(stream_id))
+        await self.redis.delete(stream_worker_key(stream_id))

@@ -163,6 +163,7 @@ class StreamManager:
         stream.publisher = None
         self._unregister(peer)
         await peer.close()
+        await self.events.peer_closed(peer.peer_id, "connection_failed")
         log_event(log, "publisher.lost", stream_id=stream.stream_id, peer_id=peer.peer_id,
                   session_id=stream.session_id, grace_s=RECONNECT_GRACE)
         stream.grace = self.tasks.spawn(self._end_after_grace(stream), "grace")

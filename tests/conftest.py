@@ -125,9 +125,10 @@ async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 def settings(stores: Stores, tmp_path: Path) -> Settings:
-    """Settings for role processes under test: the session's stores, free ports."""
+    """Settings for role processes under test: the session's stores, free ports,
+    and media kept on loopback (the worker offers only 127.0.0.1 candidates)."""
     return Settings.from_env(
-        {},
+        {"VILOKANAM_ICE_HOST_ADDRESSES": "127.0.0.1"},
         database_url=stores.database_url,
         redis_url=stores.redis_url,
         http_port=free_port(),

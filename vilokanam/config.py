@@ -118,6 +118,11 @@ class Settings:
         "VILOKANAM_ICE_SERVERS", "",
         "ICE servers for every peer connection: comma-separated URLs or a JSON list of "
         "RTCIceServer objects. Empty by default: nothing contacts a public STUN host.")
+    ice_host_addresses: list[str] = _setting(
+        "VILOKANAM_ICE_HOST_ADDRESSES", "",
+        "Comma-separated local addresses an SFU worker offers as host ICE candidates. "
+        "Empty: every interface but loopback (aioice's default). `127.0.0.1` keeps media "
+        "on loopback (tests, one-machine setups).")
     ss58_prefix: int = _setting(
         "VILOKANAM_SS58_PREFIX", "42", "SS58 prefix in which account ids are stored.")
     price_default: Decimal = _setting(
@@ -187,7 +192,9 @@ class Settings:
             value = getattr(self, f.name)
             if value is None:
                 continue
-            if isinstance(value, list):
+            if f.name == "ice_host_addresses":
+                env[spec.env] = ",".join(value)
+            elif isinstance(value, list):
                 env[spec.env] = json.dumps(value)
             elif isinstance(value, bool):
                 env[spec.env] = "true" if value else "false"
@@ -232,6 +239,8 @@ _PARSERS: dict[str, Callable[[str, str | None], Any]] = {
     "dev_chain_port": _optional(_parse_port),
     "data_dir": _optional(lambda _n, raw: Path(raw)),
     "ice_servers": _optional(_parse_ice_servers),
+    "ice_host_addresses": _optional(
+        lambda _n, raw: [a.strip() for a in raw.split(",") if a.strip()]),
     "ss58_prefix": _optional(_parse_int),
     "sfu_capacity": _optional(_parse_int),
     "dev_mode": _optional(_parse_bool),
