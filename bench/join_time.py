@@ -1,0 +1,139 @@
+"""Join time: a viewer's `watch` to its first decoded frame, in Chromium.
+
+Runs Postgres, Redis, one SFU worker and signaling as real processes, one
+Chromium publisher on the publish page (fake camera), then opens the watch page
+`--joins` times; each time it clicks Watch and waits for the <video> element's
+first presented frame (requestVideoFrameCallback: decoded and composited).
+Media stays on loopback. A benchmark, not a test: it prints medians.
+
+    .venv/bin/python bench/join_time.py --joins 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from playwright.async_api import Browser, async_playwright
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.processes import start_role, wait_healthy  # noqa: E402
+from vilokanam.config import Settings  # noqa: E402
+from vilokanam.migrations import migrate  # noqa: E402
+from vilokanam.services.net import free_port  # noqa: E402
+from vilokanam.services.postgres import PostgresServer  # noqa: E402
+from vilokanam.services.redis import RedisServer  # noqa: E402
+
+CHROMIUM_ARGS = [
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", "--no-sandbox",
+    "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
+    "--allow-loopback-in-peer-connection",
+]
+ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
+JOIN_TIMEOUT_MS = 15000
+
+# Click Watch, resolve with the ms until the first frame is presented.
+MEASURE_JOIN = """async (timeout) => {
+  const video = document.querySelector("#video");
+  const started = performance.now();
+  const first = new Promise((resolve) =>
+    video.requestVideoFrameCallback(() => resolve(performance.now() - started)));
+  const late = new Promise((_, reject) => setTimeout(() => reject(new Error("no frame")), timeout));
+  document.querySelector("#watch").click();
+  return await Promise.race([first, late]);
+}"""
+
+
+def post(base: str, path: str, body: dict, token: str | None = None) -> dict:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(),
+                                     headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return dict(json.load(resp))
+
+
+async def join_once(browser: Browser, watch_url: str) -> float:
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(watch_url)
+        await page.wait_for_selector("#dev-token-form:not([hidden])")
+        await page.click("#dev-sign-in")
+        await page.wait_for_selector("#watch:not([disabled])")
+        return float(await page.evaluate(MEASURE_JOIN, JOIN_TIMEOUT_MS))
+    finally:
+        await context.close()
+
+
+async def measure(base: str, joins: int, warmup_s: float) -> list[float]:
+    token = post(base, "/api/dev/token", {"account": ALICE})["token"]
+    stream = post(base, "/api/streams", {"title": "join-time"}, token)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=shutil.which("chromium"),
+                                           args=CHROMIUM_ARGS)
+        publisher = await (await browser.new_context()).new_page()
+        await publisher.goto(stream["publish_url"])
+        await publisher.fill("#stream-key", stream["stream_key"])
+        await publisher.click("#start")
+        await publisher.wait_for_function(
+            "() => document.querySelector('#state').textContent === 'live'", timeout=20000)
+        await asyncio.sleep(warmup_s)
+        times = [await join_once(browser, stream["watch_url"]) for _ in range(joins)]
+        await browser.close()
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--joins", type=int, default=20)
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds live before joins")
+    args = parser.parse_args()
+    if shutil.which("chromium") is None:
+        print("join_time: Debian's chromium is needed (apt-get install chromium)")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="vk-join-") as tmp:
+        root = Path(tmp)
+        postgres = PostgresServer(root / "pg", free_port(), fast=True)
+        redis = RedisServer(root / "redis", free_port())
+        postgres.start()
+        redis.start()
+        roles = []
+        try:
+            asyncio.run(migrate(postgres.url))
+            settings = dataclasses.replace(
+                Settings.from_env({"VILOKANAM_ICE_HOST_ADDRESSES": "127.0.0.1"},
+                                  database_url=postgres.url, redis_url=redis.url,
+                                  http_port=free_port(), sfu_port=free_port()),
+                dev_mode=True, token_secret="join-time-" + "x" * 40)
+            roles = [start_role(settings, "sfu", root), start_role(settings, "signaling", root)]
+            wait_healthy(roles[0], settings.sfu_port)
+            wait_healthy(roles[1], settings.http_port)
+            times = asyncio.run(measure(settings.base_url, args.joins, args.warmup))
+        finally:
+            for role in roles:
+                role.stop()
+            redis.stop()
+            postgres.stop()
+    ordered = sorted(times)
+    p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+    print(f"joins: {len(times)}  p50: {statistics.median(times):.0f} ms  "
+          f"p90: {p90:.0f} ms  min: {ordered[0]:.0f} ms  max: {ordered[-1]:.0f} ms")
+    print("all (ms): " + ", ".join(f"{t:.0f}" for t in times))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
