@@ -89,3 +89,20 @@ def restrict_host_candidates(addresses: list[str]) -> None:
     chosen = list(addresses)
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [  # type: ignore[assignment]
         a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+
+def on_receiver_reports(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call `callback` whenever the remote peer reports on this sender's stream
+    (an RTCP RR or SR report block for its SSRC): proof the viewer is alive and
+    receiving, which metering requires."""
+    from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
+
+    original = sender._handle_rtcp_packet
+
+    async def handle(packet: Any) -> None:
+        if isinstance(packet, RtcpRrPacket | RtcpSrPacket) and any(
+                report.ssrc == sender._ssrc for report in packet.reports):
+            callback()
+        await original(packet)
+
+    sender._handle_rtcp_packet = handle  # type: ignore[method-assign]

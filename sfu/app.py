@@ -11,6 +11,7 @@ from sfu.aiortc_hooks import restrict_host_candidates
 from sfu.control import MANAGER, add_control_routes
 from sfu.events import EventBus
 from sfu.lifecycle import Lifecycle
+from sfu.metering import TickEmitter
 from sfu.registry import WorkerRegistration, new_worker_id
 from sfu.streams import StreamManager
 from vilokanam.backends import BACKENDS, attach_backends
@@ -26,14 +27,17 @@ def create_app(settings: Settings) -> web.Application:
 
     async def manager_ctx(app: web.Application) -> AsyncIterator[None]:
         backends = app[BACKENDS]
+        worker_id = new_worker_id()
         manager = StreamManager(
             ice_servers=settings.ice_servers, capacity=settings.sfu_capacity,
             sfu_url=settings.sfu_control_url, lifecycle=Lifecycle(backends.pg),
-            events=EventBus(backends.redis))
+            events=EventBus(backends.redis),
+            emitter=TickEmitter.for_redis(worker_id, backends.redis),
+            token_decimals=settings.token_decimals)
         manager.start()
         app[MANAGER] = manager
         registration = WorkerRegistration(
-            backends.redis, worker_id=new_worker_id(), control_url=settings.sfu_control_url,
+            backends.redis, worker_id=worker_id, control_url=settings.sfu_control_url,
             capacity=settings.sfu_capacity, load_fn=lambda: manager.load,
             streams_fn=lambda: len(manager.streams))
         await registration.start()

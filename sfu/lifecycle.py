@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 import asyncpg
 
@@ -45,14 +46,19 @@ class Lifecycle:
                 "WHERE stream_id = $1 AND is_active", stream_id)
 
     async def viewer_joined(self, stream_id: str, session_id: str, user_id: str,
-                            viewer_count: int) -> str:
-        """One stream_viewers row per viewer session; returns its id."""
+                            viewer_count: int) -> tuple[str, Decimal]:
+        """One stream_viewers row per viewer session, priced at the stream's
+        price now (a later change never re-prices it); returns (id, price)."""
         async with self.pg.acquire() as conn, conn.transaction():
-            row_id = await conn.fetchval(
-                "INSERT INTO stream_viewers (stream_id, viewer_id, join_time, is_active) "
-                "VALUES ($1, $2, now(), TRUE) RETURNING id", stream_id, user_id)
+            row = await conn.fetchrow(
+                "INSERT INTO stream_viewers (stream_id, viewer_id, join_time, is_active, "
+                "session_id, price_per_second) SELECT id, $2, now(), TRUE, $3, price_per_second "
+                "FROM streams WHERE id = $1 RETURNING id, price_per_second",
+                stream_id, user_id, session_id)
+            if row is None:
+                raise StreamNotFound(stream_id)
             await self._count(conn, stream_id, session_id, viewer_count)
-        return str(row_id)
+        return str(row["id"]), Decimal(row["price_per_second"])
 
     async def viewer_left(self, stream_id: str, session_id: str, viewer_session_id: str,
                           viewer_count: int) -> None:

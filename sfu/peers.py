@@ -24,6 +24,7 @@ from aiortc.sdp import candidate_from_sdp
 from sfu import aiortc_hooks as hooks
 from sfu import metrics
 from sfu.codecs import CodecMismatch, choose_codec, match_codec, pin
+from sfu.metering import ViewerMeter
 from sfu.relay import Fanout, ForwardedTrack
 from vilokanam.tasks import TaskOwner
 
@@ -97,6 +98,7 @@ class Peer:
     user_id: str | None = None
     viewer_session_id: str | None = None
     tracks: list[tuple[Fanout, ForwardedTrack]] = field(default_factory=list)
+    meter: ViewerMeter = field(default_factory=lambda: ViewerMeter())
 
     async def add_candidate(self, candidate: dict[str, Any]) -> None:
         text = candidate.get("candidate")
@@ -162,6 +164,7 @@ async def accept_viewer(peer: Peer, offer: str, fanouts: dict[str, Fanout]) -> s
         peer.tracks.append((fanout, track))
         sender = peer.pc.addTrack(track)
         hooks.route_keyframe_requests(sender, fanout.request_keyframe)
+        hooks.on_receiver_reports(sender, peer.meter.report_received)
     if not peer.tracks:
         raise NoSupportedCodec("the offer receives none of this stream's tracks")
     return await _answer(peer.pc)

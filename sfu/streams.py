@@ -16,6 +16,7 @@ from typing import Any
 from sfu import metrics
 from sfu.events import EventBus
 from sfu.lifecycle import Lifecycle
+from sfu.metering import TickEmitter
 from sfu.peers import (
     Peer,
     PeerError,
@@ -26,6 +27,7 @@ from sfu.peers import (
 )
 from sfu.relay import Fanout
 from vilokanam.logs import log_event
+from vilokanam.money import to_planck
 from vilokanam.tasks import TaskOwner
 
 log = logging.getLogger("sfu.streams")
@@ -87,6 +89,8 @@ class StreamManager:
     sfu_url: str
     lifecycle: Lifecycle
     events: EventBus
+    emitter: TickEmitter
+    token_decimals: int = 12
     streams: dict[str, LiveStream] = field(default_factory=dict)
     peers: dict[str, Peer] = field(default_factory=dict)
     tasks: TaskOwner = field(default_factory=lambda: TaskOwner("sfu"))
@@ -191,8 +195,10 @@ class StreamManager:
             answer = await accept_viewer(peer, offer, stream.fanouts)
             stream.viewers[peer.peer_id] = peer
             self._register(peer)
-            peer.viewer_session_id = await self.lifecycle.viewer_joined(
+            peer.viewer_session_id, price = await self.lifecycle.viewer_joined(
                 stream_id, stream.session_id, user_id, len(stream.viewers))
+            peer.meter.price = price
+            peer.meter.price_planck = to_planck(price, self.token_decimals)
         except BaseException:
             stream.viewers.pop(peer.peer_id, None)
             self._unregister(peer)
@@ -310,17 +316,30 @@ class StreamManager:
         }
 
     async def _every_second(self) -> None:
-        """The worker's clock: lost publishers, and analytics every 10 s."""
-        second = 0
+        """The worker's clock: ticks, lost publishers, analytics every 10 s.
+        Paced by deadlines, not sleeps, so seconds do not drift."""
+        loop = asyncio.get_running_loop()
+        second, deadline = 0, loop.time()
         while True:
-            await asyncio.sleep(1.0)
+            deadline += 1.0
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
             second += 1
+            await self._meter()
             now = time.monotonic()
             for stream in list(self.streams.values()):
                 if stream.publisher is not None and stream.publisher_silent(now):
                     await self._publisher_lost(stream.publisher)
             if second % ANALYTICS_EVERY == 0:
                 await self._record_analytics()
+
+    async def _meter(self) -> None:
+        viewers = [p for p in self.peers.values() if p.role == "viewer"]
+        broke = set(await self.emitter.emit(viewers))
+        for peer in viewers:
+            if peer.viewer_session_id in broke:
+                log_event(log, "viewer.out_of_funds", stream_id=peer.stream_id,
+                          peer_id=peer.peer_id, viewer_session_id=peer.viewer_session_id)
+                await self.leave(peer.peer_id, reason="insufficient_funds")
 
     async def _record_analytics(self) -> None:
         counts = {s.stream_id: len(s.viewers) for s in self.streams.values() if s.session_id}

@@ -41,6 +41,7 @@ from signaling.state import SETTINGS
 from signaling.stream_keys import key_matches
 from signaling.tokens import InvalidToken, TokenClaims, verify_token
 from vilokanam.backends import BACKENDS
+from vilokanam.balances import MIN_START_SECONDS, StreamPriceUnknown, can_start_watching
 from vilokanam.logs import log_event
 
 log = logging.getLogger("vilokanam.signaling.ws")
@@ -57,8 +58,16 @@ T = TypeVar("T")
 
 async def ensure_viewer_can_pay(app: web.Application, claims: TokenClaims,
                                 stream_id: str) -> None:
-    """Metering hook (issue 4): raise ProtocolError(INSUFFICIENT_FUNDS) when
-    the viewer's balance cannot pay for `stream_id`. Lets everyone in until then."""
+    """Starting to watch needs MIN_START_SECONDS of the stream's price."""
+    backends, settings = app[BACKENDS], app[SETTINGS]
+    try:
+        affordable = await can_start_watching(backends.pg, backends.redis, claims.user_id,
+                                              stream_id, settings.token_decimals)
+    except (StreamPriceUnknown, ValueError):  # ValueError: not a UUID
+        raise ProtocolError(ErrorCode.STREAM_NOT_LIVE, "the stream is not live") from None
+    if not affordable:
+        raise ProtocolError(ErrorCode.INSUFFICIENT_FUNDS,
+                            f"your balance must cover {MIN_START_SECONDS} s of this stream")
 
 
 class Outbox:

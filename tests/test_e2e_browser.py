@@ -11,14 +11,17 @@ import json
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from playwright.async_api import Browser, Page, async_playwright
 
 from tests.conftest import chromium_path, require
 from tests.processes import start_role, wait_healthy
+from vilokanam.balances import credit
 from vilokanam.config import Settings
 from vilokanam.services.process import ManagedProcess
 
@@ -32,6 +35,7 @@ CHROMIUM_ARGS = [
     "--allow-loopback-in-peer-connection",
 ]
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
+BOB = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"  # the watch page's 2nd dev account
 
 INBOUND = """async () => {
   const stats = await window.vilokanam.pc.getStats();
@@ -119,9 +123,12 @@ async def inbound(page: Page) -> dict[str, int]:
 
 
 async def test_chromium_publishes_and_two_chromium_viewers_watch(
-        platform: Platform, browser: Browser, db: asyncpg.Connection) -> None:
+        platform: Platform, browser: Browser, db: asyncpg.Connection,
+        redis: aioredis.Redis) -> None:
     token = platform.post("/api/dev/token", {"account": ALICE})["token"]
     stream = platform.post("/api/streams", {"title": "e2e"}, token)
+    bob = platform.post("/api/dev/token", {"account": BOB})["user_id"]
+    await credit(db, redis, bob, Decimal(100), "adjustment", "e2e funds", 12)
 
     wrong = await open_page(browser, stream["publish_url"])
     await start_publishing(wrong, "sk_not-the-key")

@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from decimal import Decimal
 
 import aiohttp
 import asyncpg
@@ -21,6 +22,7 @@ from sfu.control import MANAGER
 from sfu.relay import ForwardedTrack
 from sfu.streams import StreamManager
 from tests.media_clients import Publisher, Viewer
+from vilokanam.balances import credit
 from vilokanam.config import Settings
 
 
@@ -28,6 +30,7 @@ from vilokanam.config import Settings
 class Worker:
     server: TestServer
     session: aiohttp.ClientSession
+    redis: aioredis.Redis
 
     @property
     def manager(self) -> StreamManager:
@@ -65,7 +68,7 @@ async def worker(settings: Settings, db: asyncpg.Connection,
     server = TestServer(create_app(settings))
     await server.start_server()
     async with aiohttp.ClientSession() as session:
-        yield Worker(server, session)
+        yield Worker(server, session, redis)
     await server.close()
 
 
@@ -78,9 +81,13 @@ async def make_stream(db: asyncpg.Connection) -> tuple[str, str]:
     return str(stream), str(creator)
 
 
-async def make_viewer_user(db: asyncpg.Connection, name: str) -> str:
-    return str(await db.fetchval(
+async def make_viewer_user(worker: Worker, db: asyncpg.Connection, name: str,
+                           funds: Decimal = Decimal(1000)) -> str:
+    """A viewer with a prepaid balance (a viewer without one is cut off)."""
+    user = str(await db.fetchval(
         "INSERT INTO users (account_id) VALUES ($1) RETURNING id", name))
+    await credit(db, worker.redis, user, funds, "adjustment", "test funds", 12)
+    return user
 
 
 @pytest.fixture
@@ -114,7 +121,7 @@ async def test_one_publisher_two_viewers_forwarded_without_reencode(
     session_id = worker.last["session_id"]
     viewers = [Viewer(), Viewer()]
     for number, viewer in enumerate(viewers):
-        user = await make_viewer_user(db, f"viewer-{number}")
+        user = await make_viewer_user(worker, db, f"viewer-{number}")
         await viewer.start(worker.signal_viewer(stream_id, user))
     try:
         for viewer in viewers:
@@ -174,7 +181,7 @@ async def test_publisher_leave_ends_stream_and_tells_viewers(
     publisher, viewer = Publisher(), Viewer()
     await publisher.start(worker.signal_publisher(stream_id))
     publisher_peer, session_id = worker.last["peer_id"], worker.last["session_id"]
-    await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(db, "v")))
+    await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(worker, db, "v")))
     viewer_peer = worker.last["peer_id"]
     peer_events = redis.pubsub()
     await peer_events.subscribe(f"vk:peer:{viewer_peer}:events")
@@ -260,7 +267,7 @@ async def _message(worker: Worker, path: str, sdp: str) -> str:
 
 async def test_refusals_by_state_and_capacity(worker: Worker, db: asyncpg.Connection) -> None:
     stream_id, _ = await make_stream(db)
-    user = await make_viewer_user(db, "viewer")
+    user = await make_viewer_user(worker, db, "viewer")
     status, body = await worker.post(f"/control/streams/{stream_id}/viewers",
                                      {"sdp": await _offer(direction="recvonly"),
                                       "viewer_user_id": user})
@@ -297,7 +304,7 @@ async def test_publisher_reconnecting_within_grace_resumes_session(
     first, viewer = Publisher(), Viewer()
     await first.start(worker.signal_publisher(stream_id))
     first_peer, session_id = worker.last["peer_id"], worker.last["session_id"]
-    await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(db, "v")))
+    await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(worker, db, "v")))
     await viewer.wait_for_frames("video", 10)
 
     await first.close()  # the publisher's connection is lost, not ended
@@ -321,7 +328,7 @@ async def test_h264_is_forwarded_too(worker: Worker, db: asyncpg.Connection) -> 
     answer = await publisher.start(worker.signal_publisher(stream_id), video_codec="video/H264")
     assert "H264/90000" in answer and "VP8/90000" not in answer
     viewer_answer = await viewer.start(worker.signal_viewer(
-        stream_id, await make_viewer_user(db, "v")))
+        stream_id, await make_viewer_user(worker, db, "v")))
     assert "H264/90000" in viewer_answer and "VP8/90000" not in viewer_answer
     await viewer.wait_for_frames("video", 20)
     await viewer.close()
@@ -336,7 +343,7 @@ async def test_analytics_rows_while_live(worker: Worker, db: asyncpg.Connection,
     stream_id, _ = await make_stream(db)
     publisher, viewer = Publisher(), Viewer()
     await publisher.start(worker.signal_publisher(stream_id))
-    await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(db, "v")))
+    await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(worker, db, "v")))
     await viewer.wait_for_frames("video", 5)
     await asyncio.sleep(2.2)
     counts = [r["viewer_count"] for r in await db.fetch(
@@ -356,7 +363,7 @@ async def test_a_publisher_that_dies_silently_ends_the_stream(
     stream_id, _ = await make_stream(db)
     publisher, viewer = Publisher(), Viewer()
     await publisher.start(worker.signal_publisher(stream_id))
-    await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(db, "v")))
+    await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(worker, db, "v")))
     await viewer.wait_for_frames("video", 5)
     for transceiver in publisher.pc.getTransceivers():
         transceiver.sender._enabled = False  # aiortc: read but send nothing; ICE stays up

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from typing import Any, cast
 
 import aiohttp
@@ -35,6 +36,7 @@ from signaling.app import create_app
 from signaling.protocol import MAX_MESSAGE_BYTES, ErrorCode, ProtocolError
 from signaling.stream_keys import hash_stream_key, new_stream_key
 from signaling.tokens import issue_token
+from vilokanam.balances import credit
 from vilokanam.config import Settings
 from vilokanam.services.net import free_port
 
@@ -177,9 +179,11 @@ class Harness:
     async def stream_key(self, stream_id: str) -> str:
         return self.keys[stream_id]
 
-    async def token(self) -> tuple[str, str]:
-        """A viewer: (user id, its token)."""
+    async def token(self, funds: Decimal = Decimal(100)) -> tuple[str, str]:
+        """A viewer with a prepaid balance: (user id, its token)."""
         user_id = await self.user()
+        if funds:
+            await credit(self.db, self.redis, user_id, funds, "adjustment", "test funds", 12)
         return user_id, issue_token(SECRET, user_id, "5Viewer")
 
     async def publishing(self) -> tuple[Socket, str, dict[str, Any]]:
@@ -703,3 +707,14 @@ async def test_no_task_outlives_the_app(settings: Settings, redis: aioredis.Redi
         return {t for t in asyncio.all_tasks() - before if not t.done()}
 
     await eventually(lambda: not leaked(), "every task to end")
+
+
+async def test_watch_needs_ten_seconds_of_the_price(h: Harness) -> None:
+    """The stream costs 0.001/s by default: 0.0099 is refused, 0.01 is enough."""
+    _, stream_id, _ = await h.publishing()
+    for funds, expected in ((Decimal("0.0099"), "error"), (Decimal("0.01"), "answer")):
+        _, token = await h.token(funds)
+        reply = await ask(await h.connect(), watch(stream_id, token))
+        assert reply["type"] == expected, reply
+        if expected == "error":
+            assert reply["code"] == "insufficient_funds"

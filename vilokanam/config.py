@@ -89,6 +89,10 @@ class Settings:
         "VILOKANAM_PUBLIC_URL", None,
         "Base URL clients reach signaling at; absolute WHIP/WHEP/watch URLs are built "
         "from it. Default `http://<host>:<port>`.")
+    flush_interval: Decimal = _setting(
+        "VILOKANAM_FLUSH_INTERVAL", "1",
+        "Seconds between the billing worker's tick flushes (ticks reach Postgres 1-2 s after "
+        "their second).")
     sfu_host: str = _setting(
         "VILOKANAM_SFU_HOST", "127.0.0.1",
         "Address an SFU worker binds its private control port to.")
@@ -125,6 +129,11 @@ class Settings:
         "on loopback (tests, one-machine setups).")
     ss58_prefix: int = _setting(
         "VILOKANAM_SS58_PREFIX", "42", "SS58 prefix in which account ids are stored.")
+    token_symbol: str = _setting(
+        "VILOKANAM_TOKEN_SYMBOL", "ROC", "The chain token's symbol (the dev chain's is ROC).")
+    token_decimals: int = _setting(
+        "VILOKANAM_TOKEN_DECIMALS", "12",
+        "The chain token's decimals: 10^decimals planck = 1 token. Prices must be whole planck.")
     price_default: Decimal = _setting(
         "VILOKANAM_PRICE_DEFAULT", "0.001", "Default price per second of a stream, in tokens.")
     platform_fee: Decimal = _setting(
@@ -167,6 +176,12 @@ class Settings:
             raise ConfigError("VILOKANAM_PLATFORM_FEE must be a fraction in [0, 1)")
         if self.token_secret is not None and len(self.token_secret) < 32:
             raise ConfigError("VILOKANAM_TOKEN_SECRET must be at least 32 characters")
+        if not 0 <= self.token_decimals <= 18:
+            raise ConfigError("VILOKANAM_TOKEN_DECIMALS must be between 0 and 18")
+        if self.price_default.scaleb(self.token_decimals) % 1:
+            raise ConfigError("VILOKANAM_PRICE_DEFAULT must be a whole number of planck")
+        if not Decimal("0.01") <= self.flush_interval <= Decimal(60):
+            raise ConfigError("VILOKANAM_FLUSH_INTERVAL must be between 0.01 and 60 seconds")
         if self.sfu_capacity < 1:
             raise ConfigError("VILOKANAM_SFU_CAPACITY must be at least 1")
         if self.log_format not in ("text", "json"):
@@ -243,9 +258,11 @@ _PARSERS: dict[str, Callable[[str, str | None], Any]] = {
         lambda _n, raw: [a.strip() for a in raw.split(",") if a.strip()]),
     "ss58_prefix": _optional(_parse_int),
     "sfu_capacity": _optional(_parse_int),
+    "token_decimals": _optional(_parse_int),
     "dev_mode": _optional(_parse_bool),
     "price_default": _optional(_parse_decimal),
     "platform_fee": _optional(_parse_decimal),
+    "flush_interval": _optional(_parse_decimal),
 }
 
 

@@ -1,0 +1,209 @@
+"""Ticks from Redis to Postgres, exactly once.
+
+Each round: read up to `max_batches` pending batch keys and their payloads
+(two Redis commands), then in ONE Postgres transaction record the batch ids in
+`tick_batches` (a batch already there is skipped: applied before a crash, or
+written twice) and apply the new ticks with set-based SQL; commit; only then
+forget the batches in Redis. A crash anywhere re-reads batches that are either
+not committed (applied now) or committed (skipped now): nothing is lost, and
+nothing is counted twice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import asyncpg
+import redis.asyncio as aioredis
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Histogram
+
+from vilokanam.logs import log_event
+from vilokanam.metering import PENDING_KEY, TickBatch, batch_id_of
+
+log = logging.getLogger("billing.flush")
+
+TICKS_FLUSHED = PromCounter("vilokanam_ticks_flushed_total", "Ticks committed to Postgres.")
+TICKS_DROPPED = PromCounter(
+    "vilokanam_ticks_dropped_total",
+    "Ticks not billed: their viewer session is unknown or has ended.", ["reason"])
+BATCHES_SKIPPED = PromCounter(
+    "vilokanam_tick_batches_skipped_total", "Batches seen again and skipped (already applied).")
+FLUSH_LAG = Histogram(
+    "vilokanam_flush_lag_seconds", "From the end of a tick's second to its commit in Postgres.",
+    buckets=(0.5, 1, 1.5, 2, 3, 5, 10, 30))
+
+# One statement: every table a tick touches, set-based. $1 viewer session ids,
+# $2 their new ticks, $3 their last tick time, $4 the platform fee.
+_APPLY = """
+WITH t AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamp[]) AS t(id, n, last_tick)
+), sv AS (
+    UPDATE stream_viewers sv
+       SET total_ticks = sv.total_ticks + t.n,
+           last_tick_time = GREATEST(sv.last_tick_time, t.last_tick),
+           paid_amount = sv.paid_amount + t.n * sv.price_per_second,
+           updated_at = now()
+      FROM t
+     WHERE sv.id = t.id AND sv.price_per_second IS NOT NULL
+    RETURNING sv.id, sv.stream_id, sv.session_id, sv.viewer_id, t.n,
+              t.n * sv.price_per_second AS cost
+), charged AS (
+    SELECT sv.*, s.creator_id,
+           trunc(sv.cost * (1 - $4::numeric), 18) AS creator_share
+      FROM sv JOIN streams s ON s.id = sv.stream_id
+), streams_up AS (
+    UPDATE streams s SET total_ticks = s.total_ticks + x.n
+      FROM (SELECT stream_id, sum(n) AS n FROM sv GROUP BY stream_id) x
+     WHERE s.id = x.stream_id
+), sessions_up AS (
+    UPDATE stream_sessions ss SET total_ticks = ss.total_ticks + x.n
+      FROM (SELECT session_id, sum(n) AS n FROM sv GROUP BY session_id) x
+     WHERE ss.id = x.session_id
+), earnings_up AS (
+    INSERT INTO creator_earnings (creator_id, total_earnings, pending_payout)
+    SELECT creator_id, sum(creator_share), sum(creator_share) FROM charged GROUP BY creator_id
+    ON CONFLICT (creator_id) DO UPDATE
+       SET total_earnings = creator_earnings.total_earnings + EXCLUDED.total_earnings,
+           pending_payout = creator_earnings.pending_payout + EXCLUDED.pending_payout,
+           updated_at = now()
+), payments_up AS (
+    INSERT INTO payments (from_user_id, to_user_id, amount, payment_type, reference_id, status)
+    SELECT viewer_id, creator_id, cost, 'stream_view', id, 'pending' FROM charged
+    ON CONFLICT (reference_id) WHERE payment_type = 'stream_view' DO UPDATE
+       SET amount = payments.amount + EXCLUDED.amount
+), balances_up AS (
+    INSERT INTO viewer_balances (user_id, balance)
+    SELECT viewer_id, -sum(cost) FROM sv GROUP BY viewer_id
+    ON CONFLICT (user_id) DO UPDATE
+       SET balance = viewer_balances.balance + EXCLUDED.balance, updated_at = now()
+)
+SELECT count(*) AS sessions, COALESCE(sum(n), 0) AS ticks FROM sv
+"""
+
+
+@dataclass
+class FlushResult:
+    batches: int = 0
+    skipped: int = 0
+    ticks: int = 0
+    dropped: int = 0
+    lags: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Flusher:
+    pg: asyncpg.Pool
+    redis: aioredis.Redis
+    platform_fee: Decimal
+    max_batches: int = 200
+
+    async def flush_once(self) -> FlushResult:
+        keys: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]
+            PENDING_KEY, 0, self.max_batches - 1)
+        if not keys:
+            return FlushResult()
+        payloads = await self.redis.mget(keys)
+        batches = [TickBatch.decode(batch_id_of(k), raw)
+                   for k, raw in zip(keys, payloads, strict=True) if raw is not None]
+        result = await self._apply(batches)
+        await self._checkpoint("committed")
+        await self._forget(keys)
+        return result
+
+    async def _checkpoint(self, name: str) -> None:
+        """A named point of a flush ("recorded", "applied", "committed"): a
+        seam for the crash tests, which stop a flusher exactly there."""
+
+    async def _apply(self, batches: list[TickBatch]) -> FlushResult:
+        result = FlushResult(batches=len(batches))
+        async with self.pg.acquire() as conn, conn.transaction():
+            new_ids = await _record_new(conn, batches)
+            await self._checkpoint("recorded")
+            fresh = [b for b in batches if b.batch_id in new_ids]
+            result.skipped = len(batches) - len(fresh)
+            counts, last = _per_session(fresh)
+            if counts:
+                ids = list(counts)
+                row = await conn.fetchrow(
+                    _APPLY, ids, [counts[i] for i in ids], [last[i] for i in ids],
+                    self.platform_fee)
+                result.ticks = int(row["ticks"])
+            result.dropped = sum(counts.values()) - result.ticks
+            await self._checkpoint("applied")
+        committed = time.time()
+        result.lags = [committed - (b.second + 1) for b in fresh]
+        self._observe(result)
+        return result
+
+    async def _forget(self, keys: list[bytes]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(PENDING_KEY, *keys)
+            pipe.delete(*keys)
+            await pipe.execute()
+
+    @staticmethod
+    def _observe(result: FlushResult) -> None:
+        TICKS_FLUSHED.inc(result.ticks)
+        BATCHES_SKIPPED.inc(result.skipped)
+        if result.dropped:
+            TICKS_DROPPED.labels("unknown_session").inc(result.dropped)
+            log_event(log, "ticks.dropped", logging.WARNING, ticks=result.dropped)
+        for lag in result.lags:
+            FLUSH_LAG.observe(lag)
+
+
+async def _record_new(conn: asyncpg.Connection, batches: list[TickBatch]) -> set[str]:
+    rows = await conn.fetch(
+        "INSERT INTO tick_batches (batch_id, ticks) "
+        "SELECT * FROM unnest($1::text[], $2::int[]) ON CONFLICT DO NOTHING RETURNING batch_id",
+        [b.batch_id for b in batches], [len(b.ticks) for b in batches])
+    return {r["batch_id"] for r in rows}
+
+
+def _per_session(batches: list[TickBatch]) -> tuple[Counter[str], dict[str, datetime]]:
+    counts: Counter[str] = Counter()
+    last: dict[str, datetime] = {}
+    for batch in batches:
+        at = datetime.fromtimestamp(batch.second + 1, UTC).replace(tzinfo=None)
+        for tick in batch.ticks:
+            counts[tick.viewer_session_id] += 1
+            if tick.viewer_session_id not in last or last[tick.viewer_session_id] < at:
+                last[tick.viewer_session_id] = at
+    return counts, last
+
+
+async def prune_applied(pg: asyncpg.Pool, older_than_s: int = 86400) -> int:
+    """A batch cannot come back a day later: forget its id."""
+    status = await pg.execute(
+        "DELETE FROM tick_batches WHERE applied_at < now() - make_interval(secs => $1)",
+        older_than_s)
+    return int(status.split()[-1])
+
+
+FLUSH_INTERVAL = 1.0
+PRUNE_EVERY = 3600  # flush rounds between prunes of old batch ids
+
+
+async def run_flusher(flusher: Flusher, interval: float = FLUSH_INTERVAL) -> None:
+    """Flush every `interval` (at once again while a backlog remains); a store
+    that is down is waited out — its ticks stay in Redis meanwhile."""
+    rounds = 0
+    while True:
+        try:
+            result = await flusher.flush_once()
+            if rounds % PRUNE_EVERY == 0:
+                await prune_applied(flusher.pg)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                aioredis.RedisError) as exc:
+            log_event(log, "flush.failed", logging.WARNING, error=repr(exc))
+            result = FlushResult()
+            await asyncio.sleep(interval)
+        rounds += 1
+        if result.batches < flusher.max_batches:
+            await asyncio.sleep(interval)

@@ -1,0 +1,113 @@
+"""Ticks at the source: once a second the worker bills every viewer session
+that really received the stream in that second — its media connection is up,
+frames were handed to its senders during the second, and it sent an RTCP
+report within the last 5 s (a viewer whose network died is not billed).
+
+All of a second's ticks go to Redis as one batch in one command
+(vilokanam/metering.py); a failed write is kept and retried with the same
+batch id, so it can never count twice. Sessions whose viewer cannot pay for
+the next second are returned to be cut off in this second."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter
+
+from vilokanam.logs import log_event
+from vilokanam.metering import Tick, TickBatch, TickWriter
+from vilokanam.money import format_amount
+
+if TYPE_CHECKING:
+    from sfu.peers import Peer
+
+log = logging.getLogger("sfu.metering")
+
+RR_WINDOW = 5.0  # an RTCP report from the viewer within this many seconds
+OUTBOX_LIMIT = 3600  # seconds of batches kept while Redis is unreachable
+
+TICKS_EMITTED = Counter("vilokanam_ticks_emitted_total", "Ticks written by this worker.")
+TICK_WRITE_FAILURES = Counter(
+    "vilokanam_tick_write_failures_total", "Tick batch writes that failed and will be retried.")
+
+
+@dataclass
+class ViewerMeter:
+    """What metering knows of one viewer session."""
+
+    price: Decimal = Decimal(0)
+    price_planck: int = 0
+    ticks: int = 0
+    frames_at_last_tick: int = 0
+    last_report_at: float = float("-inf")
+
+    def report_received(self) -> None:
+        self.last_report_at = time.monotonic()
+
+    @property
+    def cost(self) -> Decimal:
+        return self.price * self.ticks
+
+
+def received_this_second(peer: Peer, now: float) -> bool:
+    frames = sum(track.frames_sent for _, track in peer.tracks)
+    fresh = frames > peer.meter.frames_at_last_tick
+    peer.meter.frames_at_last_tick = frames
+    return (fresh and peer.pc.connectionState == "connected"
+            and now - peer.meter.last_report_at <= RR_WINDOW)
+
+
+@dataclass
+class TickEmitter:
+    worker_id: str
+    writer: TickWriter
+    _last_second: int = 0
+    _outbox: list[TickBatch] = field(default_factory=list)
+
+    @classmethod
+    def for_redis(cls, worker_id: str, redis: aioredis.Redis) -> TickEmitter:
+        return cls(worker_id, TickWriter(redis))
+
+    def next_second(self) -> int:
+        """The second just completed, strictly after the last one labelled:
+        a clock stepping back can never give one session two ticks of a second."""
+        self._last_second = max(int(time.time()) - 1, self._last_second + 1)
+        return self._last_second
+
+    async def emit(self, viewers: Iterable[Peer]) -> list[str]:
+        """Bill this second; returns viewer_session_ids that cannot pay on."""
+        now = time.monotonic()
+        ticked = [p for p in viewers
+                  if p.viewer_session_id and p.user_id and received_this_second(p, now)]
+        batch = TickBatch(self.worker_id, self.next_second(), tuple(
+            Tick(p.viewer_session_id, p.user_id, p.meter.price_planck)  # type: ignore[arg-type]
+            for p in ticked))
+        for peer in ticked:
+            peer.meter.ticks += 1
+        live = {p.peer_id: {"seconds": p.meter.ticks, "cost": format_amount(p.meter.cost)}
+                for p in ticked}
+        if batch.ticks:
+            self._outbox.append(batch)
+        return await self._flush_outbox(live)
+
+    async def _flush_outbox(self, live: dict[str, dict[str, object]]) -> list[str]:
+        broke: list[str] = []
+        while self._outbox:
+            batch = self._outbox[0]
+            try:
+                broke += await self.writer.write(batch, live if batch is self._outbox[-1] else None)
+            except (OSError, aioredis.RedisError) as exc:
+                TICK_WRITE_FAILURES.inc()
+                log_event(log, "ticks.write_failed", logging.WARNING, worker_id=self.worker_id,
+                          batch=batch.batch_id, pending=len(self._outbox), error=repr(exc))
+                del self._outbox[:-OUTBOX_LIMIT]
+                break
+            self._outbox.pop(0)
+            TICKS_EMITTED.inc(len(batch.ticks))
+        return broke

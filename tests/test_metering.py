@@ -1,0 +1,179 @@
+"""Ticks into Redis and exactly once into Postgres, with real servers: exact
+sums in every table, retried writes, unknown sessions, and the money."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from billing.flush import Flusher
+from tests.conftest import Stores
+from vilokanam.balances import balance_of, credit
+from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter, balance_key
+
+PRICE = Decimal("0.001")
+PRICE_PLANCK = 10**9
+FEE = Decimal("0.1")
+FUNDS = Decimal(100)
+
+
+@dataclass
+class Audience:
+    stream_id: str
+    session_id: str
+    creator_id: str
+    viewers: list[tuple[str, str]]  # (viewer_session_id, user_id)
+
+
+async def make_audience(db: asyncpg.Connection, redis: aioredis.Redis, viewers: int,
+                        price: Decimal = PRICE, funds: Decimal = FUNDS) -> Audience:
+    creator = str(await db.fetchval(
+        "INSERT INTO users (account_id, is_creator) VALUES ($1, TRUE) RETURNING id",
+        f"creator-{uuid.uuid4()}"))
+    stream = str(await db.fetchval(
+        "INSERT INTO streams (creator_id, title, stream_key_hash, price_per_second, status) "
+        "VALUES ($1, 't', sha256(gen_random_uuid()::text::bytea), $2, 'live') RETURNING id",
+        creator, price))
+    session = str(await db.fetchval(
+        "INSERT INTO stream_sessions (stream_id) VALUES ($1) RETURNING id", stream))
+    audience = Audience(stream, session, creator, [])
+    for n in range(viewers):
+        user = str(await db.fetchval("INSERT INTO users (account_id) VALUES ($1) RETURNING id",
+                                     f"viewer-{n}-{uuid.uuid4()}"))
+        await credit(db, redis, user, funds, "adjustment", "test funds", 12)
+        row = str(await db.fetchval(
+            "INSERT INTO stream_viewers (stream_id, viewer_id, session_id, price_per_second) "
+            "VALUES ($1, $2, $3, $4) RETURNING id", stream, user, session, price))
+        audience.viewers.append((row, user))
+    return audience
+
+
+def batch(worker: str, second: int, audience: Audience,
+          price_planck: int = PRICE_PLANCK) -> TickBatch:
+    return TickBatch(worker, second, tuple(Tick(s, u, price_planck)
+                                           for s, u in audience.viewers))
+
+
+@pytest.fixture
+async def pool(stores: Stores, db: asyncpg.Connection) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+async def drain(flusher: Flusher) -> None:
+    while (await flusher.flush_once()).batches:
+        pass
+
+
+async def assert_books_balance(db: asyncpg.Connection, audience: Audience, seconds: int,
+                               funds: Decimal = FUNDS) -> None:
+    """Every table agrees with `seconds` ticks per viewer, to the last digit."""
+    n = len(audience.viewers)
+    cost = PRICE * seconds
+    for session, user in audience.viewers:
+        row = await db.fetchrow("SELECT total_ticks, paid_amount, last_tick_time "
+                                "FROM stream_viewers WHERE id = $1", session)
+        assert (row["total_ticks"], row["paid_amount"]) == (seconds, cost)
+        assert await db.fetchval("SELECT amount FROM payments WHERE reference_id = $1 AND "
+                                 "payment_type = 'stream_view' AND status = 'pending'",
+                                 session) == cost
+        assert await balance_of(db, user) == funds - cost
+        credits = await db.fetchval("SELECT sum(amount) FROM balance_ledger WHERE user_id = $1",
+                                    user)
+        charges = await db.fetchval("SELECT sum(amount) FROM payments WHERE from_user_id = $1",
+                                    user)
+        assert await balance_of(db, user) == credits - charges
+    assert await db.fetchval("SELECT total_ticks FROM streams WHERE id = $1",
+                             audience.stream_id) == n * seconds
+    assert await db.fetchval("SELECT total_ticks FROM stream_sessions WHERE id = $1",
+                             audience.session_id) == n * seconds
+    earnings = await db.fetchrow("SELECT total_earnings, pending_payout FROM creator_earnings "
+                                 "WHERE creator_id = $1", audience.creator_id)
+    expected = n * cost * (1 - FEE)
+    assert (earnings["total_earnings"], earnings["pending_payout"]) == (expected, expected)
+
+
+async def test_n_viewers_for_s_seconds_is_exactly_n_times_s(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    audience = await make_audience(db, redis, viewers=7)
+    writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE, max_batches=3)
+    for second in range(1000, 1013):
+        assert await writer.write(batch("w1", second, audience)) == []
+        if second % 4 == 0:
+            await flusher.flush_once()
+    await drain(flusher)
+    await assert_books_balance(db, audience, seconds=13)
+    assert await redis.zcard(PENDING_KEY) == 0
+    for _, user in audience.viewers:  # the live copy was charged exactly as Postgres
+        assert int(await redis.get(balance_key(user))) == (FUNDS - 13 * PRICE) * 10**12
+
+
+async def test_a_retried_write_counts_once(db: asyncpg.Connection, redis: aioredis.Redis,
+                                           pool: asyncpg.Pool) -> None:
+    audience = await make_audience(db, redis, viewers=2)
+    writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
+    twice = batch("w1", 2000, audience)
+    await writer.write(twice)
+    await writer.write(twice)  # the worker did not hear the first answer
+    await drain(flusher)
+    await writer.write(twice)  # ... and retried after billing had already applied it
+    await drain(flusher)
+    await assert_books_balance(db, audience, seconds=1)
+
+
+async def test_a_batch_applied_before_a_crash_is_skipped(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    """Billing committed, then died before Redis forgot the batch."""
+    audience = await make_audience(db, redis, viewers=3)
+    writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
+    one = batch("w1", 3000, audience)
+    await writer.write(one)
+    await flusher._apply([one])  # committed in Postgres, still pending in Redis
+    assert await redis.zcard(PENDING_KEY) == 1
+    result = await flusher.flush_once()
+    assert (result.batches, result.skipped, result.ticks) == (1, 1, 0)
+    await assert_books_balance(db, audience, seconds=1)
+
+
+async def test_ticks_of_unknown_sessions_are_dropped_not_billed(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    from billing.flush import TICKS_DROPPED
+
+    audience = await make_audience(db, redis, viewers=1)
+    ghost = str(uuid.uuid4())
+    await redis.set(balance_key(ghost), 10**15)
+    mixed = TickBatch("w1", 4000, (Tick(audience.viewers[0][0], audience.viewers[0][1],
+                                        PRICE_PLANCK), Tick(ghost, ghost, PRICE_PLANCK)))
+    before = TICKS_DROPPED.labels("unknown_session")._value.get()
+    await TickWriter(redis).write(mixed)
+    result = await Flusher(pool, redis, FEE).flush_once()
+    assert (result.ticks, result.dropped) == (1, 1)
+    assert TICKS_DROPPED.labels("unknown_session")._value.get() == before + 1
+    await assert_books_balance(db, audience, seconds=1)
+    assert await db.fetchval("SELECT count(*) FROM payments") == 1
+
+
+async def test_the_write_names_the_viewers_who_cannot_pay_on(
+        db: asyncpg.Connection, redis: aioredis.Redis) -> None:
+    audience = await make_audience(db, redis, viewers=2, funds=Decimal("0.003"))
+    poor, rich = audience.viewers
+    await credit(db, redis, rich[1], Decimal(1), "adjustment", "more", 12)
+    writer = TickWriter(redis)
+    assert await writer.write(batch("w1", 5000, audience)) == []  # 0.002 left
+    assert await writer.write(batch("w1", 5001, audience)) == []  # 0.001: one more second
+    assert await writer.write(batch("w1", 5002, audience)) == [poor[0]]  # spent: cut now
+    assert int(await redis.get(balance_key(poor[1]))) == 0
+    missing = TickBatch("w1", 5003, (Tick(str(uuid.uuid4()), str(uuid.uuid4()), 1),))
+    assert await writer.write(missing) == [missing.ticks[0].viewer_session_id]
+
+
+def test_batch_encoding_round_trips() -> None:
+    original = TickBatch("host-1-abc", 1700000000, (Tick("s1", "u1", 5), Tick("s2", "u2", 7)))
+    assert TickBatch.decode(original.batch_id, original.encode()) == original
+    assert original.batch_id == "host-1-abc:1700000000"

@@ -1,0 +1,108 @@
+"""Prepaid viewer balances: Postgres holds the truth (viewer_balances, the
+balance_ledger of credits, the stream_view payments of charges); Redis holds a
+live copy in integer planck (`vk:bal:<user id>`) that the SFU workers charge
+every second and check before every second.
+
+Credits (deposits, operator adjustments) commit in Postgres first, then move
+the live copy. A missing live copy is rebuilt from Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import ROUND_FLOOR, Decimal
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from vilokanam.metering import balance_key
+
+# KEYS: the live balance. ARGV: the credit, the full balance after it (planck).
+# An existing copy moves by the credit (it already reflects unflushed ticks);
+# a missing one starts from Postgres's balance.
+_CREDIT_LIVE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('INCRBY', KEYS[1], ARGV[1])
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return tonumber(ARGV[2])
+"""
+
+
+def planck_floor(amount: Decimal, decimals: int) -> int:
+    """Whole planck, rounded down: a live balance never shows more than is there."""
+    return int(amount.scaleb(decimals).to_integral_value(rounding=ROUND_FLOOR))
+
+
+@asynccontextmanager
+async def _connection(pg: asyncpg.Pool | asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    if isinstance(pg, asyncpg.Pool):
+        async with pg.acquire() as conn:
+            yield conn
+    else:
+        yield pg
+
+
+async def credit(pg: asyncpg.Pool | asyncpg.Connection, redis: aioredis.Redis, user_id: str,
+                 amount: Decimal, kind: str, reference: str | None, decimals: int) -> bool:
+    """Credit a viewer. A deposit's `reference` (block hash + event index) is
+    credited once: the second time returns False and changes nothing."""
+    async with _connection(pg) as conn, conn.transaction():
+        entry = await conn.fetchval(
+            "INSERT INTO balance_ledger (user_id, amount, kind, reference) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (reference) WHERE kind = 'deposit' DO NOTHING RETURNING id",
+            user_id, amount, kind, reference)
+        if entry is None:
+            return False
+        balance = await conn.fetchval(
+            "INSERT INTO viewer_balances (user_id, balance) VALUES ($1, $2) "
+            "ON CONFLICT (user_id) DO UPDATE SET balance = viewer_balances.balance + $2, "
+            "updated_at = now() RETURNING balance", user_id, amount)
+    script = redis.register_script(_CREDIT_LIVE)
+    await script(keys=[balance_key(user_id)],
+                 args=[planck_floor(amount, decimals), planck_floor(balance, decimals)])
+    return True
+
+
+async def balance_of(pg: asyncpg.Pool | asyncpg.Connection, user_id: str) -> Decimal:
+    value = await pg.fetchval("SELECT balance FROM viewer_balances WHERE user_id = $1", user_id)
+    return Decimal(0) if value is None else Decimal(value)
+
+
+async def live_balance(pg: asyncpg.Pool, redis: aioredis.Redis, user_id: str,
+                       decimals: int) -> int:
+    """The live copy in planck, rebuilt from Postgres when missing."""
+    raw = await redis.get(balance_key(user_id))
+    if raw is not None:
+        return int(raw)
+    planck = planck_floor(await balance_of(pg, user_id), decimals)
+    await redis.set(balance_key(user_id), planck, nx=True)
+    return int(await redis.get(balance_key(user_id)) or planck)
+
+
+async def rebuild_live_balances(pg: asyncpg.Pool, redis: aioredis.Redis, decimals: int) -> int:
+    """At billing start: every balance Redis lost comes back from Postgres.
+    Existing copies are kept — they already count ticks not yet flushed."""
+    rows = await pg.fetch("SELECT user_id::text AS user_id, balance FROM viewer_balances")
+    async with redis.pipeline(transaction=False) as pipe:
+        for row in rows:
+            pipe.set(balance_key(row["user_id"]), planck_floor(row["balance"], decimals), nx=True)
+        results = await pipe.execute()
+    return sum(1 for r in results if r)
+
+
+MIN_START_SECONDS = 10  # starting to watch needs this many seconds of the price
+
+
+class StreamPriceUnknown(LookupError):
+    pass
+
+
+async def can_start_watching(pg: asyncpg.Pool, redis: aioredis.Redis, user_id: str,
+                             stream_id: str, decimals: int) -> bool:
+    """Whether the viewer's live balance covers MIN_START_SECONDS of the stream."""
+    price = await pg.fetchval("SELECT price_per_second FROM streams WHERE id = $1", stream_id)
+    if price is None:
+        raise StreamPriceUnknown(stream_id)
+    needed = planck_floor(Decimal(price) * MIN_START_SECONDS, decimals)
+    return await live_balance(pg, redis, user_id, decimals) >= needed

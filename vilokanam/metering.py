@@ -1,0 +1,118 @@
+"""Ticks between the SFU workers (writers) and billing (reader), in Redis.
+
+A worker writes the ticks of one second as ONE batch with ONE command (a Lua
+script), whatever its number of viewers:
+
+- `vk:ticks:batch:<worker id>:<second>` holds the batch (JSON), written with
+  SET NX, so a retried write of the same batch changes nothing;
+- the batch key joins the sorted set `vk:ticks:pending` (score: the second);
+- each ticked viewer's live balance `vk:bal:<user id>` (integer planck) is
+  decreased by its price, and the script returns the sessions whose viewer
+  cannot pay for the next second — the worker cuts them off in this second;
+- one message on `vk:ticks:live` tells signaling each session's seconds and
+  cost so far, for the watch page.
+
+Billing applies pending batches to Postgres exactly once (billing/flush.py)
+and then deletes them. The live balance is a fast copy; Postgres holds the
+truth: balance = credits - stream_view payments (sql/0007)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+PENDING_KEY = "vk:ticks:pending"
+LIVE_CHANNEL = "vk:ticks:live"
+
+
+def batch_key(batch_id: str) -> str:
+    return f"vk:ticks:batch:{batch_id}"
+
+
+def batch_id_of(key: str | bytes) -> str:
+    text = key.decode() if isinstance(key, bytes) else key
+    return text.removeprefix("vk:ticks:batch:")
+
+
+def balance_key(user_id: str) -> str:
+    return f"vk:bal:{user_id}"
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One viewer session's second: who pays, how much (planck)."""
+
+    viewer_session_id: str
+    user_id: str
+    price_planck: int
+
+
+@dataclass(frozen=True)
+class TickBatch:
+    worker_id: str
+    second: int  # unix time of the second the ticks are for
+    ticks: tuple[Tick, ...]
+
+    @property
+    def batch_id(self) -> str:
+        return f"{self.worker_id}:{self.second}"
+
+    def encode(self) -> str:
+        return json.dumps({"second": self.second,
+                           "ticks": [[t.viewer_session_id, t.user_id, t.price_planck]
+                                     for t in self.ticks]}, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, batch_id: str, raw: str | bytes) -> TickBatch:
+        data = json.loads(raw)
+        worker_id = batch_id.rsplit(":", 1)[0]
+        return cls(worker_id, int(data["second"]),
+                   tuple(Tick(str(s), str(u), int(p)) for s, u, p in data["ticks"]))
+
+
+# KEYS: batch key, pending set. ARGV: second, batch JSON, live JSON (may be "").
+# Returns the viewer_session_ids whose viewer's balance is below their price
+# after this second's charge (or who have no live balance at all).
+_WRITE_TICKS = """
+if not redis.call('SET', KEYS[1], ARGV[2], 'NX') then
+  return {}
+end
+redis.call('ZADD', KEYS[2], ARGV[1], KEYS[1])
+local batch = cjson.decode(ARGV[2])
+local broke = {}
+for _, t in ipairs(batch['ticks']) do
+  local key = 'vk:bal:' .. t[2]
+  if redis.call('EXISTS', key) == 1 then
+    local left = redis.call('DECRBY', key, t[3])
+    if left < t[3] then table.insert(broke, t[1]) end
+  else
+    table.insert(broke, t[1])
+  end
+end
+if ARGV[3] ~= '' then redis.call('PUBLISH', 'vk:ticks:live', ARGV[3]) end
+return broke
+"""
+
+
+class TickWriter:
+    """Writes one batch per call, in one Redis command (EVALSHA)."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._script = redis.register_script(_WRITE_TICKS)
+
+    async def write(self, batch: TickBatch, live: dict[str, Any] | None = None) -> list[str]:
+        """Idempotent: writing the same batch again charges nothing twice and
+        returns no sessions to cut."""
+        broke = await self._script(
+            keys=[batch_key(batch.batch_id), PENDING_KEY],
+            args=[batch.second, batch.encode(), json.dumps(live) if live else ""])
+        return [b.decode() if isinstance(b, bytes) else str(b) for b in broke]
+
+
+async def live_balance_planck(redis: aioredis.Redis, user_id: str) -> int | None:
+    raw = await redis.get(balance_key(user_id))
+    return None if raw is None else int(raw)
+
