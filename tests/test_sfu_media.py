@@ -21,6 +21,7 @@ from sfu.app import create_app
 from sfu.control import MANAGER
 from sfu.relay import ForwardedTrack
 from sfu.streams import StreamManager
+from tests.conftest import Stores
 from tests.media_clients import Publisher, Viewer
 from vilokanam.balances import credit
 from vilokanam.config import Settings
@@ -375,3 +376,96 @@ async def test_a_publisher_that_dies_silently_ends_the_stream(
     await viewer.close()
     await publisher.close()
     await _wait_for_zero(worker.manager)
+
+
+async def test_viewers_are_billed_per_second_received_and_books_balance(
+        worker: Worker, db: asyncpg.Connection, redis: aioredis.Redis,
+        stores: Stores) -> None:
+    """Real aiortc viewers, the worker's own ticks, the real flush: every
+    second a viewer was billed is in Postgres exactly once, at its price."""
+    from billing.flush import Flusher
+
+    stream_id, _ = await make_stream(db)
+    publisher = Publisher()
+    await publisher.start(worker.signal_publisher(stream_id))
+    viewers = [Viewer(), Viewer()]
+    for n, viewer in enumerate(viewers):
+        await viewer.start(worker.signal_viewer(stream_id,
+                                                await make_viewer_user(worker, db, f"v{n}")))
+    await asyncio.sleep(4.5)
+    meters = {p.viewer_session_id: p.meter.ticks for p in worker.manager.peers.values()
+              if p.role == "viewer"}
+    for viewer in viewers:
+        await viewer.close()
+    await publisher.close()
+    assert all(3 <= ticks <= 5 for ticks in meters.values()), meters
+    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=2)
+    try:
+        flusher = Flusher(pool, redis, Decimal("0.1"))
+        while (await flusher.flush_once()).batches:
+            pass
+    finally:
+        await pool.close()
+    rows = {str(r["id"]): r for r in await db.fetch(
+        "SELECT id, total_ticks, paid_amount FROM stream_viewers")}
+    for session, ticks in meters.items():
+        assert rows[session]["total_ticks"] >= ticks  # ticks of the last second may follow
+        assert rows[session]["paid_amount"] == rows[session]["total_ticks"] * Decimal("0.001")
+    total = sum(r["total_ticks"] for r in rows.values())
+    assert await db.fetchval("SELECT total_ticks FROM streams WHERE id = $1", stream_id) == total
+
+
+async def test_a_viewer_is_cut_off_in_the_second_the_money_runs_out(
+        worker: Worker, db: asyncpg.Connection, redis: aioredis.Redis) -> None:
+    stream_id, _ = await make_stream(db)
+    publisher, viewer = Publisher(), Viewer()
+    await publisher.start(worker.signal_publisher(stream_id))
+    user = await make_viewer_user(worker, db, "poor", funds=Decimal("0.003"))  # 3 seconds
+    await viewer.start(worker.signal_viewer(stream_id, user))
+    peer_id = worker.last["peer_id"]
+    events = redis.pubsub()
+    await events.subscribe(f"vk:peer:{peer_id}:events")
+    await viewer.wait_for_frames("video", 5)
+    closed = None
+    for _ in range(80):
+        closed = next((e for e in await _drain(events, 0.1) if e["type"] == "peer_closed"), None)
+        if closed:
+            break
+    assert closed == {"type": "peer_closed", "peer_id": peer_id, "reason": "insufficient_funds"}
+    live = int(await redis.get(f"vk:bal:{user}"))
+    assert live == 0  # three whole seconds, then cut: never below zero here
+    assert peer_id not in worker.manager.peers
+    await events.aclose()
+    await viewer.close()
+    await publisher.close()
+
+
+async def test_a_viewer_that_sends_no_receiver_reports_is_not_billed(
+        worker: Worker, db: asyncpg.Connection) -> None:
+    """Its network died: frames may still be handed to its sender, but no
+    RTCP report comes back, so no second is billed."""
+    stream_id, _ = await make_stream(db)
+    publisher, viewer = Publisher(), Viewer()
+    await publisher.start(worker.signal_publisher(stream_id))
+    await viewer.start(worker.signal_viewer(stream_id,
+                                            await make_viewer_user(worker, db, "v")))
+    await viewer.wait_for_frames("video", 5)
+    peer = next(p for p in worker.manager.peers.values() if p.role == "viewer")
+    for _ in range(50):
+        if peer.meter.ticks > 0:
+            break
+        await asyncio.sleep(0.1)
+    assert peer.meter.ticks > 0  # billed while its reports arrived
+
+    async def lost(packet: object) -> None:  # from now on its RTCP never arrives
+        return None
+
+    for transceiver in peer.pc.getTransceivers():
+        transceiver.sender._handle_rtcp_packet = lost
+    peer.meter.last_report_at = float("-inf")
+    before = peer.meter.ticks
+    await asyncio.sleep(2.5)
+    assert peer.meter.ticks == before
+    assert sum(track.frames_sent for _, track in peer.tracks) > 0  # media was still sent
+    await viewer.close()
+    await publisher.close()
