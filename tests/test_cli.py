@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,21 @@ def test_help_lists_every_subcommand() -> None:
     assert done.returncode == 0
     for command in ("dev", "migrate", "signaling", "sfu", "billing"):
         assert command in done.stdout
+
+
+def test_credit_command_credits_and_refuses_bad_amounts(settings: Settings) -> None:
+    env = role_env(settings)
+    account = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
+    done = run_cli("credit", "--account", account, "--amount", "2.5", env=env)
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.strip()
+    assert first.startswith("credited 2.5 ROC; balance ")
+    done = run_cli("credit", "--account", account, "--amount", "0.5", env=env)
+    before = Decimal(first.rsplit("balance ", 1)[1].split()[0])
+    after = Decimal(done.stdout.strip().rsplit("balance ", 1)[1].split()[0])
+    assert done.stdout.startswith("credited 0.5 ROC; ") and after == before + Decimal("0.5")
+    for amount in ("-1", "0", "abc", "0.0000000000001"):
+        bad = run_cli("credit", "--account", account, "--amount", amount, env=env)
+        assert bad.returncode == 2 and "--amount must be" in bad.stderr, amount
+    bad = run_cli("credit", "--account", "nobody", "--amount", "1", env=env)
+    assert bad.returncode == 2 and "--account" in bad.stderr

@@ -164,10 +164,10 @@ def stop_and_check_nothing_left(run: DevRun) -> float:
     return took
 
 
-async def _count_users(url: str) -> int:
+async def _count(url: str, query: str) -> int:
     conn = await asyncpg.connect(url)
     try:
-        return int(await conn.fetchval("SELECT count(*) FROM users"))
+        return int(await conn.fetchval(query))
     finally:
         await conn.close()
 
@@ -198,7 +198,11 @@ def test_dev_serves_everything_keeps_data_and_stops_clean(start_dev: StartDev) -
     again = start_dev(ports)
     again.wait_for(READY_LINE, timeout=30)
     assert "migrations applied: none pending" in again.output()
-    assert asyncio.run(_count_users(database_url)) == 1
+    assert asyncio.run(_count(database_url, "SELECT count(*) FROM users "
+                                            "WHERE account_id = 'dev-restart-probe'")) == 1
+    # the six dev accounts were granted their balance once, not once per start
+    assert asyncio.run(_count(database_url, "SELECT count(*) FROM balance_ledger "
+                                            "WHERE reference = 'dev grant'")) == 6
     stop_and_check_nothing_left(again)
 
 

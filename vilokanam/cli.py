@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     _store_flags(sfu)
     _logging_flags(sfu)
 
+    credit = sub.add_parser("credit", help="credit a viewer's balance by hand (an adjustment "
+                                           "in the balance ledger)")
+    credit.add_argument("--account", required=True, help="the viewer's SS58 address")
+    credit.add_argument("--amount", required=True, help="tokens, e.g. 10 or 0.5")
+    credit.add_argument("--note", default="operator credit", help="kept in the ledger")
+    _store_flags(credit)
+    _logging_flags(credit)
+
     billing = sub.add_parser("billing", help="run the billing worker")
     billing.add_argument("--billing-port", type=int, help="port (VILOKANAM_BILLING_PORT)")
     billing.add_argument("--substrate-url", help="chain RPC URL (SUBSTRATE_URL)")
@@ -77,15 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Flags that are a command's own arguments, not settings.
+_COMMAND_ARGS = {"command", "account", "amount", "note"}
+
+
 def _settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in _COMMAND_ARGS and v is not None}
     settings = Settings.from_env(**overrides)
     register_secret(settings.escrow_uri)
     register_secret(settings.token_secret)
     return settings
 
 
-def _run_migrate(settings: Settings) -> int:
+def _run_migrate(settings: Settings, _args: argparse.Namespace) -> int:
     from vilokanam.migrations import migrate
 
     if not settings.database_url:
@@ -95,7 +108,7 @@ def _run_migrate(settings: Settings) -> int:
     return 0
 
 
-def _run_signaling(settings: Settings) -> int:
+def _run_signaling(settings: Settings, _args: argparse.Namespace) -> int:
     from signaling.app import create_app
     from vilokanam.serve import run_role
 
@@ -104,7 +117,7 @@ def _run_signaling(settings: Settings) -> int:
     return 0
 
 
-def _run_sfu(settings: Settings) -> int:
+def _run_sfu(settings: Settings, _args: argparse.Namespace) -> int:
     from sfu.app import create_app
     from vilokanam.serve import run_role
 
@@ -113,7 +126,7 @@ def _run_sfu(settings: Settings) -> int:
     return 0
 
 
-def _run_billing(settings: Settings) -> int:
+def _run_billing(settings: Settings, _args: argparse.Namespace) -> int:
     from billing.app import create_app
     from vilokanam.serve import run_role
 
@@ -122,18 +135,37 @@ def _run_billing(settings: Settings) -> int:
     return 0
 
 
-def _run_dev(settings: Settings) -> int:
+def _run_credit(settings: Settings, args: argparse.Namespace) -> int:
+    from vilokanam.accounts import InvalidAccount
+    from vilokanam.admin import credit_account
+    from vilokanam.money import decimal_from_json, format_amount
+
+    amount = decimal_from_json(args.amount)
+    if amount is None or amount <= 0 or amount.scaleb(settings.token_decimals) % 1:
+        raise ConfigError(f"--amount must be a positive number of tokens in whole planck "
+                          f"({settings.token_decimals} decimals), got {args.amount!r}")
+    try:
+        balance = asyncio.run(credit_account(settings, args.account, amount, args.note))
+    except InvalidAccount as exc:
+        raise ConfigError(f"--account: {exc}") from None
+    print(f"credited {format_amount(amount)} {settings.token_symbol}; "
+          f"balance {format_amount(balance)} {settings.token_symbol}")
+    return 0
+
+
+def _run_dev(settings: Settings, _args: argparse.Namespace) -> int:
     from vilokanam.dev import run_dev
 
     return run_dev(settings)
 
 
-_COMMANDS: dict[str, Callable[[Settings], int]] = {
+_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "dev": _run_dev,
     "migrate": _run_migrate,
     "signaling": _run_signaling,
     "sfu": _run_sfu,
     "billing": _run_billing,
+    "credit": _run_credit,
 }
 
 
@@ -146,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     configure_logging(settings.log_format, settings.log_level)
     try:
-        return _COMMANDS[args.command](settings)
+        return _COMMANDS[args.command](settings, args)
     except ConfigError as exc:
         print(f"vilokanam {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE

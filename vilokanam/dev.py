@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
+from vilokanam.admin import DEV_GRANT, grant_dev_funds
 from vilokanam.config import Settings, redact_url
 from vilokanam.logs import register_secret
 from vilokanam.migrations import migrate
@@ -157,6 +158,12 @@ def _raise_stop(_signum: int, _frame: FrameType | None) -> None:
     raise _Stop
 
 
+async def _grant_dev_funds(settings: Settings) -> int:
+    from vilokanam.services.chain import dev_accounts
+
+    return await grant_dev_funds(settings, list(dev_accounts().values()))
+
+
 def _check_ports(settings: Settings) -> None:
     """Refuse a taken port up front, naming its setting, before starting anything."""
     wanted = [(settings.http_port, "VILOKANAM_HTTP_PORT"),
@@ -197,6 +204,9 @@ def run_dev(settings: Settings) -> int:
         assert stack.settings.database_url
         applied = asyncio.run(migrate(stack.settings.database_url))
         print(f"migrations applied: {', '.join(applied) or 'none pending'}", flush=True)
+        granted = asyncio.run(_grant_dev_funds(stack.settings))
+        if granted:
+            print(f"granted {DEV_GRANT} tokens of balance to {granted} dev accounts", flush=True)
         stack.start_chain()
         stack.start_roles()
         # The first run's npm install is not part of the 30 s: roles are.

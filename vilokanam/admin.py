@@ -1,0 +1,49 @@
+"""Operator commands that change money: crediting a viewer's balance by hand
+(in dev, and for support adjustments). Every change is a balance_ledger row."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from vilokanam.accounts import canonical_account
+from vilokanam.backends import Backends
+from vilokanam.balances import balance_of, credit
+from vilokanam.config import Settings
+from vilokanam.users import get_or_create_user
+
+DEV_GRANT = Decimal(100)  # tokens each dev account may spend in `vilokanam dev`
+DEV_GRANT_NOTE = "dev grant"
+
+
+async def credit_account(settings: Settings, account: str, amount: Decimal,
+                         note: str) -> Decimal:
+    """Credit `amount` tokens to `account` (created if new); returns its balance."""
+    backends = await Backends.open(settings)
+    try:
+        user = await get_or_create_user(backends.pg,
+                                        canonical_account(account, settings.ss58_prefix))
+        await credit(backends.pg, backends.redis, user.id, amount, "adjustment", note,
+                     settings.token_decimals)
+        return await balance_of(backends.pg, user.id)
+    finally:
+        await backends.close()
+
+
+async def grant_dev_funds(settings: Settings, accounts: list[str]) -> int:
+    """Each dev account gets DEV_GRANT once (its first `vilokanam dev`)."""
+    backends = await Backends.open(settings)
+    granted = 0
+    try:
+        for account in accounts:
+            user = await get_or_create_user(backends.pg,
+                                            canonical_account(account, settings.ss58_prefix))
+            already = await backends.pg.fetchval(
+                "SELECT 1 FROM balance_ledger WHERE user_id = $1 AND reference = $2",
+                user.id, DEV_GRANT_NOTE)
+            if not already:
+                await credit(backends.pg, backends.redis, user.id, DEV_GRANT, "adjustment",
+                             DEV_GRANT_NOTE, settings.token_decimals)
+                granted += 1
+    finally:
+        await backends.close()
+    return granted
