@@ -23,11 +23,15 @@ from aiohttp import web
 from sfu.events import peer_channel, stream_channel
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
+from vilokanam.metering import LIVE_CHANNEL
 
 log = logging.getLogger("vilokanam.signaling.events")
 
-# The channel names are the workers' (sfu/events.py), who publish on them.
-PATTERNS = (stream_channel("*"), peer_channel("*"))
+# The channel names are the workers' (sfu/events.py, vilokanam/metering.py).
+# A worker's live tick message carries every viewer it billed that second:
+# {peer_id: {"seconds", "cost"}}; it is split here into one "tick" event per
+# peer channel, so a websocket hears only its own.
+PATTERNS = (stream_channel("*"), peer_channel("*"), LIVE_CHANNEL)
 RETRY_S = 1.0
 # get_message wakes up this often, so redis-py's health check PINGs an idle
 # connection and a dead one is noticed.
@@ -100,25 +104,45 @@ class EventHub:
                 await asyncio.sleep(RETRY_S)
                 continue
             if message is not None and message["type"] == "pmessage":
-                self.dispatch(_text(message["channel"]), message["data"])
+                channel = _text(message["channel"])
+                if channel == LIVE_CHANNEL:
+                    self.dispatch_ticks(message["data"])
+                else:
+                    self.dispatch(channel, message["data"])
 
     def dispatch(self, channel: str, data: bytes | str) -> None:
-        listeners = self._listeners.get(channel)
-        if not listeners:
+        if channel not in self._listeners:
             return
-        try:
-            event = json.loads(data)
-        except ValueError:
-            event = None
-        if not isinstance(event, dict):
-            log_event(log, "events.bad_event", logging.WARNING, channel=channel)
-            return
+        event = _decode(channel, data)
+        if event is not None:
+            self._deliver(channel, event)
+
+    def dispatch_ticks(self, data: bytes | str) -> None:
+        ticks = _decode(LIVE_CHANNEL, data) or {}
+        for peer_id, tick in ticks.items():
+            channel = peer_channel(peer_id)
+            if channel in self._listeners and isinstance(tick, dict):
+                self._deliver(channel, {"type": "tick", **tick})
+
+    def _deliver(self, channel: str, event: dict[str, Any]) -> None:
+        listeners = self._listeners.get(channel, set())
         for listener in tuple(listeners):  # a listener may unregister itself
             try:
                 listener.on_event(channel, event)
             except Exception as exc:  # one bad listener must not starve the rest
                 log_event(log, "events.listener_failed", logging.ERROR, channel=channel,
                           event_type=event.get("type"), error=repr(exc))
+
+
+def _decode(channel: str, data: bytes | str) -> dict[str, Any] | None:
+    try:
+        event = json.loads(data)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict):
+        log_event(log, "events.bad_event", logging.WARNING, channel=channel)
+        return None
+    return event
 
 
 def _text(value: bytes | str) -> str:

@@ -185,6 +185,11 @@ def viewer_count(count: int) -> Message:
     return {"type": "viewer_count", "count": count}
 
 
+def tick(seconds: int, cost: str) -> Message:
+    """A viewer's metering so far: seconds billed, their cost in tokens."""
+    return {"type": "tick", "seconds": seconds, "cost": cost}
+
+
 def stream_started() -> Message:
     return {"type": "stream_started"}
 

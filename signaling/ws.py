@@ -354,6 +354,8 @@ class Connection:
                     self.send(protocol.viewer_count(count))
             case "stream_started":
                 self.send(protocol.stream_started())
+            case "tick" if isinstance(event.get("seconds"), int):
+                self.send(protocol.tick(event["seconds"], str(event.get("cost", "0"))))
             case "stream_ended" if not self._is_stale(session, event):
                 self._detach()
                 self.send(protocol.stream_ended())

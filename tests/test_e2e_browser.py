@@ -152,6 +152,12 @@ async def test_chromium_publishes_and_two_chromium_viewers_watch(
         assert after["video"] > before["video"] + 20, (before, after)  # ~30 fps decoded
         assert after["audio"] > before["audio"] + 50, (before, after)  # 20 ms packets
 
+    for viewer in viewers:  # the watch page shows what metering bills, every second
+        seconds = int(await viewer.inner_text("#seconds-watched"))
+        assert seconds >= 2
+        cost = Decimal((await viewer.inner_text("#cost")).split()[0])
+        assert Decimal("0.001") * (seconds - 1) <= cost <= Decimal("0.001") * (seconds + 1)
+
     row = await db.fetchrow("SELECT status, viewer_count FROM streams WHERE id = $1",
                             stream["id"])
     assert (row["status"], row["viewer_count"]) == ("live", 2)

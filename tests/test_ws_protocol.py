@@ -718,3 +718,18 @@ async def test_watch_needs_ten_seconds_of_the_price(h: Harness) -> None:
         assert reply["type"] == expected, reply
         if expected == "error":
             assert reply["code"] == "insufficient_funds"
+
+
+async def test_a_viewer_hears_its_own_ticks_only(h: Harness) -> None:
+    """A worker's live tick message names many viewers; each websocket gets its own."""
+    _, stream_id, _ = await h.publishing()
+    _, token = await h.token()
+    ws = await h.connect()
+    await ask(ws, watch(stream_id, token))
+    mine = h.worker.last_peer
+    await h.event("vk:ticks:live", **{mine: {"seconds": 7, "cost": "0.007"},
+                                      "someone-else": {"seconds": 99, "cost": "9"}})
+    assert await ws.receive_json(timeout=TIMEOUT) == {"type": "tick", "seconds": 7,
+                                                      "cost": "0.007"}
+    with pytest.raises(asyncio.TimeoutError):
+        await ws.receive_json(timeout=0.3)

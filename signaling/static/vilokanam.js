@@ -93,6 +93,16 @@
     byId("viewer-count").textContent = String(count);
   }
 
+  // Metering: the seconds billed so far and their cost (watch page only).
+  function setMetering(seconds, cost) {
+    state.secondsWatched = seconds;
+    state.cost = cost;
+    const watched = byId("seconds-watched");
+    if (watched) watched.textContent = String(seconds);
+    const total = byId("cost");
+    if (total) total.textContent = `${cost} ${config.tokenSymbol || ""}`.trim();
+  }
+
   class SessionError extends Error {
     constructor(code, message) {
       super(message);
@@ -204,6 +214,7 @@
         answer: () => this.acceptAnswer(msg),
         candidate: () => this.addRemoteCandidate(msg.candidate),
         viewer_count: () => setViewerCount(msg.count),
+        tick: () => setMetering(msg.seconds, msg.cost),
         stream_started: () => setPhase("live"),
         stream_ended: () => this.ended(),
         error: () => this.serverError(msg.code, msg.message),
