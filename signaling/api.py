@@ -26,12 +26,12 @@ from signaling.users import (
     token_secret_or_503,
 )
 from vilokanam.backends import BACKENDS
+from vilokanam.balances import live_balance
 from vilokanam.config import Settings
-from vilokanam.money import decimal_from_json, format_amount
+from vilokanam.money import decimal_from_json, format_amount, from_planck
 
 # streams.price_per_second is NUMERIC(38, 18): 20 integer digits, 18 decimals.
 # Anything outside is refused rather than rounded or overflowed by Postgres.
-PRICE_MAX_DECIMALS = 18
 PRICE_LIMIT = Decimal(10) ** 20
 TITLE_MAX = 255
 STREAM_STATUSES = ("pending", "live", "ended", "archived")  # the schema's comment
@@ -53,19 +53,20 @@ FROM streams s JOIN users u ON u.id = s.creator_id
 
 # -- money -----------------------------------------------------------------
 
-def parse_price(value: object, default: Decimal) -> Decimal:
+def parse_price(value: object, default: Decimal, decimals: int) -> Decimal:
     """A price per second from JSON: a decimal string or a number (parsed as
-    Decimal), > 0, below 10^20, at most 18 decimals; else 400 invalid_price."""
+    Decimal), > 0, below 10^20, in whole planck (at most `decimals` decimals:
+    a price the chain cannot pay exactly is refused); else 400 invalid_price."""
     if value is None:
         return default
     amount = decimal_from_json(value)
     # adjusted() bounds the magnitude before format_amount, so "1e-999999999"
     # cannot make us print a billion zeros.
     if (amount is None or not amount.is_finite() or not 0 < amount < PRICE_LIMIT
-            or amount.adjusted() < -PRICE_MAX_DECIMALS
-            or len(format_amount(amount).partition(".")[2]) > PRICE_MAX_DECIMALS):
+            or amount.adjusted() < -decimals
+            or len(format_amount(amount).partition(".")[2]) > decimals):
         raise bad_request("invalid_price", "price_per_second must be a number of tokens > 0, "
-                          f"below 10^20, with at most {PRICE_MAX_DECIMALS} decimals")
+                          f"below 10^20, in whole planck (at most {decimals} decimals)")
     return amount
 
 
@@ -160,7 +161,8 @@ async def create_stream(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     body = await parse_json_body(request)
     title = parse_title(body.get("title"))
-    price = parse_price(body.get("price_per_second"), settings.price_default)
+    price = parse_price(body.get("price_per_second"), settings.price_default,
+                        settings.token_decimals)
     stream_key = new_stream_key()
     async with request.app[BACKENDS].pg.acquire() as conn, conn.transaction():
         creator = await make_creator(conn, claims.account)
@@ -200,14 +202,54 @@ async def get_stream(request: web.Request) -> web.Response:
 
 
 async def me(request: web.Request) -> web.Response:
+    """The balance is the live one: what the SFU charges every second (the
+    Postgres balance minus ticks not flushed yet), in tokens."""
     claims = await require_user(request)
-    user = await find_user(request.app[BACKENDS].pg, claims.account)
-    # Balances are metering's (a later issue): it will fill this from the
-    # viewer's deposits minus their ticks. Always a decimal string in tokens.
-    balance = format_amount(Decimal(0))
+    backends, settings = request.app[BACKENDS], request.app[SETTINGS]
+    user = await find_user(backends.pg, claims.account)
+    planck = await live_balance(backends.pg, backends.redis, claims.user_id,
+                                settings.token_decimals) if user else 0
     return web.json_response({"account": claims.account,
                               "is_creator": user is not None and user.is_creator,
-                              "balance": balance})
+                              "balance": format_amount(from_planck(planck,
+                                                                   settings.token_decimals))})
+
+
+async def my_sessions(request: web.Request) -> web.Response:
+    """The viewer's viewing sessions, newest first: seconds billed and their cost."""
+    claims = await require_user(request)
+    limit, offset = parse_paging(request)
+    rows = await request.app[BACKENDS].pg.fetch(
+        """SELECT sv.id::text AS id, sv.stream_id::text AS stream_id, s.title,
+                  sv.join_time AT TIME ZONE current_setting('TimeZone') AS join_time,
+                  sv.is_active, sv.total_ticks, sv.paid_amount, sv.price_per_second,
+                  p.status AS payment_status
+             FROM stream_viewers sv JOIN streams s ON s.id = sv.stream_id
+             LEFT JOIN payments p ON p.reference_id = sv.id AND p.payment_type = 'stream_view'
+            WHERE sv.viewer_id = $1::uuid
+            ORDER BY sv.join_time DESC, sv.id LIMIT $2 OFFSET $3""",
+        claims.user_id, limit, offset)
+    return web.json_response({"sessions": [{
+        "id": r["id"], "stream_id": r["stream_id"], "title": r["title"],
+        "join_time": _iso(r["join_time"]), "active": bool(r["is_active"]),
+        "seconds": r["total_ticks"], "cost": format_amount(r["paid_amount"]),
+        "price_per_second": format_amount(r["price_per_second"] or Decimal(0)),
+        "payment_status": r["payment_status"]} for r in rows],
+        "limit": limit, "offset": offset})
+
+
+async def my_earnings(request: web.Request) -> web.Response:
+    """A creator's earnings: all, and what is still to be paid out on chain."""
+    claims = await require_user(request)
+    row = await request.app[BACKENDS].pg.fetchrow(
+        """SELECT ce.total_earnings, ce.pending_payout,
+                  ce.last_payout_at AT TIME ZONE current_setting('TimeZone') AS last_payout_at
+             FROM creator_earnings ce WHERE ce.creator_id = $1::uuid""", claims.user_id)
+    zero = Decimal(0)
+    return web.json_response({
+        "total_earnings": format_amount(row["total_earnings"] if row else zero),
+        "pending_payout": format_amount(row["pending_payout"] if row else zero),
+        "last_payout_at": _iso(row["last_payout_at"]) if row else None})
 
 
 def add_api_routes(app: web.Application) -> None:
@@ -216,3 +258,5 @@ def add_api_routes(app: web.Application) -> None:
     app.router.add_get("/api/streams", list_streams)
     app.router.add_get("/api/streams/{stream_id}", get_stream)
     app.router.add_get("/api/me", me)
+    app.router.add_get("/api/me/sessions", my_sessions)
+    app.router.add_get("/api/me/earnings", my_earnings)
