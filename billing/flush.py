@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 
 import asyncpg
@@ -31,31 +29,41 @@ log = logging.getLogger("billing.flush")
 TICKS_FLUSHED = PromCounter("vilokanam_ticks_flushed_total", "Ticks committed to Postgres.")
 TICKS_DROPPED = PromCounter(
     "vilokanam_ticks_dropped_total",
-    "Ticks not billed: their viewer session is unknown or has ended.", ["reason"])
+    "Ticks not billed: their viewer session is unknown, or had ended.", ["reason"])
 BATCHES_SKIPPED = PromCounter(
     "vilokanam_tick_batches_skipped_total", "Batches seen again and skipped (already applied).")
 FLUSH_LAG = Histogram(
     "vilokanam_flush_lag_seconds", "From the end of a tick's second to its commit in Postgres.",
     buckets=(0.5, 1, 1.5, 2, 3, 5, 10, 30))
 
-# One statement: every table a tick touches, set-based. $1 viewer session ids,
-# $2 their new ticks, $3 their last tick time, $4 the platform fee.
+# One statement: every table a tick touches, set-based. $1/$2: one element per
+# tick (viewer session id, unix second); $3 the platform fee. Ticks of unknown
+# sessions, and of sessions that had ended (an ended session's updated_at is
+# its end), are filtered out here, tick by tick. Timestamps are the schema's
+# TIMESTAMP, i.e. local time in the session's TimeZone, like now().
 _APPLY = """
-WITH t AS (
-    SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamp[]) AS t(id, n, last_tick)
+WITH raw AS (
+    SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS r(id, second)
+), t AS (
+    SELECT r.id, count(*)::int AS n,
+           to_timestamp(max(r.second) + 1) AT TIME ZONE current_setting('TimeZone') AS last_tick
+      FROM raw r JOIN stream_viewers v ON v.id = r.id
+     WHERE v.price_per_second IS NOT NULL
+       AND (v.is_active OR to_timestamp(r.second) AT TIME ZONE current_setting('TimeZone')
+                           <= v.updated_at + interval '2 seconds')
+     GROUP BY r.id
 ), sv AS (
     UPDATE stream_viewers sv
        SET total_ticks = sv.total_ticks + t.n,
            last_tick_time = GREATEST(sv.last_tick_time, t.last_tick),
-           paid_amount = sv.paid_amount + t.n * sv.price_per_second,
-           updated_at = now()
+           paid_amount = sv.paid_amount + t.n * sv.price_per_second
       FROM t
-     WHERE sv.id = t.id AND sv.price_per_second IS NOT NULL
+     WHERE sv.id = t.id
     RETURNING sv.id, sv.stream_id, sv.session_id, sv.viewer_id, t.n,
               t.n * sv.price_per_second AS cost
 ), charged AS (
     SELECT sv.*, s.creator_id,
-           trunc(sv.cost * (1 - $4::numeric), 18) AS creator_share
+           trunc(sv.cost * (1 - $3::numeric), 18) AS creator_share
       FROM sv JOIN streams s ON s.id = sv.stream_id
 ), streams_up AS (
     UPDATE streams s SET total_ticks = s.total_ticks + x.n
@@ -127,14 +135,11 @@ class Flusher:
             await self._checkpoint("recorded")
             fresh = [b for b in batches if b.batch_id in new_ids]
             result.skipped = len(batches) - len(fresh)
-            counts, last = _per_session(fresh)
-            if counts:
-                ids = list(counts)
-                row = await conn.fetchrow(
-                    _APPLY, ids, [counts[i] for i in ids], [last[i] for i in ids],
-                    self.platform_fee)
+            ids, seconds = _tick_columns(fresh)
+            if ids:
+                row = await conn.fetchrow(_APPLY, ids, seconds, self.platform_fee)
                 result.ticks = int(row["ticks"])
-            result.dropped = sum(counts.values()) - result.ticks
+            result.dropped = len(ids) - result.ticks
             await self._checkpoint("applied")
         committed = time.time()
         result.lags = [committed - (b.second + 1) for b in fresh]
@@ -152,7 +157,7 @@ class Flusher:
         TICKS_FLUSHED.inc(result.ticks)
         BATCHES_SKIPPED.inc(result.skipped)
         if result.dropped:
-            TICKS_DROPPED.labels("unknown_session").inc(result.dropped)
+            TICKS_DROPPED.labels("unknown_or_ended_session").inc(result.dropped)
             log_event(log, "ticks.dropped", logging.WARNING, ticks=result.dropped)
         for lag in result.lags:
             FLUSH_LAG.observe(lag)
@@ -166,16 +171,14 @@ async def _record_new(conn: asyncpg.Connection, batches: list[TickBatch]) -> set
     return {r["batch_id"] for r in rows}
 
 
-def _per_session(batches: list[TickBatch]) -> tuple[Counter[str], dict[str, datetime]]:
-    counts: Counter[str] = Counter()
-    last: dict[str, datetime] = {}
+def _tick_columns(batches: list[TickBatch]) -> tuple[list[str], list[int]]:
+    """One (viewer session, second) pair per tick, as two columns for unnest."""
+    ids: list[str] = []
+    seconds: list[int] = []
     for batch in batches:
-        at = datetime.fromtimestamp(batch.second + 1, UTC).replace(tzinfo=None)
-        for tick in batch.ticks:
-            counts[tick.viewer_session_id] += 1
-            if tick.viewer_session_id not in last or last[tick.viewer_session_id] < at:
-                last[tick.viewer_session_id] = at
-    return counts, last
+        ids.extend(tick.viewer_session_id for tick in batch.ticks)
+        seconds.extend([batch.second] * len(batch.ticks))
+    return ids, seconds
 
 
 async def prune_applied(pg: asyncpg.Pool, older_than_s: int = 86400) -> int:

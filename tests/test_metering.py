@@ -150,11 +150,11 @@ async def test_ticks_of_unknown_sessions_are_dropped_not_billed(
     await redis.set(balance_key(ghost), 10**15)
     mixed = TickBatch("w1", 4000, (Tick(audience.viewers[0][0], audience.viewers[0][1],
                                         PRICE_PLANCK), Tick(ghost, ghost, PRICE_PLANCK)))
-    before = TICKS_DROPPED.labels("unknown_session")._value.get()
+    before = TICKS_DROPPED.labels("unknown_or_ended_session")._value.get()
     await TickWriter(redis).write(mixed)
     result = await Flusher(pool, redis, FEE).flush_once()
     assert (result.ticks, result.dropped) == (1, 1)
-    assert TICKS_DROPPED.labels("unknown_session")._value.get() == before + 1
+    assert TICKS_DROPPED.labels("unknown_or_ended_session")._value.get() == before + 1
     await assert_books_balance(db, audience, seconds=1)
     assert await db.fetchval("SELECT count(*) FROM payments") == 1
 
@@ -177,3 +177,19 @@ def test_batch_encoding_round_trips() -> None:
     original = TickBatch("host-1-abc", 1700000000, (Tick("s1", "u1", 5), Tick("s2", "u2", 7)))
     assert TickBatch.decode(original.batch_id, original.encode()) == original
     assert original.batch_id == "host-1-abc:1700000000"
+
+
+async def test_ticks_after_a_session_ended_are_dropped(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    audience = await make_audience(db, redis, viewers=1)
+    session, _ = audience.viewers[0]
+    ended_at = await db.fetchval(
+        "UPDATE stream_viewers SET is_active = FALSE, updated_at = now() "
+        "WHERE id = $1 RETURNING extract(epoch FROM updated_at)::bigint", session)
+    writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
+    await writer.write(batch("w1", int(ended_at) - 3, audience))   # while watching: billed
+    await writer.write(batch("w1", int(ended_at) + 30, audience))  # long after: dropped
+    result = await flusher.flush_once()
+    assert (result.ticks, result.dropped) == (1, 1)
+    assert await db.fetchval("SELECT total_ticks FROM stream_viewers WHERE id = $1",
+                             session) == 1
