@@ -150,6 +150,16 @@ class Settings:
         "VILOKANAM_TOKEN_SECRET", None,
         "HMAC secret that signs Bearer tokens (at least 32 characters). Never logged. "
         "`vilokanam dev` makes one and keeps it in its data dir.", secret=True)
+    settlement_period: Decimal = _setting(
+        "VILOKANAM_SETTLEMENT_PERIOD", "60",
+        "Seconds between creator payout batches on chain.")
+    payout_threshold: Decimal = _setting(
+        "VILOKANAM_PAYOUT_THRESHOLD", "10",
+        "A creator whose pending payout passes this many tokens is paid without waiting for "
+        "the period.")
+    chain_public_url: str | None = _setting(
+        "VILOKANAM_CHAIN_PUBLIC_URL", None,
+        "Chain RPC URL given to browsers in /api/billing/info. Default: SUBSTRATE_URL.")
     log_format: str = _setting(
         "VILOKANAM_LOG_FORMAT", "text", "`text` (key=value) or `json`: one line per event.")
     log_level: str = _setting("VILOKANAM_LOG_LEVEL", "INFO", "Log level.")
@@ -182,6 +192,9 @@ class Settings:
             raise ConfigError("VILOKANAM_PRICE_DEFAULT must be a whole number of planck")
         if not Decimal("0.01") <= self.flush_interval <= Decimal(60):
             raise ConfigError("VILOKANAM_FLUSH_INTERVAL must be between 0.01 and 60 seconds")
+        if self.settlement_period <= 0 or self.payout_threshold <= 0:
+            raise ConfigError("VILOKANAM_SETTLEMENT_PERIOD and VILOKANAM_PAYOUT_THRESHOLD "
+                              "must be greater than zero")
         if self.sfu_capacity < 1:
             raise ConfigError("VILOKANAM_SFU_CAPACITY must be at least 1")
         if self.log_format not in ("text", "json"):
@@ -263,6 +276,8 @@ _PARSERS: dict[str, Callable[[str, str | None], Any]] = {
     "price_default": _optional(_parse_decimal),
     "platform_fee": _optional(_parse_decimal),
     "flush_interval": _optional(_parse_decimal),
+    "settlement_period": _optional(_parse_decimal),
+    "payout_threshold": _optional(_parse_decimal),
 }
 
 
