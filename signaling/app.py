@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from signaling.api import add_api_routes
+from signaling.auth import add_auth_routes
 from signaling.errors import error_middleware
 from signaling.events import events_ctx
 from signaling.pages import add_page_routes
@@ -24,6 +25,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(events_ctx)  # after the backends: it uses their Redis
     add_health_routes(app, role="signaling")
     add_api_routes(app)
+    add_auth_routes(app)
     add_page_routes(app)
     add_ws_routes(app)
     return app

@@ -3,7 +3,8 @@
  * (server → <video>). One file, no build step.
  *
  * Shared plumbing first: the websocket protocol at /ws (version 1, see
- * docs/protocol.md) and the RTCPeerConnection it negotiates. Then one small
+ * docs/protocol.md), the RTCPeerConnection it negotiates, and signing in (a
+ * Polkadot wallet extension, or dev accounts in dev mode). Then one small
  * controller per page, chosen by <body data-page="…">.
  *
  * The page's configuration (ICE servers, stream id, dev mode) comes from the
@@ -16,6 +17,7 @@
   const PROTOCOL_VERSION = 1;
   const HELLO_TIMEOUT_MS = 10000;
   const VIEWER_STORAGE_KEY = "vilokanam.viewer";
+  const APP_NAME = "Vilokanam-view";  // how the wallet extension names this site
 
   // What to tell a person for each error code (signaling/protocol.py's
   // ErrorCode and the page's own); unknown codes show the server's message.
@@ -40,6 +42,16 @@
     connection_failed: "Could not connect to the server.",
     connection_lost: "The connection to the server was lost.",
     protocol_mismatch: "The server speaks another protocol version. Reload the page.",
+    // Wallet login (POST /api/auth/challenge, /api/auth/verify).
+    no_wallet: "No Polkadot wallet extension found. Install polkadot{.js} (or a compatible " +
+      "wallet), allow this site, and reload the page.",
+    no_wallet_accounts: "The wallet shares no Polkadot (sr25519 or ed25519) account with this " +
+      "site. Add one, or allow one for this site, in the extension.",
+    wallet_denied: "The wallet did not allow this site.",
+    wallet_cancelled: "The wallet did not sign the login message.",
+    challenge_invalid: "The login message expired or was already used. Log in again.",
+    bad_signature: "The wallet's signature does not match the account. Log in again.",
+    invalid_account: "That is not a Polkadot account address.",
   };
   // Once answered, only these end a session; the server keeps the socket
   // open after other errors (e.g. a refused candidate), and so do we.
@@ -312,6 +324,121 @@
     return data;
   }
 
+  // ---- signing in ----------------------------------------------------------------
+
+  // The token lives in sessionStorage: this tab only, gone when it closes.
+  // Both pages share it: one sign-in per tab.
+  const viewer = {
+    load() {
+      try {
+        return JSON.parse(sessionStorage.getItem(VIEWER_STORAGE_KEY)) || null;
+      } catch {
+        return null;
+      }
+    },
+    save(token, account) {
+      sessionStorage.setItem(VIEWER_STORAGE_KEY, JSON.stringify({ token, account }));
+    },
+    forget() {
+      sessionStorage.removeItem(VIEWER_STORAGE_KEY);
+    },
+  };
+
+  // What the extension signs with; ecdsa/ethereum keys give signatures the server refuses.
+  const WALLET_KEY_TYPES = new Set(["sr25519", "ed25519"]);
+
+  function hexOfText(text) {
+    const bytes = new TextEncoder().encode(text);
+    return `0x${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+  }
+
+  // A Polkadot wallet extension (window.injectedWeb3, polkadot{.js} first):
+  // the accounts it shares with this site and its signer.
+  async function connectWallet() {
+    const wallets = window.injectedWeb3 || {};
+    const name = wallets["polkadot-js"] ? "polkadot-js" : Object.keys(wallets)[0];
+    if (!name) throw new SessionError("no_wallet", "no window.injectedWeb3");
+    let injected;
+    try {
+      injected = await wallets[name].enable(APP_NAME);
+    } catch (err) {
+      throw new SessionError("wallet_denied", err.message);
+    }
+    const accounts = (await injected.accounts.get())
+      .filter((account) => !account.type || WALLET_KEY_TYPES.has(account.type));
+    if (!accounts.length) throw new SessionError("no_wallet_accounts", "no usable account");
+    return { signer: injected.signer, accounts };
+  }
+
+  // Sign the server's challenge; the extension wraps it in <Bytes>…</Bytes>,
+  // which the server accepts (a signed message can never be a transaction).
+  async function walletLogin(signer, address) {
+    const { challenge } = await api("POST", "/api/auth/challenge", { body: { account: address } });
+    let signed;
+    try {
+      signed = await signer.signRaw({ address, data: hexOfText(challenge), type: "bytes" });
+    } catch (err) {
+      throw new SessionError("wallet_cancelled", err.message);
+    }
+    return api("POST", "/api/auth/verify",
+               { body: { account: address, signature: signed.signature } });
+  }
+
+  // The sign-in part both pages have: who is signed in, the wallet login, and
+  // (dev mode only) the dev accounts. `onChange` re-renders the page.
+  function signInPanel({ onChange, onSignOut = () => {} }) {
+    let wallet = null;  // {signer, accounts} once the extension let us in
+    const walletAccount = byId("wallet-account");
+
+    function signedIn({ token, account }) {
+      viewer.save(token, account);
+      clearError();
+      onChange();
+    }
+
+    async function walletSignIn() {
+      if (!wallet) {
+        wallet = await connectWallet();
+        for (const { address, name } of wallet.accounts) {
+          walletAccount.add(new Option(`${name || "Account"} (${address.slice(0, 8)}…)`, address));
+        }
+        // Several accounts: let the person pick one, then sign on the next click.
+        if (wallet.accounts.length > 1) return onChange();
+      }
+      signedIn(await walletLogin(wallet.signer, walletAccount.value));
+    }
+
+    async function devSignIn() {
+      signedIn(await api("POST", "/api/dev/token", { body: { account: byId("dev-account").value } }));
+    }
+
+    function signOut() {
+      onSignOut();
+      viewer.forget();
+      onChange();
+    }
+
+    for (const { name, account } of config.devAccounts) {
+      byId("dev-account").add(new Option(`${name} (${account.slice(0, 8)}…)`, account));
+    }
+    byId("wallet-form").addEventListener("submit", guarded(walletSignIn));
+    byId("dev-token-form").addEventListener("submit", guarded(devSignIn));
+    byId("sign-out").addEventListener("click", guarded(signOut));
+
+    return {
+      signedIn,
+      render(current) {
+        byId("account").textContent = current ? current.account : "nobody yet";
+        byId("sign-out").hidden = !current;
+        byId("wallet-form").hidden = Boolean(current);
+        walletAccount.hidden = !wallet || wallet.accounts.length < 2;
+        byId("wallet-sign-in").textContent = walletAccount.hidden
+          ? "Log in with wallet" : "Sign in as this account";
+        byId("dev-token-form").hidden = !config.devMode || Boolean(current);
+      },
+    };
+  }
+
   // ---- publish page ------------------------------------------------------------
 
   function publishPage() {
@@ -361,6 +488,8 @@
       });
     }
 
+    const signIn = signInPanel({ onChange: () => signIn.render(viewer.load()) });
+    signIn.render(viewer.load());
     byId("publish-form").addEventListener("submit", guarded(start));
     byId("stop").addEventListener("click", guarded(() => session && session.leave()));
     window.addEventListener("pagehide", () => session && session.leave());
@@ -368,64 +497,25 @@
 
   // ---- watch page ----------------------------------------------------------------
 
-  // The viewer token lives in sessionStorage: this tab only, gone when it closes.
-  const viewer = {
-    load() {
-      try {
-        return JSON.parse(sessionStorage.getItem(VIEWER_STORAGE_KEY)) || null;
-      } catch {
-        return null;
-      }
-    },
-    save(token, account) {
-      sessionStorage.setItem(VIEWER_STORAGE_KEY, JSON.stringify({ token, account }));
-    },
-    forget() {
-      sessionStorage.removeItem(VIEWER_STORAGE_KEY);
-    },
-  };
-
   function watchPage() {
     let session = null;
     const video = byId("video");
 
+    const signIn = signInPanel({ onChange: () => render(), onSignOut: () => session && session.leave() });
+
     function render() {
       const current = viewer.load();
-      byId("account").textContent = current ? current.account : "nobody yet";
-      byId("sign-out").hidden = !current;
-      byId("dev-token-form").hidden = !config.devMode || Boolean(current);
+      signIn.render(current);
       byId("token-form").hidden = config.devMode || Boolean(current);
       byId("watch").disabled = !current || Boolean(session);
       byId("leave").disabled = !session;
-    }
-
-    function fillDevAccounts() {
-      const select = byId("dev-account");
-      for (const { name, account } of config.devAccounts) {
-        select.add(new Option(`${name} (${account.slice(0, 8)}…)`, account));
-      }
-    }
-
-    async function devSignIn() {
-      const data = await api("POST", "/api/dev/token", { body: { account: byId("dev-account").value } });
-      viewer.save(data.token, data.account);
-      clearError();
-      render();
     }
 
     async function tokenSignIn() {
       const token = byId("token").value.trim();
       const me = await api("GET", "/api/me", { token });  // checks the token, names its account
       byId("token").value = "";
-      viewer.save(token, me.account);
-      clearError();
-      render();
-    }
-
-    function signOut() {
-      if (session) session.leave();
-      viewer.forget();
-      render();
+      signIn.signedIn({ token, account: me.account });
     }
 
     function attachTrack(event) {
@@ -462,10 +552,7 @@
       byId("mute").setAttribute("aria-pressed", String(video.muted));
     }
 
-    fillDevAccounts();
-    byId("dev-token-form").addEventListener("submit", guarded(devSignIn));
     byId("token-form").addEventListener("submit", guarded(tokenSignIn));
-    byId("sign-out").addEventListener("click", guarded(signOut));
     byId("watch").addEventListener("click", guarded(watch));
     byId("leave").addEventListener("click", guarded(() => session && session.leave()));
     byId("mute").addEventListener("click", guarded(toggleMute));
