@@ -13,10 +13,15 @@ class InvalidAccount(ValueError):
 
 
 def public_key_of(address: str) -> bytes:
+    """The 32-byte public key of an SS58 account address. Short SS58 account
+    *indices* decode too, but name no key: they are refused."""
     try:
-        return bytes.fromhex(ss58_decode(address))
+        key = bytes.fromhex(ss58_decode(address))
     except (ValueError, TypeError, IndexError) as exc:
         raise InvalidAccount(f"not a valid SS58 address: {exc}") from None
+    if len(key) != 32:
+        raise InvalidAccount("not an account address (an SS58 account index names no key)")
+    return key
 
 
 def canonical_account(address: str, ss58_prefix: int) -> str:
