@@ -81,13 +81,27 @@ WITH raw AS (
            pending_payout = creator_earnings.pending_payout + EXCLUDED.pending_payout,
            updated_at = now()
 ), payments_up AS (
+    -- A plain UPDATE for the usual case (the session's payment exists); an
+    -- upsert only for a session's first charge: cheaper than upserting all.
+    UPDATE payments p SET amount = p.amount + c.cost
+      FROM charged c
+     WHERE p.reference_id = c.id AND p.payment_type = 'stream_view'
+    RETURNING p.reference_id
+), payments_new AS (
     INSERT INTO payments (from_user_id, to_user_id, amount, payment_type, reference_id, status)
     SELECT viewer_id, creator_id, cost, 'stream_view', id, 'pending' FROM charged
+     WHERE id NOT IN (SELECT reference_id FROM payments_up)
     ON CONFLICT (reference_id) WHERE payment_type = 'stream_view' DO UPDATE
        SET amount = payments.amount + EXCLUDED.amount
+), spent AS (
+    SELECT viewer_id, sum(cost) AS cost FROM sv GROUP BY viewer_id
 ), balances_up AS (
+    UPDATE viewer_balances b SET balance = b.balance - x.cost, updated_at = now()
+      FROM spent x WHERE b.user_id = x.viewer_id
+    RETURNING b.user_id
+), balances_new AS (
     INSERT INTO viewer_balances (user_id, balance)
-    SELECT viewer_id, -sum(cost) FROM sv GROUP BY viewer_id
+    SELECT viewer_id, -cost FROM spent WHERE viewer_id NOT IN (SELECT user_id FROM balances_up)
     ON CONFLICT (user_id) DO UPDATE
        SET balance = viewer_balances.balance + EXCLUDED.balance, updated_at = now()
 )
@@ -109,7 +123,9 @@ class Flusher:
     pg: asyncpg.Pool
     redis: aioredis.Redis
     platform_fee: Decimal
-    max_batches: int = 200
+    # A round takes every batch pending up to this: 100k viewers on workers of
+    # 300 make ~330 batches a second.
+    max_batches: int = 2000
 
     async def flush_once(self) -> FlushResult:
         keys: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]
@@ -131,6 +147,8 @@ class Flusher:
     async def _apply(self, batches: list[TickBatch]) -> FlushResult:
         result = FlushResult(batches=len(batches))
         async with self.pg.acquire() as conn, conn.transaction():
+            # The per-round aggregate of 100k+ ticks must not spill to disk.
+            await conn.execute("SET LOCAL work_mem = '64MB'")
             new_ids = await _record_new(conn, batches)
             await self._checkpoint("recorded")
             fresh = [b for b in batches if b.batch_id in new_ids]
@@ -194,10 +212,13 @@ PRUNE_EVERY = 3600  # flush rounds between prunes of old batch ids
 
 
 async def run_flusher(flusher: Flusher, interval: float = FLUSH_INTERVAL) -> None:
-    """Flush every `interval` (at once again while a backlog remains); a store
-    that is down is waited out — its ticks stay in Redis meanwhile."""
+    """A round every `interval`, paced by start times (a slow round is not
+    followed by a full extra wait), at once again while a backlog remains; a
+    store that is down is waited out — its ticks stay in Redis meanwhile."""
+    loop = asyncio.get_running_loop()
     rounds = 0
     while True:
+        started = loop.time()
         try:
             result = await flusher.flush_once()
             if rounds % PRUNE_EVERY == 0:
@@ -205,8 +226,8 @@ async def run_flusher(flusher: Flusher, interval: float = FLUSH_INTERVAL) -> Non
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
                 aioredis.RedisError) as exc:
             log_event(log, "flush.failed", logging.WARNING, error=repr(exc))
-            result = FlushResult()
+            result = FlushResult(batches=flusher.max_batches)  # no tight retry loop
             await asyncio.sleep(interval)
         rounds += 1
         if result.batches < flusher.max_batches:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(max(0.0, started + interval - loop.time()))
