@@ -14,7 +14,7 @@ if an upgrade moves any of these."""
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
@@ -106,3 +106,17 @@ def on_receiver_reports(sender: RTCRtpSender, callback: Callable[[], None]) -> N
         await original(packet)
 
     sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
+
+
+def enlarge_receive_buffers(transceivers: Iterable[RTCRtpTransceiver], size: int) -> None:
+    """Give the ICE sockets of a publisher a large kernel receive buffer: when
+    the worker is busy for a moment, the kernel otherwise drops the incoming
+    media — and with it ICE consent checks, which ends the stream for everyone."""
+    import socket
+
+    for transceiver in transceivers:
+        connection = transceiver.receiver.transport.transport.iceGatherer._connection
+        for protocol in connection._protocols:
+            sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)

@@ -28,6 +28,10 @@ from sfu.metering import ViewerMeter
 from sfu.relay import Fanout, ForwardedTrack
 from vilokanam.tasks import TaskOwner
 
+# The kernel's receive buffer for a publisher's sockets (it caps it at
+# net.core.rmem_max; bench/sfu_fanout.py saw ingest drops with the default).
+PUBLISHER_RECEIVE_BUFFER = 4 * 1024 * 1024
+
 
 class PeerError(Exception):
     """A request the worker refuses; `code` is the control API's error code."""
@@ -144,7 +148,9 @@ async def accept_publisher(peer: Peer, offer: str, fanouts: dict[str, Fanout]) -
         fanout = fanouts[transceiver.kind]
         fanout.attach(codec)
         hooks.tap_receiver(transceiver.receiver, fanout.push)
-    return await _answer(peer.pc)
+    answer = await _answer(peer.pc)  # gathers candidates: the sockets exist now
+    hooks.enlarge_receive_buffers(transceivers, PUBLISHER_RECEIVE_BUFFER)
+    return answer
 
 
 async def accept_viewer(peer: Peer, offer: str, fanouts: dict[str, Fanout]) -> str:

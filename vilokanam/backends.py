@@ -48,9 +48,16 @@ async def connect_postgres(url: str, *, max_size: int = 10) -> asyncpg.Pool:
     return pool
 
 
+REDIS_MAX_CONNECTIONS = 64
+
+
 async def connect_redis(url: str) -> aioredis.Redis:
-    client = aioredis.Redis.from_url(
-        url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=15)
+    # A blocking pool: at a burst (200 viewers leaving at once) a command waits
+    # for a free connection instead of failing with MaxConnectionsError.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=CONNECT_TIMEOUT,
+        socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=15)
+    client = aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
     try:
         await client.ping()
     except (OSError, aioredis.RedisError) as exc:

@@ -104,8 +104,9 @@ class Settings:
         "Control URL an SFU worker registers for signaling to reach it. "
         "Default `http://<sfu host>:<sfu port>`.")
     sfu_capacity: int = _setting(
-        "VILOKANAM_SFU_CAPACITY", "300",
-        "Peer connections (publishers + viewers) one SFU worker accepts.")
+        "VILOKANAM_SFU_CAPACITY", "150",
+        "Peer connections (publishers + viewers) one SFU worker accepts (one worker per "
+        "core; bench/sfu_fanout.py measured ~140 720p viewers per core).")
     billing_port: int = _setting(
         "VILOKANAM_BILLING_PORT", "8070",
         "Port of the billing worker's /healthz, /readyz and /metrics.")
