@@ -11,6 +11,7 @@ from signaling.events import events_ctx
 from signaling.pages import add_page_routes
 from signaling.sfu_client import sfu_client_ctx
 from signaling.state import SETTINGS
+from signaling.whip import add_whip_whep_routes
 from signaling.ws import add_ws_routes
 from vilokanam.backends import attach_backends
 from vilokanam.config import Settings
@@ -28,4 +29,5 @@ def create_app(settings: Settings) -> web.Application:
     add_auth_routes(app)
     add_page_routes(app)
     add_ws_routes(app)
+    add_whip_whep_routes(app)
     return app

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import secrets
 import traceback
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,8 +20,15 @@ from prometheus_client import Gauge
 
 from sfu.events import peer_channel, stream_channel
 from signaling import protocol
+from signaling.admission import (
+    check_stream_key,
+    ensure_viewer_can_pay,
+    place_publisher,
+    start_publisher,
+    verify_viewer_token,
+    viewer_worker,
+)
 from signaling.events import EVENTS
-from signaling.placement import NoCapacity, Placement, place_stream, stream_worker, unpin_stream
 from signaling.protocol import (
     MAX_FRAME_BYTES,
     MAX_MESSAGE_BYTES,
@@ -35,13 +41,9 @@ from signaling.protocol import (
     State,
     Watch,
 )
-from signaling.rate_limit import AUTH_FAILURES, STREAM_KEY_LIMIT, FailureLimiter
 from signaling.sfu_client import SFU_CLIENT, PeerGone, PeerRef, SfuError
 from signaling.state import SETTINGS
-from signaling.stream_keys import key_matches
-from signaling.tokens import InvalidToken, TokenClaims, verify_token
 from vilokanam.backends import BACKENDS
-from vilokanam.balances import MIN_START_SECONDS, StreamPriceUnknown, can_start_watching
 from vilokanam.logs import log_event
 
 log = logging.getLogger("vilokanam.signaling.ws")
@@ -54,20 +56,6 @@ HELD_LIMIT = 32  # events held while the worker has not answered yet
 ENDING_GRACE_S = 5.0  # at cleanup, for sessions still ending on their worker
 
 T = TypeVar("T")
-
-
-async def ensure_viewer_can_pay(app: web.Application, claims: TokenClaims,
-                                stream_id: str) -> None:
-    """Starting to watch needs MIN_START_SECONDS of the stream's price."""
-    backends, settings = app[BACKENDS], app[SETTINGS]
-    try:
-        affordable = await can_start_watching(backends.pg, backends.redis, claims.user_id,
-                                              stream_id, settings.token_decimals)
-    except (StreamPriceUnknown, ValueError):  # ValueError: not a UUID
-        raise ProtocolError(ErrorCode.STREAM_NOT_LIVE, "the stream is not live") from None
-    if not affordable:
-        raise ProtocolError(ErrorCode.INSUFFICIENT_FUNDS,
-                            f"your balance must cover {MIN_START_SECONDS} s of this stream")
 
 
 class Outbox:
@@ -195,27 +183,23 @@ class Connection:
 
     async def _publish(self, message: Publish) -> None:
         self._require_idle("publish")
-        await self._check_stream_key(message.stream_id, message.stream_key)
-        placement = await self._place(message.stream_id)
+        redis = self._backends.redis
+        await check_stream_key(self._backends, self._remote, message.stream_id,
+                               message.stream_key)
+        placement = await place_publisher(redis, message.stream_id)
         session = self._begin(State.PUBLISHING, message.stream_id)
-        try:
-            answer = await self._answered(session, self._sfu.add_publisher(
-                placement.worker.control_url, message.stream_id, sdp=message.sdp,
-                signaling_url=self._settings.base_url))
-        except SfuError as err:
-            await self._unpin_refused(placement, message.stream_id, err)
-            raise
+        answer = await self._answered(session, start_publisher(
+            self._sfu, redis, placement, message.stream_id, sdp=message.sdp,
+            signaling_url=self._settings.base_url))
         session.stream_session_id = answer.session_id
         self._established(session, answer.peer,
                           protocol.publish_answer(answer.sdp, answer.session_id, answer.resumed))
 
     async def _watch(self, message: Watch) -> None:
         self._require_idle("watch")
-        claims = self._verify_token(message.token)
+        claims = verify_viewer_token(self._settings, message.token)
         await ensure_viewer_can_pay(self._request.app, claims, message.stream_id)
-        worker = await stream_worker(self._backends.redis, message.stream_id)
-        if worker is None:
-            raise ProtocolError(ErrorCode.STREAM_NOT_LIVE, "the stream is not live")
+        worker = await viewer_worker(self._backends.redis, message.stream_id)
         session = self._begin(State.WATCHING, message.stream_id)
         answer = await self._answered(session, self._sfu.add_viewer(
             worker.control_url, message.stream_id, sdp=message.sdp,
@@ -244,45 +228,6 @@ class Connection:
         if self.state is not State.IDLE:
             raise ProtocolError(ErrorCode.WRONG_STATE,
                                 f"cannot {action} while {self.state}: send leave first")
-
-    async def _check_stream_key(self, stream_id: str, stream_key: str) -> None:
-        limiter = FailureLimiter(self._backends.redis, STREAM_KEY_LIMIT)
-        # Before the comparison: a limited address learns nothing, even with the right key.
-        if await limiter.is_limited(self._remote):
-            raise ProtocolError(ErrorCode.RATE_LIMITED,
-                                "too many wrong stream keys from this address; try again later")
-        stored = await self._backends.pg.fetchval(
-            "SELECT stream_key_hash FROM streams WHERE id = $1", uuid.UUID(stream_id))
-        if stored is None:
-            raise ProtocolError(ErrorCode.STREAM_NOT_FOUND, "no such stream")
-        if not key_matches(stream_key, stored):
-            failures = await limiter.record_failure(self._remote)
-            log_event(log, "ws.stream_key_refused", logging.WARNING, **self._ids(),
-                      stream_id=stream_id, failures=failures)
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, "wrong stream key")
-
-    def _verify_token(self, token: str) -> TokenClaims:
-        secret = self._settings.token_secret
-        if not secret:
-            log_event(log, "ws.no_token_secret", logging.ERROR, **self._ids())
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, "this server cannot check viewer tokens")
-        try:
-            return verify_token(secret, token)
-        except InvalidToken as exc:
-            AUTH_FAILURES.labels(kind="token").inc()
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, str(exc)) from None
-
-    async def _place(self, stream_id: str) -> Placement:
-        try:
-            return await place_stream(self._backends.redis, stream_id)
-        except NoCapacity as exc:
-            raise ProtocolError(ErrorCode.NO_CAPACITY, str(exc)) from None
-
-    async def _unpin_refused(self, placement: Placement, stream_id: str, err: SfuError) -> None:
-        # A fresh pin to a worker that said no would send the retry back to
-        # it; one it could not be asked (or that has a publisher) stays.
-        if err.refused and not placement.sticky and err.code is not ErrorCode.ALREADY_LIVE:
-            await unpin_stream(self._backends.redis, stream_id, placement.worker.worker_id)
 
     # --- the session ---------------------------------------------------------------
 
