@@ -19,6 +19,7 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -97,6 +98,7 @@ async def test_simple_whip_client_publishes_and_a_whep_viewer_watches(
         viewer, whep = await stack.watch(stream_id)
         await viewer.wait_for_frames("video", 30, timeout=30)
         await viewer.wait_for_frames("audio", 30, timeout=30)
+        await assert_whep_viewer_is_billed(stack)
 
         client.send_signal(signal.SIGINT)  # it DELETEs its session, then exits
         assert await asyncio.wait_for(client.wait(), 15) == 0
@@ -121,3 +123,25 @@ async def test_simple_whip_client_publishes_and_a_whep_viewer_watches(
     assert "[trickle]" not in output, output
     assert "HTTP error" not in output, output
     await stack.assert_nothing_left()
+
+
+async def assert_whep_viewer_is_billed(stack: Stack) -> None:
+    """A WHEP viewer is metered like any other: ticks, and its live balance
+    charged by exactly those ticks at the stream's price."""
+    from decimal import Decimal
+
+    from sfu.control import MANAGER
+
+    assert stack.worker is not None
+    peer = next(p for p in stack.worker.app[MANAGER].peers.values() if p.role == "viewer")
+    await eventually(lambda: _ticks(peer), lambda n: n >= 2, "the WHEP viewer's ticks")
+    credited = await stack.db.fetchval("SELECT balance FROM viewer_balances WHERE user_id = $1",
+                                       peer.user_id)
+    live = int(await stack.redis.get(f"vk:bal:{peer.user_id}"))
+    ticks = peer.meter.ticks
+    assert Decimal(credited) * 10**12 - live in (ticks * peer.meter.price_planck,
+                                                  (ticks - 1) * peer.meter.price_planck)
+
+
+async def _ticks(peer: Any) -> int:
+    return int(peer.meter.ticks)
