@@ -6,6 +6,7 @@ from aiohttp import web
 
 from signaling.api import add_api_routes
 from signaling.auth import add_auth_routes
+from signaling.billing_api import add_billing_routes
 from signaling.errors import error_middleware
 from signaling.events import events_ctx
 from signaling.pages import add_page_routes
@@ -27,6 +28,7 @@ def create_app(settings: Settings) -> web.Application:
     add_health_routes(app, role="signaling")
     add_api_routes(app)
     add_auth_routes(app)
+    add_billing_routes(app)
     add_page_routes(app)
     add_ws_routes(app)
     add_whip_whep_routes(app)

@@ -1,0 +1,170 @@
+"""Money on chain, as the signaling API shows it.
+
+`GET /api/billing/info` (no auth): what a viewer needs to deposit — the escrow
+account (in the configured SS58 prefix, VILOKANAM_SS58_PREFIX, like every
+account in this API; any prefix names the same key on chain), the chain RPC
+URL for the browser, the token, the default price and the platform's fee.
+The escrow's secret URI is only ever turned into its public address here.
+
+`GET /api/receipts/{stream_viewer_id}` (Bearer: the viewer of that session;
+anyone else gets 404): the session's charge and seconds, how much of it is
+settled, and for every settlement batch that covered part of it: extrinsic
+hash, nonce, block hash/number, status, and the batch's sorted lines with
+their digest — enough to recompute the digest and find it in the batch's
+System.remark on chain (docs/settlement.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from scalecodec.utils.ss58 import ss58_encode
+
+from billing.chain import EscrowKeyError, load_escrow
+from billing.settlement import DIGEST_ALGORITHM, REMARK_PREFIX, batch_digest, charge_line
+from signaling.errors import bad_request, not_found
+from signaling.state import SETTINGS
+from signaling.users import require_user
+from vilokanam.backends import BACKENDS
+from vilokanam.logs import log_event
+from vilokanam.money import format_amount
+
+log = logging.getLogger("vilokanam.signaling")
+
+
+@lru_cache(maxsize=4)
+def _escrow_address(secret_uri: str, ss58_prefix: int) -> str | None:
+    try:
+        keypair = load_escrow(secret_uri)
+    except EscrowKeyError:
+        log_event(log, "billing.escrow_invalid", logging.ERROR,
+                  reason="VILOKANAM_ESCROW_URI is not a valid secret URI")
+        return None
+    return str(ss58_encode(keypair.public_key, ss58_format=ss58_prefix))
+
+
+async def billing_info(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    # Deriving a key from a mnemonic is CPU work: off the loop (once; it is cached).
+    escrow = (await asyncio.to_thread(_escrow_address, settings.escrow_uri, settings.ss58_prefix)
+              if settings.escrow_uri else None)
+    return web.json_response({
+        "escrow_account": escrow,
+        "chain_rpc": settings.chain_public_url or settings.substrate_url,
+        "token_symbol": settings.token_symbol,
+        "token_decimals": settings.token_decimals,
+        "price_default": format_amount(settings.price_default),
+        "platform_fee": format_amount(settings.platform_fee),
+    })
+
+
+_SESSION = """
+SELECT sv.id::text AS id, sv.stream_id::text AS stream_id, sv.viewer_id::text AS viewer_id,
+       sv.total_ticks, sv.paid_amount, sv.price_per_second, sv.is_active,
+       p.id::text AS payment_id, p.amount, p.settled_amount, p.status,
+       p.transaction_hash, u.account_id AS creator_account
+  FROM stream_viewers sv
+  LEFT JOIN payments p ON p.reference_id = sv.id AND p.payment_type = 'stream_view'
+  LEFT JOIN users u ON u.id = p.to_user_id
+ WHERE sv.id = $1::uuid
+"""
+
+_SETTLEMENTS = """
+SELECT s.id::text AS id, s.status, s.extrinsic_hash, s.nonce, s.block_hash, s.block_number,
+       s.extrinsic_index, s.digest, s.remark, s.error, s.created_at, s.finalized_at,
+       i.amount
+  FROM settlement_items i JOIN settlements s ON s.id = i.settlement_id
+ WHERE i.stream_viewer_id = $1::uuid
+ ORDER BY s.created_at, s.id
+"""
+
+_LINES = """
+SELECT settlement_id::text AS settlement_id, stream_viewer_id::text AS stream_viewer_id, amount
+  FROM settlement_items WHERE settlement_id = ANY($1::uuid[])
+"""
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+async def receipt(request: web.Request) -> web.Response:
+    claims = await require_user(request)
+    try:
+        viewer_session = str(uuid.UUID(request.match_info["stream_viewer_id"]))
+    except ValueError:
+        raise bad_request("invalid_stream_viewer_id", "a viewing session id is a UUID") from None
+    pg: asyncpg.Pool = request.app[BACKENDS].pg
+    row = await pg.fetchrow(_SESSION, viewer_session)
+    # Someone else's session is as unknown to this viewer as a missing one.
+    if row is None or row["viewer_id"] != claims.user_id:
+        raise not_found("receipt_not_found", f"no viewing session {viewer_session} of yours")
+    settlements = await pg.fetch(_SETTLEMENTS, viewer_session)
+    lines: dict[str, list[str]] = {}
+    for item in await pg.fetch(_LINES, [s["id"] for s in settlements]):
+        lines.setdefault(item["settlement_id"], []).append(
+            charge_line(item["stream_viewer_id"], item["amount"]))
+    batches = [_settlement_json(s, viewer_session, sorted(lines.get(s["id"], [])))
+               for s in settlements]
+    latest = next((b for b in reversed(batches) if b["status"] == "completed"), None)
+    zero = Decimal(0)
+    charge = row["amount"] if row["amount"] is not None else zero
+    settled = row["settled_amount"] if row["settled_amount"] is not None else zero
+    return web.json_response({
+        "stream_viewer_id": row["id"],
+        "stream_id": row["stream_id"],
+        "creator_account": row["creator_account"],
+        "seconds": row["total_ticks"] or 0,
+        "price_per_second": format_amount(row["price_per_second"] or zero),
+        "charge": format_amount(charge),
+        "settled": format_amount(settled),
+        "unsettled": format_amount(charge - settled),
+        "status": row["status"] or "pending",
+        "active": bool(row["is_active"]),
+        # The latest completed batch that covered this charge (null before any):
+        "extrinsic_hash": latest["extrinsic_hash"] if latest else None,
+        "block_hash": latest["block_hash"] if latest else None,
+        "block_number": latest["block_number"] if latest else None,
+        "line": latest["line"] if latest else None,
+        "lines": latest["lines"] if latest else [],
+        "digest": latest["digest"] if latest else None,
+        "remark": latest["remark"] if latest else None,
+        "digest_algorithm": DIGEST_ALGORITHM,
+        "settlements": batches,
+    })
+
+
+def _settlement_json(s: asyncpg.Record, viewer_session: str, lines: list[str]) -> dict[str, Any]:
+    digest = s["digest"]
+    # What is stored must be what the lines say: a receipt never shows lines
+    # that do not recompute to the digest on chain.
+    if batch_digest(lines) != digest or s["remark"] != REMARK_PREFIX + digest:
+        log_event(log, "receipt.digest_mismatch", logging.ERROR, settlement_id=s["id"])
+    return {
+        "settlement_id": s["id"],
+        "status": s["status"],
+        "amount": format_amount(s["amount"]),
+        "line": charge_line(viewer_session, s["amount"]),
+        "extrinsic_hash": s["extrinsic_hash"],
+        "nonce": s["nonce"],
+        "block_hash": s["block_hash"],
+        "block_number": s["block_number"],
+        "extrinsic_index": s["extrinsic_index"],
+        "error": s["error"],
+        "lines": lines,
+        "digest": digest,
+        "remark": s["remark"],
+        "created_at": _iso(s["created_at"]),
+        "finalized_at": _iso(s["finalized_at"]),
+    }
+
+
+def add_billing_routes(app: web.Application) -> None:
+    app.router.add_get("/api/billing/info", billing_info)
+    app.router.add_get("/api/receipts/{stream_viewer_id}", receipt)
