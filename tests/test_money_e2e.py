@@ -1,0 +1,158 @@
+"""The whole money story on real parts: a viewer deposits on chain, the
+deposit is credited, the viewer watches a stream through a real SFU worker and
+is billed per second, the creator is paid on chain, and the viewer's receipt
+recomputes to the digest the settlement carried on chain."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+from collections.abc import AsyncIterator
+from decimal import ROUND_FLOOR, Decimal
+
+import aiohttp
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+from substrateinterface import Keypair, SubstrateInterface
+
+from billing.chain import AsyncChain, ChainClient
+from billing.deposits import DepositWatcher
+from billing.flush import Flusher
+from sfu.app import create_app as create_worker
+from sfu.control import MANAGER
+from signaling.app import create_app as create_signaling
+from signaling.tokens import issue_token
+from tests.conftest import ESCROW_URI, Stores
+from tests.media_clients import Publisher, Viewer
+from tests.test_settlement import (
+    ESCROW,
+    api,  # noqa: F401 - a fixture
+    batch_calls,
+    free_of,
+    new_settler,
+    pristine_chain_afterwards,  # noqa: F401 - a fixture
+    remark_text,
+)
+from vilokanam.accounts import canonical_account
+from vilokanam.config import Settings
+from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
+
+pytestmark = pytest.mark.chain
+
+PRICE = Decimal("0.001")
+FEE = Decimal("0.1")
+DEPOSIT = 2 * 10**12  # 2 tokens, in planck
+SECRET = "m" * 40
+
+
+@pytest.fixture
+async def pool(stores: Stores, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=6)
+    yield pool
+    await pool.close()
+
+
+def transfer(node: SubstrateInterface, sender: Keypair, dest: str, planck: int) -> None:
+    call = node.compose_call("Balances", "transfer_keep_alive", {"dest": dest, "value": planck})
+    receipt = node.submit_extrinsic(node.create_signed_extrinsic(call=call, keypair=sender),
+                                    wait_for_inclusion=True)
+    assert receipt.is_success, receipt.error_message
+
+
+async def test_deposit_watch_bill_pay_and_verify(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool, chain: ChainNode,
+        api: SubstrateInterface, settings: Settings) -> None:  # noqa: F811
+    viewer_key = Keypair.create_from_uri("//Dave", ss58_format=CHAIN_SS58_PREFIX)
+    creator_key = Keypair.create_from_uri("//Charlie", ss58_format=CHAIN_SS58_PREFIX)
+    chain_client = AsyncChain(ChainClient(chain.url, ESCROW))
+    watcher = DepositWatcher(pool, redis, chain_client, ss58_prefix=42, decimals=12)
+
+    # 1. The viewer deposits 2 tokens into escrow; the watcher credits them once.
+    await watcher.catch_up()  # its first start begins after the current head
+    await asyncio.to_thread(transfer, api, viewer_key, ESCROW.ss58_address, DEPOSIT)
+    assert await watcher.catch_up() == 1
+    assert await watcher.catch_up() == 0
+    viewer = str(await db.fetchval("SELECT id FROM users WHERE account_id = $1",
+                                   canonical_account(viewer_key.ss58_address, 42)))
+    assert await db.fetchval("SELECT balance FROM viewer_balances WHERE user_id = $1",
+                             viewer) == Decimal(2)
+
+    # 2. The creator's stream goes live on a real worker; the viewer watches.
+    creator = str(await db.fetchval(
+        "INSERT INTO users (account_id, is_creator) VALUES ($1, TRUE) RETURNING id",
+        canonical_account(creator_key.ss58_address, 42)))
+    stream = str(await db.fetchval(
+        "INSERT INTO streams (creator_id, title, stream_key_hash, price_per_second) "
+        "VALUES ($1, 'show', sha256('k'::bytea), $2) RETURNING id", creator, PRICE))
+    worker = TestServer(create_worker(settings))
+    await worker.start_server()
+    publisher, watcher_peer = Publisher(), Viewer()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def post(path: str, body: dict[str, str]) -> dict[str, str]:
+                async with http.post(worker.make_url(path), json=body) as resp:
+                    assert resp.status == 201, await resp.text()
+                    return dict(await resp.json())
+
+            async def publish(offer: str) -> str:
+                return (await post(f"/control/streams/{stream}/publisher", {"sdp": offer}))["sdp"]
+
+            watched: dict[str, str] = {}
+
+            async def watch(offer: str) -> str:
+                watched.update(await post(f"/control/streams/{stream}/viewers",
+                                          {"sdp": offer, "viewer_user_id": viewer}))
+                return watched["sdp"]
+
+            await publisher.start(publish)
+            await watcher_peer.start(watch)
+            await watcher_peer.wait_for_frames("video", 30)
+            await asyncio.sleep(3)
+            billed = next(p.meter.ticks for p in worker.app[MANAGER].peers.values()
+                          if p.role == "viewer")
+            assert billed >= 2
+    finally:
+        await watcher_peer.close()
+        await publisher.close()
+        await worker.close()
+    session = watched["viewer_session_id"]
+
+    # 3. Billed per second, exactly: what the worker ticked is what Postgres holds.
+    flusher = Flusher(pool, redis, FEE)
+    while (await flusher.flush_once()).batches:
+        pass
+    seconds = await db.fetchval("SELECT total_ticks FROM stream_viewers WHERE id = $1", session)
+    assert seconds >= billed
+    charge = PRICE * seconds
+    assert await db.fetchval("SELECT paid_amount FROM stream_viewers WHERE id = $1",
+                             session) == charge
+    assert await db.fetchval("SELECT balance FROM viewer_balances WHERE user_id = $1",
+                             viewer) == Decimal(2) - charge
+
+    # 4. The creator is paid on chain: exactly the planck of its 90 % share.
+    before = free_of(api, creator_key.ss58_address)
+    assert await new_settler(pool, chain).settle_once() == "completed"
+    share = (charge * (1 - FEE)).scaleb(12).to_integral_value(rounding=ROUND_FLOOR)
+    assert free_of(api, creator_key.ss58_address) - before == int(share)
+    assert await db.fetchval("SELECT status FROM payments WHERE reference_id = $1",
+                             session) == "completed"
+
+    # 5. The viewer's receipt recomputes to the digest carried on chain.
+    signaling = dataclasses.replace(settings, token_secret=SECRET, escrow_uri=ESCROW_URI,
+                                    substrate_url=chain.url)
+    async with TestClient(TestServer(create_signaling(signaling))) as client:
+        token = issue_token(SECRET, viewer, canonical_account(viewer_key.ss58_address, 42))
+        response = await client.get(f"/api/receipts/{session}",
+                                    headers={"Authorization": f"Bearer {token}"})
+        assert response.status == 200, await response.text()
+        receipt = await response.json()
+    assert receipt["status"] == "completed" and receipt["charge"] == str(charge)
+    digest = hashlib.sha256("\n".join(sorted(receipt["lines"])).encode()).hexdigest()
+    assert digest == receipt["digest"]
+    on_chain = api.retrieve_extrinsic_by_hash(receipt["block_hash"], receipt["extrinsic_hash"])
+    assert on_chain.is_success
+    calls = batch_calls(api, receipt["block_hash"], on_chain.extrinsic_idx)
+    assert remark_text(calls) == receipt["remark"] == "vilokanam:settlement:v1:" + digest
