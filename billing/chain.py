@@ -123,12 +123,21 @@ class SubmitResult:
     reason: str | None = None
 
 
+PING_LOCK_WAIT_S = 1.0
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
+# scalecodec's type registries are not thread-safe: two SubstrateInterface
+# objects decoding in two threads at once failed in CI with 'Decoder class for
+# "Compact<u32>" not found'. Every call of every client in the process takes
+# this one lock; the calls are short (waits for finality are polled).
+_SUBSTRATE_LOCK = threading.Lock()
+
+
 class ChainClient:
-    """One websocket to one node; thread-safe (a lock around every call)."""
+    """One websocket to one node; thread-safe (one process-wide lock around
+    every substrate-interface call)."""
 
     def __init__(self, url: str, escrow: Keypair | None = None,
                  ws_timeout: float = WS_TIMEOUT_S) -> None:
@@ -136,7 +145,7 @@ class ChainClient:
         self._escrow = escrow
         self._ws_timeout = ws_timeout
         self._api: SubstrateInterface | None = None
-        self._lock = threading.Lock()
+        self._lock = _SUBSTRATE_LOCK
 
     def __repr__(self) -> str:  # never the keypair
         return f"ChainClient(url={self.url!r})"
@@ -188,9 +197,9 @@ class ChainClient:
         self._drop()
 
     def ping(self) -> bool:
-        """Does the node answer right now? Never waits for a call in flight
-        (then it says False): a health probe must not queue up threads."""
-        if not self._lock.acquire(blocking=False):
+        """Does the node answer right now? Waits at most a second for another
+        call in flight (then it says False): a probe must not queue up threads."""
+        if not self._lock.acquire(timeout=PING_LOCK_WAIT_S):
             return False
         try:
             response = self._connect().rpc_request("chain_getFinalizedHead", [])
