@@ -9,6 +9,7 @@ from signaling.auth import add_auth_routes
 from signaling.billing_api import add_billing_routes
 from signaling.errors import error_middleware
 from signaling.events import events_ctx
+from signaling.openapi import add_openapi_routes
 from signaling.pages import add_page_routes
 from signaling.sfu_client import sfu_client_ctx
 from signaling.state import SETTINGS
@@ -32,4 +33,5 @@ def create_app(settings: Settings) -> web.Application:
     add_page_routes(app)
     add_ws_routes(app)
     add_whip_whep_routes(app)
+    add_openapi_routes(app)
     return app

@@ -1,0 +1,274 @@
+"""The OpenAPI 3.1 document of every HTTP route of the signaling server,
+served at `GET /api/openapi.json`.
+
+It is written by hand as data (not derived from the handlers) so it is a
+reviewed contract; tests/test_openapi.py fails when a route is added to the
+app without being documented here, or documented without existing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+Schema = dict[str, Any]
+
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+_STREAM_ID = {"name": "stream_id", "in": "path", "required": True,
+              "schema": {"type": "string", "format": "uuid"}}
+_RESOURCE_ID = {"name": "resource_id", "in": "path", "required": True,
+                "schema": {"type": "string"}}
+_PAGING = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                        "maximum": 200, "default": 50}},
+           {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                         "default": 0}}]
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+_SDP = "application/sdp"
+_TRICKLE = "application/trickle-ice-sdpfrag"
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> Schema:
+    return {"$ref": f"#/components/responses/{description}"}
+
+
+def _body(schema: Schema) -> Schema:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, responses: dict[str, Schema], **extra: Any) -> Schema:
+    """One operation; every operation may also answer the shared 5xx errors."""
+    return {"summary": summary, **extra,
+            "responses": {**responses, "500": _error("InternalError"),
+                          "503": _error("Unavailable")}}
+
+
+def _obj(props: dict[str, Schema], required: list[str] | None = None) -> Schema:
+    return {"type": "object", "properties": props,
+            "required": list(props) if required is None else required}
+
+
+_STR: Schema = {"type": "string"}
+_NSTR: Schema = {"type": ["string", "null"]}
+_INT: Schema = {"type": "integer"}
+_NINT: Schema = {"type": ["integer", "null"]}
+_BOOL: Schema = {"type": "boolean"}
+# Money is a decimal string in tokens: never a float.
+_AMOUNT: Schema = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}
+_TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
+
+_SCHEMAS: dict[str, Schema] = {
+    "Error": _obj({"error": _obj({"code": _STR, "message": _STR})}),
+    "AccountRequest": _obj({"account": {"type": "string", "description": "SS58 address"}}),
+    "Challenge": _obj({"challenge": _STR, "expires_at": {"type": "string",
+                                                         "format": "date-time"}}),
+    "VerifyRequest": _obj({"account": _STR, "signature": {"type": "string",
+                                                          "pattern": "^0x[0-9a-fA-F]+$"}}),
+    "Token": _obj({"token": _STR, "user_id": {"type": "string", "format": "uuid"},
+                   "account": _STR}),
+    "CreateStreamRequest": _obj({"title": {"type": "string", "minLength": 1, "maxLength": 255},
+                                 "price_per_second": {"type": ["string", "number"]}},
+                                required=["title"]),
+    "Stream": _obj({"id": {"type": "string", "format": "uuid"}, "title": _STR,
+                    "status": {"enum": ["pending", "live", "ended", "archived"]},
+                    "creator_account": _STR, "price_per_second": _AMOUNT,
+                    "viewer_count": _INT, "total_ticks": _INT, "start_time": _TIME,
+                    "end_time": _TIME, "watch_url": _STR, "whep_url": _STR}),
+    "CreatedStream": {"allOf": [_ref("Stream"), _obj({
+        "stream_key": {"type": "string", "description": "shown once; stored as SHA-256"},
+        "whip_url": _STR, "publish_url": _STR})]},
+    "StreamList": _obj({"streams": {"type": "array", "items": _ref("Stream")},
+                        "limit": _INT, "offset": _INT}),
+    "Me": _obj({"account": _STR, "is_creator": _BOOL, "balance": _AMOUNT}),
+    "ViewingSession": _obj({"id": _STR, "stream_id": _STR, "title": _STR, "join_time": _TIME,
+                            "active": _BOOL, "seconds": _INT, "cost": _AMOUNT,
+                            "price_per_second": _AMOUNT, "payment_status": _NSTR}),
+    "ViewingSessions": _obj({"sessions": {"type": "array", "items": _ref("ViewingSession")},
+                             "limit": _INT, "offset": _INT}),
+    "Earnings": _obj({"total_earnings": _AMOUNT, "pending_payout": _AMOUNT,
+                      "last_payout_at": _TIME}),
+    "BillingInfo": _obj({"escrow_account": _NSTR, "chain_rpc": _NSTR, "token_symbol": _STR,
+                         "token_decimals": _INT, "price_default": _AMOUNT,
+                         "platform_fee": _AMOUNT}),
+    "Settlement": _obj({"settlement_id": _STR, "status": _STR, "amount": _AMOUNT,
+                        "line": _STR, "extrinsic_hash": _NSTR, "nonce": _NINT,
+                        "block_hash": _NSTR, "block_number": _NINT,
+                        "extrinsic_index": _NINT, "error": _NSTR,
+                        "lines": {"type": "array", "items": _STR}, "digest": _NSTR,
+                        "remark": _NSTR, "created_at": _TIME, "finalized_at": _TIME}),
+    "Receipt": _obj({"stream_viewer_id": _STR, "stream_id": _STR, "creator_account": _STR,
+                     "seconds": _INT, "price_per_second": _AMOUNT, "charge": _AMOUNT,
+                     "settled": _AMOUNT, "unsettled": _AMOUNT, "status": _STR,
+                     "active": _BOOL, "extrinsic_hash": _NSTR, "block_hash": _NSTR,
+                     "block_number": _NINT, "line": _NSTR,
+                     "lines": {"type": "array", "items": _STR}, "digest": _NSTR,
+                     "remark": _NSTR, "digest_algorithm": _STR,
+                     "settlements": {"type": "array", "items": _ref("Settlement")}}),
+    "Health": _obj({"status": {"const": "ok"}, "role": _STR}),
+    "Readiness": _obj({"ready": _BOOL, "role": _STR,
+                       "checks": {"type": "object", "additionalProperties": _BOOL}}),
+}
+
+_RESPONSES: dict[str, Schema] = {
+    name: _json(_ERROR_REF, text) for name, text in {
+        "BadRequest": "invalid input (`bad_json`, `invalid_*`)",
+        "Unauthorized": "no valid Bearer token (`WWW-Authenticate: Bearer`)",
+        "NotFound": "no such resource",
+        "PayloadTooLarge": "the body is over 64 KiB",
+        "TooManyRequests": "rate limited",
+        "InternalError": "internal server error",
+        "Unavailable": "a backing store or worker is not answering (`Retry-After`)",
+    }.items()}
+
+
+def _api_paths() -> dict[str, Schema]:
+    return {
+        "/api/openapi.json": {"get": _op("This document", {
+            "200": _json({"type": "object"}, "the OpenAPI 3.1 document")})},
+        "/api/auth/challenge": {"post": _op("A one-time login challenge (5 minutes)", {
+            "200": _json(_ref("Challenge"), "the message to sign"),
+            "400": _error("BadRequest"), "413": _error("PayloadTooLarge"),
+            "429": _error("TooManyRequests")}, requestBody=_body(_ref("AccountRequest")))},
+        "/api/auth/verify": {"post": _op("Trade a signed challenge for a Bearer token", {
+            "200": _json(_ref("Token"), "a viewer token"), "400": _error("BadRequest"),
+            "401": _error("Unauthorized"), "413": _error("PayloadTooLarge"),
+            "429": _error("TooManyRequests")}, requestBody=_body(_ref("VerifyRequest")))},
+        "/api/dev/token": {"post": _op("A token for any account (dev mode only)", {
+            "200": _json(_ref("Token"), "a viewer token"), "400": _error("BadRequest"),
+            "404": _error("NotFound"), "413": _error("PayloadTooLarge")},
+            requestBody=_body(_ref("AccountRequest")))},
+        "/api/streams": {
+            "post": _op("Create a stream; its key is shown once", {
+                "201": _json(_ref("CreatedStream"), "the stream and its key"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized"),
+                "413": _error("PayloadTooLarge")},
+                requestBody=_body(_ref("CreateStreamRequest")), security=_BEARER),
+            "get": _op("Streams, by viewer count", {
+                "200": _json(_ref("StreamList"), "a page of streams"),
+                "400": _error("BadRequest")},
+                parameters=[{"name": "status", "in": "query", "schema": {
+                    "enum": ["pending", "live", "ended", "archived"]}}, *_PAGING])},
+        "/api/streams/{stream_id}": {"get": _op("One stream (never its key)", {
+            "200": _json(_ref("Stream"), "the stream"), "400": _error("BadRequest"),
+            "404": _error("NotFound")}, parameters=[_STREAM_ID])},
+        "/api/me": {"get": _op("The caller and its live balance", {
+            "200": _json(_ref("Me"), "the caller"), "401": _error("Unauthorized")},
+            security=_BEARER)},
+        "/api/me/sessions": {"get": _op("The caller's viewing sessions", {
+            "200": _json(_ref("ViewingSessions"), "a page of sessions"),
+            "400": _error("BadRequest"), "401": _error("Unauthorized")},
+            parameters=_PAGING, security=_BEARER)},
+        "/api/me/earnings": {"get": _op("The caller's earnings as a creator", {
+            "200": _json(_ref("Earnings"), "earnings"), "401": _error("Unauthorized")},
+            security=_BEARER)},
+        "/api/billing/info": {"get": _op("Where and how to deposit", {
+            "200": _json(_ref("BillingInfo"), "billing parameters")})},
+        "/api/receipts/{stream_viewer_id}": {"get": _op("A viewing session's receipt", {
+            "200": _json(_ref("Receipt"), "the receipt"), "400": _error("BadRequest"),
+            "401": _error("Unauthorized"), "404": _error("NotFound")},
+            security=_BEARER, parameters=[{"name": "stream_viewer_id", "in": "path",
+                                           "required": True,
+                                           "schema": {"type": "string", "format": "uuid"}}])},
+    }
+
+
+def _sdp(description: str) -> Schema:
+    return {"description": description, "content": {_SDP: {"schema": _STR}}}
+
+
+def _session_front(kind: str, who: str) -> dict[str, Schema]:
+    """WHIP (RFC 9725) and WHEP: the same endpoint + session resource shape."""
+    status_errors = {"401": _error("Unauthorized"), "404": _error("NotFound"),
+                     "409": _json(_ERROR_REF, "already live (WHIP) / not live (WHEP)"),
+                     "415": _json(_ERROR_REF, "not application/sdp"),
+                     "422": _json(_ERROR_REF, "unsupported offer"),
+                     "429": _error("TooManyRequests")}
+    if kind == "whep":
+        status_errors["402"] = _json(_ERROR_REF, "the balance cannot pay 10 s")
+    options = _op("CORS preflight / discovery", {"200": {"description": "allowed methods"}})
+    return {
+        f"/{kind}/{{stream_id}}": {
+            "parameters": [_STREAM_ID],
+            "post": _op(f"Start a session with an SDP offer ({who})", {
+                "201": _sdp("the SDP answer; `Location`, `ETag`, `Link` ICE servers"),
+                "413": _error("PayloadTooLarge"), **status_errors},
+                requestBody={"required": True, "content": {_SDP: {"schema": _STR}}},
+                security=_BEARER),
+            "get": _op("Discovery: this URL takes SDP offers", {
+                "200": {"description": "empty, `Content-Type: application/sdp`"}}),
+            "options": options},
+        f"/{kind}/{{stream_id}}/sessions/{{resource_id}}": {
+            "parameters": [_STREAM_ID, _RESOURCE_ID],
+            "patch": _op("Trickle ICE candidates (`If-Match: <ETag>`)", {
+                "204": {"description": "candidates applied"}, "400": _error("BadRequest"),
+                "404": _error("NotFound"), "412": _json(_ERROR_REF, "ETag mismatch"),
+                "428": _json(_ERROR_REF, "no If-Match"),
+                "415": _json(_ERROR_REF, f"not {_TRICKLE}"),
+                "422": _json(_ERROR_REF, "ICE restart unsupported")},
+                requestBody={"required": True, "content": {_TRICKLE: {"schema": _STR}}}),
+            "delete": _op("End the session", {"200": {"description": "ended"},
+                                              "404": _error("NotFound")}),
+            "get": _op("Whether the session exists", {"204": {"description": "it does"},
+                                                       "404": _error("NotFound")}),
+            "options": options},
+    }
+
+
+def _other_paths() -> dict[str, Schema]:
+    page = {"200": {"description": "HTML page", "content": {"text/html": {"schema": _STR}}},
+            "404": _error("NotFound")}
+    return {
+        "/ws": {"get": _op("The websocket protocol (docs/protocol.md)", {
+            "101": {"description": "Switching Protocols: the websocket; auth is in-protocol"},
+            "400": _error("BadRequest")})},
+        "/healthz": {"get": _op("Liveness", {"200": _json(_ref("Health"), "serving")})},
+        "/readyz": {"get": _op("Readiness of the stores", {
+            "200": _json(_ref("Readiness"), "ready"),
+            "503": _json(_ref("Readiness"), "a store is not answering")})},
+        "/metrics": {"get": _op("Prometheus metrics", {"200": {
+            "description": "text exposition format",
+            "content": {"text/plain": {"schema": _STR}}}})},
+        "/publish/{stream_id}": {"get": _op("The publisher page", page,
+                                            parameters=[_STREAM_ID])},
+        "/watch/{stream_id}": {"get": _op("The viewer page", page, parameters=[_STREAM_ID])},
+        "/static/{filename}": {"get": _op("Static assets (vilokanam.js, CSS)", {
+            "200": {"description": "the file"}, "404": _error("NotFound")},
+            parameters=[{"name": "filename", "in": "path", "required": True,
+                         "schema": _STR}])},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Vilokanam signaling", "version": "0.1.0",
+                 "description": "Pay-per-second live streaming: REST API, WHIP/WHEP, "
+                                "websocket signaling, health. Every error is "
+                                '`{"error": {"code", "message"}}`.'},
+        "paths": {**_api_paths(), **_session_front("whip", "Bearer = the stream key"),
+                  **_session_front("whep", "Bearer = a viewer token"), **_other_paths()},
+        "components": {
+            "schemas": _SCHEMAS, "responses": _RESPONSES,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "a viewer token from /api/auth/verify "
+                                                          "(WHIP: the stream key)"}}},
+    }
+
+
+OPENAPI_KEY = web.AppKey("openapi_document", dict)
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI_KEY])
+
+
+def add_openapi_routes(app: web.Application) -> None:
+    app[OPENAPI_KEY] = openapi_document()  # built once: it is constant data
+    app.router.add_get("/api/openapi.json", openapi_json)
