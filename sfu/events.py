@@ -8,7 +8,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from sfu.registry import stream_worker_key
+from sfu.registry import unplace
 
 
 def stream_channel(stream_id: str) -> str:
@@ -22,6 +22,7 @@ def peer_channel(peer_id: str) -> str:
 @dataclass
 class EventBus:
     redis: aioredis.Redis
+    worker_id: str
 
     async def stream(self, stream_id: str, type_: str, **fields: Any) -> None:
         await self._publish(stream_channel(stream_id),
@@ -36,4 +37,4 @@ class EventBus:
 
     async def unplace(self, stream_id: str) -> None:
         """The stream ended here: signaling must not send viewers to us for it."""
-        await self.redis.delete(stream_worker_key(stream_id))
+        await unplace(self.redis, stream_id, self.worker_id)

@@ -16,6 +16,27 @@ class StreamNotFound(LookupError):
     pass
 
 
+async def end_stream_rows(pg: asyncpg.Pool, stream_id: str,
+                          session_id: str | None = None) -> list[str]:
+    """A stream's end in Postgres: the stream ended, its session closed, its
+    viewers inactive. Written by the worker that carried it, or by the reaper
+    (signaling/reaper.py) for a worker that died; the reaper does not know the
+    session, so `None` closes whichever sessions of the stream are open.
+    Returns the ids of the sessions it closed."""
+    async with pg.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE streams SET status = 'ended', end_time = now(), viewer_count = 0 "
+            "WHERE id = $1", stream_id)
+        closed = await conn.fetch(
+            "UPDATE stream_sessions SET end_time = now() WHERE stream_id = $1 "
+            "AND end_time IS NULL AND ($2::uuid IS NULL OR id = $2::uuid) RETURNING id::text",
+            stream_id, session_id)
+        await conn.execute(
+            "UPDATE stream_viewers SET is_active = FALSE, updated_at = now() "
+            "WHERE stream_id = $1 AND is_active", stream_id)
+    return [row["id"] for row in closed]
+
+
 @dataclass
 class Lifecycle:
     pg: asyncpg.Pool
@@ -35,15 +56,7 @@ class Lifecycle:
         return str(session_id)
 
     async def stream_ended(self, stream_id: str, session_id: str) -> None:
-        async with self.pg.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE streams SET status = 'ended', end_time = now(), viewer_count = 0 "
-                "WHERE id = $1", stream_id)
-            await conn.execute(
-                "UPDATE stream_sessions SET end_time = now() WHERE id = $1", session_id)
-            await conn.execute(
-                "UPDATE stream_viewers SET is_active = FALSE, updated_at = now() "
-                "WHERE stream_id = $1 AND is_active", stream_id)
+        await end_stream_rows(self.pg, stream_id, session_id)
 
     async def viewer_joined(self, stream_id: str, session_id: str, user_id: str,
                             viewer_count: int) -> tuple[str, Decimal]:

@@ -40,6 +40,29 @@ def stream_worker_key(stream_id: str) -> str:
     return f"vk:stream:{stream_id}:worker"
 
 
+def worker_streams_key(worker_id: str) -> str:
+    """The streams pinned to a worker, kept beside the pins so that whoever
+    reaps a dead worker finds its streams without scanning every pin."""
+    return f"vk:sfu:worker:{worker_id}:streams"
+
+
+# Undo a pin only if it is still this worker's: a stream that has since moved
+# (its worker was reaped, the stream placed again) keeps its new pin.
+_UNPLACE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+end
+return redis.call('SREM', KEYS[2], ARGV[2])
+"""
+
+
+async def unplace(redis: aioredis.Redis, stream_id: str, worker_id: str) -> None:
+    """Unpin `stream_id` from `worker_id` (if pinned there) and drop it from
+    the worker's stream set, atomically."""
+    await redis.eval(_UNPLACE, 2, stream_worker_key(stream_id), worker_streams_key(worker_id),
+                     worker_id, stream_id)
+
+
 def new_worker_id() -> str:
     """Unique per process, and readable in logs: host, pid, a random tail."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"

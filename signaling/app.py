@@ -11,6 +11,7 @@ from signaling.errors import error_middleware
 from signaling.events import events_ctx
 from signaling.openapi import add_openapi_routes
 from signaling.pages import add_page_routes
+from signaling.reaper import reaper_ctx
 from signaling.sfu_client import sfu_client_ctx
 from signaling.state import SETTINGS
 from signaling.whip import add_whip_whep_routes
@@ -26,6 +27,7 @@ def create_app(settings: Settings) -> web.Application:
     attach_backends(app, settings)
     app.cleanup_ctx.append(sfu_client_ctx)
     app.cleanup_ctx.append(events_ctx)  # after the backends: it uses their Redis
+    app.cleanup_ctx.append(reaper_ctx)  # ends the streams of workers that died
     add_health_routes(app, role="signaling")
     add_api_routes(app)
     add_auth_routes(app)

@@ -15,27 +15,31 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from sfu.registry import WORKERS_KEY, WorkerRecord, stream_worker_key, worker_key
+from sfu.registry import (
+    WORKERS_KEY,
+    WorkerRecord,
+    stream_worker_key,
+    unplace,
+    worker_key,
+    worker_streams_key,
+)
 from vilokanam.logs import log_event
 
 log = logging.getLogger("vilokanam.signaling.placement")
 
 # Pin a stream to `new` only if the pin is still what we read (`expected`, ''
 # for none): two signaling servers placing one stream at once agree on one
-# worker. Returns the pin after the call.
+# worker. The stream joins the worker's stream set in the same step, so a
+# reaper never meets a pin its worker's set does not list. Returns the pin
+# after the call.
 _PIN_IF_UNCHANGED = """
 local current = redis.call('GET', KEYS[1])
 if (current == false and ARGV[1] == '') or current == ARGV[1] then
     redis.call('SET', KEYS[1], ARGV[2])
+    redis.call('SADD', KEYS[2], ARGV[3])
     return ARGV[2]
 end
 return current
-"""
-_UNPIN_IF_OURS = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
 """
 _PLACEMENT_ATTEMPTS = 3
 
@@ -71,15 +75,12 @@ async def get_worker(redis: aioredis.Redis, worker_id: str) -> WorkerRecord | No
 
 async def live_workers(redis: aioredis.Redis) -> list[WorkerRecord]:
     """Every worker whose record has not expired. Ids whose record is gone
-    are dropped from the set here ("whoever notices", per the contract); a
-    live worker that loses a race with this re-adds itself on its next beat."""
+    stay in the set: the reaper (signaling/reaper.py) drops them once it has
+    ended their streams, and needs the id to find them."""
     ids = sorted(_text(member) or "" for member in await redis.smembers(WORKERS_KEY))
     if not ids:
         return []
     raws = await redis.mget([worker_key(worker_id) for worker_id in ids])
-    gone = [worker_id for worker_id, raw in zip(ids, raws, strict=True) if raw is None]
-    if gone:
-        await redis.srem(WORKERS_KEY, *gone)
     records = (_parse(worker_id, raw) for worker_id, raw in zip(ids, raws, strict=True)
                if raw is not None)
     return [record for record in records if record is not None]
@@ -102,8 +103,9 @@ async def place_stream(redis: aioredis.Redis, stream_id: str) -> Placement:
         chosen = least_loaded(await live_workers(redis))
         if chosen is None:
             raise NoCapacity("no SFU worker has room for a new stream")
-        winner = _text(await redis.eval(_PIN_IF_UNCHANGED, 1, key, pinned or "",
-                                        chosen.worker_id))
+        winner = _text(await redis.eval(_PIN_IF_UNCHANGED, 2, key,
+                                        worker_streams_key(chosen.worker_id), pinned or "",
+                                        chosen.worker_id, stream_id))
         if winner == chosen.worker_id:
             log_event(log, "placement.pinned", stream_id=stream_id, worker_id=winner,
                       load=chosen.load, capacity=chosen.capacity)
@@ -115,7 +117,7 @@ async def place_stream(redis: aioredis.Redis, stream_id: str) -> Placement:
 async def unpin_stream(redis: aioredis.Redis, stream_id: str, worker_id: str) -> None:
     """Undo a fresh pin the worker refused, so a retry may choose another
     worker. A pin that has since changed is left alone."""
-    await redis.eval(_UNPIN_IF_OURS, 1, stream_worker_key(stream_id), worker_id)
+    await unplace(redis, stream_id, worker_id)
 
 
 async def stream_worker(redis: aioredis.Redis, stream_id: str) -> WorkerRecord | None:

@@ -20,6 +20,7 @@ from sfu.registry import (
     WorkerRegistration,
     stream_worker_key,
     worker_key,
+    worker_streams_key,
 )
 from signaling.placement import (
     NoCapacity,
@@ -60,8 +61,18 @@ async def test_a_worker_whose_record_expired_is_not_chosen(redis: aioredis.Redis
     await register(redis, "busy", load=9)
     await asyncio.sleep(0.1)
     assert (await place_stream(redis, new_stream())).worker.worker_id == "busy"
-    # whoever notices drops the dead id from the set
-    assert await redis.smembers(WORKERS_KEY) == {b"busy"}
+    # the dead id stays listed: the reaper needs it to find the worker's streams
+    assert await redis.smembers(WORKERS_KEY) == {b"busy", b"idle-but-dead"}
+
+
+async def test_a_pin_joins_the_workers_stream_set_and_unpin_leaves_it(
+        redis: aioredis.Redis) -> None:
+    await register(redis, "a")
+    stream = new_stream()
+    await place_stream(redis, stream)
+    assert await redis.smembers(worker_streams_key("a")) == {stream.encode()}
+    await unpin_stream(redis, stream, "a")
+    assert await redis.smembers(worker_streams_key("a")) == set()
 
 
 async def test_full_workers_are_skipped_and_none_with_room_is_no_capacity(

@@ -1,0 +1,122 @@
+"""The reaper: ends the streams of SFU workers that died without saying so
+(kill -9, a lost machine). A worker that stops cleanly ends its own streams;
+one that dies leaves them 'live' in Postgres and pinned in Redis, and nobody
+else would ever notice (docs/architecture.md, "Dead workers").
+
+Every signaling server runs one, every `REAP_EVERY_S`; a Redis lock (SET NX
+PX) lets one of them work at a time. A worker is dead when its id is still in
+`vk:sfu:workers` but its heartbeat record has expired (3 s after its last
+beat). For each stream still pinned to it: end the rows in Postgres (the
+worker's own SQL, `end_stream_rows`), publish `stream_ended` so websockets
+watching it are told, unpin it. Then the id leaves the set. Ticks the worker
+wrote before it died are in Redis already; billing flushes them as usual."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from sfu.events import EventBus
+from sfu.lifecycle import end_stream_rows
+from sfu.registry import (
+    WORKERS_KEY,
+    stream_worker_key,
+    unplace,
+    worker_key,
+    worker_streams_key,
+)
+from vilokanam.backends import BACKENDS
+from vilokanam.logs import log_event
+from vilokanam.tasks import TaskOwner
+
+log = logging.getLogger("vilokanam.signaling.reaper")
+
+REAP_EVERY_S = 2.0
+LOCK_KEY = "vk:sfu:reaper:lock"
+# Longer than a round normally takes, so two reapers rarely overlap; short
+# enough that a signaling server killed mid-round blocks the others briefly.
+# (An overlap is harmless: every step is idempotent.)
+LOCK_TTL_MS = 10_000
+_RELEASE_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def dead_workers(redis: aioredis.Redis) -> list[str]:
+    """Registered workers whose heartbeat record has expired."""
+    ids = sorted(_text(member) for member in await redis.smembers(WORKERS_KEY))
+    if not ids:
+        return []
+    records = await redis.mget([worker_key(worker_id) for worker_id in ids])
+    return [worker_id for worker_id, raw in zip(ids, records, strict=True) if raw is None]
+
+
+async def end_orphan(redis: aioredis.Redis, pg: asyncpg.Pool, stream_id: str,
+                     worker_id: str) -> None:
+    """End one stream its dead worker left behind, unless it has since been
+    placed elsewhere (then it is someone else's and only leaves this set)."""
+    pinned = await redis.get(stream_worker_key(stream_id))
+    if pinned is not None and _text(pinned) == worker_id:
+        events = EventBus(redis, worker_id)
+        for session_id in await end_stream_rows(pg, stream_id):
+            await events.stream(stream_id, "stream_ended", session_id=session_id)
+        log_event(log, "reaper.stream_ended", stream_id=stream_id, worker_id=worker_id)
+    await unplace(redis, stream_id, worker_id)
+
+
+async def reap_worker(redis: aioredis.Redis, pg: asyncpg.Pool, worker_id: str) -> None:
+    streams = [_text(s) for s in await redis.smembers(worker_streams_key(worker_id))]
+    for stream_id in streams:
+        await end_orphan(redis, pg, stream_id, worker_id)
+    # Only now: an id dropped earlier would leave its streams unfindable
+    # should this round fail half-way.
+    await redis.srem(WORKERS_KEY, worker_id)
+    log_event(log, "reaper.worker_reaped", logging.WARNING, worker_id=worker_id,
+              streams=len(streams))
+
+
+async def reap_once(redis: aioredis.Redis, pg: asyncpg.Pool) -> list[str]:
+    """One round, if this server gets the lock; returns the workers reaped."""
+    token = secrets.token_hex(8)
+    if not await redis.set(LOCK_KEY, token, nx=True, px=LOCK_TTL_MS):
+        return []  # another signaling server is reaping
+    try:
+        dead = await dead_workers(redis)
+        for worker_id in dead:
+            await reap_worker(redis, pg, worker_id)
+        return dead
+    finally:
+        await redis.eval(_RELEASE_IF_OURS, 1, LOCK_KEY, token)
+
+
+async def run_reaper(redis: aioredis.Redis, pg: asyncpg.Pool,
+                     every_s: float = REAP_EVERY_S) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await reap_once(redis, pg)
+        except Exception as exc:  # a store outage must not end reaping for good
+            log_event(log, "reaper.failed", logging.WARNING, error=repr(exc))
+
+
+async def reaper_ctx(app: web.Application) -> AsyncIterator[None]:
+    backends = app[BACKENDS]
+    tasks = TaskOwner("reaper")
+    tasks.spawn(run_reaper(backends.redis, backends.pg), "loop")
+    try:
+        yield
+    finally:
+        await tasks.close()

@@ -1,0 +1,97 @@
+"""The reaper on a real Postgres and Redis: a dead worker's streams end in
+Postgres and Redis, a stream that moved to another worker is left alone, and
+one reaper works at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from sfu.events import stream_channel
+from sfu.registry import WORKERS_KEY, stream_worker_key, worker_streams_key
+from signaling.placement import place_stream
+from signaling.reaper import LOCK_KEY, reap_once
+from signaling.stream_keys import hash_stream_key, new_stream_key
+from tests.conftest import Stores
+from tests.test_placement import register
+
+
+@pytest.fixture
+async def pool(stores: Stores, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
+    pg = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=2)
+    try:
+        yield pg
+    finally:
+        await pg.close()
+
+
+async def live_stream(db: asyncpg.Connection) -> tuple[str, str]:
+    """A live stream with an open session and an active viewer: (stream, session)."""
+    user = await db.fetchval("INSERT INTO users(account_id) VALUES ($1) RETURNING id",
+                             f"5Reap{uuid.uuid4().hex[:16]}")
+    stream = await db.fetchval(
+        "INSERT INTO streams(creator_id, title, stream_key_hash, status, start_time) "
+        "VALUES ($1, 'reap', $2, 'live', now()) RETURNING id::text",
+        user, hash_stream_key(new_stream_key()))
+    session = await db.fetchval(
+        "INSERT INTO stream_sessions (stream_id, sfu_server_url, signaling_server_url, "
+        "start_time) VALUES ($1, 'http://sfu', 'http://sig', now()) RETURNING id::text", stream)
+    await db.execute(
+        "INSERT INTO stream_viewers (stream_id, viewer_id, join_time, is_active, session_id, "
+        "price_per_second) VALUES ($1, $2, now(), TRUE, $3, 1)", stream, user, session)
+    return str(stream), str(session)
+
+
+async def test_a_dead_workers_streams_are_ended(db: asyncpg.Connection, redis: aioredis.Redis,
+                                                pool: asyncpg.Pool) -> None:
+    await register(redis, "doomed", px=50)
+    stream, session = await live_stream(db)
+    await place_stream(redis, stream)
+    await asyncio.sleep(0.1)  # the heartbeat record expires
+
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(stream_channel(stream))
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    assert await reap_once(redis, pool) == ["doomed"]
+
+    row = await db.fetchrow("SELECT status, end_time FROM streams WHERE id = $1::uuid", stream)
+    assert row["status"] == "ended" and row["end_time"] is not None
+    assert await db.fetchval("SELECT end_time FROM stream_sessions WHERE id = $1::uuid",
+                             session) is not None
+    assert not await db.fetchval("SELECT bool_or(is_active) FROM stream_viewers")
+    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+    await pubsub.aclose()
+    assert message is not None and json.loads(message["data"]) == {
+        "type": "stream_ended", "stream_id": stream, "session_id": session}
+    assert await redis.get(stream_worker_key(stream)) is None
+    assert not await redis.exists(worker_streams_key("doomed"))
+    assert not await redis.sismember(WORKERS_KEY, "doomed")
+
+
+async def test_a_stream_that_moved_on_is_left_alone(db: asyncpg.Connection,
+                                                    redis: aioredis.Redis,
+                                                    pool: asyncpg.Pool) -> None:
+    stream, _ = await live_stream(db)
+    await redis.sadd(WORKERS_KEY, "doomed")  # registered, its record long gone
+    await redis.sadd(worker_streams_key("doomed"), stream)
+    await redis.set(stream_worker_key(stream), "elsewhere")
+    assert await reap_once(redis, pool) == ["doomed"]
+    assert await db.fetchval("SELECT status FROM streams WHERE id = $1::uuid", stream) == "live"
+    assert await redis.get(stream_worker_key(stream)) == b"elsewhere"
+
+
+async def test_one_reaper_at_a_time(db: asyncpg.Connection, redis: aioredis.Redis,
+                                    pool: asyncpg.Pool) -> None:
+    await redis.sadd(WORKERS_KEY, "doomed")
+    await redis.set(LOCK_KEY, "another-signaling-server", px=5000)
+    assert await reap_once(redis, pool) == []
+    assert await redis.sismember(WORKERS_KEY, "doomed")
+    await redis.delete(LOCK_KEY)
+    assert await reap_once(redis, pool) == ["doomed"]
+    assert not await redis.exists(LOCK_KEY)  # released after the round
