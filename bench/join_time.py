@@ -27,19 +27,16 @@ from playwright.async_api import Browser, async_playwright
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.conftest import CHROMIUM_ARGS  # noqa: E402
 from tests.processes import start_role, wait_healthy  # noqa: E402
+from vilokanam.admin import grant_dev_funds  # noqa: E402
 from vilokanam.config import Settings  # noqa: E402
 from vilokanam.migrations import migrate  # noqa: E402
+from vilokanam.services.chain import dev_accounts  # noqa: E402
 from vilokanam.services.net import free_port  # noqa: E402
 from vilokanam.services.postgres import PostgresServer  # noqa: E402
 from vilokanam.services.redis import RedisServer  # noqa: E402
 
-CHROMIUM_ARGS = [
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", "--no-sandbox",
-    "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
-    "--allow-loopback-in-peer-connection",
-]
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 JOIN_TIMEOUT_MS = 15000
 
@@ -118,6 +115,8 @@ def main() -> int:
                                   database_url=postgres.url, redis_url=redis.url,
                                   http_port=free_port(), sfu_port=free_port()),
                 dev_mode=True, token_secret="join-time-" + "x" * 40)
+            # The watch page signs in as a dev account: give them balance to watch.
+            asyncio.run(grant_dev_funds(settings, list(dev_accounts().values())))
             roles = [start_role(settings, "sfu", root), start_role(settings, "signaling", root)]
             wait_healthy(roles[0], settings.sfu_port)
             wait_healthy(roles[1], settings.http_port)

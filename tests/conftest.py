@@ -162,5 +162,16 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainNode]:
     node.stop()
 
 
+# Every Chromium the tests (and bench/join_time.py) launch: fake camera and
+# microphone, no background traffic (this machine has no internet), and a
+# 127.0.0.1 ICE candidate, since the worker under test offers only loopback.
+CHROMIUM_ARGS = [
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", "--no-sandbox",
+    "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
+    "--allow-loopback-in-peer-connection",
+]
+
+
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")

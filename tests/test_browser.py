@@ -6,15 +6,9 @@ from pathlib import Path
 
 from playwright.async_api import async_playwright
 
-from tests.conftest import chromium_path, require
+from tests.conftest import CHROMIUM_ARGS, chromium_path, require
 from tests.processes import start_role, wait_healthy
 from vilokanam.config import Settings
-
-CHROMIUM_ARGS = [
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", "--no-sandbox",
-    "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
-]
 
 
 async def test_chromium_reaches_signaling_and_has_webrtc(settings: Settings,

@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from playwright.async_api import Browser, Page, async_playwright
 
-from tests.conftest import chromium_path, require
+from tests.conftest import CHROMIUM_ARGS, chromium_path, require
 from tests.processes import start_role, wait_healthy
 from vilokanam.balances import credit
 from vilokanam.config import Settings
@@ -27,13 +27,6 @@ from vilokanam.services.process import ManagedProcess
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = [
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", "--no-sandbox",
-    "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
-    # Offer a 127.0.0.1 candidate too: the worker under test listens on loopback only.
-    "--allow-loopback-in-peer-connection",
-]
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 BOB = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"  # the watch page's 2nd dev account
 

@@ -14,14 +14,12 @@ from typing import Any
 import asyncpg
 from playwright.async_api import Browser, ConsoleMessage, Page, WebSocketRoute, async_playwright
 
-from tests.conftest import chromium_path, require
+from tests.conftest import CHROMIUM_ARGS, chromium_path, require
 from tests.test_api import ALICE_42, Client, create_stream, dev_settings, login, serve
 from vilokanam.config import Settings
 
 ICE = [{"urls": "stun:127.0.0.1:3478"},
        {"urls": ["turn:127.0.0.1:3478"], "username": "u", "credential": "</script><b>"}]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",
-                 "--use-fake-ui-for-media-stream"]
 
 
 def page_config(html: str) -> dict[str, Any]:

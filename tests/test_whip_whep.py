@@ -735,7 +735,7 @@ async def test_chromium_plays_a_whip_stream_over_whep(stack: Stack) -> None:
     require(path is not None, "Debian's chromium")
     from playwright.async_api import async_playwright
 
-    from tests.test_e2e_browser import CHROMIUM_ARGS
+    from tests.conftest import CHROMIUM_ARGS
 
     async def page(_: web.Request) -> web.Response:
         return web.Response(text=PLAYER, content_type="text/html")
