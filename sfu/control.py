@@ -90,6 +90,18 @@ async def stream_info(request: web.Request) -> web.Response:
     })
 
 
+async def end_stream(request: web.Request) -> web.Response:
+    """The creator's "end stream" (signaling's POST /api/streams/{id}/end):
+    the same end as a publisher's DELETE, with no peer id needed. `ended` is
+    false when this worker does not carry the stream, so signaling can end
+    its rows itself."""
+    manager = request.app[MANAGER]
+    stream_id = request.match_info["stream_id"]
+    carried = stream_id in manager.streams
+    await manager.end_stream(stream_id, "stream_ended")
+    return web.json_response({"ended": carried})
+
+
 async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[MANAGER].stats())
 
@@ -101,4 +113,5 @@ def add_control_routes(app: web.Application) -> None:
     app.router.add_post("/control/peers/{peer_id}/candidates", candidate)
     app.router.add_delete("/control/peers/{peer_id}", leave)
     app.router.add_get("/control/streams/{stream_id}", stream_info)
+    app.router.add_post("/control/streams/{stream_id}/end", end_stream)
     app.router.add_get("/control/stats", stats)

@@ -13,10 +13,13 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from signaling.errors import bad_request, not_found, parse_json_body
+from sfu.lifecycle import end_stream_rows
+from signaling.errors import bad_request, forbidden, not_found, parse_json_body
+from signaling.placement import stream_worker
+from signaling.sfu_client import SFU_CLIENT, SfuError
 from signaling.state import SETTINGS
 from signaling.stream_keys import hash_stream_key, new_stream_key
-from signaling.tokens import issue_token
+from signaling.tokens import TokenClaims, issue_token
 from signaling.users import (
     canonical_or_400,
     find_user,
@@ -35,6 +38,7 @@ from vilokanam.money import decimal_from_json, format_amount, from_planck
 PRICE_LIMIT = Decimal(10) ** 20
 TITLE_MAX = 255
 STREAM_STATUSES = ("pending", "live", "ended", "archived")  # the schema's comment
+ENDED_STATUSES = ("ended", "archived")
 PAGE_DEFAULT, PAGE_MAX = 50, 200
 OFFSET_MAX = 10**9
 
@@ -42,7 +46,8 @@ OFFSET_MAX = 10**9
 # database, i.e. wall time in the session's TimeZone: read them back in that
 # zone so the API can give absolute ISO 8601 instants.
 _STREAM_SELECT = """
-SELECT s.id::text AS id, s.title, s.status, u.account_id AS creator_account,
+SELECT s.id::text AS id, s.creator_id::text AS creator_id, s.title, s.status,
+       u.account_id AS creator_account,
        s.price_per_second, COALESCE(s.viewer_count, 0) AS viewer_count,
        COALESCE(s.total_ticks, 0) AS total_ticks,
        s.start_time AT TIME ZONE current_setting('TimeZone') AS start_time,
@@ -252,11 +257,103 @@ async def my_earnings(request: web.Request) -> web.Response:
         "last_payout_at": _iso(row["last_payout_at"]) if row else None})
 
 
+# -- creator operations on their own streams ------------------------------------
+
+async def _fetch_stream(pg: asyncpg.Pool, stream_id: str) -> asyncpg.Record:
+    row = await pg.fetchrow(f"{_STREAM_SELECT} WHERE s.id = $1::uuid", stream_id)
+    if row is None:
+        raise not_found("stream_not_found", f"no stream {stream_id}")
+    return row
+
+
+async def owned_stream(request: web.Request) -> tuple[TokenClaims, asyncpg.Record]:
+    """The caller (401 first: an anonymous caller learns nothing about the
+    stream) and the stream, which must exist (404) and be theirs (403)."""
+    claims = await require_user(request)
+    row = await _fetch_stream(request.app[BACKENDS].pg, parse_stream_id(request))
+    if row["creator_id"] != claims.user_id:
+        raise forbidden("this stream belongs to another creator")
+    return claims, row
+
+
+async def rotate_stream_key(request: web.Request) -> web.Response:
+    """A new key, shown once; the old one fails the next WHIP/websocket
+    publish at once (admission reads the hash from Postgres every time). A
+    publisher already live stays live: ending it is POST .../end."""
+    _, row = await owned_stream(request)
+    stream_key = new_stream_key()
+    await request.app[BACKENDS].pg.execute(
+        "UPDATE streams SET stream_key_hash = $2, updated_at = now() WHERE id = $1::uuid",
+        row["id"], hash_stream_key(stream_key))
+    return web.json_response({"stream_key": stream_key})
+
+
+async def _ended_by_worker(app: web.Application, stream_id: str) -> bool:
+    """Whether the worker carrying the stream ended it (closing its peers and
+    publishing stream_ended); False when no live worker carries it."""
+    worker = await stream_worker(app[BACKENDS].redis, stream_id)
+    if worker is None:
+        return False
+    try:
+        return await app[SFU_CLIENT].end_stream(worker.control_url, stream_id)
+    except SfuError:
+        return False  # unreachable (logged by the client): end the rows ourselves
+
+
+async def end_stream(request: web.Request) -> web.Response:
+    """End a stream. Ending an ended stream is a no-op, so its end_time stays
+    the true one; a stream no worker carries (never live, or its worker is
+    gone) is ended in Postgres with the worker's own SQL."""
+    _, row = await owned_stream(request)
+    pg = request.app[BACKENDS].pg
+    if row["status"] not in ENDED_STATUSES and not await _ended_by_worker(request.app,
+                                                                            row["id"]):
+        await end_stream_rows(pg, row["id"])
+    ended = await _fetch_stream(pg, row["id"])
+    return web.json_response(stream_json(ended, request.app[SETTINGS]))
+
+
+async def my_streams(request: web.Request) -> web.Response:
+    """The creator's own streams, newest first, whatever their status."""
+    claims = await require_user(request)
+    limit, offset = parse_paging(request)
+    rows = await request.app[BACKENDS].pg.fetch(
+        f"""{_STREAM_SELECT} WHERE s.creator_id = $1::uuid
+        ORDER BY s.created_at DESC, s.id LIMIT $2 OFFSET $3""", claims.user_id, limit, offset)
+    settings = request.app[SETTINGS]
+    return web.json_response({"streams": [stream_json(row, settings) for row in rows],
+                              "limit": limit, "offset": offset})
+
+
+async def my_payouts(request: web.Request) -> web.Response:
+    """The creator's on-chain payouts, newest first: one per settlement batch
+    that paid them, with the batch's status (only `completed` moved money)."""
+    claims = await require_user(request)
+    limit, offset = parse_paging(request)
+    rows = await request.app[BACKENDS].pg.fetch(
+        """SELECT s.id::text AS settlement_id, sp.amount, s.status, s.extrinsic_hash,
+                  s.block_hash, s.block_number, s.created_at, s.finalized_at
+             FROM settlement_payouts sp JOIN settlements s ON s.id = sp.settlement_id
+            WHERE sp.creator_id = $1::uuid
+            ORDER BY s.created_at DESC, s.id LIMIT $2 OFFSET $3""",
+        claims.user_id, limit, offset)
+    return web.json_response({"payouts": [{
+        "settlement_id": r["settlement_id"], "amount": format_amount(r["amount"]),
+        "status": r["status"], "extrinsic_hash": r["extrinsic_hash"],
+        "block_hash": r["block_hash"], "block_number": r["block_number"],
+        "created_at": _iso(r["created_at"]), "finalized_at": _iso(r["finalized_at"])}
+        for r in rows], "limit": limit, "offset": offset})
+
+
 def add_api_routes(app: web.Application) -> None:
     app.router.add_post("/api/dev/token", dev_token)
     app.router.add_post("/api/streams", create_stream)
     app.router.add_get("/api/streams", list_streams)
     app.router.add_get("/api/streams/{stream_id}", get_stream)
+    app.router.add_post("/api/streams/{stream_id}/key", rotate_stream_key)
+    app.router.add_post("/api/streams/{stream_id}/end", end_stream)
     app.router.add_get("/api/me", me)
     app.router.add_get("/api/me/sessions", my_sessions)
     app.router.add_get("/api/me/earnings", my_earnings)
+    app.router.add_get("/api/me/streams", my_streams)
+    app.router.add_get("/api/me/payouts", my_payouts)

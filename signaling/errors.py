@@ -71,6 +71,10 @@ def not_found(code: str, message: str) -> ApiError:
     return ApiError(404, code, message)
 
 
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "forbidden", message)
+
+
 def unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
 

@@ -86,6 +86,15 @@ _SCHEMAS: dict[str, Schema] = {
         "whip_url": _STR, "publish_url": _STR})]},
     "StreamList": _obj({"streams": {"type": "array", "items": _ref("Stream")},
                         "limit": _INT, "offset": _INT}),
+    "StreamKey": _obj({"stream_key": {"type": "string",
+                                      "description": "shown once; stored as SHA-256"}}),
+    "Payout": _obj({"settlement_id": _STR, "amount": _AMOUNT,
+                    "status": {"enum": ["prepared", "submitted", "completed", "failed",
+                                        "dropped"]},
+                    "extrinsic_hash": _STR, "block_hash": _NSTR, "block_number": _NINT,
+                    "created_at": _TIME, "finalized_at": _TIME}),
+    "Payouts": _obj({"payouts": {"type": "array", "items": _ref("Payout")},
+                     "limit": _INT, "offset": _INT}),
     "Me": _obj({"account": _STR, "is_creator": _BOOL, "balance": _AMOUNT}),
     "ViewingSession": _obj({"id": _STR, "stream_id": _STR, "title": _STR, "join_time": _TIME,
                             "active": _BOOL, "seconds": _INT, "cost": _AMOUNT,
@@ -120,12 +129,18 @@ _RESPONSES: dict[str, Schema] = {
     name: _json(_ERROR_REF, text) for name, text in {
         "BadRequest": "invalid input (`bad_json`, `invalid_*`)",
         "Unauthorized": "no valid Bearer token (`WWW-Authenticate: Bearer`)",
+        "Forbidden": "the stream belongs to another creator (`forbidden`)",
         "NotFound": "no such resource",
         "PayloadTooLarge": "the body is over 64 KiB",
         "TooManyRequests": "rate limited",
         "InternalError": "internal server error",
         "Unavailable": "a backing store or worker is not answering (`Retry-After`)",
     }.items()}
+
+
+# What a creator-only operation on one stream may refuse.
+_OWNED_ERRORS = {"400": _error("BadRequest"), "401": _error("Unauthorized"),
+                 "403": _error("Forbidden"), "404": _error("NotFound")}
 
 
 def _api_paths() -> dict[str, Schema]:
@@ -158,6 +173,22 @@ def _api_paths() -> dict[str, Schema]:
         "/api/streams/{stream_id}": {"get": _op("One stream (never its key)", {
             "200": _json(_ref("Stream"), "the stream"), "400": _error("BadRequest"),
             "404": _error("NotFound")}, parameters=[_STREAM_ID])},
+        "/api/streams/{stream_id}/key": {"post": _op(
+            "Rotate the stream key (the creator's own stream); the old key stops working", {
+                "200": _json(_ref("StreamKey"), "the new key, shown once"),
+                **_OWNED_ERRORS}, parameters=[_STREAM_ID], security=_BEARER)},
+        "/api/streams/{stream_id}/end": {"post": _op(
+            "End the creator's own stream (a no-op when already ended)", {
+                "200": _json(_ref("Stream"), "the ended stream"), **_OWNED_ERRORS},
+            parameters=[_STREAM_ID], security=_BEARER)},
+        "/api/me/streams": {"get": _op("The caller's own streams, newest first", {
+            "200": _json(_ref("StreamList"), "a page of streams"),
+            "400": _error("BadRequest"), "401": _error("Unauthorized")},
+            parameters=_PAGING, security=_BEARER)},
+        "/api/me/payouts": {"get": _op("The caller's on-chain payouts, newest first", {
+            "200": _json(_ref("Payouts"), "a page of payouts"),
+            "400": _error("BadRequest"), "401": _error("Unauthorized")},
+            parameters=_PAGING, security=_BEARER)},
         "/api/me": {"get": _op("The caller and its live balance", {
             "200": _json(_ref("Me"), "the caller"), "401": _error("Unauthorized")},
             security=_BEARER)},

@@ -123,6 +123,11 @@ class SfuClient:
         query = "?reason=lost" if lost else ""
         await self._call("DELETE", f"{peer.control_url}/control/peers/{peer.peer_id}{query}")
 
+    async def end_stream(self, control_url: str, stream_id: str) -> bool:
+        """Ask the worker to end the stream; False when it does not carry it."""
+        body = await self._call("POST", f"{control_url}/control/streams/{stream_id}/end")
+        return bool(_field(body, "ended", bool))
+
     async def _call(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
         try:
             async with self._session.request(method, url, json=body) as resp:

@@ -457,3 +457,169 @@ async def test_balance_sessions_and_earnings_follow_metering(
     assert fetched["total_ticks"] == 3
     for path in ("/api/me/sessions", "/api/me/earnings"):
         assert await error_of(await client.get(path), 401) == "unauthorized"
+
+
+# -- creator operations: key rotation, ending, own streams, payouts ----------------
+
+async def stream_key_hash(db: asyncpg.Connection, stream_id: str) -> bytes:
+    return bytes(await db.fetchval("SELECT stream_key_hash FROM streams WHERE id = $1",
+                                   uuid.UUID(stream_id)))
+
+
+async def test_rotating_the_key_stores_only_the_new_hash(client: Client,
+                                                         db: asyncpg.Connection) -> None:
+    user = await login(client)
+    stream = await create_stream(client, user["token"])
+    response = await client.post(f"/api/streams/{stream['id']}/key", headers=bearer(user["token"]))
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert set(body) == {"stream_key"} and body["stream_key"] != stream["stream_key"]
+    assert await stream_key_hash(db, stream["id"]) == hashlib.sha256(
+        body["stream_key"].encode()).digest()
+    # The key is never shown again.
+    fetched = await (await client.get(f"/api/streams/{stream['id']}")).text()
+    assert body["stream_key"] not in fetched
+
+
+async def test_the_old_key_stops_working_at_once(client: Client) -> None:
+    user = await login(client)
+    stream = await create_stream(client, user["token"])
+    await client.post(f"/api/streams/{stream['id']}/key", headers=bearer(user["token"]))
+    response = await client.post(f"/whip/{stream['id']}", data="v=0\r\n",
+                                 headers={**bearer(stream["stream_key"]),
+                                          "Content-Type": "application/sdp"})
+    assert response.status == 401, await response.text()
+
+
+@pytest.mark.parametrize("action", ["key", "end"])
+async def test_another_creators_stream_is_403_and_unknown_404(client: Client,
+                                                              action: str) -> None:
+    owner, other = await login(client, ALICE_42), await login(client, BOB_42)
+    stream = await create_stream(client, owner["token"])
+    path = f"/api/streams/{stream['id']}/{action}"
+    assert await error_of(await client.post(path, headers=bearer(other["token"])),
+                          403) == "forbidden"
+    unknown = f"/api/streams/{uuid.uuid4()}/{action}"
+    assert await error_of(await client.post(unknown, headers=bearer(owner["token"])),
+                          404) == "stream_not_found"
+    malformed = f"/api/streams/nope/{action}"
+    assert await error_of(await client.post(malformed, headers=bearer(owner["token"])),
+                          400) == "invalid_stream_id"
+    for headers in ({}, bearer("not-a-token")):
+        assert await error_of(await client.post(path, headers=headers), 401) == "unauthorized"
+
+
+async def test_ending_a_stream_no_worker_carries_ends_its_rows(client: Client,
+                                                               db: asyncpg.Connection) -> None:
+    """Live in Postgres but its worker is gone: the rows end with the worker's SQL."""
+    user = await login(client)
+    stream = await create_stream(client, user["token"])
+    sid = uuid.UUID(stream["id"])
+    await db.execute("UPDATE streams SET status = 'live', start_time = now() WHERE id = $1", sid)
+    await db.execute("INSERT INTO stream_sessions (stream_id, start_time) VALUES ($1, now())", sid)
+    response = await client.post(f"/api/streams/{sid}/end", headers=bearer(user["token"]))
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert set(body) == STREAM_FIELDS and body["status"] == "ended" and body["end_time"]
+    assert await db.fetchval("SELECT count(*) FROM stream_sessions "
+                             "WHERE stream_id = $1 AND end_time IS NULL", sid) == 0
+    # Again: a no-op, the first end_time stays.
+    again = await (await client.post(f"/api/streams/{sid}/end",
+                                     headers=bearer(user["token"]))).json()
+    assert again["end_time"] == body["end_time"]
+
+
+async def test_ending_a_live_stream_asks_its_worker(db: asyncpg.Connection,
+                                                    redis: aioredis.Redis,
+                                                    settings: Settings) -> None:
+    """A live worker carrying the stream is asked to end it (here a stand-in
+    worker served by the test app itself, recording the call)."""
+    from sfu.registry import WorkerRecord, stream_worker_key, worker_key
+
+    calls: list[str] = []
+
+    async def worker_end(request: web.Request) -> web.Response:
+        calls.append(request.match_info["stream_id"])
+        await db.execute("UPDATE streams SET status = 'ended', end_time = now() WHERE id = $1",
+                         uuid.UUID(request.match_info["stream_id"]))
+        return web.json_response({"ended": True})
+
+    def prepare(app: web.Application) -> None:
+        app.router.add_post("/control/streams/{stream_id}/end", worker_end)
+
+    async with serve(dev_settings(settings), prepare) as client:
+        user = await login(client)
+        stream = await create_stream(client, user["token"])
+        record = WorkerRecord("w1", settings.base_url, 10, 1, 1, 0)
+        await redis.set(worker_key("w1"), record.to_json())
+        await redis.set(stream_worker_key(stream["id"]), "w1")
+        await db.execute("UPDATE streams SET status = 'live' WHERE id = $1",
+                         uuid.UUID(stream["id"]))
+        response = await client.post(f"/api/streams/{stream['id']}/end",
+                                     headers=bearer(user["token"]))
+        assert response.status == 200, await response.text()
+        assert (await response.json())["status"] == "ended"
+    assert calls == [stream["id"]]
+
+
+async def test_my_streams_are_mine_newest_first_and_paged(client: Client) -> None:
+    alice, bob = await login(client, ALICE_42), await login(client, BOB_42)
+    for title in ("one", "two", "three"):
+        await create_stream(client, alice["token"], title=title)
+    await create_stream(client, bob["token"], title="bob's")
+    response = await client.get("/api/me/streams", headers=bearer(alice["token"]))
+    assert response.status == 200
+    body = await response.json()
+    assert [s["title"] for s in body["streams"]] == ["three", "two", "one"]
+    assert all(set(s) == STREAM_FIELDS for s in body["streams"])
+    page = await (await client.get("/api/me/streams?limit=1&offset=1",
+                                   headers=bearer(alice["token"]))).json()
+    assert [s["title"] for s in page["streams"]] == ["two"]
+    assert (page["limit"], page["offset"]) == (1, 1)
+    bad = await client.get("/api/me/streams?limit=0", headers=bearer(alice["token"]))
+    assert await error_of(bad, 400) == "invalid_paging"
+
+
+async def insert_payout(db: asyncpg.Connection, creator_id: str, n: int, status: str,
+                        amount: str) -> str:
+    from decimal import Decimal
+
+    settlement = await db.fetchval(
+        """INSERT INTO settlements (status, signer, nonce, extrinsic_hash, extrinsic,
+               genesis_hash, signed_at, signed_at_hash, era_death, digest, remark,
+               total_planck, block_hash, block_number, created_at)
+           VALUES ($1, '0x00', $2, $3, '0x00', '0xg', 1, '0xs', 65, 'd', 'r', 1, $4, $5,
+                   now() + $2::bigint * interval '1 second')
+           RETURNING id::text""", status, n, f"0xext{n}",
+        "0xblock" if status == "completed" else None, 7 if status == "completed" else None)
+    await db.execute(
+        "INSERT INTO settlement_payouts (settlement_id, creator_id, public_key, "
+        "amount_planck, amount) VALUES ($1::uuid, $2::uuid, '0xpk', 1, $3)",
+        settlement, creator_id, Decimal(amount))
+    return str(settlement)
+
+
+async def test_my_payouts_newest_first_with_chain_proof(client: Client,
+                                                        db: asyncpg.Connection) -> None:
+    alice, bob = await login(client, ALICE_42), await login(client, BOB_42)
+    await create_stream(client, alice["token"])
+    first = await insert_payout(db, alice["user_id"], 1, "completed", "0.0054")
+    second = await insert_payout(db, alice["user_id"], 2, "failed", "1.5")
+    response = await client.get("/api/me/payouts", headers=bearer(alice["token"]))
+    assert response.status == 200, await response.text()
+    payouts = (await response.json())["payouts"]
+    assert [(p["settlement_id"], p["amount"], p["status"], p["extrinsic_hash"],
+             p["block_number"]) for p in payouts] == [
+        (second, "1.5", "failed", "0xext2", None), (first, "0.0054", "completed", "0xext1", 7)]
+    assert payouts[1]["block_hash"] == "0xblock" and payouts[1]["created_at"]
+    page = await (await client.get("/api/me/payouts?limit=1&offset=1",
+                                   headers=bearer(alice["token"]))).json()
+    assert [p["settlement_id"] for p in page["payouts"]] == [first]
+    others = await (await client.get("/api/me/payouts", headers=bearer(bob["token"]))).json()
+    assert others["payouts"] == []
+
+
+@pytest.mark.parametrize("path", ["/api/me/streams", "/api/me/payouts"])
+async def test_my_lists_need_a_token(client: Client, path: str) -> None:
+    for headers in ({}, bearer("not-a-token")):
+        assert await error_of(await client.get(path, headers=headers), 401) == "unauthorized"

@@ -469,3 +469,19 @@ async def test_a_viewer_that_sends_no_receiver_reports_is_not_billed(
     assert sum(track.frames_sent for _, track in peer.tracks) > 0  # media was still sent
     await viewer.close()
     await publisher.close()
+
+
+async def test_the_control_api_ends_a_stream_on_request(
+        worker: Worker, db: asyncpg.Connection) -> None:
+    """What POST /api/streams/{id}/end asks of the worker carrying the stream."""
+    stream_id, _ = await make_stream(db)
+    publisher, viewer = Publisher(), Viewer()
+    await publisher.start(worker.signal_publisher(stream_id))
+    await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(worker, db, "v")))
+    await viewer.wait_for_frames("video", 5)
+    assert await worker.post(f"/control/streams/{stream_id}/end", {}) == (200, {"ended": True})
+    assert await db.fetchval("SELECT status FROM streams WHERE id = $1", stream_id) == "ended"
+    assert await worker.post(f"/control/streams/{stream_id}/end", {}) == (200, {"ended": False})
+    await viewer.close()
+    await publisher.close()
+    await _wait_for_zero(worker.manager)

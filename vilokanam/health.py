@@ -1,13 +1,54 @@
-"""`/healthz`, `/readyz` and `/metrics`, the same on every role's HTTP port."""
+"""`/healthz`, `/readyz` and `/metrics`, the same on every role's HTTP port,
+and the request-duration histogram every role's app records."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from aiohttp.typedefs import Handler, Middleware
+from aiohttp.web_urldispatcher import MatchInfoError
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
 
 from vilokanam.backends import BACKENDS
+
+HTTP_DURATION = Histogram(
+    "vilokanam_http_request_duration_seconds",
+    "HTTP request durations by role, route template, method and status (a websocket's "
+    "is its whole connection).", ["role", "route", "method", "status"])
+# Label values must stay a small fixed set: any method aiohttp accepts but
+# these, and any path no route matches, share one value.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"
+
+
+def route_label(request: web.Request) -> str:
+    """The matched route's template (`/api/streams/{stream_id}`), never the
+    raw path, whose values are unbounded."""
+    match_info = request.match_info
+    if isinstance(match_info, MatchInfoError):
+        return UNMATCHED
+    return match_info.route.resource.canonical if match_info.route.resource else UNMATCHED
+
+
+def duration_middleware(role: str) -> Middleware:
+    @web.middleware
+    async def record_duration(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started, status = time.perf_counter(), 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:  # roles without an error middleware raise these
+            status = exc.status
+            raise
+        finally:
+            method = request.method if request.method in _METHODS else "other"
+            HTTP_DURATION.labels(role, route_label(request), method, str(status)).observe(
+                time.perf_counter() - started)
+
+    return record_duration
 
 ReadinessCheck = Callable[[web.Application], Awaitable[dict[str, bool]]]
 
@@ -20,10 +61,14 @@ READINESS_CHECKS = web.AppKey("readiness_checks", list[ReadinessCheck])
 
 
 def add_health_routes(app: web.Application, role: str) -> None:
-    """Liveness says the process serves; readiness that its stores answer.
+    """Liveness says the process serves; readiness that its stores answer;
+    every request's duration is recorded (HTTP_DURATION).
     A role adds its own checks (e.g. billing: the chain) to READINESS_CHECKS."""
     checks: list[ReadinessCheck] = [_backends_ready]
     app[READINESS_CHECKS] = checks
+    # Outermost, so it times the other middlewares too and sees the status
+    # they answer with (signaling's error_middleware turns exceptions into one).
+    app.middlewares.insert(0, duration_middleware(role))
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "role": role})
