@@ -30,8 +30,8 @@ DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / ".env.example"
 
 # service name -> the `vilokanam` subcommand it runs
-ROLES = {"migrate": "migrate", "signaling": "signaling", "sfu-1": "sfu", "sfu-2": "sfu",
-         "billing": "billing"}
+ROLES = {"migrate": "migrate", "signaling": "signaling", "signaling-2": "signaling",
+         "sfu-1": "sfu", "sfu-2": "sfu", "billing": "billing"}
 LONG_RUNNING = [name for name in ROLES if name != "migrate"]
 STORES = ["postgres", "redis", "chain"]
 KNOWN_ENV = {s.env for s in all_settings()}
