@@ -31,7 +31,6 @@ transfers made before the platform ever watched the chain are not deposits."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -45,6 +44,7 @@ from billing.chain import AsyncChain, BlockRef, Transfer
 from vilokanam.balances import credit
 from vilokanam.logs import log_event
 from vilokanam.money import from_planck
+from vilokanam.tasks import poll_forever
 from vilokanam.users import get_or_create_user
 
 log = logging.getLogger("billing.deposits")
@@ -153,17 +153,5 @@ class DepositWatcher:
 
     async def run(self) -> None:
         """Follow the chain until cancelled; wait out anything that is down."""
-        backoff = self.poll_interval
-        while True:
-            try:
-                await self.catch_up()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a watcher that dies misses deposits
-                log_event(log, "deposits.waiting", logging.WARNING, error=type(exc).__name__,
-                          detail=str(exc)[:200], retry_in_s=round(backoff, 2))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            backoff = self.poll_interval
-            await asyncio.sleep(self.poll_interval)
+        await poll_forever(self.catch_up, waiting_event="deposits.waiting",
+                           poll_interval=self.poll_interval, max_backoff=self.max_backoff)

@@ -46,6 +46,7 @@ from vilokanam.accounts import InvalidAccount, public_key_of
 from vilokanam.balances import planck_floor
 from vilokanam.logs import log_event
 from vilokanam.money import format_amount, from_planck
+from vilokanam.tasks import poll_forever
 
 log = logging.getLogger("billing.settlement")
 
@@ -195,21 +196,12 @@ class Settler:
     # -- the loop ----------------------------------------------------------------
 
     async def run(self) -> None:
-        backoff = self.poll_interval
-        while True:
-            try:
-                if await self.due():
-                    await self.settle_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a settler that dies pays nobody
-                log_event(log, "settlement.waiting", logging.WARNING, error=type(exc).__name__,
-                          detail=str(exc)[:200], retry_in_s=round(backoff, 2))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            backoff = self.poll_interval
-            await asyncio.sleep(self.poll_interval)
+        await poll_forever(self._settle_if_due, waiting_event="settlement.waiting",
+                           poll_interval=self.poll_interval, max_backoff=self.max_backoff)
+
+    async def _settle_if_due(self) -> None:
+        if await self.due():
+            await self.settle_once()
 
     async def due(self) -> bool:
         """An open settlement (resolve it now), a period since the last batch or

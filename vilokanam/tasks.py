@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from vilokanam.logs import log_event
@@ -44,3 +44,24 @@ class TaskOwner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def poll_forever(step: Callable[[], Awaitable[Any]], *, waiting_event: str,
+                       poll_interval: float, max_backoff: float) -> None:
+    """Run `step` every `poll_interval` until cancelled. A failing step is
+    logged as `waiting_event` and retried with exponential backoff: a worker
+    loop that died would silently stop crediting or paying."""
+    backoff = poll_interval
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log_event(log, waiting_event, logging.WARNING, error=type(exc).__name__,
+                      detail=str(exc)[:200], retry_in_s=round(backoff, 2))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff)
+            continue
+        backoff = poll_interval
+        await asyncio.sleep(poll_interval)
