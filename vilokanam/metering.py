@@ -111,8 +111,3 @@ class TickWriter:
             args=[batch.second, batch.encode(), json.dumps(live) if live else ""])
         return [b.decode() if isinstance(b, bytes) else str(b) for b in broke]
 
-
-async def live_balance_planck(redis: aioredis.Redis, user_id: str) -> int | None:
-    raw = await redis.get(balance_key(user_id))
-    return None if raw is None else int(raw)
-
