@@ -1,10 +1,13 @@
 """The one place that reaches into aiortc's internals (aiortc 1.16).
 
-The SFU lives on four of them, each small and tested:
+The SFU lives on these, each small and tested:
 - a receiver's decoder queue is replaced by a tap, so assembled *encoded*
   frames come to us and nothing is ever decoded;
-- a viewer sender's keyframe request (PLI/FIR from the viewer) is routed to us,
-  since with pre-encoded packets the sender has no encoder to ask;
+- a viewer sender's RTP loop is replaced: it only hands us, once DTLS is up,
+  what we need to send RTP ourselves (SSRCs, payload types, header extension
+  ids, the SRTP session and the ICE pair), and its RTCP from the viewer (PLI,
+  FIR, NACK, receiver reports) comes to us; aiortc keeps the SDP, DTLS, and
+  the sender reports (fed our counters);
 - a PLI is sent upstream to the publisher for its media SSRCs;
 - a transceiver's negotiated codecs are narrowed after setRemoteDescription,
   and the DTLS server role is taken when the offer leaves it open.
@@ -13,13 +16,24 @@ if an upgrade moves any of these."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+)
 
 FrameHandler = Callable[[RTCRtpCodecParameters, JitterFrame], None]
 
@@ -49,9 +63,97 @@ def tap_receiver(receiver: RTCRtpReceiver, on_frame: FrameHandler) -> None:
     receiver._RTCRtpReceiver__decoder_queue = EncodedFrameTap(on_frame)  # type: ignore[attr-defined]
 
 
-def route_keyframe_requests(sender: RTCRtpSender, on_request: Callable[[], None]) -> None:
-    """The sender calls `_send_keyframe()` on PLI/FIR from its remote peer."""
-    sender._send_keyframe = on_request  # type: ignore[method-assign]
+@dataclass
+class SenderWiring:
+    """What a viewer's sender negotiated, and how to put datagrams on its wire."""
+
+    codec: RTCRtpCodecParameters
+    ssrc: int
+    rtx_ssrc: int
+    rtx_payload_type: int | None
+    mid: str | None
+    mid_id: int | None
+    abs_send_time_id: int | None
+    protect: Callable[[bytes], bytes]  # SRTP
+    send: Callable[[bytes], bool]  # one datagram to the nominated ICE pair; False: gone
+    sender: RTCRtpSender
+
+    def connected(self) -> bool:
+        return bool(self.sender.transport.state == "connected")
+
+    def report_counters(self, ntp: int, rtp_timestamp: int, packets: int, octets: int) -> None:
+        """What aiortc's RTCP loop puts in its sender reports (lip sync, stats)."""
+        sender: Any = self.sender
+        sender._RTCRtpSender__ntp_timestamp = ntp
+        sender._RTCRtpSender__rtp_timestamp = rtp_timestamp
+        sender._RTCRtpSender__packet_count = packets
+        sender._RTCRtpSender__octet_count = octets
+
+
+@dataclass
+class SenderRtcp:
+    """Where a viewer's RTCP about one sender goes."""
+
+    keyframe: Callable[[], None]  # PLI / FIR
+    nack: Callable[[list[int]], None]  # lost sequence numbers
+    report: Callable[[], None]  # an RR/SR report block for our SSRC: the viewer is alive
+
+
+def take_over_sender(sender: RTCRtpSender, on_started: Callable[[SenderWiring], None],
+                     on_stopped: Callable[[], None], rtcp: SenderRtcp) -> None:
+    """Replace the sender's per-frame RTP loop (track.recv -> pack -> serialize
+    -> SRTP -> send, per viewer) by a wait: when aiortc starts the sender
+    (DTLS is connected by then) `on_started` gets the wiring and the SFU sends
+    the packets. Must run before the sender starts (right after addTrack)."""
+    mangled: Any = sender
+
+    async def run_rtp(codec: RTCRtpCodecParameters) -> None:
+        mangled._RTCRtpSender__rtp_started.set()
+        try:
+            on_started(_wiring(sender, codec))
+            await asyncio.Event().wait()  # until the sender stops (cancelled)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            on_stopped()
+            mangled._RTCRtpSender__rtp_exited.set()
+
+    original = sender._handle_rtcp_packet
+
+    async def handle_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpRrPacket | RtcpSrPacket):
+            if any(report.ssrc == sender._ssrc for report in packet.reports):
+                rtcp.report()
+            await original(packet)  # round-trip time and remote stats
+        elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            rtcp.nack(list(packet.lost))
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_FIR,
+                                                                    RTCP_PSFB_PLI):
+            rtcp.keyframe()
+
+    sender._run_rtp = run_rtp  # type: ignore[method-assign]
+    sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+    sender._send_keyframe = rtcp.keyframe  # type: ignore[method-assign]
+
+
+def _wiring(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> SenderWiring:
+    mangled: Any = sender
+    ids = mangled._RTCRtpSender__rtp_header_extensions_map._HeaderExtensionsMap__ids
+    dtls = sender.transport
+    nominated = dtls.transport._connection._nominated  # aioice: component -> pair
+
+    def send(datagram: bytes) -> bool:
+        pair = nominated.get(1)
+        if pair is None or pair.protocol.transport is None:
+            return False
+        pair.protocol.transport.sendto(datagram, pair.remote_addr)
+        return True
+
+    return SenderWiring(
+        codec=codec, ssrc=sender._ssrc, rtx_ssrc=sender._rtx_ssrc,
+        rtx_payload_type=mangled._RTCRtpSender__rtx_payload_type,
+        mid=mangled._RTCRtpSender__mid, mid_id=ids.mid, abs_send_time_id=ids.abs_send_time,
+        protect=dtls._tx_srtp.protect, send=send, sender=sender)
 
 
 async def request_keyframe_upstream(receiver: RTCRtpReceiver) -> None:
@@ -89,23 +191,6 @@ def restrict_host_candidates(addresses: list[str]) -> None:
     chosen = list(addresses)
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [  # type: ignore[assignment]
         a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
-
-
-def on_receiver_reports(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
-    """Call `callback` whenever the remote peer reports on this sender's stream
-    (an RTCP RR or SR report block for its SSRC): proof the viewer is alive and
-    receiving, which metering requires."""
-    from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
-
-    original = sender._handle_rtcp_packet
-
-    async def handle(packet: Any) -> None:
-        if isinstance(packet, RtcpRrPacket | RtcpSrPacket) and any(
-                report.ssrc == sender._ssrc for report in packet.reports):
-            callback()
-        await original(packet)
-
-    sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
 
 
 def enlarge_receive_buffers(transceivers: Iterable[RTCRtpTransceiver], size: int) -> None:

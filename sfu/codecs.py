@@ -1,5 +1,6 @@
 """Which codecs the worker forwards, how one is pinned on a transceiver, and
-how to tell a keyframe from an encoded frame's first bytes.
+how to tell a keyframe from an encoded frame's first bytes, and how a frame
+is cut into RTP payloads.
 
 We forward, never transcode, so publisher and viewers must use one codec:
 the publisher's answer offers exactly one video and one audio codec (plus the
@@ -7,7 +8,11 @@ video's RTX), and each viewer's answer offers exactly that one too."""
 
 from __future__ import annotations
 
+import random
+
 from aiortc.codecs import is_rtx
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
@@ -69,3 +74,23 @@ def _h264_nal_types(data: bytes) -> list[int]:
         types.append(data[start + 3] & 0x1F)
         start = data.find(b"\x00\x00\x01", start + 3)
     return types
+
+
+class Packetizer:
+    """Cuts one stream's encoded frames into RTP payloads, once for all its
+    viewers (aiortc's own packetizers, called as class methods: no encoder
+    object, nothing encoded). VP8 payloads carry the stream's picture id, which
+    therefore runs on across a publisher reconnect."""
+
+    def __init__(self, mime: str) -> None:
+        self.mime = mime.lower()
+        self._picture_id = random.randint(0, (1 << 15) - 1)
+
+    def payloads(self, data: bytes) -> list[bytes]:
+        if self.mime == "video/vp8":
+            payloads = Vp8Encoder._packetize(data, self._picture_id)
+            self._picture_id = (self._picture_id + 1) % (1 << 15)
+            return payloads
+        if self.mime == "video/h264":
+            return H264Encoder._packetize(H264Encoder._split_bitstream(data))
+        return [data]  # audio: one frame, one packet

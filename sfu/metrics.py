@@ -6,10 +6,20 @@ from prometheus_client import Counter, Gauge
 
 FRAMES_FORWARDED = Counter(
     "vilokanam_sfu_frames_forwarded_total",
-    "Encoded frames handed to viewers' senders (one per viewer per frame).", ["kind"])
+    "Encoded frames sent to viewers (one per viewer per frame).", ["kind"])
 BYTES_FORWARDED = Counter(
     "vilokanam_sfu_bytes_forwarded_total",
-    "Bytes of encoded frames handed to viewers' senders.", ["kind"])
+    "Bytes of encoded frames sent to viewers.", ["kind"])
+PACKETS_FORWARDED = Counter(
+    "vilokanam_sfu_packets_forwarded_total",
+    "RTP packets sent to viewers, retransmissions not included.", ["kind"])
+RETRANSMISSIONS = Counter(
+    "vilokanam_sfu_retransmissions_total",
+    "Packets sent again after a viewer's NACK (RTX when negotiated).", ["kind"])
+NACK_MISSES = Counter(
+    "vilokanam_sfu_nack_misses_total",
+    "NACKed packets no longer in the stream's history (or never sent to that viewer).",
+    ["kind"])
 QUEUE_DROPS = Counter(
     "vilokanam_sfu_viewer_queue_drops_total",
     "Frames dropped because a viewer's queue was full.", ["kind"])

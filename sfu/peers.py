@@ -1,5 +1,6 @@
 """Peer connections of the two kinds a worker holds: a publisher's (media in,
-tapped as encoded frames) and a viewer's (media out, forwarded packets).
+tapped as encoded frames) and a viewer's (media out: packets the SFU writes
+itself, sfu/relay.py).
 
 Each answer lists exactly one codec per kind (publisher: our preference among
 what it offers; viewer: the publisher's), takes the DTLS server role when the
@@ -169,8 +170,9 @@ async def accept_viewer(peer: Peer, offer: str, fanouts: dict[str, Fanout]) -> s
         track = fanout.subscribe()
         peer.tracks.append((fanout, track))
         sender = peer.pc.addTrack(track)
-        hooks.route_keyframe_requests(sender, fanout.request_keyframe)
-        hooks.on_receiver_reports(sender, peer.meter.report_received)
+        hooks.take_over_sender(sender, track.attach, track.detach, hooks.SenderRtcp(
+            keyframe=fanout.request_keyframe, nack=track.nack,
+            report=peer.meter.report_received))
     if not peer.tracks:
         raise NoSupportedCodec("the offer receives none of this stream's tracks")
     return await _answer(peer.pc)

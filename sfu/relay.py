@@ -1,32 +1,50 @@
-"""Forwarding without re-encoding: one `Fanout` per published track hands each
-encoded frame, as one shared `av.Packet`, to every viewer's `ForwardedTrack`;
-the viewer's RTCRtpSender re-packetizes it through the codec's `pack()`.
+"""Forwarding without re-encoding, packets once per stream: one `Fanout` per
+published track cuts each encoded frame into RTP payloads ONCE and hands the
+shared `PacketizedFrame` to every viewer's `ForwardedTrack`. Per viewer only
+the RTP header and extensions are written (sfu/rtp_out.py), then SRTP and one
+`sendto` per packet, straight to the viewer's ICE pair: aiortc's per-viewer
+RTCRtpSender loop (recv, pack, serialize, a coroutine chain per packet) is not
+on the path (sfu/aiortc_hooks.take_over_sender).
 
 Per viewer: a bounded queue; a video viewer starts on a keyframe and, when it
 falls behind (queue full), drops to the next keyframe and asks for one. The
 fanout keeps the frames since the last keyframe so a new viewer starts at once
-instead of waiting for the publisher's next keyframe."""
+instead of waiting for the publisher's next keyframe, and a packet history
+from which NACKed packets are sent again (RTX when the viewer negotiated it).
+
+The fanout's pump sends what viewers have queued in slices of a few
+milliseconds, each its own event-loop callback: between slices the loop reads
+its sockets, so the publisher's media and ICE consent checks are never stuck
+behind a fan-out to hundreds of viewers."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from fractions import Fraction
 
-import av
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from sfu import metrics
-from sfu.codecs import is_keyframe
+from sfu.aiortc_hooks import SenderWiring
+from sfu.codecs import Packetizer, is_keyframe
+from sfu.rtp_out import Extensions, PacketizedFrame, RtpWriter, abs_send_time, ntp_now
+from vilokanam.logs import log_event
+
+log = logging.getLogger(__name__)
 
 VIDEO_QUEUE_FRAMES = 90  # 3 s at 30 fps: a slow viewer is cut back to a keyframe after that
 AUDIO_QUEUE_FRAMES = 150  # 3 s of 20 ms Opus frames
 GOP_CACHE_MAX_FRAMES = 300
 GOP_CACHE_MAX_BYTES = 8 * 1024 * 1024
+HISTORY_PACKETS = {"video": 2048, "audio": 256}  # NACK window: ~8 s of 2 Mbit/s video
+PUMP_SLICE_PACKETS = 400  # packets sent per event-loop callback (a few ms)
+AUDIO_START_FRAMES = 5  # what a viewer whose connection just came up gets of the audio backlog
 KEYFRAME_MIN_INTERVAL = 0.5  # at most 2 upstream keyframe requests per second
 # When a publisher reconnects its timestamps restart at 0; viewers must see
 # them continue, one frame interval after the last one forwarded.
@@ -65,65 +83,140 @@ class KeyframeThrottle:
 
 
 class ForwardedTrack(MediaStreamTrack):
-    """What one viewer's sender reads: encoded frames as `av.Packet`."""
+    """One viewer's subscription to one published track: a bounded queue of
+    the stream's packetized frames, and (once the viewer's DTLS is up) the
+    writer that sends them as this viewer's RTP stream. aiortc never calls
+    `recv()`: its sender's loop is replaced (aiortc_hooks.take_over_sender)."""
 
-    def __init__(self, kind: str, on_fell_behind: Callable[[], None]) -> None:
+    def __init__(self, kind: str, on_fell_behind: Callable[[], None],
+                 history: Callable[[int], PacketizedFrame | None],
+                 on_ready: Callable[[], None]) -> None:
         super().__init__()
         self.kind = kind
-        maxsize = VIDEO_QUEUE_FRAMES if kind == "video" else AUDIO_QUEUE_FRAMES
-        self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue(maxsize)
+        self._maxsize = VIDEO_QUEUE_FRAMES if kind == "video" else AUDIO_QUEUE_FRAMES
+        self._queue: deque[PacketizedFrame] = deque()
         self._on_fell_behind = on_fell_behind
+        self._history = history
+        self._on_ready = on_ready
+        self._wiring: SenderWiring | None = None
+        self._writer: RtpWriter | None = None
         self.waiting_for_keyframe = kind == "video"
         self.frames_sent = 0
         self.bytes_sent = 0
+        self.packets_sent = 0
         self.frames_dropped = 0
-        self.last_sent_at = 0.0  # time.monotonic() of the last frame handed to the sender
+        self.retransmitted = 0
+        self.last_sent_at = 0.0  # time.monotonic() of the last frame sent
 
-    def offer(self, packet: av.Packet, keyframe: bool) -> None:
+    @property
+    def queued(self) -> list[PacketizedFrame]:
+        return list(self._queue)
+
+    @property
+    def ready(self) -> bool:
+        """Connected and with frames waiting: the pump has work here."""
+        return self._wiring is not None and bool(self._queue)
+
+    def offer(self, frame: PacketizedFrame) -> None:
         if self.readyState != "live":
             return
         if self.waiting_for_keyframe:
-            if not keyframe:
+            if not frame.keyframe:
                 return
             self.waiting_for_keyframe = False
-        try:
-            self._queue.put_nowait(packet)
-        except asyncio.QueueFull:
-            self._fall_back(packet, keyframe)
+        if len(self._queue) >= self._maxsize:
+            self._fall_back(frame)
+        else:
+            self._queue.append(frame)
 
-    def _fall_back(self, packet: av.Packet, keyframe: bool) -> None:
+    def _fall_back(self, frame: PacketizedFrame) -> None:
         """The viewer cannot keep up: drop what waits and restart cleanly."""
-        dropped = self._drain()
+        dropped = len(self._queue)
+        self._queue.clear()
         self.frames_dropped += dropped
         metrics.QUEUE_DROPS.labels(self.kind).inc(dropped)
-        if self.kind == "video" and not keyframe:
+        if self.kind == "video" and not frame.keyframe:
             self.waiting_for_keyframe = True
             self._on_fell_behind()
         else:
-            self._queue.put_nowait(packet)
+            self._queue.append(frame)
 
-    def _drain(self) -> int:
-        dropped = 0
-        while not self._queue.empty():
-            self._queue.get_nowait()
-            dropped += 1
-        return dropped
+    # -- the wire, once aiortc has started the sender -----------------------------------
 
-    async def recv(self) -> av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        packet = await self._queue.get()
-        if packet is None:
-            raise MediaStreamError
-        self.frames_sent += 1
-        self.bytes_sent += packet.size
+    def attach(self, wiring: SenderWiring) -> None:
+        """DTLS is up: from now on the pump sends this viewer's frames."""
+        self._wiring = wiring
+        self._writer = RtpWriter(
+            ssrc=wiring.ssrc, payload_type=int(wiring.codec.payloadType or 0),
+            extensions=Extensions(wiring.mid_id, wiring.mid, wiring.abs_send_time_id),
+            rtx_payload_type=wiring.rtx_payload_type, rtx_ssrc=wiring.rtx_ssrc)
+        self._trim_backlog()
+        self._on_ready()
+
+    def detach(self) -> None:
+        self._wiring = None
+        self._queue.clear()
+
+    def _trim_backlog(self) -> None:
+        """What queued while ICE and DTLS came up is late: video restarts at
+        the newest keyframe, audio keeps its last few frames."""
+        if self.kind == "audio":
+            while len(self._queue) > AUDIO_START_FRAMES:
+                self._queue.popleft()
+            return
+        keys = [i for i, frame in enumerate(self._queue) if frame.keyframe]
+        for _ in range(keys[-1] if keys else 0):
+            self._queue.popleft()
+
+    def flush(self, send_time: bytes, ntp: int) -> int:
+        """Send every queued frame; returns the packets sent."""
+        wiring, writer = self._wiring, self._writer
+        if wiring is None or writer is None:
+            return 0
+        if not wiring.connected():
+            self.detach()
+            return 0
+        protect, send = wiring.protect, wiring.send
+        sent = 0
+        try:
+            while self._queue:
+                frame = self._queue.popleft()
+                for packet in writer.frame(frame, send_time):
+                    if not send(protect(packet)):
+                        self.detach()
+                        return sent
+                    sent += 1
+                self.frames_sent += 1
+                self.bytes_sent += frame.size
+        except (OSError, RuntimeError) as exc:  # the transport closed under us
+            log_event(log, "viewer.send_failed", logging.DEBUG, kind=self.kind, error=repr(exc))
+            self.detach()
+        self.packets_sent += sent
         self.last_sent_at = time.monotonic()
-        return packet
+        wiring.report_counters(ntp, writer.last_timestamp, writer.packets, writer.octets)
+        return sent
+
+    def nack(self, sequence_numbers: list[int]) -> None:
+        """The viewer lost these: send them again from the stream's history."""
+        wiring, writer = self._wiring, self._writer
+        if wiring is None or writer is None or not wiring.connected():
+            return
+        send_time = abs_send_time(ntp_now())
+        for seq in sequence_numbers:
+            index = writer.stream_index(seq)
+            frame = self._history(index) if index is not None else None
+            if frame is None or index is None:
+                metrics.NACK_MISSES.labels(self.kind).inc()
+                continue
+            wiring.send(wiring.protect(writer.retransmission(seq, frame, index, send_time)))
+            self.retransmitted += 1
+            metrics.RETRANSMISSIONS.labels(self.kind).inc()
+
+    async def recv(self) -> None:  # type: ignore[override]
+        raise MediaStreamError  # never read: the SFU sends this track's packets itself
 
     def stop(self) -> None:
-        if self.readyState == "live":
-            self._drain()
-            self._queue.put_nowait(None)  # wakes a sender waiting in recv()
+        self.detach()
         super().stop()
 
 
@@ -137,44 +230,71 @@ class Fanout:
     on_media: Callable[[], None] = lambda: None  # the publisher is alive
     codec: RTCRtpCodecParameters | None = None
     viewers: set[ForwardedTrack] = field(default_factory=set)
-    _gop: list[tuple[av.Packet, bool]] = field(default_factory=list)
+    _packetizer: Packetizer | None = None
+    _next_index: int = 0
+    _history: list[PacketizedFrame | None] = field(default_factory=list)
+    _gop: list[PacketizedFrame] = field(default_factory=list)
     _gop_bytes: int = 0
     _gop_valid: bool = False
     _offset: int = 0
     _last_pts: int | None = None
     _rebase: bool = False
+    _pump_scheduled: bool = False
     _throttle: KeyframeThrottle = field(init=False)
 
     def __post_init__(self) -> None:
         self._throttle = KeyframeThrottle(self.request_upstream_keyframe)
+        self._history = [None] * HISTORY_PACKETS[self.kind]
+        self._frames_metric = metrics.FRAMES_FORWARDED.labels(self.kind)
+        self._bytes_metric = metrics.BYTES_FORWARDED.labels(self.kind)
+        self._packets_metric = metrics.PACKETS_FORWARDED.labels(self.kind)
 
     def attach(self, codec: RTCRtpCodecParameters) -> None:
         """A (new) publisher connection feeds this track from now on."""
         self.codec = codec
+        if self._packetizer is None or self._packetizer.mime != codec.mimeType.lower():
+            self._packetizer = Packetizer(codec.mimeType)
         self._rebase = self._last_pts is not None
         self._clear_gop()
 
     def push(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
         """Called by the receiver tap, on the event loop, per assembled frame."""
         self.on_media()
-        keyframe = is_keyframe(codec.mimeType, frame.data)
-        packet = av.Packet(frame.data)
-        packet.pts = self._continuous_pts(frame.timestamp)
-        packet.time_base = Fraction(1, codec.clockRate)
+        if self._packetizer is None:
+            self.attach(codec)
+        assert self._packetizer is not None
+        payloads = self._packetizer.payloads(frame.data)
+        if not payloads:
+            return
+        packetized = PacketizedFrame(
+            payloads, self._continuous_pts(frame.timestamp),
+            is_keyframe(codec.mimeType, frame.data), self._next_index, len(frame.data))
+        self._next_index = packetized.end_index
+        size = len(self._history)
+        for index in range(packetized.first_index, packetized.end_index):
+            self._history[index % size] = packetized
         if self.kind == "video":
-            self._remember(packet, keyframe)
+            self._remember(packetized)
         for viewer in self.viewers:
-            viewer.offer(packet, keyframe)
-        metrics.FRAMES_FORWARDED.labels(self.kind).inc(len(self.viewers))
-        metrics.BYTES_FORWARDED.labels(self.kind).inc(len(self.viewers) * packet.size)
+            viewer.offer(packetized)
+        if self.viewers:
+            self._schedule_pump()
+
+    def packet(self, index: int) -> PacketizedFrame | None:
+        """The frame holding stream packet `index`, while the history has it."""
+        frame = self._history[index % len(self._history)]
+        if frame is None or not frame.first_index <= index < frame.end_index:
+            return None
+        return frame
 
     def subscribe(self) -> ForwardedTrack:
-        track = ForwardedTrack(self.kind, self.request_keyframe)
+        track = ForwardedTrack(self.kind, self.request_keyframe, self.packet,
+                               self._schedule_pump)
         self.viewers.add(track)
         if self.kind == "video":
             if self._gop_valid:
-                for packet, keyframe in self._gop:  # start at once from the cache
-                    track.offer(packet, keyframe)
+                for frame in self._gop:  # start at once from the cache
+                    track.offer(frame)
             else:
                 self.request_keyframe()
         return track
@@ -193,6 +313,34 @@ class Fanout:
             self.unsubscribe(track)
         self._clear_gop()
 
+    # -- sending ------------------------------------------------------------------------
+
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """One slice: send queued frames to viewers until about
+        PUMP_SLICE_PACKETS are out, then yield to the loop and go on."""
+        self._pump_scheduled = False
+        ntp = ntp_now()
+        send_time = abs_send_time(ntp)
+        packets = frames = octets = 0
+        for viewer in [v for v in self.viewers if v.ready]:
+            if packets >= PUMP_SLICE_PACKETS:
+                self._schedule_pump()
+                break
+            before_frames, before_bytes = viewer.frames_sent, viewer.bytes_sent
+            packets += viewer.flush(send_time, ntp)
+            frames += viewer.frames_sent - before_frames
+            octets += viewer.bytes_sent - before_bytes
+        self._frames_metric.inc(frames)
+        self._bytes_metric.inc(octets)
+        self._packets_metric.inc(packets)
+
+    # -- the stream's own state -----------------------------------------------------------
+
     def _continuous_pts(self, timestamp: int) -> int:
         if self._rebase:
             assert self._last_pts is not None
@@ -201,15 +349,15 @@ class Fanout:
         self._last_pts = timestamp + self._offset
         return self._last_pts
 
-    def _remember(self, packet: av.Packet, keyframe: bool) -> None:
+    def _remember(self, frame: PacketizedFrame) -> None:
         """Keep the frames since the last keyframe, within bounds."""
-        if keyframe:
+        if frame.keyframe:
             self._clear_gop()
             self._gop_valid = True
         if not self._gop_valid:
             return
-        self._gop.append((packet, keyframe))
-        self._gop_bytes += packet.size
+        self._gop.append(frame)
+        self._gop_bytes += frame.size
         if len(self._gop) > GOP_CACHE_MAX_FRAMES or self._gop_bytes > GOP_CACHE_MAX_BYTES:
             self._clear_gop()  # too long ago: a new viewer asks for a fresh keyframe
 

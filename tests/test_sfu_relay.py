@@ -1,17 +1,27 @@
 """Units of the forwarding path, without a network: keyframe detection, the
 per-viewer queue's fall-back to a keyframe, the GOP cache for new viewers,
-timestamps across a publisher reconnect, and the keyframe request throttle."""
+timestamps across a publisher reconnect, the keyframe request throttle, and
+the packets a viewer gets (one packetization per stream, NACK from history)."""
 
 from __future__ import annotations
 
 import asyncio
+from struct import unpack
 
+from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.jitterbuffer import JitterFrame
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+    RTCRtpParameters,
+)
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from sfu import relay
+from sfu.aiortc_hooks import SenderWiring
 from sfu.codecs import is_keyframe
 from sfu.relay import Fanout, KeyframeThrottle
+from sfu.rtp_out import Extensions, PacketizedFrame, RtpWriter
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, payloadType=111,
@@ -31,6 +41,11 @@ def test_keyframe_detection() -> None:
     assert is_keyframe("audio/opus", b"\xfc")
 
 
+def vp8_depayload(payload: bytes) -> bytes:
+    _descriptor, data = VpxPayloadDescriptor.parse(payload)
+    return data
+
+
 class Requests:
     def __init__(self) -> None:
         self.count = 0
@@ -46,8 +61,8 @@ async def test_new_viewer_starts_from_the_cached_keyframe_at_once() -> None:
     fanout.push(VP8, JitterFrame(VP8_KEY, 0))
     fanout.push(VP8, JitterFrame(VP8_DELTA, 3000))
     track = fanout.subscribe()
-    assert track._queue.qsize() == 2  # keyframe + delta, no wait for the publisher
-    assert (await track.recv()).pts == 0
+    assert len(track.queued) == 2  # keyframe + delta, no wait for the publisher
+    assert track.queued[0].timestamp == 0 and track.queued[0].keyframe
     assert upstream.count == 0
     fanout.close()
 
@@ -60,9 +75,9 @@ async def test_viewer_without_cache_waits_for_keyframe_and_asks_for_one() -> Non
     await asyncio.sleep(0)
     assert upstream.count == 1
     fanout.push(VP8, JitterFrame(VP8_DELTA, 0))
-    assert track._queue.qsize() == 0  # a delta alone cannot start a decoder
+    assert len(track.queued) == 0  # a delta alone cannot start a decoder
     fanout.push(VP8, JitterFrame(VP8_KEY, 3000))
-    assert track._queue.qsize() == 1
+    assert len(track.queued) == 1
     fanout.close()
 
 
@@ -75,7 +90,7 @@ async def test_full_queue_drops_to_next_keyframe_and_asks_for_it() -> None:
     for n in range(1, relay.VIDEO_QUEUE_FRAMES + 5):  # a viewer that reads nothing
         fanout.push(VP8, JitterFrame(VP8_DELTA, n * 3000))
     assert track.frames_dropped > 0 and track.waiting_for_keyframe
-    assert track._queue.qsize() < relay.VIDEO_QUEUE_FRAMES
+    assert len(track.queued) < relay.VIDEO_QUEUE_FRAMES
     await asyncio.sleep(0)
     assert upstream.count == 1
     fanout.push(VP8, JitterFrame(VP8_KEY, 10**6))
@@ -90,8 +105,8 @@ async def test_timestamps_continue_across_a_publisher_reconnect() -> None:
     fanout.push(OPUS, JitterFrame(b"\xfc", 48000))
     fanout.attach(OPUS)  # the new connection's timestamps restart at 0
     fanout.push(OPUS, JitterFrame(b"\xfc", 0))
-    first, second = await track.recv(), await track.recv()
-    assert second.pts == first.pts + relay.FRAME_STEP["audio"]
+    first, second = track.queued
+    assert second.timestamp == first.timestamp + relay.FRAME_STEP["audio"]
     fanout.close()
 
 
@@ -109,17 +124,165 @@ async def test_throttle_sends_at_most_two_per_second_and_never_drops() -> None:
     throttle.close()
 
 
-async def test_stopped_track_wakes_its_sender() -> None:
+class Wire:
+    """A SenderWiring whose datagrams land in a list: SRTP is the identity
+    here (the real session is tested through aiortc in test_sfu_media)."""
+
+    def __init__(self, rtx: bool = True) -> None:
+        self.sent: list[bytes] = []
+        self.counters: tuple[int, int, int, int] | None = None
+        self.wiring = SenderWiring(
+            codec=VP8, ssrc=0x11111111, rtx_ssrc=0x22222222,
+            rtx_payload_type=97 if rtx else None, mid="0", mid_id=1, abs_send_time_id=3,
+            protect=lambda packet: packet, send=self._send, sender=None)  # type: ignore[arg-type]
+        self.wiring.connected = lambda: True  # type: ignore[method-assign]
+        self.wiring.report_counters = self._counters  # type: ignore[method-assign]
+
+    def _send(self, datagram: bytes) -> bool:
+        self.sent.append(datagram)
+        return True
+
+    def _counters(self, *values: int) -> None:
+        self.counters = values  # type: ignore[assignment]
+
+    def parsed(self) -> list[RtpPacket]:
+        return [RtpPacket.parse(d, EXTENSIONS) for d in self.sent]
+
+
+EXTENSIONS = HeaderExtensionsMap()
+EXTENSIONS.configure(RTCRtpParameters(headerExtensions=[
+    RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+    RTCRtpHeaderExtensionParameters(
+        id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time")]))
+
+BIG_KEY = VP8_KEY + bytes(range(256)) * 12  # ~3 kB: several packets
+
+
+async def wait_sent(wire: Wire, count: int) -> None:
+    for _ in range(100):
+        if len(wire.sent) >= count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{len(wire.sent)} packets sent, wanted {count}")
+
+
+async def test_a_frame_is_packetized_once_and_each_viewer_gets_its_own_header() -> None:
     fanout = Fanout("video", Requests())
     fanout.attach(VP8)
+    wires = [Wire(), Wire()]
+    for wire in wires:
+        fanout.subscribe().attach(wire.wiring)
+    fanout.push(VP8, JitterFrame(BIG_KEY, 9000))
+    await wait_sent(wires[1], 2)
+    first, second = wires[0].parsed(), wires[1].parsed()
+    assert len(first) == len(second) > 1
+    # the same payload objects' bytes (cut once), behind different headers
+    assert [p.payload for p in first] == [p.payload for p in second]
+    depacketized = b"".join(vp8_depayload(p.payload) for p in first)
+    assert depacketized == BIG_KEY
+    for packets in (first, second):
+        seqs = [p.sequence_number for p in packets]
+        assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]
+        assert [p.marker for p in packets] == [0] * (len(packets) - 1) + [1]
+        assert {p.ssrc for p in packets} == {0x11111111}
+        assert {p.payload_type for p in packets} == {96}
+        assert all(p.extensions.mid == "0" and p.extensions.abs_send_time is not None
+                   for p in packets)
+    # each viewer has its own random timestamp origin, the step is the stream's
+    assert wires[0].counters is not None and wires[0].counters[2] == len(first)
+    fanout.close()
+
+
+async def test_sequence_numbers_stay_contiguous_across_a_drop_to_keyframe() -> None:
+    fanout = Fanout("video", Requests())
+    fanout.attach(VP8)
+    wire = Wire()
     track = fanout.subscribe()
-    waiting = asyncio.ensure_future(track.recv())
+    fanout.push(VP8, JitterFrame(VP8_KEY, 0))
+    track.attach(wire.wiring)
+    await wait_sent(wire, 1)
+    track.waiting_for_keyframe = True  # as after a fall-back
+    fanout.push(VP8, JitterFrame(VP8_DELTA, 3000))  # skipped by this viewer
+    fanout.push(VP8, JitterFrame(VP8_KEY, 6000))
+    await wait_sent(wire, 2)
+    seqs = [p.sequence_number for p in wire.parsed()]
+    assert seqs[1] == (seqs[0] + 1) & 0xFFFF
+    timestamps = [p.timestamp for p in wire.parsed()]
+    assert (timestamps[1] - timestamps[0]) & 0xFFFFFFFF == 6000
+    fanout.close()
+
+
+async def test_nack_is_answered_from_the_stream_history_with_rtx() -> None:
+    fanout = Fanout("video", Requests())
+    fanout.attach(VP8)
+    wire = Wire(rtx=True)
+    track = fanout.subscribe()
+    track.attach(wire.wiring)
+    fanout.push(VP8, JitterFrame(BIG_KEY, 0))
+    fanout.push(VP8, JitterFrame(VP8_DELTA, 3000))
+    await wait_sent(wire, 3)
+    original = wire.parsed()
+    lost = original[1]
+    wire.sent.clear()
+    track.nack([lost.sequence_number, (original[-1].sequence_number + 50) & 0xFFFF])
+    [rtx] = wire.parsed()  # the unknown (never sent) one is not answered
+    assert rtx.ssrc == 0x22222222 and rtx.payload_type == 97
+    assert unpack("!H", rtx.payload[:2])[0] == lost.sequence_number
+    assert rtx.payload[2:] == lost.payload and rtx.timestamp == lost.timestamp
+    assert track.retransmitted == 1
+
+    plain = Wire(rtx=False)
+    other = fanout.subscribe()
+    other.attach(plain.wiring)
+    fanout.push(VP8, JitterFrame(VP8_KEY, 6000))
+    await wait_sent(plain, 1)
+    sent = plain.parsed()[0]
+    plain.sent.clear()
+    other.nack([sent.sequence_number])
+    [again] = plain.parsed()
+    assert again.ssrc == sent.ssrc and again.sequence_number == sent.sequence_number
+    assert again.payload == sent.payload
+    fanout.close()
+
+
+async def test_the_pump_yields_to_the_loop_between_slices(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(relay, "PUMP_SLICE_PACKETS", 3)
+    fanout = Fanout("audio", Requests())
+    fanout.attach(OPUS)
+    wires = [Wire() for _ in range(6)]
+    for wire in wires:
+        fanout.subscribe().attach(wire.wiring)
+    fanout.push(OPUS, JitterFrame(b"\xfc", 960))
     await asyncio.sleep(0)
-    fanout.unsubscribe(track)
-    from aiortc.mediastreams import MediaStreamError
-    try:
-        await asyncio.wait_for(waiting, 1)
-    except MediaStreamError:
-        pass
-    else:
-        raise AssertionError("recv() should end with MediaStreamError")
+    assert sum(len(w.sent) for w in wires) == 3  # one slice per loop iteration
+    await asyncio.sleep(0)
+    assert sum(len(w.sent) for w in wires) == 6
+    fanout.close()
+
+
+async def test_a_backlog_from_before_the_connection_starts_at_the_newest_keyframe() -> None:
+    fanout = Fanout("video", Requests())
+    fanout.attach(VP8)
+    fanout.push(VP8, JitterFrame(VP8_KEY, 0))
+    track = fanout.subscribe()
+    for n, data in enumerate([VP8_DELTA, VP8_KEY, VP8_DELTA], start=1):
+        fanout.push(VP8, JitterFrame(data, n * 3000))
+    assert len(track.queued) == 4
+    track._trim_backlog()
+    assert [f.timestamp for f in track.queued] == [6000, 9000]
+
+
+def test_extension_block_layout() -> None:
+    both = Extensions(mid_id=1, mid="0", abs_send_time_id=3).block(b"\x01\x02\x03")
+    assert both == b"\xbe\xde\x00\x02" + b"\x10" + b"0" + b"\x32\x01\x02\x03" + b"\x00\x00"
+    assert Extensions(mid_id=1, mid="1").block(b"") == b"\xbe\xde\x00\x01\x101\x00\x00"
+    assert Extensions().block(b"\x00\x00\x00") == b""
+
+
+def test_stream_index_maps_only_what_this_viewer_was_sent() -> None:
+    writer = RtpWriter(ssrc=1, payload_type=96, next_seq=65534)
+    frame = PacketizedFrame([b"a", b"b", b"c"], 0, True, 100, 3)
+    writer.frame(frame, b"\x00\x00\x00")  # seqs 65534, 65535, 0: across the wrap
+    assert [writer.stream_index(s) for s in (65534, 65535, 0)] == [100, 101, 102]
+    assert writer.stream_index(1) is None  # not sent yet
+    assert writer.stream_index(65533) is None  # before this viewer's first packet
