@@ -24,6 +24,7 @@ from typing import Any
 
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import (
     RTCP_PSFB_FIR,
@@ -79,7 +80,8 @@ class SenderWiring:
     sender: RTCRtpSender
 
     def connected(self) -> bool:
-        return bool(self.sender.transport.state == "connected")
+        # The private enum, not `.state`: that property formats an Enum per call.
+        return bool(self.sender.transport._state is DtlsState.CONNECTED)
 
     def report_counters(self, ntp: int, rtp_timestamp: int, packets: int, octets: int) -> None:
         """What aiortc's RTCP loop puts in its sender reports (lip sync, stats)."""

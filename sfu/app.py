@@ -11,6 +11,7 @@ from sfu.aiortc_hooks import restrict_host_candidates
 from sfu.control import MANAGER, add_control_routes
 from sfu.events import EventBus
 from sfu.lifecycle import Lifecycle
+from sfu.load import LoadMonitor
 from sfu.metering import TickEmitter
 from sfu.registry import WorkerRegistration, new_worker_id
 from sfu.streams import StreamManager
@@ -33,7 +34,9 @@ def create_app(settings: Settings) -> web.Application:
             sfu_url=settings.sfu_control_url, lifecycle=Lifecycle(backends.pg),
             events=EventBus(backends.redis, worker_id),
             emitter=TickEmitter.for_redis(worker_id, backends.redis),
-            token_decimals=settings.token_decimals)
+            token_decimals=settings.token_decimals,
+            load_monitor=LoadMonitor(max_cpu=float(settings.sfu_max_cpu),
+                                     max_lag=settings.sfu_max_loop_lag_ms / 1000))
         manager.start()
         app[MANAGER] = manager
         registration = WorkerRegistration(

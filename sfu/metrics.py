@@ -31,3 +31,7 @@ KEYFRAME_REQUESTS_SENT = Counter(
 LIVE_STREAMS = Gauge("vilokanam_sfu_live_streams", "Streams with a publisher on this worker.")
 VIEWERS = Gauge("vilokanam_sfu_viewers", "Viewer peer connections on this worker.")
 PEER_CONNECTIONS = Gauge("vilokanam_sfu_peer_connections", "Open peer connections.")
+ADMISSIONS_REFUSED = Counter(
+    "vilokanam_sfu_admissions_refused_total",
+    "Peer connections refused: `capacity` (VILOKANAM_SFU_CAPACITY) or `load` (CPU / loop lag).",
+    ["reason"])

@@ -16,6 +16,7 @@ from typing import Any
 from sfu import metrics
 from sfu.events import EventBus
 from sfu.lifecycle import Lifecycle
+from sfu.load import LoadMonitor
 from sfu.metering import TickEmitter
 from sfu.peers import (
     Peer,
@@ -94,10 +95,13 @@ class StreamManager:
     streams: dict[str, LiveStream] = field(default_factory=dict)
     peers: dict[str, Peer] = field(default_factory=dict)
     tasks: TaskOwner = field(default_factory=lambda: TaskOwner("sfu"))
+    load_monitor: LoadMonitor = field(default_factory=lambda: LoadMonitor(0.85, 0.05))
     _publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _admitting: int = 0  # peer connections being set up, not yet registered
 
     def start(self) -> None:
         self.tasks.spawn(self._every_second(), "clock")
+        self.tasks.spawn(self.load_monitor.run(), "load")
 
     # -- publishers ---------------------------------------------------------------
 
@@ -111,6 +115,7 @@ class StreamManager:
             stream = stream or self._new_stream(stream_id)
             peer = Peer(_new_peer_id(), stream_id, make_peer_connection(self.ice_servers),
                         "publisher")
+            self._admitting += 1
             try:
                 answer = await accept_publisher(peer, offer, stream.fanouts)
             except BaseException:
@@ -118,6 +123,8 @@ class StreamManager:
                 if not resumed:
                     self._forget(stream)
                 raise
+            finally:
+                self._admitting -= 1
             if resumed:
                 self._cancel_grace(stream)
             else:
@@ -189,17 +196,22 @@ class StreamManager:
         if stream is None or not stream.session_id:
             raise StreamNotLive("the stream is not live on this worker")
         self._check_capacity()
+        self._check_load(stream_id)
         peer = Peer(_new_peer_id(), stream_id, make_peer_connection(self.ice_servers), "viewer",
                     user_id=user_id)
+        self._admitting += 1
         try:
             answer = await accept_viewer(peer, offer, stream.fanouts)
             stream.viewers[peer.peer_id] = peer
             self._register(peer)
+            self._admitting -= 1
             peer.viewer_session_id, price = await self.lifecycle.viewer_joined(
                 stream_id, stream.session_id, user_id, len(stream.viewers))
             peer.meter.price = price
             peer.meter.price_planck = to_planck(price, self.token_decimals)
         except BaseException:
+            if peer.peer_id not in self.peers:
+                self._admitting -= 1
             stream.viewers.pop(peer.peer_id, None)
             self._unregister(peer)
             await peer.close()
@@ -283,8 +295,20 @@ class StreamManager:
     # -- bookkeeping ------------------------------------------------------------------
 
     def _check_capacity(self) -> None:
-        if len(self.peers) >= self.capacity:
+        """Never more than `capacity` peer connections, those being set up included
+        (answers await: without them, concurrent offers would overshoot)."""
+        if len(self.peers) + self._admitting >= self.capacity:
+            metrics.ADMISSIONS_REFUSED.labels("capacity").inc()
             raise AtCapacity(f"this worker holds {self.capacity} peer connections")
+
+    def _check_load(self, stream_id: str) -> None:
+        """A new viewer only while the event loop keeps up: the viewers it has
+        (and above all the publisher's ICE consent) come first."""
+        why = self.load_monitor.overloaded()
+        if why is not None:
+            metrics.ADMISSIONS_REFUSED.labels("load").inc()
+            log_event(log, "viewer.refused", stream_id=stream_id, reason="load", load=why)
+            raise AtCapacity(f"this worker is fully loaded ({why})")
 
     def _register(self, peer: Peer) -> None:
         self.peers[peer.peer_id] = peer
@@ -304,7 +328,11 @@ class StreamManager:
 
     @property
     def load(self) -> int:
-        return len(self.peers)
+        """What the registry reports: a worker that refuses viewers for its load
+        reports itself full, so placement sends new streams elsewhere."""
+        if self.load_monitor.overloaded() is not None:
+            return self.capacity
+        return len(self.peers) + self._admitting
 
     def stats(self) -> dict[str, int]:
         return {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -211,7 +212,7 @@ async def _wait_for_zero(manager: StreamManager) -> None:
     for _ in range(100):
         stats = manager.stats()
         if stats == {"publishers": 0, "viewers": 0, "peer_connections": 0, "streams": 0,
-                     "tasks": 1}:  # only the worker's clock
+                     "tasks": 2}:  # only the worker's clock and its load monitor
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"leaked: {manager.stats()}")
@@ -521,4 +522,84 @@ async def test_packets_lost_on_the_way_to_a_viewer_come_back_from_the_history(
     assert dropped > 5  # the fault landed
     assert track.retransmitted > 0
     await viewer.close()
+    await publisher.close()
+
+
+async def test_an_overloaded_worker_refuses_new_viewers_and_keeps_its_stream(
+        worker: Worker, db: asyncpg.Connection) -> None:
+    """The loop is kept busy (a callback that hogs it 150 ms of every 160): the
+    worker measures it, refuses the next viewer with `at_capacity`, reports
+    itself full to placement, and the publisher and the viewer it has stay."""
+    stream_id, _ = await make_stream(db)
+    publisher, viewer = Publisher(), Viewer()
+    await publisher.start(worker.signal_publisher(stream_id))
+    await viewer.start(worker.signal_viewer(stream_id,
+                                            await make_viewer_user(worker, db, "first")))
+    await viewer.wait_for_frames("video", 5)
+    loop = asyncio.get_running_loop()
+    hogging = True
+
+    def hog() -> None:
+        end = time.thread_time() + 0.15  # CPU time: the machine is shared
+        while time.thread_time() < end:
+            pass
+        if hogging:
+            loop.call_later(0.01, hog)
+
+    manager = worker.manager
+    manager.load_monitor.max_cpu, manager.load_monitor.max_lag = 0.85, 0.05  # the defaults
+    hog()
+    try:
+        for _ in range(60):
+            if manager.load_monitor.overloaded():
+                break
+            await asyncio.sleep(0.05)
+        assert manager.load_monitor.overloaded()  # the fault landed
+        assert manager.load == manager.capacity  # placement sees a full worker
+        status, body = await worker.post(
+            f"/control/streams/{stream_id}/viewers",
+            {"sdp": await _offer(direction="recvonly"),
+             "viewer_user_id": await make_viewer_user(worker, db, "second")})
+        assert (status, body["error"]["code"]) == (503, "at_capacity")
+    finally:
+        hogging = False
+    for _ in range(60):
+        if not manager.load_monitor.overloaded():
+            break
+        await asyncio.sleep(0.05)
+    assert publisher.pc.connectionState == "connected"
+    before = viewer.frames["video"]
+    await viewer.wait_for_frames("video", before + 10)
+    late, user = Viewer(), await make_viewer_user(worker, db, "third")
+    offer, status, body = await _offer(direction="recvonly"), 503, {}
+    for _ in range(50):  # the load is gone: a new viewer is taken again
+        status, body = await worker.post(f"/control/streams/{stream_id}/viewers",
+                                         {"sdp": offer, "viewer_user_id": user})
+        if status != 503:
+            break
+        await asyncio.sleep(0.2)  # a lag spike of the shared machine: ask again
+    assert status == 201, body
+    await worker.session.delete(worker.url(f"/control/peers/{body['peer_id']}"))
+    for client in (late, viewer, publisher):
+        await client.close()
+
+
+async def test_concurrent_offers_never_pass_the_capacity(
+        worker: Worker, db: asyncpg.Connection) -> None:
+    stream_id, _ = await make_stream(db)
+    publisher = Publisher()
+    await publisher.start(worker.signal_publisher(stream_id))
+    worker.manager.capacity = 3  # the publisher and two viewers
+    users = [await make_viewer_user(worker, db, f"c{n}") for n in range(5)]
+    offers = [await _offer(direction="recvonly") for _ in users]
+    results = await asyncio.gather(*(
+        worker.post(f"/control/streams/{stream_id}/viewers",
+                    {"sdp": offer, "viewer_user_id": user})
+        for offer, user in zip(offers, users, strict=True)))
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [201, 201, 503, 503, 503]
+    assert len(worker.manager.peers) == 3
+    for status, body in results:
+        if status == 201:
+            await worker.session.delete(worker.url(f"/control/peers/{body['peer_id']}"))
     await publisher.close()

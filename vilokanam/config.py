@@ -105,8 +105,17 @@ class Settings:
         "Default `http://<sfu host>:<sfu port>`.")
     sfu_capacity: int = _setting(
         "VILOKANAM_SFU_CAPACITY", "150",
-        "Peer connections (publishers + viewers) one SFU worker accepts (one worker per "
-        "core; bench/sfu_fanout.py measured ~140 720p viewers per core).")
+        "Upper bound on the peer connections (publishers + viewers) one SFU worker holds "
+        "(one worker per core); below it, admission follows the measured load "
+        "(`VILOKANAM_SFU_MAX_CPU`, `VILOKANAM_SFU_MAX_LOOP_LAG_MS`).")
+    sfu_max_cpu: Decimal = _setting(
+        "VILOKANAM_SFU_MAX_CPU", "0.85",
+        "An SFU worker refuses new viewers (`at_capacity`) while its event-loop thread used "
+        "more than this share of one core over the last second.")
+    sfu_max_loop_lag_ms: int = _setting(
+        "VILOKANAM_SFU_MAX_LOOP_LAG_MS", "50",
+        "An SFU worker refuses new viewers while its event loop ran more than this many "
+        "milliseconds behind in the last second.")
     billing_port: int = _setting(
         "VILOKANAM_BILLING_PORT", "8070",
         "Port of the billing worker's /healthz, /readyz and /metrics.")
@@ -198,6 +207,10 @@ class Settings:
                               "must be greater than zero")
         if self.sfu_capacity < 1:
             raise ConfigError("VILOKANAM_SFU_CAPACITY must be at least 1")
+        if not Decimal(0) < self.sfu_max_cpu <= Decimal(64):
+            raise ConfigError("VILOKANAM_SFU_MAX_CPU must be a share of a core above 0")
+        if self.sfu_max_loop_lag_ms < 1:
+            raise ConfigError("VILOKANAM_SFU_MAX_LOOP_LAG_MS must be at least 1")
         if self.log_format not in ("text", "json"):
             raise ConfigError("VILOKANAM_LOG_FORMAT must be 'text' or 'json'")
 
@@ -272,6 +285,8 @@ _PARSERS: dict[str, Callable[[str, str | None], Any]] = {
         lambda _n, raw: [a.strip() for a in raw.split(",") if a.strip()]),
     "ss58_prefix": _optional(_parse_int),
     "sfu_capacity": _optional(_parse_int),
+    "sfu_max_cpu": _optional(_parse_decimal),
+    "sfu_max_loop_lag_ms": _optional(_parse_int),
     "token_decimals": _optional(_parse_int),
     "dev_mode": _optional(_parse_bool),
     "price_default": _optional(_parse_decimal),
