@@ -61,6 +61,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from bench import janus_ref
 from bench.common import (
     BenchError,
     CpuMark,
@@ -96,6 +97,8 @@ QUIET_WAIT_LIMIT = 120.0  # s
 TARGET_CPU_PER_VIEWER = 0.35  # % of one core
 TARGET_RATIO = 25.0
 TARGET_FPS, TARGET_FPS_AT = 29.0, 100
+SERVER_CPUS, CLIENT_CPUS = {0}, {1}
+PIN = True  # --no-pin clears it
 
 
 def client_pc() -> RTCPeerConnection:
@@ -382,11 +385,15 @@ class ViewerGroup:
             "errors": self.errors[:5]})
 
     async def connect(self, session: aiohttp.ClientSession, url: str, index: int,
-                      limit: asyncio.Semaphore) -> None:
+                      limit: asyncio.Semaphore, api: str) -> None:
         async with limit:
             viewer = TappedViewer()
             try:
-                await signal_offer(viewer.pc, session, url, {"viewer_user_id": self.users[index]})
+                if api == "janus":
+                    await janus_ref.watch(viewer.pc, session, url)
+                else:
+                    await signal_offer(viewer.pc, session, url,
+                                       {"viewer_user_id": self.users[index]})
                 viewer.enlarge_receive_buffers()
             except Exception as exc:  # a refused viewer is a result, not a crash
                 self.failed += 1
@@ -402,10 +409,11 @@ async def run_viewers(args: argparse.Namespace) -> None:
     group.viewers = [None] * len(group.users)
     stop = stop_event(args.duration)
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, group.snapshot)
-    url = f"{args.control}/control/streams/{args.stream}/viewers"
+    url = (args.control if args.api == "janus"
+           else f"{args.control}/control/streams/{args.stream}/viewers")
     limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
     async with aiohttp.ClientSession() as session:
-        joins = [asyncio.ensure_future(group.connect(session, url, i, limit))
+        joins = [asyncio.ensure_future(group.connect(session, url, i, limit, args.api))
                  for i in range(len(group.users))]
         while not stop.is_set():
             group.write_status()
@@ -497,14 +505,30 @@ async def run_reencode_worker(args: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
+async def run_rtp_feeder(args: argparse.Namespace) -> None:
+    """The Janus run's publisher: the same loop as plain RTP to its mountpoint."""
+    media: EncodedLoop = pickle.loads(await asyncio.to_thread(Path(args.media).read_bytes))
+    stop = stop_event(args.duration)
+    stats: dict[str, Any] = {}
+    video_port, audio_port = (int(p) for p in args.stream.split(","))
+    feeding = asyncio.ensure_future(janus_ref.feed_rtp(
+        media.video, media.audio, FPS, video_port, audio_port, stop, stats))
+    while not stop.is_set():
+        write_json(Path(args.out) / "publisher.json", {"t": time.monotonic(), **stats})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    await feeding
+
+
 async def _ok() -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 CHILD_ROLES: dict[str, tuple[Callable[[argparse.Namespace], Any], Sequence[str]]] = {
     "publisher": (run_publisher, ("control", "stream", "media", "out", "duration")),
-    "viewers": (run_viewers, ("control", "stream", "users", "out", "tag", "duration")),
+    "viewers": (run_viewers, ("control", "stream", "users", "out", "tag", "duration", "api")),
     "reencode-worker": (run_reencode_worker, ("port", "duration")),
+    "rtp-feeder": (run_rtp_feeder, ("stream", "media", "out", "duration")),
 }
 
 
@@ -666,10 +690,18 @@ class Run:
 
     def start_publisher(self, media: Path) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.server.mode == "janus":  # plain RTP to the mountpoint's ports
+            self.publisher = self.lab.child(
+                f"publisher-{self.out.name}", "rtp-feeder", stream=self.server.stream_id,
+                media=media, out=self.out, duration=self.lab.child_lifetime)
+            pin(self.publisher.pid, CLIENT_CPUS)
+            wait_until("the feeder to run", (self.out / "publisher.json").exists, 30, self.alive)
+            return
         self.publisher = self.lab.child(
             f"publisher-{self.out.name}", "publisher", control=self.server.control_url,
             stream=self.server.stream_id, media=media, out=self.out,
             duration=self.lab.child_lifetime)
+        pin(self.publisher.pid, CLIENT_CPUS)
         wait_until("the stream to go live", self._live, 30, self.alive)
 
     def _live(self) -> bool:
@@ -687,7 +719,9 @@ class Run:
             self.groups[tag] = self.lab.child(
                 f"viewers-{self.out.name}-{tag}", "viewers", control=self.server.control_url,
                 stream=self.server.stream_id, users=users, out=self.out, tag=tag,
-                duration=self.lab.child_lifetime)
+                duration=self.lab.child_lifetime,
+                api="janus" if self.server.mode == "janus" else "vilokanam")
+            pin(self.groups[tag].pid, CLIENT_CPUS)
 
     def status(self) -> list[dict[str, Any]]:
         found = []
@@ -707,6 +741,7 @@ class Run:
         with contextlib.suppress(BenchError):  # late viewers are measured as they are
             wait_until("viewers to receive video", settled, 30 + 0.5 * len(self.users),
                        require_running(*self.groups.values(), self.server.process))
+        pin(self.server.process.pid, SERVER_CPUS)  # threads made since the start too
 
     def mark(self, number: int) -> Mark:
         for proc in self.groups.values():
@@ -744,6 +779,7 @@ def measure(lab: Lab, server: Server, users: list[str], media: Path) -> RunResul
         run.start_viewers()
         run.wait_receiving()
         hold(lab.args.warmup, run.alive)
+        pin(server.process.pid, SERVER_CPUS)
         start = run.mark(1)
         try:
             hold(lab.args.window, run.alive)
@@ -920,6 +956,32 @@ def start_reencode_worker(lab: Lab, viewers: int) -> Server:
     return Server("reencode", proc, url, f"reencode-{viewers}")
 
 
+def start_janus(lab: Lab, viewers: int) -> Server:
+    """Debian's Janus, Streaming plugin, one event loop, one RTP mountpoint."""
+    from vilokanam.services.net import free_port
+
+    binary = janus_ref.ensure_janus()
+    root = lab.root / f"janus-{viewers}"
+    http, video, audio = free_port(), free_port(), free_port()
+    conf = janus_ref.write_config(root, http, video, audio)
+    proc = lab.start(f"janus-{viewers}", [binary, "-F", str(conf)])
+    url = f"http://127.0.0.1:{http}"
+    wait_until("janus to answer", lambda: _get_ok(f"{url}/janus/info"), 30, require_running(proc))
+    pin(proc.pid, SERVER_CPUS)
+    return Server("janus", proc, url, f"{video},{audio}")
+
+
+def pin(pid: int | None, cpus: set[int]) -> None:
+    """Every thread of `pid` on `cpus` (the SFU on one core, its clients on the
+    other); nothing on a 1-core machine."""
+    if pid is None or not PIN or (os.cpu_count() or 1) < 2:
+        return
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task), cpus)
+
+
 def _get_ok(url: str) -> bool:
     try:
         return http_get(url, timeout=2)[0] == 200
@@ -1047,17 +1109,62 @@ def fps_target(forward: list[RunResult]) -> str:
             f"missing, {run.packets_lost} packets lost.")
 
 
+def slope(runs: list[RunResult]) -> float:
+    """Least-squares marginal cost (% of a core per added viewer) over runs."""
+    points = [(r.viewers, r.server_cpu) for r in runs if not r.error]
+    if len(points) < 2:
+        return math.nan
+    mean_n = sum(n for n, _ in points) / len(points)
+    mean_c = sum(c for _, c in points) / len(points)
+    spread = sum((n - mean_n) ** 2 for n, _ in points)
+    return sum((n - mean_n) * (c - mean_c) for n, c in points) / spread if spread else math.nan
+
+
+def janus_comparison(forward: list[RunResult], janus: list[RunResult]) -> list[str]:
+    if not janus:
+        return []
+    by_n = {r.viewers: r for r in janus if not r.error}
+    rows = []
+    for fwd in forward:
+        ref = by_n.get(fwd.viewers)
+        if ref is None or fwd.error:
+            continue
+        rows.append([str(fwd.viewers), fmt(fwd.cpu_per_viewer, 2), fmt(ref.cpu_per_viewer, 2),
+                     fmt(fwd.cpu_per_viewer / ref.cpu_per_viewer, 2) + "×",
+                     f"{fmt(fwd.fps_median)} / {fmt(ref.fps_median)}"])
+    common = set(by_n) & {r.viewers for r in forward if not r.error}
+    ours = slope([r for r in forward if r.viewers in common])
+    theirs = slope([r for r in janus if r.viewers in common])
+    ratio = ours / theirs if theirs and not math.isnan(theirs) else math.nan
+    return [
+        "Side by side with Debian's Janus (Streaming plugin, `event_loops = 1`), same media, "
+        "same viewers, same run:",
+        "",
+        markdown_table(("N", "this worker (% core / viewer)", "Janus (% core / viewer)",
+                        "ratio", "viewer fps median (ours / Janus)"), rows),
+        "",
+        f"- fitted marginal cost per viewer (least squares over the common N): this worker "
+        f"{fmt(ours, 3)}% of a core, Janus {fmt(theirs, 3)}% — ratio **{fmt(ratio, 2)}×** "
+        "(goal ≤ 1.0×, issue resolved at ≤ 1.5×).",
+        "",
+    ]
+
+
 def report(args: argparse.Namespace, media: EncodedLoop, forward: list[RunResult],
-           reencode: list[RunResult]) -> str:
+           reencode: list[RunResult], janus: list[RunResult] | None = None) -> str:
+    janus = janus or []
     python = os.path.relpath(sys.executable, REPO) if sys.executable.startswith(
         str(REPO)) else sys.executable
     command = " ".join([python, "bench/sfu_fanout.py", *map(shlex.quote, sys.argv[1:])])
-    rows = [table_row(r) for r in [*forward, *reencode]]
-    notes = [f"† {r.mode} N = {r.viewers}: {r.note}" for r in [*forward, *reencode] if r.note]
+    rows = [table_row(r) for r in [*forward, *janus, *reencode]]
+    notes = [f"† {r.mode} N = {r.viewers}: {r.note}"
+             for r in [*forward, *janus, *reencode] if r.note]
     return "\n".join([
         "## SFU fan-out: forwarding vs. re-encoding (`bench/sfu_fanout.py`)",
         "",
-        f"- command: `cd /work/main && {command}`",
+        f"- command: `{command}` (in the checkout)",
+        "- placement: " + ("SFU pinned to core 0, its publisher and viewers to core 1 "
+                           "(sched_setaffinity)" if PIN else "not pinned"),
         f"- machine: {machine_description()}",
         f"- date: {utc_now()}; warm-up {args.warmup:g} s, measured window {args.window:g} s "
         f"per N; ≤ {args.per_process} viewers per client process",
@@ -1068,6 +1175,7 @@ def report(args: argparse.Namespace, media: EncodedLoop, forward: list[RunResult
         markdown_table(TABLE_HEADER, rows),
         "",
         *([*notes, ""] if notes else []),
+        *janus_comparison(forward, janus),
         "Targets (all numbers from this one run):",
         "",
         cpu_target(forward),
@@ -1107,6 +1215,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="viewer counts for the forwarding worker (default 1,10,50,100,200)")
     parser.add_argument("--reencode-viewers", type=parse_counts, default=[1, 5, 10],
                         help="viewer counts for the MediaRelay re-encode server ('' to skip)")
+    parser.add_argument("--janus-viewers", type=parse_counts, default=[],
+                        help="viewer counts for Debian's Janus, side by side ('' to skip)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the SFU to core 0 and its clients to core 1")
     parser.add_argument("--warmup", type=float, default=8.0, help="s after all viewers receive")
     parser.add_argument("--window", type=float, default=20.0, help="measured s per N")
     parser.add_argument("--per-process", type=int, default=25, help="viewers per client process")
@@ -1132,6 +1244,8 @@ def prepare_media(root: Path, args: argparse.Namespace) -> tuple[Path, EncodedLo
 
 
 def orchestrate(args: argparse.Namespace) -> int:
+    global PIN
+    PIN = not args.no_pin
     root = Path(tempfile.mkdtemp(prefix="vk-bench-sfu-"))
     lab = Lab(root, args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below
@@ -1144,10 +1258,13 @@ def orchestrate(args: argparse.Namespace) -> int:
             users = stores.users
             forward = run_mode(lab, "forward", args.viewers,
                                lambda n: start_forward_worker(lab, stores, n), users, media_path)
-        names = [f"viewer-{i}" for i in range(max(args.reencode_viewers, default=0))]
+        names = [f"viewer-{i}" for i in range(max(
+            [*args.reencode_viewers, *args.janus_viewers], default=0))]
         reencode = run_mode(lab, "reencode", args.reencode_viewers,
                             lambda n: start_reencode_worker(lab, n), users or names, media_path)
-        text = report(args, media, forward, reencode)
+        janus = run_mode(lab, "janus", args.janus_viewers, lambda n: start_janus(lab, n),
+                         names, media_path)
+        text = report(args, media, forward, reencode, janus)
         print("\n" + text)
         if not args.no_doc:
             update_doc_section(args.doc, "sfu_fanout", text)
