@@ -151,9 +151,14 @@ class ForwardedTrack(MediaStreamTrack):
             extensions=Extensions(wiring.mid_id, wiring.mid, wiring.abs_send_time_id),
             rtx_payload_type=wiring.rtx_payload_type, rtx_ssrc=wiring.rtx_ssrc)
         self._trim_backlog()
+        log_event(log, "viewer.media_started", kind=self.kind, ssrc=wiring.ssrc,
+                  rtx=wiring.rtx_payload_type is not None,
+                  srtp=type(getattr(wiring.protect, "__self__", wiring.protect)).__name__)
         self._on_ready()
 
     def detach(self) -> None:
+        if self._wiring is not None:
+            self._wiring.release()
         self._wiring = None
         self._queue.clear()
 
@@ -176,16 +181,20 @@ class ForwardedTrack(MediaStreamTrack):
         if not wiring.connected():
             self.detach()
             return 0
-        protect, send = wiring.protect, wiring.send
+        protect, send, send_batch = wiring.protect, wiring.send, wiring.send_batch
         sent = 0
         try:
             while self._queue:
                 frame = self._queue.popleft()
-                for packet in writer.frame(frame, send_time):
-                    if not send(protect(packet)):
-                        self.detach()
-                        return sent
-                    sent += 1
+                packets = [protect(packet) for packet in writer.frame(frame, send_time)]
+                if send_batch is not None and len(packets) > 1 and _uniform(packets):
+                    delivered = send_batch(packets)
+                else:
+                    delivered = all(send(packet) for packet in packets)
+                if not delivered:
+                    self.detach()
+                    return sent
+                sent += len(packets)
                 self.frames_sent += 1
                 self.bytes_sent += frame.size
         except (OSError, RuntimeError) as exc:  # the transport closed under us
@@ -218,6 +227,13 @@ class ForwardedTrack(MediaStreamTrack):
     def stop(self) -> None:
         self.detach()
         super().stop()
+
+
+def _uniform(packets: list[bytes]) -> bool:
+    """All of one size but the last, which is no longer: what UDP GSO can
+    send in one call (the VP8 packetizer cuts frames so; H.264 may not)."""
+    size = len(packets[0])
+    return len(packets[-1]) <= size and all(len(p) == size for p in packets[1:-1])
 
 
 @dataclass

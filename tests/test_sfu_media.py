@@ -21,6 +21,7 @@ from sfu.aiortc_hooks import EncodedFrameTap
 from sfu.app import create_app
 from sfu.control import MANAGER
 from sfu.relay import ForwardedTrack
+from sfu.srtp import GcmProtector
 from sfu.streams import StreamManager
 from tests.conftest import Stores
 from tests.media_clients import Publisher, Viewer
@@ -165,6 +166,9 @@ def assert_no_codec_ran_in_the_worker(manager: StreamManager, encoded: set[int])
             assert isinstance(track, ForwardedTrack) and track.frames_sent > 0
             assert track.packets_sent >= track.frames_sent
             assert transceiver.sender._RTCRtpSender__encoder is None
+            # aiortc peers negotiate AES-GCM: the forwarder's own SRTP protects it
+            assert track._wiring is not None
+            assert isinstance(getattr(track._wiring.protect, "__self__", None), GcmProtector)
 
 
 async def _drain(pubsub: aioredis.client.PubSub, seconds: float = 0.5) -> list[dict]:

@@ -6,8 +6,11 @@ the packets a viewer gets (one packetization per stream, NACK from history)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from struct import unpack
+from types import SimpleNamespace
 
+import pytest
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import (
@@ -17,7 +20,7 @@ from aiortc.rtcrtpparameters import (
 )
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
-from sfu import relay
+from sfu import aiortc_hooks, relay
 from sfu.aiortc_hooks import SenderWiring
 from sfu.codecs import is_keyframe
 from sfu.relay import Fanout, KeyframeThrottle
@@ -286,3 +289,34 @@ def test_stream_index_maps_only_what_this_viewer_was_sent() -> None:
     assert [writer.stream_index(s) for s in (65534, 65535, 0)] == [100, 101, 102]
     assert writer.stream_index(1) is None  # not sent yet
     assert writer.stream_index(65533) is None  # before this viewer's first packet
+
+
+@pytest.mark.parametrize("gso", [True, False])
+async def test_a_batch_arrives_as_the_same_datagrams_with_gso_or_without(
+        gso: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aiortc_hooks, "GSO_WORKS", gso)
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(2)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                       local_addr=("127.0.0.1", 0))
+    pair = SimpleNamespace(protocol=SimpleNamespace(transport=transport),
+                           remote_addr=receiver.getsockname())
+    one_by_one: list[bytes] = []
+
+    def send_one(datagram: bytes) -> bool:
+        one_by_one.append(datagram)
+        transport.sendto(datagram, pair.remote_addr)
+        return True
+
+    batch = aiortc_hooks.BatchSender({1: pair}, send_one)
+    datagrams = [bytes([n]) * 1200 for n in range(40)] + [b"\xff" * 300]  # > MAX_SEGMENTS
+    assert batch.send(datagrams)
+    got = [receiver.recv(2000) for _ in datagrams]
+    assert got == datagrams
+    assert (one_by_one == []) is gso  # GSO: no datagram went the one-by-one way
+    batch.close()
+    transport.close()
+    receiver.close()
+    assert not aiortc_hooks.BatchSender({}, send_one).send(datagrams)  # no pair: gone
