@@ -285,15 +285,30 @@ def restrict_host_candidates(addresses: list[str]) -> None:
         a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
 
+def share_udp_port(transceivers: Iterable[RTCRtpTransceiver],
+                   host_candidates: Callable[[Any, int], Any]) -> None:
+    """Gather this peer connection's host candidates on the worker's shared
+    UDP port (sfu/udp_mux.py) instead of a new socket per connection. Runs
+    after setRemoteDescription (the ICE gatherers exist) and before
+    setLocalDescription (which gathers)."""
+    for transceiver in transceivers:
+        connection = transceiver.receiver.transport.transport.iceGatherer._connection
+
+        async def gather(component: int, addresses: list[str], *_ignored: Any,
+                         _connection: Any = connection, **_options: Any) -> list[Any]:
+            return list(await host_candidates(_connection, component))
+
+        connection.get_component_candidates = gather  # type: ignore[method-assign]
+
+
 def enlarge_receive_buffers(transceivers: Iterable[RTCRtpTransceiver], size: int) -> None:
     """Give the ICE sockets of a publisher a large kernel receive buffer: when
     the worker is busy for a moment, the kernel otherwise drops the incoming
     media — and with it ICE consent checks, which ends the stream for everyone."""
-    import socket
-
     for transceiver in transceivers:
         connection = transceiver.receiver.transport.transport.iceGatherer._connection
         for protocol in connection._protocols:
             sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
-            if sock is not None:
+            # never shrink one (the worker's shared port has a larger one already)
+            if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < size:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)

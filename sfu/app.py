@@ -15,9 +15,26 @@ from sfu.load import LoadMonitor
 from sfu.metering import TickEmitter
 from sfu.registry import WorkerRegistration, new_worker_id
 from sfu.streams import StreamManager
+from sfu.udp_mux import UdpMux
 from vilokanam.backends import BACKENDS, attach_backends
 from vilokanam.config import Settings
 from vilokanam.health import add_health_routes
+
+
+def udp_mux_for(settings: Settings) -> UdpMux | None:
+    """The worker's one UDP port, when VILOKANAM_SFU_UDP_PORT is set: bound to
+    the one host address if there is exactly one (and nothing is announced
+    instead), else to every interface; candidates announce the public IP
+    (behind NAT) or the host addresses."""
+    if settings.sfu_udp_port is None:
+        return None
+    import aioice.ice
+
+    hosts = settings.ice_host_addresses or aioice.ice.get_host_addresses(
+        use_ipv4=True, use_ipv6=False)
+    announced = [settings.sfu_public_ip] if settings.sfu_public_ip else list(hosts)
+    bind = hosts[0] if len(hosts) == 1 and not settings.sfu_public_ip else "0.0.0.0"
+    return UdpMux(bind, settings.sfu_udp_port, announced)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -29,6 +46,9 @@ def create_app(settings: Settings) -> web.Application:
     async def manager_ctx(app: web.Application) -> AsyncIterator[None]:
         backends = app[BACKENDS]
         worker_id = new_worker_id()
+        mux = udp_mux_for(settings)
+        if mux is not None:
+            await mux.start()
         manager = StreamManager(
             ice_servers=settings.ice_servers, capacity=settings.sfu_capacity,
             sfu_url=settings.sfu_control_url, lifecycle=Lifecycle(backends.pg),
@@ -36,7 +56,8 @@ def create_app(settings: Settings) -> web.Application:
             emitter=TickEmitter.for_redis(worker_id, backends.redis),
             token_decimals=settings.token_decimals,
             load_monitor=LoadMonitor(max_cpu=float(settings.sfu_max_cpu),
-                                     max_lag=settings.sfu_max_loop_lag_ms / 1000))
+                                     max_lag=settings.sfu_max_loop_lag_ms / 1000),
+            udp_mux=mux)
         manager.start()
         app[MANAGER] = manager
         registration = WorkerRegistration(
@@ -47,6 +68,8 @@ def create_app(settings: Settings) -> web.Application:
         yield
         await registration.stop()  # out of placement first, then end what we carry
         await manager.close()
+        if mux is not None:
+            mux.close()
 
     app.cleanup_ctx.append(manager_ctx)
     add_health_routes(app, role="sfu")

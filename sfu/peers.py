@@ -27,6 +27,7 @@ from sfu import metrics
 from sfu.codecs import CodecMismatch, choose_codec, match_codec, pin
 from sfu.metering import ViewerMeter
 from sfu.relay import Fanout, ForwardedTrack
+from sfu.udp_mux import UdpMux
 from vilokanam.tasks import TaskOwner
 
 # The kernel's receive buffer for a publisher's sockets (it caps it at
@@ -77,9 +78,11 @@ async def _apply_offer(pc: RTCPeerConnection, sdp: str) -> None:
         raise BadSdp(f"the offer could not be parsed: {exc}") from None
 
 
-async def _answer(pc: RTCPeerConnection) -> str:
+async def _answer(pc: RTCPeerConnection, mux: UdpMux | None) -> str:
     for transceiver in pc.getTransceivers():
         hooks.take_dtls_server_role(transceiver)
+    if mux is not None:
+        hooks.share_udp_port(pc.getTransceivers(), mux.host_candidates)
     await pc.setLocalDescription(await pc.createAnswer())
     return str(pc.localDescription.sdp)
 
@@ -132,7 +135,8 @@ class Peer:
         await self.pc.close()
 
 
-async def accept_publisher(peer: Peer, offer: str, fanouts: dict[str, Fanout]) -> str:
+async def accept_publisher(peer: Peer, offer: str, fanouts: dict[str, Fanout],
+                           mux: UdpMux | None = None) -> str:
     """Answer a publisher: pin one codec per kind, tap its receivers into the
     fanouts. Returns the answer SDP."""
     await _apply_offer(peer.pc, offer)
@@ -149,12 +153,13 @@ async def accept_publisher(peer: Peer, offer: str, fanouts: dict[str, Fanout]) -
         fanout = fanouts[transceiver.kind]
         fanout.attach(codec)
         hooks.tap_receiver(transceiver.receiver, fanout.push)
-    answer = await _answer(peer.pc)  # gathers candidates: the sockets exist now
+    answer = await _answer(peer.pc, mux)  # gathers candidates: the sockets exist now
     hooks.enlarge_receive_buffers(transceivers, PUBLISHER_RECEIVE_BUFFER)
     return answer
 
 
-async def accept_viewer(peer: Peer, offer: str, fanouts: dict[str, Fanout]) -> str:
+async def accept_viewer(peer: Peer, offer: str, fanouts: dict[str, Fanout],
+                        mux: UdpMux | None = None) -> str:
     """Answer a viewer with the stream's codecs and subscribe it to the fanouts."""
     await _apply_offer(peer.pc, offer)
     for transceiver in _media_transceivers(peer.pc):
@@ -175,7 +180,7 @@ async def accept_viewer(peer: Peer, offer: str, fanouts: dict[str, Fanout]) -> s
             report=peer.meter.report_received))
     if not peer.tracks:
         raise NoSupportedCodec("the offer receives none of this stream's tracks")
-    return await _answer(peer.pc)
+    return await _answer(peer.pc, mux)
 
 
 def upstream_keyframe_requester(get_pc: Callable[[], RTCPeerConnection | None], kind: str,

@@ -27,6 +27,7 @@ from sfu.peers import (
     upstream_keyframe_requester,
 )
 from sfu.relay import Fanout
+from sfu.udp_mux import UdpMux
 from vilokanam.logs import log_event
 from vilokanam.money import to_planck
 from vilokanam.tasks import TaskOwner
@@ -96,6 +97,7 @@ class StreamManager:
     peers: dict[str, Peer] = field(default_factory=dict)
     tasks: TaskOwner = field(default_factory=lambda: TaskOwner("sfu"))
     load_monitor: LoadMonitor = field(default_factory=lambda: LoadMonitor(0.85, 0.05))
+    udp_mux: UdpMux | None = None  # one UDP port for every peer connection, if configured
     _publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _admitting: int = 0  # peer connections being set up, not yet registered
 
@@ -117,7 +119,7 @@ class StreamManager:
                         "publisher")
             self._admitting += 1
             try:
-                answer = await accept_publisher(peer, offer, stream.fanouts)
+                answer = await accept_publisher(peer, offer, stream.fanouts, self.udp_mux)
             except BaseException:
                 await peer.pc.close()
                 if not resumed:
@@ -201,7 +203,7 @@ class StreamManager:
                     user_id=user_id)
         self._admitting += 1
         try:
-            answer = await accept_viewer(peer, offer, stream.fanouts)
+            answer = await accept_viewer(peer, offer, stream.fanouts, self.udp_mux)
             stream.viewers[peer.peer_id] = peer
             self._register(peer)
             self._admitting -= 1

@@ -137,6 +137,16 @@ class Settings:
         "Comma-separated local addresses an SFU worker offers as host ICE candidates. "
         "Empty: every interface but loopback (aioice's default). `127.0.0.1` keeps media "
         "on loopback (tests, one-machine setups).")
+    sfu_udp_port: int | None = _setting(
+        "VILOKANAM_SFU_UDP_PORT", None,
+        "One UDP port an SFU worker serves all its peer connections' media on (ICE, DTLS, "
+        "SRTP), demultiplexed by ICE username and remote address; publish just this port. "
+        "Unset: a new port per peer connection (aioice's default).")
+    sfu_public_ip: str | None = _setting(
+        "VILOKANAM_SFU_PUBLIC_IP", None,
+        "With VILOKANAM_SFU_UDP_PORT: the address the worker's host candidates announce "
+        "(its public IP behind NAT, e.g. a container's published port); default: the host "
+        "addresses.")
     ss58_prefix: int = _setting(
         "VILOKANAM_SS58_PREFIX", "42", "SS58 prefix in which account ids are stored.")
     token_symbol: str = _setting(
@@ -287,6 +297,7 @@ _PARSERS: dict[str, Callable[[str, str | None], Any]] = {
     "sfu_capacity": _optional(_parse_int),
     "sfu_max_cpu": _optional(_parse_decimal),
     "sfu_max_loop_lag_ms": _optional(_parse_int),
+    "sfu_udp_port": _optional(_parse_port),
     "token_decimals": _optional(_parse_int),
     "dev_mode": _optional(_parse_bool),
     "price_default": _optional(_parse_decimal),
