@@ -339,6 +339,42 @@ def problems_host_network(compose: Compose) -> list[str]:
     return problems
 
 
+def problems_sfu_media(compose: Compose) -> list[str]:
+    """Each SFU worker on the compose network publishes exactly its one media
+    UDP port 1:1, announces an address, and registers a control URL signaling
+    can resolve (its service name and control port)."""
+    problems = []
+    udp_ports: dict[int, str] = {}
+    for name, role in ROLES.items():
+        if role != "sfu":
+            continue
+        service = compose["services"][name]
+        if service.get("network_mode") == "host":
+            problems.append(f"{name}: must not use host networking (it publishes one UDP port)")
+        try:
+            settings = effective_settings(service)
+        except (ValueError, ConfigError) as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        port = settings.sfu_udp_port
+        if port is None:
+            problems.append(f"{name}: VILOKANAM_SFU_UDP_PORT is not set")
+            continue
+        if port in udp_ports:
+            problems.append(f"{name}: UDP port {port} is also {udp_ports[port]}'s")
+        udp_ports[port] = name
+        udp = [str(e) for e in service.get("ports") or [] if str(e).endswith("/udp")]
+        if udp != [f"{port}:{port}/udp"]:
+            problems.append(f"{name}: must publish {port}:{port}/udp (and no other UDP port)")
+        if not settings.sfu_public_ip:
+            problems.append(f"{name}: VILOKANAM_SFU_PUBLIC_IP is not set")
+        control = urlsplit(settings.sfu_control_url)
+        if (control.hostname, control.port) != (name, settings.sfu_port):
+            problems.append(f"{name}: VILOKANAM_SFU_ADVERTISE_URL must be "
+                            f"http://{name}:{settings.sfu_port}")
+    return problems
+
+
 def problems_chain(compose: Compose) -> list[str]:
     chain = compose["services"]["chain"]
     problems = []
@@ -407,10 +443,12 @@ def test_roles_wait_for_migrate_and_stores(compose: Compose) -> None:
     assert problems_depends_on(compose) == []
 
 
-def test_host_networked_sfu_workers_do_not_collide(compose: Compose) -> None:
+def test_host_networked_services_do_not_collide(compose: Compose) -> None:
     assert problems_host_network(compose) == []
-    ports = {effective_settings(compose["services"][n]).sfu_port for n in ("sfu-1", "sfu-2")}
-    assert len(ports) == 2, "the two SFU workers have the same control port"
+
+
+def test_sfu_workers_publish_their_one_media_port(compose: Compose) -> None:
+    assert problems_sfu_media(compose) == []
 
 
 def test_chain_service(compose: Compose) -> None:
@@ -494,12 +532,13 @@ def test_checks_catch_mistakes() -> None:
         lambda s: s["billing"]["environment"].update(VILOKANAM_ESCROW_URI="//Alice")))
     assert problems_secrets(broken(lambda s: s["migrate"]["environment"].update(
         DATABASE_URL="postgresql://vilokanam:hunter2@postgres:5432/vilokanam")))
-    assert problems_host_network(broken(
-        lambda s: s["sfu-2"]["environment"].update(VILOKANAM_SFU_PORT="8091")))
-    assert problems_host_network(broken(
-        lambda s: s["sfu-2"].update(command=["sfu", "--sfu-port", "8080"])))
-    assert problems_host_network(broken(
-        lambda s: s["sfu-1"]["environment"].update(REDIS_URL="redis://redis:6379/0")))
+    assert problems_host_network(broken(lambda s: s["sfu-1"].update(network_mode="host")))
+    assert problems_sfu_media(broken(lambda s: s["sfu-1"].update(network_mode="host")))
+    assert problems_sfu_media(broken(
+        lambda s: s["sfu-2"]["environment"].update(VILOKANAM_SFU_UDP_PORT="50001")))
+    assert problems_sfu_media(broken(lambda s: s["sfu-2"].update(ports=["50003:50002/udp"])))
+    assert problems_sfu_media(broken(
+        lambda s: s["sfu-1"]["environment"].update(VILOKANAM_SFU_ADVERTISE_URL="http://x:1")))
     assert problems_healthchecks(broken(lambda s: s["redis"].pop("healthcheck")))
     assert problems_healthchecks(broken(
         lambda s: s["sfu-2"]["environment"].update(VILOKANAM_SFU_PORT="8093")))
