@@ -35,3 +35,6 @@ ADMISSIONS_REFUSED = Counter(
     "vilokanam_sfu_admissions_refused_total",
     "Peer connections refused: `capacity` (VILOKANAM_SFU_CAPACITY) or `load` (CPU / loop lag).",
     ["reason"])
+SEND_ERRORS = Counter(
+    "vilokanam_sfu_send_errors_total",
+    "Frames to a viewer the kernel refused to send (e.g. ENOBUFS); the viewer stays.", ["kind"])

@@ -106,6 +106,7 @@ class ForwardedTrack(MediaStreamTrack):
         self.packets_sent = 0
         self.frames_dropped = 0
         self.retransmitted = 0
+        self.send_errors = 0
         self.last_sent_at = 0.0  # time.monotonic() of the last frame sent
 
     @property
@@ -179,31 +180,43 @@ class ForwardedTrack(MediaStreamTrack):
         if wiring is None or writer is None:
             return 0
         if not wiring.connected():
-            self.detach()
+            self._stop_sending("dtls_closed")
             return 0
         protect, send, send_batch = wiring.protect, wiring.send, wiring.send_batch
         sent = 0
-        try:
-            while self._queue:
-                frame = self._queue.popleft()
-                packets = [protect(packet) for packet in writer.frame(frame, send_time)]
+        while self._queue:
+            frame = self._queue.popleft()
+            packets = [protect(packet) for packet in writer.frame(frame, send_time)]
+            try:
                 if send_batch is not None and len(packets) > 1 and _uniform(packets):
                     delivered = send_batch(packets)
                 else:
                     delivered = all(send(packet) for packet in packets)
-                if not delivered:
-                    self.detach()
-                    return sent
-                sent += len(packets)
-                self.frames_sent += 1
-                self.bytes_sent += frame.size
-        except (OSError, RuntimeError) as exc:  # the transport closed under us
-            log_event(log, "viewer.send_failed", logging.DEBUG, kind=self.kind, error=repr(exc))
-            self.detach()
+            except OSError as exc:  # e.g. ENOBUFS: this frame is lost (NACK may recover it)
+                self._send_error(exc)
+                continue
+            if not delivered:  # the ICE connection is gone
+                self._stop_sending("ice_closed")
+                break
+            sent += len(packets)
+            self.frames_sent += 1
+            self.bytes_sent += frame.size
         self.packets_sent += sent
         self.last_sent_at = time.monotonic()
         wiring.report_counters(ntp, writer.last_timestamp, writer.packets, writer.octets)
         return sent
+
+    def _stop_sending(self, reason: str) -> None:
+        log_event(log, "viewer.media_stopped", kind=self.kind, reason=reason,
+                  frames_sent=self.frames_sent)
+        self.detach()
+
+    def _send_error(self, exc: OSError) -> None:
+        metrics.SEND_ERRORS.labels(self.kind).inc()
+        self.send_errors += 1
+        if self.send_errors == 1:  # one line per viewer, the counter has the rest
+            log_event(log, "viewer.send_failed", logging.WARNING, kind=self.kind,
+                      error=repr(exc))
 
     def nack(self, sequence_numbers: list[int]) -> None:
         """The viewer lost these: send them again from the stream's history."""
@@ -217,7 +230,11 @@ class ForwardedTrack(MediaStreamTrack):
             if frame is None or index is None:
                 metrics.NACK_MISSES.labels(self.kind).inc()
                 continue
-            wiring.send(wiring.protect(writer.retransmission(seq, frame, index, send_time)))
+            try:
+                wiring.send(wiring.protect(writer.retransmission(seq, frame, index, send_time)))
+            except OSError as exc:
+                self._send_error(exc)
+                continue
             self.retransmitted += 1
             metrics.RETRANSMISSIONS.labels(self.kind).inc()
 
