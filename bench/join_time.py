@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -39,6 +40,7 @@ from vilokanam.services.redis import RedisServer  # noqa: E402
 
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 JOIN_TIMEOUT_MS = 15000
+ADMISSION_LIMITS = ("VILOKANAM_SFU_MAX_CPU", "VILOKANAM_SFU_MAX_LOOP_LAG_MS")
 
 # Click Watch, resolve with the ms until the first frame is presented.
 MEASURE_JOIN = """async (timeout) => {
@@ -111,7 +113,9 @@ def main() -> int:
         try:
             asyncio.run(migrate(postgres.url))
             settings = dataclasses.replace(
-                Settings.from_env({"VILOKANAM_ICE_HOST_ADDRESSES": "127.0.0.1"},
+                Settings.from_env({"VILOKANAM_ICE_HOST_ADDRESSES": "127.0.0.1", **{
+                    # the worker's load admission limits, when the caller sets them
+                    k: v for k, v in os.environ.items() if k in ADMISSION_LIMITS}},
                                   database_url=postgres.url, redis_url=redis.url,
                                   http_port=free_port(), sfu_port=free_port()),
                 dev_mode=True, token_secret="join-time-" + "x" * 40)

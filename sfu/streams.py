@@ -96,7 +96,7 @@ class StreamManager:
     streams: dict[str, LiveStream] = field(default_factory=dict)
     peers: dict[str, Peer] = field(default_factory=dict)
     tasks: TaskOwner = field(default_factory=lambda: TaskOwner("sfu"))
-    load_monitor: LoadMonitor = field(default_factory=lambda: LoadMonitor(0.85, 0.05))
+    load_monitor: LoadMonitor = field(default_factory=lambda: LoadMonitor(0.85, 0.1))
     udp_mux: UdpMux | None = None  # one UDP port for every peer connection, if configured
     _publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _admitting: int = 0  # peer connections being set up, not yet registered

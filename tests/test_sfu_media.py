@@ -551,7 +551,7 @@ async def test_an_overloaded_worker_refuses_new_viewers_and_keeps_its_stream(
             loop.call_later(0.01, hog)
 
     manager = worker.manager
-    manager.load_monitor.max_cpu, manager.load_monitor.max_lag = 0.85, 0.05  # the defaults
+    manager.load_monitor.max_cpu, manager.load_monitor.max_lag = 0.85, 0.1  # the defaults
     hog()
     try:
         for _ in range(60):

@@ -113,9 +113,10 @@ class Settings:
         "An SFU worker refuses new viewers (`at_capacity`) while its event-loop thread used "
         "more than this share of one core over the last second.")
     sfu_max_loop_lag_ms: int = _setting(
-        "VILOKANAM_SFU_MAX_LOOP_LAG_MS", "50",
+        "VILOKANAM_SFU_MAX_LOOP_LAG_MS", "100",
         "An SFU worker refuses new viewers while its event loop ran more than this many "
-        "milliseconds behind in the last second.")
+        "milliseconds behind in the last second (a backstop: the CPU share predicts; on a "
+        "shared machine other processes' load alone makes a loop lag tens of ms).")
     billing_port: int = _setting(
         "VILOKANAM_BILLING_PORT", "8070",
         "Port of the billing worker's /healthz, /readyz and /metrics.")
