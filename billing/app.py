@@ -22,7 +22,7 @@ from vilokanam.health import READINESS_CHECKS, add_health_routes
 from vilokanam.logs import log_event
 from vilokanam.tasks import TaskOwner
 
-log = logging.getLogger("billing.app")
+log = logging.getLogger(__name__)
 
 # /readyz: the chain is "up" if the deposit watcher (which asks for the
 # finalized head every second) heard from it this recently, or else if it

@@ -10,7 +10,6 @@ nothing is counted twice."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,8 +22,9 @@ from prometheus_client import Histogram
 
 from vilokanam.logs import log_event
 from vilokanam.metering import PENDING_KEY, TickBatch, batch_id_of
+from vilokanam.tasks import run_forever
 
-log = logging.getLogger("billing.flush")
+log = logging.getLogger(__name__)
 
 TICKS_FLUSHED = PromCounter("vilokanam_ticks_flushed_total", "Ticks committed to Postgres.")
 TICKS_DROPPED = PromCounter(
@@ -215,19 +215,14 @@ async def run_flusher(flusher: Flusher, interval: float = FLUSH_INTERVAL) -> Non
     """A round every `interval`, paced by start times (a slow round is not
     followed by a full extra wait), at once again while a backlog remains; a
     store that is down is waited out — its ticks stay in Redis meanwhile."""
-    loop = asyncio.get_running_loop()
     rounds = 0
-    while True:
-        started = loop.time()
-        try:
-            result = await flusher.flush_once()
-            if rounds % PRUNE_EVERY == 0:
-                await prune_applied(flusher.pg)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                aioredis.RedisError) as exc:
-            log_event(log, "flush.failed", logging.WARNING, error=repr(exc))
-            result = FlushResult(batches=flusher.max_batches)  # no tight retry loop
-            await asyncio.sleep(interval)
+
+    async def step() -> bool:
+        nonlocal rounds
+        result = await flusher.flush_once()
+        if rounds % PRUNE_EVERY == 0:
+            await prune_applied(flusher.pg)
         rounds += 1
-        if result.batches < flusher.max_batches:
-            await asyncio.sleep(max(0.0, started + interval - loop.time()))
+        return result.batches >= flusher.max_batches  # a backlog: go again at once
+
+    await run_forever("flush", step, every=interval, max_backoff=5 * interval)

@@ -46,9 +46,9 @@ from vilokanam.accounts import InvalidAccount, public_key_of
 from vilokanam.balances import planck_floor
 from vilokanam.logs import log_event
 from vilokanam.money import format_amount, from_planck
-from vilokanam.tasks import poll_forever
+from vilokanam.tasks import run_forever
 
-log = logging.getLogger("billing.settlement")
+log = logging.getLogger(__name__)
 
 # Serializes "prepare" and "record the outcome" across billing workers.
 ADVISORY_LOCK_ID = 0x56534554  # "VSET"
@@ -196,8 +196,8 @@ class Settler:
     # -- the loop ----------------------------------------------------------------
 
     async def run(self) -> None:
-        await poll_forever(self._settle_if_due, waiting_event="settlement.waiting",
-                           poll_interval=self.poll_interval, max_backoff=self.max_backoff)
+        await run_forever("settlement", self._settle_if_due, every=self.poll_interval,
+                          max_backoff=self.max_backoff, failure_event="settlement.waiting")
 
     async def _settle_if_due(self) -> None:
         if await self.due():

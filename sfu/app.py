@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from routing.channels import EventBus
+from routing.registry import WorkerRegistration, new_worker_id
 from sfu.aiortc_hooks import restrict_host_candidates
 from sfu.control import MANAGER, add_control_routes
-from sfu.events import EventBus
 from sfu.lifecycle import Lifecycle
 from sfu.metering import TickEmitter
-from sfu.registry import WorkerRegistration, new_worker_id
 from sfu.streams import StreamManager
 from vilokanam.backends import BACKENDS, attach_backends
 from vilokanam.config import Settings

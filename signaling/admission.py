@@ -13,8 +13,8 @@ import uuid
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from sfu.registry import WorkerRecord
-from signaling.placement import NoCapacity, Placement, place_stream, stream_worker, unpin_stream
+from routing.placement import NoCapacity, Placement, place_stream, stream_worker, unpin_stream
+from routing.registry import WorkerRecord
 from signaling.protocol import ErrorCode, ProtocolError
 from signaling.rate_limit import AUTH_FAILURES, STREAM_KEY_LIMIT, FailureLimiter
 from signaling.sfu_client import PublisherAnswer, SfuClient, SfuError
@@ -26,7 +26,7 @@ from vilokanam.balances import MIN_START_SECONDS, StreamPriceUnknown, can_start_
 from vilokanam.config import Settings
 from vilokanam.logs import log_event
 
-log = logging.getLogger("vilokanam.signaling.admission")
+log = logging.getLogger(__name__)
 
 
 async def check_stream_key(backends: Backends, remote: str, stream_id: str,

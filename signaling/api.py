@@ -13,9 +13,8 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from sfu.lifecycle import end_stream_rows
+from routing.placement import stream_worker
 from signaling.errors import bad_request, forbidden, not_found, parse_json_body
-from signaling.placement import stream_worker
 from signaling.sfu_client import SFU_CLIENT, SfuError
 from signaling.state import SETTINGS
 from signaling.stream_keys import hash_stream_key, new_stream_key
@@ -32,6 +31,7 @@ from vilokanam.backends import BACKENDS
 from vilokanam.balances import live_balance
 from vilokanam.config import Settings
 from vilokanam.money import decimal_from_json, format_amount, from_planck
+from vilokanam.stream_rows import end_stream_rows
 
 # streams.price_per_second is NUMERIC(38, 18): 20 integer digits, 18 decimals.
 # Anything outside is refused rather than rounded or overflowed by Postgres.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
+from routing.reaper import run_reaper
 from signaling.api import add_api_routes
 from signaling.auth import add_auth_routes
 from signaling.billing_api import add_billing_routes
@@ -11,14 +14,26 @@ from signaling.errors import error_middleware
 from signaling.events import events_ctx
 from signaling.openapi import add_openapi_routes
 from signaling.pages import add_page_routes
-from signaling.reaper import reaper_ctx
 from signaling.sfu_client import sfu_client_ctx
 from signaling.state import SETTINGS
 from signaling.whip import add_whip_whep_routes
 from signaling.ws import add_ws_routes
-from vilokanam.backends import attach_backends
+from vilokanam.backends import BACKENDS, attach_backends
 from vilokanam.config import Settings
 from vilokanam.health import add_health_routes
+from vilokanam.tasks import TaskOwner
+
+
+async def reaper_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Every signaling server reaps dead workers (routing/reaper.py); a lock in
+    Redis lets one work at a time."""
+    backends = app[BACKENDS]
+    tasks = TaskOwner("reaper")
+    tasks.spawn(run_reaper(backends.redis, backends.pg), "loop")
+    try:
+        yield
+    finally:
+        await tasks.close()
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -41,7 +41,7 @@ from vilokanam.logs import log_event
 if TYPE_CHECKING:
     from substrateinterface import Keypair
 
-log = logging.getLogger("vilokanam.signaling")
+log = logging.getLogger(__name__)
 
 SITE = "Vilokanam-view"
 CHALLENGE_TTL_S: float = 300.0  # a module constant so tests can shorten it

@@ -4,7 +4,8 @@
 account (in the configured SS58 prefix, VILOKANAM_SS58_PREFIX, like every
 account in this API; any prefix names the same key on chain), the chain RPC
 URL for the browser, the token, the default price and the platform's fee.
-The escrow's secret URI is only ever turned into its public address here.
+Signaling knows only the escrow's public address (VILOKANAM_ESCROW_ACCOUNT),
+never its secret URI, which is the billing role's alone.
 
 `GET /api/receipts/{stream_viewer_id}` (Bearer: the viewer of that session;
 anyone else gets 404): the session's charge and seconds, how much of it is
@@ -15,7 +16,6 @@ System.remark on chain (docs/settlement.md)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from decimal import Decimal
@@ -24,36 +24,33 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from scalecodec.utils.ss58 import ss58_encode
 
-from billing.chain import EscrowKeyError, load_escrow
 from billing.settlement import DIGEST_ALGORITHM, REMARK_PREFIX, batch_digest, charge_line
 from signaling.errors import bad_request, not_found
 from signaling.state import SETTINGS
 from signaling.users import require_user
+from vilokanam.accounts import InvalidAccount, canonical_account
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
 from vilokanam.money import format_amount
 
-log = logging.getLogger("vilokanam.signaling")
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4)
-def _escrow_address(secret_uri: str, ss58_prefix: int) -> str | None:
+def _escrow_address(account: str, ss58_prefix: int) -> str | None:
     try:
-        keypair = load_escrow(secret_uri)
-    except EscrowKeyError:
+        return canonical_account(account, ss58_prefix)
+    except InvalidAccount:
         log_event(log, "billing.escrow_invalid", logging.ERROR,
-                  reason="VILOKANAM_ESCROW_URI is not a valid secret URI")
+                  reason="VILOKANAM_ESCROW_ACCOUNT is not an SS58 address")
         return None
-    return str(ss58_encode(keypair.public_key, ss58_format=ss58_prefix))
 
 
 async def billing_info(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    # Deriving a key from a mnemonic is CPU work: off the loop (once; it is cached).
-    escrow = (await asyncio.to_thread(_escrow_address, settings.escrow_uri, settings.ss58_prefix)
-              if settings.escrow_uri else None)
+    escrow = (_escrow_address(settings.escrow_account, settings.ss58_prefix)
+              if settings.escrow_account else None)
     return web.json_response({
         "escrow_account": escrow,
         "chain_rpc": settings.chain_public_url or settings.substrate_url,

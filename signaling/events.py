@@ -20,12 +20,12 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from sfu.events import peer_channel, stream_channel
+from routing.channels import peer_channel, stream_channel
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
 from vilokanam.metering import LIVE_CHANNEL
 
-log = logging.getLogger("vilokanam.signaling.events")
+log = logging.getLogger(__name__)
 
 # The channel names are the workers' (sfu/events.py, vilokanam/metering.py).
 # A worker's live tick message carries every viewer it billed that second:

@@ -27,7 +27,6 @@ needs is in Redis."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -39,16 +38,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from sfu.events import peer_channel
-from sfu.registry import stream_worker_key, worker_key
+from routing.channels import peer_channel
+from routing.registry import stream_worker_key, worker_key
 from signaling.events import EVENTS, EventHub
 from signaling.sdpfrag import IceCredentials
 from signaling.sfu_client import PeerRef
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
-from vilokanam.tasks import TaskOwner
+from vilokanam.tasks import TaskOwner, run_forever
 
-log = logging.getLogger("vilokanam.signaling.http_sessions")
+log = logging.getLogger(__name__)
 
 INDEX_KEY = "vk:http_sessions"
 _ORPHANS_PER_PASS = 500  # bounds one refresh's work; the rest wait for the next
@@ -259,12 +258,8 @@ class SessionKeeper:
         await self._tasks.close()
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._timing.refresh_s)
-            try:
-                await self.refresh()
-            except (aioredis.RedisError, OSError) as exc:
-                log_event(log, "http_session.refresh_failed", logging.WARNING, error=repr(exc))
+        await run_forever("http_session.keeper", self.refresh, every=self._timing.refresh_s,
+                          failure_event="http_session.refresh_failed")
 
     async def refresh(self) -> None:
         """One pass: refresh what we keep, adopt orphans, drop what lost its

@@ -40,7 +40,7 @@ from signaling.state import SETTINGS
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
 
-log = logging.getLogger("vilokanam.signaling.whip")
+log = logging.getLogger(__name__)
 
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from prometheus_client import Gauge
 
-from sfu.events import peer_channel, stream_channel
+from routing.channels import peer_channel, stream_channel
 from signaling import protocol
 from signaling.admission import (
     check_stream_key,
@@ -46,7 +46,7 @@ from signaling.state import SETTINGS
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
 
-log = logging.getLogger("vilokanam.signaling.ws")
+log = logging.getLogger(__name__)
 
 WS_CONNECTIONS = Gauge("vilokanam_ws_connections", "Open websocket connections")
 

@@ -14,13 +14,14 @@ from vilokanam.services.process import ManagedProcess
 ROLE_PORT = {"signaling": "http_port", "sfu": "sfu_port", "billing": "billing_port"}
 
 
-def role_env(settings: Settings, **extra: str) -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", ""), **settings.as_env(), **extra}
+def role_env(settings: Settings, role: str | None = None, **extra: str) -> dict[str, str]:
+    """The role's environment: its settings, without other roles' secrets."""
+    return {"PATH": os.environ.get("PATH", ""), **settings.as_env(role), **extra}
 
 
 def start_role(settings: Settings, role: str, log_dir: Path, *args: str) -> ManagedProcess:
     proc = ManagedProcess(role, [sys.executable, "-m", "vilokanam", role, *args],
-                          log_path=log_dir / f"{role}.log", env=role_env(settings))
+                          log_path=log_dir / f"{role}.log", env=role_env(settings, role))
     proc.start()
     return proc
 

@@ -534,7 +534,7 @@ async def test_ending_a_live_stream_asks_its_worker(db: asyncpg.Connection,
                                                     settings: Settings) -> None:
     """A live worker carrying the stream is asked to end it (here a stand-in
     worker served by the test app itself, recording the call)."""
-    from sfu.registry import WorkerRecord, stream_worker_key, worker_key
+    from routing.registry import WorkerRecord, stream_worker_key, worker_key
 
     calls: list[str] = []
 

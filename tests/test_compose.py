@@ -231,6 +231,16 @@ def problems_environment(compose: Compose) -> list[str]:
     return problems
 
 
+def problems_role_scoped(compose: Compose) -> list[str]:
+    """A setting meant for some roles only (the escrow's secret URI, the token
+    secret) must not be given to another role's service."""
+    scoped = {s.env: s.roles for s in all_settings() if s.roles}
+    return [f"{name}: {key} is for {'/'.join(scoped[key])} only"
+            for name, role in ROLES.items()
+            for key in environment(compose["services"][name])
+            if key in scoped and role not in scoped[key]]
+
+
 def problems_secrets(compose: Compose) -> list[str]:
     """Secrets must come from the environment (`${VAR:?message}`), never a literal."""
     problems = []
@@ -399,6 +409,10 @@ def test_secrets_come_from_the_environment(compose: Compose) -> None:
     assert problems_secrets(compose) == []
 
 
+def test_secrets_reach_only_their_roles(compose: Compose) -> None:
+    assert problems_role_scoped(compose) == []
+
+
 def test_every_service_but_migrate_has_a_healthcheck(compose: Compose) -> None:
     assert problems_healthchecks(compose) == []
 
@@ -492,6 +506,8 @@ def test_checks_catch_mistakes() -> None:
     assert problems_commands(broken(lambda s: s["billing"].update(command=["signaling"])))
     assert problems_secrets(broken(
         lambda s: s["billing"]["environment"].update(VILOKANAM_ESCROW_URI="//Alice")))
+    assert problems_role_scoped(broken(lambda s: s["signaling"]["environment"].update(
+        VILOKANAM_ESCROW_URI="${VILOKANAM_ESCROW_URI:?}")))
     assert problems_secrets(broken(lambda s: s["migrate"]["environment"].update(
         DATABASE_URL="postgresql://vilokanam:hunter2@postgres:5432/vilokanam")))
     assert problems_host_network(broken(

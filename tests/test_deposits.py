@@ -29,9 +29,8 @@ from tests.test_settlement import (  # noqa: F401 - a fixture
     pristine_chain_afterwards,
 )
 from vilokanam.accounts import canonical_account
-from vilokanam.balances import balance_of
+from vilokanam.balances import balance_key, balance_of
 from vilokanam.config import Settings
-from vilokanam.metering import balance_key
 from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
 from vilokanam.tasks import TaskOwner
 from vilokanam.users import find_user

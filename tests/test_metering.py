@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 
 from billing.flush import Flusher
 from tests.conftest import Stores
-from vilokanam.balances import balance_of, credit
-from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter, balance_key
+from vilokanam.balances import balance_key, balance_of, credit
+from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter
 
 PRICE = Decimal("0.001")
 PRICE_PLANCK = 10**9

@@ -36,7 +36,7 @@ from tests.test_settlement import (
     pristine_chain_afterwards,  # noqa: F401 - a fixture
     remark_text,
 )
-from vilokanam.accounts import canonical_account
+from vilokanam.accounts import address_of, canonical_account
 from vilokanam.config import Settings
 from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
 
@@ -141,7 +141,8 @@ async def test_deposit_watch_bill_pay_and_verify(
                              session) == "completed"
 
     # 5. The viewer's receipt recomputes to the digest carried on chain.
-    signaling = dataclasses.replace(settings, token_secret=SECRET, escrow_uri=ESCROW_URI,
+    signaling = dataclasses.replace(settings, token_secret=SECRET,
+                                    escrow_account=address_of(ESCROW_URI),
                                     substrate_url=chain.url)
     async with TestClient(TestServer(create_signaling(signaling))) as client:
         token = issue_token(SECRET, viewer, canonical_account(viewer_key.ss58_address, 42))

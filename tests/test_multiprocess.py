@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from sfu.registry import stream_worker_key, worker_key
+from routing.registry import stream_worker_key, worker_key
 from tests.media_clients import Publisher, Signal, Viewer
 from tests.processes import start_role, wait_healthy
 from vilokanam.balances import credit

@@ -12,7 +12,14 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from sfu.registry import (
+from routing.placement import (
+    NoCapacity,
+    live_workers,
+    place_stream,
+    stream_worker,
+    unpin_stream,
+)
+from routing.registry import (
     HEARTBEAT_INTERVAL_S,
     HEARTBEAT_TTL_MS,
     WORKERS_KEY,
@@ -21,13 +28,6 @@ from sfu.registry import (
     stream_worker_key,
     worker_key,
     worker_streams_key,
-)
-from signaling.placement import (
-    NoCapacity,
-    live_workers,
-    place_stream,
-    stream_worker,
-    unpin_stream,
 )
 
 

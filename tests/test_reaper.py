@@ -13,10 +13,10 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from sfu.events import stream_channel
-from sfu.registry import WORKERS_KEY, stream_worker_key, worker_streams_key
-from signaling.placement import place_stream
-from signaling.reaper import LOCK_KEY, reap_once
+from routing.channels import stream_channel
+from routing.placement import place_stream
+from routing.reaper import LOCK_KEY, reap_once
+from routing.registry import WORKERS_KEY, stream_worker_key, worker_streams_key
 from signaling.stream_keys import hash_stream_key, new_stream_key
 from tests.conftest import Stores
 from tests.test_placement import register

@@ -35,7 +35,7 @@ from tests.test_settlement import (
     remark_text,
     watch,
 )
-from vilokanam.accounts import canonical_account
+from vilokanam.accounts import address_of, canonical_account
 from vilokanam.config import Settings
 from vilokanam.services.chain import ChainNode
 
@@ -53,7 +53,8 @@ Client = TestClient[web.Request, web.Application]
 @pytest.fixture
 async def client(db: asyncpg.Connection, redis: aioredis.Redis, settings: Settings,
                  chain: ChainNode) -> AsyncIterator[Client]:
-    signaling = dataclasses.replace(settings, token_secret=SECRET, escrow_uri=ESCROW_URI,
+    signaling = dataclasses.replace(settings, token_secret=SECRET,
+                                    escrow_account=address_of(ESCROW_URI),
                                     substrate_url=chain.url)
     async with TestClient(TestServer(create_app(signaling))) as client:
         yield client

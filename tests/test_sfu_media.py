@@ -20,10 +20,10 @@ from sfu.aiortc_hooks import EncodedFrameTap
 from sfu.app import create_app
 from sfu.control import MANAGER
 from sfu.relay import ForwardedTrack
-from sfu.streams import StreamManager
+from sfu.streams import CLOCK_LOOPS, StreamManager
 from tests.conftest import Stores
 from tests.media_clients import Publisher, Viewer
-from vilokanam.balances import credit
+from vilokanam.balances import balance_key, credit
 from vilokanam.config import Settings
 
 
@@ -210,7 +210,7 @@ async def _wait_for_zero(manager: StreamManager) -> None:
     for _ in range(100):
         stats = manager.stats()
         if stats == {"publishers": 0, "viewers": 0, "peer_connections": 0, "streams": 0,
-                     "tasks": 1}:  # only the worker's clock
+                     "tasks": CLOCK_LOOPS}:  # only the worker's clock
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"leaked: {manager.stats()}")
@@ -336,11 +336,8 @@ async def test_h264_is_forwarded_too(worker: Worker, db: asyncpg.Connection) -> 
     await publisher.close()
 
 
-async def test_analytics_rows_while_live(worker: Worker, db: asyncpg.Connection,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import sfu.streams
-
-    monkeypatch.setattr(sfu.streams, "ANALYTICS_EVERY", 1)  # every second, not every 10
+async def test_analytics_rows_while_live(worker: Worker, db: asyncpg.Connection) -> None:
+    worker.manager.analytics_every = 1  # every second, not every 10
     stream_id, _ = await make_stream(db)
     publisher, viewer = Publisher(), Viewer()
     await publisher.start(worker.signal_publisher(stream_id))
@@ -432,7 +429,7 @@ async def test_a_viewer_is_cut_off_in_the_second_the_money_runs_out(
         if closed:
             break
     assert closed == {"type": "peer_closed", "peer_id": peer_id, "reason": "insufficient_funds"}
-    live = int(await redis.get(f"vk:bal:{user}"))
+    live = int(await redis.get(balance_key(user)))
     assert live == 0  # three whole seconds, then cut: never below zero here
     assert peer_id not in worker.manager.peers
     await events.aclose()

@@ -30,9 +30,10 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy
 from prometheus_client import REGISTRY
 
+from routing.registry import stream_worker_key
 from sfu.app import create_app as create_worker_app
 from sfu.control import MANAGER
-from sfu.registry import stream_worker_key
+from sfu.streams import CLOCK_LOOPS
 from signaling import http_sessions
 from signaling.app import create_app as create_signaling_app
 from signaling.http_sessions import HttpSession, Kind, SessionStore, Timing
@@ -176,7 +177,8 @@ class Stack:
 
     async def assert_nothing_left(self) -> None:
         """No peer on the worker (its clock is its one task), no session in Redis."""
-        idle = {"publishers": 0, "viewers": 0, "peer_connections": 0, "streams": 0, "tasks": 1}
+        idle = {"publishers": 0, "viewers": 0, "peer_connections": 0, "streams": 0,
+                "tasks": CLOCK_LOOPS}
         await eventually(lambda: self.worker_stats(), lambda stats: stats == idle,
                          "the worker to hold nothing")
         await eventually(self.session_keys, lambda keys: keys == [], "no session keys")

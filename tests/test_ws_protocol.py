@@ -24,7 +24,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
-from sfu.registry import (
+from routing.registry import (
     WORKERS_KEY,
     WorkerRecord,
     WorkerRegistration,

@@ -4,7 +4,12 @@ live copy in integer planck (`vk:bal:<user id>`) that the SFU workers charge
 every second and check before every second.
 
 Credits (deposits, operator adjustments) commit in Postgres first, then move
-the live copy. A missing live copy is rebuilt from Postgres."""
+the live copy. A missing live copy is rebuilt from Postgres.
+
+This module is the only writer of `vk:bal:*`: credit, first load, rebuild,
+and the per-second charge — which runs inside the metering script (so a
+batch and its charges are one atomic step) but is written here, as a Lua
+function taking this module's key prefix."""
 
 from __future__ import annotations
 
@@ -15,7 +20,32 @@ from decimal import ROUND_FLOOR, Decimal
 import asyncpg
 import redis.asyncio as aioredis
 
-from vilokanam.metering import balance_key
+BALANCE_PREFIX = "vk:bal:"
+
+
+def balance_key(user_id: str) -> str:
+    return f"{BALANCE_PREFIX}{user_id}"
+
+
+# Lua: charge each tick {viewer_session_id, user_id, price_planck} of `ticks` to
+# its viewer's live balance (keys `prefix .. user_id`); returns the sessions
+# whose viewer cannot pay the next second, or has no live balance at all.
+# Metering embeds it in the script that writes a batch (vilokanam/metering.py).
+CHARGE_TICKS_LUA = """
+local function charge_ticks(ticks, prefix)
+  local broke = {}
+  for _, t in ipairs(ticks) do
+    local key = prefix .. t[2]
+    if redis.call('EXISTS', key) == 1 then
+      local left = redis.call('DECRBY', key, t[3])
+      if left < t[3] then table.insert(broke, t[1]) end
+    else
+      table.insert(broke, t[1])
+    end
+  end
+  return broke
+end
+"""
 
 # KEYS: the live balance. ARGV: the credit, the full balance after it (planck).
 # An existing copy moves by the credit (it already reflects unflushed ticks);

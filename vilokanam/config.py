@@ -27,10 +27,15 @@ class Setting:
     default: str | None
     help: str
     secret: bool = False
+    # The roles that may be given this setting (None: every role). A secret
+    # reaches only the role that needs it: `as_env(role)` leaves it out for the
+    # others, and the compose test refuses it in another role's service.
+    roles: tuple[str, ...] | None = None
 
 
-def _setting(env: str, default: str | None, help: str, *, secret: bool = False) -> Any:
-    return field(default=None, metadata={"setting": Setting(env, default, help, secret)})
+def _setting(env: str, default: str | None, help: str, *, secret: bool = False,
+             roles: tuple[str, ...] | None = None) -> Any:
+    return field(default=None, metadata={"setting": Setting(env, default, help, secret, roles)})
 
 
 def _parse_port(name: str, raw: str) -> int:
@@ -142,7 +147,13 @@ class Settings:
     escrow_uri: str | None = _setting(
         "VILOKANAM_ESCROW_URI", None,
         "Secret URI (e.g. a mnemonic or `//Escrow`) of the platform's escrow account. "
-        "Never logged. `vilokanam dev` uses the dev URI `//VilokanamEscrow`.", secret=True)
+        "Never logged; given to the billing role only. `vilokanam dev` uses the dev URI "
+        "`//VilokanamEscrow`.", secret=True, roles=("billing",))
+    escrow_account: str | None = _setting(
+        "VILOKANAM_ESCROW_ACCOUNT", None,
+        "Public address (any SS58 prefix) of the escrow account, which `GET /api/billing/info` "
+        "shows viewers as where to deposit. Signaling needs only this, never the secret URI. "
+        "`vilokanam dev` derives it from the dev escrow.")
     dev_mode: bool = _setting(
         "VILOKANAM_DEV_MODE", "false",
         "Enables `POST /api/dev/token` (a viewer token for any account, no signature). "
@@ -150,7 +161,8 @@ class Settings:
     token_secret: str | None = _setting(
         "VILOKANAM_TOKEN_SECRET", None,
         "HMAC secret that signs Bearer tokens (at least 32 characters). Never logged. "
-        "`vilokanam dev` makes one and keeps it in its data dir.", secret=True)
+        "`vilokanam dev` makes one and keeps it in its data dir. Given to the signaling role "
+        "only.", secret=True, roles=("signaling",))
     settlement_period: Decimal = _setting(
         "VILOKANAM_SETTLEMENT_PERIOD", "60",
         "Seconds between creator payout batches on chain.")
@@ -213,13 +225,14 @@ class Settings:
             return self.sfu_advertise_url.rstrip("/")
         return f"http://{self.sfu_host}:{self.sfu_port}"
 
-    def as_env(self) -> dict[str, str]:
-        """The environment that reproduces these settings in a child process."""
+    def as_env(self, role: str | None = None) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process;
+        for `role`, without the settings (secrets) meant for other roles."""
         env: dict[str, str] = {}
         for f in fields(self):
             spec: Setting = f.metadata["setting"]
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or (role and spec.roles and role not in spec.roles):
                 continue
             if f.name == "ice_host_addresses":
                 env[spec.env] = ",".join(value)

@@ -80,12 +80,14 @@ class DevStack:
         chain.provision()
         chain.start()
         self.services.append(chain)
-        self.settings = replace(self.settings, substrate_url=chain.url, escrow_uri=escrow_uri)
+        self.settings = replace(self.settings, substrate_url=chain.url, escrow_uri=escrow_uri,
+                                escrow_account=self.settings.escrow_account
+                                or address_of(escrow_uri))
 
     def start_roles(self) -> None:
-        env = {**_inherited_env(), **self.settings.as_env()}
         logs = self.data_dir / "logs"
         for role in ("signaling", "sfu", "billing"):
+            env = {**_inherited_env(), **self.settings.as_env(role)}  # each role its secrets
             proc = ManagedProcess(role, [sys.executable, "-m", "vilokanam", role],
                                   log_path=logs / f"{role}.log", env=env)
             proc.start()
