@@ -367,6 +367,20 @@ async def test_stream_key_is_stored_only_as_a_unique_hash(db: asyncpg.Connection
         await make_stream(db, creator, stream_key_hash=None)
 
 
+async def test_a_stream_inserted_without_a_key_gets_a_digest_nobody_knows(
+        db: asyncpg.Connection) -> None:
+    """The document allows a keyless `streams` row: it is accepted, with the digest of a
+    random value (so no key, not even the empty one, publishes to it), unique per row."""
+    creator = await make_user(db, "creator", creator=True)
+    digests = [bytes(await db.fetchval(
+        "INSERT INTO streams (creator_id, title) VALUES ($1, 'keyless') "
+        "RETURNING stream_key_hash", creator)) for _ in range(2)]
+    assert all(len(digest) == 32 for digest in digests)
+    assert digests[0] != digests[1]
+    assert not {key_hash(""), key_hash("null"), hashlib.sha256(uuid.UUID(int=0).bytes).digest()
+                } & set(digests)
+
+
 async def test_migrations_carry_existing_data_over(db: asyncpg.Connection) -> None:
     """Apply 0001, add rows, then apply the amendments: in a scratch schema, rolled back.
     Existing stream keys are hashed (so they keep working), money and ticks survive."""
