@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from vilokanam.config import ConfigError, Settings
 from vilokanam.services.net import ensure_port_free, port_is_free
@@ -63,7 +64,7 @@ def assign_ports(settings: Settings,
     order = ([w for w in wanted if w[1] in given] + [w for w in wanted if w[1] not in given])
     holders: dict[int, str] = {}
     moves: list[PortMove] = []
-    changes: dict[str, int] = {}
+    changes: dict[str, Any] = {}
     for name, variable in order:
         port = getattr(settings, name)
         if port in holders:
