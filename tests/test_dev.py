@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import npm_cache_dir, require
 from tests.processes import http_get
+from tests.waiting import wait_until_sync
 from vilokanam.config import Settings
 from vilokanam.dev import chain_preparing_line
 from vilokanam.services.chain import node_available
@@ -162,9 +163,13 @@ def stop_and_check_nothing_left(run: DevRun) -> float:
     took = time.monotonic() - started
     assert run.proc.returncode == 0, run.output()
     assert took < 10, f"stopping took {took:.1f} s"
-    time.sleep(0.2)
-    left = [pid for pid in family if alive(pid)]
-    assert not left, f"processes left behind: {left}"
+    # children the stop ended may take a moment to be reaped by init
+    try:
+        wait_until_sync(lambda: not any(alive(pid) for pid in family), "no process left",
+                        timeout=2)
+    except AssertionError:
+        raise AssertionError(f"processes left behind: {[p for p in family if alive(p)]}") \
+            from None
     assert "stopped." in run.output()
     return took
 

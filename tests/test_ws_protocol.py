@@ -33,10 +33,12 @@ from sfu.registry import (
 )
 from signaling import ws as ws_module
 from signaling.app import create_app
+from signaling.events import EVENTS
 from signaling.protocol import MAX_MESSAGE_BYTES, ErrorCode, ProtocolError
 from signaling.stream_keys import hash_stream_key, new_stream_key
 from signaling.tokens import issue_token
 from tests.fake_worker import FAKE_ANSWER_SDP, FakeWorker
+from tests.waiting import wait_until
 from vilokanam.balances import credit
 from vilokanam.config import Settings
 from vilokanam.services.net import free_port
@@ -144,10 +146,17 @@ async def error_code(ws: Socket, message: dict[str, Any] | str) -> str:
 
 
 async def eventually(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+    await wait_until(check, what, timeout=TIMEOUT, interval=0.02)
+
+
+@dataclasses.dataclass(eq=False)
+class Witness:
+    """A listener of signaling's event hub that keeps what it hears."""
+
+    seen: list[dict[str, Any]]
+
+    def on_event(self, channel: str, event: dict[str, Any]) -> None:
+        self.seen.append(event)
 
 
 def metric(name: str, **labels: str) -> float:
@@ -507,9 +516,16 @@ async def test_events_published_while_the_worker_answers_follow_the_answer(
     _, stream_id, _ = await h.publishing()
 
     async def count_this_viewer() -> None:
+        # signaling's hub hands an event to every listener of its channel in
+        # one go: once this one has it, the watcher's connection has it too
+        seen: list[dict[str, Any]] = []
+        witness = Witness(seen)
+        hub = h.client.app[EVENTS]
+        hub.add(f"vk:stream:{stream_id}:events", witness)
         await h.event(f"vk:stream:{stream_id}:events", type="viewer_count",
                       stream_id=stream_id, count=1)
-        await asyncio.sleep(0.1)  # let signaling receive it before the answer
+        await wait_until(lambda: seen, "signaling receiving the event before the answer")
+        hub.remove(f"vk:stream:{stream_id}:events", witness)
 
     h.worker.while_answering = count_this_viewer
     _, token = await h.token()
@@ -562,7 +578,7 @@ async def test_a_client_that_does_not_read_is_dropped_once() -> None:
                               lambda: overflows.append(1), name="test-outbox")
     for n in range(ws_module.OUTBOX_LIMIT + 10):
         outbox.put({"n": n})
-    await asyncio.sleep(0)
+    await wait_until(lambda: overflows, "the outbox reporting its overflow")
     assert overflows == [1]
     await outbox.close()
 
