@@ -37,3 +37,23 @@ def wait_until_sync(check: Callable[[], Any], what: str, timeout: float = 10.0,
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
     return value
+
+
+async def wait_for_value(read: Callable[[], Any], ok: Callable[[Any], bool],
+                         what: str = "the value", timeout: float = 10.0,
+                         interval: float = POLL_INTERVAL) -> Any:
+    """The first value of `read()` (sync or async) for which `ok` holds; the
+    failure names `what` and the last value read."""
+    last: list[Any] = []
+
+    async def check() -> tuple[Any] | None:
+        value = read()
+        if inspect.isawaitable(value):
+            value = await value
+        last[:] = [value]
+        return (value,) if ok(value) else None  # a tuple: truthy even for a falsy value
+
+    try:
+        return (await wait_until(check, what, timeout=timeout, interval=interval))[0]
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last: {last[0] if last else None!r}") from None
