@@ -229,6 +229,8 @@ def _session_front(kind: str, who: str) -> dict[str, Schema]:
             "parameters": [_STREAM_ID],
             "post": _op(f"Start a session with an SDP offer ({who})", {
                 "201": _sdp("the SDP answer; `Location`, `ETag`, `Link` ICE servers"),
+                "400": _json(_ERROR_REF, "the body is empty, not UTF-8, or not an SDP offer "
+                                         "(`bad_sdp`)"),
                 "413": _error("PayloadTooLarge"), **status_errors},
                 requestBody={"required": True, "content": {_SDP: {"schema": _STR}}},
                 security=_BEARER),
@@ -239,6 +241,7 @@ def _session_front(kind: str, who: str) -> dict[str, Schema]:
             "parameters": [_STREAM_ID, _RESOURCE_ID],
             "patch": _op("Trickle ICE candidates (`If-Match: <ETag>`)", {
                 "204": {"description": "candidates applied"}, "400": _error("BadRequest"),
+                "413": _error("PayloadTooLarge"),
                 "404": _error("NotFound"), "412": _json(_ERROR_REF, "ETag mismatch"),
                 "428": _json(_ERROR_REF, "no If-Match"),
                 "415": _json(_ERROR_REF, f"not {_TRICKLE}"),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
+from tests.waiting import wait_until_sync
 from vilokanam.config import Settings
 from vilokanam.services.process import ManagedProcess
 
@@ -35,13 +35,11 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 
 def wait_healthy(proc: ManagedProcess, port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         assert proc.running, f"{proc.name} exited early:\n{proc.tail()}"
         try:
-            if http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200:
-                return
+            return http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{proc.name} did not serve /healthz in {timeout} s:\n{proc.tail()}")
+            return False
+
+    wait_until_sync(healthy, f"{proc.name} serving /healthz", timeout=timeout, interval=0.1)

@@ -36,6 +36,7 @@ from tests.test_settlement import (
     pristine_chain_afterwards,  # noqa: F401 - a fixture
     remark_text,
 )
+from tests.waiting import wait_until
 from vilokanam.accounts import address_of, canonical_account
 from vilokanam.config import Settings
 from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
@@ -110,10 +111,13 @@ async def test_deposit_watch_bill_pay_and_verify(
             await publisher.start(publish)
             await watcher_peer.start(watch)
             await watcher_peer.wait_for_frames("video", 30)
-            await asyncio.sleep(3)
-            billed = next(p.meter.ticks for p in worker.app[MANAGER].peers.values()
-                          if p.role == "viewer")
-            assert billed >= 2
+
+            def ticked() -> int:
+                return next(p.meter.ticks for p in worker.app[MANAGER].peers.values()
+                            if p.role == "viewer")
+
+            await wait_until(lambda: ticked() >= 2, "two billed seconds", timeout=3)
+            billed = ticked()  # the worker's count as the viewer leaves
     finally:
         await watcher_peer.close()
         await publisher.close()

@@ -25,6 +25,7 @@ from billing.chain import AsyncChain, ChainClient, load_escrow
 from billing.flush import Flusher
 from billing.settlement import REMARK_PREFIX, Settler, batch_digest
 from tests.conftest import ESCROW_URI, Stores
+from tests.waiting import wait_until
 from vilokanam.accounts import canonical_account, public_key_of
 from vilokanam.balances import credit
 from vilokanam.logs import _Formatter
@@ -470,7 +471,7 @@ async def test_the_loop_settles_by_threshold_and_stops_with_its_owner(
         # No batch yet: the first round settles at once.
         await wait_for_async(lambda: completed_count(db), 1)
         await watch(pool, redis, show, seconds=2)  # 0.0018 pending: under the threshold
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # time passing IS the test: no batch while under it
         assert await completed_count(db) == 1
         await watch(pool, redis, show, seconds=1)  # 0.0027 pending: over it, long before 1 h
         await wait_for_async(lambda: completed_count(db), 2)
@@ -485,14 +486,12 @@ async def completed_count(db: asyncpg.Connection) -> int:
 
 
 async def wait_for(check: Any, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await asyncio.to_thread(check):
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+    """`check` is synchronous (substrate-interface): it runs in a thread."""
+    await wait_until(lambda: asyncio.to_thread(check), "the chain condition", timeout=timeout)
 
 
 async def wait_for_async(read: Any, wanted: Any, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while (value := await read()) != wanted:
-        assert asyncio.get_running_loop().time() < deadline, f"still {value}, not {wanted}"
-        await asyncio.sleep(0.05)
+    async def reached() -> bool:
+        return bool(await read() == wanted)
+
+    await wait_until(reached, f"the value {wanted!r}", timeout=timeout)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -153,10 +154,12 @@ def _run_credit(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_dev(settings: Settings, _args: argparse.Namespace) -> int:
+def _run_dev(settings: Settings, args: argparse.Namespace) -> int:
     from vilokanam.dev import run_dev
+    from vilokanam.dev_ports import given_settings
 
-    return run_dev(settings)
+    flags = {k for k, v in vars(args).items() if k not in _COMMAND_ARGS and v is not None}
+    return run_dev(settings, given_settings(os.environ, flags))
 
 
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
