@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 
 from signaling.admission import (
     check_stream_key,
+    ensure_not_suspended,
     ensure_viewer_can_pay,
     place_publisher,
     start_publisher,
@@ -57,6 +58,7 @@ _HTTP_STATUS: dict[ErrorCode, tuple[int, int | None]] = {
     ErrorCode.BAD_CANDIDATE: (400, None),
     ErrorCode.UNAUTHORIZED: (401, None),
     ErrorCode.INSUFFICIENT_FUNDS: (402, None),
+    ErrorCode.SUSPENDED: (403, None),
     ErrorCode.STREAM_NOT_FOUND: (404, None),
     ErrorCode.ALREADY_LIVE: (409, None),
     ErrorCode.STREAM_NOT_LIVE: (409, RETRY_NOT_LIVE_S),
@@ -335,6 +337,7 @@ async def admit_viewer(request: web.Request, stream_id: str) -> Start:
     exactly as for the websocket's `watch`. The worker meters the peer."""
     app = request.app
     claims = verify_viewer_token(app[SETTINGS], bearer_token(request))
+    await ensure_not_suspended(app[BACKENDS], claims.user_id)
     await ensure_viewer_can_pay(app, claims, stream_id)
     worker = await viewer_worker(app[BACKENDS].redis, stream_id)
 
