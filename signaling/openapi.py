@@ -277,16 +277,22 @@ def _other_paths() -> dict[str, Schema]:
 
 
 def openapi_document() -> dict[str, Any]:
+    # Imported here: the community part is built from this module's helpers.
+    from signaling.community.openapi import COMMUNITY_SCHEMAS, community_paths
+
+    paths = _api_paths()
+    for path, item in community_paths().items():  # PATCH /api/me joins GET /api/me
+        paths[path] = {**paths.get(path, {}), **item}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Vilokanam signaling", "version": "0.1.0",
                  "description": "Pay-per-second live streaming: REST API, WHIP/WHEP, "
                                 "websocket signaling, health. Every error is "
                                 '`{"error": {"code", "message"}}`.'},
-        "paths": {**_api_paths(), **_session_front("whip", "Bearer = the stream key"),
+        "paths": {**paths, **_session_front("whip", "Bearer = the stream key"),
                   **_session_front("whep", "Bearer = a viewer token"), **_other_paths()},
         "components": {
-            "schemas": _SCHEMAS, "responses": _RESPONSES,
+            "schemas": {**_SCHEMAS, **COMMUNITY_SCHEMAS}, "responses": _RESPONSES,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "a viewer token from /api/auth/verify "
                                                           "(WHIP: the stream key)"}}},
