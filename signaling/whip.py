@@ -81,6 +81,7 @@ class Started:
     peer: PeerRef
     worker_id: str
     answer: str
+    user_id: str  # the viewer, or the stream's creator
 
 
 Start = Callable[[str], Awaitable[Started]]  # the offer -> the started peer
@@ -198,7 +199,7 @@ class SessionFront:
         except ProtocolError as err:
             raise http_error(err) from None
         session = HttpSession.new(self.kind, stream_id, started.worker_id, started.peer,
-                                  offer_credentials(offer))
+                                  offer_credentials(offer), started.user_id)
         try:
             await request.app[KEEPER].open(session)
         except BaseException:
@@ -320,14 +321,14 @@ async def admit_publisher(request: web.Request, stream_id: str) -> Start:
     websocket's `publish` checks it; the stream is placed once the offer is read."""
     app = request.app
     backends, sfu, settings = app[BACKENDS], app[SFU_CLIENT], app[SETTINGS]
-    await check_stream_key(backends, request.remote or "unknown", stream_id,
-                           bearer_token(request))
+    creator_id = await check_stream_key(backends, request.remote or "unknown", stream_id,
+                                        bearer_token(request))
 
     async def start(offer: str) -> Started:
         placement = await place_publisher(backends.redis, stream_id)
         answer = await start_publisher(sfu, backends.redis, placement, stream_id, sdp=offer,
                                        signaling_url=settings.base_url)
-        return Started(answer.peer, placement.worker.worker_id, answer.sdp)
+        return Started(answer.peer, placement.worker.worker_id, answer.sdp, creator_id)
 
     return start
 
@@ -344,7 +345,7 @@ async def admit_viewer(request: web.Request, stream_id: str) -> Start:
     async def start(offer: str) -> Started:
         answer = await app[SFU_CLIENT].add_viewer(worker.control_url, stream_id, sdp=offer,
                                                   viewer_user_id=claims.user_id)
-        return Started(answer.peer, worker.worker_id, answer.sdp)
+        return Started(answer.peer, worker.worker_id, answer.sdp, claims.user_id)
 
     return start
 
