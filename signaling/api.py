@@ -14,6 +14,7 @@ import asyncpg
 from aiohttp import web
 
 from sfu.lifecycle import end_stream_rows
+from signaling.community.categories import resolve_category
 from signaling.errors import bad_request, forbidden, not_found, parse_json_body
 from signaling.placement import stream_worker
 from signaling.sfu_client import SFU_CLIENT, SfuError
@@ -53,8 +54,9 @@ SELECT s.id::text AS id, s.creator_id::text AS creator_id, s.title, s.status,
        s.price_per_second, COALESCE(s.viewer_count, 0) AS viewer_count,
        COALESCE(s.total_ticks, 0) AS total_ticks,
        s.start_time AT TIME ZONE current_setting('TimeZone') AS start_time,
-       s.end_time AT TIME ZONE current_setting('TimeZone') AS end_time
-FROM streams s JOIN users u ON u.id = s.creator_id
+       s.end_time AT TIME ZONE current_setting('TimeZone') AS end_time,
+       s.category_id::text AS category_id, c.name AS category
+FROM streams s JOIN users u ON u.id = s.creator_id LEFT JOIN categories c ON c.id = s.category_id
 """
 
 
@@ -141,6 +143,7 @@ def stream_json(row: asyncpg.Record, settings: Settings) -> dict[str, Any]:
         "viewer_count": row["viewer_count"], "total_ticks": row["total_ticks"],
         "start_time": _iso(row["start_time"]), "end_time": _iso(row["end_time"]),
         "watch_url": urls["watch_url"], "whep_url": urls["whep_url"],
+        "category_id": row["category_id"], "category": row["category"],
     }
 
 
@@ -175,11 +178,13 @@ async def create_stream(request: web.Request) -> web.Response:
                         settings.token_decimals)
     stream_key = new_stream_key()
     async with request.app[BACKENDS].pg.acquire() as conn, conn.transaction():
+        category_id = None if body.get("category") is None else await resolve_category(
+            conn, body["category"])
         creator = await make_creator(conn, claims.account)
         stream_id = await conn.fetchval(
-            "INSERT INTO streams (creator_id, title, price_per_second, stream_key_hash) "
-            "VALUES ($1::uuid, $2, $3, $4) RETURNING id::text",
-            creator.id, title, price, hash_stream_key(stream_key))
+            "INSERT INTO streams (creator_id, title, price_per_second, stream_key_hash, "
+            "category_id) VALUES ($1::uuid, $2, $3, $4, $5::uuid) RETURNING id::text",
+            creator.id, title, price, hash_stream_key(stream_key), category_id)
         row = await conn.fetchrow(f"{STREAM_SELECT} WHERE s.id = $1::uuid", stream_id)
     assert row is not None
     # The key is shown here, once; only its hash is stored (migration 0005).
@@ -189,14 +194,23 @@ async def create_stream(request: web.Request) -> web.Response:
 
 
 async def list_streams(request: web.Request) -> web.Response:
+    """`status`, `category` (id or name) and `creator` (an account) filter."""
     status = parse_status(request)
     limit, offset = parse_paging(request)
-    rows = await request.app[BACKENDS].pg.fetch(
+    pg = request.app[BACKENDS].pg
+    category = request.query.get("category")
+    category_id = None if category is None else await resolve_category(pg, category)
+    creator = request.query.get("creator")
+    creator_account = None if creator is None else canonical_or_400(creator,
+                                                                   request.app[SETTINGS])
+    rows = await pg.fetch(
         f"""{STREAM_SELECT}
-        WHERE $1::text IS NULL OR s.status = $1
+        WHERE ($1::text IS NULL OR s.status = $1)
+          AND ($4::uuid IS NULL OR s.category_id = $4::uuid)
+          AND ($5::text IS NULL OR u.account_id = $5)
         ORDER BY COALESCE(s.viewer_count, 0) DESC, s.start_time DESC NULLS LAST,
                  s.created_at DESC, s.id
-        LIMIT $2 OFFSET $3""", status, limit, offset)
+        LIMIT $2 OFFSET $3""", status, limit, offset, category_id, creator_account)
     settings = request.app[SETTINGS]
     return web.json_response({"streams": [stream_json(row, settings) for row in rows],
                               "limit": limit, "offset": offset})

@@ -29,6 +29,7 @@ from signaling.admission import (
     verify_viewer_token,
     viewer_worker,
 )
+from signaling.community.chat_events import CHAT_EVENTS
 from signaling.community.ws_member import WsMember
 from signaling.errors import ApiError
 from signaling.events import EVENTS
@@ -312,8 +313,8 @@ class Connection:
 
     def on_event(self, channel: str, event: dict[str, Any]) -> None:
         session = self._session
-        if session is None:
-            return
+        if session is None or event.get("type") in CHAT_EVENTS:
+            return  # chat on the stream's channel is the WsMember's (chat_join)
         if session.peer is None:
             if len(session.held) < HELD_LIMIT:
                 session.held.append(event)

@@ -467,3 +467,63 @@ async def test_dashboard_numbers_equal_sums_over_the_rows(client: Client,
     assert await error_of(response, 403) == "forbidden"
     response = await client.get("/api/me/dashboard?hours=0", headers=bearer(alice["token"]))
     assert await error_of(response, 400) == "invalid_hours"
+
+
+async def test_a_stream_has_a_category_and_lists_filter_by_it(client: Client,
+                                                              db: asyncpg.Connection) -> None:
+    music = await db.fetchval("INSERT INTO categories (name) VALUES ('Music') RETURNING id::text")
+    await db.execute("INSERT INTO categories (name) VALUES ('Art')")
+    alice = (await login(client, ALICE_42))["token"]
+    bob = (await login(client, BOB_42))["token"]
+    by_name = await create_stream(client, alice, category="music")
+    assert (by_name["category_id"], by_name["category"]) == (music, "Music")
+    by_id = await create_stream(client, bob, category=music)
+    assert by_id["category"] == "Music"
+    plain = await create_stream(client, alice)
+    assert (plain["category_id"], plain["category"]) == (None, None)
+    response = await client.post("/api/streams", json={"title": "x", "category": "Cooking"},
+                                 headers=bearer(alice))
+    assert await error_of(response, 400) == "unknown_category"
+
+    async def ids(query: str) -> set[str]:
+        response = await client.get(f"/api/streams?{query}")
+        assert response.status == 200, await response.text()
+        return {s["id"] for s in (await response.json())["streams"]}
+    assert await ids("category=Music") == {by_name["id"], by_id["id"]}
+    assert await ids("category=art") == set()
+    assert await ids(f"creator={ALICE_42}") == {by_name["id"], plain["id"]}
+    assert await ids(f"category={music}&creator={BOB_42}") == {by_id["id"]}
+    response = await client.get("/api/streams?category=nope")
+    assert await error_of(response, 400) == "unknown_category"
+
+
+async def test_counters_and_logs_without_the_email(client: Client, db: asyncpg.Connection,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import REGISTRY
+
+    def metric(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    alice = await login(client, ALICE_42)
+    bob = (await login(client, BOB_42))["token"]
+    follows = metric("vilokanam_follows_total", change="follow")
+    reports = metric("vilokanam_reports_total", target_type="user")
+    chats = metric("vilokanam_chat_messages_total", front="rest")
+    await client.post(f"/api/users/{ALICE_42}/follow", headers=bearer(bob))
+    await client.post(f"/api/users/{ALICE_42}/follow", headers=bearer(bob))  # no change
+    await client.post("/api/reports", json={"target_type": "user", "target_id": ALICE_42,
+                                            "reason": "spam"}, headers=bearer(bob))
+    stream = await create_stream(client, alice["token"])
+    await client.post(f"/api/streams/{stream['id']}/comments", json={"content": "hi"},
+                      headers=bearer(bob))
+    assert metric("vilokanam_follows_total", change="follow") == follows + 1
+    assert metric("vilokanam_reports_total", target_type="user") == reports + 1
+    assert metric("vilokanam_chat_messages_total", front="rest") == chats + 1
+
+    caplog.set_level("INFO")
+    response = await client.patch("/api/me", json={"email": "secret.person@example.org"},
+                                  headers=bearer(bob))
+    assert response.status == 200
+    lines = [f"{r.getMessage()} {getattr(r, 'fields', {})}" for r in caplog.records]
+    assert any("profile.updated" in line and "email" in line for line in lines)  # the field
+    assert not any("secret.person" in line for line in lines)  # never its value
