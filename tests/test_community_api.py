@@ -527,3 +527,59 @@ async def test_counters_and_logs_without_the_email(client: Client, db: asyncpg.C
     lines = [f"{r.getMessage()} {getattr(r, 'fields', {})}" for r in caplog.records]
     assert any("profile.updated" in line and "email" in line for line in lines)  # the field
     assert not any("secret.person" in line for line in lines)  # never its value
+
+
+def _image(codec: str, pix_fmt: str, fmt: str = "image2pipe", side: int = 32) -> bytes:
+    import io
+
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=fmt) as out:
+        stream = out.add_stream(codec)
+        stream.width, stream.height, stream.pix_fmt = side, side, pix_fmt
+        frame = av.VideoFrame(side, side, "rgb24").reformat(format=pix_fmt)
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+async def test_an_uploaded_profile_image_is_checked_and_served(client: Client) -> None:
+    token = (await login(client, ALICE_42))["token"]
+    png = _image("png", "rgb24")
+    jpeg = _image("mjpeg", "yuvj420p")
+
+    async def put(body: bytes, content_type: str) -> Any:
+        return await client.put("/api/me/profile-image", data=body,
+                                headers={**bearer(token), "Content-Type": content_type})
+
+    response = await put(png, "image/png")
+    assert response.status == 200, await response.text()
+    url = (await response.json())["profile_image_url"]
+    assert url.startswith(f"{client.make_url('')}".rstrip("/") + f"/api/users/{ALICE_42}/")
+    served = await client.get(f"/api/users/{ALICE_42}/profile-image")
+    assert (served.status, await served.read()) == (200, png)
+    assert served.headers["Content-Type"] == "image/png"
+    assert served.headers["X-Content-Type-Options"] == "nosniff"
+    again = await client.get(f"/api/users/{ALICE_42}/profile-image",
+                             headers={"If-None-Match": served.headers["ETag"]})
+    assert again.status == 304
+
+    for body, content_type, status, code in [
+            (b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, "image/png", 400, "not_an_image"),
+            (b"<html><script>alert(1)</script></html>", "image/png", 400, "not_an_image"),
+            (jpeg, "image/png", 400, "not_an_image"),  # a JPEG called a PNG
+            (png[: len(png) // 2], "image/png", 400, "not_an_image"),
+            (b"<html></html>", "text/html", 415, "unsupported_media_type"),
+            (b"\xff" * (512 * 1024 + 1), "image/jpeg", 413, "payload_too_large")]:
+        assert await error_of(await put(body, content_type), status) == code, (content_type,
+                                                                                code)
+    response = await put(jpeg, "image/jpeg")
+    assert response.status == 200
+    assert (await (await client.get(f"/api/users/{ALICE_42}/profile-image")).read()) == jpeg
+    assert (await response.json())["profile_image_url"] != url  # a new version, a new URL
+
+    response = await client.delete("/api/me/profile-image", headers=bearer(token))
+    assert (await response.json())["profile_image_url"] is None
+    gone = await client.get(f"/api/users/{ALICE_42}/profile-image")
+    assert await error_of(gone, 404) == "no_profile_image"

@@ -154,6 +154,26 @@ def community_paths() -> dict[str, Schema]:
             "400": _error("BadRequest"), **_AUTH,
             "409": _conflict("`username_taken` / `email_taken` (case-insensitive)")},
             requestBody=_body(_ref("ProfileChange")), security=_BEARER)},
+        "/api/me/profile-image": {
+            "put": _op("Upload the caller's profile image (PNG, JPEG, WebP; 512 KiB)", {
+                "200": _json(_ref("Profile"), "the profile, profile_image_url set to ours"),
+                "400": _json({"$ref": "#/components/schemas/Error"},
+                             "`not_an_image`: the bytes are not the declared type"),
+                **_AUTH, "413": _error("PayloadTooLarge"),
+                "415": _json({"$ref": "#/components/schemas/Error"}, "not an image type")},
+                requestBody={"required": True, "content": {
+                    t: {"schema": {"type": "string", "format": "binary"}}
+                    for t in ("image/png", "image/jpeg", "image/webp")}},
+                security=_BEARER),
+            "delete": _op("Remove the uploaded profile image", {
+                "200": _json(_ref("Profile"), "the profile"), **_AUTH}, security=_BEARER)},
+        "/api/users/{account}/profile-image": {"get": _op("A user's uploaded profile image", {
+            "200": {"description": "the image (`ETag`, immutable caching, `nosniff`)",
+                    "content": {"image/*": {"schema": {"type": "string",
+                                                       "format": "binary"}}}},
+            "304": {"description": "not modified (`If-None-Match`)"},
+            "400": _error("BadRequest"), "404": _error("NotFound")},
+            parameters=[_ACCOUNT])},
         "/api/users/{account}/follow": {
             "parameters": [_ACCOUNT],
             "post": _op("Follow (idempotent)", follow, security=_BEARER),

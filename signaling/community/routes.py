@@ -13,6 +13,7 @@ from signaling.community import (
     follows,
     likes,
     moderation,
+    profile_images,
     profiles,
     reports,
 )
@@ -29,6 +30,9 @@ def add_community(app: web.Application) -> None:
     r.add_post("/api/categories", categories.create_category)
     r.add_get("/api/users/{account}", profiles.get_profile)
     r.add_patch("/api/me", profiles.update_me)
+    r.add_put("/api/me/profile-image", profile_images.put_profile_image)
+    r.add_delete("/api/me/profile-image", profile_images.delete_profile_image)
+    r.add_get("/api/users/{account}/profile-image", profile_images.get_profile_image)
     r.add_post("/api/users/{account}/follow", follows.follow)
     r.add_delete("/api/users/{account}/follow", follows.unfollow)
     r.add_get("/api/users/{account}/followers", follows.followers_of)
