@@ -113,6 +113,21 @@ async def test_chat_alerts_and_suspension_cross_signaling_servers(
     assert done.returncode == 0, done.stderr
     assert await db.fetchval("SELECT role FROM users WHERE account_id = $1", EVE) == "moderator"
 
+    # A second stream of Alice's, reported and removed: its worker ends it at once.
+    other_id, other_key = await cluster.stream()
+    other_ws, _ = await cluster.publish(1, other_id, other_key)
+    report = await cluster.post("/api/reports", {"target_type": "stream", "target_id": other_id,
+                                                 "reason": "violence"}, carol["token"])
+    async with cluster.http.post(cluster.url(f"/api/moderation/reports/{report['id']}"),
+                                 json={"action": "remove"},
+                                 headers={"Authorization": f"Bearer {eve['token']}"}) as resp:
+        assert resp.status == 200, await resp.text()
+    assert (await next_message(other_ws, {"stream_ended", "error"}))["type"] == "stream_ended"
+    assert await db.fetchval("SELECT status FROM streams WHERE id = $1::uuid",
+                             other_id) == "ended"
+    assert await db.fetchval("SELECT status FROM streams WHERE id = $1::uuid",
+                             stream_id) == "live"  # the other stream is untouched
+
     # Dave, watching on server 1, is suspended from server 0: disconnected at once.
     await suspend(cluster, 0, eve["token"], carol["token"], "user", DAVE)
     await closed_as_suspended(viewer_ws)
