@@ -286,6 +286,12 @@ async def test_concurrent_likes_keep_counts_exact(client: Client,
                                        json={"content": "like me"},
                                        headers=bearer(tokens[0]))).json()
     url = str(client.make_url("/"))
+    from prometheus_client import REGISTRY
+
+    def likes_counted() -> float:
+        return REGISTRY.get_sample_value("vilokanam_likes_total",
+                                         {"target": "video", "change": "like"}) or 0.0
+    counted = likes_counted()
     async with ClientSession() as http:
         async def like(path: str, token: str, method: str = "POST") -> int:
             async with http.request(method, url + path, headers=bearer(token)) as resp:
@@ -298,6 +304,7 @@ async def test_concurrent_likes_keep_counts_exact(client: Client,
         assert await db.fetchval("SELECT like_count FROM videos WHERE id = $1::uuid",
                                  video) == 30
         assert await db.fetchval("SELECT count(*) FROM video_likes") == 30
+        assert likes_counted() == counted + 30  # 90 requests, 30 changes
         assert await db.fetchval("SELECT like_count FROM comments WHERE id = $1::uuid",
                                  comment["id"]) == 30
         # Half unlike, twice each, at once, while the others like again.

@@ -37,8 +37,9 @@ COMMENT = Likeable("comment", "comments", "comment_likes", "is_deleted IS NOT TR
 
 
 async def _change(pg: asyncpg.Pool, kind: Likeable, target_id: str, user_id: str,
-                  like: bool) -> int | None:
-    """The like_count after the change; None when the target does not exist."""
+                  like: bool) -> asyncpg.Record | None:
+    """`like_count` after the change and whether a row `changed`; None when
+    the target does not exist."""
     column = f"{kind.name}_id"
     if like:
         change = (f"INSERT INTO {kind.likes} ({column}, user_id) VALUES ($1::uuid, $2::uuid) "
@@ -48,12 +49,13 @@ async def _change(pg: asyncpg.Pool, kind: Likeable, target_id: str, user_id: str
         change = (f"DELETE FROM {kind.likes} WHERE {column} = $1::uuid AND user_id = $2::uuid "
                   f"RETURNING 1")
         sign = "-"
-    count: int | None = await pg.fetchval(
+    return await pg.fetchrow(
         f"""WITH changed AS ({change})
         UPDATE {kind.table} SET like_count = COALESCE(like_count, 0) {sign}
                                              (SELECT count(*) FROM changed)
-        WHERE id = $1::uuid RETURNING like_count""", target_id, user_id)
-    return count
+        WHERE id = $1::uuid
+        RETURNING like_count, (SELECT count(*) FROM changed) > 0 AS changed""",
+        target_id, user_id)
 
 
 async def _like(request: web.Request, kind: Likeable, like: bool) -> web.Response:
@@ -69,15 +71,16 @@ async def _like(request: web.Request, kind: Likeable, like: bool) -> web.Respons
         # comment) would reference a row nobody can see.
         raise ApiError(409, f"{kind.name}_unavailable", f"this {kind.name} cannot be liked")
     try:
-        count = await _change(pg, kind, target_id, claims.user_id, like)
+        result = await _change(pg, kind, target_id, claims.user_id, like)
     except asyncpg.ForeignKeyViolationError:  # deleted in between
         raise not_found(f"{kind.name}_not_found", f"no {kind.name} {target_id}") from None
-    if count is None:
+    if result is None:
         raise not_found(f"{kind.name}_not_found", f"no {kind.name} {target_id}")
-    LIKES.labels(target=kind.name, change="like" if like else "unlike").inc()
-    log_event(log, f"like.{'added' if like else 'removed'}", target=kind.name,
-              target_id=target_id, user_id=claims.user_id)
-    return web.json_response({"liked": like, "like_count": count})
+    if result["changed"]:
+        LIKES.labels(target=kind.name, change="like" if like else "unlike").inc()
+        log_event(log, f"like.{'added' if like else 'removed'}", target=kind.name,
+                  target_id=target_id, user_id=claims.user_id)
+    return web.json_response({"liked": like, "like_count": result["like_count"]})
 
 
 async def like_video(request: web.Request) -> web.Response:
