@@ -590,3 +590,31 @@ async def test_an_uploaded_profile_image_is_checked_and_served(client: Client) -
     assert (await response.json())["profile_image_url"] is None
     gone = await client.get(f"/api/users/{ALICE_42}/profile-image")
     assert await error_of(gone, 404) == "no_profile_image"
+
+
+async def test_a_video_has_several_categories_set_by_its_creator(client: Client,
+                                                                 db: asyncpg.Connection) -> None:
+    music = await db.fetchval("INSERT INTO categories (name) VALUES ('Music') RETURNING id::text")
+    await db.execute("INSERT INTO categories (name) VALUES ('Art'), ('Gaming')")
+    alice = await login(client, ALICE_42)
+    bob = (await login(client, BOB_42))["token"]
+    video = await ready_video(db, alice["user_id"])
+    path = f"/api/videos/{video}/categories"
+    response = await client.put(path, json={"categories": ["art", music, "Music"]},
+                                headers=bearer(alice["token"]))
+    assert response.status == 200, await response.text()
+    assert [c["name"] for c in (await response.json())["categories"]] == ["Art", "Music"]
+    assert await db.fetchval("SELECT count(*) FROM video_categories") == 2
+    response = await client.put(path, json={"categories": ["Gaming"]},
+                                headers=bearer(alice["token"]))
+    assert [c["name"] for c in (await response.json())["categories"]] == ["Gaming"]
+    assert await db.fetchval("SELECT count(*) FROM video_categories") == 1
+    response = await client.put(path, json={"categories": ["Gaming"]}, headers=bearer(bob))
+    assert await error_of(response, 403) == "forbidden"
+    response = await client.put(path, json={"categories": ["Nope"]},
+                                headers=bearer(alice["token"]))
+    assert await error_of(response, 400) == "unknown_category"
+    assert await db.fetchval("SELECT count(*) FROM video_categories") == 1  # rolled back
+    response = await client.put(path, json={"categories": "Gaming"},
+                                headers=bearer(alice["token"]))
+    assert await error_of(response, 400) == "invalid_categories"

@@ -146,6 +146,12 @@ def community_paths() -> dict[str, Schema]:
                 "201": _json(_ref("Category"), "the category"), "400": _error("BadRequest"),
                 **_AUTH, "409": _conflict("`category_exists` (names ignore case)")},
                 requestBody=_body(_ref("NewCategory")), security=_BEARER)},
+        "/api/videos/{video_id}/categories": {"put": _op(
+            "Set a video's categories (its creator; at most 5, ids or names)", {
+                "200": _json(_ref("Categories"), "the video's categories"),
+                "400": _error("BadRequest"), **_AUTH, "404": _error("NotFound")},
+            parameters=[_VIDEO], requestBody=_body(_obj({"categories": {
+                "type": "array", "maxItems": 5, "items": _STR}})), security=_BEARER)},
         "/api/users/{account}": {"get": _op("A public profile (never the email)", {
             "200": _json(_ref("Profile"), "the profile"), "400": _error("BadRequest"),
             "404": _error("NotFound")}, parameters=[_ACCOUNT])},

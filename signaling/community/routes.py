@@ -28,6 +28,7 @@ def add_community(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/categories", categories.list_categories)
     r.add_post("/api/categories", categories.create_category)
+    r.add_put("/api/videos/{video_id}/categories", categories.put_video_categories)
     r.add_get("/api/users/{account}", profiles.get_profile)
     r.add_patch("/api/me", profiles.update_me)
     r.add_put("/api/me/profile-image", profile_images.put_profile_image)
