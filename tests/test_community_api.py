@@ -370,6 +370,10 @@ async def test_reports_and_the_moderation_queue(client: Client,
     pending = await (await client.get(queue, headers=bearer(mod))).json()
     assert [r["id"] for r in pending["reports"]] == [filed["id"], user_report["id"],
                                                       video_report["id"]]
+    assert [r["target"] for r in pending["reports"]] == [
+        {"owner_account": ALICE_42, "text": "rude", "state": "visible"},
+        {"owner_account": ALICE_42, "text": None, "state": "active"},
+        {"owner_account": ALICE_42, "text": "clip", "state": "ready"}]
 
     act = f"{queue}/{filed['id']}"
     response = await client.post(act, json={"action": "remove"}, headers=bearer(bob))
@@ -411,7 +415,8 @@ async def test_reports_and_the_moderation_queue(client: Client,
     assert (await (await client.get(queue, headers=bearer(mod))).json())["reports"] == []
     done = await (await client.get(f"{queue}?status=action_taken",
                                    headers=bearer(mod))).json()
-    assert len(done["reports"]) == 3
+    assert [r["target"]["state"] for r in done["reports"]] == ["deleted", "suspended",
+                                                               "archived"]
     response = await client.get(f"{queue}?status=nope", headers=bearer(mod))
     assert await error_of(response, 400) == "invalid_status"
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from sfu.events import stream_channel
+from signaling.events import stream_channel
 
 CHAT_MESSAGE = "chat_message"
 CHAT_DELETED = "chat_deleted"

@@ -52,12 +52,29 @@ def queue_json(row: asyncpg.Record) -> dict[str, Any]:
     return {**report_json(row), "action": row["action"],
             "reporter_account": row["reporter_account"],
             "reviewed_by_account": row["reviewed_by_account"],
-            "reviewed_at": reviewed.isoformat() if reviewed else None}
+            "reviewed_at": reviewed.isoformat() if reviewed else None,
+            # What the moderator judges: the text as given (pages render it as text).
+            "target": {"owner_account": row["owner_account"], "text": row["target_text"],
+                       "state": row["target_state"]}}
 
 
+# The reported thing, whatever its type: its owner, its text (a comment's
+# content, a video's or stream's title, a user's name) and its state now.
 _QUEUE_SELECT = f"""
-SELECT {REPORT_COLUMNS}, ru.account_id AS reporter_account, mu.account_id AS reviewed_by_account
+SELECT {REPORT_COLUMNS}, ru.account_id AS reporter_account, mu.account_id AS reviewed_by_account,
+       ou.account_id AS owner_account,
+       COALESCE(tc.content, tv.title, ts.title, ou.username) AS target_text,
+       CASE r.target_type
+            WHEN 'comment' THEN CASE WHEN tc.is_deleted THEN 'deleted' ELSE 'visible' END
+            WHEN 'video' THEN tv.status WHEN 'stream' THEN ts.status
+            ELSE CASE WHEN ou.suspended_at IS NOT NULL THEN 'suspended' ELSE 'active' END
+       END AS target_state
 FROM reports r JOIN users ru ON ru.id = r.reporter_id LEFT JOIN users mu ON mu.id = r.reviewed_by
+LEFT JOIN comments tc ON r.target_type = 'comment' AND tc.id = r.target_id
+LEFT JOIN videos tv ON r.target_type = 'video' AND tv.id = r.target_id
+LEFT JOIN streams ts ON r.target_type = 'stream' AND ts.id = r.target_id
+LEFT JOIN users ou ON ou.id = CASE r.target_type WHEN 'user' THEN r.target_id
+                                 ELSE COALESCE(tc.author_id, tv.creator_id, ts.creator_id) END
 """
 
 

@@ -97,7 +97,11 @@ COMMUNITY_SCHEMAS: dict[str, Schema] = {
                     "description": _NSTR, "created_at": _TIME}),
     "QueuedReport": {"allOf": [_ref("Report"), _obj({
         "action": {"enum": ["dismiss", "remove", "suspend", None]},
-        "reporter_account": _STR, "reviewed_by_account": _NSTR, "reviewed_at": _TIME})]},
+        "reporter_account": _STR, "reviewed_by_account": _NSTR, "reviewed_at": _TIME,
+        "target": _obj({"owner_account": _NSTR, "text": _NSTR,
+                        "state": {"type": ["string", "null"],
+                                  "description": "visible/deleted (comment), the video's or "
+                                                 "stream's status, active/suspended (user)"}})})]},
     "Reports": _obj({"reports": {"type": "array", "items": _ref("QueuedReport")},
                      "limit": _INT, "offset": _INT}),
     "ModerationAction": _obj({"action": {"enum": ["dismiss", "remove", "suspend"]}}),

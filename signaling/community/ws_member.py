@@ -10,13 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
-from sfu.events import stream_channel
 from signaling import protocol
 from signaling.admission import ensure_not_suspended, verify_viewer_token
 from signaling.community.chat import chat_history, send_chat
 from signaling.community.chat_events import CHAT_DELETED, CHAT_MESSAGE
 from signaling.community.presence import PRESENCE
-from signaling.events import EVENTS
+from signaling.events import EVENTS, stream_channel
 from signaling.protocol import (
     Auth,
     ChatJoin,
