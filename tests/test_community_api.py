@@ -623,3 +623,43 @@ async def test_a_video_has_several_categories_set_by_its_creator(client: Client,
     response = await client.put(path, json={"categories": "Gaming"},
                                 headers=bearer(alice["token"]))
     assert await error_of(response, 400) == "invalid_categories"
+
+
+ODD_VALUES: list[Any] = [None, 0, -1, 1.5, True, [], ["x"], {}, {"a": 1}, "", " ", "\x00",
+                         "x" * 70, "00000000-0000-0000-0000-000000000000", "<script>"]
+
+
+async def test_odd_input_is_a_4xx_never_a_500(client: Client, db: asyncpg.Connection) -> None:
+    alice = await login(client, ALICE_42)
+    token = (await moderator(client, db, BOB_42))
+    stream = await create_stream(client, alice["token"])
+    video = await ready_video(db, alice["user_id"])
+    report = await (await client.post("/api/reports", json={
+        "target_type": "video", "target_id": video, "reason": "spam"},
+        headers=bearer(token))).json()
+    routes = [
+        ("PATCH", "/api/me", ["username", "bio", "profile_image_url", "email"]),
+        ("POST", f"/api/streams/{stream['id']}/comments", ["content", "parent_id"]),
+        ("POST", f"/api/videos/{video}/comments", ["content", "parent_id"]),
+        ("POST", "/api/reports", ["target_type", "target_id", "reason", "description"]),
+        ("POST", f"/api/moderation/reports/{report['id']}", ["action"]),
+        ("POST", "/api/categories", ["name", "description"]),
+        ("PUT", f"/api/videos/{video}/categories", ["categories"]),
+        ("POST", "/api/streams", ["category"]),
+    ]
+    for method, path, fields in routes:
+        for name in fields:
+            for value in ODD_VALUES:
+                body = {"title": "t", "content": "ok", "target_type": "video",
+                        "target_id": video, "reason": "spam", "name": "n", name: value}
+                response = await client.request(method, path, json=body, headers=bearer(token))
+                assert response.status < 500, (method, path, name, value,
+                                               await response.text())
+    for path in ("/api/users/%00/follow", "/api/comments/x/like", "/api/videos/x/like",
+                 f"/api/streams/{stream['id']}/comments?limit=0",
+                 f"/api/streams/{stream['id']}/comments?before=nope",
+                 f"/api/videos/{video}/comments?parent_id=nope",
+                 "/api/moderation/reports?limit=-1", "/api/me/dashboard?hours=x"):
+        for method in ("GET", "POST", "DELETE"):
+            response = await client.request(method, path, headers=bearer(token))
+            assert response.status < 500, (method, path, await response.text())

@@ -178,3 +178,20 @@ async def test_suspension_disconnects_a_viewer_and_ends_a_publisher(h: Harness) 
     code = await error_code(retry, {"type": "publish", "stream_id": stream_id,
                                     "stream_key": key, "sdp": "v=0"})
     assert code == "suspended"
+
+
+async def test_odd_chat_messages_are_refused_with_a_code(h: Harness) -> None:
+    stream_id, _ = await h.stream()
+    ws, _, _ = await signed_in(h)
+    odd: list[Any] = [None, 5, [], {}, "", "\x00", "x" * 600]
+    for field in ("content", "parent_id", "ref", "stream_id"):
+        for value in odd:
+            message = {"type": "chat", "stream_id": stream_id, "content": "ok", field: value}
+            if field == "content" or (field == "parent_id" and value is None):
+                message["content"] = value if field == "content" else "fine"
+            await ws.send_json(message)
+            reply = await next_of(ws, "chat_sent", "error")
+            assert reply.get("code") != "internal_error", (field, value, reply)
+    for message in ({"type": "chat_join"}, {"type": "chat_join", "stream_id": 5},
+                    {"type": "auth"}, {"type": "auth", "token": ["x"]}):
+        assert await error_code(ws, message) == "bad_request"

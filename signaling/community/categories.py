@@ -29,7 +29,8 @@ def category_json(row: asyncpg.Record) -> dict[str, Any]:
 async def resolve_category(conn: asyncpg.Pool | asyncpg.Connection, value: object) -> str:
     """The id of the category named by `value` (its id or its name), or 400
     `unknown_category`."""
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not value.strip() or len(value) > NAME_MAX \
+            or "\x00" in value:
         raise bad_request("invalid_category", "category must be a category id or name")
     category_id = await conn.fetchval(
         "SELECT id::text FROM categories WHERE id = $1::uuid", value) if as_uuid(value) else None
