@@ -145,3 +145,14 @@ async def test_admin_moderator_grants_the_role(settings: Settings, db: Any) -> N
     assert bad.returncode == 2 and "ACCOUNT" in bad.stderr
     usage = await asyncio.to_thread(run_cli, "admin", env=env)
     assert usage.returncode == 2 and usage.stderr.startswith("usage: vilokanam admin")
+
+
+async def test_admin_unsuspend_lifts_a_suspension(settings: Settings, db: Any) -> None:
+    env = role_env(settings)
+    account = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
+    await db.execute("INSERT INTO users (account_id, suspended_at) VALUES ($1, now())", account)
+    done = await asyncio.to_thread(run_cli, "admin", "unsuspend", account, env=env)
+    assert (done.returncode, done.stdout.strip()) == (0, f"{account} is no longer suspended")
+    assert await db.fetchval("SELECT suspended_at FROM users") is None
+    done = await asyncio.to_thread(run_cli, "admin", "unsuspend", account, env=env)
+    assert (done.returncode, done.stdout.strip()) == (0, f"{account} is not suspended")

@@ -1,6 +1,6 @@
 """Operator commands: crediting a viewer's balance by hand (in dev, and for
 support adjustments; every change is a balance_ledger row) and granting the
-moderator role."""
+moderator role, lifting a suspension."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from vilokanam.accounts import canonical_account
 from vilokanam.backends import Backends
 from vilokanam.balances import balance_of, credit
 from vilokanam.config import Settings
-from vilokanam.users import User, get_or_create_user, make_moderator
+from vilokanam.users import User, get_or_create_user, make_moderator, unsuspend
 
 DEV_GRANT = Decimal(100)  # tokens each dev account may spend in `vilokanam dev`
 DEV_GRANT_NOTE = "dev grant"
@@ -55,5 +55,15 @@ async def grant_moderator(settings: Settings, account: str) -> User:
     backends = await Backends.open(settings)
     try:
         return await make_moderator(backends.pg, canonical_account(account, settings.ss58_prefix))
+    finally:
+        await backends.close()
+
+
+async def lift_suspension(settings: Settings, account: str) -> tuple[str, bool]:
+    """The canonical account and whether it was suspended (it is not now)."""
+    backends = await Backends.open(settings)
+    try:
+        canonical = canonical_account(account, settings.ss58_prefix)
+        return canonical, await unsuspend(backends.pg, canonical)
     finally:
         await backends.close()

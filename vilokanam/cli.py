@@ -1,5 +1,5 @@
 """The `vilokanam` command: `dev`, `migrate`, `signaling`, `sfu`, `billing`,
-and the operator commands `credit` and `admin moderator ACCOUNT`.
+and the operator commands `credit` and `admin moderator|unsuspend ACCOUNT`.
 
 Every flag has an environment variable of the same meaning (the README's
 configuration table); a flag wins over the environment. Known failures — an
@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     moderator.add_argument("account", help="the user's SS58 address (any prefix)")
     _store_flags(moderator)
     _logging_flags(moderator)
+    lift = admin_sub.add_parser("unsuspend", help="lift a user's suspension (they may log in, "
+                                                  "publish, chat and watch again)")
+    lift.add_argument("account", help="the user's SS58 address (any prefix)")
+    _store_flags(lift)
+    _logging_flags(lift)
 
     billing = sub.add_parser("billing", help="run the billing worker")
     billing.add_argument("--billing-port", type=int, help="port (VILOKANAM_BILLING_PORT)")
@@ -164,13 +169,17 @@ def _run_credit(settings: Settings, args: argparse.Namespace) -> int:
 
 def _run_admin(settings: Settings, args: argparse.Namespace) -> int:
     from vilokanam.accounts import InvalidAccount
-    from vilokanam.admin import grant_moderator
+    from vilokanam.admin import grant_moderator, lift_suspension
 
     try:
-        user = asyncio.run(grant_moderator(settings, args.account))
+        if args.admin_command == "moderator":
+            user = asyncio.run(grant_moderator(settings, args.account))
+            print(f"{user.account} is a moderator")
+        else:
+            account, was = asyncio.run(lift_suspension(settings, args.account))
+            print(f"{account} is no longer suspended" if was else f"{account} is not suspended")
     except InvalidAccount as exc:
         raise ConfigError(f"ACCOUNT: {exc}") from None
-    print(f"{user.account} is a moderator")
     return 0
 
 

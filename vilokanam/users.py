@@ -100,3 +100,11 @@ async def suspend(conn: asyncpg.Pool | asyncpg.Connection, user_id: str, by_user
         "suspension_reason = $3 WHERE id = $1::uuid AND suspended_at IS NULL",
         user_id, by_user_id, reason)
     return bool(status == "UPDATE 1")
+
+
+async def unsuspend(conn: asyncpg.Pool | asyncpg.Connection, account: str) -> bool:
+    """Lift a suspension (an operator's correction); True when there was one."""
+    status = await conn.execute(
+        "UPDATE users SET suspended_at = NULL, suspended_by = NULL, suspension_reason = NULL "
+        "WHERE account_id = $1 AND suspended_at IS NOT NULL", account)
+    return bool(status == "UPDATE 1")
