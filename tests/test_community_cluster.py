@@ -100,8 +100,12 @@ async def test_chat_alerts_and_suspension_cross_signaling_servers(
 
     await chatter.send_json({"type": "chat", "stream_id": stream_id, "content": "hi all",
                              "ref": "c1"})
-    sent = (await next_message(chatter, {"chat_sent"}))["message"]
-    for ws in (publisher_ws, viewer_ws, follower, chatter):  # both servers
+    # The sender's own chat_message may come before or after its chat_sent.
+    first = await next_message(chatter, {"chat_sent", "chat_message"})
+    second = await next_message(chatter, {"chat_sent", "chat_message"} - {first["type"]})
+    sent = (first if first["type"] == "chat_sent" else second)["message"]
+    assert (first if first["type"] == "chat_message" else second)["message"] == sent
+    for ws in (publisher_ws, viewer_ws, follower):  # both servers
         relayed = await next_message(ws, {"chat_message"})
         assert relayed["message"] == sent
     assert await db.fetchval("SELECT content FROM comments WHERE id = $1::uuid AND "

@@ -68,10 +68,12 @@ async def test_chat_history_fan_out_and_refusals(h: Harness) -> None:
     before = metric("vilokanam_chat_messages_total", front="ws")
     await writer.send_json({"type": "chat", "stream_id": stream_id, "content": "<i>hello</i>",
                             "ref": "r1"})
-    sent = await next_of(writer, "chat_sent")
+    # The sender's own chat_message may come before or after its chat_sent.
+    replies = {m["type"]: m for m in [await next_of(writer, "chat_sent", "chat_message")
+                                      for _ in range(2)]}
+    sent = replies["chat_sent"]
     assert sent["ref"] == "r1" and sent["message"]["content"] == "<i>hello</i>"
-    for ws in (reader, writer):
-        relayed = await next_of(ws, "chat_message")
+    for relayed in (await next_of(reader, "chat_message"), replies["chat_message"]):
         assert relayed == {"type": "chat_message", "stream_id": stream_id,
                            "message": sent["message"]}
     assert metric("vilokanam_chat_messages_total", front="ws") == before + 1
@@ -79,9 +81,11 @@ async def test_chat_history_fan_out_and_refusals(h: Harness) -> None:
                               sent["message"]["id"])
     assert tuple(row) == (writer_id, "<i>hello</i>")
 
+    assert await ask(writer, {"type": "chat_leave"}) == {"type": "chat_left",
+                                                         "stream_id": stream_id}
     too_long = {"type": "chat", "stream_id": stream_id, "content": "x" * 501}
     assert await error_code(writer, too_long) == "invalid_content"
-    for n in range(4):  # the rest of the burst of 5
+    for n in range(4):  # the rest of the burst of 5 (the writer left the chat: no echoes)
         await writer.send_json({"type": "chat", "stream_id": stream_id, "content": f"b{n}"})
         assert (await next_of(writer, "chat_sent", "error"))["type"] == "chat_sent"
     await writer.send_json({"type": "chat", "stream_id": stream_id, "content": "flood"})
