@@ -313,8 +313,14 @@ class Connection:
 
     def on_event(self, channel: str, event: dict[str, Any]) -> None:
         session = self._session
-        if session is None or event.get("type") in CHAT_EVENTS:
-            return  # chat on the stream's channel is the WsMember's (chat_join)
+        if session is None:
+            return
+        if event.get("type") in CHAT_EVENTS:
+            # Everyone publishing or watching hears the stream's chat; once
+            # in that chat (chat_join) the member relays it, not us (no twice).
+            if session.peer is not None and self._member.chat_stream != session.stream_id:
+                self._member.relay(event)
+            return
         if session.peer is None:
             if len(session.held) < HELD_LIMIT:
                 session.held.append(event)

@@ -199,3 +199,25 @@ async def test_odd_chat_messages_are_refused_with_a_code(h: Harness) -> None:
     for message in ({"type": "chat_join"}, {"type": "chat_join", "stream_id": 5},
                     {"type": "auth"}, {"type": "auth", "token": ["x"]}):
         assert await error_code(ws, message) == "bad_request"
+
+
+async def test_publishers_and_viewers_hear_their_streams_chat_once(h: Harness) -> None:
+    publisher, stream_id, _ = await h.publishing()
+    viewer_id, token = await h.token()
+    viewer = await h.connect()
+    assert (await ask(viewer, watch(stream_id, token)))["type"] == "answer"
+    joined = await h.connect()  # watching AND in the chat: one copy
+    _, other_token = await h.token()
+    assert (await ask(joined, watch(stream_id, other_token)))["type"] == "answer"
+    assert (await ask(joined, {"type": "chat_join", "stream_id": stream_id}))["type"] == \
+        "chat_history"
+
+    account = await h.db.fetchval("SELECT account_id FROM users WHERE id = $1::uuid", viewer_id)
+    for content in ("one", "two"):
+        response = await h.client.post(
+            f"/api/streams/{stream_id}/comments", json={"content": content},
+            headers={"Authorization": f"Bearer {issue_token(SECRET, viewer_id, account)}"})
+        assert response.status == 201, await response.text()
+    for ws in (publisher, viewer, joined):
+        got = [(await next_of(ws, "chat_message"))["message"]["content"] for _ in range(2)]
+        assert got == ["one", "two"]  # "two" right after "one": no duplicate between

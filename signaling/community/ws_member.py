@@ -98,7 +98,7 @@ class WsMember:
         seen = {m["id"] for m in history}
         for event in held:
             if event.get("type") != CHAT_MESSAGE or event["message"].get("id") not in seen:
-                self._relay(event)
+                self.relay(event)
 
     def _leave_chat(self) -> str | None:
         stream_id, self.chat_stream, self._joining = self.chat_stream, None, None
@@ -115,9 +115,9 @@ class WsMember:
         if self._joining is not None:
             self._joining.append(event)
         else:
-            self._relay(event)
+            self.relay(event)
 
-    def _relay(self, event: dict[str, Any]) -> None:
+    def relay(self, event: dict[str, Any]) -> None:
         stream_id = str(event["stream_id"])
         if event["type"] == CHAT_MESSAGE and isinstance(event.get("message"), dict):
             self.send(protocol.chat_message(stream_id, event["message"]))
