@@ -86,7 +86,10 @@ async def video_analytics(request: web.Request) -> web.Response:
         raise not_found("video_not_found", f"no video {video_id}")
     if video["creator_id"] != claims.user_id:
         raise forbidden("analytics are for the video's creator only")
-    row = await pg.fetchrow("SELECT * FROM video_analytics WHERE video_id = $1::uuid", video_id)
+    row = await pg.fetchrow(
+        "SELECT va.*, va.published_at AT TIME ZONE current_setting('TimeZone') AS published, "
+        "va.created_at AT TIME ZONE current_setting('TimeZone') AS created "
+        "FROM video_analytics va WHERE va.video_id = $1::uuid", video_id)
     if row is None:  # the view holds ready videos only
         raise ApiError(409, "video_not_ready", f"the video is {video['status']}, not ready")
     average = row["avg_watch_completion"]
@@ -98,4 +101,4 @@ async def video_analytics(request: web.Request) -> web.Response:
         "total_views": row["total_views"],
         "avg_view_duration": None if duration is None else format_amount(Decimal(duration)),
         "avg_watch_completion": None if average is None else format_amount(Decimal(average)),
-        "published_at": _iso(row["published_at"]), "created_at": _iso(row["created_at"])})
+        "published_at": _iso(row["published"]), "created_at": _iso(row["created"])})
