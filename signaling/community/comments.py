@@ -123,47 +123,22 @@ async def insert_comment(pg: asyncpg.Pool, target: Target, author_id: str, conte
     return row
 
 
-async def soft_delete(conn: asyncpg.Pool | asyncpg.Connection,
-                      comment_id: str) -> asyncpg.Record | None:
+async def soft_delete(pg: asyncpg.Pool, comment_id: str) -> asyncpg.Record | None:
     """Mark a comment deleted (and uncount it from its video), once: None when
     it already was. The caller has checked who may."""
-    async with _transaction(conn) as tx:
-        changed = await tx.fetchrow(
+    async with pg.acquire() as conn, conn.transaction():
+        changed = await conn.fetchrow(
             "UPDATE comments SET is_deleted = TRUE, updated_at = now() "
             "WHERE id = $1::uuid AND is_deleted IS NOT TRUE "
             "RETURNING video_id::text AS video_id", comment_id)
         if changed is None:
             return None
         if changed["video_id"] is not None:
-            await tx.execute("UPDATE videos SET comment_count = GREATEST(comment_count - 1, 0) "
-                             "WHERE id = $1::uuid", changed["video_id"])
-        return await tx.fetchrow(f"{COMMENT_SELECT} WHERE c.id = $1::uuid", comment_id)
-
-
-class _transaction:
-    """A transaction on a pool (a connection of its own) or on a connection
-    (nested as a savepoint inside the caller's)."""
-
-    def __init__(self, conn: asyncpg.Pool | asyncpg.Connection) -> None:
-        self._conn = conn
-        self._held: Any = None
-        self._tx: Any = None
-
-    async def __aenter__(self) -> asyncpg.Connection:
-        conn = self._conn
-        if isinstance(conn, asyncpg.Pool):
-            self._held = conn.acquire()
-            conn = await self._held.__aenter__()
-        self._tx = conn.transaction()
-        await self._tx.__aenter__()
-        return conn
-
-    async def __aexit__(self, *exc: Any) -> None:
-        try:
-            await self._tx.__aexit__(*exc)
-        finally:
-            if self._held is not None:
-                await self._held.__aexit__(*exc)
+            await conn.execute("UPDATE videos SET comment_count = GREATEST(comment_count - 1, 0)"
+                               " WHERE id = $1::uuid", changed["video_id"])
+        row: asyncpg.Record | None = await conn.fetchrow(
+            f"{COMMENT_SELECT} WHERE c.id = $1::uuid", comment_id)
+        return row
 
 
 async def comment_owner_and_target(conn: asyncpg.Pool | asyncpg.Connection,
