@@ -2,20 +2,22 @@
 chat allows RATE messages a second with bursts of BURST. One Lua script
 takes a token or says how long until one is back; Redis runs it atomically,
 so concurrent messages of one user on two servers cannot both take the last
-token."""
+token. Time is Redis's own clock (TIME), so servers whose clocks differ
+cannot hand out extra tokens."""
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-# KEYS[1] bucket; ARGV: now_ms, rate per ms, burst. The bucket is a hash of
-# tokens (float) and the time it was last filled; it expires once full again.
+# KEYS[1] bucket; ARGV: rate per ms, burst. The bucket is a hash of tokens
+# (float) and the time it was last filled; it expires once full again.
 _TAKE = """
-local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens, at = tonumber(state[1]), tonumber(state[2])
 if tokens == nil then tokens, at = burst, now end
@@ -59,7 +61,6 @@ class TokenBucket:
         """Take one token for `who`, or raise Flooding."""
         limit = self._limit
         wait_ms = await self._script(keys=[f"vk:bucket:{limit.name}:{who}"],
-                                     args=[int(time.time() * 1000), limit.rate_per_s / 1000,
-                                           limit.burst])
+                                     args=[limit.rate_per_s / 1000, limit.burst])
         if int(wait_ms) > 0:
             raise Flooding(int(wait_ms) / 1000)
