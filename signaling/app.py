@@ -10,6 +10,7 @@ from routing.reaper import run_reaper
 from signaling.api import add_api_routes
 from signaling.auth import add_auth_routes
 from signaling.billing_api import add_billing_routes
+from signaling.community.routes import add_community
 from signaling.errors import error_middleware
 from signaling.events import events_ctx
 from signaling.openapi import add_openapi_routes
@@ -43,6 +44,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(sfu_client_ctx)
     app.cleanup_ctx.append(events_ctx)  # after the backends: it uses their Redis
     app.cleanup_ctx.append(reaper_ctx)  # ends the streams of workers that died
+    add_community(app)  # after events_ctx (presence listens), before the websockets
     add_health_routes(app, role="signaling")
     add_api_routes(app)
     add_auth_routes(app)

@@ -74,13 +74,17 @@ _SCHEMAS: dict[str, Schema] = {
     "Token": _obj({"token": _STR, "user_id": {"type": "string", "format": "uuid"},
                    "account": _STR}),
     "CreateStreamRequest": _obj({"title": {"type": "string", "minLength": 1, "maxLength": 255},
-                                 "price_per_second": {"type": ["string", "number"]}},
+                                 "price_per_second": {"type": ["string", "number"]},
+                                 "category": {"type": "string",
+                                              "description": "a category's id or name"}},
                                 required=["title"]),
     "Stream": _obj({"id": {"type": "string", "format": "uuid"}, "title": _STR,
                     "status": {"enum": ["pending", "live", "ended", "archived"]},
                     "creator_account": _STR, "price_per_second": _AMOUNT,
                     "viewer_count": _INT, "total_ticks": _INT, "start_time": _TIME,
-                    "end_time": _TIME, "watch_url": _STR, "whep_url": _STR}),
+                    "end_time": _TIME, "watch_url": _STR, "whep_url": _STR,
+                    "category_id": {"type": ["string", "null"], "format": "uuid"},
+                    "category": _NSTR}),
     "CreatedStream": {"allOf": [_ref("Stream"), _obj({
         "stream_key": {"type": "string", "description": "shown once; stored as SHA-256"},
         "whip_url": _STR, "publish_url": _STR})]},
@@ -169,7 +173,11 @@ def _api_paths() -> dict[str, Schema]:
                 "200": _json(_ref("StreamList"), "a page of streams"),
                 "400": _error("BadRequest")},
                 parameters=[{"name": "status", "in": "query", "schema": {
-                    "enum": ["pending", "live", "ended", "archived"]}}, *_PAGING])},
+                    "enum": ["pending", "live", "ended", "archived"]}},
+                    {"name": "category", "in": "query", "schema": _STR,
+                     "description": "a category's id or name"},
+                    {"name": "creator", "in": "query", "schema": _STR,
+                     "description": "the creator's account"}, *_PAGING])},
         "/api/streams/{stream_id}": {"get": _op("One stream (never its key)", {
             "200": _json(_ref("Stream"), "the stream"), "400": _error("BadRequest"),
             "404": _error("NotFound")}, parameters=[_STREAM_ID])},
@@ -280,16 +288,22 @@ def _other_paths() -> dict[str, Schema]:
 
 
 def openapi_document() -> dict[str, Any]:
+    # Imported here: the community part is built from this module's helpers.
+    from signaling.community.openapi import COMMUNITY_SCHEMAS, community_paths
+
+    paths = _api_paths()
+    for path, item in community_paths().items():  # PATCH /api/me joins GET /api/me
+        paths[path] = {**paths.get(path, {}), **item}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Vilokanam signaling", "version": "0.1.0",
                  "description": "Pay-per-second live streaming: REST API, WHIP/WHEP, "
                                 "websocket signaling, health. Every error is "
                                 '`{"error": {"code", "message"}}`.'},
-        "paths": {**_api_paths(), **_session_front("whip", "Bearer = the stream key"),
+        "paths": {**paths, **_session_front("whip", "Bearer = the stream key"),
                   **_session_front("whep", "Bearer = a viewer token"), **_other_paths()},
         "components": {
-            "schemas": _SCHEMAS, "responses": _RESPONSES,
+            "schemas": {**_SCHEMAS, **COMMUNITY_SCHEMAS}, "responses": _RESPONSES,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "a viewer token from /api/auth/verify "
                                                           "(WHIP: the stream key)"}}},

@@ -22,17 +22,25 @@ from routing.channels import peer_channel, stream_channel
 from signaling import protocol
 from signaling.admission import (
     check_stream_key,
+    ensure_not_suspended,
     ensure_viewer_can_pay,
     place_publisher,
     start_publisher,
     verify_viewer_token,
     viewer_worker,
 )
+from signaling.community.chat_events import CHAT_EVENTS
+from signaling.community.ws_member import WsMember
+from signaling.errors import ApiError
 from signaling.events import EVENTS
 from signaling.protocol import (
     MAX_FRAME_BYTES,
     MAX_MESSAGE_BYTES,
+    Auth,
     Candidate,
+    ChatJoin,
+    ChatLeave,
+    ChatSend,
     ErrorCode,
     Leave,
     Message,
@@ -54,6 +62,7 @@ HEARTBEAT_S = 30.0  # aiohttp pings; a client that stops answering is closed
 OUTBOX_LIMIT = 256  # messages queued for a client that does not read
 HELD_LIMIT = 32  # events held while the worker has not answered yet
 ENDING_GRACE_S = 5.0  # at cleanup, for sessions still ending on their worker
+FAREWELL_S = 1.0  # a suspended client's last messages get this long to leave
 
 T = TypeVar("T")
 
@@ -81,6 +90,10 @@ class Outbox:
             return
         self._queue.put_nowait(message)
 
+    async def drained(self) -> None:
+        """Every queued message has been written (or the socket failed)."""
+        await self._queue.join()
+
     async def close(self) -> None:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
@@ -91,7 +104,15 @@ class Outbox:
             try:
                 await self._ws.send_json(message)
             except ConnectionError:
+                self._forget_queue()
                 return  # the socket is closing; the reader loop ends the connection
+            finally:
+                self._queue.task_done()
+
+    def _forget_queue(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self._queue.task_done()
 
 
 @dataclass
@@ -119,6 +140,7 @@ class Connection:
         self._id = secrets.token_hex(4)
         self._session: Session | None = None
         self._outbox = Outbox(ws, self._on_overflow, name=f"ws-outbox-{self._id}")
+        self._member = WsMember(app, self.send, self._on_suspended)
 
     @property
     def state(self) -> State:
@@ -144,6 +166,7 @@ class Connection:
         # No `leave` came: the client's connection is gone, not its intent. A
         # publisher gets the worker's reconnect grace (it may come back within
         # 10 s and resume); a viewer simply leaves.
+        self._member.close()
         await self._hang_up(self._detach(), lost=True)
         await self._outbox.close()
 
@@ -161,6 +184,8 @@ class Connection:
                           error=repr(self._ws.exception()))
         except ProtocolError as err:
             self.send(protocol.error(err.code, err.message))
+        except ApiError as err:  # a refusal shared with the REST API (chat)
+            self.send(protocol.refusal(err.code, err.message, err.headers.get("Retry-After")))
         except Exception as exc:  # no exception may close the connection
             log_event(log, "ws.internal_error", logging.ERROR, **self._ids(), error=repr(exc),
                       traceback=traceback.format_exc())
@@ -180,12 +205,15 @@ class Connection:
                 await self._candidate(message)
             case Leave():
                 await self._leave()
+            case Auth() | ChatJoin() | ChatLeave() | ChatSend() as message:
+                await self._member.handle(message)
 
     async def _publish(self, message: Publish) -> None:
         self._require_idle("publish")
         redis = self._backends.redis
-        await check_stream_key(self._backends, self._remote, message.stream_id,
-                               message.stream_key)
+        creator_id = await check_stream_key(self._backends, self._remote, message.stream_id,
+                                            message.stream_key)
+        self._member.identify(creator_id)  # a suspension of the creator reaches this socket
         placement = await place_publisher(redis, message.stream_id)
         session = self._begin(State.PUBLISHING, message.stream_id)
         answer = await self._answered(session, start_publisher(
@@ -198,6 +226,8 @@ class Connection:
     async def _watch(self, message: Watch) -> None:
         self._require_idle("watch")
         claims = verify_viewer_token(self._settings, message.token)
+        await ensure_not_suspended(self._backends, claims.user_id)
+        self._member.identify(claims.user_id)
         await ensure_viewer_can_pay(self._request.app, claims, message.stream_id)
         worker = await viewer_worker(self._backends.redis, message.stream_id)
         session = self._begin(State.WATCHING, message.stream_id)
@@ -285,6 +315,12 @@ class Connection:
         session = self._session
         if session is None:
             return
+        if event.get("type") in CHAT_EVENTS:
+            # Everyone publishing or watching hears the stream's chat; once
+            # in that chat (chat_join) the member relays it, not us (no twice).
+            if session.peer is not None and self._member.chat_stream != session.stream_id:
+                self._member.relay(event)
+            return
         if session.peer is None:
             if len(session.held) < HELD_LIMIT:
                 session.held.append(event)
@@ -316,6 +352,26 @@ class Connection:
         ended = event.get("session_id")
         return session.stream_session_id is not None and ended not in (
             None, session.stream_session_id)
+
+    # --- suspension (called by presence, for the connection's user) ------------------------
+
+    def _on_suspended(self) -> None:
+        self._connections.run_ending(self._suspended(), name=f"ws-suspended-{self._id}")
+
+    async def _suspended(self) -> None:
+        """The user was suspended: end the media session at once (a publisher's
+        stream ends, no grace), say why, and close the socket (1008)."""
+        session = self._detach()
+        self._member.close()
+        self.send(protocol.error(ErrorCode.SUSPENDED, "this account was suspended"))
+        log_event(log, "ws.suspended", **self._ids(session))
+        await self._hang_up(session)
+        try:
+            async with asyncio.timeout(FAREWELL_S):
+                await self._outbox.drained()
+        except TimeoutError:
+            pass
+        await self._ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"suspended")
 
     # --- housekeeping -----------------------------------------------------------------
 

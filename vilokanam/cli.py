@@ -1,4 +1,5 @@
-"""The `vilokanam` command: `dev`, `migrate`, `signaling`, `sfu`, `billing`.
+"""The `vilokanam` command: `dev`, `migrate`, `signaling`, `sfu`, `billing`,
+and the operator commands `credit` and `admin moderator|unsuspend ACCOUNT`.
 
 Every flag has an environment variable of the same meaning (the README's
 configuration table); a flag wins over the environment. Known failures — an
@@ -78,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     _store_flags(credit)
     _logging_flags(credit)
 
+    admin = sub.add_parser("admin", help="operator commands on users")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    moderator = admin_sub.add_parser("moderator", help="make a user a moderator (may review "
+                                                       "reports, remove content, suspend users)")
+    moderator.add_argument("account", help="the user's SS58 address (any prefix)")
+    _store_flags(moderator)
+    _logging_flags(moderator)
+    lift = admin_sub.add_parser("unsuspend", help="lift a user's suspension (they may log in, "
+                                                  "publish, chat and watch again)")
+    lift.add_argument("account", help="the user's SS58 address (any prefix)")
+    _store_flags(lift)
+    _logging_flags(lift)
+
     billing = sub.add_parser("billing", help="run the billing worker")
     billing.add_argument("--billing-port", type=int, help="port (VILOKANAM_BILLING_PORT)")
     billing.add_argument("--substrate-url", help="chain RPC URL (SUBSTRATE_URL)")
@@ -87,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Flags that are a command's own arguments, not settings.
-_COMMAND_ARGS = {"command", "account", "amount", "note"}
+_COMMAND_ARGS = {"command", "account", "amount", "note", "admin_command"}
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
@@ -154,6 +168,22 @@ def _run_credit(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_admin(settings: Settings, args: argparse.Namespace) -> int:
+    from vilokanam.accounts import InvalidAccount
+    from vilokanam.admin import grant_moderator, lift_suspension
+
+    try:
+        if args.admin_command == "moderator":
+            user = asyncio.run(grant_moderator(settings, args.account))
+            print(f"{user.account} is a moderator")
+        else:
+            account, was = asyncio.run(lift_suspension(settings, args.account))
+            print(f"{account} is no longer suspended" if was else f"{account} is not suspended")
+    except InvalidAccount as exc:
+        raise ConfigError(f"ACCOUNT: {exc}") from None
+    return 0
+
+
 def _run_dev(settings: Settings, args: argparse.Namespace) -> int:
     from vilokanam.dev import run_dev
     from vilokanam.dev_ports import given_settings
@@ -169,6 +199,7 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "sfu": _run_sfu,
     "billing": _run_billing,
     "credit": _run_credit,
+    "admin": _run_admin,
 }
 
 
