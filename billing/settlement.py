@@ -31,7 +31,6 @@ The flow (docs/settlement.md has the why):
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -45,7 +44,8 @@ from billing.chain import ERA_PERIOD, AsyncChain, BlockRef, Outcome, SignedExtri
 from vilokanam.accounts import InvalidAccount, public_key_of
 from vilokanam.balances import planck_floor
 from vilokanam.logs import log_event
-from vilokanam.money import format_amount, from_planck
+from vilokanam.money import from_planck
+from vilokanam.receipts import batch_digest, charge_line, remark_of
 from vilokanam.tasks import poll_forever
 
 log = logging.getLogger("billing.settlement")
@@ -53,11 +53,6 @@ log = logging.getLogger("billing.settlement")
 # Serializes "prepare" and "record the outcome" across billing workers.
 ADVISORY_LOCK_ID = 0x56534554  # "VSET"
 OPEN = ("prepared", "submitted")
-REMARK_PREFIX = "vilokanam:settlement:v1:"
-DIGEST_ALGORITHM = ("sha256 over the UTF-8 bytes of the lines sorted ascending and joined "
-                    "with '\\n' (no trailing newline); a line is '<stream_viewer_id>:<amount>', "
-                    "amount in tokens as a plain decimal without trailing zeros; the batch's "
-                    f"System.remark is '{REMARK_PREFIX}' + the digest in lowercase hex")
 POLL_INTERVAL = 1.0
 RESUBMIT_EVERY = 30.0
 MAX_BACKOFF = 30.0
@@ -70,18 +65,6 @@ SETTLEMENTS = PromCounter("vilokanam_settlements_total",
                           "Payout batches that reached an end, by final status.", ["status"])
 PAID_PLANCK = PromCounter("vilokanam_settlement_paid_planck_total",
                           "Planck paid out to creators by completed batches.")
-
-
-def charge_line(stream_viewer_id: str, amount: Decimal) -> str:
-    return f"{stream_viewer_id}:{format_amount(amount)}"
-
-
-def batch_digest(lines: list[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
-
-
-def remark_of(digest: str) -> str:
-    return REMARK_PREFIX + digest
 
 
 # One statement, so one snapshot: the flush changes payments and

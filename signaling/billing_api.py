@@ -27,13 +27,13 @@ from aiohttp import web
 from scalecodec.utils.ss58 import ss58_encode
 
 from billing.chain import EscrowKeyError, load_escrow
-from billing.settlement import DIGEST_ALGORITHM, REMARK_PREFIX, batch_digest, charge_line
 from signaling.errors import bad_request, not_found
 from signaling.state import SETTINGS
 from signaling.users import require_user
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
 from vilokanam.money import format_amount
+from vilokanam.receipts import DIGEST_ALGORITHM, REMARK_PREFIX, batch_digest, charge_line
 
 log = logging.getLogger("vilokanam.signaling")
 

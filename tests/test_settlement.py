@@ -23,12 +23,13 @@ from substrateinterface import Keypair, SubstrateInterface
 
 from billing.chain import AsyncChain, ChainClient, load_escrow
 from billing.flush import Flusher
-from billing.settlement import REMARK_PREFIX, Settler, batch_digest
+from billing.settlement import Settler
 from tests.conftest import ESCROW_URI, Stores
 from vilokanam.accounts import canonical_account, public_key_of
 from vilokanam.balances import credit
 from vilokanam.logs import _Formatter
 from vilokanam.metering import Tick, TickBatch, TickWriter
+from vilokanam.receipts import REMARK_PREFIX, batch_digest
 from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
 from vilokanam.tasks import TaskOwner
 
