@@ -3,7 +3,8 @@
 One settlement = ONE extrinsic: `Utility.batch_all` of one
 `Balances.transfer_keep_alive` per creator (whole planck: the floor of the
 creator's pending payout; the sub-planck rest stays pending) plus a
-`System.remark` carrying the batch's digest. batch_all is all or nothing.
+`System.remark` carrying the Merkle root of the batch's charge lines (v2,
+vilokanam/receipts.py). batch_all is all or nothing.
 
 The flow (docs/settlement.md has the why):
 
@@ -45,7 +46,7 @@ from vilokanam.accounts import InvalidAccount, public_key_of
 from vilokanam.balances import planck_floor
 from vilokanam.logs import log_event
 from vilokanam.money import from_planck
-from vilokanam.receipts import batch_digest, charge_line, remark_of
+from vilokanam.receipts import MERKLE_V2, MerkleTree, charge_line, merkle_remark_of
 from vilokanam.tasks import poll_forever
 
 log = logging.getLogger("billing.settlement")
@@ -124,9 +125,6 @@ class Plan:
     def lines(self) -> list[str]:
         return sorted(item.line for item in self.items)
 
-    @property
-    def digest(self) -> str:
-        return batch_digest(self.lines)
 
 
 @dataclass(frozen=True)
@@ -249,17 +247,24 @@ class Settler:
             self._more = plan.more
             if not plan.payouts:
                 return None
-            digest = plan.digest
-            remark = remark_of(digest)
+            # Hashing every line is CPU work: off the loop for a large batch.
+            commitment, digest, remark = await asyncio.to_thread(self.commit, plan.lines)
             signed = await self.chain.sign_payout_batch(
                 [(p.public_key, p.planck) for p in plan.payouts], remark.encode(),
                 self.era_period)
-            settlement = await self._record(conn, plan, signed, digest, remark)
+            settlement = await self._record(conn, plan, signed, commitment, digest, remark)
         log_event(log, "settlement.recorded", settlement_id=settlement.id,
                   extrinsic_hash=signed.extrinsic_hash, nonce=signed.nonce,
                   creators=len(plan.payouts), charges=len(plan.items),
-                  planck=sum(p.planck for p in plan.payouts), digest=digest)
+                  planck=sum(p.planck for p in plan.payouts), root=digest)
         return settlement
+
+    @staticmethod
+    def commit(lines: list[str]) -> tuple[str, str, str]:
+        """What the batch's remark commits to: (scheme, value, remark). v2: the
+        Merkle root of the lines (a receipt proves one line, shows no other)."""
+        root = MerkleTree.of(lines).root
+        return MERKLE_V2, root, merkle_remark_of(root)
 
     async def _account_existence(self) -> dict[str, bool]:
         keys = []
@@ -303,15 +308,15 @@ class Settler:
         return plan
 
     async def _record(self, conn: asyncpg.Connection, plan: Plan, signed: SignedExtrinsic,
-                      digest: str, remark: str) -> OpenSettlement:
+                      commitment: str, digest: str, remark: str) -> OpenSettlement:
         settlement_id = await conn.fetchval(
             """INSERT INTO settlements (signer, nonce, extrinsic_hash, extrinsic, genesis_hash,
                                         signed_at, signed_at_hash, era_death, digest, remark,
-                                        total_planck)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id::text""",
+                                        total_planck, commitment)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id::text""",
             self.escrow, signed.nonce, signed.extrinsic_hash, signed.extrinsic,
             signed.genesis_hash, signed.signed_at, signed.signed_at_hash, signed.era_death,
-            digest, remark, Decimal(sum(p.planck for p in plan.payouts)))
+            digest, remark, Decimal(sum(p.planck for p in plan.payouts)), commitment)
         await conn.executemany(
             "INSERT INTO settlement_payouts (settlement_id, creator_id, public_key, "
             "amount_planck, amount) VALUES ($1, $2, $3, $4, $5)",

@@ -64,6 +64,16 @@ _BOOL: Schema = {"type": "boolean"}
 _AMOUNT: Schema = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}
 _TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
 
+_HEX: Schema = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+# A receipt's proof of one batch: merkle-v2 fills root/proof/leaf_*; a digest-v1
+# batch (made before Merkle roots) fills digest/lines, the whole batch's lines.
+_PROOF: dict[str, Schema] = {
+    "root": {"type": ["string", "null"], "description": "the batch's Merkle root (hex)"},
+    "proof": {"type": "array", "items": _HEX,
+              "description": "sibling hashes from the leaf up (RFC 9162 inclusion path)"},
+    "leaf_index": _NINT, "leaf_count": _NINT, "digest": _NSTR,
+    "lines": {"type": "array", "items": _STR, "description": "digest-v1 batches only"}}
+
 _SCHEMAS: dict[str, Schema] = {
     "Error": _obj({"error": _obj({"code": _STR, "message": _STR})}),
     "AccountRequest": _obj({"account": {"type": "string", "description": "SS58 address"}}),
@@ -107,18 +117,20 @@ _SCHEMAS: dict[str, Schema] = {
                          "token_decimals": _INT, "price_default": _AMOUNT,
                          "platform_fee": _AMOUNT}),
     "Settlement": _obj({"settlement_id": _STR, "status": _STR, "amount": _AMOUNT,
-                        "line": _STR, "extrinsic_hash": _NSTR, "nonce": _NINT,
+                        "line": _STR, "commitment": {"enum": ["merkle-v2", "digest-v1"]},
+                        "extrinsic_hash": _NSTR, "nonce": _NINT,
                         "block_hash": _NSTR, "block_number": _NINT,
-                        "extrinsic_index": _NINT, "error": _NSTR,
-                        "lines": {"type": "array", "items": _STR}, "digest": _NSTR,
-                        "remark": _NSTR, "created_at": _TIME, "finalized_at": _TIME}),
+                        "extrinsic_index": _NINT, "genesis_hash": _NSTR, "error": _NSTR,
+                        **_PROOF, "remark": _NSTR, "created_at": _TIME,
+                        "finalized_at": _TIME}),
     "Receipt": _obj({"stream_viewer_id": _STR, "stream_id": _STR, "creator_account": _STR,
                      "seconds": _INT, "price_per_second": _AMOUNT, "charge": _AMOUNT,
                      "settled": _AMOUNT, "unsettled": _AMOUNT, "status": _STR,
                      "active": _BOOL, "extrinsic_hash": _NSTR, "block_hash": _NSTR,
-                     "block_number": _NINT, "line": _NSTR,
-                     "lines": {"type": "array", "items": _STR}, "digest": _NSTR,
-                     "remark": _NSTR, "digest_algorithm": _STR,
+                     "block_number": _NINT, "extrinsic_index": _NINT, "genesis_hash": _NSTR,
+                     "commitment": {"enum": ["merkle-v2", "digest-v1", None]},
+                     "line": _NSTR, **_PROOF, "remark": _NSTR, "proof_algorithm": _STR,
+                     "digest_algorithm": _STR,
                      "settlements": {"type": "array", "items": _ref("Settlement")}}),
     "Health": _obj({"status": {"const": "ok"}, "role": _STR}),
     "Readiness": _obj({"ready": _BOOL, "role": _STR,

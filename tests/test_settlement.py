@@ -8,7 +8,6 @@ reaches a log line."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,11 +24,11 @@ from billing.chain import AsyncChain, ChainClient, load_escrow
 from billing.flush import Flusher
 from billing.settlement import Settler
 from tests.conftest import ESCROW_URI, Stores
+from tests.test_vilokanam_receipts import ref_mth
 from vilokanam.accounts import canonical_account, public_key_of
 from vilokanam.balances import credit
 from vilokanam.logs import _Formatter
 from vilokanam.metering import Tick, TickBatch, TickWriter
-from vilokanam.receipts import REMARK_PREFIX, batch_digest
 from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
 from vilokanam.tasks import TaskOwner
 
@@ -257,9 +256,11 @@ async def test_one_batch_pays_every_creator_exactly_and_lands_with_success(
     lines = sorted(f"{r['stream_viewer_id']}:{r['amount'].normalize():f}" for r in await db.fetch(
         "SELECT stream_viewer_id::text, amount FROM settlement_items"))
     assert len(lines) == 3
-    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
-    assert digest == settlement["digest"] == batch_digest(lines)
-    assert remark_text(calls) == REMARK_PREFIX + digest == settlement["remark"]
+    # The remark carries the Merkle root of the lines (v2), computed here as
+    # RFC 9162 writes it, independently of the code under test.
+    root = ref_mth([line.encode() for line in lines]).hex()
+    assert settlement["commitment"] == "merkle-v2" and settlement["digest"] == root
+    assert remark_text(calls) == "vilokanam:settlement:v2:" + root == settlement["remark"]
 
     # In Postgres: every charge settled, the creators' pending down to the rest.
     for row in await db.fetch("SELECT * FROM payments"):
