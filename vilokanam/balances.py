@@ -106,3 +106,34 @@ async def can_start_watching(pg: asyncpg.Pool, redis: aioredis.Redis, user_id: s
         raise StreamPriceUnknown(stream_id)
     needed = planck_floor(Decimal(price) * MIN_START_SECONDS, decimals)
     return await live_balance(pg, redis, user_id, decimals) >= needed
+
+
+# KEYS: live balances. ARGV: one signed planck delta per key. Each existing
+# copy moves by its delta; a missing one is left missing (it is rebuilt from
+# Postgres when needed, and a delta on nothing would invent a balance).
+# Returns the balances after the move (false for a missing copy).
+_ADJUST_LIVE = """
+local after = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    after[i] = redis.call('INCRBY', key, ARGV[i])
+  else
+    after[i] = false
+  end
+end
+return after
+"""
+
+
+async def adjust_live(redis: aioredis.Redis, deltas: dict[str, int]) -> dict[str, int | None]:
+    """Move existing live copies by a delta each (planck), atomically: a
+    refund of ticks the flush dropped, a repair of a drift. A delta, not a SET,
+    so ticks and credits landing meanwhile are kept."""
+    moved = {user: delta for user, delta in deltas.items() if delta}
+    if not moved:
+        return {}
+    users = list(moved)
+    script = redis.register_script(_ADJUST_LIVE)
+    after = await script(keys=[balance_key(u) for u in users], args=[moved[u] for u in users])
+    return {user: (None if value is None else int(value))
+            for user, value in zip(users, after, strict=True)}
