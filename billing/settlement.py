@@ -46,7 +46,7 @@ from vilokanam.accounts import InvalidAccount, public_key_of
 from vilokanam.balances import planck_floor
 from vilokanam.logs import log_event
 from vilokanam.money import from_planck
-from vilokanam.receipts import MERKLE_V2, MerkleTree, charge_line, merkle_remark_of
+from vilokanam.receipts import MERKLE_V2, MerkleTree, item_line, merkle_remark_of
 from vilokanam.tasks import poll_forever
 
 log = logging.getLogger("billing.settlement")
@@ -68,24 +68,29 @@ PAID_PLANCK = PromCounter("vilokanam_settlement_paid_planck_total",
                           "Planck paid out to creators by completed batches.")
 
 
+# What a batch settles: per-second viewing, tips and subscriptions.
+SETTLED_TYPES = ("stream_view", "tip", "subscription")
+
 # One statement, so one snapshot: the flush changes payments and
 # creator_earnings in one transaction, so they agree with each other here.
-_SNAPSHOT = """
-SELECT p.id::text AS payment_id, p.reference_id::text AS stream_viewer_id,
+_SNAPSHOT = f"""
+SELECT p.id::text AS payment_id, p.payment_type,
+       CASE WHEN p.payment_type = 'stream_view' THEN p.reference_id::text END
+           AS stream_viewer_id,
        p.to_user_id::text AS creator_id, p.amount - p.settled_amount AS delta,
        ce.pending_payout, u.account_id
   FROM payments p
   JOIN creator_earnings ce ON ce.creator_id = p.to_user_id
   JOIN users u ON u.id = p.to_user_id
- WHERE p.payment_type = 'stream_view' AND p.status IN ('pending', 'failed')
+ WHERE p.payment_type IN {SETTLED_TYPES} AND p.status IN ('pending', 'failed')
    AND p.reference_id IS NOT NULL AND p.amount > p.settled_amount
  ORDER BY p.to_user_id, p.reference_id
 """
 
-_CANDIDATES = """
+_CANDIDATES = f"""
 SELECT DISTINCT u.account_id
   FROM payments p JOIN users u ON u.id = p.to_user_id
- WHERE p.payment_type = 'stream_view' AND p.status IN ('pending', 'failed')
+ WHERE p.payment_type IN {SETTLED_TYPES} AND p.status IN ('pending', 'failed')
    AND p.amount > p.settled_amount
 """
 
@@ -99,13 +104,15 @@ SELECT id::text AS id, status, nonce, extrinsic_hash, extrinsic, signed_at, sign
 @dataclass(frozen=True)
 class Item:
     payment_id: str
-    stream_viewer_id: str
+    payment_type: str
+    stream_viewer_id: str | None  # a viewing session's charge; None for a tip/subscription
     creator_id: str
     amount: Decimal
 
     @property
     def line(self) -> str:
-        return charge_line(self.stream_viewer_id, self.amount)
+        return item_line(self.payment_type, self.stream_viewer_id, self.payment_id,
+                         self.amount)
 
 
 @dataclass(frozen=True)
@@ -303,8 +310,8 @@ class Settler:
         plan.more = len(payable) > MAX_PAYOUTS
         for payout, charges in payable[:MAX_PAYOUTS]:
             plan.payouts.append(payout)
-            plan.items.extend(Item(r["payment_id"], r["stream_viewer_id"], payout.creator_id,
-                                   Decimal(r["delta"])) for r in charges)
+            plan.items.extend(Item(r["payment_id"], r["payment_type"], r["stream_viewer_id"],
+                                   payout.creator_id, Decimal(r["delta"])) for r in charges)
         return plan
 
     async def _record(self, conn: asyncpg.Connection, plan: Plan, signed: SignedExtrinsic,
@@ -324,9 +331,9 @@ class Settler:
               from_planck(p.planck, self.decimals)) for p in plan.payouts])
         await conn.executemany(
             "INSERT INTO settlement_items (settlement_id, payment_id, stream_viewer_id, "
-            "creator_id, amount) VALUES ($1, $2, $3, $4, $5)",
-            [(settlement_id, i.payment_id, i.stream_viewer_id, i.creator_id, i.amount)
-             for i in plan.items])
+            "creator_id, amount, payment_type) VALUES ($1, $2, $3, $4, $5, $6)",
+            [(settlement_id, i.payment_id, i.stream_viewer_id, i.creator_id, i.amount,
+              i.payment_type) for i in plan.items])
         return OpenSettlement(settlement_id, "prepared", signed.nonce, signed.extrinsic_hash,
                               signed.extrinsic, signed.signed_at, signed.signed_at_hash,
                               signed.era_death)

@@ -42,6 +42,7 @@ from vilokanam.receipts import (
     MerkleTree,
     batch_digest,
     charge_line,
+    item_line,
     merkle_remark_of,
 )
 
@@ -95,7 +96,8 @@ SELECT s.id::text AS id, s.status, s.extrinsic_hash, s.nonce, s.block_hash, s.bl
 """
 
 _LINES = """
-SELECT settlement_id::text AS settlement_id, stream_viewer_id::text AS stream_viewer_id, amount
+SELECT settlement_id::text AS settlement_id, stream_viewer_id::text AS stream_viewer_id,
+       payment_id::text AS payment_id, payment_type, amount
   FROM settlement_items WHERE settlement_id = ANY($1::uuid[])
 """
 
@@ -118,8 +120,8 @@ async def receipt(request: web.Request) -> web.Response:
     settlements = await pg.fetch(_SETTLEMENTS, viewer_session)
     lines: dict[str, list[str]] = {}
     for item in await pg.fetch(_LINES, [s["id"] for s in settlements]):
-        lines.setdefault(item["settlement_id"], []).append(
-            charge_line(item["stream_viewer_id"], item["amount"]))
+        lines.setdefault(item["settlement_id"], []).append(item_line(
+            item["payment_type"], item["stream_viewer_id"], item["payment_id"], item["amount"]))
     # A Merkle path costs a hash per line of the batch: CPU work, off the loop.
     batches = await asyncio.to_thread(
         lambda: [_settlement_json(s, viewer_session, lines.get(s["id"], []))

@@ -22,6 +22,8 @@ _PAGING = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minim
                                                         "maximum": 200, "default": 50}},
            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
                                                          "default": 0}}]
+_ACCOUNT = {"name": "account", "in": "path", "required": True,
+            "schema": {"type": "string", "description": "SS58 address (any prefix)"}}
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 _SDP = "application/sdp"
 _TRICKLE = "application/trickle-ice-sdpfrag"
@@ -132,6 +134,24 @@ _SCHEMAS: dict[str, Schema] = {
                      "line": _NSTR, **_PROOF, "remark": _NSTR, "proof_algorithm": _STR,
                      "digest_algorithm": _STR,
                      "settlements": {"type": "array", "items": _ref("Settlement")}}),
+    "TipRequest": _obj({"amount": {"type": ["string", "number"],
+                                   "description": "tokens > 0 in whole planck"},
+                        "message": {"type": "string", "maxLength": 500}}, required=["amount"]),
+    "Tip": _obj({"id": _STR, "payment_id": _STR, "creator_account": _STR, "amount": _AMOUNT,
+                 "message": _NSTR, "status": {"const": "pending"}, "created_at": _TIME,
+                 "balance": _AMOUNT}),
+    "OfferRequest": _obj({"price": {"type": ["string", "number"],
+                                    "description": "tokens for 30 days, whole planck"}}),
+    "Offer": _obj({"account": _STR, "price": _AMOUNT, "period_days": _INT}),
+    "NoOffer": _obj({"account": _STR, "price": {"type": "null"}}),
+    "Subscription": _obj({"id": _STR, "payment_id": _STR, "creator_account": _STR,
+                          "price": _AMOUNT, "starts_at": _TIME, "ends_at": _TIME,
+                          "status": {"const": "pending"}, "balance": _AMOUNT}),
+    "SubscriptionPeriod": _obj({"id": _STR, "creator_account": _STR, "price": _AMOUNT,
+                                "starts_at": _TIME, "ends_at": _TIME, "current": _BOOL,
+                                "status": _STR}),
+    "Subscriptions": _obj({"subscriptions": {"type": "array",
+                                             "items": _ref("SubscriptionPeriod")}}),
     "Health": _obj({"status": {"const": "ok"}, "role": _STR}),
     "Readiness": _obj({"ready": _BOOL, "role": _STR,
                        "checks": {"type": "object", "additionalProperties": _BOOL}}),
@@ -144,6 +164,7 @@ _RESPONSES: dict[str, Schema] = {
         "Forbidden": "the stream belongs to another creator (`forbidden`)",
         "NotFound": "no such resource",
         "PayloadTooLarge": "the body is over 64 KiB",
+        "PaymentRequired": "the live balance does not cover it (`insufficient_funds`)",
         "TooManyRequests": "rate limited",
         "InternalError": "internal server error",
         "Unavailable": "a backing store or worker is not answering (`Retry-After`)",
@@ -211,6 +232,36 @@ def _api_paths() -> dict[str, Schema]:
         "/api/me/earnings": {"get": _op("The caller's earnings as a creator", {
             "200": _json(_ref("Earnings"), "earnings"), "401": _error("Unauthorized")},
             security=_BEARER)},
+        "/api/users/{account}/tips": {"post": _op(
+            "Tip a creator from the caller's balance (settled in the next batch)", {
+                "201": _json(_ref("Tip"), "the tip, out of the live balance already"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized"),
+                "402": _error("PaymentRequired"), "404": _error("NotFound"),
+                "413": _error("PayloadTooLarge")},
+            parameters=[_ACCOUNT], requestBody=_body(_ref("TipRequest")), security=_BEARER)},
+        "/api/users/{account}/subscription": {"post": _op(
+            "Buy the creator's 30-day subscription (extends a running one); the "
+            "subscriber watches their streams at price 0", {
+                "201": _json(_ref("Subscription"), "the period bought"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized"),
+                "402": _error("PaymentRequired"), "404": _error("NotFound")},
+            parameters=[_ACCOUNT], security=_BEARER)},
+        "/api/users/{account}/subscription-offer": {"get": _op(
+            "The creator's subscription offer", {
+                "200": _json(_ref("Offer"), "the offer"), "400": _error("BadRequest"),
+                "404": _error("NotFound")}, parameters=[_ACCOUNT])},
+        "/api/me/subscription-offer": {
+            "put": _op("Offer a 30-day subscription at a price (creators only)", {
+                "200": _json(_ref("Offer"), "the offer"), "400": _error("BadRequest"),
+                "401": _error("Unauthorized"), "403": _error("Forbidden"),
+                "413": _error("PayloadTooLarge")},
+                requestBody=_body(_ref("OfferRequest")), security=_BEARER),
+            "delete": _op("Stop offering (periods bought run to their end)", {
+                "200": _json(_ref("NoOffer"), "no offer"), "401": _error("Unauthorized")},
+                security=_BEARER)},
+        "/api/me/subscriptions": {"get": _op("The caller's subscription periods", {
+            "200": _json(_ref("Subscriptions"), "newest first"),
+            "401": _error("Unauthorized")}, security=_BEARER)},
         "/api/billing/info": {"get": _op("Where and how to deposit", {
             "200": _json(_ref("BillingInfo"), "billing parameters")})},
         "/api/receipts/{stream_viewer_id}": {"get": _op("A viewing session's receipt", {

@@ -27,6 +27,7 @@ from tests.conftest import ESCROW_URI, Stores
 from tests.test_vilokanam_receipts import ref_mth
 from vilokanam.accounts import canonical_account, public_key_of
 from vilokanam.balances import credit
+from vilokanam.direct_payments import pay_creator
 from vilokanam.logs import _Formatter
 from vilokanam.metering import Tick, TickBatch, TickWriter
 from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
@@ -498,3 +499,44 @@ async def wait_for_async(read: Any, wanted: Any, timeout: float = 20.0) -> None:
     while (value := await read()) != wanted:
         assert asyncio.get_running_loop().time() < deadline, f"still {value}, not {wanted}"
         await asyncio.sleep(0.05)
+
+
+async def test_a_tip_and_a_subscription_reach_the_creator_exactly_in_the_next_batch(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool, chain: ChainNode,
+        api: SubstrateInterface) -> None:
+    show = await make_show(db, redis, viewers=1)
+    _, viewer, _ = show.viewers[0]
+
+    async def tip_row(conn: asyncpg.Connection, payment_id: str) -> dict[str, Any]:
+        return {"id": str(await conn.fetchval(
+            "INSERT INTO tips (payment_id, message) VALUES ($1, 'hi') RETURNING id",
+            payment_id))}
+
+    async def period_row(conn: asyncpg.Connection, payment_id: str) -> dict[str, Any]:
+        return {"id": str(await conn.fetchval(
+            "INSERT INTO subscriptions (subscriber_id, creator_id, payment_id, price, "
+            "starts_at, ends_at) VALUES ($1, $2, $3, 2.5, now(), now() + interval '30 days') "
+            "RETURNING id", viewer, show.creator_id, payment_id))}
+
+    tip = await pay_creator(pool, redis, payer_id=viewer, creator_id=show.creator_id,
+                            amount=Decimal("1.000000000007"), kind="tip", decimals=DECIMALS,
+                            record=tip_row)
+    subscription = await pay_creator(pool, redis, payer_id=viewer, creator_id=show.creator_id,
+                                     amount=Decimal("2.5"), kind="subscription",
+                                     decimals=DECIMALS, record=period_row)
+
+    assert await new_settler(pool, chain).settle_once() == "completed"
+    # Exactly their amounts, to the planck: no fee on what a viewer gives on purpose.
+    assert free_of(api, show.creator.ss58_address) == 3_500_000_000_007
+    [settlement] = await settlements(db)
+    lines = sorted([f"tip:{tip.payment_id}:1.000000000007",
+                    f"subscription:{subscription.payment_id}:2.5"])
+    assert settlement["digest"] == ref_mth([line.encode() for line in lines]).hex()
+    calls = batch_calls(api, settlement["block_hash"], settlement["extrinsic_index"])
+    assert remark_text(calls) == "vilokanam:settlement:v2:" + settlement["digest"]
+    for payment_id in (tip.payment_id, subscription.payment_id):
+        row = await db.fetchrow("SELECT * FROM payments WHERE id = $1", payment_id)
+        assert row["status"] == "completed" and row["settled_amount"] == row["amount"]
+        assert row["transaction_hash"] == settlement["extrinsic_hash"]
+    assert await db.fetchval("SELECT pending_payout FROM creator_earnings") == 0
+    assert await new_settler(pool, chain).settle_once() is None  # nothing paid twice

@@ -16,6 +16,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from vilokanam.metering import balance_key
+from vilokanam.subscriptions import price_for
 
 # KEYS: the live balance. ARGV: the credit, the full balance after it (planck).
 # An existing copy moves by the credit (it already reflects unflushed ticks);
@@ -100,8 +101,9 @@ class StreamPriceUnknown(LookupError):
 
 async def can_start_watching(pg: asyncpg.Pool, redis: aioredis.Redis, user_id: str,
                              stream_id: str, decimals: int) -> bool:
-    """Whether the viewer's live balance covers MIN_START_SECONDS of the stream."""
-    price = await pg.fetchval("SELECT price_per_second FROM streams WHERE id = $1", stream_id)
+    """Whether the viewer's live balance covers MIN_START_SECONDS of the stream
+    at the viewer's price (0 for a subscriber of its creator)."""
+    price = await price_for(pg, user_id, stream_id)
     if price is None:
         raise StreamPriceUnknown(stream_id)
     needed = planck_floor(Decimal(price) * MIN_START_SECONDS, decimals)
@@ -137,3 +139,26 @@ async def adjust_live(redis: aioredis.Redis, deltas: dict[str, int]) -> dict[str
     after = await script(keys=[balance_key(u) for u in users], args=[moved[u] for u in users])
     return {user: (None if value is None else int(value))
             for user, value in zip(users, after, strict=True)}
+
+
+# KEYS: the live balance. ARGV: planck. Takes them only if they are there.
+_DEBIT_LIVE = """
+local have = tonumber(redis.call('GET', KEYS[1]))
+if have == nil or have < tonumber(ARGV[1]) then
+  return false
+end
+return redis.call('DECRBY', KEYS[1], ARGV[1])
+"""
+
+
+async def debit_live(pg: asyncpg.Pool, redis: aioredis.Redis, user_id: str, planck: int,
+                     decimals: int) -> int | None:
+    """Take `planck` from the live balance at once if it holds them (a tip, a
+    subscription): check and take in one script, so two payments at once
+    cannot both spend the same money. Returns the balance left, or None when it
+    is short (nothing taken). The Postgres side (a payments row) follows; if it
+    fails, `adjust_live` gives the planck back."""
+    await live_balance(pg, redis, user_id, decimals)  # a missing copy comes from Postgres
+    script = redis.register_script(_DEBIT_LIVE)
+    left = await script(keys=[balance_key(user_id)], args=[planck])
+    return None if left is None else int(left)

@@ -3,7 +3,8 @@ charge was in it. Shared by billing (which writes the remark) and signaling
 (which serves receipts): neither imports the other.
 
 A batch's lines are its charges, one per viewing session:
-`<stream_viewer_id>:<amount>` (tokens, plain decimal, no trailing zeros).
+`<stream_viewer_id>:<amount>` (tokens, plain decimal, no trailing zeros), and
+one per tip or subscription: `<tip|subscription>:<payment id>:<amount>`.
 The v1 remark carried the SHA-256 digest of all the lines (old settlements
 still verify that way); the v2 remark carries the root of a Merkle tree of
 them, so a receipt shows one line and its path (docs/settlement.md)."""
@@ -25,6 +26,20 @@ DIGEST_ALGORITHM = ("sha256 over the UTF-8 bytes of the lines sorted ascending a
 
 def charge_line(stream_viewer_id: str, amount: Decimal) -> str:
     return f"{stream_viewer_id}:{format_amount(amount)}"
+
+
+def payment_line(payment_type: str, payment_id: str, amount: Decimal) -> str:
+    """A tip's or a subscription's line: `<type>:<payment id>:<amount>`."""
+    return f"{payment_type}:{payment_id}:{format_amount(amount)}"
+
+
+def item_line(payment_type: str, stream_viewer_id: str | None, payment_id: str,
+              amount: Decimal) -> str:
+    """The line of one settlement item, whatever its kind."""
+    if payment_type == "stream_view":
+        assert stream_viewer_id is not None
+        return charge_line(stream_viewer_id, amount)
+    return payment_line(payment_type, payment_id, amount)
 
 
 def batch_digest(lines: list[str]) -> str:
