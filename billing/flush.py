@@ -24,6 +24,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
 
 from vilokanam.balances import adjust_live
+from vilokanam.delivery import GRACE_SECONDS
 from vilokanam.logs import log_event
 from vilokanam.metering import PENDING_KEY, TickBatch, batch_id_of
 
@@ -43,21 +44,30 @@ FLUSH_LAG = Histogram(
     buckets=(0.5, 1, 1.5, 2, 3, 5, 10, 30))
 
 # One statement: every table a tick touches, set-based. $1/$2: one element per
-# tick (viewer session id, unix second); $3 the platform fee. Ticks of unknown
+# tick (viewer session id, unix second); $3 the platform fee; $4 the number of
+# ticks; $5 the grace a signed session may run past its signed seconds (the
+# ticks beyond are dropped, and refunded to the live balance). Ticks of unknown
 # sessions, and of sessions that had ended (an ended session's updated_at is
 # its end), are filtered out here, tick by tick. Timestamps are the schema's
 # TIMESTAMP, i.e. local time in the session's TimeZone, like now().
 _APPLY = """
 WITH raw AS NOT MATERIALIZED (
     SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS r(id, second)
-), t AS (
-    SELECT r.id, count(*)::int AS n,
+), counted AS (
+    SELECT r.id, count(*)::int AS n, v.billing_rule,
+           -- A signed session is billed at most its signed seconds + the grace.
+           GREATEST(COALESCE(v.signed_seconds, 0) + $5::int - v.total_ticks, 0) AS allowed,
            to_timestamp(max(r.second) + 1) AT TIME ZONE current_setting('TimeZone') AS last_tick
       FROM raw r JOIN stream_viewers v ON v.id = r.id
      WHERE v.price_per_second IS NOT NULL
        AND (v.is_active OR to_timestamp(r.second) AT TIME ZONE current_setting('TimeZone')
                            <= v.updated_at + interval '2 seconds')
-     GROUP BY r.id
+     GROUP BY r.id, v.billing_rule, v.signed_seconds, v.total_ticks
+), t AS (
+    SELECT id, last_tick,
+           CASE WHEN billing_rule = 'signed' THEN LEAST(n, allowed) ELSE n END AS n
+      FROM counted
+     WHERE billing_rule <> 'signed' OR allowed > 0
 ), sv AS (
     UPDATE stream_viewers sv
        SET total_ticks = sv.total_ticks + t.n,
@@ -185,7 +195,8 @@ class Flusher:
             result.skipped = len(batches) - len(fresh)
             ids, seconds = _tick_columns(fresh)
             if ids:
-                row = await conn.fetchrow(_APPLY, ids, seconds, self.platform_fee, len(ids))
+                row = await conn.fetchrow(_APPLY, ids, seconds, self.platform_fee, len(ids),
+                                          GRACE_SECONDS)
                 result.ticks = int(row["ticks"])
                 if row["dropped"] is not None:
                     result.refunds = _refunds(fresh, json.loads(row["dropped"]))

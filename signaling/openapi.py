@@ -86,12 +86,17 @@ _SCHEMAS: dict[str, Schema] = {
     "Token": _obj({"token": _STR, "user_id": {"type": "string", "format": "uuid"},
                    "account": _STR}),
     "CreateStreamRequest": _obj({"title": {"type": "string", "minLength": 1, "maxLength": 255},
-                                 "price_per_second": {"type": ["string", "number"]}},
+                                 "price_per_second": {"type": ["string", "number"]},
+                                 "require_signed_receipts": {
+                                     "type": "boolean", "default": False,
+                                     "description": "admit only viewers who sign delivery "
+                                                    "receipts (docs/protocol.md)"}},
                                 required=["title"]),
     "Stream": _obj({"id": {"type": "string", "format": "uuid"}, "title": _STR,
                     "status": {"enum": ["pending", "live", "ended", "archived"]},
                     "creator_account": _STR, "price_per_second": _AMOUNT,
-                    "viewer_count": _INT, "total_ticks": _INT, "start_time": _TIME,
+                    "require_signed_receipts": _BOOL, "viewer_count": _INT,
+                    "total_ticks": _INT, "start_time": _TIME,
                     "end_time": _TIME, "watch_url": _STR, "whep_url": _STR}),
     "CreatedStream": {"allOf": [_ref("Stream"), _obj({
         "stream_key": {"type": "string", "description": "shown once; stored as SHA-256"},

