@@ -10,16 +10,20 @@ nothing is counted twice."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
 
+from vilokanam.balances import adjust_live
+from vilokanam.delivery import GRACE_SECONDS
 from vilokanam.logs import log_event
 from vilokanam.metering import PENDING_KEY, TickBatch, batch_id_of
 from vilokanam.tasks import run_forever
@@ -30,6 +34,9 @@ TICKS_FLUSHED = PromCounter("vilokanam_ticks_flushed_total", "Ticks committed to
 TICKS_DROPPED = PromCounter(
     "vilokanam_ticks_dropped_total",
     "Ticks not billed: their viewer session is unknown, or had ended.", ["reason"])
+TICKS_REFUNDED = PromCounter(
+    "vilokanam_ticks_refunded_total",
+    "Dropped ticks given back to the viewer's live balance (charged there when written).")
 BATCHES_SKIPPED = PromCounter(
     "vilokanam_tick_batches_skipped_total", "Batches seen again and skipped (already applied).")
 FLUSH_LAG = Histogram(
@@ -37,21 +44,30 @@ FLUSH_LAG = Histogram(
     buckets=(0.5, 1, 1.5, 2, 3, 5, 10, 30))
 
 # One statement: every table a tick touches, set-based. $1/$2: one element per
-# tick (viewer session id, unix second); $3 the platform fee. Ticks of unknown
+# tick (viewer session id, unix second); $3 the platform fee; $4 the number of
+# ticks; $5 the grace a signed session may run past its signed seconds (the
+# ticks beyond are dropped, and refunded to the live balance). Ticks of unknown
 # sessions, and of sessions that had ended (an ended session's updated_at is
 # its end), are filtered out here, tick by tick. Timestamps are the schema's
 # TIMESTAMP, i.e. local time in the session's TimeZone, like now().
 _APPLY = """
-WITH raw AS (
+WITH raw AS NOT MATERIALIZED (
     SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS r(id, second)
-), t AS (
-    SELECT r.id, count(*)::int AS n,
+), counted AS (
+    SELECT r.id, count(*)::int AS n, v.billing_rule,
+           -- A signed session is billed at most its signed seconds + the grace.
+           GREATEST(COALESCE(v.signed_seconds, 0) + $5::int - v.total_ticks, 0) AS allowed,
            to_timestamp(max(r.second) + 1) AT TIME ZONE current_setting('TimeZone') AS last_tick
       FROM raw r JOIN stream_viewers v ON v.id = r.id
      WHERE v.price_per_second IS NOT NULL
        AND (v.is_active OR to_timestamp(r.second) AT TIME ZONE current_setting('TimeZone')
                            <= v.updated_at + interval '2 seconds')
-     GROUP BY r.id
+     GROUP BY r.id, v.billing_rule, v.signed_seconds, v.total_ticks
+), t AS (
+    SELECT id, last_tick,
+           CASE WHEN billing_rule = 'signed' THEN LEAST(n, allowed) ELSE n END AS n
+      FROM counted
+     WHERE billing_rule <> 'signed' OR allowed > 0
 ), sv AS (
     UPDATE stream_viewers sv
        SET total_ticks = sv.total_ticks + t.n,
@@ -105,7 +121,17 @@ WITH raw AS (
     ON CONFLICT (user_id) DO UPDATE
        SET balance = viewer_balances.balance + EXCLUDED.balance, updated_at = now()
 )
-SELECT count(*) AS sessions, COALESCE(sum(n), 0) AS ticks FROM sv
+SELECT count(*) AS sessions, COALESCE(sum(n), 0) AS ticks,
+       -- Only when some tick was filtered out ($4: the ticks given): which
+       -- sessions lost how many, so their live balances get them back.
+       CASE WHEN COALESCE(sum(n), 0) < $4 THEN (
+           SELECT json_agg(json_build_array(d.id, d.n)) FROM (
+               SELECT r.id::text AS id,
+                      count(*) - COALESCE((SELECT t.n FROM t WHERE t.id = r.id), 0) AS n
+                 FROM raw r GROUP BY r.id) d
+            WHERE d.n > 0)
+       END AS dropped
+  FROM sv
 """
 
 
@@ -116,6 +142,9 @@ class FlushResult:
     ticks: int = 0
     dropped: int = 0
     lags: list[float] = field(default_factory=list)
+    # Planck to give back to each viewer's live balance: the ticks the flush
+    # dropped were charged there when the worker wrote them.
+    refunds: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -137,8 +166,19 @@ class Flusher:
                    for k, raw in zip(keys, payloads, strict=True) if raw is not None]
         result = await self._apply(batches)
         await self._checkpoint("committed")
+        await self._refund(result)
         await self._forget(keys)
         return result
+
+    async def _refund(self, result: FlushResult) -> None:
+        """A dropped tick is refunded to the live balance at once. (A crash
+        before this leaves the live copy low: reconciliation repairs it.)"""
+        if not result.refunds:
+            return
+        await adjust_live(self.redis, result.refunds)
+        TICKS_REFUNDED.inc(result.dropped)
+        log_event(log, "ticks.refunded", viewers=len(result.refunds), ticks=result.dropped,
+                  planck=sum(result.refunds.values()))
 
     async def _checkpoint(self, name: str) -> None:
         """A named point of a flush ("recorded", "applied", "committed"): a
@@ -155,8 +195,11 @@ class Flusher:
             result.skipped = len(batches) - len(fresh)
             ids, seconds = _tick_columns(fresh)
             if ids:
-                row = await conn.fetchrow(_APPLY, ids, seconds, self.platform_fee)
+                row = await conn.fetchrow(_APPLY, ids, seconds, self.platform_fee, len(ids),
+                                          GRACE_SECONDS)
                 result.ticks = int(row["ticks"])
+                if row["dropped"] is not None:
+                    result.refunds = _refunds(fresh, json.loads(row["dropped"]))
             result.dropped = len(ids) - result.ticks
             await self._checkpoint("applied")
         committed = time.time()
@@ -187,6 +230,23 @@ async def _record_new(conn: asyncpg.Connection, batches: list[TickBatch]) -> set
         "SELECT * FROM unnest($1::text[], $2::int[]) ON CONFLICT DO NOTHING RETURNING batch_id",
         [b.batch_id for b in batches], [len(b.ticks) for b in batches])
     return {r["batch_id"] for r in rows}
+
+
+def _refunds(batches: list[TickBatch], dropped: list[list[Any]]) -> dict[str, int]:
+    """Per viewer, the planck of the dropped ticks (a session has one viewer
+    and one price, both carried by each of its ticks)."""
+    lost = {str(session): int(n) for session, n in dropped}
+    payer: dict[str, tuple[str, int]] = {}
+    for batch in batches:
+        for tick in batch.ticks:
+            session = tick.viewer_session_id.lower()  # as Postgres spells a uuid
+            if session in lost:
+                payer[session] = (tick.user_id, tick.price_planck)
+    refunds: dict[str, int] = {}
+    for session, n in lost.items():
+        user, price = payer[session]
+        refunds[user] = refunds.get(user, 0) + n * price
+    return refunds
 
 
 def _tick_columns(batches: list[TickBatch]) -> tuple[list[str], list[int]]:

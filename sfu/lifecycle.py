@@ -13,6 +13,7 @@ from decimal import Decimal
 import asyncpg
 
 from vilokanam.stream_rows import end_stream_rows
+from vilokanam.subscriptions import subscribed_sql
 
 
 class StreamNotFound(LookupError):
@@ -43,12 +44,15 @@ class Lifecycle:
     async def viewer_joined(self, stream_id: str, session_id: str, user_id: str,
                             viewer_count: int) -> tuple[str, Decimal]:
         """One stream_viewers row per viewer session, priced at the stream's
-        price now (a later change never re-prices it); returns (id, price)."""
+        price now (a later change never re-prices it) — 0 for a subscriber of
+        its creator, whose seconds are still ticked; returns (id, price)."""
         async with self.pg.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "INSERT INTO stream_viewers (stream_id, viewer_id, join_time, is_active, "
-                "session_id, price_per_second) SELECT id, $2, now(), TRUE, $3, price_per_second "
-                "FROM streams WHERE id = $1 RETURNING id, price_per_second",
+                "session_id, price_per_second) SELECT s.id, $2, now(), TRUE, $3, "
+                f"CASE WHEN {subscribed_sql('$2::uuid', 's.creator_id')} THEN 0 "
+                "ELSE s.price_per_second END "
+                "FROM streams s WHERE s.id = $1 RETURNING id, price_per_second",
                 stream_id, user_id, session_id)
             if row is None:
                 raise StreamNotFound(stream_id)

@@ -52,6 +52,7 @@ STREAM_SELECT = """
 SELECT s.id::text AS id, s.creator_id::text AS creator_id, s.title, s.status,
        u.account_id AS creator_account,
        s.price_per_second, COALESCE(s.viewer_count, 0) AS viewer_count,
+       s.require_signed_receipts,
        COALESCE(s.total_ticks, 0) AS total_ticks,
        s.start_time AT TIME ZONE current_setting('TimeZone') AS start_time,
        s.end_time AT TIME ZONE current_setting('TimeZone') AS end_time,
@@ -140,6 +141,7 @@ def stream_json(row: asyncpg.Record, settings: Settings) -> dict[str, Any]:
         "id": row["id"], "title": row["title"], "status": row["status"],
         "creator_account": row["creator_account"],
         "price_per_second": format_amount(row["price_per_second"]),
+        "require_signed_receipts": row["require_signed_receipts"],
         "viewer_count": row["viewer_count"], "total_ticks": row["total_ticks"],
         "start_time": _iso(row["start_time"]), "end_time": _iso(row["end_time"]),
         "watch_url": urls["watch_url"], "whep_url": urls["whep_url"],
@@ -176,6 +178,10 @@ async def create_stream(request: web.Request) -> web.Response:
     title = parse_title(body.get("title"))
     price = parse_price(body.get("price_per_second"), settings.price_default,
                         settings.token_decimals)
+    require_signed = body.get("require_signed_receipts", False)
+    if not isinstance(require_signed, bool):
+        raise bad_request("invalid_require_signed_receipts",
+                          "require_signed_receipts must be true or false")
     stream_key = new_stream_key()
     async with request.app[BACKENDS].pg.acquire() as conn, conn.transaction():
         category_id = None if body.get("category") is None else await resolve_category(
@@ -183,8 +189,9 @@ async def create_stream(request: web.Request) -> web.Response:
         creator = await make_creator(conn, claims.account)
         stream_id = await conn.fetchval(
             "INSERT INTO streams (creator_id, title, price_per_second, stream_key_hash, "
-            "category_id) VALUES ($1::uuid, $2, $3, $4, $5::uuid) RETURNING id::text",
-            creator.id, title, price, hash_stream_key(stream_key), category_id)
+            "category_id, require_signed_receipts) VALUES ($1::uuid, $2, $3, $4, $5::uuid, $6) "
+            "RETURNING id::text",
+            creator.id, title, price, hash_stream_key(stream_key), category_id, require_signed)
         row = await conn.fetchrow(f"{STREAM_SELECT} WHERE s.id = $1::uuid", stream_id)
     assert row is not None
     # The key is shown here, once; only its hash is stored (migration 0005).

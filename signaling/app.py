@@ -11,6 +11,7 @@ from signaling.api import add_api_routes
 from signaling.auth import add_auth_routes
 from signaling.billing_api import add_billing_routes
 from signaling.community.routes import add_community
+from signaling.creator_support import add_creator_support_routes
 from signaling.errors import error_middleware
 from signaling.events import events_ctx
 from signaling.openapi import add_openapi_routes
@@ -49,6 +50,7 @@ def create_app(settings: Settings) -> web.Application:
     add_api_routes(app)
     add_auth_routes(app)
     add_billing_routes(app)
+    add_creator_support_routes(app)
     add_page_routes(app)
     add_ws_routes(app)
     add_whip_whep_routes(app)

@@ -22,6 +22,8 @@ _PAGING = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minim
                                                         "maximum": 200, "default": 50}},
            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
                                                          "default": 0}}]
+_ACCOUNT = {"name": "account", "in": "path", "required": True,
+            "schema": {"type": "string", "description": "SS58 address (any prefix)"}}
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 _SDP = "application/sdp"
 _TRICKLE = "application/trickle-ice-sdpfrag"
@@ -64,6 +66,16 @@ _BOOL: Schema = {"type": "boolean"}
 _AMOUNT: Schema = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}
 _TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
 
+_HEX: Schema = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+# A receipt's proof of one batch: merkle-v2 fills root/proof/leaf_*; a digest-v1
+# batch (made before Merkle roots) fills digest/lines, the whole batch's lines.
+_PROOF: dict[str, Schema] = {
+    "root": {"type": ["string", "null"], "description": "the batch's Merkle root (hex)"},
+    "proof": {"type": "array", "items": _HEX,
+              "description": "sibling hashes from the leaf up (RFC 9162 inclusion path)"},
+    "leaf_index": _NINT, "leaf_count": _NINT, "digest": _NSTR,
+    "lines": {"type": "array", "items": _STR, "description": "digest-v1 batches only"}}
+
 _SCHEMAS: dict[str, Schema] = {
     "Error": _obj({"error": _obj({"code": _STR, "message": _STR})}),
     "AccountRequest": _obj({"account": {"type": "string", "description": "SS58 address"}}),
@@ -76,12 +88,18 @@ _SCHEMAS: dict[str, Schema] = {
     "CreateStreamRequest": _obj({"title": {"type": "string", "minLength": 1, "maxLength": 255},
                                  "price_per_second": {"type": ["string", "number"]},
                                  "category": {"type": "string",
-                                              "description": "a category's id or name"}},
+                                              "description": "a category's id or name"},
+
+                                 "require_signed_receipts": {
+                                     "type": "boolean", "default": False,
+                                     "description": "admit only viewers who sign delivery "
+                                                    "receipts (docs/protocol.md)"}},
                                 required=["title"]),
     "Stream": _obj({"id": {"type": "string", "format": "uuid"}, "title": _STR,
                     "status": {"enum": ["pending", "live", "ended", "archived"]},
                     "creator_account": _STR, "price_per_second": _AMOUNT,
-                    "viewer_count": _INT, "total_ticks": _INT, "start_time": _TIME,
+                    "require_signed_receipts": _BOOL, "viewer_count": _INT,
+                    "total_ticks": _INT, "start_time": _TIME,
                     "end_time": _TIME, "watch_url": _STR, "whep_url": _STR,
                     "category_id": {"type": ["string", "null"], "format": "uuid"},
                     "category": _NSTR}),
@@ -111,19 +129,39 @@ _SCHEMAS: dict[str, Schema] = {
                          "token_decimals": _INT, "price_default": _AMOUNT,
                          "platform_fee": _AMOUNT}),
     "Settlement": _obj({"settlement_id": _STR, "status": _STR, "amount": _AMOUNT,
-                        "line": _STR, "extrinsic_hash": _NSTR, "nonce": _NINT,
+                        "line": _STR, "commitment": {"enum": ["merkle-v2", "digest-v1"]},
+                        "extrinsic_hash": _NSTR, "nonce": _NINT,
                         "block_hash": _NSTR, "block_number": _NINT,
-                        "extrinsic_index": _NINT, "error": _NSTR,
-                        "lines": {"type": "array", "items": _STR}, "digest": _NSTR,
-                        "remark": _NSTR, "created_at": _TIME, "finalized_at": _TIME}),
+                        "extrinsic_index": _NINT, "genesis_hash": _NSTR, "error": _NSTR,
+                        **_PROOF, "remark": _NSTR, "created_at": _TIME,
+                        "finalized_at": _TIME}),
     "Receipt": _obj({"stream_viewer_id": _STR, "stream_id": _STR, "creator_account": _STR,
                      "seconds": _INT, "price_per_second": _AMOUNT, "charge": _AMOUNT,
                      "settled": _AMOUNT, "unsettled": _AMOUNT, "status": _STR,
                      "active": _BOOL, "extrinsic_hash": _NSTR, "block_hash": _NSTR,
-                     "block_number": _NINT, "line": _NSTR,
-                     "lines": {"type": "array", "items": _STR}, "digest": _NSTR,
-                     "remark": _NSTR, "digest_algorithm": _STR,
+                     "block_number": _NINT, "extrinsic_index": _NINT, "genesis_hash": _NSTR,
+                     "commitment": {"enum": ["merkle-v2", "digest-v1", None]},
+                     "line": _NSTR, **_PROOF, "remark": _NSTR, "proof_algorithm": _STR,
+                     "digest_algorithm": _STR,
                      "settlements": {"type": "array", "items": _ref("Settlement")}}),
+    "TipRequest": _obj({"amount": {"type": ["string", "number"],
+                                   "description": "tokens > 0 in whole planck"},
+                        "message": {"type": "string", "maxLength": 500}}, required=["amount"]),
+    "Tip": _obj({"id": _STR, "payment_id": _STR, "creator_account": _STR, "amount": _AMOUNT,
+                 "message": _NSTR, "status": {"const": "pending"}, "created_at": _TIME,
+                 "balance": _AMOUNT}),
+    "OfferRequest": _obj({"price": {"type": ["string", "number"],
+                                    "description": "tokens for 30 days, whole planck"}}),
+    "Offer": _obj({"account": _STR, "price": _AMOUNT, "period_days": _INT}),
+    "NoOffer": _obj({"account": _STR, "price": {"type": "null"}}),
+    "Subscription": _obj({"id": _STR, "payment_id": _STR, "creator_account": _STR,
+                          "price": _AMOUNT, "starts_at": _TIME, "ends_at": _TIME,
+                          "status": {"const": "pending"}, "balance": _AMOUNT}),
+    "SubscriptionPeriod": _obj({"id": _STR, "creator_account": _STR, "price": _AMOUNT,
+                                "starts_at": _TIME, "ends_at": _TIME, "current": _BOOL,
+                                "status": _STR}),
+    "Subscriptions": _obj({"subscriptions": {"type": "array",
+                                             "items": _ref("SubscriptionPeriod")}}),
     "Health": _obj({"status": {"const": "ok"}, "role": _STR}),
     "Readiness": _obj({"ready": _BOOL, "role": _STR,
                        "checks": {"type": "object", "additionalProperties": _BOOL}}),
@@ -136,6 +174,7 @@ _RESPONSES: dict[str, Schema] = {
         "Forbidden": "the stream belongs to another creator (`forbidden`)",
         "NotFound": "no such resource",
         "PayloadTooLarge": "the body is over 64 KiB",
+        "PaymentRequired": "the live balance does not cover it (`insufficient_funds`)",
         "TooManyRequests": "rate limited",
         "InternalError": "internal server error",
         "Unavailable": "a backing store or worker is not answering (`Retry-After`)",
@@ -207,6 +246,36 @@ def _api_paths() -> dict[str, Schema]:
         "/api/me/earnings": {"get": _op("The caller's earnings as a creator", {
             "200": _json(_ref("Earnings"), "earnings"), "401": _error("Unauthorized")},
             security=_BEARER)},
+        "/api/users/{account}/tips": {"post": _op(
+            "Tip a creator from the caller's balance (settled in the next batch)", {
+                "201": _json(_ref("Tip"), "the tip, out of the live balance already"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized"),
+                "402": _error("PaymentRequired"), "404": _error("NotFound"),
+                "413": _error("PayloadTooLarge")},
+            parameters=[_ACCOUNT], requestBody=_body(_ref("TipRequest")), security=_BEARER)},
+        "/api/users/{account}/subscription": {"post": _op(
+            "Buy the creator's 30-day subscription (extends a running one); the "
+            "subscriber watches their streams at price 0", {
+                "201": _json(_ref("Subscription"), "the period bought"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized"),
+                "402": _error("PaymentRequired"), "404": _error("NotFound")},
+            parameters=[_ACCOUNT], security=_BEARER)},
+        "/api/users/{account}/subscription-offer": {"get": _op(
+            "The creator's subscription offer", {
+                "200": _json(_ref("Offer"), "the offer"), "400": _error("BadRequest"),
+                "404": _error("NotFound")}, parameters=[_ACCOUNT])},
+        "/api/me/subscription-offer": {
+            "put": _op("Offer a 30-day subscription at a price (creators only)", {
+                "200": _json(_ref("Offer"), "the offer"), "400": _error("BadRequest"),
+                "401": _error("Unauthorized"), "403": _error("Forbidden"),
+                "413": _error("PayloadTooLarge")},
+                requestBody=_body(_ref("OfferRequest")), security=_BEARER),
+            "delete": _op("Stop offering (periods bought run to their end)", {
+                "200": _json(_ref("NoOffer"), "no offer"), "401": _error("Unauthorized")},
+                security=_BEARER)},
+        "/api/me/subscriptions": {"get": _op("The caller's subscription periods", {
+            "200": _json(_ref("Subscriptions"), "newest first"),
+            "401": _error("Unauthorized")}, security=_BEARER)},
         "/api/billing/info": {"get": _op("Where and how to deposit", {
             "200": _json(_ref("BillingInfo"), "billing parameters")})},
         "/api/receipts/{stream_viewer_id}": {"get": _op("A viewing session's receipt", {

@@ -79,7 +79,8 @@ def _page_config(request: web.Request, stream_id: str) -> dict[str, Any]:
     settings = request.app[SETTINGS]
     return {"streamId": stream_id, "iceServers": settings.ice_servers,
             "devMode": settings.dev_mode, "devAccounts": request.app[PAGE_TEMPLATES].dev_accounts,
-            "tokenSymbol": settings.token_symbol, "protocolVersion": 1}
+            "tokenSymbol": settings.token_symbol, "tokenDecimals": settings.token_decimals,
+            "protocolVersion": 1}
 
 
 def _html(text: str, status: int = 200) -> web.Response:

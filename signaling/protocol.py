@@ -33,6 +33,11 @@ class ErrorCode(StrEnum):
     STREAM_NOT_LIVE = "stream_not_live"
     INSUFFICIENT_FUNDS = "insufficient_funds"
     SUSPENDED = "suspended"
+    # viewer-signed delivery receipts (signaling/delivery_receipts.py)
+    RECEIPTS_REQUIRED = "receipts_required"
+    DELEGATION_REFUSED = "delegation_refused"
+    RECEIPT_REFUSED = "receipt_refused"
+    RECEIPTS_STOPPED = "receipts_stopped"
     # placement and the SFU worker
     NO_CAPACITY = "no_capacity"
     ALREADY_LIVE = "already_live"
@@ -77,6 +82,7 @@ class Watch:
     stream_id: str
     token: str
     sdp: str
+    delegation: Any = None  # the raw `delegation` object, checked by delivery_receipts
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,11 @@ class Candidate:
 @dataclass(frozen=True)
 class Leave:
     pass
+
+
+@dataclass(frozen=True)
+class ReceiptMessage:
+    data: dict[str, Any]  # checked by delivery_receipts.parse_receipt
 
 
 @dataclass(frozen=True)
@@ -125,7 +136,8 @@ class ChatSend:
     ref: str | None  # echoed in chat_sent, so a client can match its message
 
 
-ClientMessage = Publish | Watch | Candidate | Leave | Auth | ChatJoin | ChatLeave | ChatSend
+ClientMessage = (Publish | Watch | Candidate | Leave | Auth | ChatJoin | ChatLeave | ChatSend
+                 | ReceiptMessage)
 CommunityMessage = Auth | ChatJoin | ChatLeave | ChatSend
 
 
@@ -141,7 +153,10 @@ def parse_message(text: str) -> ClientMessage:
         case "publish":
             return Publish(_stream_id(data), _text(data, "stream_key"), _text(data, "sdp"))
         case "watch":
-            return Watch(_stream_id(data), _text(data, "token"), _text(data, "sdp"))
+            return Watch(_stream_id(data), _text(data, "token"), _text(data, "sdp"),
+                         data.get("delegation"))
+        case "receipt":
+            return ReceiptMessage(data)
         case "candidate":
             return Candidate(_candidate(data))
         case "leave":
@@ -226,6 +241,11 @@ def viewer_count(count: int) -> Message:
 def tick(seconds: int, cost: str) -> Message:
     """A viewer's metering so far: seconds billed, their cost in tokens."""
     return {"type": "tick", "seconds": seconds, "cost": cost}
+
+
+def receipt_accepted(viewer_session_id: str, seconds: int) -> Message:
+    return {"type": "receipt_accepted", "viewer_session_id": viewer_session_id,
+            "seconds": seconds}
 
 
 def stream_started() -> Message:

@@ -13,6 +13,7 @@ import secrets
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
@@ -31,6 +32,16 @@ from signaling.admission import (
 )
 from signaling.community.chat_events import CHAT_EVENTS
 from signaling.community.ws_member import WsMember
+from signaling.delivery_receipts import (
+    Delegation,
+    SignedSession,
+    accept_receipt,
+    check_delegation,
+    parse_delegation,
+    parse_receipt,
+    receipts_stopped,
+    record_delegation,
+)
 from signaling.errors import ApiError
 from signaling.events import EVENTS
 from signaling.protocol import (
@@ -46,6 +57,7 @@ from signaling.protocol import (
     Message,
     ProtocolError,
     Publish,
+    ReceiptMessage,
     State,
     Watch,
 )
@@ -124,6 +136,7 @@ class Session:
     peer: PeerRef | None = None
     stream_session_id: str | None = None  # publisher: the stream_sessions id
     held: list[dict[str, Any]] = field(default_factory=list)
+    signed: SignedSession | None = None  # a viewer who signs delivery receipts
 
 
 class Connection:
@@ -207,6 +220,8 @@ class Connection:
                 await self._leave()
             case Auth() | ChatJoin() | ChatLeave() | ChatSend() as message:
                 await self._member.handle(message)
+            case ReceiptMessage() as message:
+                await self._receipt(message)
 
     async def _publish(self, message: Publish) -> None:
         self._require_idle("publish")
@@ -229,13 +244,44 @@ class Connection:
         await ensure_not_suspended(self._backends, claims.user_id)
         self._member.identify(claims.user_id)
         await ensure_viewer_can_pay(self._request.app, claims, message.stream_id)
+        delegation = parse_delegation(message.delegation)
+        delegated = await self._check_delegation(claims.account, message.stream_id, delegation)
         worker = await viewer_worker(self._backends.redis, message.stream_id)
         session = self._begin(State.WATCHING, message.stream_id)
         answer = await self._answered(session, self._sfu.add_viewer(
             worker.control_url, message.stream_id, sdp=message.sdp,
             viewer_user_id=claims.user_id))
+        if delegation is not None and delegated is not None:
+            session.signed = await record_delegation(
+                self._backends.pg, answer.viewer_session_id, delegation, delegated)
         self._established(session, answer.peer,
                           protocol.watch_answer(answer.sdp, answer.viewer_session_id))
+
+    async def _check_delegation(self, account: str, stream_id: str,
+                                delegation: Delegation | None) -> str | None:
+        """The signed delegation's text; a stream that requires signed
+        receipts refuses a viewer without one."""
+        row = await self._backends.pg.fetchrow(
+            "SELECT price_per_second, require_signed_receipts FROM streams WHERE id = $1::uuid",
+            stream_id)
+        if row is None:
+            raise ProtocolError(ErrorCode.STREAM_NOT_FOUND, "no such stream")
+        if delegation is None:
+            if row["require_signed_receipts"]:
+                raise ProtocolError(ErrorCode.RECEIPTS_REQUIRED,
+                                    "this stream is watched only with signed receipts: send a "
+                                    "delegation with watch")
+            return None
+        return await check_delegation(delegation, account, stream_id,
+                                      Decimal(row["price_per_second"]),
+                                      self._settings.ss58_prefix)
+
+    async def _receipt(self, message: ReceiptMessage) -> None:
+        receipt = parse_receipt(message.data)
+        session = self._session
+        signed = session.signed if session is not None and session.peer is not None else None
+        seconds = await accept_receipt(self._backends.pg, signed, receipt)
+        self.send(protocol.receipt_accepted(receipt.viewer_session_id, seconds))
 
     async def _candidate(self, message: Candidate) -> None:
         session = self._session
@@ -337,6 +383,10 @@ class Connection:
                 self.send(protocol.stream_started())
             case "tick" if isinstance(event.get("seconds"), int):
                 self.send(protocol.tick(event["seconds"], str(event.get("cost", "0"))))
+                if session.signed is not None:
+                    session.signed.metered_seconds = event["seconds"]
+                    if receipts_stopped(session.signed):
+                        self._cut_off(session)
             case "stream_ended" if not self._is_stale(session, event):
                 self._detach()
                 self.send(protocol.stream_ended())
@@ -344,6 +394,17 @@ class Connection:
                 self._detach()
                 self.send(protocol.peer_closed(str(event.get("reason"))))
                 log_event(log, "ws.peer_closed", **self._ids(session), reason=event.get("reason"))
+
+    def _cut_off(self, session: Session) -> None:
+        """A signed viewer whose receipts stopped: billing stops at the signed
+        seconds + grace anyway; the media stops now too."""
+        assert session.signed is not None
+        log_event(log, "ws.receipts_stopped", logging.WARNING, **self._ids(session),
+                  signed_seconds=session.signed.signed_seconds,
+                  metered_seconds=session.signed.metered_seconds)
+        self.send(protocol.error(ErrorCode.RECEIPTS_STOPPED,
+                                 "no signed receipt covers the seconds watched: cut off"))
+        self._connections.run_ending(self._hang_up(self._detach()), name=f"ws-cut-{self._id}")
 
     @staticmethod
     def _is_stale(session: Session, event: dict[str, Any]) -> bool:

@@ -8,8 +8,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType
-from routing.channels import stream_channel
 
+from routing.channels import stream_channel
 from signaling.tokens import issue_token
 from tests.test_ws_protocol import (
     SECRET,

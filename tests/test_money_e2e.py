@@ -1,13 +1,13 @@
 """The whole money story on real parts: a viewer deposits on chain, the
 deposit is credited, the viewer watches a stream through a real SFU worker and
 is billed per second, the creator is paid on chain, and the viewer's receipt
-recomputes to the digest the settlement carried on chain."""
+proves its charge against the Merkle root the settlement carried on chain (the
+`vilokanam verify-receipt` command agrees)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 from collections.abc import AsyncIterator
 from decimal import ROUND_FLOOR, Decimal
 
@@ -27,6 +27,7 @@ from signaling.app import create_app as create_signaling
 from signaling.tokens import issue_token
 from tests.conftest import ESCROW_URI, Stores
 from tests.media_clients import Publisher, Viewer
+from tests.test_receipt_check import verify_receipt
 from tests.test_settlement import (
     ESCROW,
     api,  # noqa: F401 - a fixture
@@ -39,6 +40,7 @@ from tests.test_settlement import (
 from tests.waiting import wait_until
 from vilokanam.accounts import address_of, canonical_account
 from vilokanam.config import Settings
+from vilokanam.receipts import verify_inclusion
 from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
 
 pytestmark = pytest.mark.chain
@@ -144,7 +146,8 @@ async def test_deposit_watch_bill_pay_and_verify(
     assert await db.fetchval("SELECT status FROM payments WHERE reference_id = $1",
                              session) == "completed"
 
-    # 5. The viewer's receipt recomputes to the digest carried on chain.
+    # 5. The viewer's receipt proves its line with a Merkle path to the root the
+    #    settlement carried on chain, and the standalone verifier agrees.
     signaling = dataclasses.replace(settings, token_secret=SECRET,
                                     escrow_account=address_of(ESCROW_URI),
                                     substrate_url=chain.url)
@@ -155,9 +158,12 @@ async def test_deposit_watch_bill_pay_and_verify(
         assert response.status == 200, await response.text()
         receipt = await response.json()
     assert receipt["status"] == "completed" and receipt["charge"] == str(charge)
-    digest = hashlib.sha256("\n".join(sorted(receipt["lines"])).encode()).hexdigest()
-    assert digest == receipt["digest"]
+    assert receipt["line"] == f"{session}:{charge}"
+    assert verify_inclusion(receipt["line"], receipt["leaf_index"], receipt["leaf_count"],
+                            receipt["proof"], receipt["root"])
     on_chain = api.retrieve_extrinsic_by_hash(receipt["block_hash"], receipt["extrinsic_hash"])
     assert on_chain.is_success
     calls = batch_calls(api, receipt["block_hash"], on_chain.extrinsic_idx)
-    assert remark_text(calls) == receipt["remark"] == "vilokanam:settlement:v1:" + digest
+    assert remark_text(calls) == receipt["remark"] == "vilokanam:settlement:v2:" + receipt["root"]
+    verified = await verify_receipt(receipt, chain.url)
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     lift.add_argument("account", help="the user's SS58 address (any prefix)")
     _store_flags(lift)
     _logging_flags(lift)
+    verify = sub.add_parser(
+        "verify-receipt", help="check a receipt (GET /api/receipts/{id}) against the chain: "
+                               "exit 0 if it holds, 1 if not")
+    verify.add_argument("file", nargs="?", default="-",
+                        help="the receipt JSON (default: standard input)")
+    verify.add_argument("--substrate-url", help="chain RPC URL (SUBSTRATE_URL)")
+    _logging_flags(verify)
 
     billing = sub.add_parser("billing", help="run the billing worker")
     billing.add_argument("--billing-port", type=int, help="port (VILOKANAM_BILLING_PORT)")
@@ -101,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Flags that are a command's own arguments, not settings.
-_COMMAND_ARGS = {"command", "account", "amount", "note", "admin_command"}
+_COMMAND_ARGS = {"command", "account", "amount", "note", "admin_command", "file"}
+# verify-receipt: the receipt does not hold (1), as opposed to a usage error (2)
+# or a chain that does not answer (3).
+EXIT_DOES_NOT_HOLD = 1
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
@@ -168,6 +178,46 @@ def _run_credit(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_verify_receipt(settings: Settings, args: argparse.Namespace) -> int:
+    from vilokanam.receipt_check import (
+        ChainUnreachable,
+        ReceiptUnreadable,
+        parse_receipt,
+        substrate_reader,
+        verify,
+    )
+
+    if not settings.substrate_url:
+        raise ConfigError("SUBSTRATE_URL is not set (or pass --substrate-url)")
+    try:
+        if args.file == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.file, encoding="utf-8") as handle:
+                text = handle.read()
+        receipt = parse_receipt(text)
+    except (OSError, UnicodeDecodeError, ReceiptUnreadable) as exc:
+        raise ConfigError(f"cannot read the receipt: {exc}") from None
+    try:
+        read_chain, close = substrate_reader(settings.substrate_url)
+        try:
+            verdict = verify(receipt, read_chain)
+        finally:
+            close()
+    except ChainUnreachable as exc:
+        print(f"vilokanam verify-receipt: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    for settlement_id in verdict.checked:
+        print(f"ok: settlement {settlement_id} is on chain and covers this charge")
+    for problem in verdict.problems:
+        print(f"FAILED: {problem}")
+    if verdict.holds:
+        print(f"the receipt holds: {receipt.get('settled')} settled on chain")
+        return 0
+    return EXIT_DOES_NOT_HOLD
+
+
+
 def _run_admin(settings: Settings, args: argparse.Namespace) -> int:
     from vilokanam.accounts import InvalidAccount
     from vilokanam.admin import grant_moderator, lift_suspension
@@ -200,6 +250,7 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "billing": _run_billing,
     "credit": _run_credit,
     "admin": _run_admin,
+    "verify-receipt": _run_verify_receipt,
 }
 
 

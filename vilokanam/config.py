@@ -170,6 +170,10 @@ class Settings:
         "VILOKANAM_PAYOUT_THRESHOLD", "10",
         "A creator whose pending payout passes this many tokens is paid without waiting for "
         "the period.")
+    reconcile_interval: Decimal = _setting(
+        "VILOKANAM_RECONCILE_INTERVAL", "60",
+        "Seconds between the billing worker's proofs that every live balance (Redis) is "
+        "ledger - charges (Postgres); a drift seen in two rounds in a row is repaired.")
     chain_public_url: str | None = _setting(
         "VILOKANAM_CHAIN_PUBLIC_URL", None,
         "Chain RPC URL given to browsers in /api/billing/info. Default: SUBSTRATE_URL.")
@@ -208,6 +212,9 @@ class Settings:
         if self.settlement_period <= 0 or self.payout_threshold <= 0:
             raise ConfigError("VILOKANAM_SETTLEMENT_PERIOD and VILOKANAM_PAYOUT_THRESHOLD "
                               "must be greater than zero")
+        if not Decimal("0.1") <= self.reconcile_interval <= Decimal(86400):
+            raise ConfigError("VILOKANAM_RECONCILE_INTERVAL must be between 0.1 and 86400 "
+                              "seconds")
         if self.sfu_capacity < 1:
             raise ConfigError("VILOKANAM_SFU_CAPACITY must be at least 1")
         if self.log_format not in ("text", "json"):
@@ -292,6 +299,7 @@ _PARSERS: dict[str, Callable[[str, str | None], Any]] = {
     "flush_interval": _optional(_parse_decimal),
     "settlement_period": _optional(_parse_decimal),
     "payout_threshold": _optional(_parse_decimal),
+    "reconcile_interval": _optional(_parse_decimal),
 }
 
 
