@@ -93,7 +93,7 @@ SELECT p.id::text AS payment_id, p.reference_id::text AS stream_viewer_id,
   FROM payments p
   JOIN creator_earnings ce ON ce.creator_id = p.to_user_id
   JOIN users u ON u.id = p.to_user_id
- WHERE p.payment_type = 'stream_view' AND p.status IN ('pending', 'failed')
+ WHERE p.payment_type IN ('stream_view', 'video_view') AND p.status IN ('pending', 'failed')
    AND p.reference_id IS NOT NULL AND p.amount > p.settled_amount
  ORDER BY p.to_user_id, p.reference_id
 """
@@ -101,7 +101,7 @@ SELECT p.id::text AS payment_id, p.reference_id::text AS stream_viewer_id,
 _CANDIDATES = """
 SELECT DISTINCT u.account_id
   FROM payments p JOIN users u ON u.id = p.to_user_id
- WHERE p.payment_type = 'stream_view' AND p.status IN ('pending', 'failed')
+ WHERE p.payment_type IN ('stream_view', 'video_view') AND p.status IN ('pending', 'failed')
    AND p.amount > p.settled_amount
 """
 

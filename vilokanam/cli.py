@@ -1,4 +1,4 @@
-"""The `vilokanam` command: `dev`, `migrate`, `signaling`, `sfu`, `billing`.
+"""The `vilokanam` command: `dev`, `migrate`, `signaling`, `sfu`, `billing`, `media`.
 
 Every flag has an environment variable of the same meaning (the README's
 configuration table); a flag wins over the environment. Known failures — an
@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     _store_flags(sfu)
     _logging_flags(sfu)
 
+    media = sub.add_parser("media", help="run a media worker (recordings and uploads: probe, "
+                                         "thumbnail, HLS renditions, CIDs)")
+    media.add_argument("--media-port", type=int, help="port (VILOKANAM_MEDIA_PORT)")
+    media.add_argument("--media-concurrency", type=int,
+                       help="jobs at once (VILOKANAM_MEDIA_CONCURRENCY)")
+    _store_flags(media)
+    _logging_flags(media)
+
     credit = sub.add_parser("credit", help="credit a viewer's balance by hand (an adjustment "
                                            "in the balance ledger)")
     credit.add_argument("--account", required=True, help="the viewer's SS58 address")
@@ -135,6 +143,15 @@ def _run_billing(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_media(settings: Settings, _args: argparse.Namespace) -> int:
+    from media.app import create_app
+    from vilokanam.serve import run_role
+
+    run_role(create_app(settings), "media", "127.0.0.1", settings.media_port,
+             "VILOKANAM_MEDIA_PORT")
+    return 0
+
+
 def _run_credit(settings: Settings, args: argparse.Namespace) -> int:
     from vilokanam.accounts import InvalidAccount
     from vilokanam.admin import credit_account
@@ -165,6 +182,7 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "signaling": _run_signaling,
     "sfu": _run_sfu,
     "billing": _run_billing,
+    "media": _run_media,
     "credit": _run_credit,
 }
 

@@ -2,7 +2,7 @@
 
 It starts (unless given URLs) a private Postgres, Redis and chopsticks chain
 under VILOKANAM_DATA_DIR, applies migrations, then runs signaling, one SFU
-worker and billing as child processes, prints every URL, and on Ctrl-C or
+worker, billing and media as child processes, prints every URL, and on Ctrl-C or
 SIGTERM stops them all — within 10 s, leaving no process behind."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class DevStack:
     def start_roles(self) -> None:
         env = {**_inherited_env(), **self.settings.as_env()}
         logs = self.data_dir / "logs"
-        for role in ("signaling", "sfu", "billing"):
+        for role in ("signaling", "sfu", "billing", "media"):
             proc = ManagedProcess(role, [sys.executable, "-m", "vilokanam", role],
                                   log_path=logs / f"{role}.log", env=env)
             proc.start()
@@ -93,7 +93,7 @@ class DevStack:
 
     def wait_until_serving(self, deadline: float) -> None:
         ports = {"signaling": self.settings.http_port, "sfu": self.settings.sfu_port,
-                 "billing": self.settings.billing_port}
+                 "billing": self.settings.billing_port, "media": self.settings.media_port}
         for proc in self.roles:
             while not _healthy(ports[proc.name]):
                 if not proc.running:
@@ -123,6 +123,8 @@ class DevStack:
             ("metrics", f"{base}/metrics"),
             ("sfu worker (private)", f"http://{self.settings.sfu_host}:{self.settings.sfu_port}"),
             ("billing", f"http://127.0.0.1:{self.settings.billing_port}/healthz"),
+            ("media", f"http://127.0.0.1:{self.settings.media_port}/healthz"),
+            ("video storage", str(self.settings.media_dir.resolve())),
             ("postgres", redact_url(self.settings.database_url or "")),
             ("redis", redact_url(self.settings.redis_url or "")),
             ("chain rpc", chain),
@@ -168,7 +170,8 @@ def _check_ports(settings: Settings) -> None:
     """Refuse a taken port up front, naming its setting, before starting anything."""
     wanted = [(settings.http_port, "VILOKANAM_HTTP_PORT"),
               (settings.sfu_port, "VILOKANAM_SFU_PORT"),
-              (settings.billing_port, "VILOKANAM_BILLING_PORT")]
+              (settings.billing_port, "VILOKANAM_BILLING_PORT"),
+              (settings.media_port, "VILOKANAM_MEDIA_PORT")]
     if not settings.database_url:
         wanted.append((settings.dev_postgres_port, "VILOKANAM_DEV_POSTGRES_PORT"))
     if not settings.redis_url:
