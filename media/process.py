@@ -145,4 +145,5 @@ def _publish_files(work: Path, hls: Path, thumb: Path) -> None:
     (work / "hls").rename(hls)
     (work / "thumb.jpg").replace(thumb)
     shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(work, ignore_errors=True)
+    for attempt in work.parent.glob("work-*"):  # this one, and any a killed worker left
+        shutil.rmtree(attempt, ignore_errors=True)
