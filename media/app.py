@@ -29,7 +29,8 @@ def create_app(settings: Settings) -> web.Application:
         processor = Processor(pg, storage_for(settings.media_dir), worker_id,
                               ipfs_api=settings.ipfs_api)
         worker = MediaWorker(pg, processor, worker_id, settings.media_concurrency,
-                             float(settings.media_job_lease))
+                             float(settings.media_job_lease),
+                             max_attempts=settings.media_max_attempts)
         app[WORKER] = worker
         worker.start()
         yield

@@ -21,11 +21,13 @@ from media.process import Attempt, Processor
 from media.transcode import Cancelled
 from vilokanam import jobs
 from vilokanam.logs import log_event
-from vilokanam.tasks import TaskOwner
+from vilokanam.recordings import finish_orphans
+from vilokanam.tasks import TaskOwner, poll_forever
 
 log = logging.getLogger("media.worker")
 
 POLL_INTERVAL = 1.0
+ORPHAN_SWEEP_S = 5.0
 MAX_BACKOFF = 10.0
 
 JOBS = Counter("vilokanam_media_jobs_total", "Processing job attempts by outcome.", ["outcome"])
@@ -41,11 +43,20 @@ class MediaWorker:
     worker_id: str
     concurrency: int
     lease_s: float
+    max_attempts: int = 3
     tasks: TaskOwner = field(default_factory=lambda: TaskOwner("media"))
     _cancel: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         self.tasks.spawn(self._claim_loop(), "claim")
+        self.tasks.spawn(poll_forever(self._finish_orphans, waiting_event="recordings.sweep_failed",
+                                      poll_interval=ORPHAN_SWEEP_S, max_backoff=60.0),
+                         "orphan-recordings")
+
+    async def _finish_orphans(self) -> None:
+        found = await finish_orphans(self.pg, self.processor.storage, self.max_attempts)
+        if found:
+            log_event(log, "recordings.orphans_finished", count=found)
 
     async def close(self) -> None:
         self._cancel.set()  # transcoding threads stop at their next packet

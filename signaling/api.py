@@ -51,7 +51,11 @@ SELECT s.id::text AS id, s.creator_id::text AS creator_id, s.title, s.status,
        s.price_per_second, COALESCE(s.viewer_count, 0) AS viewer_count,
        COALESCE(s.total_ticks, 0) AS total_ticks,
        s.start_time AT TIME ZONE current_setting('TimeZone') AS start_time,
-       s.end_time AT TIME ZONE current_setting('TimeZone') AS end_time
+       s.end_time AT TIME ZONE current_setting('TimeZone') AS end_time,
+       s.record,
+       (SELECT ss.recording_id::text FROM stream_sessions ss
+         WHERE ss.stream_id = s.id AND ss.recording_id IS NOT NULL
+         ORDER BY ss.start_time DESC LIMIT 1) AS recording_video_id
 FROM streams s JOIN users u ON u.id = s.creator_id
 """
 
@@ -139,6 +143,9 @@ def stream_json(row: asyncpg.Record, settings: Settings) -> dict[str, Any]:
         "viewer_count": row["viewer_count"], "total_ticks": row["total_ticks"],
         "start_time": _iso(row["start_time"]), "end_time": _iso(row["end_time"]),
         "watch_url": urls["watch_url"], "whep_url": urls["whep_url"],
+        "record": row["record"],
+        # The last ended session's recording, once it is a videos row (sfu/recorder.py).
+        "recording_video_id": row["recording_video_id"],
     }
 
 
@@ -168,13 +175,16 @@ async def create_stream(request: web.Request) -> web.Response:
     title = parse_title(body.get("title"))
     price = parse_price(body.get("price_per_second"), settings.price_default,
                         settings.token_decimals)
+    record = body.get("record", True)
+    if not isinstance(record, bool):
+        raise bad_request("invalid_record", "record must be true or false")
     stream_key = new_stream_key()
     async with request.app[BACKENDS].pg.acquire() as conn, conn.transaction():
         creator = await make_creator(conn, claims.account)
         stream_id = await conn.fetchval(
-            "INSERT INTO streams (creator_id, title, price_per_second, stream_key_hash) "
-            "VALUES ($1::uuid, $2, $3, $4) RETURNING id::text",
-            creator.id, title, price, hash_stream_key(stream_key))
+            "INSERT INTO streams (creator_id, title, price_per_second, stream_key_hash, record) "
+            "VALUES ($1::uuid, $2, $3, $4, $5) RETURNING id::text",
+            creator.id, title, price, hash_stream_key(stream_key), record)
         row = await conn.fetchrow(f"{_STREAM_SELECT} WHERE s.id = $1::uuid", stream_id)
     assert row is not None
     # The key is shown here, once; only its hash is stored (migration 0005).
