@@ -122,9 +122,11 @@ class _Output:
 
 def transcode(source: Path, work: Path, info: Probe,
               progress: Callable[[float], None] = lambda _f: None,
-              cancel: threading.Event | None = None) -> list[Rendition]:
-    """The ladder as HLS under `work/<rendition>/` (index.m3u8 + seg_NNNNN.ts)."""
-    rungs = ladder_for(info.width, info.height)
+              cancel: threading.Event | None = None,
+              rungs: list[Rung] | None = None) -> list[Rendition]:
+    """The ladder (or the given rungs: bench/transcode.py times them one by
+    one) as HLS under `work/<rendition>/` (index.m3u8 + seg_NNNNN.ts)."""
+    rungs = rungs if rungs is not None else ladder_for(info.width, info.height)
     fps = max(1, min(60, round(float(info.frame_rate))))
     with av.open(str(source)) as inp:
         video = inp.streams.video[0]
