@@ -98,6 +98,7 @@ class Recording:
     started: float = field(default_factory=time.monotonic)
     frames: int = 0
     video_frames: int = 0
+    unrecordable: str | None = None  # the publisher's codec, when we cannot record it
     _queue: queue.Queue[tuple[str, bytes, int, bool] | None] = field(
         default_factory=lambda: queue.Queue(QUEUE_MAX))
     _clocks: dict[str, _Clock] = field(default_factory=dict)
@@ -108,6 +109,7 @@ class Recording:
         def tap(codec: RTCRtpCodecParameters, packet: av.Packet, keyframe: bool) -> None:
             if codec.mimeType.lower() != RECORDABLE[kind]:
                 RECORDING_DROPS.labels("unsupported_codec").inc()
+                self.unrecordable = codec.mimeType
                 return
             clock = self._clocks.setdefault(kind, _Clock(self.started, codec.clockRate))
             try:
@@ -247,8 +249,14 @@ class Recordings:
                 fanout.taps.remove(taps[kind])
         await asyncio.to_thread(recording.close)
         size = await self.storage.size(video_key(recording.video_id, "source")) or 0
+        reason = None
+        if recording.video_frames == 0:
+            reason = ("the recording holds no video: the publisher sent no video frame"
+                      if recording.unrecordable is None else
+                      f"the publisher's codec {recording.unrecordable} is not recorded "
+                      "(recording takes VP8 video and Opus audio)")
         await finish_recording(self.pg, recording.video_id, recording.session_id, size,
-                               recording.video_frames, self.max_attempts)
+                               reason, self.max_attempts)
         log_event(log, "recording.finished", stream_id=stream_id, video_id=recording.video_id,
                   frames=recording.frames, video_frames=recording.video_frames, bytes=size,
                   error=recording.error)

@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import av
 import pytest
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from media.probe import probe
 from sfu.recorder import Recordings, vp8_size
@@ -126,6 +127,19 @@ async def test_recordings_become_videos_or_fail_with_a_reason(
                             "= $1::uuid", stream2)
     assert row["status"] == "failed" and "no video" in row["failure_reason"]
     assert await db.fetchval("SELECT count(*) FROM processing_jobs") == 1
+
+    # An H.264 publisher (OBS): not recorded yet, and the video says so.
+    stream4, session4 = await _stream(db, creator=False)
+    fanouts = _fanouts()
+    await recordings.start(stream4, session4, fanouts)
+    h264 = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102)
+    frame = av.Packet(b"\x00\x00\x00\x01\x65" + b"\x00" * 50)
+    frame.pts = 0
+    fanouts["video"].taps[0](h264, frame, True)
+    await recordings.finish(stream4, fanouts)
+    reason = await db.fetchval("SELECT failure_reason FROM videos WHERE source_stream_id = "
+                               "$1::uuid", stream4)
+    assert "video/H264 is not recorded" in reason
 
     # "record": false: nothing is recorded.
     stream3, session3 = await _stream(db, record=False, creator=False)

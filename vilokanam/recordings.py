@@ -14,10 +14,10 @@ ORPHAN_AFTER_S = 15  # an ended session's recording no worker finished
 
 
 async def finish_recording(pg: asyncpg.Pool, video_id: str, session_id: str, size: int,
-                           video_frames: int | None, max_attempts: int) -> None:
-    """The ended session's recording becomes a video being processed (or a
-    failed one, with the reason, if it holds no video). `video_frames` is None
-    when unknown (a worker died): the media role's probe decides."""
+                           failure: str | None, max_attempts: int) -> None:
+    """The ended session's recording becomes a video being processed, or a
+    failed one when `failure` says why it holds no video (None when unknown, a
+    worker died: the media role's probe decides)."""
     async with pg.acquire() as conn, conn.transaction():
         await conn.execute(
             "UPDATE videos SET file_size = $2, upload_offset = $2 WHERE id = $1::uuid",
@@ -29,10 +29,10 @@ async def finish_recording(pg: asyncpg.Pool, video_id: str, session_id: str, siz
             "UPDATE streams SET recording_url = '/api/videos/' || $1 "
             "WHERE id = (SELECT stream_id FROM stream_sessions WHERE id = $2::uuid)",
             video_id, session_id)
-        if size == 0 or video_frames == 0:
+        if size == 0 or failure is not None:
             await conn.execute(
                 "UPDATE videos SET status = 'failed', failure_reason = $2 WHERE id = $1::uuid",
-                video_id, "the recording holds no video: the publisher sent no video frame")
+                video_id, failure or "the recording is empty: the worker wrote nothing")
         else:
             await jobs.enqueue(conn, video_id, max_attempts)
 
