@@ -25,7 +25,7 @@ from prometheus_client import Histogram
 from vilokanam.balances import adjust_live
 from vilokanam.delivery import GRACE_SECONDS
 from vilokanam.logs import log_event
-from vilokanam.metering import PENDING_KEY, TickBatch, batch_id_of
+from vilokanam.metering import PENDING_KEY, VIDEO_VIEW_BATCH_PREFIX, TickBatch, batch_id_of
 from vilokanam.tasks import run_forever
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,14 @@ FLUSH_LAG = Histogram(
     buckets=(0.5, 1, 1.5, 2, 3, 5, 10, 30))
 
 # One statement: every table a tick touches, set-based. $1/$2: one element per
-# tick (viewer session id, unix second); $3 the platform fee; $4 the number of
-# ticks; $5 the grace a signed session may run past its signed seconds (the
-# ticks beyond are dropped, and refunded to the live balance). Ticks of unknown
+# tick (viewer session id or video view id, its second); $3 the platform fee;
+# $4 the number of ticks; $5 the grace a signed session may run past its
+# signed seconds (the ticks beyond are dropped, and refunded to the live
+# balance). A live tick grows its stream_viewers row and `stream_view`
+# payment; a video view's tick (a media second delivered,
+# signaling/playback.py) its video_views row (view_duration,
+# watch_completion) and `video_view` payment; both the creator's earnings
+# and the viewer's balance. Ticks of unknown
 # sessions, and of sessions that had ended (an ended session's updated_at is
 # its end), are filtered out here, tick by tick. Timestamps are the schema's
 # TIMESTAMP, i.e. local time in the session's TimeZone, like now().
@@ -68,6 +73,21 @@ WITH raw AS NOT MATERIALIZED (
            CASE WHEN billing_rule = 'signed' THEN LEAST(n, allowed) ELSE n END AS n
       FROM counted
      WHERE billing_rule <> 'signed' OR allowed > 0
+), vt AS (
+    -- Ticks of video views (signaling/playback.py): one per media second delivered.
+    SELECT r.id, count(*)::int AS n
+      FROM raw r JOIN video_views v ON v.id = r.id
+     WHERE v.price_per_second IS NOT NULL
+     GROUP BY r.id
+), vv AS (
+    UPDATE video_views vv
+       SET view_duration = COALESCE(vv.view_duration, 0) + vt.n,
+           watch_completion = LEAST(100, round(100.0 * (COALESCE(vv.view_duration, 0) + vt.n)
+                                               / GREATEST(COALESCE(vid.duration, 1), 1), 2))
+      FROM vt, videos vid
+     WHERE vv.id = vt.id AND vid.id = vv.video_id
+    RETURNING vv.id, vv.viewer_id, vid.creator_id, vt.n, vt.n * vv.price_per_second AS cost,
+              trunc(vt.n * vv.price_per_second * (1 - $3::numeric), 18) AS creator_share
 ), sv AS (
     UPDATE stream_viewers sv
        SET total_ticks = sv.total_ticks + t.n,
@@ -91,7 +111,10 @@ WITH raw AS NOT MATERIALIZED (
      WHERE ss.id = x.session_id
 ), earnings_up AS (
     INSERT INTO creator_earnings (creator_id, total_earnings, pending_payout)
-    SELECT creator_id, sum(creator_share), sum(creator_share) FROM charged GROUP BY creator_id
+    SELECT creator_id, sum(creator_share), sum(creator_share)
+      FROM (SELECT creator_id, creator_share FROM charged
+            UNION ALL SELECT creator_id, creator_share FROM vv) shares
+     GROUP BY creator_id
     ON CONFLICT (creator_id) DO UPDATE
        SET total_earnings = creator_earnings.total_earnings + EXCLUDED.total_earnings,
            pending_payout = creator_earnings.pending_payout + EXCLUDED.pending_payout,
@@ -109,8 +132,21 @@ WITH raw AS NOT MATERIALIZED (
      WHERE id NOT IN (SELECT reference_id FROM payments_up)
     ON CONFLICT (reference_id) WHERE payment_type = 'stream_view' DO UPDATE
        SET amount = payments.amount + EXCLUDED.amount
+), vpayments_up AS (
+    UPDATE payments p SET amount = p.amount + c.cost
+      FROM vv c
+     WHERE p.reference_id = c.id AND p.payment_type = 'video_view'
+    RETURNING p.reference_id
+), vpayments_new AS (
+    INSERT INTO payments (from_user_id, to_user_id, amount, payment_type, reference_id, status)
+    SELECT viewer_id, creator_id, cost, 'video_view', id, 'pending' FROM vv
+     WHERE id NOT IN (SELECT reference_id FROM vpayments_up)
+    ON CONFLICT (reference_id) WHERE payment_type = 'video_view' DO UPDATE
+       SET amount = payments.amount + EXCLUDED.amount
 ), spent AS (
-    SELECT viewer_id, sum(cost) AS cost FROM sv GROUP BY viewer_id
+    SELECT viewer_id, sum(cost) AS cost
+      FROM (SELECT viewer_id, cost FROM sv UNION ALL SELECT viewer_id, cost FROM vv) costs
+     GROUP BY viewer_id
 ), balances_up AS (
     UPDATE viewer_balances b SET balance = b.balance - x.cost, updated_at = now()
       FROM spent x WHERE b.user_id = x.viewer_id
@@ -121,17 +157,19 @@ WITH raw AS NOT MATERIALIZED (
     ON CONFLICT (user_id) DO UPDATE
        SET balance = viewer_balances.balance + EXCLUDED.balance, updated_at = now()
 )
-SELECT count(*) AS sessions, COALESCE(sum(n), 0) AS ticks,
+SELECT (SELECT count(*) FROM sv) + (SELECT count(*) FROM vv) AS sessions,
+       (SELECT COALESCE(sum(n), 0) FROM sv) + (SELECT COALESCE(sum(n), 0) FROM vv) AS ticks,
        -- Only when some tick was filtered out ($4: the ticks given): which
        -- sessions lost how many, so their live balances get them back.
-       CASE WHEN COALESCE(sum(n), 0) < $4 THEN (
+       CASE WHEN (SELECT COALESCE(sum(n), 0) FROM sv)
+                 + (SELECT COALESCE(sum(n), 0) FROM vv) < $4 THEN (
            SELECT json_agg(json_build_array(d.id, d.n)) FROM (
                SELECT r.id::text AS id,
-                      count(*) - COALESCE((SELECT t.n FROM t WHERE t.id = r.id), 0) AS n
+                      count(*) - COALESCE((SELECT t.n FROM t WHERE t.id = r.id),
+                                          (SELECT vv.n FROM vv WHERE vv.id = r.id), 0) AS n
                  FROM raw r GROUP BY r.id) d
             WHERE d.n > 0)
        END AS dropped
-  FROM sv
 """
 
 
@@ -203,7 +241,9 @@ class Flusher:
             result.dropped = len(ids) - result.ticks
             await self._checkpoint("applied")
         committed = time.time()
-        result.lags = [committed - (b.second + 1) for b in fresh]
+        # A video view's batch is labelled with its media second, not a wall second.
+        result.lags = [committed - (b.second + 1) for b in fresh if not b.worker_id.startswith(
+            VIDEO_VIEW_BATCH_PREFIX)]
         self._observe(result)
         return result
 

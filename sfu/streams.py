@@ -25,6 +25,7 @@ from sfu.peers import (
     make_peer_connection,
     upstream_keyframe_requester,
 )
+from sfu.recorder import Recordings
 from sfu.relay import Fanout
 from sfu.write_behind import WriteBehind
 from vilokanam.logs import log_event
@@ -93,6 +94,7 @@ class StreamManager:
     events: EventBus
     emitter: TickEmitter
     token_decimals: int = 12
+    recordings: Recordings | None = None
     streams: dict[str, LiveStream] = field(default_factory=dict)
     peers: dict[str, Peer] = field(default_factory=dict)
     tasks: TaskOwner = field(default_factory=lambda: TaskOwner("sfu"))
@@ -136,6 +138,8 @@ class StreamManager:
                 self._cancel_grace(stream)
             else:
                 stream.session_id = await self._go_live(stream, signaling_url, peer)
+                if self.recordings is not None:
+                    await self.recordings.start(stream_id, stream.session_id, stream.fanouts)
             self._adopt_publisher(stream, peer)
         log_event(log, "publisher.connected", stream_id=stream_id, peer_id=peer.peer_id,
                   session_id=stream.session_id, resumed=resumed)
@@ -289,6 +293,8 @@ class StreamManager:
             self._unregister(peer)
             await peer.close()
             await self.events.peer_closed(peer.peer_id, reason)
+        if self.recordings is not None:
+            await self.recordings.finish(stream_id, stream.fanouts)
         for fanout in stream.fanouts.values():
             fanout.close()
         metrics.LIVE_STREAMS.dec()

@@ -56,7 +56,11 @@ SELECT s.id::text AS id, s.creator_id::text AS creator_id, s.title, s.status,
        COALESCE(s.total_ticks, 0) AS total_ticks,
        s.start_time AT TIME ZONE current_setting('TimeZone') AS start_time,
        s.end_time AT TIME ZONE current_setting('TimeZone') AS end_time,
-       s.category_id::text AS category_id, c.name AS category
+       s.category_id::text AS category_id, c.name AS category,
+       s.record,
+       (SELECT ss.recording_id::text FROM stream_sessions ss
+         WHERE ss.stream_id = s.id AND ss.recording_id IS NOT NULL
+         ORDER BY ss.start_time DESC LIMIT 1) AS recording_video_id
 FROM streams s JOIN users u ON u.id = s.creator_id LEFT JOIN categories c ON c.id = s.category_id
 """
 
@@ -146,6 +150,9 @@ def stream_json(row: asyncpg.Record, settings: Settings) -> dict[str, Any]:
         "start_time": _iso(row["start_time"]), "end_time": _iso(row["end_time"]),
         "watch_url": urls["watch_url"], "whep_url": urls["whep_url"],
         "category_id": row["category_id"], "category": row["category"],
+        "record": row["record"],
+        # The last ended session's recording, once it is a videos row (sfu/recorder.py).
+        "recording_video_id": row["recording_video_id"],
     }
 
 
@@ -182,6 +189,9 @@ async def create_stream(request: web.Request) -> web.Response:
     if not isinstance(require_signed, bool):
         raise bad_request("invalid_require_signed_receipts",
                           "require_signed_receipts must be true or false")
+    record = body.get("record", True)
+    if not isinstance(record, bool):
+        raise bad_request("invalid_record", "record must be true or false")
     stream_key = new_stream_key()
     async with request.app[BACKENDS].pg.acquire() as conn, conn.transaction():
         category_id = None if body.get("category") is None else await resolve_category(
@@ -189,9 +199,10 @@ async def create_stream(request: web.Request) -> web.Response:
         creator = await make_creator(conn, claims.account)
         stream_id = await conn.fetchval(
             "INSERT INTO streams (creator_id, title, price_per_second, stream_key_hash, "
-            "category_id, require_signed_receipts) VALUES ($1::uuid, $2, $3, $4, $5::uuid, $6) "
-            "RETURNING id::text",
-            creator.id, title, price, hash_stream_key(stream_key), category_id, require_signed)
+            "category_id, require_signed_receipts, record) "
+            "VALUES ($1::uuid, $2, $3, $4, $5::uuid, $6, $7) RETURNING id::text",
+            creator.id, title, price, hash_stream_key(stream_key), category_id, require_signed,
+            record)
         row = await conn.fetchrow(f"{STREAM_SELECT} WHERE s.id = $1::uuid", stream_id)
     assert row is not None
     # The key is shown here, once; only its hash is stored (migration 0005).

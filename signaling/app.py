@@ -16,8 +16,10 @@ from signaling.errors import error_middleware
 from signaling.events import events_ctx
 from signaling.openapi import add_openapi_routes
 from signaling.pages import add_page_routes
+from signaling.playback import add_playback_routes
 from signaling.sfu_client import sfu_client_ctx
 from signaling.state import SETTINGS
+from signaling.videos import add_video_routes
 from signaling.whip import add_whip_whep_routes
 from signaling.ws import add_ws_routes
 from vilokanam.backends import BACKENDS, attach_backends
@@ -54,5 +56,7 @@ def create_app(settings: Settings) -> web.Application:
     add_page_routes(app)
     add_ws_routes(app)
     add_whip_whep_routes(app)
+    add_video_routes(app, settings)
+    add_playback_routes(app)
     add_openapi_routes(app)
     return app

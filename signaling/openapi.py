@@ -89,11 +89,11 @@ _SCHEMAS: dict[str, Schema] = {
                                  "price_per_second": {"type": ["string", "number"]},
                                  "category": {"type": "string",
                                               "description": "a category's id or name"},
-
                                  "require_signed_receipts": {
                                      "type": "boolean", "default": False,
                                      "description": "admit only viewers who sign delivery "
-                                                    "receipts (docs/protocol.md)"}},
+                                                    "receipts (docs/protocol.md)"},
+                                 "record": {"type": "boolean", "default": True}},
                                 required=["title"]),
     "Stream": _obj({"id": {"type": "string", "format": "uuid"}, "title": _STR,
                     "status": {"enum": ["pending", "live", "ended", "archived"]},
@@ -102,7 +102,12 @@ _SCHEMAS: dict[str, Schema] = {
                     "total_ticks": _INT, "start_time": _TIME,
                     "end_time": _TIME, "watch_url": _STR, "whep_url": _STR,
                     "category_id": {"type": ["string", "null"], "format": "uuid"},
-                    "category": _NSTR}),
+                    "category": _NSTR, "record": _BOOL,
+                    "recording_video_id": {"type": ["string", "null"], "description":
+                                           "the last ended session's recording (a video)"}},
+                   required=["id", "title", "status", "creator_account", "price_per_second",
+                             "viewer_count", "total_ticks", "start_time", "end_time",
+                             "watch_url", "whep_url"]),
     "CreatedStream": {"allOf": [_ref("Stream"), _obj({
         "stream_key": {"type": "string", "description": "shown once; stored as SHA-256"},
         "whip_url": _STR, "publish_url": _STR})]},
@@ -356,6 +361,141 @@ def _other_paths() -> dict[str, Schema]:
     }
 
 
+_VIDEO_ID = {"name": "video_id", "in": "path", "required": True,
+             "schema": {"type": "string", "format": "uuid"}}
+_SIGNED = [{"name": n, "in": "query", "required": True, "schema": _STR}
+           for n in ("view", "exp", "sig")]
+_VIDEO_SCHEMAS: dict[str, Schema] = {
+    "VideoVersion": _obj({"resolution": _STR, "bitrate": _NINT, "file_size": _NINT,
+                          "width": _NINT, "height": _NINT, "ipfs_hash": _NSTR,
+                          "url": {"type": "string", "description":
+                                  "the rendition's playlist; plays only signed for a view"}}),
+    "VideoMetadata": _obj({"format": _NSTR, "codec": _NSTR, "audio_codec": _NSTR,
+                           "frame_rate": {"type": ["string", "null"]},
+                           "aspect_ratio": _NSTR, "tags": {"type": "array", "items": _STR}}),
+    "Video": _obj({
+        "id": {"type": "string", "format": "uuid"}, "title": _STR,
+        "status": {"enum": ["uploading", "processing", "ready", "failed", "archived"]},
+        "failure_reason": _NSTR, "creator_account": _STR, "duration": _NINT, "width": _NINT,
+        "height": _NINT, "file_size": _NINT, "view_count": _INT, "like_count": _INT,
+        "comment_count": _INT, "price_per_second": {"type": ["string", "null"]},
+        "thumbnail_url": _NSTR, "ipfs_hash": _NSTR, "source_stream_id": _NSTR,
+        "tags": {"type": "array", "items": _STR}, "published_at": _TIME,
+        "created_at": _TIME, "metadata": _ref("VideoMetadata"),
+        "versions": {"type": "array", "items": _ref("VideoVersion")},
+        "processing": _obj({"job_id": _STR, "status": _STR, "progress": _AMOUNT,
+                            "stage": _NSTR, "attempts": _INT}),
+        "upload": _obj({"length": _INT, "offset": _INT})},
+        required=["id", "title", "status", "creator_account", "metadata"]),
+    "VideoList": _obj({"videos": {"type": "array", "items": _ref("Video")},
+                       "limit": _INT, "offset": _INT}),
+    "CreatedVideo": _obj({"id": _STR, "status": _STR, "url": _STR, "upload_url": _STR},
+                         required=["id", "status"]),
+    "VideoView": _obj({"view_id": _STR, "video_id": _STR, "playlist_url": _STR,
+                       "expires_at": _INT, "price_per_second": _AMOUNT}),
+    "VideoViewStatus": _obj({"view_id": _STR, "seconds": _INT, "cost": _AMOUNT,
+                             "billed_seconds": _INT, "billed_cost": _AMOUNT,
+                             "watch_completion": _AMOUNT, "cut_off": _BOOL,
+                             "price_per_second": _AMOUNT}),
+}
+
+
+def _video_paths() -> dict[str, Schema]:
+    video = _json(_ref("Video"), "the video")
+    m3u8 = {"description": "an HLS playlist, every URL in it signed for the same view",
+            "content": {"application/vnd.apple.mpegurl": {"schema": _STR}}}
+    signed_errors = {"403": _json(_ERROR_REF, "not signed for this view, expired "
+                                              "(`playback_expired`) or cut off "
+                                              "(`insufficient_funds`)"),
+                     "404": _error("NotFound")}
+    tus = {"name": "Tus-Resumable", "in": "header", "required": True,
+           "schema": {"const": "1.0.0"}}
+    return {
+        "/api/videos": {
+            "post": _op("Upload a video: the file as the body (Content-Type video/*, "
+                        "`?title=`, `?tags=a,b`), or a tus 1.0 creation (`Tus-Resumable`, "
+                        "`Upload-Length`, `Upload-Metadata`)", {
+                "201": _json(_ref("CreatedVideo"), "stored; processing (tus: uploading, "
+                                                   "`Location` is the upload URL)"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized"),
+                "412": _json(_ERROR_REF, "another tus version"),
+                "413": _json(_ERROR_REF, "over VILOKANAM_UPLOAD_MAX_BYTES, refused before "
+                                         "the body is read past it"),
+                "415": _json(_ERROR_REF, "not video/*")},
+                security=_BEARER, parameters=[
+                    {"name": "title", "in": "query", "schema": _STR},
+                    {"name": "tags", "in": "query", "schema": _STR}],
+                requestBody={"required": True, "content": {"video/*": {"schema": {
+                    "type": "string", "format": "binary"}}}}),
+            "options": _op("tus discovery (`Tus-Version`, `Tus-Max-Size`)", {
+                "204": {"description": "tus 1.0.0, creation"}}),
+            "get": _op("Ready videos, newest first", {
+                "200": _json(_ref("VideoList"), "videos"), "400": _error("BadRequest")},
+                parameters=[*_PAGING, {"name": "creator", "in": "query", "schema": _STR},
+                            {"name": "category", "in": "query", "schema": _STR}]),
+        },
+        "/api/videos/{video_id}": {
+            "get": _op("One video, with versions and metadata (any status but archived)", {
+                "200": video, "400": _error("BadRequest"), "404": _error("NotFound")},
+                parameters=[_VIDEO_ID]),
+            "patch": _op("The creator changes title, tags or price", {
+                "200": video, **_OWNED_ERRORS}, security=_BEARER, parameters=[_VIDEO_ID],
+                requestBody=_body(_obj({"title": _STR, "tags": {"type": "array",
+                                                                 "items": _STR},
+                                        "price_per_second": {"type": ["string", "number"]}},
+                                       required=[]))),
+        },
+        "/api/videos/{video_id}/upload": {
+            "head": _op("tus: the upload's offset", {
+                "200": {"description": "`Upload-Offset`, `Upload-Length`"}, **_OWNED_ERRORS},
+                security=_BEARER, parameters=[_VIDEO_ID, tus]),
+            "patch": _op("tus: append at `Upload-Offset` "
+                         "(application/offset+octet-stream)", {
+                "204": {"description": "stored; the new `Upload-Offset`"}, **_OWNED_ERRORS,
+                "409": _json(_ERROR_REF, "`offset_mismatch`, `upload_complete`, "
+                                         "`upload_busy`"),
+                "413": _json(_ERROR_REF, "past Upload-Length"),
+                "415": _json(_ERROR_REF, "wrong Content-Type")},
+                security=_BEARER, parameters=[_VIDEO_ID, tus]),
+        },
+        "/api/videos/{video_id}/thumbnail.jpg": {"get": _op("The thumbnail", {
+            "200": {"description": "JPEG", "content": {"image/jpeg": {"schema": _STR}}},
+            "400": _error("BadRequest"), "404": _error("NotFound")}, parameters=[_VIDEO_ID])},
+        "/api/videos/{video_id}/views": {"post": _op(
+            "Start a paid view: an HLS master playlist signed for it (HMAC, expiring); "
+            "each second delivered is billed once", {
+                "201": _json(_ref("VideoView"), "the view"), "400": _error("BadRequest"),
+                "401": _error("Unauthorized"), "404": _error("NotFound"),
+                "402": _json(_ERROR_REF, "the balance cannot pay 10 s (`insufficient_funds`)"),
+                "409": _json(_ERROR_REF, "the video is not ready (`video_not_ready`)")},
+            security=_BEARER, parameters=[_VIDEO_ID])},
+        "/api/videos/{video_id}/views/{view_id}": {"get": _op(
+            "The caller's view: seconds delivered and their cost", {
+                "200": _json(_ref("VideoViewStatus"), "the view"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized"),
+                "404": _error("NotFound")}, security=_BEARER,
+            parameters=[_VIDEO_ID, {"name": "view_id", "in": "path", "required": True,
+                                    "schema": {"type": "string", "format": "uuid"}}])},
+        "/vod/{video_id}/master.m3u8": {"get": _op("A view's master playlist", {
+            "200": m3u8, **signed_errors}, parameters=[_VIDEO_ID, *_SIGNED])},
+        "/vod/{video_id}/{resolution}/index.m3u8": {"get": _op("A rendition's playlist", {
+            "200": m3u8, **signed_errors}, parameters=[
+                _VIDEO_ID, {"name": "resolution", "in": "path", "required": True,
+                            "schema": _STR}, *_SIGNED])},
+        "/vod/{video_id}/{resolution}/{segment}": {"get": _op(
+            "A segment (MPEG-TS; range requests): its seconds are billed once per view", {
+                "200": {"description": "video/mp2t"}, "206": {"description": "a range"},
+                "416": {"description": "a range past the end"}, **signed_errors}, parameters=[
+                _VIDEO_ID, {"name": "resolution", "in": "path", "required": True,
+                            "schema": _STR},
+                {"name": "segment", "in": "path", "required": True, "schema": _STR},
+                *_SIGNED])},
+        "/video/{video_id}": {"get": _op("The video page (HLS player, seconds and cost)", {
+            "200": {"description": "HTML page", "content": {"text/html": {"schema": _STR}}},
+            "404": _error("NotFound")}, parameters=[_VIDEO_ID])},
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     # Imported here: the community part is built from this module's helpers.
     from signaling.community.openapi import COMMUNITY_SCHEMAS, community_paths
@@ -370,9 +510,10 @@ def openapi_document() -> dict[str, Any]:
                                 "websocket signaling, health. Every error is "
                                 '`{"error": {"code", "message"}}`.'},
         "paths": {**paths, **_session_front("whip", "Bearer = the stream key"),
-                  **_session_front("whep", "Bearer = a viewer token"), **_other_paths()},
+                  **_session_front("whep", "Bearer = a viewer token"), **_other_paths(),
+                  **_video_paths()},
         "components": {
-            "schemas": {**_SCHEMAS, **COMMUNITY_SCHEMAS}, "responses": _RESPONSES,
+            "schemas": {**_SCHEMAS, **COMMUNITY_SCHEMAS, **_VIDEO_SCHEMAS}, "responses": _RESPONSES,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "a viewer token from /api/auth/verify "
                                                           "(WHIP: the stream key)"}}},

@@ -11,7 +11,8 @@ from tests.waiting import wait_until_sync
 from vilokanam.config import Settings
 from vilokanam.services.process import ManagedProcess
 
-ROLE_PORT = {"signaling": "http_port", "sfu": "sfu_port", "billing": "billing_port"}
+ROLE_PORT = {"signaling": "http_port", "sfu": "sfu_port", "billing": "billing_port",
+             "media": "media_port"}
 
 
 def role_env(settings: Settings, role: str | None = None, **extra: str) -> dict[str, str]:

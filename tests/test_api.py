@@ -29,7 +29,8 @@ ALICE_2 = "HNZata7iMYWmk5RvZRTiAsSDhV8366zq2YGb3tLH5Upf74F"
 BOB_42 = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
 STREAM_FIELDS = {"id", "title", "status", "creator_account", "price_per_second", "viewer_count",
                  "total_ticks", "start_time", "end_time", "watch_url", "whep_url",
-                 "category_id", "category", "require_signed_receipts"}
+                 "category_id", "category", "require_signed_receipts", "record",
+                 "recording_video_id"}
 
 
 def dev_settings(settings: Settings, **overrides: Any) -> Settings:

@@ -31,7 +31,7 @@ ENV_EXAMPLE = REPO / ".env.example"
 
 # service name -> the `vilokanam` subcommand it runs
 ROLES = {"migrate": "migrate", "signaling": "signaling", "signaling-2": "signaling",
-         "sfu-1": "sfu", "sfu-2": "sfu", "billing": "billing"}
+         "sfu-1": "sfu", "sfu-2": "sfu", "billing": "billing", "media": "media"}
 LONG_RUNNING = [name for name in ROLES if name != "migrate"]
 STORES = ["postgres", "redis", "chain"]
 KNOWN_ENV = {s.env for s in all_settings()}
@@ -141,7 +141,7 @@ def effective_settings(service: dict[str, Any]) -> Settings:
 
 def listening_port(role: str, settings: Settings) -> int:
     return {"signaling": settings.http_port, "sfu": settings.sfu_port,
-            "billing": settings.billing_port}[role]
+            "billing": settings.billing_port, "media": settings.media_port}[role]
 
 
 def healthcheck_test(service: dict[str, Any]) -> str:

@@ -73,6 +73,7 @@ class DevPorts:
     http: int = field(default_factory=free_port)
     sfu: int = field(default_factory=free_port)
     billing: int = field(default_factory=free_port)
+    media: int = field(default_factory=free_port)
     postgres: int = field(default_factory=free_port)
     redis: int = field(default_factory=free_port)
     chain: int = field(default_factory=free_port)
@@ -85,6 +86,7 @@ class DevPorts:
             "VILOKANAM_HTTP_PORT": str(self.http),
             "VILOKANAM_SFU_PORT": str(self.sfu),
             "VILOKANAM_BILLING_PORT": str(self.billing),
+            "VILOKANAM_MEDIA_PORT": str(self.media),
             "VILOKANAM_DEV_POSTGRES_PORT": str(self.postgres),
             "VILOKANAM_DEV_REDIS_PORT": str(self.redis),
             "VILOKANAM_DEV_CHAIN_PORT": str(self.chain),

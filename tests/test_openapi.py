@@ -42,7 +42,7 @@ def app_routes(app: web.Application) -> set[tuple[str, str]]:
 
 def documented_routes(doc: dict[str, Any]) -> set[tuple[str, str]]:
     return {(method, path) for path, item in doc["paths"].items()
-            for method in item if method in _METHODS}
+            for method in item if method in _METHODS - {"head"}}
 
 
 def undocumented(app: web.Application, doc: dict[str, Any]) -> set[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""The `vilokanam` command: `dev`, `migrate`, `signaling`, `sfu`, `billing`,
+"""The `vilokanam` command: `dev`, `migrate`, `signaling`, `sfu`, `billing`, `media`,
 and the operator commands `credit` and `admin moderator|unsuspend ACCOUNT`.
 
 Every flag has an environment variable of the same meaning (the README's
@@ -70,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     sfu.add_argument("--sfu-port", type=int, help="control port (VILOKANAM_SFU_PORT)")
     _store_flags(sfu)
     _logging_flags(sfu)
+
+    media = sub.add_parser("media", help="run a media worker (recordings and uploads: probe, "
+                                         "thumbnail, HLS renditions, CIDs)")
+    media.add_argument("--media-port", type=int, help="port (VILOKANAM_MEDIA_PORT)")
+    media.add_argument("--media-concurrency", type=int,
+                       help="jobs at once (VILOKANAM_MEDIA_CONCURRENCY)")
+    _store_flags(media)
+    _logging_flags(media)
 
     credit = sub.add_parser("credit", help="credit a viewer's balance by hand (an adjustment "
                                            "in the balance ledger)")
@@ -157,6 +165,15 @@ def _run_billing(settings: Settings, _args: argparse.Namespace) -> int:
 
     run_role(create_app(settings), "billing", "127.0.0.1", settings.billing_port,
              "VILOKANAM_BILLING_PORT")
+    return 0
+
+
+def _run_media(settings: Settings, _args: argparse.Namespace) -> int:
+    from media.app import create_app
+    from vilokanam.serve import run_role
+
+    run_role(create_app(settings), "media", "127.0.0.1", settings.media_port,
+             "VILOKANAM_MEDIA_PORT")
     return 0
 
 
@@ -248,6 +265,7 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "signaling": _run_signaling,
     "sfu": _run_sfu,
     "billing": _run_billing,
+    "media": _run_media,
     "credit": _run_credit,
     "admin": _run_admin,
     "verify-receipt": _run_verify_receipt,

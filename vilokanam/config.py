@@ -177,6 +177,37 @@ class Settings:
     chain_public_url: str | None = _setting(
         "VILOKANAM_CHAIN_PUBLIC_URL", None,
         "Chain RPC URL given to browsers in /api/billing/info. Default: SUBSTRATE_URL.")
+    upload_max_bytes: int = _setting(
+        "VILOKANAM_UPLOAD_MAX_BYTES", "4294967296",
+        "Largest video upload accepted, in bytes (default 4 GiB); a larger one is refused with "
+        "413 before its body is read past the limit.")
+    storage_dir: Path | None = _setting(
+        "VILOKANAM_STORAGE_DIR", None,
+        "Directory of the video storage (originals, recordings, HLS renditions, thumbnails); "
+        "several hosts share it as a volume. Default `<VILOKANAM_DATA_DIR>/media`.")
+    ipfs_api: str | None = _setting(
+        "VILOKANAM_IPFS_API", None,
+        "HTTP API of an IPFS node (e.g. `http://127.0.0.1:5001`): when set, the media role adds "
+        "every original and rendition to it. The CID is computed either way.")
+    media_port: int = _setting(
+        "VILOKANAM_MEDIA_PORT", "8060", "Port of the media role's /healthz, /readyz and /metrics.")
+    media_concurrency: int = _setting(
+        "VILOKANAM_MEDIA_CONCURRENCY", "1",
+        "Processing jobs one media worker runs at once (each transcodes in its own thread).")
+    media_job_lease: Decimal = _setting(
+        "VILOKANAM_MEDIA_JOB_LEASE", "30",
+        "Seconds a claimed job stays claimed without its worker renewing the lease (renewed "
+        "every third of it); a worker killed mid-job loses its jobs after this.")
+    media_max_attempts: int = _setting(
+        "VILOKANAM_MEDIA_MAX_ATTEMPTS", "3",
+        "Claims of a processing job before it fails for good.")
+    playback_ttl: int = _setting(
+        "VILOKANAM_PLAYBACK_TTL", "21600",
+        "Seconds a video view's signed playlist and segment URLs stay valid.")
+    record_streams: bool = _setting(
+        "VILOKANAM_RECORD_STREAMS", "true",
+        "Whether SFU workers record live sessions (a stream may still opt out with "
+        "`\"record\": false`).")
     log_format: str = _setting(
         "VILOKANAM_LOG_FORMAT", "text", "`text` (key=value) or `json`: one line per event.")
     log_level: str = _setting("VILOKANAM_LOG_LEVEL", "INFO", "Log level.")
@@ -217,6 +248,15 @@ class Settings:
                               "seconds")
         if self.sfu_capacity < 1:
             raise ConfigError("VILOKANAM_SFU_CAPACITY must be at least 1")
+        if self.upload_max_bytes < 1:
+            raise ConfigError("VILOKANAM_UPLOAD_MAX_BYTES must be at least 1")
+        if self.media_concurrency < 1 or self.media_max_attempts < 1:
+            raise ConfigError("VILOKANAM_MEDIA_CONCURRENCY and VILOKANAM_MEDIA_MAX_ATTEMPTS "
+                              "must be at least 1")
+        if not Decimal(1) <= self.media_job_lease <= Decimal(3600):
+            raise ConfigError("VILOKANAM_MEDIA_JOB_LEASE must be between 1 and 3600 seconds")
+        if self.playback_ttl < 60:
+            raise ConfigError("VILOKANAM_PLAYBACK_TTL must be at least 60 seconds")
         if self.log_format not in ("text", "json"):
             raise ConfigError("VILOKANAM_LOG_FORMAT must be 'text' or 'json'")
 
@@ -225,6 +265,10 @@ class Settings:
         if self.public_url:
             return self.public_url.rstrip("/")
         return f"http://{self.http_host}:{self.http_port}"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.storage_dir if self.storage_dir is not None else self.data_dir / "media"
 
     @property
     def sfu_control_url(self) -> str:
@@ -287,6 +331,14 @@ _PARSERS: dict[str, Callable[[str, str | None], Any]] = {
     "dev_redis_port": _optional(_parse_port),
     "dev_chain_port": _optional(_parse_port),
     "data_dir": _optional(lambda _n, raw: Path(raw)),
+    "storage_dir": _optional(lambda _n, raw: Path(raw)),
+    "media_port": _optional(_parse_port),
+    "upload_max_bytes": _optional(_parse_int),
+    "media_concurrency": _optional(_parse_int),
+    "media_max_attempts": _optional(_parse_int),
+    "media_job_lease": _optional(_parse_decimal),
+    "playback_ttl": _optional(_parse_int),
+    "record_streams": _optional(_parse_bool),
     "ice_servers": _optional(_parse_ice_servers),
     "ice_host_addresses": _optional(
         lambda _n, raw: [a.strip() for a in raw.split(",") if a.strip()]),

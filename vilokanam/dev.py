@@ -2,7 +2,7 @@
 
 It starts (unless given URLs) a private Postgres, Redis and chopsticks chain
 under VILOKANAM_DATA_DIR, applies migrations, then runs signaling, one SFU
-worker and billing as child processes, prints every URL, and on Ctrl-C or
+worker, billing and media as child processes, prints every URL, and on Ctrl-C or
 SIGTERM stops them all — within 10 s, leaving no process behind."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class DevStack:
 
     def start_roles(self) -> None:
         logs = self.data_dir / "logs"
-        for role in ("signaling", "sfu", "billing"):
+        for role in ("signaling", "sfu", "billing", "media"):
             env = {**_inherited_env(), **self.settings.as_env(role)}  # each role its secrets
             proc = ManagedProcess(role, [sys.executable, "-m", "vilokanam", role],
                                   log_path=logs / f"{role}.log", env=env)
@@ -97,7 +97,7 @@ class DevStack:
 
     def wait_until_serving(self, deadline: float) -> None:
         ports = {"signaling": self.settings.http_port, "sfu": self.settings.sfu_port,
-                 "billing": self.settings.billing_port}
+                 "billing": self.settings.billing_port, "media": self.settings.media_port}
         for proc in self.roles:
             while not _healthy(ports[proc.name]):
                 if not proc.running:
@@ -127,6 +127,8 @@ class DevStack:
             ("metrics", f"{base}/metrics"),
             ("sfu worker (private)", f"http://{self.settings.sfu_host}:{self.settings.sfu_port}"),
             ("billing", f"http://127.0.0.1:{self.settings.billing_port}/healthz"),
+            ("media", f"http://127.0.0.1:{self.settings.media_port}/healthz"),
+            ("video storage", str(self.settings.media_dir.resolve())),
             ("postgres", redact_url(self.settings.database_url or "")),
             ("redis", redact_url(self.settings.redis_url or "")),
             ("chain rpc", chain),

@@ -19,7 +19,7 @@ from vilokanam.services.net import ensure_port_free, port_is_free
 # (Settings field, its variable) for every port dev may listen on, in the
 # order they are given out.
 _ROLE_PORTS = (("http_port", "VILOKANAM_HTTP_PORT"), ("sfu_port", "VILOKANAM_SFU_PORT"),
-               ("billing_port", "VILOKANAM_BILLING_PORT"))
+               ("billing_port", "VILOKANAM_BILLING_PORT"), ("media_port", "VILOKANAM_MEDIA_PORT"))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,10 @@ import redis.asyncio as aioredis
 from vilokanam.balances import BALANCE_PREFIX, CHARGE_TICKS_LUA
 
 PENDING_KEY = "vk:ticks:pending"
+# A video view's ticks (signaling/playback.py) are batches of the "worker"
+# `vod:<view id>`, labelled with the media second delivered: a second re-fetched
+# (seek back, rendition switch) is the same batch, so it is never billed twice.
+VIDEO_VIEW_BATCH_PREFIX = "vod:"
 LIVE_CHANNEL = "vk:ticks:live"
 
 
