@@ -1169,7 +1169,7 @@ def report(args: argparse.Namespace, media: EncodedLoop, forward: list[RunResult
     return "\n".join([
         "## SFU fan-out: forwarding vs. re-encoding (`bench/sfu_fanout.py`)",
         "",
-        f"- command: `{command}` (in the checkout)",
+        f"- command: `{command}` (from the repository root)",
         "- placement: " + ("SFU pinned to core 0, its publisher and viewers to core 1 "
                            "(sched_setaffinity)" if PIN else "not pinned"),
         f"- machine: {machine_description()}",

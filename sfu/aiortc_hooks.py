@@ -1,4 +1,4 @@
-"""The one place that reaches into aiortc's internals (aiortc 1.16).
+"""The one place that reaches into aiortc's (and aioice's) internals.
 
 The SFU lives on these, each small and tested:
 - a receiver's decoder queue is replaced by a tap, so assembled *encoded*
@@ -11,8 +11,9 @@ The SFU lives on these, each small and tested:
 - a PLI is sent upstream to the publisher for its media SSRCs;
 - a transceiver's negotiated codecs are narrowed after setRemoteDescription,
   and the DTLS server role is taken when the offer leaves it open.
-Pinned to aiortc 1.16 in pyproject.toml; tests/test_sfu_relay.py fails loudly
-if an upgrade moves any of these."""
+pyproject.toml holds aiortc to 1.16.x; tests/test_aiortc_hooks.py checks that
+every internal these hooks touch is where they expect it, so an upgrade that
+moves one fails loudly there."""
 
 from __future__ import annotations
 
@@ -267,8 +268,10 @@ def narrow_codecs(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecParame
 
 
 def take_dtls_server_role(transceiver: RTCRtpTransceiver) -> None:
-    """Answer `a=setup:passive` when the offer said actpass: WHIP clients built
-    on GStreamer fail as DTLS servers against aiortc (DESIGN.md)."""
+    """Answer `a=setup:passive` when the offer said actpass. WHIP clients built
+    on GStreamer (1.22) present an RSA certificate, while aiortc as DTLS client
+    offers only ECDSA suites: with us as client the handshake fails ("no shared
+    cipher"); with us as server it works."""
     dtls = transceiver.receiver.transport
     if dtls._role == "auto":
         dtls._set_role("server")

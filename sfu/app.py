@@ -7,18 +7,20 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from routing.channels import EventBus
+from routing.registry import WorkerRegistration, new_worker_id
 from sfu.aiortc_hooks import restrict_host_candidates
 from sfu.control import MANAGER, add_control_routes
-from sfu.events import EventBus
 from sfu.lifecycle import Lifecycle
 from sfu.load import LoadMonitor
 from sfu.metering import TickEmitter
-from sfu.registry import WorkerRegistration, new_worker_id
+from sfu.recorder import Recordings
 from sfu.streams import StreamManager
 from sfu.udp_mux import UdpMux
 from vilokanam.backends import BACKENDS, attach_backends
 from vilokanam.config import Settings
 from vilokanam.health import add_health_routes
+from vilokanam.storage import storage_for
 
 
 def udp_mux_for(settings: Settings) -> UdpMux | None:
@@ -57,7 +59,11 @@ def create_app(settings: Settings) -> web.Application:
             token_decimals=settings.token_decimals,
             load_monitor=LoadMonitor(max_cpu=float(settings.sfu_max_cpu),
                                      max_lag=settings.sfu_max_loop_lag_ms / 1000),
-            udp_mux=mux)
+            udp_mux=mux,
+
+            recordings=Recordings(backends.pg, storage_for(settings.media_dir),
+                                  enabled=settings.record_streams,
+                                  max_attempts=settings.media_max_attempts))
         manager.start()
         app[MANAGER] = manager
         registration = WorkerRegistration(

@@ -267,6 +267,11 @@ class Fanout:
     _next_index: int = 0
     _history: list[PacketizedFrame | None] = field(default_factory=list)
     _gop: list[PacketizedFrame] = field(default_factory=list)
+    # Who else sees every frame once (the recorder, sfu/recorder.py): called
+    # on the event loop with (codec, frame bytes, continuous pts, keyframe), so
+    # a tap must only queue the frame.
+    taps: list[Callable[[RTCRtpCodecParameters, bytes, int, bool], None]] = field(
+        default_factory=list)
     _gop_bytes: int = 0
     _gop_valid: bool = False
     _offset: int = 0
@@ -310,6 +315,8 @@ class Fanout:
             self._remember(packetized)
         for viewer in self.viewers:
             viewer.offer(packetized)
+        for tap in self.taps:
+            tap(codec, frame.data, packetized.timestamp, packetized.keyframe)
         if self.viewers:
             self._schedule_pump()
 

@@ -21,6 +21,7 @@ from signaling.state import SETTINGS
 from vilokanam.accounts import canonical_account
 from vilokanam.backends import BACKENDS
 from vilokanam.config import Settings
+from vilokanam.money import format_amount
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -46,6 +47,7 @@ _NOT_FOUND_HTML = """<!doctype html>
 class PageTemplates:
     publish: Template
     watch: Template
+    video: Template
     dev_accounts: list[dict[str, str]]  # empty unless dev mode
 
 
@@ -57,6 +59,7 @@ def _load_templates(settings: Settings) -> PageTemplates:
     return PageTemplates(
         publish=Template((STATIC_DIR / "publish.html").read_text()),
         watch=Template((STATIC_DIR / "watch.html").read_text()),
+        video=Template((STATIC_DIR / "video.html").read_text()),
         dev_accounts=_dev_accounts(settings) if settings.dev_mode else [])
 
 
@@ -79,7 +82,8 @@ def _page_config(request: web.Request, stream_id: str) -> dict[str, Any]:
     settings = request.app[SETTINGS]
     return {"streamId": stream_id, "iceServers": settings.ice_servers,
             "devMode": settings.dev_mode, "devAccounts": request.app[PAGE_TEMPLATES].dev_accounts,
-            "tokenSymbol": settings.token_symbol, "protocolVersion": 1}
+            "tokenSymbol": settings.token_symbol, "tokenDecimals": settings.token_decimals,
+            "protocolVersion": 1}
 
 
 def _html(text: str, status: int = 200) -> web.Response:
@@ -107,8 +111,31 @@ async def watch_page(request: web.Request) -> web.Response:
     return await _render(request, request.app[PAGE_TEMPLATES].watch)
 
 
+async def video_page(request: web.Request) -> web.Response:
+    """The video page: a paid view played with hls.js (signaling/static/video.js)."""
+    video_id = stream_id_or_none(request.match_info["video_id"])
+    row = None
+    if video_id is not None:
+        row = await request.app[BACKENDS].pg.fetchrow(
+            "SELECT v.title, v.price_per_second, COALESCE(v.view_count, 0) AS views, "
+            "u.account_id FROM videos v JOIN users u ON u.id = v.creator_id "
+            "WHERE v.id = $1::uuid AND v.status = 'ready'", video_id)
+    if row is None:
+        return _html(_NOT_FOUND_HTML.replace("no stream", "no video"), status=404)
+    settings = request.app[SETTINGS]
+    config = {"videoId": video_id, "devMode": settings.dev_mode,
+              "devAccounts": request.app[PAGE_TEMPLATES].dev_accounts,
+              "tokenSymbol": settings.token_symbol}
+    return _html(request.app[PAGE_TEMPLATES].video.substitute(
+        title=html.escape(row["title"]), creator=html.escape(row["account_id"]),
+        price=format_amount(row["price_per_second"] or settings.price_default),
+        symbol=html.escape(settings.token_symbol), views=row["views"],
+        config=script_json(config)))
+
+
 def add_page_routes(app: web.Application) -> None:
     app[PAGE_TEMPLATES] = _load_templates(app[SETTINGS])
     app.router.add_get("/publish/{stream_id}", publish_page)
     app.router.add_get("/watch/{stream_id}", watch_page)
+    app.router.add_get("/video/{video_id}", video_page)
     app.router.add_static("/static/", STATIC_DIR)

@@ -25,6 +25,7 @@ from sfu.aiortc_hooks import SenderWiring
 from sfu.codecs import is_keyframe
 from sfu.relay import Fanout, KeyframeThrottle
 from sfu.rtp_out import Extensions, PacketizedFrame, RtpWriter
+from tests.waiting import wait_until
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, payloadType=111,
@@ -75,7 +76,7 @@ async def test_viewer_without_cache_waits_for_keyframe_and_asks_for_one() -> Non
     fanout = Fanout("video", upstream)
     fanout.attach(VP8)
     track = fanout.subscribe()
-    await asyncio.sleep(0)
+    await wait_until(lambda: upstream.count, "a keyframe request upstream", timeout=1)
     assert upstream.count == 1
     fanout.push(VP8, JitterFrame(VP8_DELTA, 0))
     assert len(track.queued) == 0  # a delta alone cannot start a decoder
@@ -119,10 +120,12 @@ async def test_throttle_sends_at_most_two_per_second_and_never_drops() -> None:
     for _ in range(10):
         throttle.request()
     assert sent.count == 1
-    await asyncio.sleep(0.6)
-    assert sent.count == 2  # the coalesced request went out when the interval ended
+    started = asyncio.get_running_loop().time()
+    await wait_until(lambda: sent.count == 2, "the coalesced request", timeout=1, interval=0.01)
+    # the coalesced request went out when the interval ended, not before
+    assert asyncio.get_running_loop().time() - started >= 0.45
     throttle.request()
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # time passing IS the test: nothing more within the interval
     assert sent.count == 2
     throttle.close()
 

@@ -52,12 +52,18 @@
     challenge_invalid: "The login message expired or was already used. Log in again.",
     bad_signature: "The wallet's signature does not match the account. Log in again.",
     invalid_account: "That is not a Polkadot account address.",
+    // Signed delivery receipts.
+    receipts_required: "This stream is watched only with a wallet that signs delivery " +
+      "receipts. Install polkadot{.js} (or a compatible wallet) and allow this site.",
+    delegation_refused: "The wallet's delegation to this page was refused.",
+    receipt_refused: "A delivery receipt was refused.",
+    receipts_stopped: "No signed receipt covered the seconds watched, so the stream stopped.",
   };
   // Once answered, only these end a session; the server keeps the socket
   // open after other errors (e.g. a refused candidate), and so do we.
   const SESSION_ENDING = new Set([
     "connection_failed", "worker_draining", "peer_closed", "insufficient_funds",
-    "stream_not_live", "internal_error",
+    "stream_not_live", "internal_error", "receipts_stopped",
   ]);
 
   const config = JSON.parse(document.getElementById("vk-config").textContent);
@@ -185,6 +191,7 @@
       this.answered = false;
       this.localCandidates = [];    // held until the answer: the server has no peer before
       this.remoteCandidates = [];   // held until the remote description is set
+      this.receipts = null;         // a watch with signed delivery receipts
       this.closed = false;
     }
 
@@ -227,6 +234,7 @@
         candidate: () => this.addRemoteCandidate(msg.candidate),
         viewer_count: () => setViewerCount(msg.count),
         tick: () => setMetering(msg.seconds, msg.cost),
+        receipt_accepted: () => setSigned(msg.seconds),
         stream_started: () => setPhase("live"),
         stream_ended: () => this.ended(),
         error: () => this.serverError(msg.code, msg.message),
@@ -241,6 +249,7 @@
       await this.pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
       state.sessionId = msg.session_id || null;
       this.answered = true;
+      if (this.receipts) this.receipts.start(msg.viewer_session_id);
       this.localCandidates.splice(0).forEach((m) => this.send(m));
       for (const candidate of this.remoteCandidates.splice(0)) await this.addRemoteCandidate(candidate);
     }
@@ -280,7 +289,9 @@
       this.close("error");
     }
 
-    leave() {
+    async leave() {
+      // A last receipt first, so the bill can rest on the viewer's own signature.
+      if (this.receipts) await this.receipts.flush().catch(() => {});
       this.send({ type: "leave" });
       this.close("left");
     }
@@ -288,6 +299,7 @@
     close(phase) {
       if (this.closed) return;
       this.closed = true;
+      if (this.receipts) this.receipts.stop();
       setPhase(phase);
       if (this.pc) this.pc.close();  // kept in window.vilokanam.pc for a last getStats()
       if (this.ws) {
@@ -295,6 +307,113 @@
         this.ws.close();
       }
       this.onEnd(phase);
+    }
+  }
+
+  // ---- viewer-signed delivery receipts (docs/protocol.md, docs/metering.md) -------
+  //
+  // At watch, the wallet signs once a delegation to an Ed25519 key made here
+  // (WebCrypto: no library), for this stream, capped at its price, for a few
+  // hours. Every 10 s the page signs with that key a cumulative receipt: the
+  // seconds in which its peer connection really received media (getStats
+  // bytesReceived grew) and their exact amount. No wallet: the server's meter
+  // bills the session, as for any player that cannot sign.
+
+  const RECEIPT_EVERY_MS = 10000;
+  const DELEGATION_S = 6 * 3600;
+
+  function bytesHex(buffer) {
+    return Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  // Exact money: a decimal string of tokens <-> integer planck (BigInt).
+  function toPlanck(amount, decimals) {
+    const [whole, fraction = ""] = String(amount).split(".");
+    return BigInt(whole + fraction.padEnd(decimals, "0").slice(0, decimals));
+  }
+
+  function fromPlanck(planck, decimals) {
+    const digits = planck.toString().padStart(decimals + 1, "0");
+    const whole = digits.slice(0, digits.length - decimals);
+    const fraction = digits.slice(digits.length - decimals).replace(/0+$/, "");
+    return fraction ? `${whole}.${fraction}` : whole;
+  }
+
+  function setSigned(seconds) {
+    const shown = byId("signed-seconds");
+    if (!shown) return;
+    shown.dataset.vkBilling = "signed";
+    shown.textContent = `${seconds} s`;
+  }
+
+  // The delegation for `account`, or null when no wallet holds that account.
+  async function delegate(account, price) {
+    if (!window.injectedWeb3 || !(window.crypto && crypto.subtle)) return null;
+    const wallet = await connectWallet();
+    if (!wallet.accounts.some((a) => a.address === account)) return null;
+    const key = await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
+    const publicKey = bytesHex(await crypto.subtle.exportKey("raw", key.publicKey));
+    const expiresAt = Math.floor(Date.now() / 1000) + DELEGATION_S;
+    const text = `vilokanam:delegation:v1:${account}:${config.streamId}:${publicKey}:` +
+      `${price}:${expiresAt}`;
+    let signed;
+    try {
+      signed = await wallet.signer.signRaw({ address: account, data: hexOfText(text), type: "bytes" });
+    } catch (err) {
+      throw new SessionError("wallet_cancelled", err.message);
+    }
+    return {
+      key, price,
+      wire: { session_key: `0x${publicKey}`, price_cap: price, expires_at: expiresAt,
+              signature: signed.signature },
+    };
+  }
+
+  class DeliveryReceipts {
+    constructor(session, delegation) {
+      this.session = session;
+      this.delegation = delegation;
+      this.viewerSessionId = null;
+      this.received = 0;      // seconds in which media arrived
+      this.signed = 0;        // the seconds of the last receipt sent
+      this.lastBytes = 0;
+      this.timers = [];
+      vilokanam.receipts = this;  // browser tests read it
+    }
+
+    start(viewerSessionId) {
+      this.viewerSessionId = viewerSessionId;
+      setSigned(0);
+      this.timers.push(setInterval(() => this.measure().catch(() => {}), 1000));
+      this.timers.push(setInterval(() => this.flush().catch(() => {}), RECEIPT_EVERY_MS));
+    }
+
+    async measure() {
+      const stats = await this.session.pc.getStats();
+      let bytes = 0;
+      stats.forEach((report) => {
+        if (report.type === "inbound-rtp") bytes += report.bytesReceived || 0;
+      });
+      if (bytes > this.lastBytes) this.received += 1;
+      this.lastBytes = bytes;
+    }
+
+    async flush() {
+      const seconds = this.received;
+      if (!this.viewerSessionId || seconds <= this.signed) return;  // nothing new to sign
+      const decimals = config.tokenDecimals;
+      const amount = fromPlanck(BigInt(seconds) * toPlanck(this.delegation.price, decimals),
+                                decimals);
+      const text = `vilokanam:receipt:v1:${this.viewerSessionId}:${seconds}:${amount}`;
+      const signature = await crypto.subtle.sign(
+        { name: "Ed25519" }, this.delegation.key.privateKey, new TextEncoder().encode(text));
+      this.signed = seconds;
+      this.session.send({ type: "receipt", viewer_session_id: this.viewerSessionId, seconds,
+                          amount, signature: `0x${bytesHex(signature)}` });
+    }
+
+    stop() {
+      this.timers.splice(0).forEach(clearInterval);
     }
   }
 
@@ -539,6 +658,18 @@
       });
       render();
       const join = { type: "watch", stream_id: config.streamId, token: current.token };
+      let delegation = null;
+      try {
+        const stream = await api("GET", `/api/streams/${config.streamId}`);
+        delegation = await delegate(current.account, stream.price_per_second);
+      } catch (err) {
+        session.fail(err.code || "client_error", err.message);
+        return;
+      }
+      if (delegation) {
+        join.delegation = delegation.wire;
+        session.receipts = new DeliveryReceipts(session, delegation);
+      }
       await runSession(session, join, (pc) => {
         pc.addTransceiver("video", { direction: "recvonly" });
         pc.addTransceiver("audio", { direction: "recvonly" });
