@@ -104,9 +104,9 @@ async def test_recordings_become_videos_or_fail_with_a_reason(
         for packet in container.demux():
             if packet.size and packet.pts is not None and packet.time_base is not None:
                 codec = CODECS[packet.stream.type]
-                fed = av.Packet(bytes(packet))
-                fed.pts = int(packet.pts * packet.time_base * codec.clockRate)
-                fanouts[packet.stream.type].taps[0](codec, fed, bool(packet.is_keyframe))
+                pts = int(packet.pts * packet.time_base * codec.clockRate)
+                fanouts[packet.stream.type].taps[0](codec, bytes(packet), pts,
+                                                    bool(packet.is_keyframe))
     await recordings.finish(stream_id, fanouts)
     assert all(f.taps == [] for f in fanouts.values())
     row = await db.fetchrow("SELECT status, price_per_second, source_stream_id::text AS s, "
@@ -133,9 +133,7 @@ async def test_recordings_become_videos_or_fail_with_a_reason(
     fanouts = _fanouts()
     await recordings.start(stream4, session4, fanouts)
     h264 = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102)
-    frame = av.Packet(b"\x00\x00\x00\x01\x65" + b"\x00" * 50)
-    frame.pts = 0
-    fanouts["video"].taps[0](h264, frame, True)
+    fanouts["video"].taps[0](h264, b"\x00\x00\x00\x01\x65" + b"\x00" * 50, 0, True)
     await recordings.finish(stream4, fanouts)
     reason = await db.fetchval("SELECT failure_reason FROM videos WHERE source_stream_id = "
                                "$1::uuid", stream4)
