@@ -69,7 +69,7 @@ PAID_PLANCK = PromCounter("vilokanam_settlement_paid_planck_total",
 
 
 # What a batch settles: per-second viewing, tips and subscriptions.
-SETTLED_TYPES = ("stream_view", "tip", "subscription")
+SETTLED_TYPES = ("stream_view", "video_view", "tip", "subscription")
 
 # One statement, so one snapshot: the flush changes payments and
 # creator_earnings in one transaction, so they agree with each other here.

@@ -10,6 +10,7 @@ from vilokanam.dev_ports import assign_ports, dev_ports, given_settings
 from vilokanam.services.net import free_port
 
 PORT_VARIABLES = {"VILOKANAM_HTTP_PORT", "VILOKANAM_SFU_PORT", "VILOKANAM_BILLING_PORT",
+                  "VILOKANAM_MEDIA_PORT",
                   "VILOKANAM_DEV_POSTGRES_PORT", "VILOKANAM_DEV_REDIS_PORT",
                   "VILOKANAM_DEV_CHAIN_PORT"}
 

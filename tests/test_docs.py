@@ -38,8 +38,11 @@ def readme_routes(text: str) -> set[tuple[str, str]]:
                 methods = [span] if after_path else [*methods, span]
                 after_path = False
             elif match := _METHOD_PATH.match(span):
+                # `POST` / `DELETE /x`: the bare methods before name /x too
+                before = [] if after_path else methods
                 methods, after_path = [match.group(1)], True
-                found.add((match.group(1), _normal(match.group(2))))
+                found |= {(method, _normal(match.group(2)))
+                          for method in (*before, match.group(1))}
             elif span.startswith("/"):
                 found |= {(method, _normal(span)) for method in methods}
                 after_path = True
@@ -50,14 +53,14 @@ def app_routes() -> set[tuple[str, str]]:
     app = create_app(Settings.from_env({}))
     found = set()
     for route in app.router.routes():
-        if route.method == "HEAD":  # aiohttp adds it to every GET by itself
-            continue
         assert route.resource is not None
         path = route.resource.canonical
         if path.startswith("/static"):
             path = "/static/{file}"
         found.add((route.method, _normal(path)))
-    return found
+    # aiohttp adds a HEAD to every GET by itself; a HEAD of its own is listed
+    return {(method, path) for method, path in found
+            if method != "HEAD" or ("GET", path) not in found}
 
 
 def test_the_readme_route_table_lists_every_route_and_no_other() -> None:
@@ -71,10 +74,11 @@ def test_the_route_table_parser_reads_every_form() -> None:
     table = ("## HTTP API and pages\n| a | b | c |\n|---|---|---|\n"
              "| `GET /a/{id}?x=1`, `/b` | none | x |\n"
              "| `PATCH`, `DELETE` `/c/{x}`, `/d` (the `Location`) | y | `POST /not/here` |\n"
-             "| `POST /e` `{\"f\"}` | none | z |\n## Next\n| `GET /nope` | | |\n")
+             "| `POST /e` `{\"f\"}` | none | z |\n"
+             "| `POST` / `DELETE /g` | none | z |\n## Next\n| `GET /nope` | | |\n")
     assert readme_routes(table) == {("GET", "/a/{}"), ("GET", "/b"), ("PATCH", "/c/{}"),
                                     ("DELETE", "/c/{}"), ("PATCH", "/d"), ("DELETE", "/d"),
-                                    ("POST", "/e")}
+                                    ("POST", "/e"), ("POST", "/g"), ("DELETE", "/g")}
 
 
 def tracked_files() -> list[Path]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from signaling.openapi import (
+from signaling.openapi_schema import (
     _BEARER,
     _BOOL,
     _INT,
@@ -153,7 +153,8 @@ def community_paths() -> dict[str, Schema]:
         "/api/videos/{video_id}/categories": {"put": _op(
             "Set a video's categories (its creator; at most 5, ids or names)", {
                 "200": _json(_ref("Categories"), "the video's categories"),
-                "400": _error("BadRequest"), **_AUTH, "404": _error("NotFound")},
+                "400": _error("BadRequest"), **_AUTH, "404": _error("NotFound"),
+                "413": _error("PayloadTooLarge")},
             parameters=[_VIDEO], requestBody=_body(_obj({"categories": {
                 "type": "array", "maxItems": 5, "items": _STR}})), security=_BEARER)},
         "/api/users/{account}": {"get": _op("A public profile (never the email)", {
@@ -161,7 +162,7 @@ def community_paths() -> dict[str, Schema]:
             "404": _error("NotFound")}, parameters=[_ACCOUNT])},
         "/api/me": {"patch": _op("Edit the caller's profile (null clears a field)", {
             "200": _json(_ref("OwnProfile"), "the caller's profile, with its email"),
-            "400": _error("BadRequest"), **_AUTH,
+            "400": _error("BadRequest"), **_AUTH, "413": _error("PayloadTooLarge"),
             "409": _conflict("`username_taken` / `email_taken` (case-insensitive)")},
             requestBody=_body(_ref("ProfileChange")), security=_BEARER)},
         "/api/me/profile-image": {
@@ -223,7 +224,7 @@ def community_paths() -> dict[str, Schema]:
         "/api/comments/{comment_id}/like": _like_ops("comment", _COMMENT),
         "/api/reports": {"post": _op("Report a video, comment, user or stream", {
             "201": _json(_ref("Report"), "the report, pending"), "400": _error("BadRequest"),
-            **_AUTH, "404": _error("NotFound"),
+            **_AUTH, "404": _error("NotFound"), "413": _error("PayloadTooLarge"),
             "409": _conflict("`already_reported`: one open report per reporter and target")},
             requestBody=_body(_ref("NewReport")), security=_BEARER)},
         "/api/moderation/reports": {"get": _op("The moderation queue (moderators)", {
