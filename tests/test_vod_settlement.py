@@ -81,5 +81,8 @@ async def test_video_view_payments_are_settled_on_chain(
     row = await db.fetchrow("SELECT status, settled_amount FROM payments "
                             "WHERE payment_type = 'video_view'")
     assert (row["status"], row["settled_amount"]) == ("completed", 6 * PRICE)
-    assert await db.fetchval("SELECT count(*) FROM settlement_items WHERE stream_viewer_id = "
-                             "$1::uuid", view_id) == 1
+    # A video view's line is a payment line (like a tip's): the kind and the payment.
+    assert await db.fetchval(
+        "SELECT count(*) FROM settlement_items i JOIN payments p ON p.id = i.payment_id "
+        "WHERE i.payment_type = 'video_view' AND i.stream_viewer_id IS NULL "
+        "AND p.reference_id = $1::uuid", view_id) == 1
