@@ -53,7 +53,7 @@ def create_app(settings: Settings) -> web.Application:
             await mux.start()
         manager = StreamManager(
             ice_servers=settings.ice_servers, capacity=settings.sfu_capacity,
-            sfu_url=settings.sfu_control_url, lifecycle=Lifecycle(backends.pg),
+            control_url=settings.sfu_control_url, lifecycle=Lifecycle(backends.pg),
             events=EventBus(backends.redis, worker_id),
             emitter=TickEmitter.for_redis(worker_id, backends.redis),
             token_decimals=settings.token_decimals,

@@ -24,7 +24,7 @@ class StreamNotFound(LookupError):
 class Lifecycle:
     pg: asyncpg.Pool
 
-    async def stream_started(self, stream_id: str, sfu_url: str, signaling_url: str) -> str:
+    async def stream_started(self, stream_id: str, control_url: str, signaling_url: str) -> str:
         """The stream goes live; returns the new stream_sessions id."""
         async with self.pg.acquire() as conn, conn.transaction():
             found = await conn.fetchval(
@@ -35,7 +35,7 @@ class Lifecycle:
             session_id = await conn.fetchval(
                 "INSERT INTO stream_sessions (stream_id, sfu_server_url, signaling_server_url, "
                 "start_time) VALUES ($1, $2, $3, now()) RETURNING id",
-                stream_id, sfu_url, signaling_url)
+                stream_id, control_url, signaling_url)
         return str(session_id)
 
     async def stream_ended(self, stream_id: str, session_id: str) -> None:

@@ -91,7 +91,7 @@ def _new_peer_id() -> str:
 class StreamManager:
     ice_servers: list[dict[str, Any]]
     capacity: int
-    sfu_url: str
+    control_url: str
     lifecycle: Lifecycle
     events: EventBus
     emitter: TickEmitter
@@ -170,7 +170,7 @@ class StreamManager:
             # land first, or its retry would end the session that starts now.
             await self.writes.retry()
             session_id = await self.lifecycle.stream_started(
-                stream.stream_id, self.sfu_url, signaling_url)
+                stream.stream_id, self.control_url, signaling_url)
         except BaseException:
             await peer.pc.close()
             self._forget(stream)

@@ -62,3 +62,11 @@ def verify_token(secret: str, token: str, now: float | None = None) -> TokenClai
     if result.expires_at <= (now if now is not None else time.time()):
         raise InvalidToken("token expired")
     return result
+
+
+def bearer_credential(authorization: str) -> str:
+    """The credential of an `Authorization: Bearer <credential>` header, or ""
+    (which no token or stream key matches). The one parser of the header, for
+    REST, WHIP and WHEP alike."""
+    scheme, _, credential = authorization.partition(" ")
+    return credential.strip() if scheme.lower() == "bearer" else ""

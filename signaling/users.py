@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from signaling.admission import verify_viewer_token
 from signaling.errors import ApiError, bad_request, unauthorized
+from signaling.protocol import ProtocolError
 from signaling.state import SETTINGS
-from signaling.tokens import InvalidToken, TokenClaims, verify_token
+from signaling.tokens import TokenClaims, bearer_credential
 from vilokanam.accounts import InvalidAccount, canonical_account
 from vilokanam.backends import BACKENDS
 from vilokanam.config import Settings
@@ -66,12 +68,15 @@ async def require_moderator(request: web.Request) -> TokenClaims:
 
 
 def _bearer_claims(request: web.Request) -> TokenClaims:
-    """`claims.account` is canonical because only this server issues tokens."""
-    secret = token_secret_or_503(request.app[SETTINGS])
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    """`claims.account` is canonical because only this server issues tokens.
+    The token is checked (and a refused one counted) by the same function as
+    on the websocket and WHEP, so a token means the same on every front."""
+    settings = request.app[SETTINGS]
+    token_secret_or_503(settings)
+    token = bearer_credential(request.headers.get("Authorization", ""))
+    if not token:
         raise unauthorized("an 'Authorization: Bearer <token>' header is required")
     try:
-        return verify_token(secret, token.strip())
-    except InvalidToken as exc:
-        raise unauthorized(str(exc)) from None
+        return verify_viewer_token(settings, token)
+    except ProtocolError as exc:
+        raise unauthorized(exc.message) from None

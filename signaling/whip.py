@@ -38,6 +38,7 @@ from signaling.rate_limit import STREAM_KEY_LIMIT
 from signaling.sdpfrag import MalformedFragment, offer_credentials, parse_trickle_fragment
 from signaling.sfu_client import SFU_CLIENT, PeerGone, PeerRef, SfuClient, SfuError
 from signaling.state import SETTINGS
+from signaling.tokens import bearer_credential
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
 
@@ -102,9 +103,7 @@ def http_error(err: ProtocolError) -> ApiError:
 
 
 def bearer_token(request: web.Request) -> str:
-    """The Bearer credential, or "" (which no key or token matches)."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    return bearer_credential(request.headers.get("Authorization", ""))
 
 
 async def read_body(request: web.Request, media_type: str, accept_header: str) -> str:

@@ -142,7 +142,7 @@ async def test_one_publisher_two_viewers_forwarded_without_reencode(
         assert stream["status"] == "live" and stream["start_time"] is not None
         assert stream["viewer_count"] == 2
         session = await db.fetchrow("SELECT * FROM stream_sessions WHERE id = $1", session_id)
-        assert session["sfu_server_url"] == worker.manager.sfu_url
+        assert session["sfu_server_url"] == worker.manager.control_url
         assert session["signaling_server_url"] == "http://sig"
         assert session["viewer_peak"] == 2 and session["end_time"] is None
         rows = await db.fetch("SELECT * FROM stream_viewers WHERE stream_id = $1", stream_id)
