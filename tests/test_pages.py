@@ -4,6 +4,7 @@ Chromium without a script error or a CSP violation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import uuid
@@ -34,23 +35,66 @@ async def new_stream(client: Client, title: str = "Evening <b>show</b> & more") 
     return str((await create_stream(client, token, title=title))["id"])
 
 
+PAGES = ("/", "/studio", "/wallet")
+
+
 async def test_pages_carry_script_and_configuration(db: asyncpg.Connection,
                                                     settings: Settings) -> None:
     async with serve(dev_settings(settings, ice_servers=ICE)) as client:
         stream_id = await new_stream(client)
-        for page in ("publish", "watch"):
-            response = await client.get(f"/{page}/{stream_id}")
+        for page, path in [("publish", f"/publish/{stream_id}"), ("watch", f"/watch/{stream_id}"),
+                           ("home", "/"), ("studio", "/studio"), ("wallet", "/wallet")]:
+            response = await client.get(path)
             assert response.status == 200
             assert response.content_type == "text/html"
-            assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+            csp = response.headers["Content-Security-Policy"]
+            assert "script-src 'self';" in csp and "style-src 'self';" in csp
+            assert "unsafe" not in csp and "form-action 'none'" in csp
             html = await response.text()
-            assert '<script src="/static/vilokanam.js" defer></script>' in html
+            assert '<script type="module" src="/static/js/main.js"></script>' in html
+            assert '<link rel="stylesheet" href="/static/css/app.css">' in html
             assert f'<body data-page="{page}">' in html
-            assert "Evening &lt;b&gt;show&lt;/b&gt; &amp; more" in html  # escaped, not markup
+            assert "<style" not in html and " style=" not in html  # no inline style for CSP
             assert "</script><b>" not in html  # a credential cannot end the JSON element
             config = page_config(html)
-            assert config["iceServers"] == ICE and config["streamId"] == stream_id
-            assert config["protocolVersion"] == 1
+            assert config["iceServers"] == ICE and config["protocolVersion"] == 1
+            if page in ("publish", "watch"):
+                assert config["streamId"] == stream_id
+                assert "Evening &lt;b&gt;show&lt;/b&gt; &amp; more" in html  # escaped, not markup
+                assert "<b>show</b>" not in html
+
+
+async def test_home_lists_live_streams_by_viewers_and_searches(db: asyncpg.Connection,
+                                                               settings: Settings) -> None:
+    async with serve(dev_settings(settings)) as client:
+        ids = {}
+        for title, viewers in [("quiet <i>jazz</i>", 1), ("busy chess", 40), ("pending one", 0)]:
+            ids[title] = await new_stream(client, title)
+            if viewers:
+                await db.execute("UPDATE streams SET status = 'live', viewer_count = $2 "
+                                 "WHERE id = $1::uuid", ids[title], viewers)
+        html = await (await client.get("/")).text()
+        assert html.index(ids["busy chess"]) < html.index(ids["quiet <i>jazz</i>"])
+        assert ids["pending one"] not in html  # live streams only
+        assert "quiet &lt;i&gt;jazz&lt;/i&gt;" in html and "<i>jazz</i>" not in html
+        found = await (await client.get("/?q=JAZZ")).text()
+        assert ids["quiet <i>jazz</i>"] in found and ids["busy chess"] not in found
+        assert page_config(found)["query"] == "JAZZ"
+        nothing = await (await client.get("/?q=%3Cscript%3E")).text()
+        assert "No live stream matches “&lt;script&gt;”" in nothing
+        assert "<script>" not in nothing.replace('<script type="application/json"', "")
+
+
+async def test_csp_lets_the_wallet_reach_only_the_chain_rpc(db: asyncpg.Connection,
+                                                            settings: Settings) -> None:
+    chain = dataclasses.replace(dev_settings(settings), chain_public_url="ws://127.0.0.1:9944/x")
+    async with serve(chain) as client:
+        csp = (await client.get("/wallet")).headers["Content-Security-Policy"]
+        assert "connect-src 'self' ws://127.0.0.1:9944;" in csp
+    none = dataclasses.replace(dev_settings(settings), chain_public_url=None, substrate_url=None)
+    async with serve(none) as client:
+        csp = (await client.get("/wallet")).headers["Content-Security-Policy"]
+        assert "connect-src 'self';" in csp
 
 
 async def test_no_ice_servers_means_none(db: asyncpg.Connection, settings: Settings) -> None:
@@ -60,20 +104,25 @@ async def test_no_ice_servers_means_none(db: asyncpg.Connection, settings: Setti
         assert "stun:" not in html
 
 
-async def test_watch_page_offers_dev_accounts_only_in_dev_mode(db: asyncpg.Connection,
-                                                               settings: Settings) -> None:
+async def test_dev_accounts_only_in_dev_mode(db: asyncpg.Connection,
+                                             settings: Settings) -> None:
     async with serve(dev_settings(settings)) as client:
-        config = page_config(await (await client.get(f"/watch/{await new_stream(client)}")).text())
+        html = await (await client.get(f"/watch/{await new_stream(client)}")).text()
+        config = page_config(html)
         assert config["devMode"] is True
         assert [a["name"] for a in config["devAccounts"]][:2] == ["Alice", "Bob"]
         assert config["devAccounts"][0]["account"] == ALICE_42  # the stored prefix
+        assert 'id="dev-token-form"' in html and 'id="token-form"' not in html
     async with serve(dev_settings(settings, dev_mode=False)) as client:
         stream_id = str(uuid.uuid4())
         await db.execute("INSERT INTO users (id, account_id) VALUES ($1::uuid, 'a')", stream_id)
         await db.execute("INSERT INTO streams (id, creator_id, title, stream_key_hash) "
                          "VALUES ($1::uuid, $1::uuid, 't', sha256('k'))", stream_id)
-        config = page_config(await (await client.get(f"/watch/{stream_id}")).text())
-        assert (config["devMode"], config["devAccounts"]) == (False, [])
+        for path in (f"/watch/{stream_id}", "/studio"):
+            html = await (await client.get(path)).text()
+            config = page_config(html)
+            assert (config["devMode"], config["devAccounts"]) == (False, [])
+            assert 'id="dev-token-form"' not in html and 'id="token-form"' in html
 
 
 async def test_unknown_or_malformed_stream_is_a_404_page(db: asyncpg.Connection,
@@ -84,14 +133,20 @@ async def test_unknown_or_malformed_stream_is_a_404_page(db: asyncpg.Connection,
             response = await client.get(path)
             assert response.status == 404 and response.content_type == "text/html"
             assert "Not found" in await response.text()
+            assert "script-src 'self'" in response.headers["Content-Security-Policy"]
 
 
-async def test_script_is_served(db: asyncpg.Connection, settings: Settings) -> None:
+async def test_scripts_and_styles_are_served(db: asyncpg.Connection, settings: Settings) -> None:
     async with serve(dev_settings(settings)) as client:
-        response = await client.get("/static/vilokanam.js")
-        assert response.status == 200
-        assert response.content_type in ("application/javascript", "text/javascript")
-        assert "window.vilokanam" in await response.text()
+        for path, needle in [("/static/js/main.js", "setUpSignIn"),
+                             ("/static/js/core.js", "window.vilokanam"),
+                             ("/static/css/app.css", "prefers-color-scheme: dark"),
+                             ("/static/vendor/polkadot-api.js", "@polkadot/api")]:
+            response = await client.get(path)
+            assert response.status == 200, path
+            assert needle in await response.text()
+        assert (await client.get("/static/js/main.js")).content_type in (
+            "application/javascript", "text/javascript")
         missing = await client.get("/static/nope.js")
         assert missing.status == 404
 
@@ -125,6 +180,23 @@ async def chromium() -> AsyncIterator[Browser]:
             await browser.close()
 
 
+async def ready(page: Page, url: str) -> None:
+    """Open `url` and wait until its modules have wired the page up."""
+    await page.goto(url)
+    await page.wait_for_selector("body[data-ready='true']")
+
+
+async def sign_in_dev(page: Page, index: int = 0) -> str:
+    """Sign in as a dev account from the header's dialog, as a person does."""
+    await page.click("#sign-in-open")
+    await page.select_option("#dev-account", index=index)
+    account = await page.eval_on_selector("#dev-account", "s => s.value")
+    await page.click("#dev-sign-in")
+    await page.wait_for_function(
+        "(account) => document.querySelector('#account').textContent === account", arg=account)
+    return str(account)
+
+
 async def test_pages_run_in_chromium_without_errors(db: asyncpg.Connection,
                                                     settings: Settings) -> None:
     async with serve(dev_settings(settings)) as client, chromium() as browser:
@@ -134,13 +206,17 @@ async def test_pages_run_in_chromium_without_errors(db: asyncpg.Connection,
         page = await browser.new_page()
         watch_for_errors(page, errors)
 
-        await page.goto(f"{base}/watch/{stream_id}")
+        for path in PAGES:  # signed out: each page asks to sign in, nothing breaks
+            await ready(page, f"{base}{path}")
+            assert await page.is_visible("#sign-in-open")
+        await ready(page, f"{base}/watch/{stream_id}")
         assert await page.evaluate("window.vilokanam.state.phase") == "idle"
         assert await page.evaluate("window.vilokanam.pc") is None
-        await page.click("#dev-sign-in")  # the first dev account: Alice
-        await page.wait_for_function(
-            "(account) => document.querySelector('#account').textContent === account",
-            arg=ALICE_42)
+        assert await page.is_visible("#sign-in-needed") and await page.is_disabled("#watch")
+        assert await sign_in_dev(page) == ALICE_42  # the first dev account: Alice
+        assert not await page.is_visible("#sign-in-needed")
+        await page.wait_for_selector("#header-balance-box:not([hidden])")
+        assert await page.inner_text("#header-balance") == "0 ROC"
         stored = await page.evaluate("sessionStorage.getItem('vilokanam.viewer')")
         assert json.loads(stored)["account"] == ALICE_42
         await page.click("#watch")
@@ -148,11 +224,14 @@ async def test_pages_run_in_chromium_without_errors(db: asyncpg.Connection,
         await page.click("#mute")
         assert await page.evaluate("document.querySelector('#video').muted") is False
 
-        await page.goto(f"{base}/publish/{stream_id}")
+        await ready(page, f"{base}/publish/{stream_id}")
         await page.fill("#stream-key", "sk_not-the-key")
         await page.click("#start")
         await settled_phase(page)
         assert "sk_" not in page.url  # the key never goes into a URL
+        for path in PAGES:  # signed in (the tab keeps it): each page loads its data
+            await ready(page, f"{base}{path}")
+            assert await page.is_hidden("#sign-in-open")
         assert errors == []
 
 
@@ -198,7 +277,7 @@ async def test_pages_speak_the_websocket_protocol(db: asyncpg.Connection,
         sent = await scripted_ws(page, {"publish": [
             {"type": "viewer_count", "count": 3},
             {"type": "error", "code": "unauthorized", "message": "bad key"}]})
-        await page.goto(f"{base}/publish/{stream_id}")
+        await ready(page, f"{base}/publish/{stream_id}")
         await page.fill("#stream-key", "sk_typed")
         await page.click("#start")
         assert await phase_and_error(page) == ("error", "unauthorized",
@@ -216,20 +295,39 @@ async def test_pages_speak_the_websocket_protocol(db: asyncpg.Connection,
         watch_for_errors(page, errors)
         sent = await scripted_ws(page, {"watch": [{"type": "viewer_count", "count": 7},
                                                   {"type": "stream_ended"}]})
-        await page.goto(f"{base}/watch/{stream_id}")
-        await page.click("#dev-sign-in")
+        await ready(page, f"{base}/watch/{stream_id}")
+        await sign_in_dev(page)
         await page.wait_for_function("() => !document.querySelector('#watch').disabled")
         await page.click("#watch")
         assert await phase_and_error(page) == ("ended", None, "The stream has ended.")
+        await page.wait_for_selector("#reconnect-box:not([hidden])")  # offered to try again
+        assert await page.inner_text("#reconnect") == "Watch again"
         token = json.loads(await page.evaluate("sessionStorage.getItem('vilokanam.viewer')"))
         assert (sent[0]["stream_id"], sent[0]["token"]) == (stream_id, token["token"])
         assert sent[0]["sdp"].count("a=recvonly") == 2
         assert await page.inner_text("#viewer-count") == "7"
 
+        page = await browser.new_page()  # the server goes away mid-session
+        watch_for_errors(page, errors)
+
+        def drops_on_watch(ws: WebSocketRoute) -> None:
+            ws.on_message(lambda _text: ws.close())
+            ws.send(json.dumps({"type": "hello", "version": 1}))
+
+        await page.route_web_socket(re.compile(r"/ws$"), drops_on_watch)
+        await ready(page, f"{base}/watch/{stream_id}")
+        await sign_in_dev(page)
+        await page.click("#watch")
+        assert await phase_and_error(page) == (
+            "error", "connection_lost", "The connection to the server was lost.")
+        await page.wait_for_selector("#reconnect-box:not([hidden])")
+        assert await page.inner_text("#reconnect") == "Reconnect"
+        assert await page.is_enabled("#watch")
+
         page = await browser.new_page()
         watch_for_errors(page, errors)
         sent = await scripted_ws(page, {}, version=2)
-        await page.goto(f"{base}/publish/{stream_id}")
+        await ready(page, f"{base}/publish/{stream_id}")
         await page.fill("#stream-key", "sk_typed")
         await page.click("#start")
         assert (await phase_and_error(page))[:2] == ("error", "protocol_mismatch")
