@@ -125,6 +125,7 @@ export function showFormError(form, err) {
     input.focus();
   }
   slot.dataset.code = err.code || "client_error";
+  slot.dataset.detail = err.message || "";  // the underlying reason, for support and tests
   slot.textContent = field ? (err.message || errorText(err.code)) : errorText(err.code, err.message);
 }
 
