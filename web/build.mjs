@@ -7,7 +7,10 @@ import { build } from "esbuild";
 
 const lock = JSON.parse(readFileSync(new URL("./package-lock.json", import.meta.url)));
 const version = (name) => lock.packages[`node_modules/${name}`].version;
-const outdir = new URL("../signaling/static/vendor/", import.meta.url).pathname;
+// VILOKANAM_WEB_OUTDIR: build elsewhere (the test that the committed bundle is this build).
+const outdir = process.env.VILOKANAM_WEB_OUTDIR
+  ? `${process.env.VILOKANAM_WEB_OUTDIR.replace(/\/$/, "")}/`
+  : new URL("../signaling/static/vendor/", import.meta.url).pathname;
 
 // No WebAssembly under the strict CSP (script-src 'self', no
 // 'wasm-unsafe-eval'): @polkadot/wasm-crypto-init's entry becomes its asm.js
