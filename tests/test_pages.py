@@ -5,6 +5,7 @@ Chromium without a script error or a CSP violation."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import uuid
@@ -332,4 +333,83 @@ async def test_pages_speak_the_websocket_protocol(db: asyncpg.Connection,
         await page.click("#start")
         assert (await phase_and_error(page))[:2] == ("error", "protocol_mismatch")
         assert sent == []
+        assert errors == []
+
+
+async def test_the_studio_manages_a_stream_as_its_creator_does(db: asyncpg.Connection,
+                                                               settings: Settings) -> None:
+    """Create, the key once, rotate, edit (errors next to the field), payouts
+    with their extrinsic hash, end; another user sees none of the controls."""
+    async with serve(dev_settings(settings)), chromium() as browser:
+        base = f"http://127.0.0.1:{settings.http_port}"
+        errors: list[str] = []
+        page = await browser.new_page()
+        watch_for_errors(page, errors)
+        await ready(page, f"{base}/studio")
+        assert await page.is_visible("#sign-in-needed")
+        await sign_in_dev(page)
+        await page.fill("#create-title-input", "Chess openings")
+        await page.click("#create-stream")
+        await page.wait_for_url("**/publish/*")
+        stream_id = page.url.rsplit("/", 1)[1]
+        await page.wait_for_selector("#key-box:not([hidden])")
+        key = await page.input_value("#revealed-key")
+        digest = await db.fetchval("SELECT stream_key_hash FROM streams WHERE id = $1::uuid",
+                                   stream_id)
+        assert bytes(digest) == hashlib.sha256(key.encode()).digest()
+
+        await ready(page, page.url)  # shown once: not after a reload
+        await page.wait_for_selector("#manage:not([hidden])")
+        assert await page.is_hidden("#key-box") and await page.input_value("#stream-key") == ""
+        await page.click("#rotate-key")
+        await page.wait_for_selector("#key-box:not([hidden])")
+        rotated = await page.input_value("#revealed-key")
+        assert rotated.startswith("sk_") and rotated != key
+        digest = await db.fetchval("SELECT stream_key_hash FROM streams WHERE id = $1::uuid",
+                                   stream_id)
+        assert bytes(digest) == hashlib.sha256(rotated.encode()).digest()
+
+        await page.fill("#edit-title", "")
+        await page.click("#edit-form button[type=submit]")
+        await page.wait_for_selector("#edit-title-error:not(:empty)")
+        assert await page.inner_text("#edit-title-error") == "title must be 1 to 255 characters"
+        assert await page.get_attribute("#edit-title", "aria-invalid") == "true"
+        await page.fill("#edit-title", "Chess <openings> & endgames")
+        await page.fill("#edit-price", "-1")
+        await page.click("#edit-form button[type=submit]")
+        await page.wait_for_selector("#edit-price-error:not(:empty)")
+        assert "price_per_second must be" in await page.inner_text("#edit-price-error")
+        assert await page.inner_text("#edit-title-error") == ""
+        await page.fill("#edit-price", "0.005")
+        await page.click("#edit-form button[type=submit]")
+        await page.wait_for_selector("#edit-saved:has-text('Saved.')")
+        assert await page.inner_text("#stream-title") == "Chess <openings> & endgames"
+        assert await page.inner_text("#stat-price") == "0.005 ROC/s"
+        assert await db.fetchval("SELECT title FROM streams WHERE id = $1::uuid",
+                                 stream_id) == "Chess <openings> & endgames"
+        await page.click("#end-stream")
+        await page.wait_for_selector("#stat-status:has-text('ended')")
+        assert await page.is_disabled("#end-stream")
+
+        alice = await db.fetchval("SELECT id FROM users WHERE account_id = $1", ALICE_42)
+        settlement = await db.fetchval(
+            """INSERT INTO settlements (status, signer, nonce, extrinsic_hash, extrinsic,
+                   genesis_hash, signed_at, signed_at_hash, era_death, digest, remark,
+                   total_planck, block_number, finalized_at)
+               VALUES ('completed', '0x01', 0, '0xfeedbeef', '0x', '0x', 1, '0x', 65, 'd',
+                       'r', 7000000000000, 42, now()) RETURNING id""")
+        await db.execute("INSERT INTO settlement_payouts VALUES ($1, $2, '0x02', "
+                         "7000000000000, 7)", settlement, alice)
+        await ready(page, f"{base}/studio")
+        await page.wait_for_selector("#payouts:not([hidden])")
+        row = await page.inner_text("#payouts tbody tr")
+        assert "7 ROC" in row and "completed" in row and "0xfeedbeef" in row and "42" in row
+        streams = await page.inner_text("#my-streams tbody")
+        assert "Chess <openings> & endgames" in streams and "ended" in streams
+
+        other = await browser.new_page()
+        watch_for_errors(other, errors)
+        await ready(other, f"{base}/publish/{stream_id}")
+        await sign_in_dev(other, index=1)  # Bob
+        assert await other.is_hidden("#manage")
         assert errors == []
