@@ -1,16 +1,8 @@
 """The wallet page on a real chain: log in with a wallet extension, deposit
 to the escrow from the page (the extension signs a Balances.transfer_keep_alive
 that the bundled @polkadot/api builds and submits to chopsticks), see the
-deposit credited and the balance change.
-
-The polkadot{.js} extension itself cannot be installed in this headless,
-offline Chromium, so `STAND_IN_WALLET` stands in for it and is named as such:
-it injects `window.injectedWeb3["polkadot-js"]` with the extension's interface
-(enable → accounts.get, signer.signRaw) and signs like the extension does
-(sr25519; `<Bytes>…</Bytes>` around a message; a transaction payload as
-given, answered as a typed MultiSignature like the extension's signPayload).
-What checks it against the real thing: the server verifies the login
-signature with sr25519 and the chain accepts the signed extrinsic."""
+deposit credited and the balance change. The extension is the named stand-in
+of tests/wallet_stand_in.py."""
 
 from __future__ import annotations
 
@@ -27,39 +19,19 @@ from substrateinterface import Keypair
 
 from billing.chain import AsyncChain, ChainClient
 from billing.deposits import DepositWatcher
+from tests import wallet_stand_in
 from tests.conftest import ESCROW_URI, Stores
 from tests.test_api import serve
 from tests.test_pages import chromium, ready, watch_for_errors
 from tests.test_settlement import ESCROW, free_of, pristine_chain_afterwards  # noqa: F401
 from tests.test_settlement import api as chain_api  # noqa: F401 - the fixture, renamed
 from tests.web_checks import assert_accessible, serve_axe
-from vilokanam.accounts import public_key_of
 from vilokanam.config import Settings
 from vilokanam.services.chain import ChainNode
 
 pytestmark = [pytest.mark.chain, pytest.mark.browser]
 
 DAVE = Keypair.create_from_uri("//Dave", ss58_format=42)
-
-STAND_IN_WALLET = """
-window.injectedWeb3 = {"polkadot-js": {version: "test stand-in", enable: async (origin) => ({
-  accounts: {get: async () => [{address: "%(address)s", name: "Dave", type: "sr25519"}]},
-  signer: {signRaw: async ({address, data, type}) =>
-    ({id: 1, signature: await window.vkStandInSign(address, data, type)})},
-})}};
-"""
-
-
-def stand_in_sign(address: str, data: str, kind: str) -> str:
-    # @polkadot/api names the signer in the chain's prefix: compare keys.
-    assert public_key_of(address) == DAVE.public_key, address
-    raw = bytes.fromhex(data.removeprefix("0x"))
-    if kind == "bytes":  # a message: wrapped, so it can never be a transaction
-        return "0x" + bytes(DAVE.sign(b"<Bytes>" + raw + b"</Bytes>")).hex()
-    # A transaction payload: a MultiSignature, 0x01 = sr25519 (what the
-    # extension's signPayload answers for these bytes).
-    return "0x01" + bytes(DAVE.sign(raw)).hex()
-
 
 @pytest.fixture
 async def pool(stores: Stores, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
@@ -89,8 +61,8 @@ async def test_log_in_with_a_wallet_and_deposit_from_the_page(
     escrow_before = free_of(chain_api, ESCROW.ss58_address)
     async with serve(settings) as _client, chromium() as browser:
         context = await browser.new_context()
-        await context.expose_function("vkStandInSign", stand_in_sign)
-        await context.add_init_script(STAND_IN_WALLET % {"address": DAVE.ss58_address})
+        await wallet_stand_in.install(
+            context, [{"address": DAVE.ss58_address, "name": "Dave", "type": "sr25519"}], [DAVE])
         page = await context.new_page()
         errors: list[str] = []
         watch_for_errors(page, errors)
