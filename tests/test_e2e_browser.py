@@ -24,6 +24,7 @@ from tests.processes import start_role, wait_healthy
 from tests.web_checks import assert_accessible, screenshot, serve_axe
 from vilokanam.balances import credit
 from vilokanam.config import Settings
+from vilokanam.money import format_amount
 from vilokanam.services.process import ManagedProcess
 
 pytestmark = pytest.mark.browser
@@ -63,10 +64,13 @@ class Platform:
 @pytest.fixture
 def platform(settings: Settings, tmp_path: Path) -> AsyncIterator[Platform]:
     settings = dataclasses.replace(settings, dev_mode=True, token_secret="e2e-" + "x" * 40)
-    roles = [start_role(settings, "sfu", tmp_path), start_role(settings, "signaling", tmp_path)]
+    # billing flushes the ticks, so the wallet's sessions show what was billed.
+    roles = [start_role(settings, "sfu", tmp_path), start_role(settings, "signaling", tmp_path),
+             start_role(settings, "billing", tmp_path)]
     try:
         wait_healthy(roles[0], settings.sfu_port)
         wait_healthy(roles[1], settings.http_port)
+        wait_healthy(roles[2], settings.billing_port)
         yield Platform(settings, roles)
     finally:
         for role in roles:
@@ -276,8 +280,20 @@ async def test_a_newcomer_goes_live_and_a_viewer_finds_watches_and_pays(
     await screenshot(alice, "studio")
 
     # Bob's wallet: the session and its receipt.
-    await bob.goto(platform.url("/wallet"))
-    await bob.wait_for_selector("#sessions:not([hidden])")
+    # Flushed by billing (every second): the seconds billed and their cost,
+    # at least what the watch page showed earlier.
+    row = bob.locator("#sessions tbody tr").first
+    async with asyncio.timeout(15):
+        while True:
+            await bob.goto(platform.url("/wallet"))
+            await bob.wait_for_selector("#sessions:not([hidden])")
+            billed = int(await row.locator("td").nth(2).inner_text())
+            if billed >= seconds:
+                break
+            await asyncio.sleep(0.5)
+    assert await row.locator("td").nth(0).inner_text() == title
+    cost_text = format_amount(Decimal("0.002") * billed)
+    assert await row.locator("td").nth(3).inner_text() == f"{cost_text} ROC"
     await bob.click("#sessions tbody button")
     await bob.wait_for_selector("#receipt:not([hidden])")
     assert await bob.locator("#receipt-fields dd").nth(0).inner_text() != "—"
