@@ -1057,7 +1057,7 @@ def report(args: argparse.Namespace, media: EncodedLoop, forward: list[RunResult
     return "\n".join([
         "## SFU fan-out: forwarding vs. re-encoding (`bench/sfu_fanout.py`)",
         "",
-        f"- command: `cd /work/main && {command}`",
+        f"- command (from the repository root): `{command}`",
         f"- machine: {machine_description()}",
         f"- date: {utc_now()}; warm-up {args.warmup:g} s, measured window {args.window:g} s "
         f"per N; ≤ {args.per_process} viewers per client process",

@@ -62,8 +62,9 @@ from bench.common import (
     utc_now,
     wait_until,
 )
+from vilokanam.balances import balance_key
 from vilokanam.config import Settings
-from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter, balance_key
+from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter
 from vilokanam.migrations import migrate
 from vilokanam.money import format_amount, to_planck
 from vilokanam.services.net import free_port

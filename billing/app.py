@@ -1,7 +1,8 @@
 """The billing worker: flushes ticks to Postgres exactly once and keeps the
-live balances; with a chain configured (SUBSTRATE_URL and VILOKANAM_ESCROW_URI)
-it also credits deposits to the escrow and pays creators out in batches on
-chain. Its HTTP port serves health and metrics."""
+live balances (reconciled with Postgres every VILOKANAM_RECONCILE_INTERVAL);
+with a chain configured (SUBSTRATE_URL and VILOKANAM_ESCROW_URI) it also
+credits deposits to the escrow and pays creators out in batches on chain. Its
+HTTP port serves health and metrics."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aiohttp import web
 from billing.chain import AsyncChain, ChainClient, load_escrow
 from billing.deposits import DepositWatcher
 from billing.flush import Flusher, run_flusher
+from billing.reconcile import Reconciler
 from billing.settlement import Settler
 from vilokanam.backends import BACKENDS, attach_backends
 from vilokanam.balances import rebuild_live_balances
@@ -22,7 +24,7 @@ from vilokanam.health import READINESS_CHECKS, add_health_routes
 from vilokanam.logs import log_event
 from vilokanam.tasks import TaskOwner
 
-log = logging.getLogger("billing.app")
+log = logging.getLogger(__name__)
 
 # /readyz: the chain is "up" if the deposit watcher (which asks for the
 # finalized head every second) heard from it this recently, or else if it
@@ -43,6 +45,9 @@ def create_app(settings: Settings) -> web.Application:
         tasks = TaskOwner("billing")
         flusher = Flusher(backends.pg, backends.redis, settings.platform_fee)
         tasks.spawn(run_flusher(flusher, float(settings.flush_interval)), "flush")
+        reconciler = Reconciler(backends.pg, backends.redis, settings.token_decimals,
+                                float(settings.reconcile_interval))
+        tasks.spawn(reconciler.run(), "reconcile")
         yield
         await tasks.close()  # unflushed ticks stay in Redis for the next start
 

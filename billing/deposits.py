@@ -44,10 +44,10 @@ from billing.chain import AsyncChain, BlockRef, Transfer
 from vilokanam.balances import credit
 from vilokanam.logs import log_event
 from vilokanam.money import from_planck
-from vilokanam.tasks import poll_forever
+from vilokanam.tasks import run_forever
 from vilokanam.users import get_or_create_user
 
-log = logging.getLogger("billing.deposits")
+log = logging.getLogger(__name__)
 
 CURSOR = "deposits"
 POLL_INTERVAL = 1.0
@@ -153,5 +153,5 @@ class DepositWatcher:
 
     async def run(self) -> None:
         """Follow the chain until cancelled; wait out anything that is down."""
-        await poll_forever(self.catch_up, waiting_event="deposits.waiting",
-                           poll_interval=self.poll_interval, max_backoff=self.max_backoff)
+        await run_forever("deposits", self.catch_up, every=self.poll_interval,
+                          max_backoff=self.max_backoff, failure_event="deposits.waiting")

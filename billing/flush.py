@@ -10,26 +10,33 @@ nothing is counted twice."""
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
 
+from vilokanam.balances import adjust_live
+from vilokanam.delivery import GRACE_SECONDS
 from vilokanam.logs import log_event
-from vilokanam.metering import PENDING_KEY, TickBatch, batch_id_of
+from vilokanam.metering import PENDING_KEY, VIDEO_VIEW_BATCH_PREFIX, TickBatch, batch_id_of
+from vilokanam.tasks import run_forever
 
-log = logging.getLogger("billing.flush")
+log = logging.getLogger(__name__)
 
 TICKS_FLUSHED = PromCounter("vilokanam_ticks_flushed_total", "Ticks committed to Postgres.")
 TICKS_DROPPED = PromCounter(
     "vilokanam_ticks_dropped_total",
     "Ticks not billed: their viewer session is unknown, or had ended.", ["reason"])
+TICKS_REFUNDED = PromCounter(
+    "vilokanam_ticks_refunded_total",
+    "Dropped ticks given back to the viewer's live balance (charged there when written).")
 BATCHES_SKIPPED = PromCounter(
     "vilokanam_tick_batches_skipped_total", "Batches seen again and skipped (already applied).")
 FLUSH_LAG = Histogram(
@@ -37,21 +44,50 @@ FLUSH_LAG = Histogram(
     buckets=(0.5, 1, 1.5, 2, 3, 5, 10, 30))
 
 # One statement: every table a tick touches, set-based. $1/$2: one element per
-# tick (viewer session id, unix second); $3 the platform fee. Ticks of unknown
+# tick (viewer session id or video view id, its second); $3 the platform fee;
+# $4 the number of ticks; $5 the grace a signed session may run past its
+# signed seconds (the ticks beyond are dropped, and refunded to the live
+# balance). A live tick grows its stream_viewers row and `stream_view`
+# payment; a video view's tick (a media second delivered,
+# signaling/playback.py) its video_views row (view_duration,
+# watch_completion) and `video_view` payment; both the creator's earnings
+# and the viewer's balance. Ticks of unknown
 # sessions, and of sessions that had ended (an ended session's updated_at is
 # its end), are filtered out here, tick by tick. Timestamps are the schema's
 # TIMESTAMP, i.e. local time in the session's TimeZone, like now().
 _APPLY = """
-WITH raw AS (
+WITH raw AS NOT MATERIALIZED (
     SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS r(id, second)
-), t AS (
-    SELECT r.id, count(*)::int AS n,
+), counted AS (
+    SELECT r.id, count(*)::int AS n, v.billing_rule,
+           -- A signed session is billed at most its signed seconds + the grace.
+           GREATEST(COALESCE(v.signed_seconds, 0) + $5::int - v.total_ticks, 0) AS allowed,
            to_timestamp(max(r.second) + 1) AT TIME ZONE current_setting('TimeZone') AS last_tick
       FROM raw r JOIN stream_viewers v ON v.id = r.id
      WHERE v.price_per_second IS NOT NULL
        AND (v.is_active OR to_timestamp(r.second) AT TIME ZONE current_setting('TimeZone')
                            <= v.updated_at + interval '2 seconds')
+     GROUP BY r.id, v.billing_rule, v.signed_seconds, v.total_ticks
+), t AS (
+    SELECT id, last_tick,
+           CASE WHEN billing_rule = 'signed' THEN LEAST(n, allowed) ELSE n END AS n
+      FROM counted
+     WHERE billing_rule <> 'signed' OR allowed > 0
+), vt AS (
+    -- Ticks of video views (signaling/playback.py): one per media second delivered.
+    SELECT r.id, count(*)::int AS n
+      FROM raw r JOIN video_views v ON v.id = r.id
+     WHERE v.price_per_second IS NOT NULL
      GROUP BY r.id
+), vv AS (
+    UPDATE video_views vv
+       SET view_duration = COALESCE(vv.view_duration, 0) + vt.n,
+           watch_completion = LEAST(100, round(100.0 * (COALESCE(vv.view_duration, 0) + vt.n)
+                                               / GREATEST(COALESCE(vid.duration, 1), 1), 2))
+      FROM vt, videos vid
+     WHERE vv.id = vt.id AND vid.id = vv.video_id
+    RETURNING vv.id, vv.viewer_id, vid.creator_id, vt.n, vt.n * vv.price_per_second AS cost,
+              trunc(vt.n * vv.price_per_second * (1 - $3::numeric), 18) AS creator_share
 ), sv AS (
     UPDATE stream_viewers sv
        SET total_ticks = sv.total_ticks + t.n,
@@ -75,7 +111,10 @@ WITH raw AS (
      WHERE ss.id = x.session_id
 ), earnings_up AS (
     INSERT INTO creator_earnings (creator_id, total_earnings, pending_payout)
-    SELECT creator_id, sum(creator_share), sum(creator_share) FROM charged GROUP BY creator_id
+    SELECT creator_id, sum(creator_share), sum(creator_share)
+      FROM (SELECT creator_id, creator_share FROM charged
+            UNION ALL SELECT creator_id, creator_share FROM vv) shares
+     GROUP BY creator_id
     ON CONFLICT (creator_id) DO UPDATE
        SET total_earnings = creator_earnings.total_earnings + EXCLUDED.total_earnings,
            pending_payout = creator_earnings.pending_payout + EXCLUDED.pending_payout,
@@ -93,8 +132,21 @@ WITH raw AS (
      WHERE id NOT IN (SELECT reference_id FROM payments_up)
     ON CONFLICT (reference_id) WHERE payment_type = 'stream_view' DO UPDATE
        SET amount = payments.amount + EXCLUDED.amount
+), vpayments_up AS (
+    UPDATE payments p SET amount = p.amount + c.cost
+      FROM vv c
+     WHERE p.reference_id = c.id AND p.payment_type = 'video_view'
+    RETURNING p.reference_id
+), vpayments_new AS (
+    INSERT INTO payments (from_user_id, to_user_id, amount, payment_type, reference_id, status)
+    SELECT viewer_id, creator_id, cost, 'video_view', id, 'pending' FROM vv
+     WHERE id NOT IN (SELECT reference_id FROM vpayments_up)
+    ON CONFLICT (reference_id) WHERE payment_type = 'video_view' DO UPDATE
+       SET amount = payments.amount + EXCLUDED.amount
 ), spent AS (
-    SELECT viewer_id, sum(cost) AS cost FROM sv GROUP BY viewer_id
+    SELECT viewer_id, sum(cost) AS cost
+      FROM (SELECT viewer_id, cost FROM sv UNION ALL SELECT viewer_id, cost FROM vv) costs
+     GROUP BY viewer_id
 ), balances_up AS (
     UPDATE viewer_balances b SET balance = b.balance - x.cost, updated_at = now()
       FROM spent x WHERE b.user_id = x.viewer_id
@@ -105,7 +157,19 @@ WITH raw AS (
     ON CONFLICT (user_id) DO UPDATE
        SET balance = viewer_balances.balance + EXCLUDED.balance, updated_at = now()
 )
-SELECT count(*) AS sessions, COALESCE(sum(n), 0) AS ticks FROM sv
+SELECT (SELECT count(*) FROM sv) + (SELECT count(*) FROM vv) AS sessions,
+       (SELECT COALESCE(sum(n), 0) FROM sv) + (SELECT COALESCE(sum(n), 0) FROM vv) AS ticks,
+       -- Only when some tick was filtered out ($4: the ticks given): which
+       -- sessions lost how many, so their live balances get them back.
+       CASE WHEN (SELECT COALESCE(sum(n), 0) FROM sv)
+                 + (SELECT COALESCE(sum(n), 0) FROM vv) < $4 THEN (
+           SELECT json_agg(json_build_array(d.id, d.n)) FROM (
+               SELECT r.id::text AS id,
+                      count(*) - COALESCE((SELECT t.n FROM t WHERE t.id = r.id),
+                                          (SELECT vv.n FROM vv WHERE vv.id = r.id), 0) AS n
+                 FROM raw r GROUP BY r.id) d
+            WHERE d.n > 0)
+       END AS dropped
 """
 
 
@@ -116,6 +180,9 @@ class FlushResult:
     ticks: int = 0
     dropped: int = 0
     lags: list[float] = field(default_factory=list)
+    # Planck to give back to each viewer's live balance: the ticks the flush
+    # dropped were charged there when the worker wrote them.
+    refunds: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -137,8 +204,19 @@ class Flusher:
                    for k, raw in zip(keys, payloads, strict=True) if raw is not None]
         result = await self._apply(batches)
         await self._checkpoint("committed")
+        await self._refund(result)
         await self._forget(keys)
         return result
+
+    async def _refund(self, result: FlushResult) -> None:
+        """A dropped tick is refunded to the live balance at once. (A crash
+        before this leaves the live copy low: reconciliation repairs it.)"""
+        if not result.refunds:
+            return
+        await adjust_live(self.redis, result.refunds)
+        TICKS_REFUNDED.inc(result.dropped)
+        log_event(log, "ticks.refunded", viewers=len(result.refunds), ticks=result.dropped,
+                  planck=sum(result.refunds.values()))
 
     async def _checkpoint(self, name: str) -> None:
         """A named point of a flush ("recorded", "applied", "committed"): a
@@ -155,12 +233,17 @@ class Flusher:
             result.skipped = len(batches) - len(fresh)
             ids, seconds = _tick_columns(fresh)
             if ids:
-                row = await conn.fetchrow(_APPLY, ids, seconds, self.platform_fee)
+                row = await conn.fetchrow(_APPLY, ids, seconds, self.platform_fee, len(ids),
+                                          GRACE_SECONDS)
                 result.ticks = int(row["ticks"])
+                if row["dropped"] is not None:
+                    result.refunds = _refunds(fresh, json.loads(row["dropped"]))
             result.dropped = len(ids) - result.ticks
             await self._checkpoint("applied")
         committed = time.time()
-        result.lags = [committed - (b.second + 1) for b in fresh]
+        # A video view's batch is labelled with its media second, not a wall second.
+        result.lags = [committed - (b.second + 1) for b in fresh if not b.worker_id.startswith(
+            VIDEO_VIEW_BATCH_PREFIX)]
         self._observe(result)
         return result
 
@@ -189,6 +272,23 @@ async def _record_new(conn: asyncpg.Connection, batches: list[TickBatch]) -> set
     return {r["batch_id"] for r in rows}
 
 
+def _refunds(batches: list[TickBatch], dropped: list[list[Any]]) -> dict[str, int]:
+    """Per viewer, the planck of the dropped ticks (a session has one viewer
+    and one price, both carried by each of its ticks)."""
+    lost = {str(session): int(n) for session, n in dropped}
+    payer: dict[str, tuple[str, int]] = {}
+    for batch in batches:
+        for tick in batch.ticks:
+            session = tick.viewer_session_id.lower()  # as Postgres spells a uuid
+            if session in lost:
+                payer[session] = (tick.user_id, tick.price_planck)
+    refunds: dict[str, int] = {}
+    for session, n in lost.items():
+        user, price = payer[session]
+        refunds[user] = refunds.get(user, 0) + n * price
+    return refunds
+
+
 def _tick_columns(batches: list[TickBatch]) -> tuple[list[str], list[int]]:
     """One (viewer session, second) pair per tick, as two columns for unnest."""
     ids: list[str] = []
@@ -215,19 +315,14 @@ async def run_flusher(flusher: Flusher, interval: float = FLUSH_INTERVAL) -> Non
     """A round every `interval`, paced by start times (a slow round is not
     followed by a full extra wait), at once again while a backlog remains; a
     store that is down is waited out — its ticks stay in Redis meanwhile."""
-    loop = asyncio.get_running_loop()
     rounds = 0
-    while True:
-        started = loop.time()
-        try:
-            result = await flusher.flush_once()
-            if rounds % PRUNE_EVERY == 0:
-                await prune_applied(flusher.pg)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                aioredis.RedisError) as exc:
-            log_event(log, "flush.failed", logging.WARNING, error=repr(exc))
-            result = FlushResult(batches=flusher.max_batches)  # no tight retry loop
-            await asyncio.sleep(interval)
+
+    async def step() -> bool:
+        nonlocal rounds
+        result = await flusher.flush_once()
+        if rounds % PRUNE_EVERY == 0:
+            await prune_applied(flusher.pg)
         rounds += 1
-        if result.batches < flusher.max_batches:
-            await asyncio.sleep(max(0.0, started + interval - loop.time()))
+        return result.batches >= flusher.max_batches  # a backlog: go again at once
+
+    await run_forever("flush", step, every=interval, max_backoff=5 * interval)

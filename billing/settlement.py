@@ -3,7 +3,8 @@
 One settlement = ONE extrinsic: `Utility.batch_all` of one
 `Balances.transfer_keep_alive` per creator (whole planck: the floor of the
 creator's pending payout; the sub-planck rest stays pending) plus a
-`System.remark` carrying the batch's digest. batch_all is all or nothing.
+`System.remark` carrying the Merkle root of the batch's charge lines (v2,
+vilokanam/receipts.py). batch_all is all or nothing.
 
 The flow (docs/settlement.md has the why):
 
@@ -31,7 +32,6 @@ The flow (docs/settlement.md has the why):
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -45,19 +45,15 @@ from billing.chain import ERA_PERIOD, AsyncChain, BlockRef, Outcome, SignedExtri
 from vilokanam.accounts import InvalidAccount, public_key_of
 from vilokanam.balances import planck_floor
 from vilokanam.logs import log_event
-from vilokanam.money import format_amount, from_planck
-from vilokanam.tasks import poll_forever
+from vilokanam.money import from_planck
+from vilokanam.receipts import MERKLE_V2, MerkleTree, item_line, merkle_remark_of
+from vilokanam.tasks import run_forever
 
-log = logging.getLogger("billing.settlement")
+log = logging.getLogger(__name__)
 
 # Serializes "prepare" and "record the outcome" across billing workers.
 ADVISORY_LOCK_ID = 0x56534554  # "VSET"
 OPEN = ("prepared", "submitted")
-REMARK_PREFIX = "vilokanam:settlement:v1:"
-DIGEST_ALGORITHM = ("sha256 over the UTF-8 bytes of the lines sorted ascending and joined "
-                    "with '\\n' (no trailing newline); a line is '<stream_viewer_id>:<amount>', "
-                    "amount in tokens as a plain decimal without trailing zeros; the batch's "
-                    f"System.remark is '{REMARK_PREFIX}' + the digest in lowercase hex")
 POLL_INTERVAL = 1.0
 RESUBMIT_EVERY = 30.0
 MAX_BACKOFF = 30.0
@@ -72,36 +68,29 @@ PAID_PLANCK = PromCounter("vilokanam_settlement_paid_planck_total",
                           "Planck paid out to creators by completed batches.")
 
 
-def charge_line(stream_viewer_id: str, amount: Decimal) -> str:
-    return f"{stream_viewer_id}:{format_amount(amount)}"
-
-
-def batch_digest(lines: list[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
-
-
-def remark_of(digest: str) -> str:
-    return REMARK_PREFIX + digest
-
+# What a batch settles: per-second viewing, tips and subscriptions.
+SETTLED_TYPES = ("stream_view", "tip", "subscription")
 
 # One statement, so one snapshot: the flush changes payments and
 # creator_earnings in one transaction, so they agree with each other here.
-_SNAPSHOT = """
-SELECT p.id::text AS payment_id, p.reference_id::text AS stream_viewer_id,
+_SNAPSHOT = f"""
+SELECT p.id::text AS payment_id, p.payment_type,
+       CASE WHEN p.payment_type = 'stream_view' THEN p.reference_id::text END
+           AS stream_viewer_id,
        p.to_user_id::text AS creator_id, p.amount - p.settled_amount AS delta,
        ce.pending_payout, u.account_id
   FROM payments p
   JOIN creator_earnings ce ON ce.creator_id = p.to_user_id
   JOIN users u ON u.id = p.to_user_id
- WHERE p.payment_type = 'stream_view' AND p.status IN ('pending', 'failed')
+ WHERE p.payment_type IN {SETTLED_TYPES} AND p.status IN ('pending', 'failed')
    AND p.reference_id IS NOT NULL AND p.amount > p.settled_amount
  ORDER BY p.to_user_id, p.reference_id
 """
 
-_CANDIDATES = """
+_CANDIDATES = f"""
 SELECT DISTINCT u.account_id
   FROM payments p JOIN users u ON u.id = p.to_user_id
- WHERE p.payment_type = 'stream_view' AND p.status IN ('pending', 'failed')
+ WHERE p.payment_type IN {SETTLED_TYPES} AND p.status IN ('pending', 'failed')
    AND p.amount > p.settled_amount
 """
 
@@ -115,13 +104,15 @@ SELECT id::text AS id, status, nonce, extrinsic_hash, extrinsic, signed_at, sign
 @dataclass(frozen=True)
 class Item:
     payment_id: str
-    stream_viewer_id: str
+    payment_type: str
+    stream_viewer_id: str | None  # a viewing session's charge; None for a tip/subscription
     creator_id: str
     amount: Decimal
 
     @property
     def line(self) -> str:
-        return charge_line(self.stream_viewer_id, self.amount)
+        return item_line(self.payment_type, self.stream_viewer_id, self.payment_id,
+                         self.amount)
 
 
 @dataclass(frozen=True)
@@ -141,9 +132,6 @@ class Plan:
     def lines(self) -> list[str]:
         return sorted(item.line for item in self.items)
 
-    @property
-    def digest(self) -> str:
-        return batch_digest(self.lines)
 
 
 @dataclass(frozen=True)
@@ -196,8 +184,8 @@ class Settler:
     # -- the loop ----------------------------------------------------------------
 
     async def run(self) -> None:
-        await poll_forever(self._settle_if_due, waiting_event="settlement.waiting",
-                           poll_interval=self.poll_interval, max_backoff=self.max_backoff)
+        await run_forever("settlement", self._settle_if_due, every=self.poll_interval,
+                          max_backoff=self.max_backoff, failure_event="settlement.waiting")
 
     async def _settle_if_due(self) -> None:
         if await self.due():
@@ -266,17 +254,24 @@ class Settler:
             self._more = plan.more
             if not plan.payouts:
                 return None
-            digest = plan.digest
-            remark = remark_of(digest)
+            # Hashing every line is CPU work: off the loop for a large batch.
+            commitment, digest, remark = await asyncio.to_thread(self.commit, plan.lines)
             signed = await self.chain.sign_payout_batch(
                 [(p.public_key, p.planck) for p in plan.payouts], remark.encode(),
                 self.era_period)
-            settlement = await self._record(conn, plan, signed, digest, remark)
+            settlement = await self._record(conn, plan, signed, commitment, digest, remark)
         log_event(log, "settlement.recorded", settlement_id=settlement.id,
                   extrinsic_hash=signed.extrinsic_hash, nonce=signed.nonce,
                   creators=len(plan.payouts), charges=len(plan.items),
-                  planck=sum(p.planck for p in plan.payouts), digest=digest)
+                  planck=sum(p.planck for p in plan.payouts), root=digest)
         return settlement
+
+    @staticmethod
+    def commit(lines: list[str]) -> tuple[str, str, str]:
+        """What the batch's remark commits to: (scheme, value, remark). v2: the
+        Merkle root of the lines (a receipt proves one line, shows no other)."""
+        root = MerkleTree.of(lines).root
+        return MERKLE_V2, root, merkle_remark_of(root)
 
     async def _account_existence(self) -> dict[str, bool]:
         keys = []
@@ -315,20 +310,20 @@ class Settler:
         plan.more = len(payable) > MAX_PAYOUTS
         for payout, charges in payable[:MAX_PAYOUTS]:
             plan.payouts.append(payout)
-            plan.items.extend(Item(r["payment_id"], r["stream_viewer_id"], payout.creator_id,
-                                   Decimal(r["delta"])) for r in charges)
+            plan.items.extend(Item(r["payment_id"], r["payment_type"], r["stream_viewer_id"],
+                                   payout.creator_id, Decimal(r["delta"])) for r in charges)
         return plan
 
     async def _record(self, conn: asyncpg.Connection, plan: Plan, signed: SignedExtrinsic,
-                      digest: str, remark: str) -> OpenSettlement:
+                      commitment: str, digest: str, remark: str) -> OpenSettlement:
         settlement_id = await conn.fetchval(
             """INSERT INTO settlements (signer, nonce, extrinsic_hash, extrinsic, genesis_hash,
                                         signed_at, signed_at_hash, era_death, digest, remark,
-                                        total_planck)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id::text""",
+                                        total_planck, commitment)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id::text""",
             self.escrow, signed.nonce, signed.extrinsic_hash, signed.extrinsic,
             signed.genesis_hash, signed.signed_at, signed.signed_at_hash, signed.era_death,
-            digest, remark, Decimal(sum(p.planck for p in plan.payouts)))
+            digest, remark, Decimal(sum(p.planck for p in plan.payouts)), commitment)
         await conn.executemany(
             "INSERT INTO settlement_payouts (settlement_id, creator_id, public_key, "
             "amount_planck, amount) VALUES ($1, $2, $3, $4, $5)",
@@ -336,9 +331,9 @@ class Settler:
               from_planck(p.planck, self.decimals)) for p in plan.payouts])
         await conn.executemany(
             "INSERT INTO settlement_items (settlement_id, payment_id, stream_viewer_id, "
-            "creator_id, amount) VALUES ($1, $2, $3, $4, $5)",
-            [(settlement_id, i.payment_id, i.stream_viewer_id, i.creator_id, i.amount)
-             for i in plan.items])
+            "creator_id, amount, payment_type) VALUES ($1, $2, $3, $4, $5, $6)",
+            [(settlement_id, i.payment_id, i.stream_viewer_id, i.creator_id, i.amount,
+              i.payment_type) for i in plan.items])
         return OpenSettlement(settlement_id, "prepared", signed.nonce, signed.extrinsic_hash,
                               signed.extrinsic, signed.signed_at, signed.signed_at_hash,
                               signed.era_death)

@@ -1,15 +1,24 @@
-"""The one place that reaches into aiortc's internals (aiortc 1.16).
+"""The one place that reaches into aiortc's (and aioice's) internals.
 
-The SFU lives on four of them, each small and tested:
-- a receiver's decoder queue is replaced by a tap, so assembled *encoded*
-  frames come to us and nothing is ever decoded;
-- a viewer sender's keyframe request (PLI/FIR from the viewer) is routed to us,
-  since with pre-encoded packets the sender has no encoder to ask;
-- a PLI is sent upstream to the publisher for its media SSRCs;
-- a transceiver's negotiated codecs are narrowed after setRemoteDescription,
-  and the DTLS server role is taken when the offer leaves it open.
-Pinned to aiortc 1.16 in pyproject.toml; tests/test_sfu_relay.py fails loudly
-if an upgrade moves any of these."""
+The SFU relies on these hooks, each small:
+- `tap_receiver`: a receiver's decoder queue is replaced by a tap, so
+  assembled *encoded* frames come to us and nothing is ever decoded;
+- `route_keyframe_requests`: a viewer sender's keyframe request (PLI/FIR from
+  the viewer) is routed to us, since with pre-encoded packets the sender has no
+  encoder to ask;
+- `request_keyframe_upstream`: a PLI is sent to the publisher for its media SSRCs;
+- `negotiated_codecs` / `narrow_codecs`: a transceiver's negotiated codecs are
+  read, and narrowed after setRemoteDescription;
+- `take_dtls_server_role`: the DTLS server role when the offer leaves it open;
+- `on_receiver_reports`: a viewer's RTCP reports on a sender's stream are
+  observed (metering bills only the seconds a viewer reports on);
+- `enlarge_receive_buffers`: a publisher's ICE sockets get a large kernel
+  receive buffer;
+- `restrict_host_candidates`: aioice offers host candidates only on the
+  configured addresses (process-wide).
+pyproject.toml holds aiortc to 1.16.x; tests/test_aiortc_hooks.py checks that
+every internal these hooks touch is where they expect it, so an upgrade that
+moves one fails loudly there."""
 
 from __future__ import annotations
 
@@ -73,8 +82,10 @@ def narrow_codecs(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecParame
 
 
 def take_dtls_server_role(transceiver: RTCRtpTransceiver) -> None:
-    """Answer `a=setup:passive` when the offer said actpass: WHIP clients built
-    on GStreamer fail as DTLS servers against aiortc (DESIGN.md)."""
+    """Answer `a=setup:passive` when the offer said actpass. WHIP clients built
+    on GStreamer (1.22) present an RSA certificate, while aiortc as DTLS client
+    offers only ECDSA suites: with us as client the handshake fails ("no shared
+    cipher"); with us as server it works."""
     dtls = transceiver.receiver.transport
     if dtls._role == "auto":
         dtls._set_role("server")

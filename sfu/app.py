@@ -7,16 +7,18 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from routing.channels import EventBus
+from routing.registry import WorkerRegistration, new_worker_id
 from sfu.aiortc_hooks import restrict_host_candidates
 from sfu.control import MANAGER, add_control_routes
-from sfu.events import EventBus
 from sfu.lifecycle import Lifecycle
 from sfu.metering import TickEmitter
-from sfu.registry import WorkerRegistration, new_worker_id
+from sfu.recorder import Recordings
 from sfu.streams import StreamManager
 from vilokanam.backends import BACKENDS, attach_backends
 from vilokanam.config import Settings
 from vilokanam.health import add_health_routes
+from vilokanam.storage import storage_for
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -33,7 +35,10 @@ def create_app(settings: Settings) -> web.Application:
             sfu_url=settings.sfu_control_url, lifecycle=Lifecycle(backends.pg),
             events=EventBus(backends.redis, worker_id),
             emitter=TickEmitter.for_redis(worker_id, backends.redis),
-            token_decimals=settings.token_decimals)
+            token_decimals=settings.token_decimals,
+            recordings=Recordings(backends.pg, storage_for(settings.media_dir),
+                                  enabled=settings.record_streams,
+                                  max_attempts=settings.media_max_attempts))
         manager.start()
         app[MANAGER] = manager
         registration = WorkerRegistration(

@@ -11,11 +11,12 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from routing.channels import CloseReason
 from sfu.peers import PeerError
 from sfu.streams import StreamManager
 from vilokanam.logs import log_event
 
-log = logging.getLogger("sfu.control")
+log = logging.getLogger(__name__)
 
 MANAGER = web.AppKey("stream_manager", StreamManager)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -98,7 +99,7 @@ async def end_stream(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     stream_id = request.match_info["stream_id"]
     carried = stream_id in manager.streams
-    await manager.end_stream(stream_id, "stream_ended")
+    await manager.end_stream(stream_id, CloseReason.STREAM_ENDED)
     return web.json_response({"ended": carried})
 
 

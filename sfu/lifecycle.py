@@ -1,7 +1,8 @@
 """A stream's life in Postgres, written by the worker that carries it (it is
 the one that knows when a publisher connects and when a connection dies).
 The schema's own tables: streams, stream_sessions, stream_viewers,
-stream_analytics."""
+stream_analytics. The end of a stream is shared SQL (vilokanam/stream_rows.py):
+the reaper and signaling write it too."""
 
 from __future__ import annotations
 
@@ -11,30 +12,12 @@ from decimal import Decimal
 
 import asyncpg
 
+from vilokanam.stream_rows import end_stream_rows
+from vilokanam.subscriptions import subscribed_sql
+
 
 class StreamNotFound(LookupError):
     pass
-
-
-async def end_stream_rows(pg: asyncpg.Pool, stream_id: str,
-                          session_id: str | None = None) -> list[str]:
-    """A stream's end in Postgres: the stream ended, its session closed, its
-    viewers inactive. Written by the worker that carried it, or by the reaper
-    (signaling/reaper.py) for a worker that died; the reaper does not know the
-    session, so `None` closes whichever sessions of the stream are open.
-    Returns the ids of the sessions it closed."""
-    async with pg.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "UPDATE streams SET status = 'ended', end_time = now(), viewer_count = 0 "
-            "WHERE id = $1", stream_id)
-        closed = await conn.fetch(
-            "UPDATE stream_sessions SET end_time = now() WHERE stream_id = $1 "
-            "AND end_time IS NULL AND ($2::uuid IS NULL OR id = $2::uuid) RETURNING id::text",
-            stream_id, session_id)
-        await conn.execute(
-            "UPDATE stream_viewers SET is_active = FALSE, updated_at = now() "
-            "WHERE stream_id = $1 AND is_active", stream_id)
-    return [row["id"] for row in closed]
 
 
 @dataclass
@@ -61,12 +44,15 @@ class Lifecycle:
     async def viewer_joined(self, stream_id: str, session_id: str, user_id: str,
                             viewer_count: int) -> tuple[str, Decimal]:
         """One stream_viewers row per viewer session, priced at the stream's
-        price now (a later change never re-prices it); returns (id, price)."""
+        price now (a later change never re-prices it) — 0 for a subscriber of
+        its creator, whose seconds are still ticked; returns (id, price)."""
         async with self.pg.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "INSERT INTO stream_viewers (stream_id, viewer_id, join_time, is_active, "
-                "session_id, price_per_second) SELECT id, $2, now(), TRUE, $3, price_per_second "
-                "FROM streams WHERE id = $1 RETURNING id, price_per_second",
+                "session_id, price_per_second) SELECT s.id, $2, now(), TRUE, $3, "
+                f"CASE WHEN {subscribed_sql('$2::uuid', 's.creator_id')} THEN 0 "
+                "ELSE s.price_per_second END "
+                "FROM streams s WHERE s.id = $1 RETURNING id, price_per_second",
                 stream_id, user_id, session_id)
             if row is None:
                 raise StreamNotFound(stream_id)

@@ -27,7 +27,7 @@ from vilokanam.money import format_amount
 if TYPE_CHECKING:
     from sfu.peers import Peer
 
-log = logging.getLogger("sfu.metering")
+log = logging.getLogger(__name__)
 
 RR_WINDOW = 5.0  # an RTCP report from the viewer within this many seconds
 OUTBOX_LIMIT = 3600  # seconds of batches kept while Redis is unreachable

@@ -137,6 +137,10 @@ class Fanout:
     on_media: Callable[[], None] = lambda: None  # the publisher is alive
     codec: RTCRtpCodecParameters | None = None
     viewers: set[ForwardedTrack] = field(default_factory=set)
+    # Who else sees every frame once (the recorder, sfu/recorder.py): called
+    # on the event loop, so a tap must only queue the frame.
+    taps: list[Callable[[RTCRtpCodecParameters, av.Packet, bool], None]] = field(
+        default_factory=list)
     _gop: list[tuple[av.Packet, bool]] = field(default_factory=list)
     _gop_bytes: int = 0
     _gop_valid: bool = False
@@ -165,6 +169,8 @@ class Fanout:
             self._remember(packet, keyframe)
         for viewer in self.viewers:
             viewer.offer(packet, keyframe)
+        for tap in self.taps:
+            tap(codec, packet, keyframe)
         metrics.FRAMES_FORWARDED.labels(self.kind).inc(len(self.viewers))
         metrics.BYTES_FORWARDED.labels(self.kind).inc(len(self.viewers) * packet.size)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from routing.channels import CloseReason, EventBus, StreamEvent
 from sfu import metrics
-from sfu.events import EventBus
 from sfu.lifecycle import Lifecycle
 from sfu.metering import TickEmitter
 from sfu.peers import (
@@ -25,17 +25,20 @@ from sfu.peers import (
     make_peer_connection,
     upstream_keyframe_requester,
 )
+from sfu.recorder import Recordings
 from sfu.relay import Fanout
+from sfu.write_behind import WriteBehind
 from vilokanam.logs import log_event
 from vilokanam.money import to_planck
-from vilokanam.tasks import TaskOwner
+from vilokanam.tasks import TaskOwner, run_forever
 
-log = logging.getLogger("sfu.streams")
+log = logging.getLogger(__name__)
 
 RECONNECT_GRACE = 10.0
 FIRST_MEDIA_TIMEOUT = 10.0  # ICE + DTLS must have brought media by then
 MEDIA_TIMEOUT = 5.0  # a publisher silent this long has lost its connection
 ANALYTICS_EVERY = 10  # seconds between stream_analytics rows
+CLOCK_LOOPS = 4  # the clock's loops (start()): an idle worker runs exactly these tasks
 
 
 class StreamNotLive(PeerError):
@@ -91,13 +94,26 @@ class StreamManager:
     events: EventBus
     emitter: TickEmitter
     token_decimals: int = 12
+    recordings: Recordings | None = None
     streams: dict[str, LiveStream] = field(default_factory=dict)
     peers: dict[str, Peer] = field(default_factory=dict)
     tasks: TaskOwner = field(default_factory=lambda: TaskOwner("sfu"))
+    writes: WriteBehind = field(default_factory=WriteBehind)
+    analytics_every: float = ANALYTICS_EVERY
+    _analytics_at: float = field(default_factory=time.monotonic)
     _publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def start(self) -> None:
-        self.tasks.spawn(self._every_second(), "clock")
+        """The worker's clock: four loops under the one loop policy, so a store
+        error in one (a cut-off viewer's row, say) never stops the others —
+        ticks above all."""
+        self.tasks.spawn(run_forever("sfu.meter", self._meter, every=1.0), "meter")
+        self.tasks.spawn(run_forever("sfu.publisher_watch", self._watch_publishers, every=1.0),
+                         "publisher-watch")
+        self.tasks.spawn(run_forever("sfu.analytics", self._record_analytics_if_due, every=1.0),
+                         "analytics")
+        self.tasks.spawn(run_forever("sfu.write_behind", self.writes.retry, every=1.0,
+                                     max_backoff=5.0), "write-behind")
 
     # -- publishers ---------------------------------------------------------------
 
@@ -122,6 +138,8 @@ class StreamManager:
                 self._cancel_grace(stream)
             else:
                 stream.session_id = await self._go_live(stream, signaling_url, peer)
+                if self.recordings is not None:
+                    await self.recordings.start(stream_id, stream.session_id, stream.fanouts)
             self._adopt_publisher(stream, peer)
         log_event(log, "publisher.connected", stream_id=stream_id, peer_id=peer.peer_id,
                   session_id=stream.session_id, resumed=resumed)
@@ -139,6 +157,9 @@ class StreamManager:
 
     async def _go_live(self, stream: LiveStream, signaling_url: str, peer: Peer) -> str:
         try:
+            # An earlier end of this stream still waiting for its store must
+            # land first, or its retry would end the session that starts now.
+            await self.writes.retry()
             session_id = await self.lifecycle.stream_started(
                 stream.stream_id, self.sfu_url, signaling_url)
         except BaseException:
@@ -146,7 +167,7 @@ class StreamManager:
             self._forget(stream)
             raise
         metrics.LIVE_STREAMS.inc()
-        await self.events.stream(stream.stream_id, "stream_started", session_id=session_id)
+        await self.events.stream(stream.stream_id, StreamEvent.STARTED, session_id=session_id)
         return session_id
 
     def _adopt_publisher(self, stream: LiveStream, peer: Peer) -> None:
@@ -167,7 +188,7 @@ class StreamManager:
         stream.publisher = None
         self._unregister(peer)
         await peer.close()
-        await self.events.peer_closed(peer.peer_id, "connection_failed")
+        await self.events.peer_closed(peer.peer_id, CloseReason.CONNECTION_FAILED)
         log_event(log, "publisher.lost", stream_id=stream.stream_id, peer_id=peer.peer_id,
                   session_id=stream.session_id, grace_s=RECONNECT_GRACE)
         stream.grace = self.tasks.spawn(self._end_after_grace(stream), "grace")
@@ -175,7 +196,7 @@ class StreamManager:
     async def _end_after_grace(self, stream: LiveStream) -> None:
         await asyncio.sleep(RECONNECT_GRACE)
         stream.grace = None
-        await self.end_stream(stream.stream_id, "stream_ended")
+        await self.end_stream(stream.stream_id, CloseReason.STREAM_ENDED)
 
     def _cancel_grace(self, stream: LiveStream) -> None:
         if stream.grace is not None:
@@ -215,8 +236,8 @@ class StreamManager:
         @peer.pc.on("connectionstatechange")
         def on_state() -> None:
             if peer.pc.connectionState in ("failed", "closed"):
-                self.tasks.spawn(self.leave(peer.peer_id, reason="connection_failed"),
-                                 "viewer-lost")
+                self.tasks.spawn(
+                    self.leave(peer.peer_id, reason=CloseReason.CONNECTION_FAILED), "viewer-lost")
 
     # -- any peer ---------------------------------------------------------------------
 
@@ -226,23 +247,24 @@ class StreamManager:
             raise UnknownPeer("no such peer on this worker")
         await peer.add_candidate(candidate)
 
-    async def leave(self, peer_id: str, reason: str = "left", lost: bool = False) -> None:
+    async def leave(self, peer_id: str, reason: CloseReason = CloseReason.LEFT,
+                    lost: bool = False) -> None:
         """A peer goes. A publisher's explicit leave ends the stream at once;
         a lost publisher connection (`lost`) gets the reconnect grace."""
         peer = self.peers.get(peer_id)
         if peer is None:
-            if reason == "left":
+            if reason is CloseReason.LEFT:
                 raise UnknownPeer("no such peer on this worker")
             return
         if peer.role == "publisher":
             if lost:
                 await self._publisher_lost(peer)
             else:
-                await self.end_stream(peer.stream_id, "stream_ended")
+                await self.end_stream(peer.stream_id, CloseReason.STREAM_ENDED)
             return
         await self._viewer_gone(peer, reason)
 
-    async def _viewer_gone(self, peer: Peer, reason: str) -> None:
+    async def _viewer_gone(self, peer: Peer, reason: CloseReason) -> None:
         stream = self.streams.get(peer.stream_id)
         self._unregister(peer)
         await peer.close()
@@ -250,13 +272,16 @@ class StreamManager:
         if stream is None or stream.viewers.pop(peer.peer_id, None) is None:
             return
         if peer.viewer_session_id:
-            await self.lifecycle.viewer_left(stream.stream_id, stream.session_id,
-                                             peer.viewer_session_id, len(stream.viewers))
+            count, viewer_session_id = len(stream.viewers), peer.viewer_session_id
+            await self.writes.write(
+                "viewer_left", lambda: self.lifecycle.viewer_left(
+                    stream.stream_id, stream.session_id, viewer_session_id, count),
+                stream_id=stream.stream_id, viewer_session_id=viewer_session_id)
         await self._viewer_count_changed(stream)
         log_event(log, "viewer.left", stream_id=stream.stream_id, peer_id=peer.peer_id,
                   viewer_session_id=peer.viewer_session_id, reason=reason)
 
-    async def end_stream(self, stream_id: str, reason: str) -> None:
+    async def end_stream(self, stream_id: str, reason: CloseReason) -> None:
         stream = self.streams.pop(stream_id, None)
         if stream is None:
             return
@@ -268,17 +293,23 @@ class StreamManager:
             self._unregister(peer)
             await peer.close()
             await self.events.peer_closed(peer.peer_id, reason)
+        if self.recordings is not None:
+            await self.recordings.finish(stream_id, stream.fanouts)
         for fanout in stream.fanouts.values():
             fanout.close()
         metrics.LIVE_STREAMS.dec()
-        await self.lifecycle.stream_ended(stream_id, stream.session_id)
-        await self.events.unplace(stream_id)
-        await self.events.stream(stream_id, "stream_ended", session_id=stream.session_id)
+        ids = {"stream_id": stream_id, "session_id": stream.session_id}
+        await self.writes.write(
+            "stream_ended", lambda: self.lifecycle.stream_ended(stream_id, stream.session_id),
+            **ids)
+        await self.writes.write("unplace", lambda: self.events.unplace(stream_id), **ids)
+        await self.events.stream(stream_id, StreamEvent.ENDED, session_id=stream.session_id)
         log_event(log, "stream.ended", stream_id=stream_id, session_id=stream.session_id,
-                  reason=reason, viewers=len(stream.viewers))
+                  reason=reason.value, viewers=len(stream.viewers))
 
     async def _viewer_count_changed(self, stream: LiveStream) -> None:
-        await self.events.stream(stream.stream_id, "viewer_count", count=len(stream.viewers))
+        await self.events.stream(stream.stream_id, StreamEvent.VIEWER_COUNT,
+                                 count=len(stream.viewers))
 
     # -- bookkeeping ------------------------------------------------------------------
 
@@ -315,22 +346,13 @@ class StreamManager:
             "tasks": len(self.tasks),
         }
 
-    async def _every_second(self) -> None:
-        """The worker's clock: ticks, lost publishers, analytics every 10 s.
-        Paced by deadlines, not sleeps, so seconds do not drift."""
-        loop = asyncio.get_running_loop()
-        second, deadline = 0, loop.time()
-        while True:
-            deadline += 1.0
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
-            second += 1
-            await self._meter()
-            now = time.monotonic()
-            for stream in list(self.streams.values()):
-                if stream.publisher is not None and stream.publisher_silent(now):
-                    await self._publisher_lost(stream.publisher)
-            if second % ANALYTICS_EVERY == 0:
-                await self._record_analytics()
+    async def _watch_publishers(self) -> None:
+        """A publisher whose media stopped has lost its connection (ICE can
+        take far longer to notice): it gets the reconnect grace."""
+        now = time.monotonic()
+        for stream in list(self.streams.values()):
+            if stream.publisher is not None and stream.publisher_silent(now):
+                await self._publisher_lost(stream.publisher)
 
     async def _meter(self) -> None:
         viewers = [p for p in self.peers.values() if p.role == "viewer"]
@@ -339,17 +361,17 @@ class StreamManager:
             if peer.viewer_session_id in broke:
                 log_event(log, "viewer.out_of_funds", stream_id=peer.stream_id,
                           peer_id=peer.peer_id, viewer_session_id=peer.viewer_session_id)
-                await self.leave(peer.peer_id, reason="insufficient_funds")
+                await self.leave(peer.peer_id, reason=CloseReason.INSUFFICIENT_FUNDS)
 
-    async def _record_analytics(self) -> None:
+    async def _record_analytics_if_due(self) -> None:
+        if time.monotonic() - self._analytics_at < self.analytics_every:
+            return
+        self._analytics_at = time.monotonic()
         counts = {s.stream_id: len(s.viewers) for s in self.streams.values() if s.session_id}
-        try:
-            await self.lifecycle.record_analytics(datetime.now(UTC).replace(tzinfo=None), counts)
-        except Exception as exc:  # a missed sample must not stop the clock
-            log_event(log, "analytics.failed", logging.WARNING, error=repr(exc))
+        await self.lifecycle.record_analytics(datetime.now(UTC).replace(tzinfo=None), counts)
 
     async def close(self) -> None:
         """Shutdown: end every stream here, then stop our tasks."""
         for stream_id in list(self.streams):
-            await self.end_stream(stream_id, "worker_draining")
+            await self.end_stream(stream_id, CloseReason.WORKER_DRAINING)
         await self.tasks.close()

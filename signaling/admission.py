@@ -13,8 +13,8 @@ import uuid
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from sfu.registry import WorkerRecord
-from signaling.placement import NoCapacity, Placement, place_stream, stream_worker, unpin_stream
+from routing.placement import NoCapacity, Placement, place_stream, stream_worker, unpin_stream
+from routing.registry import WorkerRecord
 from signaling.protocol import ErrorCode, ProtocolError
 from signaling.rate_limit import AUTH_FAILURES, STREAM_KEY_LIMIT, FailureLimiter
 from signaling.sfu_client import PublisherAnswer, SfuClient, SfuError
@@ -25,28 +25,44 @@ from vilokanam.backends import BACKENDS, Backends
 from vilokanam.balances import MIN_START_SECONDS, StreamPriceUnknown, can_start_watching
 from vilokanam.config import Settings
 from vilokanam.logs import log_event
+from vilokanam.users import standing_of
 
-log = logging.getLogger("vilokanam.signaling.admission")
+log = logging.getLogger(__name__)
 
 
 async def check_stream_key(backends: Backends, remote: str, stream_id: str,
-                           stream_key: str) -> None:
-    """The publisher's key for `stream_id`. A wrong (or missing) key is one
-    failure for `remote`; `STREAM_KEY_LIMIT` failures lock it out."""
+                           stream_key: str) -> str:
+    """The publisher's key for `stream_id`; returns the creator's user id. A
+    wrong (or missing) key is one failure for `remote`; `STREAM_KEY_LIMIT`
+    failures lock it out. A suspended creator may not publish (`suspended`)."""
     limiter = FailureLimiter(backends.redis, STREAM_KEY_LIMIT)
     # Before the comparison: a limited address learns nothing, even with the right key.
     if await limiter.is_limited(remote):
         raise ProtocolError(ErrorCode.RATE_LIMITED,
                             "too many wrong stream keys from this address; try again later")
-    stored = await backends.pg.fetchval(
-        "SELECT stream_key_hash FROM streams WHERE id = $1", uuid.UUID(stream_id))
-    if stored is None:
+    row = await backends.pg.fetchrow(
+        "SELECT s.stream_key_hash, s.creator_id::text AS creator_id, "
+        "u.suspended_at IS NOT NULL AS suspended "
+        "FROM streams s JOIN users u ON u.id = s.creator_id WHERE s.id = $1",
+        uuid.UUID(stream_id))
+    if row is None or row["stream_key_hash"] is None:
         raise ProtocolError(ErrorCode.STREAM_NOT_FOUND, "no such stream")
-    if not key_matches(stream_key, stored):
+    if not key_matches(stream_key, row["stream_key_hash"]):
         failures = await limiter.record_failure(remote)
         log_event(log, "admission.stream_key_refused", logging.WARNING, remote=remote,
                   stream_id=stream_id, failures=failures)
         raise ProtocolError(ErrorCode.UNAUTHORIZED, "wrong stream key")
+    if row["suspended"]:
+        log_event(log, "admission.suspended_publisher", logging.WARNING, stream_id=stream_id,
+                  user_id=row["creator_id"])
+        raise ProtocolError(ErrorCode.SUSPENDED, "this account is suspended")
+    return str(row["creator_id"])
+
+
+async def ensure_not_suspended(backends: Backends, user_id: str) -> None:
+    """A suspended user may not watch (nor chat): tokens outlive a suspension."""
+    if (await standing_of(backends.pg, user_id)).suspended:
+        raise ProtocolError(ErrorCode.SUSPENDED, "this account is suspended")
 
 
 def verify_viewer_token(settings: Settings, token: str) -> TokenClaims:

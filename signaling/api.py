@@ -13,9 +13,9 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from sfu.lifecycle import end_stream_rows
+from routing.placement import stream_worker
+from signaling.community.categories import resolve_category
 from signaling.errors import bad_request, forbidden, not_found, parse_json_body
-from signaling.placement import stream_worker
 from signaling.sfu_client import SFU_CLIENT, SfuError
 from signaling.state import SETTINGS
 from signaling.stream_keys import hash_stream_key, new_stream_key
@@ -26,6 +26,7 @@ from signaling.users import (
     get_or_create_user,
     make_creator,
     require_user,
+    suspended_error,
     token_secret_or_503,
 )
 from vilokanam.accounts import canonical_account
@@ -33,6 +34,8 @@ from vilokanam.backends import BACKENDS
 from vilokanam.balances import live_balance
 from vilokanam.config import Settings
 from vilokanam.money import decimal_from_json, format_amount, from_planck
+from vilokanam.stream_rows import end_stream_rows
+from vilokanam.users import standing_of
 
 # streams.price_per_second is NUMERIC(38, 18): 20 integer digits, 18 decimals.
 # Anything outside is refused rather than rounded or overflowed by Postgres.
@@ -47,14 +50,20 @@ OFFSET_MAX = 10**9
 # Lifecycle timestamps are TIMESTAMP (no zone) filled with NOW() by the
 # database, i.e. wall time in the session's TimeZone: read them back in that
 # zone so the API can give absolute ISO 8601 instants.
-_STREAM_SELECT = """
+STREAM_SELECT = """
 SELECT s.id::text AS id, s.creator_id::text AS creator_id, s.title, s.status,
        u.account_id AS creator_account,
        s.price_per_second, COALESCE(s.viewer_count, 0) AS viewer_count,
+       s.require_signed_receipts,
        COALESCE(s.total_ticks, 0) AS total_ticks,
        s.start_time AT TIME ZONE current_setting('TimeZone') AS start_time,
-       s.end_time AT TIME ZONE current_setting('TimeZone') AS end_time
-FROM streams s JOIN users u ON u.id = s.creator_id
+       s.end_time AT TIME ZONE current_setting('TimeZone') AS end_time,
+       s.category_id::text AS category_id, c.name AS category,
+       s.record,
+       (SELECT ss.recording_id::text FROM stream_sessions ss
+         WHERE ss.stream_id = s.id AND ss.recording_id IS NOT NULL
+         ORDER BY ss.start_time DESC LIMIT 1) AS recording_video_id
+FROM streams s JOIN users u ON u.id = s.creator_id LEFT JOIN categories c ON c.id = s.category_id
 """
 
 
@@ -138,9 +147,14 @@ def stream_json(row: asyncpg.Record, settings: Settings) -> dict[str, Any]:
         "id": row["id"], "title": row["title"], "status": row["status"],
         "creator_account": row["creator_account"],
         "price_per_second": format_amount(row["price_per_second"]),
+        "require_signed_receipts": row["require_signed_receipts"],
         "viewer_count": row["viewer_count"], "total_ticks": row["total_ticks"],
         "start_time": _iso(row["start_time"]), "end_time": _iso(row["end_time"]),
         "watch_url": urls["watch_url"], "whep_url": urls["whep_url"],
+        "category_id": row["category_id"], "category": row["category"],
+        "record": row["record"],
+        # The last ended session's recording, once it is a videos row (sfu/recorder.py).
+        "recording_video_id": row["recording_video_id"],
     }
 
 
@@ -158,7 +172,10 @@ async def dev_token(request: web.Request) -> web.Response:
     secret = token_secret_or_503(settings)
     body = await parse_json_body(request)
     account = canonical_or_400(body.get("account"), settings)
-    user = await get_or_create_user(request.app[BACKENDS].pg, account)
+    pg = request.app[BACKENDS].pg
+    user = await get_or_create_user(pg, account)
+    if (await standing_of(pg, user.id)).suspended:
+        raise suspended_error()
     return web.json_response({"token": issue_token(secret, user.id, account),
                               "user_id": user.id, "account": account})
 
@@ -170,14 +187,25 @@ async def create_stream(request: web.Request) -> web.Response:
     title = parse_title(body.get("title"))
     price = parse_price(body.get("price_per_second"), settings.price_default,
                         settings.token_decimals)
+    require_signed = body.get("require_signed_receipts", False)
+    if not isinstance(require_signed, bool):
+        raise bad_request("invalid_require_signed_receipts",
+                          "require_signed_receipts must be true or false")
+    record = body.get("record", True)
+    if not isinstance(record, bool):
+        raise bad_request("invalid_record", "record must be true or false")
     stream_key = new_stream_key()
     async with request.app[BACKENDS].pg.acquire() as conn, conn.transaction():
+        category_id = None if body.get("category") is None else await resolve_category(
+            conn, body["category"])
         creator = await make_creator(conn, claims.account)
         stream_id = await conn.fetchval(
-            "INSERT INTO streams (creator_id, title, price_per_second, stream_key_hash) "
-            "VALUES ($1::uuid, $2, $3, $4) RETURNING id::text",
-            creator.id, title, price, hash_stream_key(stream_key))
-        row = await conn.fetchrow(f"{_STREAM_SELECT} WHERE s.id = $1::uuid", stream_id)
+            "INSERT INTO streams (creator_id, title, price_per_second, stream_key_hash, "
+            "category_id, require_signed_receipts, record) "
+            "VALUES ($1::uuid, $2, $3, $4, $5::uuid, $6, $7) RETURNING id::text",
+            creator.id, title, price, hash_stream_key(stream_key), category_id, require_signed,
+            record)
+        row = await conn.fetchrow(f"{STREAM_SELECT} WHERE s.id = $1::uuid", stream_id)
     assert row is not None
     # The key is shown here, once; only its hash is stored (migration 0005).
     created = {**stream_json(row, settings), **stream_urls(settings, stream_id),
@@ -202,10 +230,12 @@ def _like_pattern(query: str) -> str:
 
 
 async def search_streams(app: web.Application, status: str | None, query: str | None,
-                         limit: int, offset: int) -> list[dict[str, Any]]:
-    """Streams by viewer count; `query` matches a substring of the title or of
-    the creator's username (case-insensitive), or the creator's account in any
-    SS58 prefix. Shared by GET /api/streams and the home page."""
+                         limit: int, offset: int, category_id: str | None = None,
+                         creator_account: str | None = None) -> list[dict[str, Any]]:
+    """Streams by viewer count, filtered by status, category and creator;
+    `query` matches a substring of the title or of the creator's username
+    (case-insensitive), or the creator's account in any SS58 prefix. Shared by
+    GET /api/streams and the home page."""
     settings = app[SETTINGS]
     account = None
     if query is not None:
@@ -214,28 +244,38 @@ async def search_streams(app: web.Application, status: str | None, query: str | 
         except ValueError:
             account = None
     rows = await app[BACKENDS].pg.fetch(
-        f"""{_STREAM_SELECT}
+        f"""{STREAM_SELECT}
         WHERE ($1::text IS NULL OR s.status = $1)
           AND ($2::text IS NULL OR s.title ILIKE $2 OR u.username ILIKE $2
                OR u.account_id = $3)
+          AND ($6::uuid IS NULL OR s.category_id = $6::uuid)
+          AND ($7::text IS NULL OR u.account_id = $7)
         ORDER BY COALESCE(s.viewer_count, 0) DESC, s.start_time DESC NULLS LAST,
                  s.created_at DESC, s.id
         LIMIT $4 OFFSET $5""", status, None if query is None else _like_pattern(query),
-        account, limit, offset)
+        account, limit, offset, category_id, creator_account)
     return [stream_json(row, settings) for row in rows]
 
 
 async def list_streams(request: web.Request) -> web.Response:
+    """`status`, `category` (id or name), `creator` (an account) filter; `q` searches."""
     status = parse_status(request)
     query = parse_query(request)
     limit, offset = parse_paging(request)
-    streams = await search_streams(request.app, status, query, limit, offset)
+    category = request.query.get("category")
+    category_id = None if category is None else await resolve_category(
+        request.app[BACKENDS].pg, category)
+    creator = request.query.get("creator")
+    creator_account = None if creator is None else canonical_or_400(creator,
+                                                                   request.app[SETTINGS])
+    streams = await search_streams(request.app, status, query, limit, offset,
+                                   category_id=category_id, creator_account=creator_account)
     return web.json_response({"streams": streams, "limit": limit, "offset": offset})
 
 
 async def get_stream(request: web.Request) -> web.Response:
     stream_id = parse_stream_id(request)
-    row = await request.app[BACKENDS].pg.fetchrow(f"{_STREAM_SELECT} WHERE s.id = $1::uuid",
+    row = await request.app[BACKENDS].pg.fetchrow(f"{STREAM_SELECT} WHERE s.id = $1::uuid",
                                                   stream_id)
     if row is None:
         raise not_found("stream_not_found", f"no stream {stream_id}")
@@ -295,8 +335,8 @@ async def my_earnings(request: web.Request) -> web.Response:
 
 # -- creator operations on their own streams ------------------------------------
 
-async def _fetch_stream(pg: asyncpg.Pool, stream_id: str) -> asyncpg.Record:
-    row = await pg.fetchrow(f"{_STREAM_SELECT} WHERE s.id = $1::uuid", stream_id)
+async def fetch_stream(pg: asyncpg.Pool, stream_id: str) -> asyncpg.Record:
+    row = await pg.fetchrow(f"{STREAM_SELECT} WHERE s.id = $1::uuid", stream_id)
     if row is None:
         raise not_found("stream_not_found", f"no stream {stream_id}")
     return row
@@ -306,7 +346,7 @@ async def owned_stream(request: web.Request) -> tuple[TokenClaims, asyncpg.Recor
     """The caller (401 first: an anonymous caller learns nothing about the
     stream) and the stream, which must exist (404) and be theirs (403)."""
     claims = await require_user(request)
-    row = await _fetch_stream(request.app[BACKENDS].pg, parse_stream_id(request))
+    row = await fetch_stream(request.app[BACKENDS].pg, parse_stream_id(request))
     if row["creator_id"] != claims.user_id:
         raise forbidden("this stream belongs to another creator")
     return claims, row
@@ -327,7 +367,7 @@ async def update_stream(request: web.Request) -> web.Response:
     pg = request.app[BACKENDS].pg
     await pg.execute("UPDATE streams SET title = $2, price_per_second = $3, updated_at = now() "
                      "WHERE id = $1::uuid", row["id"], title, price)
-    return web.json_response(stream_json(await _fetch_stream(pg, row["id"]), settings))
+    return web.json_response(stream_json(await fetch_stream(pg, row["id"]), settings))
 
 
 async def rotate_stream_key(request: web.Request) -> web.Response:
@@ -354,16 +394,21 @@ async def _ended_by_worker(app: web.Application, stream_id: str) -> bool:
         return False  # unreachable (logged by the client): end the rows ourselves
 
 
+async def end_stream_now(app: web.Application, row: asyncpg.Record) -> None:
+    """End a stream (its `STREAM_SELECT` row) at once: through the worker
+    that carries it (closing its peers, publishing stream_ended), else in
+    Postgres with the worker's own SQL. The creator's end and a moderator's
+    removal or suspension all end a stream this one way. Ending an ended
+    stream is a no-op, so its end_time stays the true one."""
+    if row["status"] not in ENDED_STATUSES and not await _ended_by_worker(app, row["id"]):
+        await end_stream_rows(app[BACKENDS].pg, row["id"])
+
+
 async def end_stream(request: web.Request) -> web.Response:
-    """End a stream. Ending an ended stream is a no-op, so its end_time stays
-    the true one; a stream no worker carries (never live, or its worker is
-    gone) is ended in Postgres with the worker's own SQL."""
     _, row = await owned_stream(request)
     pg = request.app[BACKENDS].pg
-    if row["status"] not in ENDED_STATUSES and not await _ended_by_worker(request.app,
-                                                                            row["id"]):
-        await end_stream_rows(pg, row["id"])
-    ended = await _fetch_stream(pg, row["id"])
+    await end_stream_now(request.app, row)
+    ended = await fetch_stream(pg, row["id"])
     return web.json_response(stream_json(ended, request.app[SETTINGS]))
 
 
@@ -372,7 +417,7 @@ async def my_streams(request: web.Request) -> web.Response:
     claims = await require_user(request)
     limit, offset = parse_paging(request)
     rows = await request.app[BACKENDS].pg.fetch(
-        f"""{_STREAM_SELECT} WHERE s.creator_id = $1::uuid
+        f"""{STREAM_SELECT} WHERE s.creator_id = $1::uuid
         ORDER BY s.created_at DESC, s.id LIMIT $2 OFFSET $3""", claims.user_id, limit, offset)
     settings = request.app[SETTINGS]
     return web.json_response({"streams": [stream_json(row, settings) for row in rows],

@@ -32,16 +32,22 @@ from signaling.errors import ApiError, bad_request, parse_json_body
 from signaling.rate_limit import FailureLimit, FailureLimiter
 from signaling.state import SETTINGS
 from signaling.tokens import issue_token
-from signaling.users import canonical_or_400, get_or_create_user, token_secret_or_503
+from signaling.users import (
+    canonical_or_400,
+    get_or_create_user,
+    suspended_error,
+    token_secret_or_503,
+)
 from vilokanam.accounts import public_key_of
 from vilokanam.backends import BACKENDS
 from vilokanam.config import Settings
 from vilokanam.logs import log_event
+from vilokanam.users import standing_of
 
 if TYPE_CHECKING:
     from substrateinterface import Keypair
 
-log = logging.getLogger("vilokanam.signaling")
+log = logging.getLogger(__name__)
 
 SITE = "Vilokanam-view"
 CHALLENGE_TTL_S: float = 300.0  # a module constant so tests can shorten it
@@ -199,6 +205,10 @@ async def auth_verify(request: web.Request) -> web.Response:
                   code=code, failures=failures)
         raise ApiError(401, code, _REFUSALS[code])
     user = await get_or_create_user(backends.pg, account)
+    if (await standing_of(backends.pg, user.id)).suspended:
+        log_event(log, "auth.suspended_refused", logging.WARNING, user_id=user.id,
+                  account=account)
+        raise suspended_error()
     log_event(log, "auth.wallet_login", user_id=user.id, account=account)
     return web.json_response({"token": issue_token(secret, user.id, account),
                               "user_id": user.id, "account": account})

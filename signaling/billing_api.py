@@ -4,14 +4,16 @@
 account (in the configured SS58 prefix, VILOKANAM_SS58_PREFIX, like every
 account in this API; any prefix names the same key on chain), the chain RPC
 URL for the browser, the token, the default price and the platform's fee.
-The escrow's secret URI is only ever turned into its public address here.
+Signaling knows only the escrow's public address (VILOKANAM_ESCROW_ACCOUNT),
+never its secret URI, which is the billing role's alone.
 
 `GET /api/receipts/{stream_viewer_id}` (Bearer: the viewer of that session;
 anyone else gets 404): the session's charge and seconds, how much of it is
 settled, and for every settlement batch that covered part of it: extrinsic
-hash, nonce, block hash/number, status, and the batch's sorted lines with
-their digest — enough to recompute the digest and find it in the batch's
-System.remark on chain (docs/settlement.md)."""
+hash, nonce, block hash/number, status, the viewer's own line and its Merkle
+path to the root the batch's System.remark carries on chain — and no other
+session's line (a v1 batch, made before Merkle roots, still lists its lines:
+its digest can only be checked that way). docs/settlement.md."""
 
 from __future__ import annotations
 
@@ -24,36 +26,43 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from scalecodec.utils.ss58 import ss58_encode
 
-from billing.chain import EscrowKeyError, load_escrow
-from billing.settlement import DIGEST_ALGORITHM, REMARK_PREFIX, batch_digest, charge_line
 from signaling.errors import bad_request, not_found
 from signaling.state import SETTINGS
 from signaling.users import require_user
+from vilokanam.accounts import InvalidAccount, canonical_account
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
 from vilokanam.money import format_amount
+from vilokanam.receipts import (
+    DIGEST_ALGORITHM,
+    MERKLE_V2,
+    PROOF_ALGORITHM,
+    REMARK_PREFIX,
+    MerkleTree,
+    batch_digest,
+    charge_line,
+    item_line,
+    merkle_remark_of,
+)
 
-log = logging.getLogger("vilokanam.signaling")
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4)
-def _escrow_address(secret_uri: str, ss58_prefix: int) -> str | None:
+def _escrow_address(account: str, ss58_prefix: int) -> str | None:
     try:
-        keypair = load_escrow(secret_uri)
-    except EscrowKeyError:
+        return canonical_account(account, ss58_prefix)
+    except InvalidAccount:
         log_event(log, "billing.escrow_invalid", logging.ERROR,
-                  reason="VILOKANAM_ESCROW_URI is not a valid secret URI")
+                  reason="VILOKANAM_ESCROW_ACCOUNT is not an SS58 address")
         return None
-    return str(ss58_encode(keypair.public_key, ss58_format=ss58_prefix))
 
 
 async def billing_info(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    # Deriving a key from a mnemonic is CPU work: off the loop (once; it is cached).
-    escrow = (await asyncio.to_thread(_escrow_address, settings.escrow_uri, settings.ss58_prefix)
-              if settings.escrow_uri else None)
+    escrow = (_escrow_address(settings.escrow_account, settings.ss58_prefix)
+              if settings.escrow_account else None)
     return web.json_response({
         "escrow_account": escrow,
         "chain_rpc": settings.chain_public_url or settings.substrate_url,
@@ -77,15 +86,16 @@ SELECT sv.id::text AS id, sv.stream_id::text AS stream_id, sv.viewer_id::text AS
 
 _SETTLEMENTS = """
 SELECT s.id::text AS id, s.status, s.extrinsic_hash, s.nonce, s.block_hash, s.block_number,
-       s.extrinsic_index, s.digest, s.remark, s.error, s.created_at, s.finalized_at,
-       i.amount
+       s.extrinsic_index, s.digest, s.remark, s.commitment, s.genesis_hash, s.error,
+       s.created_at, s.finalized_at, i.amount
   FROM settlement_items i JOIN settlements s ON s.id = i.settlement_id
  WHERE i.stream_viewer_id = $1::uuid
  ORDER BY s.created_at, s.id
 """
 
 _LINES = """
-SELECT settlement_id::text AS settlement_id, stream_viewer_id::text AS stream_viewer_id, amount
+SELECT settlement_id::text AS settlement_id, stream_viewer_id::text AS stream_viewer_id,
+       payment_id::text AS payment_id, payment_type, amount
   FROM settlement_items WHERE settlement_id = ANY($1::uuid[])
 """
 
@@ -108,14 +118,17 @@ async def receipt(request: web.Request) -> web.Response:
     settlements = await pg.fetch(_SETTLEMENTS, viewer_session)
     lines: dict[str, list[str]] = {}
     for item in await pg.fetch(_LINES, [s["id"] for s in settlements]):
-        lines.setdefault(item["settlement_id"], []).append(
-            charge_line(item["stream_viewer_id"], item["amount"]))
-    batches = [_settlement_json(s, viewer_session, sorted(lines.get(s["id"], [])))
-               for s in settlements]
+        lines.setdefault(item["settlement_id"], []).append(item_line(
+            item["payment_type"], item["stream_viewer_id"], item["payment_id"], item["amount"]))
+    # A Merkle path costs a hash per line of the batch: CPU work, off the loop.
+    batches = await asyncio.to_thread(
+        lambda: [_settlement_json(s, viewer_session, lines.get(s["id"], []))
+                 for s in settlements])
     latest = next((b for b in reversed(batches) if b["status"] == "completed"), None)
     zero = Decimal(0)
     charge = row["amount"] if row["amount"] is not None else zero
     settled = row["settled_amount"] if row["settled_amount"] is not None else zero
+    proven = {key: latest[key] if latest else empty for key, empty in _PROOF_FIELDS.items()}
     return web.json_response({
         "stream_viewer_id": row["id"],
         "stream_id": row["stream_id"],
@@ -128,37 +141,58 @@ async def receipt(request: web.Request) -> web.Response:
         "status": row["status"] or "pending",
         "active": bool(row["is_active"]),
         # The latest completed batch that covered this charge (null before any):
-        "extrinsic_hash": latest["extrinsic_hash"] if latest else None,
-        "block_hash": latest["block_hash"] if latest else None,
-        "block_number": latest["block_number"] if latest else None,
-        "line": latest["line"] if latest else None,
-        "lines": latest["lines"] if latest else [],
-        "digest": latest["digest"] if latest else None,
-        "remark": latest["remark"] if latest else None,
+        **proven,
+        "proof_algorithm": PROOF_ALGORITHM,
         "digest_algorithm": DIGEST_ALGORITHM,
         "settlements": batches,
     })
 
 
-def _settlement_json(s: asyncpg.Record, viewer_session: str, lines: list[str]) -> dict[str, Any]:
-    digest = s["digest"]
-    # What is stored must be what the lines say: a receipt never shows lines
-    # that do not recompute to the digest on chain.
-    if batch_digest(lines) != digest or s["remark"] != REMARK_PREFIX + digest:
-        log_event(log, "receipt.digest_mismatch", logging.ERROR, settlement_id=s["id"])
+# What the receipt repeats from its latest completed batch, and their value
+# before there is one.
+_PROOF_FIELDS: dict[str, Any] = {
+    "extrinsic_hash": None, "block_hash": None, "block_number": None, "extrinsic_index": None,
+    "genesis_hash": None, "commitment": None, "line": None, "remark": None, "root": None,
+    "proof": [], "leaf_index": None, "leaf_count": None, "digest": None, "lines": []}
+
+
+def _settlement_json(s: asyncpg.Record, viewer_session: str,
+                     batch_lines: list[str]) -> dict[str, Any]:
+    """One batch as the viewer may see it: a v2 (Merkle) batch shows only the
+    viewer's own line and its path; a v1 batch can only be checked with all
+    of its lines, so they are shown as before (docs/settlement.md)."""
+    line = charge_line(viewer_session, s["amount"])
+    proof: dict[str, Any] = {"root": None, "proof": [], "leaf_index": None, "leaf_count": None,
+                             "digest": None, "lines": []}
+    if s["commitment"] == MERKLE_V2:
+        tree = MerkleTree.of(batch_lines)
+        index = tree.index_of(line)
+        proof.update(root=s["digest"], proof=tree.proof(index), leaf_index=index,
+                     leaf_count=len(tree.lines))
+        consistent = tree.root == s["digest"] and s["remark"] == merkle_remark_of(s["digest"])
+    else:
+        proof.update(digest=s["digest"], lines=sorted(batch_lines))
+        consistent = (batch_digest(batch_lines) == s["digest"]
+                      and s["remark"] == REMARK_PREFIX + s["digest"])
+    # What is stored must be what the lines say: a receipt never shows a proof
+    # that does not lead to the commitment on chain.
+    if not consistent:
+        log_event(log, "receipt.commitment_mismatch", logging.ERROR, settlement_id=s["id"],
+                  commitment=s["commitment"])
     return {
         "settlement_id": s["id"],
         "status": s["status"],
         "amount": format_amount(s["amount"]),
-        "line": charge_line(viewer_session, s["amount"]),
+        "line": line,
+        "commitment": s["commitment"],
         "extrinsic_hash": s["extrinsic_hash"],
         "nonce": s["nonce"],
         "block_hash": s["block_hash"],
         "block_number": s["block_number"],
         "extrinsic_index": s["extrinsic_index"],
+        "genesis_hash": s["genesis_hash"],
         "error": s["error"],
-        "lines": lines,
-        "digest": digest,
+        **proof,
         "remark": s["remark"],
         "created_at": _iso(s["created_at"]),
         "finalized_at": _iso(s["finalized_at"]),

@@ -20,7 +20,7 @@ from aiohttp.typedefs import Handler
 
 from vilokanam.logs import log_event
 
-log = logging.getLogger("vilokanam.signaling")
+log = logging.getLogger(__name__)
 
 # Codes for errors aiohttp raises itself; everything else has its own code.
 _CODE_BY_STATUS = {

@@ -20,18 +20,21 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from sfu.events import peer_channel, stream_channel
+from routing.channels import peer_channel, stream_channel
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
 from vilokanam.metering import LIVE_CHANNEL
 
-log = logging.getLogger("vilokanam.signaling.events")
+log = logging.getLogger(__name__)
 
 # The channel names are the workers' (sfu/events.py, vilokanam/metering.py).
 # A worker's live tick message carries every viewer it billed that second:
 # {peer_id: {"seconds", "cost"}}; it is split here into one "tick" event per
 # peer channel, so a websocket hears only its own.
-PATTERNS = (stream_channel("*"), peer_channel("*"), LIVE_CHANNEL)
+# USERS_CHANNEL: per-user events between signaling servers (a suspension).
+USERS_CHANNEL = "vk:users:events"
+PATTERNS = (stream_channel("*"), peer_channel("*"), LIVE_CHANNEL, USERS_CHANNEL)
+_STREAM_PREFIX, _STREAM_SUFFIX = stream_channel("*").split("*")
 RETRY_S = 1.0
 # get_message wakes up this often, so redis-py's health check PINGs an idle
 # connection and a dead one is noticed.
@@ -47,6 +50,7 @@ class EventHub:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
         self._listeners: dict[str, set[Listener]] = {}
+        self._every_stream: set[Listener] = set()  # hear every stream's events
         self._pubsub: Any = None  # redis.asyncio.client.PubSub, once started
         self._task: asyncio.Task[None] | None = None
 
@@ -59,6 +63,13 @@ class EventHub:
             listeners.discard(listener)
             if not listeners:
                 del self._listeners[channel]
+
+    def add_every_stream(self, listener: Listener) -> None:
+        """`listener` hears the events of every stream (e.g. each go-live)."""
+        self._every_stream.add(listener)
+
+    def remove_every_stream(self, listener: Listener) -> None:
+        self._every_stream.discard(listener)
 
     @property
     def channels(self) -> int:
@@ -111,11 +122,12 @@ class EventHub:
                     self.dispatch(channel, message["data"])
 
     def dispatch(self, channel: str, data: bytes | str) -> None:
-        if channel not in self._listeners:
+        every = self._every_stream if _is_stream_channel(channel) else set()
+        if channel not in self._listeners and not every:
             return
         event = _decode(channel, data)
         if event is not None:
-            self._deliver(channel, event)
+            self._deliver(channel, event, every)
 
     def dispatch_ticks(self, data: bytes | str) -> None:
         ticks = _decode(LIVE_CHANNEL, data) or {}
@@ -124,8 +136,9 @@ class EventHub:
             if channel in self._listeners and isinstance(tick, dict):
                 self._deliver(channel, {"type": "tick", **tick})
 
-    def _deliver(self, channel: str, event: dict[str, Any]) -> None:
-        listeners = self._listeners.get(channel, set())
+    def _deliver(self, channel: str, event: dict[str, Any],
+                 every: set[Listener] | None = None) -> None:
+        listeners = self._listeners.get(channel, set()) | (every or set())
         for listener in tuple(listeners):  # a listener may unregister itself
             try:
                 listener.on_event(channel, event)
@@ -143,6 +156,10 @@ def _decode(channel: str, data: bytes | str) -> dict[str, Any] | None:
         log_event(log, "events.bad_event", logging.WARNING, channel=channel)
         return None
     return event
+
+
+def _is_stream_channel(channel: str) -> bool:
+    return channel.startswith(_STREAM_PREFIX) and channel.endswith(_STREAM_SUFFIX)
 
 
 def _text(value: bytes | str) -> str:

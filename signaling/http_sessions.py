@@ -27,7 +27,6 @@ needs is in Redis."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -39,16 +38,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from sfu.events import peer_channel
-from sfu.registry import stream_worker_key, worker_key
-from signaling.events import EVENTS, EventHub
+from routing.channels import peer_channel
+from routing.registry import stream_worker_key, worker_key
+from signaling.events import EVENTS, USERS_CHANNEL, EventHub
 from signaling.sdpfrag import IceCredentials
-from signaling.sfu_client import PeerRef
+from signaling.sfu_client import SFU_CLIENT, PeerGone, PeerRef, SfuClient, SfuError
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
-from vilokanam.tasks import TaskOwner
+from vilokanam.tasks import TaskOwner, run_forever
 
-log = logging.getLogger("vilokanam.signaling.http_sessions")
+log = logging.getLogger(__name__)
 
 INDEX_KEY = "vk:http_sessions"
 _ORPHANS_PER_PASS = 500  # bounds one refresh's work; the rest wait for the next
@@ -85,13 +84,14 @@ class HttpSession:
     peer_id: str
     etag: str  # a strong entity-tag: the ICE session (RFC 9725 section 4.3.1)
     credentials: IceCredentials  # the client's, from its offer
+    user_id: str = ""  # the viewer (WHEP) or the stream's creator (WHIP): a suspension ends it
 
     @classmethod
     def new(cls, kind: Kind, stream_id: str, worker_id: str, peer: PeerRef,
-            credentials: IceCredentials) -> HttpSession:
+            credentials: IceCredentials, user_id: str = "") -> HttpSession:
         # 192 random bits: the resource URL is the capability to end the session.
         return cls(secrets.token_urlsafe(24), kind, stream_id, worker_id, peer.control_url,
-                   peer.peer_id, f'"{secrets.token_urlsafe(12)}"', credentials)
+                   peer.peer_id, f'"{secrets.token_urlsafe(12)}"', credentials, user_id)
 
     @property
     def peer(self) -> PeerRef:
@@ -105,7 +105,8 @@ class HttpSession:
         return {"kind": self.kind.value, "stream_id": self.stream_id,
                 "worker_id": self.worker_id, "control_url": self.control_url,
                 "peer_id": self.peer_id, "etag": self.etag,
-                "ice_ufrag": self.credentials.ufrag or "", "ice_pwd": self.credentials.pwd or ""}
+                "ice_ufrag": self.credentials.ufrag or "", "ice_pwd": self.credentials.pwd or "",
+                "user_id": self.user_id}
 
     @classmethod
     def from_redis(cls, resource_id: str, raw: dict[Any, Any]) -> HttpSession | None:
@@ -114,7 +115,8 @@ class HttpSession:
             return cls(resource_id, Kind(fields["kind"]), fields["stream_id"],
                        fields["worker_id"], fields["control_url"], fields["peer_id"],
                        fields["etag"], IceCredentials(fields.get("ice_ufrag") or None,
-                                                      fields.get("ice_pwd") or None))
+                                                      fields.get("ice_pwd") or None),
+                       fields.get("user_id", ""))
         except (KeyError, ValueError):
             return None  # not ours, or written by a future version: treat as absent
 
@@ -203,9 +205,11 @@ class SessionKeeper:
     An EventHub listener: `on_event` must not block, so the drops it decides
     on run as tasks it owns."""
 
-    def __init__(self, store: SessionStore, hub: EventHub, timing: Timing) -> None:
+    def __init__(self, store: SessionStore, hub: EventHub, timing: Timing,
+                 sfu: SfuClient | None = None) -> None:
         self.store = store
         self._hub = hub
+        self._sfu = sfu  # to end the peers of a suspended user
         self._timing = timing
         self._kept: dict[str, HttpSession] = {}  # by resource id
         self._by_channel: dict[str, str] = {}  # peer channel -> resource id
@@ -241,6 +245,10 @@ class SessionKeeper:
         return dropped
 
     def on_event(self, channel: str, event: dict[str, Any]) -> None:
+        if channel == USERS_CHANNEL:
+            if event.get("type") == "suspended":
+                self._end_sessions_of(str(event.get("user_id")))
+            return
         resource_id = self._by_channel.get(channel)
         session = self._kept.get(resource_id) if resource_id is not None else None
         if session is None or event.get("type") != "peer_closed":
@@ -248,23 +256,36 @@ class SessionKeeper:
         self.forget(session.resource_id)  # at once: nothing else of it reaches us
         self._tasks.spawn(self.drop(session, f"peer_closed:{event.get('reason')}"), "drop")
 
+    def _end_sessions_of(self, user_id: str) -> None:
+        """A suspended user's WHIP/WHEP sessions kept here end at once (every
+        session is kept by some server, so every server doing this ends all)."""
+        for session in [s for s in self._kept.values() if user_id and s.user_id == user_id]:
+            self.forget(session.resource_id)
+            self._tasks.spawn(self._end(session, "suspended"), "suspended")
+
+    async def _end(self, session: HttpSession, reason: str) -> None:
+        if self._sfu is not None:
+            try:
+                await self._sfu.close_peer(session.peer)
+            except (PeerGone, SfuError):
+                pass  # gone already, or its worker is (the refresh drops it then)
+        await self.drop(session, reason)
+
     def start(self) -> None:
+        self._hub.add(USERS_CHANNEL, self)
         self._tasks.spawn(self._run(), "refresh")
 
     async def stop(self) -> None:
         """This server stops keeping its sessions; they stay in Redis for
         another signaling server to adopt (their peers live on the workers)."""
+        self._hub.remove(USERS_CHANNEL, self)
         for resource_id in list(self._kept):
             self.forget(resource_id)
         await self._tasks.close()
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._timing.refresh_s)
-            try:
-                await self.refresh()
-            except (aioredis.RedisError, OSError) as exc:
-                log_event(log, "http_session.refresh_failed", logging.WARNING, error=repr(exc))
+        await run_forever("http_session.keeper", self.refresh, every=self._timing.refresh_s,
+                          failure_event="http_session.refresh_failed")
 
     async def refresh(self) -> None:
         """One pass: refresh what we keep, adopt orphans, drop what lost its
@@ -291,7 +312,8 @@ KEEPER = web.AppKey("http_session_keeper", SessionKeeper)
 async def sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     """Append after `events_ctx`: the keeper listens through the EventHub."""
     timing = TIMING
-    keeper = SessionKeeper(SessionStore(app[BACKENDS].redis, timing), app[EVENTS], timing)
+    keeper = SessionKeeper(SessionStore(app[BACKENDS].redis, timing), app[EVENTS], timing,
+                           app[SFU_CLIENT])
     app[KEEPER] = keeper
     keeper.start()
     try:

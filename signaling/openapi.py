@@ -22,6 +22,8 @@ _PAGING = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minim
                                                         "maximum": 200, "default": 50}},
            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
                                                          "default": 0}}]
+_ACCOUNT = {"name": "account", "in": "path", "required": True,
+            "schema": {"type": "string", "description": "SS58 address (any prefix)"}}
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 _SDP = "application/sdp"
 _TRICKLE = "application/trickle-ice-sdpfrag"
@@ -64,6 +66,16 @@ _BOOL: Schema = {"type": "boolean"}
 _AMOUNT: Schema = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}
 _TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
 
+_HEX: Schema = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+# A receipt's proof of one batch: merkle-v2 fills root/proof/leaf_*; a digest-v1
+# batch (made before Merkle roots) fills digest/lines, the whole batch's lines.
+_PROOF: dict[str, Schema] = {
+    "root": {"type": ["string", "null"], "description": "the batch's Merkle root (hex)"},
+    "proof": {"type": "array", "items": _HEX,
+              "description": "sibling hashes from the leaf up (RFC 9162 inclusion path)"},
+    "leaf_index": _NINT, "leaf_count": _NINT, "digest": _NSTR,
+    "lines": {"type": "array", "items": _STR, "description": "digest-v1 batches only"}}
+
 _SCHEMAS: dict[str, Schema] = {
     "Error": _obj({"error": _obj({"code": _STR, "message": _STR})}),
     "AccountRequest": _obj({"account": {"type": "string", "description": "SS58 address"}}),
@@ -74,13 +86,28 @@ _SCHEMAS: dict[str, Schema] = {
     "Token": _obj({"token": _STR, "user_id": {"type": "string", "format": "uuid"},
                    "account": _STR}),
     "CreateStreamRequest": _obj({"title": {"type": "string", "minLength": 1, "maxLength": 255},
-                                 "price_per_second": {"type": ["string", "number"]}},
+                                 "price_per_second": {"type": ["string", "number"]},
+                                 "category": {"type": "string",
+                                              "description": "a category's id or name"},
+                                 "require_signed_receipts": {
+                                     "type": "boolean", "default": False,
+                                     "description": "admit only viewers who sign delivery "
+                                                    "receipts (docs/protocol.md)"},
+                                 "record": {"type": "boolean", "default": True}},
                                 required=["title"]),
     "Stream": _obj({"id": {"type": "string", "format": "uuid"}, "title": _STR,
                     "status": {"enum": ["pending", "live", "ended", "archived"]},
                     "creator_account": _STR, "price_per_second": _AMOUNT,
-                    "viewer_count": _INT, "total_ticks": _INT, "start_time": _TIME,
-                    "end_time": _TIME, "watch_url": _STR, "whep_url": _STR}),
+                    "require_signed_receipts": _BOOL, "viewer_count": _INT,
+                    "total_ticks": _INT, "start_time": _TIME,
+                    "end_time": _TIME, "watch_url": _STR, "whep_url": _STR,
+                    "category_id": {"type": ["string", "null"], "format": "uuid"},
+                    "category": _NSTR, "record": _BOOL,
+                    "recording_video_id": {"type": ["string", "null"], "description":
+                                           "the last ended session's recording (a video)"}},
+                   required=["id", "title", "status", "creator_account", "price_per_second",
+                             "viewer_count", "total_ticks", "start_time", "end_time",
+                             "watch_url", "whep_url"]),
     "CreatedStream": {"allOf": [_ref("Stream"), _obj({
         "stream_key": {"type": "string", "description": "shown once; stored as SHA-256"},
         "whip_url": _STR, "publish_url": _STR})]},
@@ -110,19 +137,39 @@ _SCHEMAS: dict[str, Schema] = {
                          "token_decimals": _INT, "price_default": _AMOUNT,
                          "platform_fee": _AMOUNT}),
     "Settlement": _obj({"settlement_id": _STR, "status": _STR, "amount": _AMOUNT,
-                        "line": _STR, "extrinsic_hash": _NSTR, "nonce": _NINT,
+                        "line": _STR, "commitment": {"enum": ["merkle-v2", "digest-v1"]},
+                        "extrinsic_hash": _NSTR, "nonce": _NINT,
                         "block_hash": _NSTR, "block_number": _NINT,
-                        "extrinsic_index": _NINT, "error": _NSTR,
-                        "lines": {"type": "array", "items": _STR}, "digest": _NSTR,
-                        "remark": _NSTR, "created_at": _TIME, "finalized_at": _TIME}),
+                        "extrinsic_index": _NINT, "genesis_hash": _NSTR, "error": _NSTR,
+                        **_PROOF, "remark": _NSTR, "created_at": _TIME,
+                        "finalized_at": _TIME}),
     "Receipt": _obj({"stream_viewer_id": _STR, "stream_id": _STR, "creator_account": _STR,
                      "seconds": _INT, "price_per_second": _AMOUNT, "charge": _AMOUNT,
                      "settled": _AMOUNT, "unsettled": _AMOUNT, "status": _STR,
                      "active": _BOOL, "extrinsic_hash": _NSTR, "block_hash": _NSTR,
-                     "block_number": _NINT, "line": _NSTR,
-                     "lines": {"type": "array", "items": _STR}, "digest": _NSTR,
-                     "remark": _NSTR, "digest_algorithm": _STR,
+                     "block_number": _NINT, "extrinsic_index": _NINT, "genesis_hash": _NSTR,
+                     "commitment": {"enum": ["merkle-v2", "digest-v1", None]},
+                     "line": _NSTR, **_PROOF, "remark": _NSTR, "proof_algorithm": _STR,
+                     "digest_algorithm": _STR,
                      "settlements": {"type": "array", "items": _ref("Settlement")}}),
+    "TipRequest": _obj({"amount": {"type": ["string", "number"],
+                                   "description": "tokens > 0 in whole planck"},
+                        "message": {"type": "string", "maxLength": 500}}, required=["amount"]),
+    "Tip": _obj({"id": _STR, "payment_id": _STR, "creator_account": _STR, "amount": _AMOUNT,
+                 "message": _NSTR, "status": {"const": "pending"}, "created_at": _TIME,
+                 "balance": _AMOUNT}),
+    "OfferRequest": _obj({"price": {"type": ["string", "number"],
+                                    "description": "tokens for 30 days, whole planck"}}),
+    "Offer": _obj({"account": _STR, "price": _AMOUNT, "period_days": _INT}),
+    "NoOffer": _obj({"account": _STR, "price": {"type": "null"}}),
+    "Subscription": _obj({"id": _STR, "payment_id": _STR, "creator_account": _STR,
+                          "price": _AMOUNT, "starts_at": _TIME, "ends_at": _TIME,
+                          "status": {"const": "pending"}, "balance": _AMOUNT}),
+    "SubscriptionPeriod": _obj({"id": _STR, "creator_account": _STR, "price": _AMOUNT,
+                                "starts_at": _TIME, "ends_at": _TIME, "current": _BOOL,
+                                "status": _STR}),
+    "Subscriptions": _obj({"subscriptions": {"type": "array",
+                                             "items": _ref("SubscriptionPeriod")}}),
     "Health": _obj({"status": {"const": "ok"}, "role": _STR}),
     "Readiness": _obj({"ready": _BOOL, "role": _STR,
                        "checks": {"type": "object", "additionalProperties": _BOOL}}),
@@ -135,6 +182,7 @@ _RESPONSES: dict[str, Schema] = {
         "Forbidden": "the stream belongs to another creator (`forbidden`)",
         "NotFound": "no such resource",
         "PayloadTooLarge": "the body is over 64 KiB",
+        "PaymentRequired": "the live balance does not cover it (`insufficient_funds`)",
         "TooManyRequests": "rate limited",
         "InternalError": "internal server error",
         "Unavailable": "a backing store or worker is not answering (`Retry-After`)",
@@ -173,6 +221,10 @@ def _api_paths() -> dict[str, Schema]:
                 "400": _error("BadRequest")},
                 parameters=[{"name": "status", "in": "query", "schema": {
                     "enum": ["pending", "live", "ended", "archived"]}},
+                    {"name": "category", "in": "query", "schema": _STR,
+                     "description": "a category's id or name"},
+                    {"name": "creator", "in": "query", "schema": _STR,
+                     "description": "the creator's account"},
                     {"name": "q", "in": "query", "description":
                      "search: a substring of the title or the creator's username "
                      "(case-insensitive), or the creator's account in any SS58 prefix",
@@ -213,6 +265,36 @@ def _api_paths() -> dict[str, Schema]:
         "/api/me/earnings": {"get": _op("The caller's earnings as a creator", {
             "200": _json(_ref("Earnings"), "earnings"), "401": _error("Unauthorized")},
             security=_BEARER)},
+        "/api/users/{account}/tips": {"post": _op(
+            "Tip a creator from the caller's balance (settled in the next batch)", {
+                "201": _json(_ref("Tip"), "the tip, out of the live balance already"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized"),
+                "402": _error("PaymentRequired"), "404": _error("NotFound"),
+                "413": _error("PayloadTooLarge")},
+            parameters=[_ACCOUNT], requestBody=_body(_ref("TipRequest")), security=_BEARER)},
+        "/api/users/{account}/subscription": {"post": _op(
+            "Buy the creator's 30-day subscription (extends a running one); the "
+            "subscriber watches their streams at price 0", {
+                "201": _json(_ref("Subscription"), "the period bought"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized"),
+                "402": _error("PaymentRequired"), "404": _error("NotFound")},
+            parameters=[_ACCOUNT], security=_BEARER)},
+        "/api/users/{account}/subscription-offer": {"get": _op(
+            "The creator's subscription offer", {
+                "200": _json(_ref("Offer"), "the offer"), "400": _error("BadRequest"),
+                "404": _error("NotFound")}, parameters=[_ACCOUNT])},
+        "/api/me/subscription-offer": {
+            "put": _op("Offer a 30-day subscription at a price (creators only)", {
+                "200": _json(_ref("Offer"), "the offer"), "400": _error("BadRequest"),
+                "401": _error("Unauthorized"), "403": _error("Forbidden"),
+                "413": _error("PayloadTooLarge")},
+                requestBody=_body(_ref("OfferRequest")), security=_BEARER),
+            "delete": _op("Stop offering (periods bought run to their end)", {
+                "200": _json(_ref("NoOffer"), "no offer"), "401": _error("Unauthorized")},
+                security=_BEARER)},
+        "/api/me/subscriptions": {"get": _op("The caller's subscription periods", {
+            "200": _json(_ref("Subscriptions"), "newest first"),
+            "401": _error("Unauthorized")}, security=_BEARER)},
         "/api/billing/info": {"get": _op("Where and how to deposit", {
             "200": _json(_ref("BillingInfo"), "billing parameters")})},
         "/api/receipts/{stream_viewer_id}": {"get": _op("A viewing session's receipt", {
@@ -243,6 +325,8 @@ def _session_front(kind: str, who: str) -> dict[str, Schema]:
             "parameters": [_STREAM_ID],
             "post": _op(f"Start a session with an SDP offer ({who})", {
                 "201": _sdp("the SDP answer; `Location`, `ETag`, `Link` ICE servers"),
+                "400": _json(_ERROR_REF, "the body is empty, not UTF-8, or not an SDP offer "
+                                         "(`bad_sdp`)"),
                 "413": _error("PayloadTooLarge"), **status_errors},
                 requestBody={"required": True, "content": {_SDP: {"schema": _STR}}},
                 security=_BEARER),
@@ -253,6 +337,7 @@ def _session_front(kind: str, who: str) -> dict[str, Schema]:
             "parameters": [_STREAM_ID, _RESOURCE_ID],
             "patch": _op("Trickle ICE candidates (`If-Match: <ETag>`)", {
                 "204": {"description": "candidates applied"}, "400": _error("BadRequest"),
+                "413": _error("PayloadTooLarge"),
                 "404": _error("NotFound"), "412": _json(_ERROR_REF, "ETag mismatch"),
                 "428": _json(_ERROR_REF, "no If-Match"),
                 "415": _json(_ERROR_REF, f"not {_TRICKLE}"),
@@ -297,17 +382,159 @@ def _other_paths() -> dict[str, Schema]:
     }
 
 
+_VIDEO_ID = {"name": "video_id", "in": "path", "required": True,
+             "schema": {"type": "string", "format": "uuid"}}
+_SIGNED = [{"name": n, "in": "query", "required": True, "schema": _STR}
+           for n in ("view", "exp", "sig")]
+_VIDEO_SCHEMAS: dict[str, Schema] = {
+    "VideoVersion": _obj({"resolution": _STR, "bitrate": _NINT, "file_size": _NINT,
+                          "width": _NINT, "height": _NINT, "ipfs_hash": _NSTR,
+                          "url": {"type": "string", "description":
+                                  "the rendition's playlist; plays only signed for a view"}}),
+    "VideoMetadata": _obj({"format": _NSTR, "codec": _NSTR, "audio_codec": _NSTR,
+                           "frame_rate": {"type": ["string", "null"]},
+                           "aspect_ratio": _NSTR, "tags": {"type": "array", "items": _STR}}),
+    "Video": _obj({
+        "id": {"type": "string", "format": "uuid"}, "title": _STR,
+        "status": {"enum": ["uploading", "processing", "ready", "failed", "archived"]},
+        "failure_reason": _NSTR, "creator_account": _STR, "duration": _NINT, "width": _NINT,
+        "height": _NINT, "file_size": _NINT, "view_count": _INT, "like_count": _INT,
+        "comment_count": _INT, "price_per_second": {"type": ["string", "null"]},
+        "thumbnail_url": _NSTR, "ipfs_hash": _NSTR, "source_stream_id": _NSTR,
+        "tags": {"type": "array", "items": _STR}, "published_at": _TIME,
+        "created_at": _TIME, "metadata": _ref("VideoMetadata"),
+        "versions": {"type": "array", "items": _ref("VideoVersion")},
+        "processing": _obj({"job_id": _STR, "status": _STR, "progress": _AMOUNT,
+                            "stage": _NSTR, "attempts": _INT}),
+        "upload": _obj({"length": _INT, "offset": _INT})},
+        required=["id", "title", "status", "creator_account", "metadata"]),
+    "VideoList": _obj({"videos": {"type": "array", "items": _ref("Video")},
+                       "limit": _INT, "offset": _INT}),
+    "CreatedVideo": _obj({"id": _STR, "status": _STR, "url": _STR, "upload_url": _STR},
+                         required=["id", "status"]),
+    "VideoView": _obj({"view_id": _STR, "video_id": _STR, "playlist_url": _STR,
+                       "expires_at": _INT, "price_per_second": _AMOUNT}),
+    "VideoViewStatus": _obj({"view_id": _STR, "seconds": _INT, "cost": _AMOUNT,
+                             "billed_seconds": _INT, "billed_cost": _AMOUNT,
+                             "watch_completion": _AMOUNT, "cut_off": _BOOL,
+                             "price_per_second": _AMOUNT}),
+}
+
+
+def _video_paths() -> dict[str, Schema]:
+    video = _json(_ref("Video"), "the video")
+    m3u8 = {"description": "an HLS playlist, every URL in it signed for the same view",
+            "content": {"application/vnd.apple.mpegurl": {"schema": _STR}}}
+    signed_errors = {"403": _json(_ERROR_REF, "not signed for this view, expired "
+                                              "(`playback_expired`) or cut off "
+                                              "(`insufficient_funds`)"),
+                     "404": _error("NotFound")}
+    tus = {"name": "Tus-Resumable", "in": "header", "required": True,
+           "schema": {"const": "1.0.0"}}
+    return {
+        "/api/videos": {
+            "post": _op("Upload a video: the file as the body (Content-Type video/*, "
+                        "`?title=`, `?tags=a,b`), or a tus 1.0 creation (`Tus-Resumable`, "
+                        "`Upload-Length`, `Upload-Metadata`)", {
+                "201": _json(_ref("CreatedVideo"), "stored; processing (tus: uploading, "
+                                                   "`Location` is the upload URL)"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized"),
+                "412": _json(_ERROR_REF, "another tus version"),
+                "413": _json(_ERROR_REF, "over VILOKANAM_UPLOAD_MAX_BYTES, refused before "
+                                         "the body is read past it"),
+                "415": _json(_ERROR_REF, "not video/*")},
+                security=_BEARER, parameters=[
+                    {"name": "title", "in": "query", "schema": _STR},
+                    {"name": "tags", "in": "query", "schema": _STR}],
+                requestBody={"required": True, "content": {"video/*": {"schema": {
+                    "type": "string", "format": "binary"}}}}),
+            "options": _op("tus discovery (`Tus-Version`, `Tus-Max-Size`)", {
+                "204": {"description": "tus 1.0.0, creation"}}),
+            "get": _op("Ready videos, newest first", {
+                "200": _json(_ref("VideoList"), "videos"), "400": _error("BadRequest")},
+                parameters=[*_PAGING, {"name": "creator", "in": "query", "schema": _STR},
+                            {"name": "category", "in": "query", "schema": _STR}]),
+        },
+        "/api/videos/{video_id}": {
+            "get": _op("One video, with versions and metadata (any status but archived)", {
+                "200": video, "400": _error("BadRequest"), "404": _error("NotFound")},
+                parameters=[_VIDEO_ID]),
+            "patch": _op("The creator changes title, tags or price", {
+                "200": video, **_OWNED_ERRORS}, security=_BEARER, parameters=[_VIDEO_ID],
+                requestBody=_body(_obj({"title": _STR, "tags": {"type": "array",
+                                                                 "items": _STR},
+                                        "price_per_second": {"type": ["string", "number"]}},
+                                       required=[]))),
+        },
+        "/api/videos/{video_id}/upload": {
+            "head": _op("tus: the upload's offset", {
+                "200": {"description": "`Upload-Offset`, `Upload-Length`"}, **_OWNED_ERRORS},
+                security=_BEARER, parameters=[_VIDEO_ID, tus]),
+            "patch": _op("tus: append at `Upload-Offset` "
+                         "(application/offset+octet-stream)", {
+                "204": {"description": "stored; the new `Upload-Offset`"}, **_OWNED_ERRORS,
+                "409": _json(_ERROR_REF, "`offset_mismatch`, `upload_complete`, "
+                                         "`upload_busy`"),
+                "413": _json(_ERROR_REF, "past Upload-Length"),
+                "415": _json(_ERROR_REF, "wrong Content-Type")},
+                security=_BEARER, parameters=[_VIDEO_ID, tus]),
+        },
+        "/api/videos/{video_id}/thumbnail.jpg": {"get": _op("The thumbnail", {
+            "200": {"description": "JPEG", "content": {"image/jpeg": {"schema": _STR}}},
+            "400": _error("BadRequest"), "404": _error("NotFound")}, parameters=[_VIDEO_ID])},
+        "/api/videos/{video_id}/views": {"post": _op(
+            "Start a paid view: an HLS master playlist signed for it (HMAC, expiring); "
+            "each second delivered is billed once", {
+                "201": _json(_ref("VideoView"), "the view"), "400": _error("BadRequest"),
+                "401": _error("Unauthorized"), "404": _error("NotFound"),
+                "402": _json(_ERROR_REF, "the balance cannot pay 10 s (`insufficient_funds`)"),
+                "409": _json(_ERROR_REF, "the video is not ready (`video_not_ready`)")},
+            security=_BEARER, parameters=[_VIDEO_ID])},
+        "/api/videos/{video_id}/views/{view_id}": {"get": _op(
+            "The caller's view: seconds delivered and their cost", {
+                "200": _json(_ref("VideoViewStatus"), "the view"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized"),
+                "404": _error("NotFound")}, security=_BEARER,
+            parameters=[_VIDEO_ID, {"name": "view_id", "in": "path", "required": True,
+                                    "schema": {"type": "string", "format": "uuid"}}])},
+        "/vod/{video_id}/master.m3u8": {"get": _op("A view's master playlist", {
+            "200": m3u8, **signed_errors}, parameters=[_VIDEO_ID, *_SIGNED])},
+        "/vod/{video_id}/{resolution}/index.m3u8": {"get": _op("A rendition's playlist", {
+            "200": m3u8, **signed_errors}, parameters=[
+                _VIDEO_ID, {"name": "resolution", "in": "path", "required": True,
+                            "schema": _STR}, *_SIGNED])},
+        "/vod/{video_id}/{resolution}/{segment}": {"get": _op(
+            "A segment (MPEG-TS; range requests): its seconds are billed once per view", {
+                "200": {"description": "video/mp2t"}, "206": {"description": "a range"},
+                "416": {"description": "a range past the end"}, **signed_errors}, parameters=[
+                _VIDEO_ID, {"name": "resolution", "in": "path", "required": True,
+                            "schema": _STR},
+                {"name": "segment", "in": "path", "required": True, "schema": _STR},
+                *_SIGNED])},
+        "/video/{video_id}": {"get": _op("The video page (HLS player, seconds and cost)", {
+            "200": {"description": "HTML page", "content": {"text/html": {"schema": _STR}}},
+            "404": _error("NotFound")}, parameters=[_VIDEO_ID])},
+    }
+
+
 def openapi_document() -> dict[str, Any]:
+    # Imported here: the community part is built from this module's helpers.
+    from signaling.community.openapi import COMMUNITY_SCHEMAS, community_paths
+
+    paths = _api_paths()
+    for path, item in community_paths().items():  # PATCH /api/me joins GET /api/me
+        paths[path] = {**paths.get(path, {}), **item}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Vilokanam signaling", "version": "0.1.0",
                  "description": "Pay-per-second live streaming: REST API, WHIP/WHEP, "
                                 "websocket signaling, health. Every error is "
                                 '`{"error": {"code", "message"}}`.'},
-        "paths": {**_api_paths(), **_session_front("whip", "Bearer = the stream key"),
-                  **_session_front("whep", "Bearer = a viewer token"), **_other_paths()},
+        "paths": {**paths, **_session_front("whip", "Bearer = the stream key"),
+                  **_session_front("whep", "Bearer = a viewer token"), **_other_paths(),
+                  **_video_paths()},
         "components": {
-            "schemas": _SCHEMAS, "responses": _RESPONSES,
+            "schemas": {**_SCHEMAS, **COMMUNITY_SCHEMAS, **_VIDEO_SCHEMAS}, "responses": _RESPONSES,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "a viewer token from /api/auth/verify "
                                                           "(WHIP: the stream key)"}}},

@@ -3,7 +3,8 @@
 | path | page |
 |---|---|
 | `/` | home: live streams by viewer count, search by title or creator (`?q=`) |
-| `/watch/{stream_id}` | the live watch page: player, viewers, seconds and cost, balance |
+| `/watch/{stream_id}` | live: player, viewers, seconds and cost, balance, signed receipts |
+| `/video/{video_id}` | a ready video: a paid view played with hls.js, seconds watched and cost |
 | `/publish/{stream_id}` | one stream in the studio: go live, key, WHIP settings, stats |
 | `/studio` | the creator's studio: create a stream, their streams, earnings and payouts |
 | `/wallet` | balance, deposit to the escrow with a wallet extension, sessions, receipts |
@@ -13,7 +14,8 @@ page gets its configuration (ICE servers, dev mode, chain RPC, ids) as JSON in
 `<script type="application/json" id="vk-config">`, so the browser never falls
 back to a public STUN host and nothing secret is in a URL. Scripts are ES
 modules under /static/js/ (no build step), plus the committed @polkadot/api
-bundle in /static/vendor/ that only the wallet page imports."""
+bundle in /static/vendor/ that only the wallet page imports, and hls.js
+(/static/hls.light.min.js, copied from web/) that only the video page loads."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from signaling.state import SETTINGS
 from vilokanam.accounts import canonical_account
 from vilokanam.backends import BACKENDS
 from vilokanam.config import Settings
+from vilokanam.money import format_amount
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 STATIC_DIR = PACKAGE_DIR / "static"
@@ -108,8 +111,8 @@ def render(request: web.Request, template: str, page: str, status: int = 200,
     return response
 
 
-def not_found_page(request: web.Request) -> web.Response:
-    return render(request, "not_found.html", "not-found", status=404)
+def not_found_page(request: web.Request, what: str = "stream") -> web.Response:
+    return render(request, "not_found.html", "not-found", status=404, what=what)
 
 
 async def _stream_row(request: web.Request) -> dict[str, Any] | None:
@@ -157,6 +160,23 @@ async def wallet_page(request: web.Request) -> web.Response:
     return render(request, "wallet.html", "wallet")
 
 
+async def video_page(request: web.Request) -> web.Response:
+    """A ready video: a paid view played with hls.js (js/pages/video.js)."""
+    video_id = stream_id_or_none(request.match_info["video_id"])
+    row = None
+    if video_id is not None:
+        row = await request.app[BACKENDS].pg.fetchrow(
+            "SELECT v.id::text AS id, v.title, v.price_per_second, "
+            "COALESCE(v.view_count, 0) AS views, u.account_id AS creator_account "
+            "FROM videos v JOIN users u ON u.id = v.creator_id "
+            "WHERE v.id = $1::uuid AND v.status = 'ready'", video_id)
+    if row is None:
+        return not_found_page(request, "video")
+    price = row["price_per_second"] or request.app[SETTINGS].price_default
+    return render(request, "video.html", "video", video=dict(row),
+                  price=format_amount(price), config={"videoId": row["id"]})
+
+
 def add_page_routes(app: web.Application) -> None:
     settings = app[SETTINGS]
     env = aiohttp_jinja2.setup(
@@ -174,4 +194,5 @@ def add_page_routes(app: web.Application) -> None:
     app.router.add_get("/publish/{stream_id}", publish_page)
     app.router.add_get("/studio", studio_page)
     app.router.add_get("/wallet", wallet_page)
+    app.router.add_get("/video/{video_id}", video_page)
     app.router.add_static("/static/", STATIC_DIR)

@@ -32,6 +32,12 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     STREAM_NOT_LIVE = "stream_not_live"
     INSUFFICIENT_FUNDS = "insufficient_funds"
+    SUSPENDED = "suspended"
+    # viewer-signed delivery receipts (signaling/delivery_receipts.py)
+    RECEIPTS_REQUIRED = "receipts_required"
+    DELEGATION_REFUSED = "delegation_refused"
+    RECEIPT_REFUSED = "receipt_refused"
+    RECEIPTS_STOPPED = "receipts_stopped"
     # placement and the SFU worker
     NO_CAPACITY = "no_capacity"
     ALREADY_LIVE = "already_live"
@@ -76,6 +82,7 @@ class Watch:
     stream_id: str
     token: str
     sdp: str
+    delegation: Any = None  # the raw `delegation` object, checked by delivery_receipts
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,39 @@ class Leave:
     pass
 
 
-ClientMessage = Publish | Watch | Candidate | Leave
+@dataclass(frozen=True)
+class ReceiptMessage:
+    data: dict[str, Any]  # checked by delivery_receipts.parse_receipt
+
+
+@dataclass(frozen=True)
+class Auth:
+    """Sign the connection in (chat, follow alerts) without watching."""
+
+    token: str
+
+
+@dataclass(frozen=True)
+class ChatJoin:
+    stream_id: str
+
+
+@dataclass(frozen=True)
+class ChatLeave:
+    pass
+
+
+@dataclass(frozen=True)
+class ChatSend:
+    stream_id: str
+    content: Any  # checked by the chat itself, as for REST (400-style codes)
+    parent_id: Any
+    ref: str | None  # echoed in chat_sent, so a client can match its message
+
+
+ClientMessage = (Publish | Watch | Candidate | Leave | Auth | ChatJoin | ChatLeave | ChatSend
+                 | ReceiptMessage)
+CommunityMessage = Auth | ChatJoin | ChatLeave | ChatSend
 
 
 def parse_message(text: str) -> ClientMessage:
@@ -114,11 +153,25 @@ def parse_message(text: str) -> ClientMessage:
         case "publish":
             return Publish(_stream_id(data), _text(data, "stream_key"), _text(data, "sdp"))
         case "watch":
-            return Watch(_stream_id(data), _text(data, "token"), _text(data, "sdp"))
+            return Watch(_stream_id(data), _text(data, "token"), _text(data, "sdp"),
+                         data.get("delegation"))
+        case "receipt":
+            return ReceiptMessage(data)
         case "candidate":
             return Candidate(_candidate(data))
         case "leave":
             return Leave()
+        case "auth":
+            return Auth(_text(data, "token"))
+        case "chat_join":
+            return ChatJoin(_stream_id(data))
+        case "chat_leave":
+            return ChatLeave()
+        case "chat":
+            ref = data.get("ref")
+            if ref is not None and (not isinstance(ref, str) or len(ref) > 64):
+                raise _bad("ref", "must be a string of at most 64 characters")
+            return ChatSend(_stream_id(data), data.get("content"), data.get("parent_id"), ref)
         case other:
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {other!r}")
 
@@ -190,6 +243,11 @@ def tick(seconds: int, cost: str) -> Message:
     return {"type": "tick", "seconds": seconds, "cost": cost}
 
 
+def receipt_accepted(viewer_session_id: str, seconds: int) -> Message:
+    return {"type": "receipt_accepted", "viewer_session_id": viewer_session_id,
+            "seconds": seconds}
+
+
 def stream_started() -> Message:
     return {"type": "stream_started"}
 
@@ -204,6 +262,39 @@ def left() -> Message:
 
 def error(code: ErrorCode, message: str) -> Message:
     return {"type": "error", "code": code.value, "message": message}
+
+
+def refusal(code: str, message: str, retry_after: str | None = None) -> Message:
+    """An `error` for a refusal the REST API shares (chat: `invalid_content`,
+    `chat_rate_limited` with `retry_after` seconds, `chat_closed`, ...)."""
+    body: Message = {"type": "error", "code": code, "message": message}
+    if retry_after is not None:
+        body["retry_after"] = int(retry_after)
+    return body
+
+
+def authenticated(user_id: str, account: str) -> Message:
+    return {"type": "authenticated", "user_id": user_id, "account": account}
+
+
+def chat_history(stream_id: str, messages: list[Message]) -> Message:
+    return {"type": "chat_history", "stream_id": stream_id, "messages": messages}
+
+
+def chat_left(stream_id: str | None) -> Message:
+    return {"type": "chat_left", "stream_id": stream_id}
+
+
+def chat_sent(ref: str | None, message: Message) -> Message:
+    return {"type": "chat_sent", "ref": ref, "message": message}
+
+
+def chat_message(stream_id: str, message: Message) -> Message:
+    return {"type": "chat_message", "stream_id": stream_id, "message": message}
+
+
+def chat_deleted(stream_id: str, comment_id: str) -> Message:
+    return {"type": "chat_deleted", "stream_id": stream_id, "id": comment_id}
 
 
 # The peer_closed reasons a client sees as an error code of the same name.

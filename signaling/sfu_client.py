@@ -17,7 +17,7 @@ from aiohttp import web
 from signaling.protocol import ErrorCode, IceCandidate, ProtocolError
 from vilokanam.logs import log_event
 
-log = logging.getLogger("vilokanam.signaling.sfu_client")
+log = logging.getLogger(__name__)
 
 # A publisher/viewer POST waits for the worker's ICE gathering (no STUN by
 # default, so milliseconds; a slow TURN server can take seconds).

@@ -9,11 +9,17 @@ from signaling.errors import ApiError, bad_request, unauthorized
 from signaling.state import SETTINGS
 from signaling.tokens import InvalidToken, TokenClaims, verify_token
 from vilokanam.accounts import InvalidAccount, canonical_account
+from vilokanam.backends import BACKENDS
 from vilokanam.config import Settings
-from vilokanam.users import User, find_user, get_or_create_user, make_creator
+from vilokanam.users import Standing, User, find_user, get_or_create_user, make_creator, standing_of
 
 __all__ = ["User", "canonical_or_400", "find_user", "get_or_create_user", "make_creator",
-           "require_user", "token_secret_or_503"]
+           "require_moderator", "require_user", "require_user_standing", "suspended_error",
+           "token_secret_or_503"]
+
+
+def suspended_error() -> ApiError:
+    return ApiError(403, "suspended", "this account is suspended")
 
 
 def canonical_or_400(address: object, settings: Settings) -> str:
@@ -34,9 +40,33 @@ def token_secret_or_503(settings: Settings) -> str:
 
 
 async def require_user(request: web.Request) -> TokenClaims:
-    """The claims of the request's `Authorization: Bearer <token>`, or 401.
-    Tokens are stateless (signaling/tokens.py): no database round-trip here;
-    `claims.account` is canonical because only this server issues tokens."""
+    """The claims of the request's `Authorization: Bearer <token>`, or 401;
+    403 `suspended` for a suspended user."""
+    claims, _ = await require_user_standing(request)
+    return claims
+
+
+async def require_user_standing(request: web.Request) -> tuple[TokenClaims, Standing]:
+    """The caller and its standing. Tokens are stateless (signaling/tokens.py),
+    so a suspension outlives them: one primary-key read per request refuses a
+    suspended user at once, on every server."""
+    claims = _bearer_claims(request)
+    standing = await standing_of(request.app[BACKENDS].pg, claims.user_id)
+    if standing.suspended:
+        raise suspended_error()
+    return claims, standing
+
+
+async def require_moderator(request: web.Request) -> TokenClaims:
+    """The caller, who must be a moderator (403 `not_moderator`)."""
+    claims, standing = await require_user_standing(request)
+    if not standing.is_moderator:
+        raise ApiError(403, "not_moderator", "only moderators may do this")
+    return claims
+
+
+def _bearer_claims(request: web.Request) -> TokenClaims:
+    """`claims.account` is canonical because only this server issues tokens."""
     secret = token_secret_or_503(request.app[SETTINGS])
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 
 from signaling.admission import (
     check_stream_key,
+    ensure_not_suspended,
     ensure_viewer_can_pay,
     place_publisher,
     start_publisher,
@@ -40,7 +41,7 @@ from signaling.state import SETTINGS
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
 
-log = logging.getLogger("vilokanam.signaling.whip")
+log = logging.getLogger(__name__)
 
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"
@@ -57,6 +58,7 @@ _HTTP_STATUS: dict[ErrorCode, tuple[int, int | None]] = {
     ErrorCode.BAD_CANDIDATE: (400, None),
     ErrorCode.UNAUTHORIZED: (401, None),
     ErrorCode.INSUFFICIENT_FUNDS: (402, None),
+    ErrorCode.SUSPENDED: (403, None),
     ErrorCode.STREAM_NOT_FOUND: (404, None),
     ErrorCode.ALREADY_LIVE: (409, None),
     ErrorCode.STREAM_NOT_LIVE: (409, RETRY_NOT_LIVE_S),
@@ -79,6 +81,7 @@ class Started:
     peer: PeerRef
     worker_id: str
     answer: str
+    user_id: str  # the viewer, or the stream's creator
 
 
 Start = Callable[[str], Awaitable[Started]]  # the offer -> the started peer
@@ -196,7 +199,7 @@ class SessionFront:
         except ProtocolError as err:
             raise http_error(err) from None
         session = HttpSession.new(self.kind, stream_id, started.worker_id, started.peer,
-                                  offer_credentials(offer))
+                                  offer_credentials(offer), started.user_id)
         try:
             await request.app[KEEPER].open(session)
         except BaseException:
@@ -318,14 +321,14 @@ async def admit_publisher(request: web.Request, stream_id: str) -> Start:
     websocket's `publish` checks it; the stream is placed once the offer is read."""
     app = request.app
     backends, sfu, settings = app[BACKENDS], app[SFU_CLIENT], app[SETTINGS]
-    await check_stream_key(backends, request.remote or "unknown", stream_id,
-                           bearer_token(request))
+    creator_id = await check_stream_key(backends, request.remote or "unknown", stream_id,
+                                        bearer_token(request))
 
     async def start(offer: str) -> Started:
         placement = await place_publisher(backends.redis, stream_id)
         answer = await start_publisher(sfu, backends.redis, placement, stream_id, sdp=offer,
                                        signaling_url=settings.base_url)
-        return Started(answer.peer, placement.worker.worker_id, answer.sdp)
+        return Started(answer.peer, placement.worker.worker_id, answer.sdp, creator_id)
 
     return start
 
@@ -335,13 +338,14 @@ async def admit_viewer(request: web.Request, stream_id: str) -> Start:
     exactly as for the websocket's `watch`. The worker meters the peer."""
     app = request.app
     claims = verify_viewer_token(app[SETTINGS], bearer_token(request))
+    await ensure_not_suspended(app[BACKENDS], claims.user_id)
     await ensure_viewer_can_pay(app, claims, stream_id)
     worker = await viewer_worker(app[BACKENDS].redis, stream_id)
 
     async def start(offer: str) -> Started:
         answer = await app[SFU_CLIENT].add_viewer(worker.control_url, stream_id, sdp=offer,
                                                   viewer_user_id=claims.user_id)
-        return Started(answer.peer, worker.worker_id, answer.sdp)
+        return Started(answer.peer, worker.worker_id, answer.sdp, claims.user_id)
 
     return start
 

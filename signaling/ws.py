@@ -13,31 +13,51 @@ import secrets
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from prometheus_client import Gauge
 
-from sfu.events import peer_channel, stream_channel
+from routing.channels import peer_channel, stream_channel
 from signaling import protocol
 from signaling.admission import (
     check_stream_key,
+    ensure_not_suspended,
     ensure_viewer_can_pay,
     place_publisher,
     start_publisher,
     verify_viewer_token,
     viewer_worker,
 )
+from signaling.community.chat_events import CHAT_EVENTS
+from signaling.community.ws_member import WsMember
+from signaling.delivery_receipts import (
+    Delegation,
+    SignedSession,
+    accept_receipt,
+    check_delegation,
+    parse_delegation,
+    parse_receipt,
+    receipts_stopped,
+    record_delegation,
+)
+from signaling.errors import ApiError
 from signaling.events import EVENTS
 from signaling.protocol import (
     MAX_FRAME_BYTES,
     MAX_MESSAGE_BYTES,
+    Auth,
     Candidate,
+    ChatJoin,
+    ChatLeave,
+    ChatSend,
     ErrorCode,
     Leave,
     Message,
     ProtocolError,
     Publish,
+    ReceiptMessage,
     State,
     Watch,
 )
@@ -46,7 +66,7 @@ from signaling.state import SETTINGS
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
 
-log = logging.getLogger("vilokanam.signaling.ws")
+log = logging.getLogger(__name__)
 
 WS_CONNECTIONS = Gauge("vilokanam_ws_connections", "Open websocket connections")
 
@@ -54,6 +74,7 @@ HEARTBEAT_S = 30.0  # aiohttp pings; a client that stops answering is closed
 OUTBOX_LIMIT = 256  # messages queued for a client that does not read
 HELD_LIMIT = 32  # events held while the worker has not answered yet
 ENDING_GRACE_S = 5.0  # at cleanup, for sessions still ending on their worker
+FAREWELL_S = 1.0  # a suspended client's last messages get this long to leave
 
 T = TypeVar("T")
 
@@ -81,6 +102,10 @@ class Outbox:
             return
         self._queue.put_nowait(message)
 
+    async def drained(self) -> None:
+        """Every queued message has been written (or the socket failed)."""
+        await self._queue.join()
+
     async def close(self) -> None:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
@@ -91,7 +116,15 @@ class Outbox:
             try:
                 await self._ws.send_json(message)
             except ConnectionError:
+                self._forget_queue()
                 return  # the socket is closing; the reader loop ends the connection
+            finally:
+                self._queue.task_done()
+
+    def _forget_queue(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self._queue.task_done()
 
 
 @dataclass
@@ -103,6 +136,7 @@ class Session:
     peer: PeerRef | None = None
     stream_session_id: str | None = None  # publisher: the stream_sessions id
     held: list[dict[str, Any]] = field(default_factory=list)
+    signed: SignedSession | None = None  # a viewer who signs delivery receipts
 
 
 class Connection:
@@ -119,6 +153,7 @@ class Connection:
         self._id = secrets.token_hex(4)
         self._session: Session | None = None
         self._outbox = Outbox(ws, self._on_overflow, name=f"ws-outbox-{self._id}")
+        self._member = WsMember(app, self.send, self._on_suspended)
 
     @property
     def state(self) -> State:
@@ -144,6 +179,7 @@ class Connection:
         # No `leave` came: the client's connection is gone, not its intent. A
         # publisher gets the worker's reconnect grace (it may come back within
         # 10 s and resume); a viewer simply leaves.
+        self._member.close()
         await self._hang_up(self._detach(), lost=True)
         await self._outbox.close()
 
@@ -161,6 +197,8 @@ class Connection:
                           error=repr(self._ws.exception()))
         except ProtocolError as err:
             self.send(protocol.error(err.code, err.message))
+        except ApiError as err:  # a refusal shared with the REST API (chat)
+            self.send(protocol.refusal(err.code, err.message, err.headers.get("Retry-After")))
         except Exception as exc:  # no exception may close the connection
             log_event(log, "ws.internal_error", logging.ERROR, **self._ids(), error=repr(exc),
                       traceback=traceback.format_exc())
@@ -180,12 +218,17 @@ class Connection:
                 await self._candidate(message)
             case Leave():
                 await self._leave()
+            case Auth() | ChatJoin() | ChatLeave() | ChatSend() as message:
+                await self._member.handle(message)
+            case ReceiptMessage() as message:
+                await self._receipt(message)
 
     async def _publish(self, message: Publish) -> None:
         self._require_idle("publish")
         redis = self._backends.redis
-        await check_stream_key(self._backends, self._remote, message.stream_id,
-                               message.stream_key)
+        creator_id = await check_stream_key(self._backends, self._remote, message.stream_id,
+                                            message.stream_key)
+        self._member.identify(creator_id)  # a suspension of the creator reaches this socket
         placement = await place_publisher(redis, message.stream_id)
         session = self._begin(State.PUBLISHING, message.stream_id)
         answer = await self._answered(session, start_publisher(
@@ -198,14 +241,47 @@ class Connection:
     async def _watch(self, message: Watch) -> None:
         self._require_idle("watch")
         claims = verify_viewer_token(self._settings, message.token)
+        await ensure_not_suspended(self._backends, claims.user_id)
+        self._member.identify(claims.user_id)
         await ensure_viewer_can_pay(self._request.app, claims, message.stream_id)
+        delegation = parse_delegation(message.delegation)
+        delegated = await self._check_delegation(claims.account, message.stream_id, delegation)
         worker = await viewer_worker(self._backends.redis, message.stream_id)
         session = self._begin(State.WATCHING, message.stream_id)
         answer = await self._answered(session, self._sfu.add_viewer(
             worker.control_url, message.stream_id, sdp=message.sdp,
             viewer_user_id=claims.user_id))
+        if delegation is not None and delegated is not None:
+            session.signed = await record_delegation(
+                self._backends.pg, answer.viewer_session_id, delegation, delegated)
         self._established(session, answer.peer,
                           protocol.watch_answer(answer.sdp, answer.viewer_session_id))
+
+    async def _check_delegation(self, account: str, stream_id: str,
+                                delegation: Delegation | None) -> str | None:
+        """The signed delegation's text; a stream that requires signed
+        receipts refuses a viewer without one."""
+        row = await self._backends.pg.fetchrow(
+            "SELECT price_per_second, require_signed_receipts FROM streams WHERE id = $1::uuid",
+            stream_id)
+        if row is None:
+            raise ProtocolError(ErrorCode.STREAM_NOT_FOUND, "no such stream")
+        if delegation is None:
+            if row["require_signed_receipts"]:
+                raise ProtocolError(ErrorCode.RECEIPTS_REQUIRED,
+                                    "this stream is watched only with signed receipts: send a "
+                                    "delegation with watch")
+            return None
+        return await check_delegation(delegation, account, stream_id,
+                                      Decimal(row["price_per_second"]),
+                                      self._settings.ss58_prefix)
+
+    async def _receipt(self, message: ReceiptMessage) -> None:
+        receipt = parse_receipt(message.data)
+        session = self._session
+        signed = session.signed if session is not None and session.peer is not None else None
+        seconds = await accept_receipt(self._backends.pg, signed, receipt)
+        self.send(protocol.receipt_accepted(receipt.viewer_session_id, seconds))
 
     async def _candidate(self, message: Candidate) -> None:
         session = self._session
@@ -285,6 +361,12 @@ class Connection:
         session = self._session
         if session is None:
             return
+        if event.get("type") in CHAT_EVENTS:
+            # Everyone publishing or watching hears the stream's chat; once
+            # in that chat (chat_join) the member relays it, not us (no twice).
+            if session.peer is not None and self._member.chat_stream != session.stream_id:
+                self._member.relay(event)
+            return
         if session.peer is None:
             if len(session.held) < HELD_LIMIT:
                 session.held.append(event)
@@ -301,6 +383,10 @@ class Connection:
                 self.send(protocol.stream_started())
             case "tick" if isinstance(event.get("seconds"), int):
                 self.send(protocol.tick(event["seconds"], str(event.get("cost", "0"))))
+                if session.signed is not None:
+                    session.signed.metered_seconds = event["seconds"]
+                    if receipts_stopped(session.signed):
+                        self._cut_off(session)
             case "stream_ended" if not self._is_stale(session, event):
                 self._detach()
                 self.send(protocol.stream_ended())
@@ -309,6 +395,17 @@ class Connection:
                 self.send(protocol.peer_closed(str(event.get("reason"))))
                 log_event(log, "ws.peer_closed", **self._ids(session), reason=event.get("reason"))
 
+    def _cut_off(self, session: Session) -> None:
+        """A signed viewer whose receipts stopped: billing stops at the signed
+        seconds + grace anyway; the media stops now too."""
+        assert session.signed is not None
+        log_event(log, "ws.receipts_stopped", logging.WARNING, **self._ids(session),
+                  signed_seconds=session.signed.signed_seconds,
+                  metered_seconds=session.signed.metered_seconds)
+        self.send(protocol.error(ErrorCode.RECEIPTS_STOPPED,
+                                 "no signed receipt covers the seconds watched: cut off"))
+        self._connections.run_ending(self._hang_up(self._detach()), name=f"ws-cut-{self._id}")
+
     @staticmethod
     def _is_stale(session: Session, event: dict[str, Any]) -> bool:
         """An end of an earlier session of the stream (a publisher who has
@@ -316,6 +413,26 @@ class Connection:
         ended = event.get("session_id")
         return session.stream_session_id is not None and ended not in (
             None, session.stream_session_id)
+
+    # --- suspension (called by presence, for the connection's user) ------------------------
+
+    def _on_suspended(self) -> None:
+        self._connections.run_ending(self._suspended(), name=f"ws-suspended-{self._id}")
+
+    async def _suspended(self) -> None:
+        """The user was suspended: end the media session at once (a publisher's
+        stream ends, no grace), say why, and close the socket (1008)."""
+        session = self._detach()
+        self._member.close()
+        self.send(protocol.error(ErrorCode.SUSPENDED, "this account was suspended"))
+        log_event(log, "ws.suspended", **self._ids(session))
+        await self._hang_up(session)
+        try:
+            async with asyncio.timeout(FAREWELL_S):
+                await self._outbox.drained()
+        except TimeoutError:
+            pass
+        await self._ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"suspended")
 
     # --- housekeeping -----------------------------------------------------------------
 

@@ -134,6 +134,8 @@ def settings(stores: Stores, tmp_path: Path) -> Settings:
         http_port=free_port(),
         sfu_port=free_port(),
         billing_port=free_port(),
+        media_port=free_port(),
+        media_job_lease=2,
         data_dir=tmp_path / "data",
     )
 

@@ -25,7 +25,7 @@ class StoppingFlusher(Flusher):
     async def _checkpoint(self, name: str) -> None:
         if name == self.point:
             print(f"at {name}", flush=True)
-            await asyncio.sleep(3600)  # killed here
+            await asyncio.sleep(3600)  # held here until the test kills it: the crash point
 
 
 async def main(database_url: str, redis_url: str, point: str) -> None:
@@ -35,7 +35,7 @@ async def main(database_url: str, redis_url: str, point: str) -> None:
     flusher.point = point
     while True:
         await flusher.flush_once()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the flusher's pace between rounds, not a wait
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from av import VideoFrame
 
+from tests.waiting import wait_until
+
 Signal = Callable[[str], Awaitable[str]]  # offer SDP -> answer SDP
 
 
@@ -85,11 +87,8 @@ class Viewer:
                     self.first_frame_at = time.monotonic()
 
     async def wait_for_frames(self, kind: str, count: int, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.frames[kind] < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{kind}: {self.frames[kind]} frames, wanted {count}")
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: self.frames[kind] >= count,
+                         f"{count} {kind} frames (so far {self.frames})", timeout=timeout)
 
     async def close(self) -> None:
         await self.pc.close()

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
+from tests.waiting import wait_until_sync
 from vilokanam.config import Settings
 from vilokanam.services.process import ManagedProcess
 
-ROLE_PORT = {"signaling": "http_port", "sfu": "sfu_port", "billing": "billing_port"}
+ROLE_PORT = {"signaling": "http_port", "sfu": "sfu_port", "billing": "billing_port",
+             "media": "media_port"}
 
 
-def role_env(settings: Settings, **extra: str) -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", ""), **settings.as_env(), **extra}
+def role_env(settings: Settings, role: str | None = None, **extra: str) -> dict[str, str]:
+    """The role's environment: its settings, without other roles' secrets."""
+    return {"PATH": os.environ.get("PATH", ""), **settings.as_env(role), **extra}
 
 
 def start_role(settings: Settings, role: str, log_dir: Path, *args: str) -> ManagedProcess:
     proc = ManagedProcess(role, [sys.executable, "-m", "vilokanam", role, *args],
-                          log_path=log_dir / f"{role}.log", env=role_env(settings))
+                          log_path=log_dir / f"{role}.log", env=role_env(settings, role))
     proc.start()
     return proc
 
@@ -34,13 +36,11 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 
 def wait_healthy(proc: ManagedProcess, port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         assert proc.running, f"{proc.name} exited early:\n{proc.tail()}"
         try:
-            if http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200:
-                return
+            return http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{proc.name} did not serve /healthz in {timeout} s:\n{proc.tail()}")
+            return False
+
+    wait_until_sync(healthy, f"{proc.name} serving /healthz", timeout=timeout, interval=0.1)

@@ -28,7 +28,9 @@ ALICE_42 = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 ALICE_2 = "HNZata7iMYWmk5RvZRTiAsSDhV8366zq2YGb3tLH5Upf74F"
 BOB_42 = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
 STREAM_FIELDS = {"id", "title", "status", "creator_account", "price_per_second", "viewer_count",
-                 "total_ticks", "start_time", "end_time", "watch_url", "whep_url"}
+                 "total_ticks", "start_time", "end_time", "watch_url", "whep_url",
+                 "category_id", "category", "require_signed_receipts", "record",
+                 "recording_video_id"}
 
 
 def dev_settings(settings: Settings, **overrides: Any) -> Settings:
@@ -217,6 +219,20 @@ async def test_create_stream(client: Client, db: asyncpg.Connection,
             created["creator_account"]) == ("My show", "pending", "0.001", ALICE_42)
     assert await db.fetchval("SELECT is_creator FROM users WHERE id = $1::uuid",
                              user["user_id"]) is True
+    assert created["require_signed_receipts"] is False
+
+
+async def test_a_stream_may_require_signed_receipts(client: Client,
+                                                    db: asyncpg.Connection) -> None:
+    user = await login(client)
+    created = await create_stream(client, user["token"], require_signed_receipts=True)
+    assert created["require_signed_receipts"] is True
+    assert await db.fetchval("SELECT require_signed_receipts FROM streams WHERE id = $1::uuid",
+                             created["id"]) is True
+    response = await client.post("/api/streams", json={"title": "x",
+                                                       "require_signed_receipts": "yes"},
+                                 headers=bearer(user["token"]))
+    assert await error_of(response, 400) == "invalid_require_signed_receipts"
 
 
 async def test_public_url_makes_the_urls(db: asyncpg.Connection, settings: Settings) -> None:
@@ -534,7 +550,7 @@ async def test_ending_a_live_stream_asks_its_worker(db: asyncpg.Connection,
                                                     settings: Settings) -> None:
     """A live worker carrying the stream is asked to end it (here a stand-in
     worker served by the test app itself, recording the call)."""
-    from sfu.registry import WorkerRecord, stream_worker_key, worker_key
+    from routing.registry import WorkerRecord, stream_worker_key, worker_key
 
     calls: list[str] = []
 

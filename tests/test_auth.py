@@ -205,13 +205,13 @@ async def test_expired_challenge_is_refused(client: Client,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(auth, "CHALLENGE_TTL_S", 0.3)
     alone = await get_challenge(client, ALICE_42)
-    await asyncio.sleep(0.5)  # Redis has dropped it
+    await asyncio.sleep(0.5)  # time passing IS the test: the 0.3 s TTL runs out
     assert await refused(client, ALICE_42, sign(ALICE, alone)) == "challenge_invalid"
 
     expired = await get_challenge(client, ALICE_42)
     monkeypatch.setattr(auth, "CHALLENGE_TTL_S", 300.0)
     live = await get_challenge(client, ALICE_42)  # keeps the account's set in Redis
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # time passing IS the test: `expired`'s 0.3 s TTL runs out
     assert await refused(client, ALICE_42, sign(ALICE, expired)) == "challenge_invalid"
     assert (await verify(client, ALICE_42, sign(ALICE, live))).status == 200
 

@@ -1,6 +1,7 @@
 """The `vilokanam` command as a user runs it: roles start, serve health and
 readiness, stop cleanly; bad input ends in one clear line and a non-zero exit."""
 
+import asyncio
 import json
 import signal
 import socket
@@ -9,6 +10,7 @@ import sys
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,3 +130,29 @@ def test_credit_command_credits_and_refuses_bad_amounts(settings: Settings) -> N
         assert bad.returncode == 2 and "--amount must be" in bad.stderr, amount
     bad = run_cli("credit", "--account", "nobody", "--amount", "1", env=env)
     assert bad.returncode == 2 and "--account" in bad.stderr
+
+
+async def test_admin_moderator_grants_the_role(settings: Settings, db: Any) -> None:
+    env = role_env(settings)
+    account = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
+    chain_prefix = "FoQJpPyadYccjavVdTWxpxU7rUEaYhfLCPwXgkfD6Zat9QP"  # the same key, prefix 2
+    for given in (account, chain_prefix, account):  # idempotent, any prefix
+        done = await asyncio.to_thread(run_cli, "admin", "moderator", given, env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"{account} is a moderator"
+    assert await db.fetch("SELECT account_id, role FROM users") == [(account, "moderator")]
+    bad = await asyncio.to_thread(run_cli, "admin", "moderator", "nobody", env=env)
+    assert bad.returncode == 2 and "ACCOUNT" in bad.stderr
+    usage = await asyncio.to_thread(run_cli, "admin", env=env)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: vilokanam admin")
+
+
+async def test_admin_unsuspend_lifts_a_suspension(settings: Settings, db: Any) -> None:
+    env = role_env(settings)
+    account = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
+    await db.execute("INSERT INTO users (account_id, suspended_at) VALUES ($1, now())", account)
+    done = await asyncio.to_thread(run_cli, "admin", "unsuspend", account, env=env)
+    assert (done.returncode, done.stdout.strip()) == (0, f"{account} is no longer suspended")
+    assert await db.fetchval("SELECT suspended_at FROM users") is None
+    done = await asyncio.to_thread(run_cli, "admin", "unsuspend", account, env=env)
+    assert (done.returncode, done.stdout.strip()) == (0, f"{account} is not suspended")

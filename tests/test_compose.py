@@ -31,7 +31,7 @@ ENV_EXAMPLE = REPO / ".env.example"
 
 # service name -> the `vilokanam` subcommand it runs
 ROLES = {"migrate": "migrate", "signaling": "signaling", "signaling-2": "signaling",
-         "sfu-1": "sfu", "sfu-2": "sfu", "billing": "billing"}
+         "sfu-1": "sfu", "sfu-2": "sfu", "billing": "billing", "media": "media"}
 LONG_RUNNING = [name for name in ROLES if name != "migrate"]
 STORES = ["postgres", "redis", "chain"]
 KNOWN_ENV = {s.env for s in all_settings()}
@@ -141,7 +141,7 @@ def effective_settings(service: dict[str, Any]) -> Settings:
 
 def listening_port(role: str, settings: Settings) -> int:
     return {"signaling": settings.http_port, "sfu": settings.sfu_port,
-            "billing": settings.billing_port}[role]
+            "billing": settings.billing_port, "media": settings.media_port}[role]
 
 
 def healthcheck_test(service: dict[str, Any]) -> str:
@@ -229,6 +229,16 @@ def problems_environment(compose: Compose) -> list[str]:
         if ROLES[name] == "billing" and not (settings.substrate_url and settings.escrow_uri):
             problems.append(f"{name}: billing needs SUBSTRATE_URL and VILOKANAM_ESCROW_URI")
     return problems
+
+
+def problems_role_scoped(compose: Compose) -> list[str]:
+    """A setting meant for some roles only (the escrow's secret URI, the token
+    secret) must not be given to another role's service."""
+    scoped = {s.env: s.roles for s in all_settings() if s.roles}
+    return [f"{name}: {key} is for {'/'.join(scoped[key])} only"
+            for name, role in ROLES.items()
+            for key in environment(compose["services"][name])
+            if key in scoped and role not in scoped[key]]
 
 
 def problems_secrets(compose: Compose) -> list[str]:
@@ -399,6 +409,10 @@ def test_secrets_come_from_the_environment(compose: Compose) -> None:
     assert problems_secrets(compose) == []
 
 
+def test_secrets_reach_only_their_roles(compose: Compose) -> None:
+    assert problems_role_scoped(compose) == []
+
+
 def test_every_service_but_migrate_has_a_healthcheck(compose: Compose) -> None:
     assert problems_healthchecks(compose) == []
 
@@ -492,6 +506,8 @@ def test_checks_catch_mistakes() -> None:
     assert problems_commands(broken(lambda s: s["billing"].update(command=["signaling"])))
     assert problems_secrets(broken(
         lambda s: s["billing"]["environment"].update(VILOKANAM_ESCROW_URI="//Alice")))
+    assert problems_role_scoped(broken(lambda s: s["signaling"]["environment"].update(
+        VILOKANAM_ESCROW_URI="${VILOKANAM_ESCROW_URI:?}")))
     assert problems_secrets(broken(lambda s: s["migrate"]["environment"].update(
         DATABASE_URL="postgresql://vilokanam:hunter2@postgres:5432/vilokanam")))
     assert problems_host_network(broken(

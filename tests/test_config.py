@@ -55,6 +55,19 @@ def test_as_env_round_trips() -> None:
     assert Settings.from_env(s.as_env()) == s
 
 
+def test_a_role_gets_only_its_own_secrets() -> None:
+    s = Settings.from_env({"VILOKANAM_ESCROW_URI": "//SomeEscrow",
+                           "VILOKANAM_TOKEN_SECRET": "x" * 40,
+                           "VILOKANAM_ESCROW_ACCOUNT": "5EscrowAddress"})
+    assert "VILOKANAM_ESCROW_URI" not in s.as_env("signaling")
+    assert s.as_env("signaling")["VILOKANAM_TOKEN_SECRET"] == "x" * 40
+    assert s.as_env("signaling")["VILOKANAM_ESCROW_ACCOUNT"] == "5EscrowAddress"
+    assert "VILOKANAM_TOKEN_SECRET" not in s.as_env("billing")
+    assert s.as_env("billing")["VILOKANAM_ESCROW_URI"] == "//SomeEscrow"
+    for role in ("sfu", "migrate"):
+        assert not {"VILOKANAM_ESCROW_URI", "VILOKANAM_TOKEN_SECRET"} & set(s.as_env(role))
+
+
 def test_redact_url_hides_password_only() -> None:
     assert redact_url("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert redact_url("redis://h:6379/0") == "redis://h:6379/0"

@@ -28,10 +28,10 @@ from tests.test_settlement import (  # noqa: F401 - a fixture
     assert_no_secret_logged,
     pristine_chain_afterwards,
 )
+from tests.waiting import wait_for_value, wait_until
 from vilokanam.accounts import canonical_account
-from vilokanam.balances import balance_of
+from vilokanam.balances import balance_key, balance_of
 from vilokanam.config import Settings
-from vilokanam.metering import balance_key
 from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
 from vilokanam.tasks import TaskOwner
 from vilokanam.users import find_user
@@ -149,23 +149,23 @@ async def test_the_watcher_waits_out_a_chain_that_went_away_and_follows_a_new_ge
                                    max_backoff=0.2).run(), "deposits")
     assert task is not None
     try:
-        await wait_until(lambda: load_cursor(pool), lambda c: c is not None)
+        await chain_value(lambda: load_cursor(pool), lambda c: c is not None)
         first = 10**DECIMALS
         await deposit(chain, ALICE, first)
-        await wait_until(lambda: balance_of_key(pool, ALICE),
+        await chain_value(lambda: balance_of_key(pool, ALICE),
                          lambda b: b == Decimal(first).scaleb(-DECIMALS))
         old = await load_cursor(pool)
         assert old is not None
 
         chain.kill()  # the in-memory chain is gone, its blocks with it
-        await wait_until(lambda: asyncio.sleep(0, [r.getMessage() for r in caplog.records]),
-                         lambda messages: "deposits.waiting" in messages)
+        await wait_until(lambda: "deposits.waiting" in [r.getMessage() for r in caplog.records],
+                       "the watcher waiting for the chain")
         assert not task.done()
         await asyncio.to_thread(chain.start)  # a fresh genesis, re-funded
 
         second = 2 * 10**DECIMALS
         await deposit(chain, ALICE, second)
-        await wait_until(lambda: balance_of_key(pool, ALICE),
+        await chain_value(lambda: balance_of_key(pool, ALICE),
                          lambda b: b == Decimal(first + second).scaleb(-DECIMALS))
         assert "deposits.chain_replaced" in [r.getMessage() for r in caplog.records]
         new = await load_cursor(pool)
@@ -187,26 +187,20 @@ async def test_the_billing_worker_owns_the_chain_tasks_and_reports_the_chain(
             response = await client.get("/readyz")
             return dict(await response.json())
 
-        body = await wait_until(ready, lambda b: b["ready"] is True)
+        body = await chain_value(ready, lambda b: b["ready"] is True)
         assert body["checks"]["chain"] is True
         names = {t.get_name() for t in asyncio.all_tasks()}
         assert {"billing-chain:deposits", "billing-chain:settlement"} <= names
-        await wait_until(lambda: load_cursor(pool), lambda c: c is not None)
+        await chain_value(lambda: load_cursor(pool), lambda c: c is not None)
         amount = 3 * 10**DECIMALS
         await deposit(chain, EVE, amount)
-        await wait_until(lambda: balance_of_key(pool, EVE),
+        await chain_value(lambda: balance_of_key(pool, EVE),
                          lambda b: b == Decimal(amount).scaleb(-DECIMALS))
-    await asyncio.sleep(0)
-    names = {t.get_name() for t in asyncio.all_tasks()}
-    assert not any(name.startswith("billing") for name in names)
+    await wait_until(lambda: not any(t.get_name().startswith("billing")
+                                   for t in asyncio.all_tasks()), "the billing tasks ending")
     assert_no_secret_logged(caplog)
 
 
-async def wait_until(read: Any, ok: Any, timeout: float = 30.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await read()
-        if ok(value):
-            return value
-        assert asyncio.get_running_loop().time() < deadline, f"timed out; last: {value!r}"
-        await asyncio.sleep(0.05)
+async def chain_value(read: Any, ok: Any) -> Any:
+    """The first value of `read()` that is `ok`: a chain's effect, given 30 s."""
+    return await wait_for_value(read, ok, "the chain's effect", timeout=30.0)

@@ -5,8 +5,10 @@ within 10 s, and a clear line when Node is missing."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -21,8 +23,11 @@ import pytest
 
 from tests.conftest import npm_cache_dir, require
 from tests.processes import http_get
+from tests.waiting import wait_until_sync
+from vilokanam.config import Settings
+from vilokanam.dev import chain_preparing_line
 from vilokanam.services.chain import node_available
-from vilokanam.services.net import free_port
+from vilokanam.services.net import free_port, port_is_free
 
 READY_LINE = "Vilokanam-view is running"
 
@@ -68,6 +73,7 @@ class DevPorts:
     http: int = field(default_factory=free_port)
     sfu: int = field(default_factory=free_port)
     billing: int = field(default_factory=free_port)
+    media: int = field(default_factory=free_port)
     postgres: int = field(default_factory=free_port)
     redis: int = field(default_factory=free_port)
     chain: int = field(default_factory=free_port)
@@ -80,6 +86,7 @@ class DevPorts:
             "VILOKANAM_HTTP_PORT": str(self.http),
             "VILOKANAM_SFU_PORT": str(self.sfu),
             "VILOKANAM_BILLING_PORT": str(self.billing),
+            "VILOKANAM_MEDIA_PORT": str(self.media),
             "VILOKANAM_DEV_POSTGRES_PORT": str(self.postgres),
             "VILOKANAM_DEV_REDIS_PORT": str(self.redis),
             "VILOKANAM_DEV_CHAIN_PORT": str(self.chain),
@@ -105,9 +112,10 @@ def start_dev(data_dir: Path) -> Iterator[StartDev]:
     runs: list[DevRun] = []
 
     def start(ports: DevPorts, path: str = os.environ["PATH"],
-              extra: dict[str, str] | None = None) -> DevRun:
-        proc = subprocess.Popen([sys.executable, "-m", "vilokanam", "dev"],
-                                env={**ports.env(data_dir, path), **(extra or {})},
+              extra: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> DevRun:
+        env = {k: v for k, v in {**ports.env(data_dir, path), **(extra or {})}.items()
+               if k not in unset}
+        proc = subprocess.Popen([sys.executable, "-m", "vilokanam", "dev"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
         run = DevRun(proc)
@@ -157,9 +165,13 @@ def stop_and_check_nothing_left(run: DevRun) -> float:
     took = time.monotonic() - started
     assert run.proc.returncode == 0, run.output()
     assert took < 10, f"stopping took {took:.1f} s"
-    time.sleep(0.2)
-    left = [pid for pid in family if alive(pid)]
-    assert not left, f"processes left behind: {left}"
+    # children the stop ended may take a moment to be reaped by init
+    try:
+        wait_until_sync(lambda: not any(alive(pid) for pid in family), "no process left",
+                        timeout=2)
+    except AssertionError:
+        raise AssertionError(f"processes left behind: {[p for p in family if alive(p)]}") \
+            from None
     assert "stopped." in run.output()
     return took
 
@@ -186,6 +198,9 @@ def test_dev_serves_everything_keeps_data_and_stops_clean(start_dev: StartDev) -
     run = start_dev(ports)
     assert run.wait_for(READY_LINE, timeout=30) < 30
     output = run.output()
+    # the packages are in place (the test cache): no first-run install is announced
+    assert "preparing the local chain...\n" in output + "\n"
+    assert "installing its npm packages" not in output
     for url in (f"http://127.0.0.1:{ports.http}/", f"http://127.0.0.1:{ports.http}/studio",
                 f"ws://127.0.0.1:{ports.chain}", f"127.0.0.1:{ports.postgres}",
                 f"redis://127.0.0.1:{ports.redis}"):
@@ -207,6 +222,21 @@ def test_dev_serves_everything_keeps_data_and_stops_clean(start_dev: StartDev) -
     assert asyncio.run(_count(database_url, "SELECT count(*) FROM balance_ledger "
                                             "WHERE reference = 'dev grant'")) == 6
     stop_and_check_nothing_left(again)
+
+
+def test_the_npm_install_is_announced_only_when_it_will_happen(tmp_path: Path) -> None:
+    from vilokanam.resources import resource_dir
+    from vilokanam.services.chain import CHOPSTICKS_CLI
+
+    npm_dir = tmp_path / "npm"
+    assert "first run: installing its npm packages" in chain_preparing_line(npm_dir)
+    (npm_dir / CHOPSTICKS_CLI).parent.mkdir(parents=True)
+    (npm_dir / CHOPSTICKS_CLI).write_text("")
+    lock = (resource_dir("chain") / "package-lock.json").read_bytes()
+    (npm_dir / ".lock-sha256").write_text(hashlib.sha256(lock + b"old").hexdigest() + "\n")
+    assert "first run" in chain_preparing_line(npm_dir)  # an older lock file: installs again
+    (npm_dir / ".lock-sha256").write_text(hashlib.sha256(lock).hexdigest() + "\n")
+    assert chain_preparing_line(npm_dir) == "preparing the local chain..."
 
 
 def test_dev_without_node_runs_with_settlement_off(start_dev: StartDev) -> None:
@@ -231,6 +261,36 @@ def test_dev_refuses_a_port_in_use(start_dev: StartDev) -> None:
     assert run.proc.returncode == 3
     assert (f"vilokanam dev: port {ports.postgres} is already in use "
             "(set VILOKANAM_DEV_POSTGRES_PORT to use another)") in run.output()
+
+
+def test_dev_moves_the_sfu_off_the_port_the_user_gave_signaling(start_dev: StartDev) -> None:
+    """VILOKANAM_HTTP_PORT=8090 is the SFU worker's default port: the worker
+    moves to another, says so, and both serve."""
+    sfu_default = Settings.from_env({}).sfu_port
+    require(port_is_free(sfu_default), f"port {sfu_default} free (the SFU's default)")
+    ports = DevPorts(http=sfu_default)
+    run = start_dev(ports, path="/usr/sbin:/sbin", unset=("VILOKANAM_SFU_PORT",))
+    run.wait_for(READY_LINE, timeout=30)
+    output = run.output()
+    moved = re.search(rf"vilokanam dev: VILOKANAM_SFU_PORT is (\d+): its default {sfu_default} "
+                      r"is VILOKANAM_HTTP_PORT's", output)
+    assert moved, output
+    sfu_port = int(moved.group(1))
+    assert sfu_port != sfu_default
+    assert f"http://127.0.0.1:{sfu_port}" in output  # the printed worker URL follows
+    for port in (sfu_default, sfu_port):
+        assert http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+    stop_and_check_nothing_left(run)
+
+
+def test_dev_names_both_settings_a_user_put_on_one_port(start_dev: StartDev) -> None:
+    ports = DevPorts()
+    run = start_dev(ports, extra={"VILOKANAM_BILLING_PORT": str(ports.http)})
+    run.proc.wait(timeout=30)
+    assert run.proc.returncode == 2
+    assert run.output().strip().splitlines()[-1] == (
+        f"vilokanam dev: VILOKANAM_HTTP_PORT and VILOKANAM_BILLING_PORT are both {ports.http}: "
+        "give them different ports")
 
 
 def test_dev_with_an_unreachable_database_url_is_one_clear_line(

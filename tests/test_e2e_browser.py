@@ -21,6 +21,7 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from tests.conftest import CHROMIUM_ARGS, chromium_path, require
 from tests.processes import start_role, wait_healthy
+from tests.waiting import wait_until
 from tests.web_checks import assert_accessible, screenshot, serve_axe
 from vilokanam.balances import credit
 from vilokanam.config import Settings
@@ -152,7 +153,7 @@ async def test_chromium_publishes_and_two_chromium_viewers_watch(
     await wait_text(publisher, "#viewer-count", "2")
 
     first = [await inbound(v) for v in viewers]
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(2.5)  # time passing IS the test: the frame rate over a 2.5 s window
     second = [await inbound(v) for v in viewers]
     for before, after in zip(first, second, strict=True):
         assert after["video"] > before["video"] + 20, (before, after)  # ~30 fps decoded
@@ -172,10 +173,11 @@ async def test_chromium_publishes_and_two_chromium_viewers_watch(
     for viewer in viewers:
         await wait_text(viewer, "#state", "ended")
         assert "ended" in (await viewer.inner_text("#error")).lower()
-    for _ in range(50):
-        if await db.fetchval("SELECT status FROM streams WHERE id = $1", stream["id"]) == "ended":
-            break
-        await asyncio.sleep(0.1)
+    async def ended() -> bool:
+        status = await db.fetchval("SELECT status FROM streams WHERE id = $1", stream["id"])
+        return bool(status == "ended")
+
+    await wait_until(ended, "the stream row ending", timeout=5, interval=0.1)
     session = await db.fetchrow(
         "SELECT s.status, ss.end_time, ss.viewer_peak FROM streams s "
         "JOIN stream_sessions ss ON ss.stream_id = s.id WHERE s.id = $1", stream["id"])

@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 
 from billing.flush import Flusher
 from tests.conftest import Stores
-from vilokanam.balances import balance_of, credit
-from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter, balance_key
+from vilokanam.balances import balance_key, balance_of, credit
+from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter
 
 PRICE = Decimal("0.001")
 PRICE_PLANCK = 10**9
@@ -157,6 +157,9 @@ async def test_ticks_of_unknown_sessions_are_dropped_not_billed(
     assert TICKS_DROPPED.labels("unknown_or_ended_session")._value.get() == before + 1
     await assert_books_balance(db, audience, seconds=1)
     assert await db.fetchval("SELECT count(*) FROM payments") == 1
+    # Charged in Redis when written, the dropped tick is given back at once.
+    assert result.refunds == {ghost: PRICE_PLANCK}
+    assert int(await redis.get(balance_key(ghost))) == 10**15
 
 
 async def test_the_write_names_the_viewers_who_cannot_pay_on(
@@ -193,3 +196,7 @@ async def test_ticks_after_a_session_ended_are_dropped(
     assert (result.ticks, result.dropped) == (1, 1)
     assert await db.fetchval("SELECT total_ticks FROM stream_viewers WHERE id = $1",
                              session) == 1
+    # The live balance paid for one second only: the dropped one came back.
+    user = audience.viewers[0][1]
+    assert int(await redis.get(balance_key(user))) == (FUNDS - PRICE) * 10**12
+    assert await balance_of(db, user) == FUNDS - PRICE

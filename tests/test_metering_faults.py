@@ -1,13 +1,16 @@
 """Exactly once, under fire: a simulated SFU worker writes tick batches while
-the real billing process is killed with -9 at random moments (20 times), while
-Redis restarts, and while Postgres dies mid-flush. At the end every table
-holds exactly the ticks written — none lost, none counted twice."""
+the real billing process is killed with -9 at random moments among its flushes
+(20 times), while Redis restarts, and while Postgres dies mid-flush. Each test
+first shows its fault landed (billing had been flushing; a flush round then
+failed, logged as `flush.failed`); at the end every table holds exactly the
+ticks written — none lost, none counted twice."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -19,11 +22,13 @@ import redis.asyncio as aioredis
 from tests.conftest import Stores
 from tests.processes import start_role, wait_healthy
 from tests.test_metering import Audience, assert_books_balance, batch, make_audience
+from tests.waiting import wait_until
 from vilokanam.config import Settings
 from vilokanam.metering import PENDING_KEY, TickWriter
 from vilokanam.services.process import ManagedProcess
 
 BATCH_EVERY = 0.03  # many small batches: kills land inside flushes often
+MAX_SECONDS = 2000  # a ticker's upper bound; the kill test stops it sooner
 
 
 @dataclasses.dataclass
@@ -40,15 +45,17 @@ class Ticker:
         writer = TickWriter(redis)
         try:
             for second in range(seconds):
+                if self.stop.is_set():
+                    break
                 tick_batch = batch("sim-worker", 100_000 + second, self.audience)
                 while True:  # the worker keeps a failed batch and retries it
                     try:
                         await writer.write(tick_batch)
                         break
                     except (OSError, aioredis.RedisError):
-                        await asyncio.sleep(0.05)
+                        await asyncio.sleep(0.05)  # the worker's retry pace, not a wait
                 self.written = second + 1
-                await asyncio.sleep(BATCH_EVERY)
+                await asyncio.sleep(BATCH_EVERY)  # the simulated worker's pace
         finally:
             await redis.aclose()
 
@@ -75,12 +82,11 @@ async def billing(billing_settings: Settings,
 
 async def settle(redis: aioredis.Redis, alive: Callable[[], Awaitable[None]]) -> None:
     """Until billing has flushed everything pending."""
-    for _ in range(300):
+    async def nothing_pending() -> bool:
         await alive()
-        if await redis.zcard(PENDING_KEY) == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("ticks were still pending after 15 s")
+        return await redis.zcard(PENDING_KEY) == 0
+
+    await wait_until(nothing_pending, "billing flushing every pending tick", timeout=15)
 
 
 async def test_kill_9_of_billing_twenty_times_loses_and_doubles_nothing(
@@ -88,20 +94,31 @@ async def test_kill_9_of_billing_twenty_times_loses_and_doubles_nothing(
         billing: Callable[[], ManagedProcess]) -> None:
     audience = await make_audience(db, redis, viewers=5)
     ticker = Ticker(stores.redis_url, audience)
-    seconds = 160
-    writing = asyncio.ensure_future(ticker.run(seconds))
+    writing = asyncio.ensure_future(ticker.run(MAX_SECONDS))
     rng = random.Random(20261126)
+    pending_at_kill = []
     for _ in range(20):
+        applied_before = await applied_batches(db)
         proc = billing()
-        await asyncio.sleep(rng.uniform(0.15, 0.6))  # start-up takes ~0.1 s; then flushes
+        # Each billing starts up (most of a second), then flushes: kill it only
+        # once it has committed a round of its own, so the kill lands among flushes.
+        await wait_until(lambda n=applied_before + 1: applied(db, at_least=n),
+                         "the new billing process committing a flush", timeout=15)
+        await asyncio.sleep(rng.uniform(0, 0.1))  # the random moment IS the fault
+        assert proc.running, proc.tail()
+        pending_at_kill.append(await redis.zcard(PENDING_KEY))
         proc.kill()
+    ticker.stop.set()
     await writing
+    assert ticker.written < MAX_SECONDS, "the ticker ran out before the kills did"
+    # the kills met work in flight: batches written but not yet flushed
+    assert sum(1 for pending in pending_at_kill if pending) >= 5, pending_at_kill
     final = billing()
     wait_healthy(final, final_port(final))
     await settle(redis, _noop)
-    await assert_books_balance(db, audience, seconds=seconds)
+    await assert_books_balance(db, audience, seconds=ticker.written)
     skipped = await db.fetchval("SELECT count(*) FROM tick_batches")
-    assert skipped == seconds  # one ledger row per batch: each applied once
+    assert skipped == ticker.written  # one ledger row per batch: each applied once
 
 
 def final_port(proc: ManagedProcess) -> int:
@@ -109,8 +126,29 @@ def final_port(proc: ManagedProcess) -> int:
     return int(env["VILOKANAM_BILLING_PORT"])
 
 
+async def applied_batches(db: asyncpg.Connection) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM tick_batches"))
+
+
+def logged(proc: ManagedProcess, event: str) -> list[str]:
+    """The lines of `event` in a role process's log (text format: the event
+    name is the word after the logger's)."""
+    pattern = re.compile(rf"\s{re.escape(event)}(\s|$)")
+    return [line for line in proc.log_path.read_text(errors="replace").splitlines()
+            if pattern.search(line)]
+
+
 async def _noop() -> None:
     return None
+
+
+def reached(crasher: ManagedProcess, point: str) -> bool:
+    assert crasher.running, crasher.tail()
+    return f"at {point}" in crasher.tail()
+
+
+async def applied(db: asyncpg.Connection, at_least: int) -> bool:
+    return await applied_batches(db) >= at_least
 
 
 async def test_redis_restart_mid_run_loses_no_tick(
@@ -122,9 +160,13 @@ async def test_redis_restart_mid_run_loses_no_tick(
     wait_healthy(proc, final_port(proc))
     ticker = Ticker(stores.redis_url, audience)
     writing = asyncio.ensure_future(ticker.run(60))
-    await asyncio.sleep(0.7)
+    await wait_until(lambda: applied(db, at_least=5), "billing flushing the first batches")
+    assert not logged(proc, "flush.failed")
     server.stop()  # a clean restart: the append-only file keeps every write
-    await asyncio.sleep(0.5)
+    # the fault landed: a flush round met the dead Redis, and said so
+    failures = await wait_until(lambda: logged(proc, "flush.failed"), "a flush.failed line")
+    assert "ConnectionError" in failures[0], failures
+    assert ticker.written < 60, "the outage came after the last batch: nothing was mid-run"
     server.start()
     await writing
     client = aioredis.Redis.from_url(stores.redis_url)
@@ -145,9 +187,15 @@ async def test_postgres_killed_mid_flush_loses_no_tick(
     wait_healthy(proc, final_port(proc))
     ticker = Ticker(stores.redis_url, audience)
     writing = asyncio.ensure_future(ticker.run(60))
-    await asyncio.sleep(0.8)
+    await wait_until(lambda: applied(db, at_least=5), "billing flushing the first batches")
+    assert not logged(proc, "flush.failed")
     postgres.kill()  # in the middle of the flushes
-    await asyncio.sleep(1.0)
+    # the fault landed: flush rounds failed against the dead Postgres, while
+    # batches kept arriving in Redis
+    failures = await wait_until(lambda: logged(proc, "flush.failed"), "a flush.failed line")
+    assert "Connect" in failures[0], failures  # refused, lost, or cannot connect now
+    await wait_until(lambda: redis.zcard(PENDING_KEY), "batches pending during the outage")
+    assert ticker.written < 60, "the outage came after the last batch: nothing was mid-run"
     postgres.start()
     await writing
     await settle(redis, _noop)
@@ -177,13 +225,8 @@ async def test_a_flush_killed_at_each_point_of_a_batch_is_exact(
                                    stores.redis_url, point],
             log_path=tmp_path / f"crasher-{attempt}.log")
         crasher.start()
-        for _ in range(200):
-            if f"at {point}" in crasher.tail():
-                break
-            assert crasher.running, crasher.tail()
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError(f"the flusher never reached {point}")
+        await wait_until(lambda proc=crasher: reached(proc, point),
+                         f"the flusher reaching {point}", timeout=4, interval=0.02)
         crasher.kill()
     applied = await db.fetchval("SELECT count(*) FROM tick_batches")
     assert (applied > 0) == (point == "committed")  # only a commit survives a kill

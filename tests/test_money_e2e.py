@@ -1,13 +1,13 @@
 """The whole money story on real parts: a viewer deposits on chain, the
 deposit is credited, the viewer watches a stream through a real SFU worker and
 is billed per second, the creator is paid on chain, and the viewer's receipt
-recomputes to the digest the settlement carried on chain."""
+proves its charge against the Merkle root the settlement carried on chain (the
+`vilokanam verify-receipt` command agrees)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 from collections.abc import AsyncIterator
 from decimal import ROUND_FLOOR, Decimal
 
@@ -27,6 +27,7 @@ from signaling.app import create_app as create_signaling
 from signaling.tokens import issue_token
 from tests.conftest import ESCROW_URI, Stores
 from tests.media_clients import Publisher, Viewer
+from tests.test_receipt_check import verify_receipt
 from tests.test_settlement import (
     ESCROW,
     api,  # noqa: F401 - a fixture
@@ -36,8 +37,10 @@ from tests.test_settlement import (
     pristine_chain_afterwards,  # noqa: F401 - a fixture
     remark_text,
 )
-from vilokanam.accounts import canonical_account
+from tests.waiting import wait_until
+from vilokanam.accounts import address_of, canonical_account
 from vilokanam.config import Settings
+from vilokanam.receipts import verify_inclusion
 from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
 
 pytestmark = pytest.mark.chain
@@ -110,10 +113,13 @@ async def test_deposit_watch_bill_pay_and_verify(
             await publisher.start(publish)
             await watcher_peer.start(watch)
             await watcher_peer.wait_for_frames("video", 30)
-            await asyncio.sleep(3)
-            billed = next(p.meter.ticks for p in worker.app[MANAGER].peers.values()
-                          if p.role == "viewer")
-            assert billed >= 2
+
+            def ticked() -> int:
+                return next(p.meter.ticks for p in worker.app[MANAGER].peers.values()
+                            if p.role == "viewer")
+
+            await wait_until(lambda: ticked() >= 2, "two billed seconds", timeout=3)
+            billed = ticked()  # the worker's count as the viewer leaves
     finally:
         await watcher_peer.close()
         await publisher.close()
@@ -140,8 +146,10 @@ async def test_deposit_watch_bill_pay_and_verify(
     assert await db.fetchval("SELECT status FROM payments WHERE reference_id = $1",
                              session) == "completed"
 
-    # 5. The viewer's receipt recomputes to the digest carried on chain.
-    signaling = dataclasses.replace(settings, token_secret=SECRET, escrow_uri=ESCROW_URI,
+    # 5. The viewer's receipt proves its line with a Merkle path to the root the
+    #    settlement carried on chain, and the standalone verifier agrees.
+    signaling = dataclasses.replace(settings, token_secret=SECRET,
+                                    escrow_account=address_of(ESCROW_URI),
                                     substrate_url=chain.url)
     async with TestClient(TestServer(create_signaling(signaling))) as client:
         token = issue_token(SECRET, viewer, canonical_account(viewer_key.ss58_address, 42))
@@ -150,9 +158,12 @@ async def test_deposit_watch_bill_pay_and_verify(
         assert response.status == 200, await response.text()
         receipt = await response.json()
     assert receipt["status"] == "completed" and receipt["charge"] == str(charge)
-    digest = hashlib.sha256("\n".join(sorted(receipt["lines"])).encode()).hexdigest()
-    assert digest == receipt["digest"]
+    assert receipt["line"] == f"{session}:{charge}"
+    assert verify_inclusion(receipt["line"], receipt["leaf_index"], receipt["leaf_count"],
+                            receipt["proof"], receipt["root"])
     on_chain = api.retrieve_extrinsic_by_hash(receipt["block_hash"], receipt["extrinsic_hash"])
     assert on_chain.is_success
     calls = batch_calls(api, receipt["block_hash"], on_chain.extrinsic_idx)
-    assert remark_text(calls) == receipt["remark"] == "vilokanam:settlement:v1:" + digest
+    assert remark_text(calls) == receipt["remark"] == "vilokanam:settlement:v2:" + receipt["root"]
+    verified = await verify_receipt(receipt, chain.url)
+    assert verified.returncode == 0, verified.stdout + verified.stderr

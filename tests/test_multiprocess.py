@@ -22,9 +22,10 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from sfu.registry import stream_worker_key, worker_key
+from routing.registry import stream_worker_key, worker_key
 from tests.media_clients import Publisher, Signal, Viewer
 from tests.processes import start_role, wait_healthy
+from tests.waiting import wait_until
 from vilokanam.balances import credit
 from vilokanam.config import Settings
 from vilokanam.services.net import free_port
@@ -142,10 +143,7 @@ async def cluster(settings: Settings, tmp_path: Path, db: asyncpg.Connection,
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str,
                      timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
+    await wait_until(check, what, timeout=timeout, interval=0.1)
 
 
 async def pinned_worker(redis: aioredis.Redis, stream_id: str) -> dict[str, Any]:

@@ -3,8 +3,10 @@ the error shape it promises holds for the errors aiohttp raises itself."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -40,7 +42,7 @@ def app_routes(app: web.Application) -> set[tuple[str, str]]:
 
 def documented_routes(doc: dict[str, Any]) -> set[tuple[str, str]]:
     return {(method, path) for path, item in doc["paths"].items()
-            for method in item if method in _METHODS}
+            for method in item if method in _METHODS - {"head"}}
 
 
 def undocumented(app: web.Application, doc: dict[str, Any]) -> set[tuple[str, str]]:
@@ -142,3 +144,143 @@ async def test_unauthenticated_is_401(client: Client, method: str, path: str) ->
         response = await client.request(method, path, json={"title": "x"}, headers=headers)
         assert await error_of(response, 401) == "unauthorized"
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+# -- every status a handler answers is documented ------------------------------------
+
+_JSON_BODY = (b'{"title": "t", "account": "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY", '
+              b'"price_per_second": "0.002"}', "application/json")
+_FIXED_BODIES: list[tuple[bytes, str] | None] = [
+    None,
+    (b"{", "application/json"),
+    _JSON_BODY,
+    (b"v=0\r\n", "application/sdp"),
+    (b"a=candidate:1 1 udp 1 127.0.0.1 9 typ host\r\n", "application/trickle-ice-sdpfrag"),
+    (b"a=ice-ufrag:new\r\na=ice-pwd:newnewnewnewnewnewnewnew\r\n",
+     "application/trickle-ice-sdpfrag"),
+
+]
+# Over every body limit: tried once per operation and ids (the limit comes first).
+_BIG_BODIES = [(b"a=x\r\n" * 20_000, "application/trickle-ice-sdpfrag"),
+               (b"a=x\r\n" * 20_000, "application/sdp"),
+               (b'{"title": "' + b"x" * 70_000 + b'"}', "application/json")]
+# Operations that end what the others need (a session, the stream, its key): tried
+# last, in this order (a viewer's session before the publisher's, which ends it).
+_LAST = [("delete", "/whep/{stream_id}/sessions/{resource_id}"),
+         ("delete", "/whip/{stream_id}/sessions/{resource_id}"),
+         ("post", "/api/streams/{stream_id}/key"), ("post", "/api/streams/{stream_id}/end")]
+
+
+def _operations(doc: dict[str, Any]) -> list[tuple[str, str, set[str]]]:
+    found = [(method, path, set(operation["responses"]))
+             for path, item in doc["paths"].items()
+             for method, operation in item.items() if method in _METHODS]
+    def rank(op: tuple[str, str, set[str]]) -> int:
+        return _LAST.index(op[:2]) + 1 if op[:2] in _LAST else 0
+
+    return sorted(found, key=rank)
+
+
+async def _offer(direction: str) -> bytes:
+    from tests.media_clients import client_pc
+
+    pc = client_pc()
+    for kind in ("video", "audio"):
+        pc.addTransceiver(kind, direction=direction)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = str(pc.localDescription.sdp)
+    await pc.close()
+    return sdp.encode()
+
+
+@pytest.fixture
+async def worker(settings: Settings) -> AsyncIterator[None]:
+    """The real SFU worker on the port signaling's settings name."""
+    from aiohttp.test_utils import TestServer
+
+    from sfu.app import create_app as create_worker
+
+    server = TestServer(create_worker(settings), host=settings.sfu_host,
+                        port=settings.sfu_port)
+    await server.start_server()
+    yield
+    await server.close()
+
+
+async def test_every_status_a_handler_answers_is_documented(
+        client: Client, worker: None, db: Any, redis: Any) -> None:
+    """Each operation is tried with bad and real ids (streams, WHIP and WHEP
+    sessions), no/bad/good credentials and bodies of every kind, against a real
+    worker; whatever it answers must be a status the document lists for it."""
+    from tests.media_clients import Publisher
+    from tests.test_api import create_stream, login
+    from vilokanam.balances import credit
+
+    login_body = await login(client)
+    token = login_body["token"]
+    await credit(db, redis, login_body["user_id"], Decimal(100), "adjustment", "probe", 12)
+    stream = await create_stream(client, token)
+    idle = await create_stream(client, token)  # never published: its offers are parsed
+    publisher = Publisher()
+
+    async def whip(offer: str) -> str:
+        response = await client.post(f"/whip/{stream['id']}", data=offer, headers={
+            **bearer(stream["stream_key"]), "Content-Type": "application/sdp"})
+        assert response.status == 201, await response.text()
+        sessions.append(response.headers["Location"].rsplit("/", 1)[1])
+        return await response.text()
+
+    sessions: list[str] = []
+    await publisher.start(whip)
+    viewer = await client.post(f"/whep/{stream['id']}", data=await _offer("recvonly"),
+                               headers={**bearer(token), "Content-Type": "application/sdp"})
+    assert viewer.status == 201, await viewer.text()
+    sessions.append(viewer.headers["Location"].rsplit("/", 1)[1])
+
+    bodies = [*_FIXED_BODIES, (await _offer("sendonly"), "application/sdp"),
+              (await _offer("recvonly"), "application/sdp")]
+    ids = {"stream_id": ["not-a-uuid", "00000000-0000-0000-0000-000000000000", stream["id"],
+                         idle["id"]],
+           "stream_viewer_id": ["not-a-uuid", "00000000-0000-0000-0000-000000000000"],
+           "filename": ["nope.js", "vilokanam.js"]}
+    # a session resource: under a bad stream id, unknown, and the two real ones
+    ids["stream_id,resource_id"] = [("not-a-uuid", "nope"), (stream["id"], "nope"),
+                                    *((stream["id"], session) for session in sessions)]
+    credentials = [{}, bearer("garbage"), bearer(token), bearer(stream["stream_key"]),
+                   bearer(idle["stream_key"])]
+    answers: dict[tuple[str, str], set[int]] = {}
+    try:
+        for method, path, _ in _operations(openapi_document()):
+            names = re.findall(r"\{(\w+)\}", path)
+            combos = (ids[",".join(names)] if len(names) > 1
+                      else [(value,) for value in ids[names[0]]] if names else [()])
+            for values in combos:
+                url = path
+                for name, value in zip(names, values, strict=True):
+                    url = url.replace(f"{{{name}}}", value)
+                # a PATCH also without If-Match, and with another session's ETag
+                if_matches = [None, '"nope"', "*"] if method == "patch" else ["*"]
+                probes = [*itertools.product(credentials, bodies, if_matches),
+                          *((bearer(token), big, "*") for big in _BIG_BODIES)]
+                for headers, body, if_match in probes:
+                    data, content_type = body or (None, None)
+                    sent = {**headers, **({"If-Match": if_match} if if_match else {}),
+                            **({"Content-Type": content_type} if content_type else {})}
+                    response = await client.request(method.upper(), url, data=data,
+                                                    headers=sent)
+                    response.release()
+                    answers.setdefault((method, path), set()).add(response.status)
+                    if response.status == 429:  # let the next probes past the rate limit
+                        await redis.delete(*await redis.keys("vk:ratelimit:*"))
+    finally:
+        await publisher.close()
+    undocumented_answers = {(method, path, status)
+                            for method, path, statuses in _operations(openapi_document())
+                            for status in answers[(method, path)]
+                            if str(status) not in statuses}
+    assert undocumented_answers == set()
+    # the probes reached past the front door: sessions, SDP and candidates were handled
+    assert {201, 400} <= answers[("post", "/whip/{stream_id}")]
+    assert {204, 412, 428} <= answers[("patch", "/whip/{stream_id}/sessions/{resource_id}")]
+    assert 200 in answers[("delete", "/whep/{stream_id}/sessions/{resource_id}")]
+    assert 200 in answers[("delete", "/whip/{stream_id}/sessions/{resource_id}")]

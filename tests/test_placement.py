@@ -8,11 +8,19 @@ import asyncio
 import json
 import time
 import uuid
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from sfu.registry import (
+from routing.placement import (
+    NoCapacity,
+    live_workers,
+    place_stream,
+    stream_worker,
+    unpin_stream,
+)
+from routing.registry import (
     HEARTBEAT_INTERVAL_S,
     HEARTBEAT_TTL_MS,
     WORKERS_KEY,
@@ -22,13 +30,7 @@ from sfu.registry import (
     worker_key,
     worker_streams_key,
 )
-from signaling.placement import (
-    NoCapacity,
-    live_workers,
-    place_stream,
-    stream_worker,
-    unpin_stream,
-)
+from tests.waiting import wait_until
 
 
 async def register(redis: aioredis.Redis, worker_id: str, *, load: int = 0,
@@ -45,6 +47,11 @@ def new_stream() -> str:
     return str(uuid.uuid4())
 
 
+async def expired(redis: aioredis.Redis, worker_id: str) -> bool:
+    """The worker's heartbeat record is gone (its TTL ran out)."""
+    return not await redis.exists(worker_key(worker_id))
+
+
 async def test_a_new_stream_goes_to_the_least_loaded_worker(redis: aioredis.Redis) -> None:
     await register(redis, "half", load=5, capacity=10)
     await register(redis, "fifth", load=20, capacity=100)
@@ -59,7 +66,7 @@ async def test_a_new_stream_goes_to_the_least_loaded_worker(redis: aioredis.Redi
 async def test_a_worker_whose_record_expired_is_not_chosen(redis: aioredis.Redis) -> None:
     await register(redis, "idle-but-dead", load=0, px=50)
     await register(redis, "busy", load=9)
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: expired(redis, "idle-but-dead"), "the 50 ms record expiring")
     assert (await place_stream(redis, new_stream())).worker.worker_id == "busy"
     # the dead id stays listed: the reaper needs it to find the worker's streams
     assert await redis.smembers(WORKERS_KEY) == {b"busy", b"idle-but-dead"}
@@ -149,8 +156,13 @@ async def test_worker_heartbeat_writes_refreshes_and_deletes(redis: aioredis.Red
         assert await redis.sismember(WORKERS_KEY, "w1")
 
         load["now"] = 7
-        await asyncio.sleep(HEARTBEAT_INTERVAL_S * 1.5)
-        second = json.loads(await redis.get(worker_key("w1")))
+
+        async def next_heartbeat() -> dict[str, Any] | None:
+            record = json.loads(await redis.get(worker_key("w1")))
+            return record if record["heartbeat_ms"] > first["heartbeat_ms"] else None
+
+        second = await wait_until(next_heartbeat, "the next heartbeat",
+                                  timeout=HEARTBEAT_INTERVAL_S * 3)
         assert second["load"] == 7 and second["heartbeat_ms"] > first["heartbeat_ms"]
         assert await redis.pttl(worker_key("w1")) > 2000  # refreshed, not counting down
         assert (await place_stream(redis, new_stream())).worker.load == 7
@@ -166,12 +178,12 @@ async def test_a_stopped_heartbeat_expires(redis: aioredis.Redis) -> None:
                                       capacity=5, load_fn=lambda: 0, streams_fn=lambda: 0,
                                       interval_s=0.05, ttl_ms=150)
     await registration.start()
-    await asyncio.sleep(0.3)  # several TTLs: alive only because it is refreshed
+    await asyncio.sleep(0.3)  # time passing IS the test: two TTLs, alive only if refreshed
     assert [w.worker_id for w in await live_workers(redis)] == ["w2"]
     # a crash: the task dies without deleting anything
     task = next(t for t in asyncio.all_tasks() if t.get_name() == "sfu-registry-w2")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: expired(redis, "w2"), "the unrefreshed record expiring", timeout=1)
     assert await live_workers(redis) == []
     await registration.stop()

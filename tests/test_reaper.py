@@ -4,7 +4,6 @@ one reaper works at a time."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -13,13 +12,14 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from sfu.events import stream_channel
-from sfu.registry import WORKERS_KEY, stream_worker_key, worker_streams_key
-from signaling.placement import place_stream
-from signaling.reaper import LOCK_KEY, reap_once
+from routing.channels import stream_channel
+from routing.placement import place_stream
+from routing.reaper import LOCK_KEY, reap_once
+from routing.registry import WORKERS_KEY, stream_worker_key, worker_streams_key
 from signaling.stream_keys import hash_stream_key, new_stream_key
 from tests.conftest import Stores
-from tests.test_placement import register
+from tests.test_placement import expired, register
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ async def test_a_dead_workers_streams_are_ended(db: asyncpg.Connection, redis: a
     await register(redis, "doomed", px=50)
     stream, session = await live_stream(db)
     await place_stream(redis, stream)
-    await asyncio.sleep(0.1)  # the heartbeat record expires
+    await wait_until(lambda: expired(redis, "doomed"), "the 50 ms heartbeat record expiring")
 
     pubsub = redis.pubsub()
     await pubsub.subscribe(stream_channel(stream))

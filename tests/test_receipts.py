@@ -1,12 +1,15 @@
 """Receipts and billing info through the real signaling app: a viewer's
-receipt recomputes to the digest carried on chain by the batch's
-System.remark; only the viewer sees it; /api/billing/info tells a viewer where
-to deposit and never shows the escrow's secret."""
+receipt proves its own line with a Merkle path to the root carried on chain by
+the batch's System.remark, and shows no other session's line; an old
+digest-style settlement still gives a checkable receipt; only the viewer sees
+it; /api/billing/info tells a viewer where to deposit and never shows the
+escrow's secret."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -18,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from substrateinterface import SubstrateInterface
 
+from billing.settlement import Settler
 from signaling.app import create_app
 from signaling.tokens import issue_token
 from tests.conftest import ESCROW_URI
@@ -25,6 +29,7 @@ from tests.test_settlement import (
     DECIMALS,
     ESCROW,
     PRICE,
+    Show,
     add_viewer,
     api,  # noqa: F401 - a fixture
     batch_calls,
@@ -35,8 +40,10 @@ from tests.test_settlement import (
     remark_text,
     watch,
 )
-from vilokanam.accounts import canonical_account
+from tests.test_vilokanam_receipts import ref_mth, ref_path
+from vilokanam.accounts import address_of, canonical_account
 from vilokanam.config import Settings
+from vilokanam.receipts import DIGEST_V1, batch_digest, remark_of, verify_inclusion
 from vilokanam.services.chain import ChainNode
 
 pytestmark = pytest.mark.chain
@@ -45,7 +52,9 @@ SECRET = "r" * 40
 RECEIPT_FIELDS = {
     "stream_viewer_id", "stream_id", "creator_account", "seconds", "price_per_second", "charge",
     "settled", "unsettled", "status", "active", "extrinsic_hash", "block_hash", "block_number",
-    "line", "lines", "digest", "remark", "digest_algorithm", "settlements"}
+    "extrinsic_index", "genesis_hash", "commitment", "line", "remark", "root", "proof",
+    "leaf_index", "leaf_count", "digest", "lines", "proof_algorithm", "digest_algorithm",
+    "settlements"}
 
 Client = TestClient[web.Request, web.Application]
 
@@ -53,7 +62,8 @@ Client = TestClient[web.Request, web.Application]
 @pytest.fixture
 async def client(db: asyncpg.Connection, redis: aioredis.Redis, settings: Settings,
                  chain: ChainNode) -> AsyncIterator[Client]:
-    signaling = dataclasses.replace(settings, token_secret=SECRET, escrow_uri=ESCROW_URI,
+    signaling = dataclasses.replace(settings, token_secret=SECRET,
+                                    escrow_account=address_of(ESCROW_URI),
                                     substrate_url=chain.url)
     async with TestClient(TestServer(create_app(signaling))) as client:
         yield client
@@ -70,46 +80,104 @@ async def get_json(client: Client, path: str, status: int = 200,
     return dict(await response.json())
 
 
-async def test_a_receipt_recomputes_to_the_digest_on_chain(
+async def settled_show(db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
+                       chain: ChainNode, viewers: int, settler: Settler | None = None) -> Show:
+    show = await make_show(db, redis, viewers=viewers)
+    await watch(pool, redis, show, seconds=4)
+    assert await (settler or new_settler(pool, chain)).settle_once() == "completed"
+    return show
+
+
+def viewer_bearer(show: Show, index: int) -> dict[str, str]:
+    _, user, key = show.viewers[index]
+    return bearer(user, canonical_account(key.ss58_address, 42))
+
+
+async def test_a_receipt_proves_its_own_line_against_the_root_on_chain_and_no_other(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
         chain: ChainNode, api: SubstrateInterface, client: Client) -> None:  # noqa: F811
-    show = await make_show(db, redis, viewers=2)
-    await watch(pool, redis, show, seconds=4)
-    assert await new_settler(pool, chain).settle_once() == "completed"
-    viewer_session, user, key = show.viewers[0]
-    mine = bearer(user, canonical_account(key.ss58_address, 42))
+    show = await settled_show(db, redis, pool, chain, viewers=3)
+    viewer_session = show.viewers[0][0]
+    mine = viewer_bearer(show, 0)
 
-    receipt = await get_json(client, f"/api/receipts/{viewer_session}", headers=mine)
+    response = await client.get(f"/api/receipts/{viewer_session}", headers=mine)
+    assert response.status == 200
+    text = await response.text()
+    receipt = await response.json()
     assert set(receipt) == RECEIPT_FIELDS
     assert receipt["seconds"] == 4 and receipt["charge"] == str(4 * PRICE)
     assert receipt["settled"] == receipt["charge"] and receipt["unsettled"] == "0"
-    assert receipt["status"] == "completed"
+    assert receipt["status"] == "completed" and receipt["commitment"] == "merkle-v2"
     assert receipt["creator_account"] == canonical_account(show.creator.ss58_address, 42)
     [batch] = receipt["settlements"]
     assert batch["status"] == "completed" and batch["extrinsic_hash"] == receipt["extrinsic_hash"]
-
-    # Recompute the digest from what the receipt says, as a viewer would.
+    # Only this session's line: no other session of the batch appears anywhere.
     assert receipt["line"] == f"{viewer_session}:{4 * PRICE}"
-    assert receipt["line"] in receipt["lines"]
-    assert len(receipt["lines"]) == 2
-    digest = hashlib.sha256("\n".join(sorted(receipt["lines"])).encode()).hexdigest()
-    assert digest == receipt["digest"]
-    # ... and find it on chain, in the block and extrinsic the receipt names.
+    assert receipt["lines"] == [] and receipt["digest"] is None
+    for other_session, _, _ in show.viewers[1:]:
+        assert other_session not in text
+    # Three leaves: the path of the odd last one is one hash, the others' two.
+    assert receipt["leaf_count"] == 3 and len(receipt["proof"]) in (1, 2)
+
+    # The root is the tree of the batch's lines (computed here, as RFC 9162
+    # writes it), and the proof leads from the line to it.
+    all_lines = sorted(f"{sv}:{4 * PRICE}" for sv, _, _ in show.viewers)
+    assert receipt["root"] == ref_mth([line.encode() for line in all_lines]).hex()
+    assert all_lines.index(receipt["line"]) == receipt["leaf_index"]
+    assert [bytes.fromhex(p) for p in receipt["proof"]] == ref_path(
+        receipt["leaf_index"], [line.encode() for line in all_lines])
+    assert verify_inclusion(receipt["line"], receipt["leaf_index"], receipt["leaf_count"],
+                            receipt["proof"], receipt["root"])
+    # ... and the root is what the batch carries on chain.
     assert api.get_block_number(receipt["block_hash"]) == receipt["block_number"]
     on_chain = api.retrieve_extrinsic_by_hash(receipt["block_hash"], receipt["extrinsic_hash"])
-    assert on_chain.is_success
+    assert on_chain.is_success and on_chain.extrinsic_idx == receipt["extrinsic_index"]
     calls = batch_calls(api, receipt["block_hash"], on_chain.extrinsic_idx)
-    assert remark_text(calls) == receipt["remark"] == "vilokanam:settlement:v1:" + digest
+    assert remark_text(calls) == receipt["remark"] == "vilokanam:settlement:v2:" + receipt["root"]
 
     # Nobody else sees it: another viewer, no token, an unknown or malformed id.
-    other_session, other_user, other_key = show.viewers[1]
-    theirs = bearer(other_user, canonical_account(other_key.ss58_address, 42))
+    other_session = show.viewers[1][0]
+    theirs = viewer_bearer(show, 1)
     await get_json(client, f"/api/receipts/{viewer_session}", 404, theirs)
     await get_json(client, f"/api/receipts/{viewer_session}", 401)
     await get_json(client, "/api/receipts/00000000-0000-4000-8000-000000000000", 404, mine)
     await get_json(client, "/api/receipts/not-a-uuid", 400, mine)
-    assert (await get_json(client, f"/api/receipts/{other_session}", headers=theirs))[
-        "digest"] == digest  # one batch, one digest
+    other = await get_json(client, f"/api/receipts/{other_session}", headers=theirs)
+    assert other["root"] == receipt["root"] and other["proof"] != receipt["proof"]
+    assert viewer_session not in json.dumps(other)
+
+
+class DigestSettler(Settler):
+    """The settler as it was before Merkle roots (v1: the digest of all lines),
+    to make the old kind of settlement on the real chain."""
+
+    @staticmethod
+    def commit(lines: list[str]) -> tuple[str, str, str]:
+        digest = batch_digest(lines)
+        return DIGEST_V1, digest, remark_of(digest)
+
+
+def digest_settler(pool: asyncpg.Pool, chain: ChainNode) -> Settler:  # noqa: F811
+    plain = new_settler(pool, chain)
+    return DigestSettler(plain.pg, plain.chain, decimals=DECIMALS, period_s=3600.0,
+                         threshold=Decimal(1_000_000), poll_interval=0.05)
+
+
+async def test_an_old_digest_settlement_still_gives_a_checkable_receipt(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
+        chain: ChainNode, api: SubstrateInterface, client: Client) -> None:  # noqa: F811
+    show = await settled_show(db, redis, pool, chain, viewers=2,
+                              settler=digest_settler(pool, chain))
+    receipt = await get_json(client, f"/api/receipts/{show.viewers[0][0]}",
+                             headers=viewer_bearer(show, 0))
+    assert receipt["commitment"] == "digest-v1" and receipt["root"] is None
+    assert receipt["proof"] == [] and receipt["line"] in receipt["lines"]
+    assert len(receipt["lines"]) == 2  # a v1 digest is only checkable with all lines
+    digest = hashlib.sha256("\n".join(sorted(receipt["lines"])).encode()).hexdigest()
+    assert digest == receipt["digest"]
+    on_chain = api.retrieve_extrinsic_by_hash(receipt["block_hash"], receipt["extrinsic_hash"])
+    calls = batch_calls(api, receipt["block_hash"], on_chain.extrinsic_idx)
+    assert remark_text(calls) == receipt["remark"] == "vilokanam:settlement:v1:" + digest
 
 
 async def test_a_receipt_follows_a_charge_through_partial_settlements(
@@ -124,6 +192,7 @@ async def test_a_receipt_follows_a_charge_through_partial_settlements(
     before = await get_json(client, f"/api/receipts/{viewer_session}", headers=mine)
     assert before["status"] == "pending" and before["settlements"] == []
     assert before["extrinsic_hash"] is None and before["charge"] == str(2 * PRICE)
+    assert before["root"] is None and before["proof"] == []
 
     settler = new_settler(pool, chain)
     assert await settler.settle_once() == "completed"
@@ -139,11 +208,12 @@ async def test_a_receipt_follows_a_charge_through_partial_settlements(
     first, second = after["settlements"]
     assert (first["amount"], second["amount"]) == (str(2 * PRICE), str(PRICE))
     assert after["extrinsic_hash"] == second["extrinsic_hash"] != first["extrinsic_hash"]
-    assert second["line"] in second["lines"] and len(second["lines"]) == 2  # the late viewer
-    assert f"{late_session}:{PRICE}" in second["lines"]
+    assert (first["leaf_count"], second["leaf_count"]) == (1, 2)  # the late viewer joined
+    assert late_session not in json.dumps(after)
+    assert after["root"] == second["root"] != first["root"]
     for batch in (first, second):
-        lines = "\n".join(sorted(batch["lines"])).encode()
-        assert hashlib.sha256(lines).hexdigest() == batch["digest"]
+        assert verify_inclusion(batch["line"], batch["leaf_index"], batch["leaf_count"],
+                                batch["proof"], batch["root"])
 
 
 async def test_billing_info_says_where_to_deposit(client: Client, chain: ChainNode) -> None:

@@ -5,7 +5,6 @@ first, so the refusal path logs too)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from pathlib import Path
@@ -17,6 +16,7 @@ import redis.asyncio as aioredis
 
 from tests.media_clients import Publisher
 from tests.processes import start_role, wait_healthy
+from tests.waiting import wait_until
 from vilokanam.config import Settings
 
 TOKEN_SECRET = "tok-secret-" + "q" * 32
@@ -52,12 +52,12 @@ async def _publish_until_placed(ws: aiohttp.ClientWebSocketResponse, stream_id: 
                                 key: str, sdp: str) -> dict[str, Any]:
     """The worker registers itself shortly after /healthz answers: retry while
     signaling has no worker to place the stream on."""
-    for _ in range(50):
+    async def placed() -> dict[str, Any] | None:
         reply = await _publish(ws, stream_id, key, sdp)
-        if reply.get("code") not in ("no_capacity", "sfu_unavailable"):
-            return reply
-        await asyncio.sleep(0.2)
-    return reply
+        return None if reply.get("code") in ("no_capacity", "sfu_unavailable") else reply
+
+    return dict(await wait_until(placed, "signaling placing the stream on the worker",
+                                 timeout=10, interval=0.2))
 
 
 async def _flow(base: str) -> list[str]:

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import Stores
+from tests.waiting import wait_until_sync
 from vilokanam.services.net import PortInUseError, free_port
 from vilokanam.services.process import ManagedProcess
 from vilokanam.services.redis import RedisServer
@@ -37,7 +38,9 @@ async def test_redis_kill_9_and_restart_keeps_fsynced_keys(
         redis: aioredis.Redis, stores: Stores) -> None:
     server = stores.owned_redis()
     await redis.set("tick:probe", "1")
-    await asyncio.sleep(1.2)  # appendfsync everysec: one second to reach the disk
+    # time passing IS the test: appendfsync everysec gives a write one second to reach the
+    # disk, and what is fsynced must survive the kill
+    await asyncio.sleep(1.2)
     server.kill()
     server.start()
     client = aioredis.Redis.from_url(stores.redis_url)
@@ -79,20 +82,14 @@ def test_child_dies_with_its_parent(tmp_path: Path) -> None:
     )
     parent = ManagedProcess("parent", ["python3", "-c", script], log_path=tmp_path / "p.log")
     parent.start()
-    for _ in range(100):
-        if marker.exists() and marker.read_text():
-            break
-        asyncio.run(asyncio.sleep(0.05))
+    wait_until_sync(lambda: marker.exists() and marker.read_text(), "the child's pid file",
+                    timeout=5)
     child = int(marker.read_text())
     assert _alive(child)
     assert parent.pid is not None
     os.kill(parent.pid, signal.SIGKILL)  # only the parent, not its group
     parent.kill()
-    for _ in range(100):
-        if not _alive(child):
-            break
-        asyncio.run(asyncio.sleep(0.05))
-    assert not _alive(child)
+    wait_until_sync(lambda: not _alive(child), "the child dying with its parent", timeout=5)
 
 
 def test_free_port_is_free() -> None:

@@ -8,7 +8,6 @@ reaches a log line."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,10 +22,13 @@ from substrateinterface import Keypair, SubstrateInterface
 
 from billing.chain import AsyncChain, ChainClient, load_escrow
 from billing.flush import Flusher
-from billing.settlement import REMARK_PREFIX, Settler, batch_digest
+from billing.settlement import Settler
 from tests.conftest import ESCROW_URI, Stores
+from tests.test_vilokanam_receipts import ref_mth
+from tests.waiting import wait_until
 from vilokanam.accounts import canonical_account, public_key_of
 from vilokanam.balances import credit
+from vilokanam.direct_payments import pay_creator
 from vilokanam.logs import _Formatter
 from vilokanam.metering import Tick, TickBatch, TickWriter
 from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
@@ -256,9 +258,11 @@ async def test_one_batch_pays_every_creator_exactly_and_lands_with_success(
     lines = sorted(f"{r['stream_viewer_id']}:{r['amount'].normalize():f}" for r in await db.fetch(
         "SELECT stream_viewer_id::text, amount FROM settlement_items"))
     assert len(lines) == 3
-    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
-    assert digest == settlement["digest"] == batch_digest(lines)
-    assert remark_text(calls) == REMARK_PREFIX + digest == settlement["remark"]
+    # The remark carries the Merkle root of the lines (v2), computed here as
+    # RFC 9162 writes it, independently of the code under test.
+    root = ref_mth([line.encode() for line in lines]).hex()
+    assert settlement["commitment"] == "merkle-v2" and settlement["digest"] == root
+    assert remark_text(calls) == "vilokanam:settlement:v2:" + root == settlement["remark"]
 
     # In Postgres: every charge settled, the creators' pending down to the rest.
     for row in await db.fetch("SELECT * FROM payments"):
@@ -470,7 +474,7 @@ async def test_the_loop_settles_by_threshold_and_stops_with_its_owner(
         # No batch yet: the first round settles at once.
         await wait_for_async(lambda: completed_count(db), 1)
         await watch(pool, redis, show, seconds=2)  # 0.0018 pending: under the threshold
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # time passing IS the test: no batch while under it
         assert await completed_count(db) == 1
         await watch(pool, redis, show, seconds=1)  # 0.0027 pending: over it, long before 1 h
         await wait_for_async(lambda: completed_count(db), 2)
@@ -485,14 +489,53 @@ async def completed_count(db: asyncpg.Connection) -> int:
 
 
 async def wait_for(check: Any, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await asyncio.to_thread(check):
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+    """`check` is synchronous (substrate-interface): it runs in a thread."""
+    await wait_until(lambda: asyncio.to_thread(check), "the chain condition", timeout=timeout)
 
 
 async def wait_for_async(read: Any, wanted: Any, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while (value := await read()) != wanted:
-        assert asyncio.get_running_loop().time() < deadline, f"still {value}, not {wanted}"
-        await asyncio.sleep(0.05)
+    async def reached() -> bool:
+        return bool(await read() == wanted)
+
+    await wait_until(reached, f"the value {wanted!r}", timeout=timeout)
+
+
+async def test_a_tip_and_a_subscription_reach_the_creator_exactly_in_the_next_batch(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool, chain: ChainNode,
+        api: SubstrateInterface) -> None:
+    show = await make_show(db, redis, viewers=1)
+    _, viewer, _ = show.viewers[0]
+
+    async def tip_row(conn: asyncpg.Connection, payment_id: str) -> dict[str, Any]:
+        return {"id": str(await conn.fetchval(
+            "INSERT INTO tips (payment_id, message) VALUES ($1, 'hi') RETURNING id",
+            payment_id))}
+
+    async def period_row(conn: asyncpg.Connection, payment_id: str) -> dict[str, Any]:
+        return {"id": str(await conn.fetchval(
+            "INSERT INTO subscriptions (subscriber_id, creator_id, payment_id, price, "
+            "starts_at, ends_at) VALUES ($1, $2, $3, 2.5, now(), now() + interval '30 days') "
+            "RETURNING id", viewer, show.creator_id, payment_id))}
+
+    tip = await pay_creator(pool, redis, payer_id=viewer, creator_id=show.creator_id,
+                            amount=Decimal("1.000000000007"), kind="tip", decimals=DECIMALS,
+                            record=tip_row)
+    subscription = await pay_creator(pool, redis, payer_id=viewer, creator_id=show.creator_id,
+                                     amount=Decimal("2.5"), kind="subscription",
+                                     decimals=DECIMALS, record=period_row)
+
+    assert await new_settler(pool, chain).settle_once() == "completed"
+    # Exactly their amounts, to the planck: no fee on what a viewer gives on purpose.
+    assert free_of(api, show.creator.ss58_address) == 3_500_000_000_007
+    [settlement] = await settlements(db)
+    lines = sorted([f"tip:{tip.payment_id}:1.000000000007",
+                    f"subscription:{subscription.payment_id}:2.5"])
+    assert settlement["digest"] == ref_mth([line.encode() for line in lines]).hex()
+    calls = batch_calls(api, settlement["block_hash"], settlement["extrinsic_index"])
+    assert remark_text(calls) == "vilokanam:settlement:v2:" + settlement["digest"]
+    for payment_id in (tip.payment_id, subscription.payment_id):
+        row = await db.fetchrow("SELECT * FROM payments WHERE id = $1", payment_id)
+        assert row["status"] == "completed" and row["settled_amount"] == row["amount"]
+        assert row["transaction_hash"] == settlement["extrinsic_hash"]
+    assert await db.fetchval("SELECT pending_payout FROM creator_earnings") == 0
+    assert await new_settler(pool, chain).settle_once() is None  # nothing paid twice

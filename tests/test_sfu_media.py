@@ -20,10 +20,11 @@ from sfu.aiortc_hooks import EncodedFrameTap
 from sfu.app import create_app
 from sfu.control import MANAGER
 from sfu.relay import ForwardedTrack
-from sfu.streams import StreamManager
+from sfu.streams import CLOCK_LOOPS, StreamManager
 from tests.conftest import Stores
 from tests.media_clients import Publisher, Viewer
-from vilokanam.balances import credit
+from tests.waiting import wait_until
+from vilokanam.balances import balance_key, credit
 from vilokanam.config import Settings
 
 
@@ -80,6 +81,11 @@ async def make_stream(db: asyncpg.Connection) -> tuple[str, str]:
         "INSERT INTO streams (creator_id, title, stream_key_hash) "
         "VALUES ($1, 'test stream', sha256('k'::bytea)) RETURNING id", creator)
     return str(stream), str(creator)
+
+
+async def stream_status(db: asyncpg.Connection, stream_id: str, status: str) -> bool:
+    return bool(await db.fetchval("SELECT status FROM streams WHERE id = $1", stream_id)
+                == status)
 
 
 async def make_viewer_user(worker: Worker, db: asyncpg.Connection, name: str,
@@ -207,13 +213,13 @@ async def test_publisher_leave_ends_stream_and_tells_viewers(
 
 
 async def _wait_for_zero(manager: StreamManager) -> None:
-    for _ in range(100):
-        stats = manager.stats()
-        if stats == {"publishers": 0, "viewers": 0, "peer_connections": 0, "streams": 0,
-                     "tasks": 1}:  # only the worker's clock
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"leaked: {manager.stats()}")
+    idle = {"publishers": 0, "viewers": 0, "peer_connections": 0, "streams": 0,
+            "tasks": CLOCK_LOOPS}  # only the worker's clock loops
+    try:
+        await wait_until(lambda: manager.stats() == idle, "the worker holding nothing",
+                         timeout=5)
+    except AssertionError:
+        raise AssertionError(f"leaked: {manager.stats()}") from None
 
 
 async def _offer(kinds: tuple[str, ...] = ("video", "audio"),
@@ -336,20 +342,22 @@ async def test_h264_is_forwarded_too(worker: Worker, db: asyncpg.Connection) -> 
     await publisher.close()
 
 
-async def test_analytics_rows_while_live(worker: Worker, db: asyncpg.Connection,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import sfu.streams
-
-    monkeypatch.setattr(sfu.streams, "ANALYTICS_EVERY", 1)  # every second, not every 10
+async def test_analytics_rows_while_live(worker: Worker, db: asyncpg.Connection) -> None:
+    worker.manager.analytics_every = 1  # every second, not every 10
     stream_id, _ = await make_stream(db)
     publisher, viewer = Publisher(), Viewer()
     await publisher.start(worker.signal_publisher(stream_id))
     await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(worker, db, "v")))
     await viewer.wait_for_frames("video", 5)
-    await asyncio.sleep(2.2)
-    counts = [r["viewer_count"] for r in await db.fetch(
-        "SELECT viewer_count FROM stream_analytics WHERE stream_id = $1", stream_id)]
-    assert len(counts) >= 2 and counts[-1] == 1
+
+    async def two_rows() -> list[int] | None:
+        counts = [r["viewer_count"] for r in await db.fetch(
+            "SELECT viewer_count FROM stream_analytics WHERE stream_id = $1 "
+            "ORDER BY timestamp", stream_id)]
+        return counts if len(counts) >= 2 else None
+
+    counts = await wait_until(two_rows, "two analytics rows, a second apart", timeout=2.2)
+    assert counts[-1] == 1
     await viewer.close()
     await publisher.close()
 
@@ -368,11 +376,8 @@ async def test_a_publisher_that_dies_silently_ends_the_stream(
     await viewer.wait_for_frames("video", 5)
     for transceiver in publisher.pc.getTransceivers():
         transceiver.sender._enabled = False  # aiortc: read but send nothing; ICE stays up
-    for _ in range(60):
-        if await db.fetchval("SELECT status FROM streams WHERE id = $1", stream_id) == "ended":
-            break
-        await asyncio.sleep(0.1)
-    assert await db.fetchval("SELECT status FROM streams WHERE id = $1", stream_id) == "ended"
+    await wait_until(lambda: stream_status(db, stream_id, "ended"), "the stream ending",
+                     timeout=6, interval=0.1)
     await viewer.close()
     await publisher.close()
     await _wait_for_zero(worker.manager)
@@ -392,7 +397,7 @@ async def test_viewers_are_billed_per_second_received_and_books_balance(
     for n, viewer in enumerate(viewers):
         await viewer.start(worker.signal_viewer(stream_id,
                                                 await make_viewer_user(worker, db, f"v{n}")))
-    await asyncio.sleep(4.5)
+    await asyncio.sleep(4.5)  # time passing IS the test: 4.5 s watched bill 3 to 5 seconds
     meters = {p.viewer_session_id: p.meter.ticks for p in worker.manager.peers.values()
               if p.role == "viewer"}
     for viewer in viewers:
@@ -432,7 +437,7 @@ async def test_a_viewer_is_cut_off_in_the_second_the_money_runs_out(
         if closed:
             break
     assert closed == {"type": "peer_closed", "peer_id": peer_id, "reason": "insufficient_funds"}
-    live = int(await redis.get(f"vk:bal:{user}"))
+    live = int(await redis.get(balance_key(user)))
     assert live == 0  # three whole seconds, then cut: never below zero here
     assert peer_id not in worker.manager.peers
     await events.aclose()
@@ -451,11 +456,8 @@ async def test_a_viewer_that_sends_no_receiver_reports_is_not_billed(
                                             await make_viewer_user(worker, db, "v")))
     await viewer.wait_for_frames("video", 5)
     peer = next(p for p in worker.manager.peers.values() if p.role == "viewer")
-    for _ in range(50):
-        if peer.meter.ticks > 0:
-            break
-        await asyncio.sleep(0.1)
-    assert peer.meter.ticks > 0  # billed while its reports arrived
+    # billed while its reports arrived
+    await wait_until(lambda: peer.meter.ticks > 0, "a billed second", timeout=5, interval=0.1)
 
     async def lost(packet: object) -> None:  # from now on its RTCP never arrives
         return None
@@ -464,7 +466,7 @@ async def test_a_viewer_that_sends_no_receiver_reports_is_not_billed(
         transceiver.sender._handle_rtcp_packet = lost
     peer.meter.last_report_at = float("-inf")
     before = peer.meter.ticks
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(2.5)  # time passing IS the test: 2.5 s without reports bill nothing
     assert peer.meter.ticks == before
     assert sum(track.frames_sent for _, track in peer.tracks) > 0  # media was still sent
     await viewer.close()

@@ -12,6 +12,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from sfu import relay
 from sfu.codecs import is_keyframe
 from sfu.relay import Fanout, KeyframeThrottle
+from tests.waiting import wait_until
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, payloadType=111,
@@ -57,7 +58,7 @@ async def test_viewer_without_cache_waits_for_keyframe_and_asks_for_one() -> Non
     fanout = Fanout("video", upstream)
     fanout.attach(VP8)
     track = fanout.subscribe()
-    await asyncio.sleep(0)
+    await wait_until(lambda: upstream.count, "a keyframe request upstream", timeout=1)
     assert upstream.count == 1
     fanout.push(VP8, JitterFrame(VP8_DELTA, 0))
     assert track._queue.qsize() == 0  # a delta alone cannot start a decoder
@@ -76,7 +77,7 @@ async def test_full_queue_drops_to_next_keyframe_and_asks_for_it() -> None:
         fanout.push(VP8, JitterFrame(VP8_DELTA, n * 3000))
     assert track.frames_dropped > 0 and track.waiting_for_keyframe
     assert track._queue.qsize() < relay.VIDEO_QUEUE_FRAMES
-    await asyncio.sleep(0)
+    await wait_until(lambda: upstream.count, "a keyframe request upstream", timeout=1)
     assert upstream.count == 1
     fanout.push(VP8, JitterFrame(VP8_KEY, 10**6))
     assert not track.waiting_for_keyframe
@@ -101,10 +102,12 @@ async def test_throttle_sends_at_most_two_per_second_and_never_drops() -> None:
     for _ in range(10):
         throttle.request()
     assert sent.count == 1
-    await asyncio.sleep(0.6)
-    assert sent.count == 2  # the coalesced request went out when the interval ended
+    started = asyncio.get_running_loop().time()
+    await wait_until(lambda: sent.count == 2, "the coalesced request", timeout=1, interval=0.01)
+    # the coalesced request went out when the interval ended, not before
+    assert asyncio.get_running_loop().time() - started >= 0.45
     throttle.request()
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # time passing IS the test: nothing more within the interval
     assert sent.count == 2
     throttle.close()
 
@@ -114,7 +117,7 @@ async def test_stopped_track_wakes_its_sender() -> None:
     fanout.attach(VP8)
     track = fanout.subscribe()
     waiting = asyncio.ensure_future(track.recv())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: recv() starts waiting (no timing involved)
     fanout.unsubscribe(track)
     from aiortc.mediastreams import MediaStreamError
     try:

@@ -20,7 +20,7 @@ from substrateinterface import Keypair
 from billing.chain import AsyncChain, ChainClient
 from billing.deposits import DepositWatcher
 from tests import wallet_stand_in
-from tests.conftest import ESCROW_URI, Stores
+from tests.conftest import Stores
 from tests.test_api import serve
 from tests.test_pages import chromium, ready, watch_for_errors
 from tests.test_settlement import ESCROW, free_of, pristine_chain_afterwards  # noqa: F401
@@ -53,7 +53,8 @@ async def test_log_in_with_a_wallet_and_deposit_from_the_page(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool, chain: ChainNode,
         chain_api, settings: Settings) -> None:  # noqa: F811
     settings = dataclasses.replace(settings, dev_mode=False, token_secret="w" * 40,
-                                   escrow_uri=ESCROW_URI, chain_public_url=chain.url,
+                                   escrow_account=ESCROW.ss58_address,
+                                   chain_public_url=chain.url,
                                    substrate_url=chain.url)
     watcher = DepositWatcher(pool, redis, AsyncChain(ChainClient(chain.url, ESCROW)),
                              ss58_prefix=42, decimals=12)

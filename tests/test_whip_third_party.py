@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 
 from tests.conftest import require
 from tests.test_whip_whep import Stack, eventually, running
+from vilokanam.balances import balance_key
 from vilokanam.config import Settings
 
 # libnice calls exactly these four; with no IGD object it skips UPnP.
@@ -137,7 +138,7 @@ async def assert_whep_viewer_is_billed(stack: Stack) -> None:
     await eventually(lambda: _ticks(peer), lambda n: n >= 2, "the WHEP viewer's ticks")
     credited = await stack.db.fetchval("SELECT balance FROM viewer_balances WHERE user_id = $1",
                                        peer.user_id)
-    live = int(await stack.redis.get(f"vk:bal:{peer.user_id}"))
+    live = int(await stack.redis.get(balance_key(peer.user_id)))
     ticks = peer.meter.ticks
     assert Decimal(credited) * 10**12 - live in (ticks * peer.meter.price_planck,
                                                   (ticks - 1) * peer.meter.price_planck)

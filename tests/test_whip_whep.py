@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import re
 import secrets
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -30,9 +29,10 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy
 from prometheus_client import REGISTRY
 
+from routing.registry import stream_worker_key
 from sfu.app import create_app as create_worker_app
 from sfu.control import MANAGER
-from sfu.registry import stream_worker_key
+from sfu.streams import CLOCK_LOOPS
 from signaling import http_sessions
 from signaling.app import create_app as create_signaling_app
 from signaling.http_sessions import HttpSession, Kind, SessionStore, Timing
@@ -47,6 +47,7 @@ from signaling.stream_keys import hash_stream_key, new_stream_key
 from signaling.tokens import issue_token
 from tests.conftest import chromium_path, require
 from tests.media_clients import Publisher, Signal, Viewer, client_pc
+from tests.waiting import wait_for_value
 from vilokanam.balances import credit
 from vilokanam.config import Settings
 from vilokanam.services.net import free_port
@@ -176,7 +177,8 @@ class Stack:
 
     async def assert_nothing_left(self) -> None:
         """No peer on the worker (its clock is its one task), no session in Redis."""
-        idle = {"publishers": 0, "viewers": 0, "peer_connections": 0, "streams": 0, "tasks": 1}
+        idle = {"publishers": 0, "viewers": 0, "peer_connections": 0, "streams": 0,
+                "tasks": CLOCK_LOOPS}
         await eventually(lambda: self.worker_stats(), lambda stats: stats == idle,
                          "the worker to hold nothing")
         await eventually(self.session_keys, lambda keys: keys == [], "no session keys")
@@ -184,13 +186,7 @@ class Stack:
 
 async def eventually(probe: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool],
                      what: str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if ok(value):
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {value!r}"
-        await asyncio.sleep(0.05)
+    return await wait_for_value(probe, ok, what, timeout=timeout)
 
 
 def methods(header: str) -> set[str]:
@@ -655,8 +651,10 @@ async def test_sessions_are_adopted_when_their_server_goes_and_dropped_with_thei
         on_other = whip.url.replace(str(stack.signaling[0].port), str(stack.signaling[1].port))
         try:
             await stack.signaling[0].close()  # its keeper stops refreshing
-            await asyncio.sleep(timing.ttl_s * 1.5)
-            assert (await stack.request("GET", on_other)).status == 204  # adopted by 1
+            # adopted by server 1 once the TTL of server 0's lease runs out
+            await eventually(lambda: stack.request("GET", on_other),
+                             lambda resp: resp.status == 204, "server 1 adopting the session",
+                             timeout=timing.ttl_s * 1.5)
 
             # Sessions whose worker stopped heartbeating, or whose stream that worker no
             # longer carries (an end whose events were missed), go at the next refresh.
@@ -761,7 +759,7 @@ async def test_chromium_plays_a_whip_stream_over_whep(stack: Stack) -> None:
             await player.wait_for_function(f"({FRAMES_DECODED})().then((n) => n > 10)",
                                            timeout=20_000)
             first = await player.evaluate(FRAMES_DECODED)
-            await asyncio.sleep(2)
+            await asyncio.sleep(2)  # time passing IS the test: the frame rate over 2 s
             assert await player.evaluate(FRAMES_DECODED) > first + 20  # ~30 fps
             assert await stack.db.fetchval(
                 "SELECT count(*) FROM stream_viewers WHERE stream_id = $1 AND is_active",

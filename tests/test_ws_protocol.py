@@ -1,7 +1,8 @@
 """The websocket protocol (docs/protocol.md) end to end through the real
 signaling app, real Postgres and real Redis: every message, every error code,
 the states, the rate limit, event relay and clean-up. The SFU worker here is
-`FakeWorker` (see its docstring); the media tests use the real one."""
+the FAKE in tests/fake_worker.py (checked against the real worker by
+tests/test_worker_contract.py); the media tests use the real one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any, cast
@@ -24,18 +25,20 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
-from sfu.registry import (
+from routing.registry import (
     WORKERS_KEY,
     WorkerRecord,
-    WorkerRegistration,
     stream_worker_key,
     worker_key,
 )
 from signaling import ws as ws_module
 from signaling.app import create_app
+from signaling.events import EVENTS
 from signaling.protocol import MAX_MESSAGE_BYTES, ErrorCode, ProtocolError
 from signaling.stream_keys import hash_stream_key, new_stream_key
 from signaling.tokens import issue_token
+from tests.fake_worker import FAKE_ANSWER_SDP, FakeWorker
+from tests.waiting import wait_until
 from vilokanam.balances import credit
 from vilokanam.config import Settings
 from vilokanam.services.net import free_port
@@ -45,107 +48,6 @@ OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"  # never parsed by
 TIMEOUT = 5.0
 
 Socket = aiohttp.ClientWebSocketResponse
-Recorded = tuple[str, str, Any]
-
-
-class FakeWorker:
-    """A FAKE SFU worker: only the HTTP door of the control API
-    (docs/architecture.md), with canned answers, recording every request.
-    It stands in for the real aiortc worker in these protocol tests only (no
-    media, no lifecycle rows, no events of its own unless a test asks); the
-    end-to-end tests run the real worker. It registers itself in Redis through
-    the real `sfu/registry.py` heartbeat, exactly as a worker does."""
-
-    def __init__(self, redis: aioredis.Redis, worker_id: str | None = None) -> None:
-        self.redis = redis
-        self.requests: list[Recorded] = []
-        self.peers: set[str] = set()
-        self.refusal: tuple[int, str] | None = None  # the next POST's error answer
-        self.while_answering: Callable[[], Awaitable[None]] | None = None
-        self.delete_delay = 0.0  # a slow worker: DELETEs take this long
-        self.worker_id = worker_id or f"fake-{secrets.token_hex(3)}"
-        app = web.Application()
-        app.router.add_post("/control/streams/{stream_id}/publisher", self._publisher)
-        app.router.add_post("/control/streams/{stream_id}/viewers", self._viewer)
-        app.router.add_post("/control/peers/{peer_id}/candidates", self._candidate)
-        app.router.add_delete("/control/peers/{peer_id}", self._delete)
-        self._server = TestServer(app)
-        self._registration: WorkerRegistration | None = None
-
-    @property
-    def control_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.port}"
-
-    @property
-    def last_peer(self) -> str:
-        return [path for method, path, _ in self.requests if method == "ANSWERED"][-1]
-
-    async def start(self) -> None:
-        await self._server.start_server()
-        self._registration = WorkerRegistration(
-            self.redis, worker_id=self.worker_id, control_url=self.control_url, capacity=10,
-            load_fn=lambda: len(self.peers), streams_fn=lambda: 0)
-        await self._registration.start()
-
-    async def deregister(self) -> None:
-        if self._registration is not None:
-            await self._registration.stop()
-            self._registration = None
-
-    async def stop(self) -> None:
-        await self.deregister()
-        await self._server.close()
-
-    def requests_to(self, method: str) -> list[Recorded]:
-        return [r for r in self.requests if r[0] == method]
-
-    async def _record(self, request: web.Request) -> Any:
-        body = await request.json() if request.can_read_body else None
-        self.requests.append((request.method, request.path, body))
-        return body
-
-    async def _answer(self, request: web.Request, fields: dict[str, Any]) -> web.Response:
-        await self._record(request)
-        if self.refusal is not None:
-            return self._refuse()
-        if self.while_answering is not None:
-            await self.while_answering()
-        peer_id = f"peer-{secrets.token_hex(4)}"
-        self.peers.add(peer_id)
-        self.requests.append(("ANSWERED", peer_id, None))
-        return web.json_response({"peer_id": peer_id, "sdp": "v=0 fake answer", **fields},
-                                 status=201)
-
-    async def _publisher(self, request: web.Request) -> web.Response:
-        return await self._answer(request, {"session_id": str(uuid.uuid4()), "resumed": False})
-
-    async def _viewer(self, request: web.Request) -> web.Response:
-        return await self._answer(request, {"viewer_session_id": str(uuid.uuid4())})
-
-    async def _candidate(self, request: web.Request) -> web.Response:
-        await self._record(request)
-        if self.refusal is not None:
-            return self._refuse()
-        return self._peer_status(request.match_info["peer_id"], forget=False)
-
-    def _refuse(self) -> web.Response:
-        assert self.refusal is not None
-        (status, code), self.refusal = self.refusal, None
-        return web.json_response({"error": {"code": code, "message": f"fake {code}"}},
-                                 status=status)
-
-    async def _delete(self, request: web.Request) -> web.Response:
-        await asyncio.sleep(self.delete_delay)
-        await self._record(request)
-        return self._peer_status(request.match_info["peer_id"], forget=True)
-
-    def _peer_status(self, peer_id: str, *, forget: bool) -> web.Response:
-        if peer_id not in self.peers:
-            return web.json_response({"error": {"code": "unknown_peer", "message": "fake"}},
-                                     status=404)
-        if forget:
-            self.peers.discard(peer_id)
-        return web.Response(status=204)
 
 
 @dataclasses.dataclass
@@ -244,10 +146,17 @@ async def error_code(ws: Socket, message: dict[str, Any] | str) -> str:
 
 
 async def eventually(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+    await wait_until(check, what, timeout=TIMEOUT, interval=0.02)
+
+
+@dataclasses.dataclass(eq=False)
+class Witness:
+    """A listener of signaling's event hub that keeps what it hears."""
+
+    seen: list[dict[str, Any]]
+
+    def on_event(self, channel: str, event: dict[str, Any]) -> None:
+        self.seen.append(event)
 
 
 def metric(name: str, **labels: str) -> float:
@@ -259,7 +168,7 @@ def metric(name: str, **labels: str) -> float:
 async def test_publish_answers_and_pins_the_stream(h: Harness) -> None:
     ws, stream_id, answer = await h.publishing()
     assert set(answer) == {"type", "sdp", "session_id", "resumed"}
-    assert answer["sdp"] == "v=0 fake answer" and answer["resumed"] is False
+    assert answer["sdp"] == FAKE_ANSWER_SDP and answer["resumed"] is False
     uuid.UUID(answer["session_id"])
     method, path, body = h.worker.requests[0]
     assert (method, path) == ("POST", f"/control/streams/{stream_id}/publisher")
@@ -319,7 +228,7 @@ async def test_worker_refusals_map_to_protocol_codes(h: Harness, status: int, wo
                                                      code: str) -> None:
     ws = await h.connect()
     stream_id, key = await h.stream()
-    h.worker.refusal = (status, worker_code)
+    h.worker.refuse_next(worker_code, status)
     assert await error_code(ws, publish(stream_id, key)) == code
     pinned = await h.redis.get(stream_worker_key(stream_id))
     # a fresh pin the worker refused is undone; already_live means someone is live there
@@ -396,7 +305,7 @@ async def test_watch_a_stream_that_is_not_live(h: Harness) -> None:
     assert await error_code(ws, watch(never_placed, token)) == "stream_not_live"
     # the worker has no publisher for it
     await h.redis.set(stream_worker_key(never_placed), h.worker.worker_id)
-    h.worker.refusal = (404, "stream_not_live")
+    h.worker.refuse_next("stream_not_live")
     assert await error_code(ws, watch(never_placed, token)) == "stream_not_live"
 
 
@@ -444,7 +353,7 @@ async def test_candidates_reach_the_worker_in_order(h: Harness) -> None:
 
 async def test_a_candidate_the_worker_cannot_parse_is_bad_candidate(h: Harness) -> None:
     ws, _, _ = await h.publishing()
-    h.worker.refusal = (400, "bad_candidate")
+    h.worker.refuse_next("bad_candidate")
     candidate = {"candidate": "candidate:garbage", "sdpMid": "0", "sdpMLineIndex": 0}
     assert await error_code(ws, {"type": "candidate", "candidate": candidate}) == "bad_candidate"
     await ws.send_json({"type": "candidate", "candidate": None})  # still publishing
@@ -607,9 +516,16 @@ async def test_events_published_while_the_worker_answers_follow_the_answer(
     _, stream_id, _ = await h.publishing()
 
     async def count_this_viewer() -> None:
+        # signaling's hub hands an event to every listener of its channel in
+        # one go: once this one has it, the watcher's connection has it too
+        seen: list[dict[str, Any]] = []
+        witness = Witness(seen)
+        hub = h.client.app[EVENTS]
+        hub.add(f"vk:stream:{stream_id}:events", witness)
         await h.event(f"vk:stream:{stream_id}:events", type="viewer_count",
                       stream_id=stream_id, count=1)
-        await asyncio.sleep(0.1)  # let signaling receive it before the answer
+        await wait_until(lambda: seen, "signaling receiving the event before the answer")
+        hub.remove(f"vk:stream:{stream_id}:events", witness)
 
     h.worker.while_answering = count_this_viewer
     _, token = await h.token()
@@ -662,7 +578,7 @@ async def test_a_client_that_does_not_read_is_dropped_once() -> None:
                               lambda: overflows.append(1), name="test-outbox")
     for n in range(ws_module.OUTBOX_LIMIT + 10):
         outbox.put({"n": n})
-    await asyncio.sleep(0)
+    await wait_until(lambda: overflows, "the outbox reporting its overflow")
     assert overflows == [1]
     await outbox.close()
 

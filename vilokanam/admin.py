@@ -1,5 +1,6 @@
-"""Operator commands that change money: crediting a viewer's balance by hand
-(in dev, and for support adjustments). Every change is a balance_ledger row."""
+"""Operator commands: crediting a viewer's balance by hand (in dev, and for
+support adjustments; every change is a balance_ledger row) and granting the
+moderator role, lifting a suspension."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from vilokanam.accounts import canonical_account
 from vilokanam.backends import Backends
 from vilokanam.balances import balance_of, credit
 from vilokanam.config import Settings
-from vilokanam.users import get_or_create_user
+from vilokanam.users import User, get_or_create_user, make_moderator, unsuspend
 
 DEV_GRANT = Decimal(100)  # tokens each dev account may spend in `vilokanam dev`
 DEV_GRANT_NOTE = "dev grant"
@@ -47,3 +48,22 @@ async def grant_dev_funds(settings: Settings, accounts: list[str]) -> int:
     finally:
         await backends.close()
     return granted
+
+
+async def grant_moderator(settings: Settings, account: str) -> User:
+    """Make `account` (created if new) a moderator: it may then review reports."""
+    backends = await Backends.open(settings)
+    try:
+        return await make_moderator(backends.pg, canonical_account(account, settings.ss58_prefix))
+    finally:
+        await backends.close()
+
+
+async def lift_suspension(settings: Settings, account: str) -> tuple[str, bool]:
+    """The canonical account and whether it was suspended (it is not now)."""
+    backends = await Backends.open(settings)
+    try:
+        canonical = canonical_account(account, settings.ss58_prefix)
+        return canonical, await unsuspend(backends.pg, canonical)
+    finally:
+        await backends.close()

@@ -4,7 +4,12 @@ live copy in integer planck (`vk:bal:<user id>`) that the SFU workers charge
 every second and check before every second.
 
 Credits (deposits, operator adjustments) commit in Postgres first, then move
-the live copy. A missing live copy is rebuilt from Postgres."""
+the live copy. A missing live copy is rebuilt from Postgres.
+
+This module is the only writer of `vk:bal:*`: credit, first load, rebuild,
+and the per-second charge — which runs inside the metering script (so a
+batch and its charges are one atomic step) but is written here, as a Lua
+function taking this module's key prefix."""
 
 from __future__ import annotations
 
@@ -15,7 +20,34 @@ from decimal import ROUND_FLOOR, Decimal
 import asyncpg
 import redis.asyncio as aioredis
 
-from vilokanam.metering import balance_key
+from vilokanam.subscriptions import price_for
+
+BALANCE_PREFIX = "vk:bal:"
+
+
+def balance_key(user_id: str) -> str:
+    return f"{BALANCE_PREFIX}{user_id}"
+
+
+# Lua: charge each tick {viewer_session_id, user_id, price_planck} of `ticks` to
+# its viewer's live balance (keys `prefix .. user_id`); returns the sessions
+# whose viewer cannot pay the next second, or has no live balance at all.
+# Metering embeds it in the script that writes a batch (vilokanam/metering.py).
+CHARGE_TICKS_LUA = """
+local function charge_ticks(ticks, prefix)
+  local broke = {}
+  for _, t in ipairs(ticks) do
+    local key = prefix .. t[2]
+    if redis.call('EXISTS', key) == 1 then
+      local left = redis.call('DECRBY', key, t[3])
+      if left < t[3] then table.insert(broke, t[1]) end
+    else
+      table.insert(broke, t[1])
+    end
+  end
+  return broke
+end
+"""
 
 # KEYS: the live balance. ARGV: the credit, the full balance after it (planck).
 # An existing copy moves by the credit (it already reflects unflushed ticks);
@@ -100,9 +132,64 @@ class StreamPriceUnknown(LookupError):
 
 async def can_start_watching(pg: asyncpg.Pool, redis: aioredis.Redis, user_id: str,
                              stream_id: str, decimals: int) -> bool:
-    """Whether the viewer's live balance covers MIN_START_SECONDS of the stream."""
-    price = await pg.fetchval("SELECT price_per_second FROM streams WHERE id = $1", stream_id)
+    """Whether the viewer's live balance covers MIN_START_SECONDS of the stream
+    at the viewer's price (0 for a subscriber of its creator)."""
+    price = await price_for(pg, user_id, stream_id)
     if price is None:
         raise StreamPriceUnknown(stream_id)
     needed = planck_floor(Decimal(price) * MIN_START_SECONDS, decimals)
     return await live_balance(pg, redis, user_id, decimals) >= needed
+
+
+# KEYS: live balances. ARGV: one signed planck delta per key. Each existing
+# copy moves by its delta; a missing one is left missing (it is rebuilt from
+# Postgres when needed, and a delta on nothing would invent a balance).
+# Returns the balances after the move (false for a missing copy).
+_ADJUST_LIVE = """
+local after = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    after[i] = redis.call('INCRBY', key, ARGV[i])
+  else
+    after[i] = false
+  end
+end
+return after
+"""
+
+
+async def adjust_live(redis: aioredis.Redis, deltas: dict[str, int]) -> dict[str, int | None]:
+    """Move existing live copies by a delta each (planck), atomically: a
+    refund of ticks the flush dropped, a repair of a drift. A delta, not a SET,
+    so ticks and credits landing meanwhile are kept."""
+    moved = {user: delta for user, delta in deltas.items() if delta}
+    if not moved:
+        return {}
+    users = list(moved)
+    script = redis.register_script(_ADJUST_LIVE)
+    after = await script(keys=[balance_key(u) for u in users], args=[moved[u] for u in users])
+    return {user: (None if value is None else int(value))
+            for user, value in zip(users, after, strict=True)}
+
+
+# KEYS: the live balance. ARGV: planck. Takes them only if they are there.
+_DEBIT_LIVE = """
+local have = tonumber(redis.call('GET', KEYS[1]))
+if have == nil or have < tonumber(ARGV[1]) then
+  return false
+end
+return redis.call('DECRBY', KEYS[1], ARGV[1])
+"""
+
+
+async def debit_live(pg: asyncpg.Pool, redis: aioredis.Redis, user_id: str, planck: int,
+                     decimals: int) -> int | None:
+    """Take `planck` from the live balance at once if it holds them (a tip, a
+    subscription): check and take in one script, so two payments at once
+    cannot both spend the same money. Returns the balance left, or None when it
+    is short (nothing taken). The Postgres side (a payments row) follows; if it
+    fails, `adjust_live` gives the planck back."""
+    await live_balance(pg, redis, user_id, decimals)  # a missing copy comes from Postgres
+    script = redis.register_script(_DEBIT_LIVE)
+    left = await script(keys=[balance_key(user_id)], args=[planck])
+    return None if left is None else int(left)

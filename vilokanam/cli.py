@@ -1,4 +1,5 @@
-"""The `vilokanam` command: `dev`, `migrate`, `signaling`, `sfu`, `billing`.
+"""The `vilokanam` command: `dev`, `migrate`, `signaling`, `sfu`, `billing`, `media`,
+and the operator commands `credit` and `admin moderator|unsuspend ACCOUNT`.
 
 Every flag has an environment variable of the same meaning (the README's
 configuration table); a flag wins over the environment. Known failures — an
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -69,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     _store_flags(sfu)
     _logging_flags(sfu)
 
+    media = sub.add_parser("media", help="run a media worker (recordings and uploads: probe, "
+                                         "thumbnail, HLS renditions, CIDs)")
+    media.add_argument("--media-port", type=int, help="port (VILOKANAM_MEDIA_PORT)")
+    media.add_argument("--media-concurrency", type=int,
+                       help="jobs at once (VILOKANAM_MEDIA_CONCURRENCY)")
+    _store_flags(media)
+    _logging_flags(media)
+
     credit = sub.add_parser("credit", help="credit a viewer's balance by hand (an adjustment "
                                            "in the balance ledger)")
     credit.add_argument("--account", required=True, help="the viewer's SS58 address")
@@ -76,6 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
     credit.add_argument("--note", default="operator credit", help="kept in the ledger")
     _store_flags(credit)
     _logging_flags(credit)
+
+    admin = sub.add_parser("admin", help="operator commands on users")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    moderator = admin_sub.add_parser("moderator", help="make a user a moderator (may review "
+                                                       "reports, remove content, suspend users)")
+    moderator.add_argument("account", help="the user's SS58 address (any prefix)")
+    _store_flags(moderator)
+    _logging_flags(moderator)
+    lift = admin_sub.add_parser("unsuspend", help="lift a user's suspension (they may log in, "
+                                                  "publish, chat and watch again)")
+    lift.add_argument("account", help="the user's SS58 address (any prefix)")
+    _store_flags(lift)
+    _logging_flags(lift)
+    verify = sub.add_parser(
+        "verify-receipt", help="check a receipt (GET /api/receipts/{id}) against the chain: "
+                               "exit 0 if it holds, 1 if not")
+    verify.add_argument("file", nargs="?", default="-",
+                        help="the receipt JSON (default: standard input)")
+    verify.add_argument("--substrate-url", help="chain RPC URL (SUBSTRATE_URL)")
+    _logging_flags(verify)
 
     billing = sub.add_parser("billing", help="run the billing worker")
     billing.add_argument("--billing-port", type=int, help="port (VILOKANAM_BILLING_PORT)")
@@ -86,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Flags that are a command's own arguments, not settings.
-_COMMAND_ARGS = {"command", "account", "amount", "note"}
+_COMMAND_ARGS = {"command", "account", "amount", "note", "admin_command", "file"}
+# verify-receipt: the receipt does not hold (1), as opposed to a usage error (2)
+# or a chain that does not answer (3).
+EXIT_DOES_NOT_HOLD = 1
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
@@ -135,6 +168,15 @@ def _run_billing(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_media(settings: Settings, _args: argparse.Namespace) -> int:
+    from media.app import create_app
+    from vilokanam.serve import run_role
+
+    run_role(create_app(settings), "media", "127.0.0.1", settings.media_port,
+             "VILOKANAM_MEDIA_PORT")
+    return 0
+
+
 def _run_credit(settings: Settings, args: argparse.Namespace) -> int:
     from vilokanam.accounts import InvalidAccount
     from vilokanam.admin import credit_account
@@ -153,10 +195,68 @@ def _run_credit(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_dev(settings: Settings, _args: argparse.Namespace) -> int:
-    from vilokanam.dev import run_dev
+def _run_verify_receipt(settings: Settings, args: argparse.Namespace) -> int:
+    from vilokanam.receipt_check import (
+        ChainUnreachable,
+        ReceiptUnreadable,
+        parse_receipt,
+        substrate_reader,
+        verify,
+    )
 
-    return run_dev(settings)
+    if not settings.substrate_url:
+        raise ConfigError("SUBSTRATE_URL is not set (or pass --substrate-url)")
+    try:
+        if args.file == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.file, encoding="utf-8") as handle:
+                text = handle.read()
+        receipt = parse_receipt(text)
+    except (OSError, UnicodeDecodeError, ReceiptUnreadable) as exc:
+        raise ConfigError(f"cannot read the receipt: {exc}") from None
+    try:
+        read_chain, close = substrate_reader(settings.substrate_url)
+        try:
+            verdict = verify(receipt, read_chain)
+        finally:
+            close()
+    except ChainUnreachable as exc:
+        print(f"vilokanam verify-receipt: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    for settlement_id in verdict.checked:
+        print(f"ok: settlement {settlement_id} is on chain and covers this charge")
+    for problem in verdict.problems:
+        print(f"FAILED: {problem}")
+    if verdict.holds:
+        print(f"the receipt holds: {receipt.get('settled')} settled on chain")
+        return 0
+    return EXIT_DOES_NOT_HOLD
+
+
+
+def _run_admin(settings: Settings, args: argparse.Namespace) -> int:
+    from vilokanam.accounts import InvalidAccount
+    from vilokanam.admin import grant_moderator, lift_suspension
+
+    try:
+        if args.admin_command == "moderator":
+            user = asyncio.run(grant_moderator(settings, args.account))
+            print(f"{user.account} is a moderator")
+        else:
+            account, was = asyncio.run(lift_suspension(settings, args.account))
+            print(f"{account} is no longer suspended" if was else f"{account} is not suspended")
+    except InvalidAccount as exc:
+        raise ConfigError(f"ACCOUNT: {exc}") from None
+    return 0
+
+
+def _run_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from vilokanam.dev import run_dev
+    from vilokanam.dev_ports import given_settings
+
+    flags = {k for k, v in vars(args).items() if k not in _COMMAND_ARGS and v is not None}
+    return run_dev(settings, given_settings(os.environ, flags))
 
 
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
@@ -165,7 +265,10 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "signaling": _run_signaling,
     "sfu": _run_sfu,
     "billing": _run_billing,
+    "media": _run_media,
     "credit": _run_credit,
+    "admin": _run_admin,
+    "verify-receipt": _run_verify_receipt,
 }
 
 

@@ -27,10 +27,15 @@ class Setting:
     default: str | None
     help: str
     secret: bool = False
+    # The roles that may be given this setting (None: every role). A secret
+    # reaches only the role that needs it: `as_env(role)` leaves it out for the
+    # others, and the compose test refuses it in another role's service.
+    roles: tuple[str, ...] | None = None
 
 
-def _setting(env: str, default: str | None, help: str, *, secret: bool = False) -> Any:
-    return field(default=None, metadata={"setting": Setting(env, default, help, secret)})
+def _setting(env: str, default: str | None, help: str, *, secret: bool = False,
+             roles: tuple[str, ...] | None = None) -> Any:
+    return field(default=None, metadata={"setting": Setting(env, default, help, secret, roles)})
 
 
 def _parse_port(name: str, raw: str) -> int:
@@ -142,7 +147,13 @@ class Settings:
     escrow_uri: str | None = _setting(
         "VILOKANAM_ESCROW_URI", None,
         "Secret URI (e.g. a mnemonic or `//Escrow`) of the platform's escrow account. "
-        "Never logged. `vilokanam dev` uses the dev URI `//VilokanamEscrow`.", secret=True)
+        "Never logged; given to the billing role only. `vilokanam dev` uses the dev URI "
+        "`//VilokanamEscrow`.", secret=True, roles=("billing",))
+    escrow_account: str | None = _setting(
+        "VILOKANAM_ESCROW_ACCOUNT", None,
+        "Public address (any SS58 prefix) of the escrow account, which `GET /api/billing/info` "
+        "shows viewers as where to deposit. Signaling needs only this, never the secret URI. "
+        "`vilokanam dev` derives it from the dev escrow.")
     dev_mode: bool = _setting(
         "VILOKANAM_DEV_MODE", "false",
         "Enables `POST /api/dev/token` (a viewer token for any account, no signature). "
@@ -150,7 +161,8 @@ class Settings:
     token_secret: str | None = _setting(
         "VILOKANAM_TOKEN_SECRET", None,
         "HMAC secret that signs Bearer tokens (at least 32 characters). Never logged. "
-        "`vilokanam dev` makes one and keeps it in its data dir.", secret=True)
+        "`vilokanam dev` makes one and keeps it in its data dir. Given to the signaling role "
+        "only.", secret=True, roles=("signaling",))
     settlement_period: Decimal = _setting(
         "VILOKANAM_SETTLEMENT_PERIOD", "60",
         "Seconds between creator payout batches on chain.")
@@ -158,9 +170,44 @@ class Settings:
         "VILOKANAM_PAYOUT_THRESHOLD", "10",
         "A creator whose pending payout passes this many tokens is paid without waiting for "
         "the period.")
+    reconcile_interval: Decimal = _setting(
+        "VILOKANAM_RECONCILE_INTERVAL", "60",
+        "Seconds between the billing worker's proofs that every live balance (Redis) is "
+        "ledger - charges (Postgres); a drift seen in two rounds in a row is repaired.")
     chain_public_url: str | None = _setting(
         "VILOKANAM_CHAIN_PUBLIC_URL", None,
         "Chain RPC URL given to browsers in /api/billing/info. Default: SUBSTRATE_URL.")
+    upload_max_bytes: int = _setting(
+        "VILOKANAM_UPLOAD_MAX_BYTES", "4294967296",
+        "Largest video upload accepted, in bytes (default 4 GiB); a larger one is refused with "
+        "413 before its body is read past the limit.")
+    storage_dir: Path | None = _setting(
+        "VILOKANAM_STORAGE_DIR", None,
+        "Directory of the video storage (originals, recordings, HLS renditions, thumbnails); "
+        "several hosts share it as a volume. Default `<VILOKANAM_DATA_DIR>/media`.")
+    ipfs_api: str | None = _setting(
+        "VILOKANAM_IPFS_API", None,
+        "HTTP API of an IPFS node (e.g. `http://127.0.0.1:5001`): when set, the media role adds "
+        "every original and rendition to it. The CID is computed either way.")
+    media_port: int = _setting(
+        "VILOKANAM_MEDIA_PORT", "8060", "Port of the media role's /healthz, /readyz and /metrics.")
+    media_concurrency: int = _setting(
+        "VILOKANAM_MEDIA_CONCURRENCY", "1",
+        "Processing jobs one media worker runs at once (each transcodes in its own thread).")
+    media_job_lease: Decimal = _setting(
+        "VILOKANAM_MEDIA_JOB_LEASE", "30",
+        "Seconds a claimed job stays claimed without its worker renewing the lease (renewed "
+        "every third of it); a worker killed mid-job loses its jobs after this.")
+    media_max_attempts: int = _setting(
+        "VILOKANAM_MEDIA_MAX_ATTEMPTS", "3",
+        "Claims of a processing job before it fails for good.")
+    playback_ttl: int = _setting(
+        "VILOKANAM_PLAYBACK_TTL", "21600",
+        "Seconds a video view's signed playlist and segment URLs stay valid.")
+    record_streams: bool = _setting(
+        "VILOKANAM_RECORD_STREAMS", "true",
+        "Whether SFU workers record live sessions (a stream may still opt out with "
+        "`\"record\": false`).")
     log_format: str = _setting(
         "VILOKANAM_LOG_FORMAT", "text", "`text` (key=value) or `json`: one line per event.")
     log_level: str = _setting("VILOKANAM_LOG_LEVEL", "INFO", "Log level.")
@@ -196,8 +243,20 @@ class Settings:
         if self.settlement_period <= 0 or self.payout_threshold <= 0:
             raise ConfigError("VILOKANAM_SETTLEMENT_PERIOD and VILOKANAM_PAYOUT_THRESHOLD "
                               "must be greater than zero")
+        if not Decimal("0.1") <= self.reconcile_interval <= Decimal(86400):
+            raise ConfigError("VILOKANAM_RECONCILE_INTERVAL must be between 0.1 and 86400 "
+                              "seconds")
         if self.sfu_capacity < 1:
             raise ConfigError("VILOKANAM_SFU_CAPACITY must be at least 1")
+        if self.upload_max_bytes < 1:
+            raise ConfigError("VILOKANAM_UPLOAD_MAX_BYTES must be at least 1")
+        if self.media_concurrency < 1 or self.media_max_attempts < 1:
+            raise ConfigError("VILOKANAM_MEDIA_CONCURRENCY and VILOKANAM_MEDIA_MAX_ATTEMPTS "
+                              "must be at least 1")
+        if not Decimal(1) <= self.media_job_lease <= Decimal(3600):
+            raise ConfigError("VILOKANAM_MEDIA_JOB_LEASE must be between 1 and 3600 seconds")
+        if self.playback_ttl < 60:
+            raise ConfigError("VILOKANAM_PLAYBACK_TTL must be at least 60 seconds")
         if self.log_format not in ("text", "json"):
             raise ConfigError("VILOKANAM_LOG_FORMAT must be 'text' or 'json'")
 
@@ -208,18 +267,23 @@ class Settings:
         return f"http://{self.http_host}:{self.http_port}"
 
     @property
+    def media_dir(self) -> Path:
+        return self.storage_dir if self.storage_dir is not None else self.data_dir / "media"
+
+    @property
     def sfu_control_url(self) -> str:
         if self.sfu_advertise_url:
             return self.sfu_advertise_url.rstrip("/")
         return f"http://{self.sfu_host}:{self.sfu_port}"
 
-    def as_env(self) -> dict[str, str]:
-        """The environment that reproduces these settings in a child process."""
+    def as_env(self, role: str | None = None) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process;
+        for `role`, without the settings (secrets) meant for other roles."""
         env: dict[str, str] = {}
         for f in fields(self):
             spec: Setting = f.metadata["setting"]
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or (role and spec.roles and role not in spec.roles):
                 continue
             if f.name == "ice_host_addresses":
                 env[spec.env] = ",".join(value)
@@ -267,6 +331,14 @@ _PARSERS: dict[str, Callable[[str, str | None], Any]] = {
     "dev_redis_port": _optional(_parse_port),
     "dev_chain_port": _optional(_parse_port),
     "data_dir": _optional(lambda _n, raw: Path(raw)),
+    "storage_dir": _optional(lambda _n, raw: Path(raw)),
+    "media_port": _optional(_parse_port),
+    "upload_max_bytes": _optional(_parse_int),
+    "media_concurrency": _optional(_parse_int),
+    "media_max_attempts": _optional(_parse_int),
+    "media_job_lease": _optional(_parse_decimal),
+    "playback_ttl": _optional(_parse_int),
+    "record_streams": _optional(_parse_bool),
     "ice_servers": _optional(_parse_ice_servers),
     "ice_host_addresses": _optional(
         lambda _n, raw: [a.strip() for a in raw.split(",") if a.strip()]),
@@ -279,6 +351,7 @@ _PARSERS: dict[str, Callable[[str, str | None], Any]] = {
     "flush_interval": _optional(_parse_decimal),
     "settlement_period": _optional(_parse_decimal),
     "payout_threshold": _optional(_parse_decimal),
+    "reconcile_interval": _optional(_parse_decimal),
 }
 
 

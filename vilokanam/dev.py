@@ -2,7 +2,7 @@
 
 It starts (unless given URLs) a private Postgres, Redis and chopsticks chain
 under VILOKANAM_DATA_DIR, applies migrations, then runs signaling, one SFU
-worker and billing as child processes, prints every URL, and on Ctrl-C or
+worker, billing and media as child processes, prints every URL, and on Ctrl-C or
 SIGTERM stops them all — within 10 s, leaving no process behind."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -19,9 +20,9 @@ from typing import Protocol
 
 from vilokanam.admin import DEV_GRANT, grant_dev_funds
 from vilokanam.config import Settings, redact_url
+from vilokanam.dev_ports import assign_ports, check_ports_free
 from vilokanam.logs import register_secret
 from vilokanam.migrations import migrate
-from vilokanam.services.net import ensure_port_free
 from vilokanam.services.process import ManagedProcess
 
 STARTUP_TIMEOUT = 30.0
@@ -76,16 +77,19 @@ class DevStack:
         funded = {address: DEV_ACCOUNT_FUNDS for address in dev_accounts().values()}
         funded[address_of(escrow_uri)] = ESCROW_FUNDS
         chain = ChainNode(self.data_dir / "chain", self.settings.dev_chain_port, funded=funded)
-        print("preparing the local chain (first run installs its npm packages)...", flush=True)
+        assert chain.npm_dir is not None
+        print(chain_preparing_line(chain.npm_dir), flush=True)
         chain.provision()
         chain.start()
         self.services.append(chain)
-        self.settings = replace(self.settings, substrate_url=chain.url, escrow_uri=escrow_uri)
+        self.settings = replace(self.settings, substrate_url=chain.url, escrow_uri=escrow_uri,
+                                escrow_account=self.settings.escrow_account
+                                or address_of(escrow_uri))
 
     def start_roles(self) -> None:
-        env = {**_inherited_env(), **self.settings.as_env()}
         logs = self.data_dir / "logs"
-        for role in ("signaling", "sfu", "billing"):
+        for role in ("signaling", "sfu", "billing", "media"):
+            env = {**_inherited_env(), **self.settings.as_env(role)}  # each role its secrets
             proc = ManagedProcess(role, [sys.executable, "-m", "vilokanam", role],
                                   log_path=logs / f"{role}.log", env=env)
             proc.start()
@@ -93,7 +97,7 @@ class DevStack:
 
     def wait_until_serving(self, deadline: float) -> None:
         ports = {"signaling": self.settings.http_port, "sfu": self.settings.sfu_port,
-                 "billing": self.settings.billing_port}
+                 "billing": self.settings.billing_port, "media": self.settings.media_port}
         for proc in self.roles:
             while not _healthy(ports[proc.name]):
                 if not proc.running:
@@ -123,12 +127,24 @@ class DevStack:
             ("metrics", f"{base}/metrics"),
             ("sfu worker (private)", f"http://{self.settings.sfu_host}:{self.settings.sfu_port}"),
             ("billing", f"http://127.0.0.1:{self.settings.billing_port}/healthz"),
+            ("media", f"http://127.0.0.1:{self.settings.media_port}/healthz"),
+            ("video storage", str(self.settings.media_dir.resolve())),
             ("postgres", redact_url(self.settings.database_url or "")),
             ("redis", redact_url(self.settings.redis_url or "")),
             ("chain rpc", chain),
             ("data dir", str(self.data_dir)),
             ("logs", str(self.data_dir / "logs")),
         ]
+
+
+def chain_preparing_line(npm_dir: Path) -> str:
+    """What dev says before it provisions the chain: the npm install (a minute
+    or two, 270 MB) is announced only when it is about to happen."""
+    from vilokanam.services.chain import packages_installed
+
+    if packages_installed(npm_dir):
+        return "preparing the local chain..."
+    return "preparing the local chain (first run: installing its npm packages)..."
 
 
 class RoleFailed(RuntimeError):
@@ -164,21 +180,6 @@ async def _grant_dev_funds(settings: Settings) -> int:
     return await grant_dev_funds(settings, list(dev_accounts().values()))
 
 
-def _check_ports(settings: Settings) -> None:
-    """Refuse a taken port up front, naming its setting, before starting anything."""
-    wanted = [(settings.http_port, "VILOKANAM_HTTP_PORT"),
-              (settings.sfu_port, "VILOKANAM_SFU_PORT"),
-              (settings.billing_port, "VILOKANAM_BILLING_PORT")]
-    if not settings.database_url:
-        wanted.append((settings.dev_postgres_port, "VILOKANAM_DEV_POSTGRES_PORT"))
-    if not settings.redis_url:
-        wanted.append((settings.dev_redis_port, "VILOKANAM_DEV_REDIS_PORT"))
-    if not settings.substrate_url:
-        wanted.append((settings.dev_chain_port, "VILOKANAM_DEV_CHAIN_PORT"))
-    for port, setting in wanted:
-        ensure_port_free(port, setting=setting)
-
-
 def _dev_token_secret(data_dir: Path) -> str:
     """A token secret kept in the data dir, so tokens survive a dev restart."""
     import secrets
@@ -191,8 +192,12 @@ def _dev_token_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def run_dev(settings: Settings) -> int:
-    _check_ports(settings)
+def run_dev(settings: Settings, given: Collection[str] = ()) -> int:
+    """`given`: the variables the user set (their ports are kept as given)."""
+    settings, moves = assign_ports(settings, given)
+    for move in moves:
+        print(f"vilokanam dev: {move}", flush=True)
+    check_ports_free(settings)
     if settings.token_secret is None:
         settings = replace(settings, token_secret=_dev_token_secret(settings.data_dir.resolve()))
     register_secret(settings.token_secret)

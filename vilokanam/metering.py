@@ -7,8 +7,9 @@ script), whatever its number of viewers:
   SET NX, so a retried write of the same batch changes nothing;
 - the batch key joins the sorted set `vk:ticks:pending` (score: the second);
 - each ticked viewer's live balance `vk:bal:<user id>` (integer planck) is
-  decreased by its price, and the script returns the sessions whose viewer
-  cannot pay for the next second — the worker cuts them off in this second;
+  decreased by its price (vilokanam/balances.py's charge, inside this
+  script), and the script returns the sessions whose viewer cannot pay for
+  the next second — the worker cuts them off in this second;
 - one message on `vk:ticks:live` tells signaling each session's seconds and
   cost so far, for the watch page.
 
@@ -24,7 +25,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from vilokanam.balances import BALANCE_PREFIX, CHARGE_TICKS_LUA
+
 PENDING_KEY = "vk:ticks:pending"
+# A video view's ticks (signaling/playback.py) are batches of the "worker"
+# `vod:<view id>`, labelled with the media second delivered: a second re-fetched
+# (seek back, rendition switch) is the same batch, so it is never billed twice.
+VIDEO_VIEW_BATCH_PREFIX = "vod:"
 LIVE_CHANNEL = "vk:ticks:live"
 
 
@@ -35,10 +42,6 @@ def batch_key(batch_id: str) -> str:
 def batch_id_of(key: str | bytes) -> str:
     text = key.decode() if isinstance(key, bytes) else key
     return text.removeprefix("vk:ticks:batch:")
-
-
-def balance_key(user_id: str) -> str:
-    return f"vk:bal:{user_id}"
 
 
 @dataclass(frozen=True)
@@ -73,25 +76,16 @@ class TickBatch:
                    tuple(Tick(str(s), str(u), int(p)) for s, u, p in data["ticks"]))
 
 
-# KEYS: batch key, pending set. ARGV: second, batch JSON, live JSON (may be "").
-# Returns the viewer_session_ids whose viewer's balance is below their price
-# after this second's charge (or who have no live balance at all).
-_WRITE_TICKS = """
+# KEYS: batch key, pending set. ARGV: second, batch JSON, live JSON (may be
+# ""), the live balances' key prefix. Returns the viewer_session_ids whose
+# viewer's balance is below their price after this second's charge (or who have
+# no live balance at all); the charge itself is vilokanam/balances.py's.
+_WRITE_TICKS = CHARGE_TICKS_LUA + """
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX') then
   return {}
 end
 redis.call('ZADD', KEYS[2], ARGV[1], KEYS[1])
-local batch = cjson.decode(ARGV[2])
-local broke = {}
-for _, t in ipairs(batch['ticks']) do
-  local key = 'vk:bal:' .. t[2]
-  if redis.call('EXISTS', key) == 1 then
-    local left = redis.call('DECRBY', key, t[3])
-    if left < t[3] then table.insert(broke, t[1]) end
-  else
-    table.insert(broke, t[1])
-  end
-end
+local broke = charge_ticks(cjson.decode(ARGV[2])['ticks'], ARGV[4])
 if ARGV[3] ~= '' then redis.call('PUBLISH', 'vk:ticks:live', ARGV[3]) end
 return broke
 """
@@ -108,6 +102,7 @@ class TickWriter:
         returns no sessions to cut."""
         broke = await self._script(
             keys=[batch_key(batch.batch_id), PENDING_KEY],
-            args=[batch.second, batch.encode(), json.dumps(live) if live else ""])
+            args=[batch.second, batch.encode(), json.dumps(live) if live else "",
+                  BALANCE_PREFIX])
         return [b.decode() if isinstance(b, bytes) else str(b) for b in broke]
 

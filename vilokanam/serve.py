@@ -14,7 +14,7 @@ from aiohttp import web
 from vilokanam.logs import log_event
 from vilokanam.services.net import PortInUseError
 
-log = logging.getLogger("vilokanam.serve")
+log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 8.0  # stays inside the 10 s an orchestrator grants
 

@@ -9,9 +9,15 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from prometheus_client import Counter
+
 from vilokanam.logs import log_event
 
-log = logging.getLogger("vilokanam.tasks")
+log = logging.getLogger(__name__)
+
+LOOP_FAILURES = Counter(
+    "vilokanam_loop_failures_total",
+    "Failed iterations of a long-running loop (the loop goes on after a backoff)", ["loop"])
 
 
 class TaskOwner:
@@ -46,22 +52,44 @@ class TaskOwner:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def poll_forever(step: Callable[[], Awaitable[Any]], *, waiting_event: str,
-                       poll_interval: float, max_backoff: float) -> None:
-    """Run `step` every `poll_interval` until cancelled. A failing step is
-    logged as `waiting_event` and retried with exponential backoff: a worker
-    loop that died would silently stop crediting or paying."""
-    backoff = poll_interval
+async def run_forever(name: str, step: Callable[[], Awaitable[object]], *, every: float,
+                      max_backoff: float | None = None, failure_event: str | None = None,
+                      at_once: bool = False) -> None:
+    """The one policy for every long-running loop: call `step` every `every`
+    seconds until cancelled — only the loop's owner ends it.
+
+    Paced by deadlines, so a slow step is not followed by a full extra wait and
+    the beat does not drift; a loop that fell behind skips the beats it missed
+    rather than bursting. A step that returns True has more to do now (a
+    backlog) and runs again at once (any other result is ignored). A failing step is logged
+    (`failure_event`, default `<name>.failed`, with the error) and counted in
+    vilokanam_loop_failures_total{loop}; the next try comes after a backoff
+    that doubles from `every` up to `max_backoff` (default `every`: a clock
+    keeps its beat). A loop that died on one error would silently stop
+    billing, crediting, paying or reaping."""
+    clock = asyncio.get_running_loop()
+    ceiling = every if max_backoff is None else max(every, max_backoff)
+    event = failure_event or f"{name}.failed"
+    backoff = every
+    deadline = clock.time() + (0.0 if at_once else every)
     while True:
+        await asyncio.sleep(max(0.0, deadline - clock.time()))
         try:
-            await step()
+            more = await step()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - see the docstring
-            log_event(log, waiting_event, logging.WARNING, error=type(exc).__name__,
-                      detail=str(exc)[:200], retry_in_s=round(backoff, 2))
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, max_backoff)
+            LOOP_FAILURES.labels(name).inc()
+            log_event(log, event, logging.WARNING, loop=name, error=repr(exc)[:300],
+                      retry_in_s=round(backoff, 3))
+            deadline = clock.time() + backoff
+            backoff = min(backoff * 2, ceiling)
             continue
-        backoff = poll_interval
-        await asyncio.sleep(poll_interval)
+        backoff = every
+        now = clock.time()
+        if more is True:
+            deadline = now
+        else:
+            deadline += every
+            if deadline < now:  # fell behind: skip the missed beats
+                deadline = now + every - (now - deadline) % every

@@ -54,3 +54,57 @@ async def find_user(conn: asyncpg.Pool | asyncpg.Connection, account: str) -> Us
     row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE account_id = $1",
                               account)
     return None if row is None else User.from_row(row)
+
+
+# -- standing: role and suspension (migration 0010) --------------------------------
+
+MODERATOR = "moderator"
+
+
+@dataclass(frozen=True)
+class Standing:
+    """What a user may do: every front checks it on every request, so a
+    suspension takes effect at once (tokens are stateless and live on)."""
+
+    role: str
+    suspended: bool
+
+    @property
+    def is_moderator(self) -> bool:
+        return self.role == MODERATOR and not self.suspended
+
+
+GOOD_STANDING = Standing("user", False)  # a user with no row yet (never acted)
+
+
+async def standing_of(conn: asyncpg.Pool | asyncpg.Connection, user_id: str) -> Standing:
+    row = await conn.fetchrow(
+        "SELECT role, suspended_at IS NOT NULL AS suspended FROM users WHERE id = $1::uuid",
+        user_id)
+    return GOOD_STANDING if row is None else Standing(row["role"], row["suspended"])
+
+
+async def make_moderator(conn: asyncpg.Pool | asyncpg.Connection, account: str) -> User:
+    """Grant the moderator role (the user is created if new)."""
+    return await _write_or_read(
+        conn, "INSERT INTO users (account_id, role) VALUES ($1, 'moderator') "
+              "ON CONFLICT (account_id) DO UPDATE SET role = 'moderator' "
+              "WHERE users.role <> 'moderator'", account)
+
+
+async def suspend(conn: asyncpg.Pool | asyncpg.Connection, user_id: str, by_user_id: str,
+                  reason: str) -> bool:
+    """Suspend a user; True when this call did (False: already suspended)."""
+    status = await conn.execute(
+        "UPDATE users SET suspended_at = now(), suspended_by = $2::uuid, "
+        "suspension_reason = $3 WHERE id = $1::uuid AND suspended_at IS NULL",
+        user_id, by_user_id, reason)
+    return bool(status == "UPDATE 1")
+
+
+async def unsuspend(conn: asyncpg.Pool | asyncpg.Connection, account: str) -> bool:
+    """Lift a suspension (an operator's correction); True when there was one."""
+    status = await conn.execute(
+        "UPDATE users SET suspended_at = NULL, suspended_by = NULL, suspension_reason = NULL "
+        "WHERE account_id = $1 AND suspended_at IS NOT NULL", account)
+    return bool(status == "UPDATE 1")

@@ -100,16 +100,24 @@ def _run(argv: list[str], cwd: Path, what: str, timeout: float) -> None:
         raise ServiceStartError(f"{what} failed ({done.returncode}):\n{tail}")
 
 
+def packages_installed(npm_dir: Path) -> bool:
+    """True when `npm_dir` holds the project's pinned chain packages: the lock
+    file a stamp recorded (its sha256) is today's, and chopsticks is there."""
+    stamp = npm_dir / ".lock-sha256"
+    wanted = _sha256(resource_dir("chain") / "package-lock.json")
+    installed = stamp.read_text().strip() if stamp.exists() else None
+    return installed == wanted and (npm_dir / CHOPSTICKS_CLI).exists()
+
+
 def install_packages(npm_dir: Path, timeout: float = 600.0) -> None:
     """`npm ci` the project's pinned chain packages into `npm_dir`, unless the
-    same lock file is already installed there (a stamp keeps its sha256)."""
+    same lock file is already installed there."""
     source = resource_dir("chain")
     stamp = npm_dir / ".lock-sha256"
     with _locked(npm_dir):
-        wanted = _sha256(source / "package-lock.json")
-        installed = stamp.read_text().strip() if stamp.exists() else None
-        if installed == wanted and (npm_dir / CHOPSTICKS_CLI).exists():
+        if packages_installed(npm_dir):
             return
+        wanted = _sha256(source / "package-lock.json")
         stamp.unlink(missing_ok=True)
         for name in ("package.json", "package-lock.json"):
             shutil.copyfile(source / name, npm_dir / name)

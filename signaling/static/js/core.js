@@ -63,6 +63,12 @@ const ERROR_TEXT = {
   invalid_account: "That is not a Polkadot account address.",
   no_escrow: "This server has no escrow account configured: deposits are not possible.",
   chain_error: "The chain refused the transfer.",
+  // Signed delivery receipts (receipts.js).
+  receipts_required: "This stream is watched only with a wallet that signs delivery " +
+    "receipts. Install polkadot{.js} (or a compatible wallet) and allow this site.",
+  delegation_refused: "The wallet's delegation to this page was refused.",
+  receipt_refused: "A delivery receipt was refused.",
+  receipts_stopped: "No signed receipt covered the seconds watched, so the stream stopped.",
 };
 
 export function errorText(code, message) {

@@ -6,12 +6,14 @@ import { state } from "./core.js";
 import { homePage } from "./pages/home.js";
 import { publishPage } from "./pages/publish.js";
 import { studioPage } from "./pages/studio.js";
+import { videoPage } from "./pages/video.js";
 import { walletPage } from "./pages/wallet.js";
 import { watchPage } from "./pages/watch.js";
 import { setUpSignIn } from "./signin.js";
 
 const pages = {
-  home: homePage, watch: watchPage, publish: publishPage, studio: studioPage, wallet: walletPage,
+  home: homePage, watch: watchPage, publish: publishPage, studio: studioPage, video: videoPage,
+  wallet: walletPage,
 };
 
 setUpSignIn();

@@ -4,6 +4,7 @@
 // #error and the viewer count in #viewer-count.
 
 import { AppError, byId, clearBox, config, showErrorIn, state, vilokanam } from "./core.js";
+import { setSigned } from "./receipts.js";
 
 const PROTOCOL_VERSION = 1;
 const HELLO_TIMEOUT_MS = 10000;
@@ -11,7 +12,7 @@ const HELLO_TIMEOUT_MS = 10000;
 // after other errors (e.g. a refused candidate), and so do we.
 const SESSION_ENDING = new Set([
   "connection_failed", "worker_draining", "peer_closed", "insufficient_funds",
-  "stream_not_live", "internal_error",
+  "stream_not_live", "internal_error", "receipts_stopped",
 ]);
 
 export function setPhase(phase) {
@@ -91,6 +92,7 @@ export class Session {
     this.answered = false;
     this.localCandidates = [];    // held until the answer: the server has no peer before
     this.remoteCandidates = [];   // held until the remote description is set
+    this.receipts = null;         // a watch with signed delivery receipts (receipts.js)
     this.closed = false;
   }
 
@@ -142,6 +144,7 @@ export class Session {
       candidate: () => this.addRemoteCandidate(msg.candidate),
       viewer_count: () => setViewerCount(msg.count),
       tick: () => this.onTick(msg.seconds, msg.cost),
+      receipt_accepted: () => setSigned(msg.seconds),
       stream_started: () => setPhase("live"),
       stream_ended: () => this.ended(),
       error: () => this.serverError(msg.code, msg.message),
@@ -155,6 +158,7 @@ export class Session {
     await this.pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
     state.sessionId = msg.session_id || null;
     this.answered = true;
+    if (this.receipts) this.receipts.start(msg.viewer_session_id);
     this.localCandidates.splice(0).forEach((m) => this.send(m));
     for (const candidate of this.remoteCandidates.splice(0)) await this.addRemoteCandidate(candidate);
   }
@@ -194,7 +198,9 @@ export class Session {
     this.close("error");
   }
 
-  leave() {
+  async leave() {
+    // A last receipt first, so the bill can rest on the viewer's own signature.
+    if (this.receipts) await this.receipts.flush().catch(() => {});
     this.send({ type: "leave" });
     this.close("left");
   }
@@ -202,6 +208,7 @@ export class Session {
   close(phase) {
     if (this.closed) return;
     this.closed = true;
+    if (this.receipts) this.receipts.stop();
     setPhase(phase);
     if (this.pc) this.pc.close();  // kept in window.vilokanam.pc for a last getStats()
     if (this.ws) {

@@ -12,7 +12,7 @@ const APP_NAME = "Vilokanam-view";  // how the wallet extension names this site
 const WALLET_KEY_TYPES = new Set(["sr25519", "ed25519"]);
 const BALANCE_REFRESH_MS = 10000;
 
-function hexOfText(text) {
+export function hexOfText(text) {
   const bytes = new TextEncoder().encode(text);
   return `0x${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }

@@ -1,9 +1,11 @@
 // The live watch page: sign in, watch (WebRTC from the server), the viewer
 // count, the seconds billed and their cost every second, the balance. A lost
-// connection or an ended stream says so and offers to reconnect.
+// connection or an ended stream says so and offers to reconnect. When a wallet
+// holds the signed-in account, the page signs delivery receipts (receipts.js).
 
 import { amountText, api, byId, config, guarded, state, viewer } from "../core.js";
 import { refreshBalance } from "../signin.js";
+import { DeliveryReceipts, delegate } from "../receipts.js";
 import { Session } from "../session.js";
 
 const BALANCE_EVERY_TICKS = 5;  // the live balance, every few billed seconds
@@ -56,6 +58,19 @@ export function watchPage() {
     session = new Session({ livePhase: "watching", onEnd: ended, onTick });
     render();
     const join = { type: "watch", stream_id: config.streamId, token: current.token };
+    let delegation = null;
+    try {
+      // The price as it is now: the delegation caps receipts at it.
+      const stream = await api("GET", `/api/streams/${config.streamId}`);
+      delegation = await delegate(current.account, stream.price_per_second);
+    } catch (err) {
+      session.fail(err.code || "client_error", err.message);
+      return;
+    }
+    if (delegation) {
+      join.delegation = delegation.wire;
+      session.receipts = new DeliveryReceipts(session, delegation);
+    }
     await session.run(join, (pc) => {
       pc.addTransceiver("video", { direction: "recvonly" });
       pc.addTransceiver("audio", { direction: "recvonly" });

@@ -13,29 +13,25 @@ wrote before it died are in Redis already; billing flushes them as usual."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator
 
 import asyncpg
 import redis.asyncio as aioredis
-from aiohttp import web
 
-from sfu.events import EventBus
-from sfu.lifecycle import end_stream_rows
-from sfu.registry import (
+from routing.channels import EventBus, StreamEvent
+from routing.registry import (
     WORKERS_KEY,
     stream_worker_key,
     unplace,
     worker_key,
     worker_streams_key,
 )
-from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
-from vilokanam.tasks import TaskOwner
+from vilokanam.stream_rows import end_stream_rows
+from vilokanam.tasks import run_forever
 
-log = logging.getLogger("vilokanam.signaling.reaper")
+log = logging.getLogger(__name__)
 
 REAP_EVERY_S = 2.0
 LOCK_KEY = "vk:sfu:reaper:lock"
@@ -72,7 +68,7 @@ async def end_orphan(redis: aioredis.Redis, pg: asyncpg.Pool, stream_id: str,
     if pinned is not None and _text(pinned) == worker_id:
         events = EventBus(redis, worker_id)
         for session_id in await end_stream_rows(pg, stream_id):
-            await events.stream(stream_id, "stream_ended", session_id=session_id)
+            await events.stream(stream_id, StreamEvent.ENDED, session_id=session_id)
         log_event(log, "reaper.stream_ended", stream_id=stream_id, worker_id=worker_id)
     await unplace(redis, stream_id, worker_id)
 
@@ -104,19 +100,7 @@ async def reap_once(redis: aioredis.Redis, pg: asyncpg.Pool) -> list[str]:
 
 async def run_reaper(redis: aioredis.Redis, pg: asyncpg.Pool,
                      every_s: float = REAP_EVERY_S) -> None:
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            await reap_once(redis, pg)
-        except Exception as exc:  # a store outage must not end reaping for good
-            log_event(log, "reaper.failed", logging.WARNING, error=repr(exc))
-
-
-async def reaper_ctx(app: web.Application) -> AsyncIterator[None]:
-    backends = app[BACKENDS]
-    tasks = TaskOwner("reaper")
-    tasks.spawn(run_reaper(backends.redis, backends.pg), "loop")
-    try:
-        yield
-    finally:
-        await tasks.close()
+    """Reap every `every_s` until cancelled; a store outage never ends it."""
+    async def step() -> None:
+        await reap_once(redis, pg)
+    await run_forever("reaper", step, every=every_s)

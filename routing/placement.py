@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from sfu.registry import (
+from routing.registry import (
     WORKERS_KEY,
     WorkerRecord,
     stream_worker_key,
@@ -25,7 +25,7 @@ from sfu.registry import (
 )
 from vilokanam.logs import log_event
 
-log = logging.getLogger("vilokanam.signaling.placement")
+log = logging.getLogger(__name__)
 
 # Pin a stream to `new` only if the pin is still what we read (`expected`, ''
 # for none): two signaling servers placing one stream at once agree on one

@@ -1,10 +1,11 @@
-"""The worker side of the SFU registry (docs/architecture.md, "Worker registry").
+"""The SFU worker registry (docs/architecture.md, "Worker registry").
 
 A worker announces itself every second: `SADD vk:sfu:workers <id>` and
 `SET vk:sfu:worker:<id> <record> PX 3000`. A worker that dies stops
 refreshing its record, which expires 3 s later and so leaves placement; a
 worker that stops cleanly deletes it at once. The key names and the record are
-defined here, once: signaling's placement reads what this module writes."""
+defined here, once: placement (routing/placement.py) reads what this module
+writes."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from vilokanam.logs import log_event
+from vilokanam.tasks import run_forever
 
-log = logging.getLogger("vilokanam.sfu.registry")
+log = logging.getLogger(__name__)
 
 WORKERS_KEY = "vk:sfu:workers"
 HEARTBEAT_INTERVAL_S = 1.0
@@ -175,12 +177,7 @@ class WorkerRegistration:
         log_event(log, "sfu.deregistered", worker_id=self.worker_id)
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.beat()
-            except Exception as exc:  # the heartbeat must outlive any one failure
-                # Keep trying: a Redis restart (or a bad load_fn reading) must not
-                # take the worker out of placement for longer than it lasts.
-                log_event(log, "sfu.heartbeat_failed", logging.WARNING,
-                          worker_id=self.worker_id, error=repr(exc))
+        # The heartbeat must outlive any one failure: a Redis restart must not
+        # take the worker out of placement for longer than it lasts.
+        await run_forever("sfu.heartbeat", self.beat, every=self._interval_s,
+                          failure_event="sfu.heartbeat_failed")

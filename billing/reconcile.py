@@ -1,0 +1,184 @@
+"""Reconciliation: the live balances in Redis are proven against Postgres, and
+repaired from it.
+
+Postgres holds the truth of every viewer's money:
+
+    truth = sum(balance_ledger credits) - sum(payments from the viewer)
+
+The live copy `vk:bal:<user>` (integer planck) is charged by the SFU workers
+before Postgres hears of a tick, so at any moment
+
+    live = floor(truth) - (planck of the ticks in pending batches not yet applied)
+
+Each round, per chunk of viewers, ONE Redis transaction reads their live
+copies together with the pending batch keys (a tick write moves both at once,
+so they agree); then ONE Postgres statement reads their truth and which of
+those batches are already applied (`tick_batches`: the flush commits the
+charges and the batch id together; a batch applied since the Redis read is
+then not subtracted twice). What remains is drift.
+
+A drift is repaired only when the next round finds the same drift again: a
+credit commits in Postgres a moment before it moves the live copy, and a
+flush refunds dropped ticks a moment after its commit, so one look can catch
+money in flight; money in flight does not stay put for a whole round. The
+repair moves the live copy by the drift (a delta, never a SET: ticks and
+credits landing meanwhile are kept), through vilokanam/balances.py, the only
+writer of live balances. Every drift is counted and logged; so is a viewer
+whose Postgres row `viewer_balances.balance` disagrees with its own ledger
+(not repaired: that is for a human to look at)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import asyncpg
+import redis.asyncio as aioredis
+from prometheus_client import Counter as PromCounter
+
+from vilokanam.balances import adjust_live, balance_key, planck_floor
+from vilokanam.logs import log_event
+from vilokanam.metering import PENDING_KEY, TickBatch, batch_id_of
+from vilokanam.tasks import run_forever
+
+log = logging.getLogger("billing.reconcile")
+
+RECONCILE_INTERVAL = 60.0
+CHUNK = 2000  # viewers per Redis transaction / Postgres statement
+MAX_BACKOFF = 60.0
+_PREFIX = balance_key("")
+
+ROUNDS = PromCounter("vilokanam_reconcile_rounds_total", "Reconciliation rounds completed.")
+DRIFTS = PromCounter(
+    "vilokanam_balance_drift_total",
+    "Viewers found out of balance: `live` (Redis vs Postgres) or `books` (viewer_balances vs "
+    "its ledger).", ["kind"])
+REPAIRS = PromCounter("vilokanam_balance_repairs_total",
+                      "Live balances repaired from Postgres (a drift seen in two rounds).")
+REPAIRED_PLANCK = PromCounter("vilokanam_balance_repaired_planck_total",
+                              "Absolute planck moved by repairs of live balances.")
+
+# $1: the viewers; $2: pending batch ids seen with their live copies.
+_TRUTH = """
+SELECT u.id::text AS user_id,
+       COALESCE((SELECT sum(amount) FROM balance_ledger l WHERE l.user_id = u.id), 0)
+     - COALESCE((SELECT sum(amount) FROM payments p WHERE p.from_user_id = u.id), 0) AS truth,
+       (SELECT balance FROM viewer_balances b WHERE b.user_id = u.id) AS books,
+       ARRAY(SELECT batch_id FROM tick_batches WHERE batch_id = ANY($2::text[])) AS applied
+  FROM users u WHERE u.id = ANY($1::uuid[])
+"""
+
+
+@dataclass
+class ReconcileResult:
+    checked: int = 0
+    drifted: dict[str, int] = field(default_factory=dict)  # user -> live - expected (planck)
+    repaired: dict[str, int] = field(default_factory=dict)  # user -> delta applied
+    books: list[str] = field(default_factory=list)  # users whose viewer_balances disagree
+
+
+class Reconciler:
+    def __init__(self, pg: asyncpg.Pool, redis: aioredis.Redis, decimals: int,
+                 interval: float = RECONCILE_INTERVAL, chunk: int = CHUNK) -> None:
+        self.pg = pg
+        self.redis = redis
+        self.decimals = decimals
+        self.interval = interval
+        self.chunk = chunk
+        self._suspects: dict[str, int] = {}  # drift seen last round, not yet repaired
+
+    async def run(self) -> None:
+        await run_forever("reconcile", self.reconcile_once, every=self.interval,
+                          max_backoff=MAX_BACKOFF, failure_event="reconcile.waiting")
+
+    async def reconcile_once(self) -> ReconcileResult:
+        result = ReconcileResult()
+        users = await self._live_users()
+        for start in range(0, len(users), self.chunk):
+            await self._check(users[start:start + self.chunk], result)
+        suspects = self._suspects
+        self._suspects = {}
+        for user, drift in result.drifted.items():
+            if suspects.get(user) == drift:
+                result.repaired[user] = -drift
+            else:
+                self._suspects[user] = drift
+        if result.repaired:
+            await adjust_live(self.redis, result.repaired)
+            REPAIRS.inc(len(result.repaired))
+            REPAIRED_PLANCK.inc(sum(abs(d) for d in result.repaired.values()))
+            for user, delta in result.repaired.items():
+                log_event(log, "balance.repaired", logging.WARNING, user_id=user,
+                          delta_planck=delta)
+        ROUNDS.inc()
+        log_event(log, "reconcile.round", checked=result.checked,
+                  drifted=len(result.drifted), repaired=len(result.repaired),
+                  books_mismatched=len(result.books))
+        return result
+
+    async def _live_users(self) -> list[str]:
+        users = []
+        async for key in self.redis.scan_iter(match=f"{_PREFIX}*", count=1000):
+            text = key.decode() if isinstance(key, bytes) else str(key)
+            users.append(text.removeprefix(_PREFIX))
+        return users
+
+    async def _check(self, users: list[str], result: ReconcileResult) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.mget([balance_key(u) for u in users])
+            pipe.zrange(PENDING_KEY, 0, -1)
+            raw_live, pending_keys = await pipe.execute()
+        live = {u: int(v) for u, v in zip(users, raw_live, strict=True) if v is not None}
+        # Batches are immutable until the flush deletes them after applying
+        # them: one missing now was applied, and tick_batches says so.
+        payloads = await self.redis.mget(pending_keys) if pending_keys else []
+        batches = [TickBatch.decode(batch_id_of(k), p)
+                   for k, p in zip(pending_keys, payloads, strict=True) if p is not None]
+        rows = await self.pg.fetch(_TRUTH, [u for u in live if _is_uuid(u)],
+                                   [b.batch_id for b in batches])
+        applied = set(rows[0]["applied"]) if rows else set()
+        in_flight: dict[str, int] = {}
+        for batch in batches:
+            if batch.batch_id in applied:
+                continue
+            for tick in batch.ticks:
+                in_flight[tick.user_id] = in_flight.get(tick.user_id, 0) + tick.price_planck
+        known = set()
+        for row in rows:
+            user = row["user_id"]
+            known.add(user)
+            truth = Decimal(row["truth"])
+            self._check_books(user, truth, row["books"], result)
+            expected = planck_floor(truth, self.decimals) - in_flight.get(user, 0)
+            self._compare(user, live[user], expected, result)
+        for user in set(live) - known:  # a live balance of nobody: nothing backs it
+            self._compare(user, live[user], -in_flight.get(user, 0), result)
+        result.checked += len(live)
+
+    def _compare(self, user: str, live: int, expected: int, result: ReconcileResult) -> None:
+        if live == expected:
+            return
+        result.drifted[user] = live - expected
+        DRIFTS.labels("live").inc()
+        log_event(log, "balance.drift", logging.WARNING, user_id=user, live_planck=live,
+                  expected_planck=expected, drift_planck=live - expected)
+
+    @staticmethod
+    def _check_books(user: str, truth: Decimal, books: Decimal | None,
+                     result: ReconcileResult) -> None:
+        if Decimal(books if books is not None else 0) == truth:
+            return
+        result.books.append(user)
+        DRIFTS.labels("books").inc()
+        log_event(log, "balance.books_mismatch", logging.ERROR, user_id=user,
+                  viewer_balance=str(books), ledger_minus_charges=str(truth))
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

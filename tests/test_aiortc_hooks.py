@@ -1,0 +1,86 @@
+"""Every aiortc/aioice internal that sfu/aiortc_hooks.py touches is still
+where the hooks expect it: an aiortc upgrade that moves one fails here, by
+name, rather than as silent decoding, lost keyframes or unbilled viewers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aioice.ice
+import pytest
+from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+
+from sfu import aiortc_hooks as hooks
+from tests.media_clients import client_pc
+
+
+@pytest.fixture
+async def answered() -> AsyncIterator[tuple[RTCPeerConnection, RTCRtpTransceiver]]:
+    """A worker-side peer connection that has applied a client's offer and
+    answered it (what every hook runs on), and one of its transceivers."""
+    client, worker = client_pc(), client_pc()
+    client.addTransceiver("video", direction="sendrecv")
+    await client.setLocalDescription(await client.createOffer())
+    await worker.setRemoteDescription(RTCSessionDescription(
+        sdp=client.localDescription.sdp, type="offer"))
+    transceiver = worker.getTransceivers()[0]
+    hooks.take_dtls_server_role(transceiver)
+    await worker.setLocalDescription(await worker.createAnswer())
+    yield worker, transceiver
+    await worker.close()
+    await client.close()
+
+
+async def test_the_receiver_internals_the_tap_and_plis_use(
+        answered: tuple[RTCPeerConnection, RTCRtpTransceiver]) -> None:
+    receiver = answered[1].receiver
+    assert hasattr(receiver, "_RTCRtpReceiver__decoder_queue")
+    frames: list[object] = []
+    hooks.tap_receiver(receiver, lambda codec, frame: frames.append(frame))
+    tap = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+    assert isinstance(tap, hooks.EncodedFrameTap)
+    assert isinstance(receiver._RTCRtpReceiver__rtx_ssrc, dict)  # type: ignore[attr-defined]
+    assert isinstance(receiver._RTCRtpReceiver__remote_streams,  # type: ignore[attr-defined]
+                      dict)
+    assert callable(receiver._send_rtcp_pli)
+    await hooks.request_keyframe_upstream(receiver)  # no SSRC seen yet: sends nothing
+
+
+async def test_the_sender_internals_keyframes_and_reports_use(
+        answered: tuple[RTCPeerConnection, RTCRtpTransceiver]) -> None:
+    sender = answered[1].sender
+    assert callable(sender._send_keyframe)
+    asked: list[int] = []
+    hooks.route_keyframe_requests(sender, lambda: asked.append(1))
+    sender._send_keyframe()
+    assert asked == [1]
+    assert isinstance(sender._ssrc, int)
+    assert callable(sender._handle_rtcp_packet)
+    original = sender._handle_rtcp_packet
+    hooks.on_receiver_reports(sender, lambda: None)
+    assert sender._handle_rtcp_packet is not original
+
+
+async def test_the_codec_and_dtls_internals(
+        answered: tuple[RTCPeerConnection, RTCRtpTransceiver]) -> None:
+    worker, transceiver = answered
+    codecs = hooks.negotiated_codecs(transceiver)
+    assert codecs and all(c.mimeType.startswith("video/") for c in codecs)
+    hooks.narrow_codecs(transceiver, codecs[:1])
+    assert hooks.negotiated_codecs(transceiver) == codecs[:1]
+    assert transceiver.receiver.transport._role == "server"
+    assert "a=setup:passive" in worker.localDescription.sdp
+
+
+async def test_the_ice_internals_buffers_and_host_candidates_use(
+        answered: tuple[RTCPeerConnection, RTCRtpTransceiver],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    transceiver = answered[1]
+    connection = transceiver.receiver.transport.transport.iceGatherer._connection
+    assert connection._protocols  # the answer gathered: its sockets exist
+    hooks.enlarge_receive_buffers([transceiver], 1 << 20)
+    assert callable(aioice.ice.get_host_addresses)
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
+    hooks.restrict_host_candidates(["127.0.0.1", "::1"])
+    assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) == ["127.0.0.1"]
+    assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1", "::1"]

@@ -1,0 +1,85 @@
+"""Video views are settled on chain like live views: their `video_view`
+payments (grown by the same flush) join the next batch, and the creator is
+paid from the escrow. Real Postgres, Redis and the chopsticks chain."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from substrateinterface import SubstrateInterface
+
+from billing.flush import Flusher
+from tests.conftest import Stores
+from tests.test_settlement import (
+    DECIMALS,
+    FEE,
+    PRICE,
+    SHARE_PLANCK,
+    api_of,
+    free_of,
+    fresh_key,
+    make_show,
+    new_settler,
+)
+from vilokanam.accounts import canonical_account
+from vilokanam.balances import credit
+from vilokanam.metering import VIDEO_VIEW_BATCH_PREFIX, Tick, TickBatch, TickWriter
+from vilokanam.services.chain import ChainNode
+
+pytestmark = pytest.mark.chain
+
+
+@pytest.fixture
+async def pool(stores: Stores, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=6)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pristine_chain_afterwards(chain: ChainNode) -> Iterator[None]:
+    yield
+    chain.kill()
+    chain.start()
+
+
+async def test_video_view_payments_are_settled_on_chain(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
+        chain: ChainNode) -> None:
+    show = await make_show(db, redis, viewers=0)  # a creator with a chain account key
+    video_id = await db.fetchval(
+        "INSERT INTO videos (creator_id, title, status, price_per_second, duration) "
+        "VALUES ($1, 'replay', 'ready', $2, 10) RETURNING id::text", show.creator_id, PRICE)
+    key = fresh_key("VodViewer")
+    viewer = str(await db.fetchval("INSERT INTO users (account_id) VALUES ($1) RETURNING id",
+                                   canonical_account(key.ss58_address, 42)))
+    await credit(db, redis, viewer, Decimal(100), "adjustment", "test funds", DECIMALS)
+    view_id = str(await db.fetchval(
+        "INSERT INTO video_views (video_id, viewer_id, price_per_second, view_duration) "
+        "VALUES ($1::uuid, $2, $3, 0) RETURNING id", video_id, viewer, PRICE))
+    writer = TickWriter(redis)
+    price_planck = int(PRICE.scaleb(DECIMALS))
+    for second in range(6):
+        await writer.write(TickBatch(f"{VIDEO_VIEW_BATCH_PREFIX}{view_id}", second,
+                                     (Tick(view_id, viewer, price_planck),)))
+    flusher = Flusher(pool, redis, FEE)
+    while (await flusher.flush_once()).batches:
+        pass
+    assert await db.fetchval("SELECT amount FROM payments WHERE payment_type = 'video_view'"
+                             ) == 6 * PRICE
+
+    assert await new_settler(pool, chain).settle_once() == "completed"
+    api: SubstrateInterface = api_of(chain)
+    try:
+        assert free_of(api, show.creator.ss58_address) == int(6 * SHARE_PLANCK)
+    finally:
+        api.close()
+    row = await db.fetchrow("SELECT status, settled_amount FROM payments "
+                            "WHERE payment_type = 'video_view'")
+    assert (row["status"], row["settled_amount"]) == ("completed", 6 * PRICE)
+    assert await db.fetchval("SELECT count(*) FROM settlement_items WHERE stream_viewer_id = "
+                             "$1::uuid", view_id) == 1
