@@ -11,60 +11,31 @@ from typing import Any
 
 from aiohttp import web
 
-Schema = dict[str, Any]
-
-_ERROR_REF = {"$ref": "#/components/schemas/Error"}
-_STREAM_ID = {"name": "stream_id", "in": "path", "required": True,
-              "schema": {"type": "string", "format": "uuid"}}
-_RESOURCE_ID = {"name": "resource_id", "in": "path", "required": True,
-                "schema": {"type": "string"}}
-_PAGING = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                        "maximum": 200, "default": 50}},
-           {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
-                                                         "default": 0}}]
-_ACCOUNT = {"name": "account", "in": "path", "required": True,
-            "schema": {"type": "string", "description": "SS58 address (any prefix)"}}
-_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
-_SDP = "application/sdp"
-_TRICKLE = "application/trickle-ice-sdpfrag"
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: Schema, description: str) -> Schema:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _error(description: str) -> Schema:
-    return {"$ref": f"#/components/responses/{description}"}
-
-
-def _body(schema: Schema) -> Schema:
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
-
-
-def _op(summary: str, responses: dict[str, Schema], **extra: Any) -> Schema:
-    """One operation; every operation may also answer the shared 5xx errors."""
-    return {"summary": summary, **extra,
-            "responses": {**responses, "500": _error("InternalError"),
-                          "503": _error("Unavailable")}}
-
-
-def _obj(props: dict[str, Schema], required: list[str] | None = None) -> Schema:
-    return {"type": "object", "properties": props,
-            "required": list(props) if required is None else required}
-
-
-_STR: Schema = {"type": "string"}
-_NSTR: Schema = {"type": ["string", "null"]}
-_INT: Schema = {"type": "integer"}
-_NINT: Schema = {"type": ["integer", "null"]}
-_BOOL: Schema = {"type": "boolean"}
-# Money is a decimal string in tokens: never a float.
-_AMOUNT: Schema = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}
-_TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
+from signaling.community.openapi import COMMUNITY_SCHEMAS, community_paths
+from signaling.openapi_parts import (
+    _ACCOUNT,
+    _AMOUNT,
+    _BEARER,
+    _BOOL,
+    _ERROR_REF,
+    _INT,
+    _NINT,
+    _NSTR,
+    _PAGING,
+    _RESOURCE_ID,
+    _SDP,
+    _STR,
+    _STREAM_ID,
+    _TIME,
+    _TRICKLE,
+    Schema,
+    _body,
+    _error,
+    _json,
+    _obj,
+    _op,
+    _ref,
+)
 
 _HEX: Schema = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 # A receipt's proof of one batch: merkle-v2 fills root/proof/leaf_*; a digest-v1
@@ -518,9 +489,6 @@ def _video_paths() -> dict[str, Schema]:
 
 
 def openapi_document() -> dict[str, Any]:
-    # Imported here: the community part is built from this module's helpers.
-    from signaling.community.openapi import COMMUNITY_SCHEMAS, community_paths
-
     paths = _api_paths()
     for path, item in community_paths().items():  # PATCH /api/me joins GET /api/me
         paths[path] = {**paths.get(path, {}), **item}

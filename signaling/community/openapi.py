@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from signaling.openapi import (
+from signaling.openapi_parts import (
     _BEARER,
     _BOOL,
     _INT,
