@@ -399,7 +399,7 @@ def _video_paths() -> dict[str, Schema]:
     signed_errors = {"403": _json(_ERROR_REF, "not signed for this view, expired "
                                               "(`playback_expired`) or cut off "
                                               "(`insufficient_funds`)"),
-                     "404": _error("NotFound")}
+                     "400": _error("BadRequest"), "404": _error("NotFound")}
     tus = {"name": "Tus-Resumable", "in": "header", "required": True,
            "schema": {"const": "1.0.0"}}
     return {
@@ -439,7 +439,8 @@ def _video_paths() -> dict[str, Schema]:
         },
         "/api/videos/{video_id}/upload": {
             "head": _op("tus: the upload's offset", {
-                "200": {"description": "`Upload-Offset`, `Upload-Length`"}, **_OWNED_ERRORS},
+                "200": {"description": "`Upload-Offset`, `Upload-Length`"}, **_OWNED_ERRORS,
+                "412": _json(_ERROR_REF, "another tus version (or none)")},
                 security=_BEARER, parameters=[_VIDEO_ID, tus]),
             "patch": _op("tus: append at `Upload-Offset` "
                          "(application/offset+octet-stream)", {
@@ -447,6 +448,7 @@ def _video_paths() -> dict[str, Schema]:
                 "409": _json(_ERROR_REF, "`offset_mismatch`, `upload_complete`, "
                                          "`upload_busy`"),
                 "413": _json(_ERROR_REF, "past Upload-Length"),
+                "412": _json(_ERROR_REF, "another tus version (or none)"),
                 "415": _json(_ERROR_REF, "wrong Content-Type")},
                 security=_BEARER, parameters=[_VIDEO_ID, tus]),
         },

@@ -153,7 +153,8 @@ def community_paths() -> dict[str, Schema]:
         "/api/videos/{video_id}/categories": {"put": _op(
             "Set a video's categories (its creator; at most 5, ids or names)", {
                 "200": _json(_ref("Categories"), "the video's categories"),
-                "400": _error("BadRequest"), **_AUTH, "404": _error("NotFound")},
+                "400": _error("BadRequest"), **_AUTH, "404": _error("NotFound"),
+                "413": _error("PayloadTooLarge")},
             parameters=[_VIDEO], requestBody=_body(_obj({"categories": {
                 "type": "array", "maxItems": 5, "items": _STR}})), security=_BEARER)},
         "/api/users/{account}": {"get": _op("A public profile (never the email)", {
@@ -162,7 +163,8 @@ def community_paths() -> dict[str, Schema]:
         "/api/me": {"patch": _op("Edit the caller's profile (null clears a field)", {
             "200": _json(_ref("OwnProfile"), "the caller's profile, with its email"),
             "400": _error("BadRequest"), **_AUTH,
-            "409": _conflict("`username_taken` / `email_taken` (case-insensitive)")},
+            "409": _conflict("`username_taken` / `email_taken` (case-insensitive)"),
+            "413": _error("PayloadTooLarge")},
             requestBody=_body(_ref("ProfileChange")), security=_BEARER)},
         "/api/me/profile-image": {
             "put": _op("Upload the caller's profile image (PNG, JPEG, WebP; 512 KiB)", {
@@ -224,7 +226,8 @@ def community_paths() -> dict[str, Schema]:
         "/api/reports": {"post": _op("Report a video, comment, user or stream", {
             "201": _json(_ref("Report"), "the report, pending"), "400": _error("BadRequest"),
             **_AUTH, "404": _error("NotFound"),
-            "409": _conflict("`already_reported`: one open report per reporter and target")},
+            "409": _conflict("`already_reported`: one open report per reporter and target"),
+            "413": _error("PayloadTooLarge")},
             requestBody=_body(_ref("NewReport")), security=_BEARER)},
         "/api/moderation/reports": {"get": _op("The moderation queue (moderators)", {
             "200": _json(_ref("Reports"), "oldest first"), "400": _error("BadRequest"),
