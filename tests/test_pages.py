@@ -138,11 +138,44 @@ async def test_unknown_or_malformed_stream_is_a_404_page(db: asyncpg.Connection,
             assert "script-src 'self'" in response.headers["Content-Security-Policy"]
 
 
+async def test_the_video_page_is_rendered_with_the_layout(db: asyncpg.Connection,
+                                                          settings: Settings) -> None:
+    """A ready video's page: the shared layout, its title as text, the price,
+    hls.js and the modules from this server; a video not ready is a 404 page."""
+    async with serve(dev_settings(settings)) as client:
+        alice = await login(client)
+        video_id = await db.fetchval(
+            "INSERT INTO videos (creator_id, title, status, price_per_second, view_count) "
+            "VALUES ($1::uuid, 'Replay <b>one</b>', 'ready', 0.002, 7) RETURNING id::text",
+            alice["user_id"])
+        response = await client.get(f"/video/{video_id}")
+        assert response.status == 200 and response.content_type == "text/html"
+        assert "form-action 'none'" in response.headers["Content-Security-Policy"]
+        html = await response.text()
+        assert '<body data-page="video">' in html and 'id="sign-in-dialog"' in html
+        assert '<script src="/static/hls.light.min.js" defer></script>' in html
+        assert html.index("/static/hls.light.min.js") < html.index("/static/js/main.js")
+        assert "Replay &lt;b&gt;one&lt;/b&gt;" in html and "<b>one</b>" not in html
+        assert alice["account"] in html and ">7</span> views" in html
+        assert "0.002 " + settings.token_symbol + "/s" in html
+        assert page_config(html)["videoId"] == video_id
+        await db.execute("UPDATE videos SET status = 'processing' WHERE id = $1::uuid", video_id)
+        for path in (f"/video/{video_id}", "/video/nope", f"/video/{uuid.uuid4()}"):
+            missing = await client.get(path)
+            assert missing.status == 404 and missing.content_type == "text/html"
+            text = await missing.text()
+            assert "There is no video at this address." in text
+            assert '<body data-page="not-found">' in text
+
+
 async def test_scripts_and_styles_are_served(db: asyncpg.Connection, settings: Settings) -> None:
     async with serve(dev_settings(settings)) as client:
         for path, needle in [("/static/js/main.js", "setUpSignIn"),
                              ("/static/js/core.js", "window.vilokanam"),
                              ("/static/css/app.css", "prefers-color-scheme: dark"),
+                             ("/static/js/pages/video.js", "videoPage"),
+                             ("/static/js/receipts.js", "DeliveryReceipts"),
+                             ("/static/hls.light.min.js", "Hls"),
                              ("/static/vendor/polkadot-api.js", "@polkadot/api")]:
             response = await client.get(path)
             assert response.status == 200, path
@@ -211,6 +244,11 @@ async def test_pages_run_in_chromium_without_errors(db: asyncpg.Connection,
         for path in PAGES:  # signed out: each page asks to sign in, nothing breaks
             await ready(page, f"{base}{path}")
             assert await page.is_visible("#sign-in-open")
+        video_id = await db.fetchval(
+            "INSERT INTO videos (creator_id, title, status) SELECT creator_id, 'Replay', 'ready' "
+            "FROM streams WHERE id = $1::uuid RETURNING id::text", stream_id)
+        await ready(page, f"{base}/video/{video_id}")
+        assert await page.is_visible("#sign-in-needed") and await page.is_disabled("#play")
         await ready(page, f"{base}/watch/{stream_id}")
         assert await page.evaluate("window.vilokanam.state.phase") == "idle"
         assert await page.evaluate("window.vilokanam.pc") is None
@@ -234,6 +272,8 @@ async def test_pages_run_in_chromium_without_errors(db: asyncpg.Connection,
         for path in PAGES:  # signed in (the tab keeps it): each page loads its data
             await ready(page, f"{base}{path}")
             assert await page.is_hidden("#sign-in-open")
+        await ready(page, f"{base}/video/{video_id}")
+        assert await page.is_hidden("#sign-in-needed") and await page.is_enabled("#play")
         assert errors == []
 
 
@@ -425,8 +465,11 @@ async def test_every_page_is_accessible_light_dark_and_narrow(db: asyncpg.Connec
         stream_id = await new_stream(client, "A live <b>one</b>")
         await db.execute("UPDATE streams SET status = 'live', viewer_count = 3")
         base = f"http://127.0.0.1:{settings.http_port}"
+        video_id = await db.fetchval(
+            "INSERT INTO videos (creator_id, title, status) SELECT creator_id, 'A <i>replay</i>', "
+            "'ready' FROM streams WHERE id = $1::uuid RETURNING id::text", stream_id)
         paths = ["/", "/?q=nothing-matches", "/studio", "/wallet", f"/watch/{stream_id}",
-                 f"/publish/{stream_id}", "/watch/nope"]
+                 f"/publish/{stream_id}", "/watch/nope", f"/video/{video_id}", "/video/nope"]
         errors: list[str] = []
         for scheme, width in (("light", 1280), ("dark", 360)):
             context = await browser.new_context(color_scheme=scheme,
