@@ -1,6 +1,7 @@
 """The two API additions the web app needs: `GET /api/streams?q=` (the home
-page's search: title, creator username or account) and `PATCH
-/api/streams/{id}` (the studio's title and price), with their refusals."""
+page's search: title, creator username or account; it narrows the category
+and creator filters) and `PATCH /api/streams/{id}` (the studio's title and
+price), with their refusals."""
 
 from __future__ import annotations
 
@@ -48,6 +49,22 @@ async def test_search_matches_title_username_or_account(client: Client,  # noqa:
         "jazz after dark", "Morning Jazz", "Chess 100%_fun"]
     assert await titles(client, "?status=live&q=%20%20") == await titles(client, "?status=live")
     assert await titles(client, "?status=live&q=nothing-like-it") == []
+
+
+async def test_search_combines_with_the_category_and_creator_filters(
+        client: Client, db: asyncpg.Connection) -> None:  # noqa: F811
+    await db.execute("INSERT INTO categories (name) VALUES ('Music'), ('Gaming')")
+    alice = (await login(client))["token"]
+    bob = (await login(client, BOB_42))["token"]
+    for token, title, category in [(alice, "Jazz piano", "music"), (alice, "Jazz chess", "gaming"),
+                                   (bob, "Bob's jazz", "music"), (bob, "Bob's rock", "music")]:
+        await create_stream(client, token, title=title, category=category)
+    assert sorted(await titles(client, "?q=jazz&category=music")) == ["Bob's jazz", "Jazz piano"]
+    assert await titles(client, f"?q=jazz&creator={BOB_42}") == ["Bob's jazz"]
+    assert await titles(client, f"?q=jazz&category=gaming&creator={ALICE_2}") == ["Jazz chess"]
+    assert await titles(client, f"?q=rock&creator={ALICE_42}") == []
+    assert await error_of(await client.get("/api/streams?q=jazz&category=nope"),
+                          400) == "unknown_category"
 
 
 async def test_search_refuses_an_overlong_query(client: Client) -> None:  # noqa: F811
