@@ -31,16 +31,26 @@ def _installed_version(name: str) -> str | None:
     return str(json.loads(package.read_text())["version"]) if package.exists() else None
 
 
-def axe_source() -> str:
-    """axe.min.js of the locked version; `npm ci` in web/ when it is missing."""
-    if _installed_version("axe-core") != _locked_version("axe-core"):
+# The web/ packages the tests read from node_modules: `npm ci` when one is not the locked one.
+TEST_PACKAGES = ("axe-core", "hls.js", "esbuild")
+
+
+def web_packages() -> None:
+    """web/node_modules as web/package-lock.json says; `npm ci` when it is not."""
+    if any(_installed_version(name) != _locked_version(name) for name in TEST_PACKAGES):
         npm = shutil.which("npm")
-        require(npm is not None, "npm (for the web packages: axe-core)")
+        require(npm is not None, "npm (for the web packages: axe-core, hls.js, esbuild)")
         assert npm is not None
         subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund",
                         "--loglevel=error"], cwd=WEB_DIR, check=True, timeout=600,
                        capture_output=True)
-    assert _installed_version("axe-core") == _locked_version("axe-core")
+    for name in TEST_PACKAGES:
+        assert _installed_version(name) == _locked_version(name), name
+
+
+def axe_source() -> str:
+    """axe.min.js of the locked version."""
+    web_packages()
     return AXE_FILE.read_text()
 
 
