@@ -336,9 +336,12 @@ def _other_paths() -> dict[str, Schema]:
         "/metrics": {"get": _op("Prometheus metrics", {"200": {
             "description": "text exposition format",
             "content": {"text/plain": {"schema": _STR}}}})},
-        "/": {"get": _op("The home page: live streams by viewer count (`?q=` searches)",
-                         {"200": page["200"]}, parameters=[{
-                             "name": "q", "in": "query", "schema": {"type": "string"}}])},
+        "/": {"get": _op("The home page: live streams by viewer count (`?q=` searches), the "
+                         "categories and the newest videos (`?category=` narrows both)",
+                         {"200": page["200"], "404": page["404"]}, parameters=[
+                             {"name": "q", "in": "query", "schema": {"type": "string"}},
+                             {"name": "category", "in": "query", "schema": _STR,
+                              "description": "a category's id; unknown: 404"}])},
         "/studio": {"get": _op("The creator's studio page", {"200": page["200"]})},
         "/wallet": {"get": _op("The wallet page: balance, deposit, sessions, receipts",
                                {"200": page["200"]})},

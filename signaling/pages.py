@@ -2,7 +2,7 @@
 
 | path | page |
 |---|---|
-| `/` | home: live streams by viewer count, search by title or creator (`?q=`) |
+| `/` | home: live streams by viewer count, search (`?q=`), categories, newest videos |
 | `/watch/{stream_id}` | live: player, viewers, seconds and cost, balance, signed receipts |
 | `/video/{video_id}` | a ready video: a paid view played with hls.js, seconds watched and cost |
 | `/publish/{stream_id}` | one stream in the studio: go live, key, WHIP settings, stats |
@@ -30,7 +30,9 @@ from aiohttp import web
 from markupsafe import Markup
 
 from signaling.api import search_streams, stream_id_or_none
+from signaling.community.categories import all_categories
 from signaling.state import SETTINGS
+from signaling.videos import ready_videos
 from vilokanam.accounts import canonical_account
 from vilokanam.backends import BACKENDS
 from vilokanam.config import Settings
@@ -40,6 +42,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 STATIC_DIR = PACKAGE_DIR / "static"
 TEMPLATE_DIR = PACKAGE_DIR / "templates"
 HOME_LIMIT = 48
+HOME_VIDEOS = 12
 SEARCH_MAX = 100  # characters of ?q= used; a longer query is cut, not refused
 
 # The header's navigation: (path, label). Pages that land later (categories,
@@ -127,11 +130,23 @@ async def _stream_row(request: web.Request) -> dict[str, Any] | None:
 
 
 async def home_page(request: web.Request) -> web.Response:
+    """Live streams (searched with ?q=), the categories, the newest videos;
+    ?category=<id> narrows streams and videos to one category."""
     query = request.query.get("q", "").strip()[:SEARCH_MAX]
+    categories = await all_categories(request.app[BACKENDS].pg)
+    category = None
+    if "category" in request.query:
+        wanted = request.query["category"]
+        category = next((c for c in categories if c["id"] == wanted), None)
+        if category is None:
+            return not_found_page(request, "category")
+    category_id = category["id"] if category else None
     streams = await search_streams(request.app, status="live", query=query or None,
-                                   limit=HOME_LIMIT, offset=0)
+                                   limit=HOME_LIMIT, offset=0, category_id=category_id)
+    videos = await ready_videos(request.app, None, category_id, HOME_VIDEOS, 0)
     return render(request, "home.html", "home", streams=streams, query=query,
-                  config={"query": query})
+                  categories=categories, category=category, videos=videos,
+                  config={"query": query, "category": category_id})
 
 
 async def watch_page(request: web.Request) -> web.Response:

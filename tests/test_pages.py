@@ -87,6 +87,54 @@ async def test_home_lists_live_streams_by_viewers_and_searches(db: asyncpg.Conne
         assert "<script>" not in nothing.replace('<script type="application/json"', "")
 
 
+async def test_home_shows_categories_and_recent_videos_and_filters_by_one(
+        db: asyncpg.Connection, settings: Settings) -> None:
+    async with serve(dev_settings(settings)) as client:
+        music, art = [await db.fetchval(
+            "INSERT INTO categories (name, description) VALUES ($1, $2) RETURNING id::text",
+            name, f"all <b>{name}</b>") for name in ("Music", "Art")]
+        alice = await login(client)
+        token = alice["token"]
+        live = {}
+        for title, category in [("Live jazz", "Music"), ("Live painting", "Art")]:
+            live[title] = (await create_stream(client, token, title=title,
+                                               category=category))["id"]
+        await db.execute("UPDATE streams SET status = 'live'")
+        videos = {}
+        for title, status, category, age in [("Old <b>tune</b>", "ready", music, 2),
+                                             ("New sketch", "ready", art, 1),
+                                             ("Still processing", "processing", music, 0)]:
+            videos[title] = await db.fetchval(
+                "INSERT INTO videos (creator_id, title, status, published_at, view_count) "
+                "VALUES ($1::uuid, $2, $3, now() - make_interval(hours => $4), 5) "
+                "RETURNING id::text", alice["user_id"], title, status, age)
+            await db.execute("INSERT INTO video_categories (video_id, category_id) "
+                             "VALUES ($1::uuid, $2::uuid)", videos[title], category)
+
+        html = await (await client.get("/")).text()
+        assert f'href="/?category={music}"' in html and f'href="/?category={art}"' in html
+        assert html.index(">Art</a>") < html.index(">Music</a>")  # by name
+        assert "all &lt;b&gt;Music&lt;/b&gt;" in html and "<b>Music</b>" not in html
+        assert html.index(f"/video/{videos['New sketch']}") < html.index(
+            f"/video/{videos['Old <b>tune</b>']}")  # newest first
+        assert "Old &lt;b&gt;tune&lt;/b&gt;" in html and videos["Still processing"] not in html
+        assert live["Live jazz"] in html and live["Live painting"] in html
+
+        narrowed = await (await client.get(f"/?category={music}")).text()
+        assert live["Live jazz"] in narrowed and live["Live painting"] not in narrowed
+        assert videos["Old <b>tune</b>"] in narrowed and videos["New sketch"] not in narrowed
+        assert f'href="/?category={music}" aria-current="page"' in narrowed
+        assert page_config(narrowed)["category"] == music
+        for bad in ("nope", str(uuid.uuid4())):
+            missing = await client.get(f"/?category={bad}")
+            assert missing.status == 404
+            assert "There is no category at this address." in await missing.text()
+        await db.execute("DELETE FROM video_categories")
+        await db.execute("DELETE FROM videos")
+        empty = await (await client.get("/")).text()
+        assert 'id="no-videos"' in empty
+
+
 async def test_csp_lets_the_wallet_reach_only_the_chain_rpc(db: asyncpg.Connection,
                                                             settings: Settings) -> None:
     chain = dataclasses.replace(dev_settings(settings), chain_public_url="ws://127.0.0.1:9944/x")
@@ -465,11 +513,14 @@ async def test_every_page_is_accessible_light_dark_and_narrow(db: asyncpg.Connec
         stream_id = await new_stream(client, "A live <b>one</b>")
         await db.execute("UPDATE streams SET status = 'live', viewer_count = 3")
         base = f"http://127.0.0.1:{settings.http_port}"
+        category = await db.fetchval(
+            "INSERT INTO categories (name) VALUES ('Music') RETURNING id::text")
         video_id = await db.fetchval(
             "INSERT INTO videos (creator_id, title, status) SELECT creator_id, 'A <i>replay</i>', "
             "'ready' FROM streams WHERE id = $1::uuid RETURNING id::text", stream_id)
-        paths = ["/", "/?q=nothing-matches", "/studio", "/wallet", f"/watch/{stream_id}",
-                 f"/publish/{stream_id}", "/watch/nope", f"/video/{video_id}", "/video/nope"]
+        paths = ["/", "/?q=nothing-matches", f"/?category={category}", "/studio", "/wallet",
+                 f"/watch/{stream_id}", f"/publish/{stream_id}", "/watch/nope",
+                 f"/video/{video_id}", "/video/nope"]
         errors: list[str] = []
         for scheme, width in (("light", 1280), ("dark", 360)):
             context = await browser.new_context(color_scheme=scheme,

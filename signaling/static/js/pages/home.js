@@ -1,6 +1,7 @@
 // Home: the search box navigates to /?q=… (CSP form-action 'none' keeps every
 // form from submitting itself, so the page does it), and the live viewer
-// counts refresh while the page is open.
+// counts refresh while the page is open (the categories and videos below are
+// plain links, rendered by the server).
 
 import { api, byId, config, every } from "../core.js";
 
@@ -18,6 +19,7 @@ export function homePage() {
   every(REFRESH_MS, async () => {
     const params = new URLSearchParams({ status: "live" });
     if (config.query) params.set("q", config.query);
+    if (config.category) params.set("category", config.category);
     const { streams } = await api("GET", `/api/streams?${params}`);
     const counts = new Map(streams.map((s) => [s.id, s.viewer_count]));
     for (const card of cards()) {
