@@ -69,7 +69,8 @@ async def join_once(browser: Browser, watch_url: str) -> float:
     try:
         page = await context.new_page()
         await page.goto(watch_url)
-        await page.wait_for_selector("#dev-token-form:not([hidden])")
+        await page.wait_for_selector("body[data-ready='true']")
+        await page.click("#sign-in-open")
         await page.click("#dev-sign-in")
         await page.wait_for_selector("#watch:not([disabled])")
         return float(await page.evaluate(MEASURE_JOIN, JOIN_TIMEOUT_MS))
@@ -85,6 +86,7 @@ async def measure(base: str, joins: int, warmup_s: float) -> list[float]:
                                            args=CHROMIUM_ARGS)
         publisher = await (await browser.new_context()).new_page()
         await publisher.goto(stream["publish_url"])
+        await publisher.wait_for_selector("body[data-ready='true']")
         await publisher.fill("#stream-key", stream["stream_key"])
         await publisher.click("#start")
         await publisher.wait_for_function(

@@ -29,6 +29,7 @@ from signaling.users import (
     suspended_error,
     token_secret_or_503,
 )
+from vilokanam.accounts import canonical_account
 from vilokanam.backends import BACKENDS
 from vilokanam.balances import live_balance
 from vilokanam.config import Settings
@@ -43,6 +44,7 @@ TITLE_MAX = 255
 STREAM_STATUSES = ("pending", "live", "ended", "archived")  # the schema's comment
 ENDED_STATUSES = ("ended", "archived")
 PAGE_DEFAULT, PAGE_MAX = 50, 200
+QUERY_MAX = 100
 OFFSET_MAX = 10**9
 
 # Lifecycle timestamps are TIMESTAMP (no zone) filled with NOW() by the
@@ -211,27 +213,64 @@ async def create_stream(request: web.Request) -> web.Response:
     return web.json_response(created, status=201)
 
 
+def parse_query(request: web.Request) -> str | None:
+    raw = request.query.get("q")
+    if raw is None or not raw.strip():
+        return None
+    query = raw.strip()
+    if len(query) > QUERY_MAX or "\x00" in query:
+        raise bad_request("invalid_query", f"q must be at most {QUERY_MAX} characters")
+    return query
+
+
+def _like_pattern(query: str) -> str:
+    """`query` as a literal substring for ILIKE: its wildcards are escaped."""
+    escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def search_streams(app: web.Application, status: str | None, query: str | None,
+                         limit: int, offset: int, category_id: str | None = None,
+                         creator_account: str | None = None) -> list[dict[str, Any]]:
+    """Streams by viewer count, filtered by status, category and creator;
+    `query` matches a substring of the title or of the creator's username
+    (case-insensitive), or the creator's account in any SS58 prefix. Shared by
+    GET /api/streams and the home page."""
+    settings = app[SETTINGS]
+    account = None
+    if query is not None:
+        try:
+            account = canonical_account(query, settings.ss58_prefix)
+        except ValueError:
+            account = None
+    rows = await app[BACKENDS].pg.fetch(
+        f"""{STREAM_SELECT}
+        WHERE ($1::text IS NULL OR s.status = $1)
+          AND ($2::text IS NULL OR s.title ILIKE $2 OR u.username ILIKE $2
+               OR u.account_id = $3)
+          AND ($6::uuid IS NULL OR s.category_id = $6::uuid)
+          AND ($7::text IS NULL OR u.account_id = $7)
+        ORDER BY COALESCE(s.viewer_count, 0) DESC, s.start_time DESC NULLS LAST,
+                 s.created_at DESC, s.id
+        LIMIT $4 OFFSET $5""", status, None if query is None else _like_pattern(query),
+        account, limit, offset, category_id, creator_account)
+    return [stream_json(row, settings) for row in rows]
+
+
 async def list_streams(request: web.Request) -> web.Response:
-    """`status`, `category` (id or name) and `creator` (an account) filter."""
+    """`status`, `category` (id or name), `creator` (an account) filter; `q` searches."""
     status = parse_status(request)
+    query = parse_query(request)
     limit, offset = parse_paging(request)
-    pg = request.app[BACKENDS].pg
     category = request.query.get("category")
-    category_id = None if category is None else await resolve_category(pg, category)
+    category_id = None if category is None else await resolve_category(
+        request.app[BACKENDS].pg, category)
     creator = request.query.get("creator")
     creator_account = None if creator is None else canonical_or_400(creator,
                                                                    request.app[SETTINGS])
-    rows = await pg.fetch(
-        f"""{STREAM_SELECT}
-        WHERE ($1::text IS NULL OR s.status = $1)
-          AND ($4::uuid IS NULL OR s.category_id = $4::uuid)
-          AND ($5::text IS NULL OR u.account_id = $5)
-        ORDER BY COALESCE(s.viewer_count, 0) DESC, s.start_time DESC NULLS LAST,
-                 s.created_at DESC, s.id
-        LIMIT $2 OFFSET $3""", status, limit, offset, category_id, creator_account)
-    settings = request.app[SETTINGS]
-    return web.json_response({"streams": [stream_json(row, settings) for row in rows],
-                              "limit": limit, "offset": offset})
+    streams = await search_streams(request.app, status, query, limit, offset,
+                                   category_id=category_id, creator_account=creator_account)
+    return web.json_response({"streams": streams, "limit": limit, "offset": offset})
 
 
 async def get_stream(request: web.Request) -> web.Response:
@@ -313,6 +352,24 @@ async def owned_stream(request: web.Request) -> tuple[TokenClaims, asyncpg.Recor
     return claims, row
 
 
+async def update_stream(request: web.Request) -> web.Response:
+    """Change the creator's own stream: `title` and/or `price_per_second`. A
+    new price applies to viewing sessions that start after it (a session keeps
+    the price it joined at: stream_viewers.price_per_second)."""
+    _, row = await owned_stream(request)
+    settings = request.app[SETTINGS]
+    body = await parse_json_body(request)
+    if not {"title", "price_per_second"} & body.keys():
+        raise bad_request("nothing_to_update", "give title and/or price_per_second")
+    title = parse_title(body["title"]) if "title" in body else row["title"]
+    price = parse_price(body.get("price_per_second"), row["price_per_second"],
+                        settings.token_decimals)
+    pg = request.app[BACKENDS].pg
+    await pg.execute("UPDATE streams SET title = $2, price_per_second = $3, updated_at = now() "
+                     "WHERE id = $1::uuid", row["id"], title, price)
+    return web.json_response(stream_json(await fetch_stream(pg, row["id"]), settings))
+
+
 async def rotate_stream_key(request: web.Request) -> web.Response:
     """A new key, shown once; the old one fails the next WHIP/websocket
     publish at once (admission reads the hash from Postgres every time). A
@@ -392,6 +449,7 @@ def add_api_routes(app: web.Application) -> None:
     app.router.add_post("/api/streams", create_stream)
     app.router.add_get("/api/streams", list_streams)
     app.router.add_get("/api/streams/{stream_id}", get_stream)
+    app.router.add_patch("/api/streams/{stream_id}", update_stream)
     app.router.add_post("/api/streams/{stream_id}/key", rotate_stream_key)
     app.router.add_post("/api/streams/{stream_id}/end", end_stream)
     app.router.add_get("/api/me", me)

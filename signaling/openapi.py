@@ -82,6 +82,9 @@ _SCHEMAS: dict[str, Schema] = {
     "CreatedStream": {"allOf": [_ref("Stream"), _obj({
         "stream_key": {"type": "string", "description": "shown once; stored as SHA-256"},
         "whip_url": _STR, "publish_url": _STR})]},
+    "UpdateStreamRequest": _obj({"title": {"type": "string", "minLength": 1, "maxLength": 255},
+                                 "price_per_second": {"type": ["string", "number"]}},
+                                required=[]),
     "StreamList": _obj({"streams": {"type": "array", "items": _ref("Stream")},
                         "limit": _INT, "offset": _INT}),
     "StreamKey": _obj({"stream_key": {"type": "string",
@@ -192,10 +195,21 @@ def _api_paths() -> dict[str, Schema]:
                     {"name": "category", "in": "query", "schema": _STR,
                      "description": "a category's id or name"},
                     {"name": "creator", "in": "query", "schema": _STR,
-                     "description": "the creator's account"}, *_PAGING])},
-        "/api/streams/{stream_id}": {"get": _op("One stream (never its key)", {
-            "200": _json(_ref("Stream"), "the stream"), "400": _error("BadRequest"),
-            "404": _error("NotFound")}, parameters=[_STREAM_ID])},
+                     "description": "the creator's account"},
+                    {"name": "q", "in": "query", "description":
+                     "search: a substring of the title or the creator's username "
+                     "(case-insensitive), or the creator's account in any SS58 prefix",
+                     "schema": {"type": "string", "maxLength": 100}}, *_PAGING])},
+        "/api/streams/{stream_id}": {
+            "get": _op("One stream (never its key)", {
+                "200": _json(_ref("Stream"), "the stream"), "400": _error("BadRequest"),
+                "404": _error("NotFound")}, parameters=[_STREAM_ID]),
+            "patch": _op("Change the creator's own stream: title and/or price per second "
+                         "(a new price applies to viewing sessions that start after it)", {
+                "200": _json(_ref("Stream"), "the changed stream"),
+                "413": _error("PayloadTooLarge"), **_OWNED_ERRORS},
+                parameters=[_STREAM_ID], requestBody=_body(_ref("UpdateStreamRequest")),
+                security=_BEARER)},
         "/api/streams/{stream_id}/key": {"post": _op(
             "Rotate the stream key (the creator's own stream); the old key stops working", {
                 "200": _json(_ref("StreamKey"), "the new key, shown once"),
@@ -322,10 +336,20 @@ def _other_paths() -> dict[str, Schema]:
         "/metrics": {"get": _op("Prometheus metrics", {"200": {
             "description": "text exposition format",
             "content": {"text/plain": {"schema": _STR}}}})},
-        "/publish/{stream_id}": {"get": _op("The publisher page", page,
-                                            parameters=[_STREAM_ID])},
-        "/watch/{stream_id}": {"get": _op("The viewer page", page, parameters=[_STREAM_ID])},
-        "/static/{filename}": {"get": _op("Static assets (vilokanam.js, CSS)", {
+        "/": {"get": _op("The home page: live streams by viewer count (`?q=` searches), the "
+                         "categories and the newest videos (`?category=` narrows both)",
+                         {"200": page["200"], "404": page["404"]}, parameters=[
+                             {"name": "q", "in": "query", "schema": {"type": "string"}},
+                             {"name": "category", "in": "query", "schema": _STR,
+                              "description": "a category's id; unknown: 404"}])},
+        "/studio": {"get": _op("The creator's studio page", {"200": page["200"]})},
+        "/wallet": {"get": _op("The wallet page: balance, deposit, sessions, receipts",
+                               {"200": page["200"]})},
+        "/publish/{stream_id}": {"get": _op("One stream in the studio: go live, key, WHIP "
+                                            "settings, stats", page, parameters=[_STREAM_ID])},
+        "/watch/{stream_id}": {"get": _op("The live watch page", page,
+                                          parameters=[_STREAM_ID])},
+        "/static/{filename}": {"get": _op("Static assets (ES modules, CSS, vendor bundle)", {
             "200": {"description": "the file"}, "404": _error("NotFound")},
             parameters=[{"name": "filename", "in": "path", "required": True,
                          "schema": _STR}])},

@@ -1,74 +1,88 @@
-"""The browser pages: /publish/{stream_id} and /watch/{stream_id}, plus their
-script under /static/. Plain HTML and one JS file, no build step.
+"""The web app's pages, rendered on the server with Jinja2 (docs/architecture.md):
 
-A page gets its configuration (ICE servers, stream id, dev mode) as JSON in a
-`<script type="application/json" id="vk-config">` element rendered here, so the
-browser never falls back to a public STUN host and nothing secret is in a URL."""
+| path | page |
+|---|---|
+| `/` | home: live streams by viewer count, search (`?q=`), categories, newest videos |
+| `/watch/{stream_id}` | live: player, viewers, seconds and cost, balance, signed receipts |
+| `/video/{video_id}` | a ready video: a paid view played with hls.js, seconds watched and cost |
+| `/publish/{stream_id}` | one stream in the studio: go live, key, WHIP settings, stats |
+| `/studio` | the creator's studio: create a stream, their streams, earnings and payouts |
+| `/wallet` | balance, deposit to the escrow with a wallet extension, sessions, receipts |
+
+Templates autoescape: a title or an account is always text, never markup. A
+page gets its configuration (ICE servers, dev mode, chain RPC, ids) as JSON in
+`<script type="application/json" id="vk-config">`, so the browser never falls
+back to a public STUN host and nothing secret is in a URL. Scripts are ES
+modules under /static/js/ (no build step), plus the committed @polkadot/api
+bundle in /static/vendor/ that only the wallet page imports, and hls.js
+(/static/hls.light.min.js, copied from web/) that only the video page loads."""
 
 from __future__ import annotations
 
-import html
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from string import Template
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp_jinja2
+import jinja2
 from aiohttp import web
+from markupsafe import Markup
 
-from signaling.api import stream_id_or_none
+from signaling.api import search_streams, stream_id_or_none
+from signaling.community.categories import all_categories
 from signaling.state import SETTINGS
+from signaling.videos import ready_videos
 from vilokanam.accounts import canonical_account
 from vilokanam.backends import BACKENDS
 from vilokanam.config import Settings
 from vilokanam.money import format_amount
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+PACKAGE_DIR = Path(__file__).resolve().parent
+STATIC_DIR = PACKAGE_DIR / "static"
+TEMPLATE_DIR = PACKAGE_DIR / "templates"
+HOME_LIMIT = 48
+HOME_VIDEOS = 12
+SEARCH_MAX = 100  # characters of ?q= used; a longer query is cut, not refused
 
-# Scripts only from this origin (the config JSON is data, not script); media
-# from the camera and the peer connection; the websocket to this origin.
-_SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-        "connect-src 'self'; media-src 'self' blob: mediastream:; img-src 'self' data:; "
-        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
+# The header's navigation: (path, label). Pages that land later (categories,
+# videos, moderation) add their entry here; the layout renders whatever is listed.
+NAV = (("/", "Live now"), ("/studio", "Studio"), ("/wallet", "Wallet"))
 
-_NOT_FOUND_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Not found · Vilokanam</title></head>
-<body><h1>Not found</h1><p>There is no stream at this address.</p></body></html>
-"""
+DEV_ACCOUNTS = web.AppKey("dev_accounts", list)
+SECURITY_HEADERS = web.AppKey("security_headers", dict)
 
 
-@dataclass(frozen=True)
-class PageTemplates:
-    publish: Template
-    watch: Template
-    video: Template
-    dev_accounts: list[dict[str, str]]  # empty unless dev mode
+def content_security_policy(settings: Settings) -> str:
+    """Scripts and styles only from this origin (the config JSON is data, not
+    script); media from the camera and the peer connection; fetch and the
+    websocket to this origin, and to the chain's RPC for the wallet's deposit."""
+    connect = ["'self'"]
+    chain = settings.chain_public_url or settings.substrate_url
+    if chain:
+        parts = urlsplit(chain)
+        if parts.scheme in ("ws", "wss", "http", "https") and parts.netloc:
+            connect.append(f"{parts.scheme}://{parts.netloc}")
+    return ("default-src 'self'; script-src 'self'; style-src 'self'; "
+            f"connect-src {' '.join(connect)}; media-src 'self' blob: mediastream:; "
+            "img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+            "frame-ancestors 'none'; form-action 'none'")
 
 
-PAGE_TEMPLATES = web.AppKey("page_templates", PageTemplates)
-
-
-def _load_templates(settings: Settings) -> PageTemplates:
-    """Read once when the app is built, not per request (no file I/O in handlers)."""
-    return PageTemplates(
-        publish=Template((STATIC_DIR / "publish.html").read_text()),
-        watch=Template((STATIC_DIR / "watch.html").read_text()),
-        video=Template((STATIC_DIR / "video.html").read_text()),
-        dev_accounts=_dev_accounts(settings) if settings.dev_mode else [])
+def security_headers(settings: Settings) -> dict[str, str]:
+    return {"Content-Security-Policy": content_security_policy(settings),
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store"}
 
 
 def _dev_accounts(settings: Settings) -> list[dict[str, str]]:
-    """//Alice … //Ferdie in the stored prefix: the watch page's dev sign-in."""
+    """//Alice … //Ferdie in the stored prefix: the sign-in dialog's dev accounts."""
+    if not settings.dev_mode:
+        return []
     from vilokanam.services.chain import dev_accounts  # substrate import: dev mode only
 
-    return [{"name": name.capitalize(), "account": canonical_account(address,
-                                                                       settings.ss58_prefix)}
+    return [{"name": name.capitalize(),
+             "account": canonical_account(address, settings.ss58_prefix)}
             for name, address in dev_accounts().items()]
 
 
@@ -78,64 +92,122 @@ def script_json(value: Any) -> str:
             .replace("&", "\\u0026"))
 
 
-def _page_config(request: web.Request, stream_id: str) -> dict[str, Any]:
+def _script_json_filter(value: Any) -> Markup:
+    return Markup(script_json(value))  # noqa: S704 - escaped for a script element above
+
+
+def page_config(request: web.Request, **extra: Any) -> dict[str, Any]:
     settings = request.app[SETTINGS]
-    return {"streamId": stream_id, "iceServers": settings.ice_servers,
-            "devMode": settings.dev_mode, "devAccounts": request.app[PAGE_TEMPLATES].dev_accounts,
-            "tokenSymbol": settings.token_symbol, "tokenDecimals": settings.token_decimals,
-            "protocolVersion": 1}
+    return {"iceServers": settings.ice_servers, "devMode": settings.dev_mode,
+            "devAccounts": request.app[DEV_ACCOUNTS], "tokenSymbol": settings.token_symbol,
+            "tokenDecimals": settings.token_decimals,
+            "priceDefault": str(settings.price_default), "protocolVersion": 1, **extra}
 
 
-def _html(text: str, status: int = 200) -> web.Response:
-    return web.Response(text=text, status=status, content_type="text/html",
-                        headers=_SECURITY_HEADERS)
+def render(request: web.Request, template: str, page: str, status: int = 200,
+           config: dict[str, Any] | None = None, **context: Any) -> web.Response:
+    response = aiohttp_jinja2.render_template(
+        template, request, {"page": page, "nav": NAV, "path": request.path,
+                            "config": page_config(request, **(config or {})), **context},
+        status=status)
+    response.headers.update(request.app[SECURITY_HEADERS])
+    return response
 
 
-async def _render(request: web.Request, template: Template) -> web.Response:
+def not_found_page(request: web.Request, what: str = "stream") -> web.Response:
+    return render(request, "not_found.html", "not-found", status=404, what=what)
+
+
+async def _stream_row(request: web.Request) -> dict[str, Any] | None:
     stream_id = stream_id_or_none(request.match_info["stream_id"])
-    title = None
-    if stream_id is not None:
-        title = await request.app[BACKENDS].pg.fetchval(
-            "SELECT title FROM streams WHERE id = $1::uuid", stream_id)
-    if stream_id is None or title is None:
-        return _html(_NOT_FOUND_HTML, status=404)
-    return _html(template.substitute(title=html.escape(title), stream_id=stream_id,
-                                     config=script_json(_page_config(request, stream_id))))
+    if stream_id is None:
+        return None
+    row = await request.app[BACKENDS].pg.fetchrow(
+        """SELECT s.id::text AS id, s.title, s.status, u.account_id AS creator_account
+             FROM streams s JOIN users u ON u.id = s.creator_id WHERE s.id = $1::uuid""",
+        stream_id)
+    return dict(row) if row else None
 
 
-async def publish_page(request: web.Request) -> web.Response:
-    return await _render(request, request.app[PAGE_TEMPLATES].publish)
+async def home_page(request: web.Request) -> web.Response:
+    """Live streams (searched with ?q=), the categories, the newest videos;
+    ?category=<id> narrows streams and videos to one category."""
+    query = request.query.get("q", "").strip()[:SEARCH_MAX]
+    categories = await all_categories(request.app[BACKENDS].pg)
+    category = None
+    if "category" in request.query:
+        wanted = request.query["category"]
+        category = next((c for c in categories if c["id"] == wanted), None)
+        if category is None:
+            return not_found_page(request, "category")
+    category_id = category["id"] if category else None
+    streams = await search_streams(request.app, status="live", query=query or None,
+                                   limit=HOME_LIMIT, offset=0, category_id=category_id)
+    videos = await ready_videos(request.app, None, category_id, HOME_VIDEOS, 0)
+    return render(request, "home.html", "home", streams=streams, query=query,
+                  categories=categories, category=category, videos=videos,
+                  config={"query": query, "category": category_id})
 
 
 async def watch_page(request: web.Request) -> web.Response:
-    return await _render(request, request.app[PAGE_TEMPLATES].watch)
+    stream = await _stream_row(request)
+    if stream is None:
+        return not_found_page(request)
+    return render(request, "watch.html", "watch", stream=stream,
+                  config={"streamId": stream["id"]})
+
+
+async def publish_page(request: web.Request) -> web.Response:
+    stream = await _stream_row(request)
+    if stream is None:
+        return not_found_page(request)
+    settings = request.app[SETTINGS]
+    return render(request, "publish.html", "publish", stream=stream,
+                  whip_url=f"{settings.base_url}/whip/{stream['id']}",
+                  config={"streamId": stream["id"], "creatorAccount": stream["creator_account"]})
+
+
+async def studio_page(request: web.Request) -> web.Response:
+    return render(request, "studio.html", "studio")
+
+
+async def wallet_page(request: web.Request) -> web.Response:
+    return render(request, "wallet.html", "wallet")
 
 
 async def video_page(request: web.Request) -> web.Response:
-    """The video page: a paid view played with hls.js (signaling/static/video.js)."""
+    """A ready video: a paid view played with hls.js (js/pages/video.js)."""
     video_id = stream_id_or_none(request.match_info["video_id"])
     row = None
     if video_id is not None:
         row = await request.app[BACKENDS].pg.fetchrow(
-            "SELECT v.title, v.price_per_second, COALESCE(v.view_count, 0) AS views, "
-            "u.account_id FROM videos v JOIN users u ON u.id = v.creator_id "
+            "SELECT v.id::text AS id, v.title, v.price_per_second, "
+            "COALESCE(v.view_count, 0) AS views, u.account_id AS creator_account "
+            "FROM videos v JOIN users u ON u.id = v.creator_id "
             "WHERE v.id = $1::uuid AND v.status = 'ready'", video_id)
     if row is None:
-        return _html(_NOT_FOUND_HTML.replace("no stream", "no video"), status=404)
-    settings = request.app[SETTINGS]
-    config = {"videoId": video_id, "devMode": settings.dev_mode,
-              "devAccounts": request.app[PAGE_TEMPLATES].dev_accounts,
-              "tokenSymbol": settings.token_symbol}
-    return _html(request.app[PAGE_TEMPLATES].video.substitute(
-        title=html.escape(row["title"]), creator=html.escape(row["account_id"]),
-        price=format_amount(row["price_per_second"] or settings.price_default),
-        symbol=html.escape(settings.token_symbol), views=row["views"],
-        config=script_json(config)))
+        return not_found_page(request, "video")
+    price = row["price_per_second"] or request.app[SETTINGS].price_default
+    return render(request, "video.html", "video", video=dict(row),
+                  price=format_amount(price), config={"videoId": row["id"]})
 
 
 def add_page_routes(app: web.Application) -> None:
-    app[PAGE_TEMPLATES] = _load_templates(app[SETTINGS])
-    app.router.add_get("/publish/{stream_id}", publish_page)
+    settings = app[SETTINGS]
+    env = aiohttp_jinja2.setup(
+        app, loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=jinja2.select_autoescape(["html"], default=True),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        auto_reload=False)
+    env.filters["script_json"] = _script_json_filter
+    for name in env.list_templates():  # compiled now: no template file I/O in a handler
+        env.get_template(name)
+    app[DEV_ACCOUNTS] = _dev_accounts(settings)
+    app[SECURITY_HEADERS] = security_headers(settings)
+    app.router.add_get("/", home_page)
     app.router.add_get("/watch/{stream_id}", watch_page)
+    app.router.add_get("/publish/{stream_id}", publish_page)
+    app.router.add_get("/studio", studio_page)
+    app.router.add_get("/wallet", wallet_page)
     app.router.add_get("/video/{video_id}", video_page)
     app.router.add_static("/static/", STATIC_DIR)

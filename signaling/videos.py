@@ -359,14 +359,11 @@ async def tus_patch(request: web.Request) -> web.Response:
 
 # -- reading -------------------------------------------------------------------
 
-async def list_videos(request: web.Request) -> web.Response:
-    limit, offset = parse_paging(request)
-    limit = min(limit, PAGE_MAX)
-    settings = request.app[SETTINGS]
-    creator = request.query.get("creator")
-    account = canonical_or_400(creator, settings) if creator is not None else None
-    category = request.query.get("category")
-    rows = await request.app[BACKENDS].pg.fetch(
+async def ready_videos(app: web.Application, account: str | None, category: str | None,
+                       limit: int, offset: int) -> list[dict[str, Any]]:
+    """Ready videos, newest first, of a creator (`account`) and/or a category
+    (its id or name). Shared by GET /api/videos and the home page."""
+    rows = await app[BACKENDS].pg.fetch(
         f"""{_VIDEO_SELECT}
         WHERE v.status = 'ready' AND ($1::text IS NULL OR u.account_id = $1)
           AND ($2::text IS NULL OR EXISTS (
@@ -374,8 +371,17 @@ async def list_videos(request: web.Request) -> web.Response:
                WHERE vc.video_id = v.id AND (c.id::text = $2 OR lower(c.name) = lower($2))))
         ORDER BY v.published_at DESC NULLS LAST, v.id LIMIT $3 OFFSET $4""",
         account, category, limit, offset)
-    return web.json_response({"videos": [video_json(r, settings) for r in rows],
-                              "limit": limit, "offset": offset})
+    return [video_json(r, app[SETTINGS]) for r in rows]
+
+
+async def list_videos(request: web.Request) -> web.Response:
+    limit, offset = parse_paging(request)
+    limit = min(limit, PAGE_MAX)
+    creator = request.query.get("creator")
+    account = canonical_or_400(creator, request.app[SETTINGS]) if creator is not None else None
+    videos = await ready_videos(request.app, account, request.query.get("category"),
+                                limit, offset)
+    return web.json_response({"videos": videos, "limit": limit, "offset": offset})
 
 
 async def get_video(request: web.Request) -> web.Response:

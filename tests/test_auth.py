@@ -22,6 +22,7 @@ from scalecodec.utils.ss58 import ss58_encode
 from substrateinterface import Keypair, KeypairType
 
 from signaling import auth
+from tests import wallet_stand_in
 from tests.test_api import (
     ALICE_2,
     ALICE_42,
@@ -278,37 +279,22 @@ def test_find_signed_tries_both_curves_and_wrappings() -> None:
 
 # -- the pages -------------------------------------------------------------------------
 
-# A stand-in polkadot{.js} extension: its signer asks Python to sign, with the
-# <Bytes> wrapping the real extension adds. Calls are recorded in window.walletCalls.
-FAKE_WALLET = """
-window.walletCalls = [];
-window.injectedWeb3 = {"polkadot-js": {version: "0.0.0-test", enable: async (origin) => {
-  window.walletCalls.push({enable: origin});
-  return {
-    accounts: {get: async () => %(accounts)s},
-    signer: {signRaw: async (payload) => {
-      window.walletCalls.push({signRaw: payload});
-      return {id: 1, signature: await window.testWalletSign(payload.address, payload.data)};
-    }},
-  };
-}}};
-"""
-WALLET_KEYS = {ALICE_2: ALICE, BOB_42: BOB}
+WALLET_KEYS = [ALICE, BOB]
 
 
 async def open_with_wallet(page: Page, url: str, accounts: list[dict[str, str]]) -> None:
-    async def wallet_sign(address: str, hex_data: str) -> str:
-        message = b"<Bytes>" + bytes.fromhex(hex_data.removeprefix("0x")) + b"</Bytes>"
-        return "0x" + bytes(WALLET_KEYS[address].sign(message)).hex()
-
-    await page.expose_function("testWalletSign", wallet_sign)
-    await page.add_init_script(FAKE_WALLET % {"accounts": json.dumps(accounts)})
+    """The page with the stand-in extension (tests/wallet_stand_in.py), its
+    sign-in dialog open."""
+    await wallet_stand_in.install(page, accounts, WALLET_KEYS)
     await page.goto(url)
+    await page.wait_for_selector("body[data-ready='true']")
+    await page.click("#sign-in-open")
 
 
 async def signed_in_account(page: Page) -> str:
     await page.wait_for_function("() => document.querySelector('#account').textContent "
-                                 "!== 'nobody yet' || document.querySelector('#error').textContent")
+                                 "!== 'nobody yet' || "
+                                 "document.querySelector('#sign-in-error').textContent")
     return await page.inner_text("#account")
 
 
@@ -325,7 +311,8 @@ async def test_pages_log_in_with_the_extension(db: asyncpg.Connection, redis: ai
                                    [{"address": ALICE_2, "name": "Alice", "type": "sr25519"}])
             assert await page.is_hidden("#wallet-account")
             await page.click("#wallet-sign-in")
-            assert await signed_in_account(page) == ALICE_42, await page.inner_text("#error")
+            account = await signed_in_account(page)
+            assert account == ALICE_42, await page.inner_text("#sign-in-error")
             calls = await page.evaluate("window.walletCalls")
             assert calls[0] == {"enable": "Vilokanam-view"}
             payload = calls[1]["signRaw"]
@@ -356,7 +343,7 @@ async def test_with_several_accounts_the_person_picks_one(db: asyncpg.Connection
         assert await page.evaluate("window.walletCalls.length") == 1  # nothing signed yet
         await page.select_option("#wallet-account", BOB_42)
         await page.click("#wallet-sign-in")
-        assert await signed_in_account(page) == BOB_42, await page.inner_text("#error")
+        assert await signed_in_account(page) == BOB_42, await page.inner_text("#sign-in-error")
 
 
 async def test_pages_without_an_extension_say_so(db: asyncpg.Connection, redis: aioredis.Redis,
@@ -365,10 +352,12 @@ async def test_pages_without_an_extension_say_so(db: asyncpg.Connection, redis: 
         stream_id = await new_stream_as_wallet_user(client)
         page = await browser.new_page()
         await page.goto(f"http://127.0.0.1:{settings.http_port}/watch/{stream_id}")
-        assert await page.is_hidden("#dev-token-form")  # not dev mode
+        await page.wait_for_selector("body[data-ready='true']")
+        await page.click("#sign-in-open")
+        assert await page.locator("#dev-token-form").count() == 0  # not dev mode
         await page.click("#wallet-sign-in")
-        await page.wait_for_selector("#error[data-code='no_wallet']")
-        assert "polkadot{.js}" in await page.inner_text("#error")
+        await page.wait_for_selector("#sign-in-error[data-code='no_wallet']")
+        assert "polkadot{.js}" in await page.inner_text("#sign-in-error")
         assert await page.inner_text("#account") == "nobody yet"
 
 

@@ -201,11 +201,14 @@ def test_dev_serves_everything_keeps_data_and_stops_clean(start_dev: StartDev) -
     # the packages are in place (the test cache): no first-run install is announced
     assert "preparing the local chain...\n" in output + "\n"
     assert "installing its npm packages" not in output
-    for url in (f"http://127.0.0.1:{ports.http}", f"ws://127.0.0.1:{ports.chain}",
-                f"127.0.0.1:{ports.postgres}", f"redis://127.0.0.1:{ports.redis}"):
+    for url in (f"http://127.0.0.1:{ports.http}/", f"http://127.0.0.1:{ports.http}/studio",
+                f"ws://127.0.0.1:{ports.chain}", f"127.0.0.1:{ports.postgres}",
+                f"redis://127.0.0.1:{ports.redis}"):
         assert url in output
     for port in (ports.http, ports.sfu, ports.billing):
         assert http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+    status, home = http_get(f"http://127.0.0.1:{ports.http}/")  # the web app, not a 404
+    assert status == 200 and b'<body data-page="home">' in home
     database_url = f"postgresql://postgres@127.0.0.1:{ports.postgres}/vilokanam"
     asyncio.run(_add_user(database_url))
     stop_and_check_nothing_left(run)

@@ -148,8 +148,6 @@ async def test_unauthenticated_is_401(client: Client, method: str, path: str) ->
 
 # -- every status a handler answers is documented ------------------------------------
 
-ZERO = "00000000-0000-0000-0000-000000000000"
-ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 _JSON_BODY = (b'{"title": "t", "account": "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY", '
               b'"price_per_second": "0.002"}', "application/json")
 _FIXED_BODIES: list[tuple[bytes, str] | None] = [
@@ -245,12 +243,17 @@ async def test_every_status_a_handler_answers_is_documented(
                          idle["id"]],
            "stream_viewer_id": ["not-a-uuid", "00000000-0000-0000-0000-000000000000"],
            "filename": ["nope.js", "vilokanam.js"],
-           "account": ["not-an-account", ALICE, login_body["account"]],
-           "video_id": ["not-a-uuid", ZERO], "comment_id": ["not-a-uuid", ZERO],
-           "report_id": ["not-a-uuid", ZERO],
-           "video_id,view_id": [("not-a-uuid", "nope"), (ZERO, ZERO)],
-           "video_id,resolution": [(ZERO, "720p")],
-           "video_id,resolution,segment": [(ZERO, "720p", "seg_00000.ts")]}
+           # community and VOD ids: malformed, unknown, and (accounts) real ones
+           "account": ["not-an-account", "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty",
+                       login_body["account"]],
+           "video_id": ["not-a-uuid", "00000000-0000-0000-0000-000000000000"],
+           "comment_id": ["not-a-uuid", "00000000-0000-0000-0000-000000000000"],
+           "report_id": ["not-a-uuid", "00000000-0000-0000-0000-000000000000"]}
+    unknown_video = "00000000-0000-0000-0000-000000000000"
+    ids["video_id,view_id"] = [("not-a-uuid", "nope"), (unknown_video, unknown_video)]
+    ids["video_id,resolution"] = [("not-a-uuid", "240p"), (unknown_video, "240p")]
+    ids["video_id,resolution,segment"] = [("not-a-uuid", "240p", "seg_00000.ts"),
+                                          (unknown_video, "240p", "seg_00000.ts")]
     # a session resource: under a bad stream id, unknown, and the two real ones
     ids["stream_id,resource_id"] = [("not-a-uuid", "nope"), (stream["id"], "nope"),
                                     *((stream["id"], session) for session in sessions)]

@@ -197,7 +197,9 @@ async def test_the_video_page_is_served_with_its_player(client: Client, settings
     page = await client.get(f"/video/{video_id}")
     assert page.status == 200
     html = await page.text()
-    assert "/static/hls.light.min.js" in html and "/static/video.js" in html
+    assert "/static/hls.light.min.js" in html and "/static/js/main.js" in html
+    assert '<body data-page="video">' in html  # main.js runs js/pages/video.js
+    assert (await client.get("/static/js/pages/video.js")).status == 200
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     script = await client.get("/static/hls.light.min.js")
     assert script.status == 200 and b"Hls" in await script.read()

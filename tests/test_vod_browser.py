@@ -26,7 +26,15 @@ from playwright.async_api import Browser
 from media.cid import cid_of_file
 from media.probe import probe
 from tests.processes import start_role, wait_healthy
-from tests.test_e2e_browser import ALICE, BOB, browser, open_page, start_publishing, wait_text
+from tests.test_e2e_browser import (
+    ALICE,
+    BOB,
+    browser,
+    open_page,
+    sign_in,
+    start_publishing,
+    wait_text,
+)
 from vilokanam.balances import credit
 from vilokanam.config import Settings
 from vilokanam.services.process import ManagedProcess
@@ -132,9 +140,7 @@ async def test_a_recorded_session_becomes_a_video_played_and_billed_per_second(
     bob = stack.call("POST", "/api/dev/token", {"account": BOB})["user_id"]
     await credit(db, redis, bob, Decimal(10), "adjustment", "vod e2e", 12)
     viewer = await open_page(browser, stack.url(f"/video/{video_id}"))
-    await viewer.wait_for_selector("#dev-token-form:not([hidden])")
-    await viewer.select_option("#dev-account", index=1)
-    await viewer.click("#dev-sign-in")
+    await sign_in(viewer, BOB)  # the header's sign-in dialog, as on every page
     await viewer.wait_for_selector("#play:not([disabled])")
     await viewer.click("#play")
     await viewer.wait_for_function("() => document.getElementById('video').ended",

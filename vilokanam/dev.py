@@ -121,9 +121,9 @@ class DevStack:
         base = self.settings.base_url
         chain = self.settings.substrate_url or f"off — {self.chain_note}"
         return [
-            ("signaling", base),
-            ("publish page", f"{base}/publish/<stream_id>"),
-            ("watch page", f"{base}/watch/<stream_id>"),
+            ("web app", f"{base}/"),
+            ("studio", f"{base}/studio"),
+            ("wallet", f"{base}/wallet"),
             ("metrics", f"{base}/metrics"),
             ("sfu worker (private)", f"http://{self.settings.sfu_host}:{self.settings.sfu_port}"),
             ("billing", f"http://127.0.0.1:{self.settings.billing_port}/healthz"),

@@ -42,10 +42,15 @@ async def resolve_category(conn: asyncpg.Pool | asyncpg.Connection, value: objec
     return str(category_id)
 
 
-async def list_categories(request: web.Request) -> web.Response:
-    rows = await request.app[BACKENDS].pg.fetch(
+async def all_categories(pg: asyncpg.Pool) -> list[dict[str, Any]]:
+    """Every category by name: GET /api/categories and the home page."""
+    rows = await pg.fetch(
         "SELECT id::text AS id, name, description FROM categories ORDER BY lower(name)")
-    return web.json_response({"categories": [category_json(r) for r in rows]})
+    return [category_json(r) for r in rows]
+
+
+async def list_categories(request: web.Request) -> web.Response:
+    return web.json_response({"categories": await all_categories(request.app[BACKENDS].pg)})
 
 
 async def create_category(request: web.Request) -> web.Response:

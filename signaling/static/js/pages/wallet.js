@@ -1,0 +1,159 @@
+// The wallet: balance, a deposit to the escrow signed by the wallet extension
+// (a Balances.transfer_keep_alive built with @polkadot/api, bundled in
+// /static/vendor/ and loaded only when a deposit starts), viewing sessions and
+// their receipts.
+
+import {
+  AppError, amountText, api, byId, formHandler, showErrorIn, tableRow, timeText, userApi,
+  viewer,
+} from "../core.js";
+import { connectWallet, refreshBalance } from "../signin.js";
+
+const CREDIT_WAIT_MS = 120000;
+const CREDIT_POLL_MS = 2000;
+const AMOUNT = /^\d+(\.\d+)?$/;
+
+// "1.5" tokens -> planck as a BigInt, exactly (never through a float).
+export function toPlanck(text, decimals) {
+  const amount = String(text || "").trim();
+  if (!AMOUNT.test(amount)) {
+    throw new AppError("invalid_amount", "amount must be a number of tokens, like 1.5");
+  }
+  const [whole, fraction = ""] = amount.split(".");
+  if (fraction.length > decimals) {
+    throw new AppError("invalid_amount", `amount has at most ${decimals} decimals`);
+  }
+  const planck = BigInt(whole) * 10n ** BigInt(decimals) + BigInt(fraction.padEnd(decimals, "0"));
+  if (planck <= 0n) throw new AppError("invalid_amount", "amount must be more than 0");
+  return planck;
+}
+
+function status(text) {
+  byId("deposit-status").textContent = text;
+}
+
+// Resolves with the block hash once the transfer is in a block; rejects with
+// the chain's error when it failed there.
+function sendTransfer(chain, tx, address, signer) {
+  return new Promise((resolve, reject) => {
+    tx.signAndSend(address, { signer }, ({ status: txStatus, dispatchError }) => {
+      if (dispatchError) {
+        const reason = dispatchError.isModule
+          ? chain.registry.findMetaError(dispatchError.asModule).name : dispatchError.toString();
+        reject(new AppError("chain_error", reason));
+      } else if (txStatus.isInBlock) {
+        resolve(txStatus.asInBlock.toHex());
+      } else if (txStatus.isDropped || txStatus.isInvalid || txStatus.isUsurped) {
+        reject(new AppError("chain_error", txStatus.type));
+      }
+    }).catch((err) => reject(new AppError("wallet_cancelled", err.message)));
+  });
+}
+
+async function deposit(data) {
+  const info = await api("GET", "/api/billing/info");
+  if (!info.escrow_account || !info.chain_rpc) throw new AppError("no_escrow", "no escrow");
+  const planck = toPlanck(data.get("amount"), info.token_decimals);
+  const current = viewer.load();
+  status("Connecting to your wallet…");
+  const wallet = await connectWallet();
+  status("Connecting to the chain…");
+  const { ApiPromise, WsProvider } = await import("/static/vendor/polkadot-api.js");
+  const chain = await ApiPromise.create({ provider: new WsProvider(info.chain_rpc), noInitWarn: true });
+  try {
+    // The extension may show the account in another SS58 prefix: compare keys.
+    const key = (address) => chain.createType("AccountId", address).toHex();
+    const mine = wallet.accounts.find((a) => key(a.address) === key(current.account));
+    if (!mine) throw new AppError("wallet_account_missing", current.account);
+    const before = (await userApi("GET", "/api/me")).balance;
+    status("Waiting for your wallet to sign…");
+    const tx = chain.tx.balances.transferKeepAlive(info.escrow_account, planck);
+    const block = await sendTransfer(chain, tx, mine.address, wallet.signer);
+    status(`In block ${block}. Waiting for the deposit to be credited…`);
+    const deadline = Date.now() + CREDIT_WAIT_MS;
+    while (Date.now() < deadline) {
+      const me = await refreshBalance();
+      if (me && me.balance !== before) {
+        status(`Deposited ${amountText(data.get("amount"))}: your balance is ${amountText(me.balance)}.`);
+        byId("balance").textContent = amountText(me.balance);
+        return;
+      }
+      await new Promise((done) => setTimeout(done, CREDIT_POLL_MS));
+    }
+    status(`The transfer is in block ${block}; the credit has not shown up yet. Check back soon.`);
+  } finally {
+    await chain.disconnect();
+  }
+}
+
+function receiptField(list, label, value) {
+  const dt = document.createElement("dt");
+  dt.textContent = label;
+  const dd = document.createElement("dd");
+  dd.textContent = value === null || value === undefined || value === "" ? "—" : String(value);
+  list.append(dt, dd);
+}
+
+async function showReceipt(sessionId) {
+  const r = await userApi("GET", `/api/receipts/${encodeURIComponent(sessionId)}`);
+  const list = byId("receipt-fields");
+  list.replaceChildren();
+  for (const [label, value] of [
+    ["Session", r.stream_viewer_id], ["Creator", r.creator_account], ["Seconds", r.seconds],
+    ["Price per second", amountText(r.price_per_second)], ["Charge", amountText(r.charge)],
+    ["Settled", amountText(r.settled)], ["Unsettled", amountText(r.unsettled)],
+    ["Status", r.status], ["Extrinsic", r.extrinsic_hash], ["Block", r.block_number],
+    ["Block hash", r.block_hash], ["Your line", r.line], ["Digest", r.digest],
+    ["Remark on chain", r.remark], ["Digest algorithm", r.digest_algorithm],
+  ]) receiptField(list, label, value);
+  byId("receipt-lines").textContent = (r.lines || []).join("\n") || "not settled yet";
+  byId("receipt").hidden = false;
+  byId("receipt-title").focus();
+}
+
+async function loadSessions() {
+  const { sessions } = await userApi("GET", "/api/me/sessions");
+  const rows = sessions.map((s) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "Receipt";
+    button.setAttribute("aria-label", `Receipt for ${s.title}`);
+    button.addEventListener("click", () => showReceipt(s.id)
+      .catch((err) => showErrorIn(byId("error"), err.code, err.message)));
+    return tableRow([s.title, timeText(s.join_time), s.seconds, amountText(s.cost),
+                     s.payment_status || (s.active ? "watching" : "pending"), button]);
+  });
+  byId("sessions").querySelector("tbody").replaceChildren(...rows);
+  byId("sessions").hidden = rows.length === 0;
+  byId("no-sessions").hidden = rows.length !== 0;
+}
+
+export function walletPage() {
+  byId("receipt-title").tabIndex = -1;
+  async function render() {
+    const signedIn = Boolean(viewer.load());
+    byId("sign-in-needed").hidden = signedIn;
+    byId("wallet").hidden = !signedIn;
+    if (!signedIn) return;
+    const info = await api("GET", "/api/billing/info");
+    byId("escrow-account").textContent = info.escrow_account || "(none configured)";
+    byId("deposit").disabled = !info.escrow_account;
+    await loadSessions();
+  }
+  formHandler(byId("deposit-form"), async (data) => {
+    status("");
+    try {
+      await deposit(data);
+    } catch (err) {
+      status("");
+      throw err;
+    }
+  });
+  document.addEventListener("vk:me", (event) => {
+    byId("balance").textContent = amountText(event.detail.balance);
+  });
+  const rerender = () => render().catch((err) => showErrorIn(byId("error"), err.code, err.message));
+  document.addEventListener("vk:signed-in", rerender);
+  document.addEventListener("vk:signed-out", rerender);
+  rerender();
+}
