@@ -5,6 +5,7 @@ name, rather than as silent decoding, lost keyframes or unbilled viewers."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aioice.ice
 import pytest
@@ -46,19 +47,26 @@ async def test_the_receiver_internals_the_tap_and_plis_use(
     await hooks.request_keyframe_upstream(receiver)  # no SSRC seen yet: sends nothing
 
 
-async def test_the_sender_internals_keyframes_and_reports_use(
+async def test_the_sender_internals_the_take_over_uses(
         answered: tuple[RTCPeerConnection, RTCRtpTransceiver]) -> None:
-    sender = answered[1].sender
-    assert callable(sender._send_keyframe)
-    asked: list[int] = []
-    hooks.route_keyframe_requests(sender, lambda: asked.append(1))
-    sender._send_keyframe()
-    assert asked == [1]
-    assert isinstance(sender._ssrc, int)
-    assert callable(sender._handle_rtcp_packet)
+    """`take_over_sender` replaces the sender's RTP loop and RTCP handler and
+    reads its SSRCs, MID, RTX payload type and header extension ids."""
+    sender: Any = answered[1].sender
+    for name in ("_run_rtp", "_handle_rtcp_packet", "_send_keyframe"):
+        assert callable(getattr(sender, name)), name
+    assert isinstance(sender._ssrc, int) and isinstance(sender._rtx_ssrc, int)
+    for name in ("__rtp_started", "__rtp_exited", "__rtx_payload_type", "__mid"):
+        assert hasattr(sender, f"_RTCRtpSender{name}"), name
+    ids = sender._RTCRtpSender__rtp_header_extensions_map._HeaderExtensionsMap__ids
+    assert hasattr(ids, "mid") and hasattr(ids, "abs_send_time")
+    asked: list[str] = []
     original = sender._handle_rtcp_packet
-    hooks.on_receiver_reports(sender, lambda: None)
+    hooks.take_over_sender(sender, lambda wiring: None, lambda: None, hooks.SenderRtcp(
+        keyframe=lambda: asked.append("keyframe"), nack=lambda lost: None,
+        report=lambda: None))
     assert sender._handle_rtcp_packet is not original
+    sender._send_keyframe()
+    assert asked == ["keyframe"]
 
 
 async def test_the_codec_and_dtls_internals(
