@@ -114,6 +114,7 @@ async def test_redis_down_while_the_publisher_goes_silent(
     await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(worker, db, "v")))
     peer = worker.manager.peers[worker.last["peer_id"]]
     await viewer.wait_for_frames("video", 5)
+    await wait_for(lambda: peer.meter.ticks >= 1, 10, "the viewer is billed before the outage")
     publish_failures = PUBLISH_FAILURES.labels("peer_closed")._value.get()
 
     server.stop()  # a clean stop: the append-only file keeps the live balances

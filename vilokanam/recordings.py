@@ -22,13 +22,15 @@ async def finish_recording(pg: asyncpg.Pool, video_id: str, session_id: str, siz
         await conn.execute(
             "UPDATE videos SET file_size = $2, upload_offset = $2 WHERE id = $1::uuid",
             video_id, size)
-        await conn.execute(
-            "UPDATE stream_sessions SET recording_id = $2::uuid WHERE id = $1::uuid",
-            session_id, video_id)
+        # streams before stream_sessions: the lock order every writer keeps
+        # (vilokanam/stream_rows.py), so two of them never deadlock.
         await conn.execute(
             "UPDATE streams SET recording_url = '/api/videos/' || $1 "
             "WHERE id = (SELECT stream_id FROM stream_sessions WHERE id = $2::uuid)",
             video_id, session_id)
+        await conn.execute(
+            "UPDATE stream_sessions SET recording_id = $2::uuid WHERE id = $1::uuid",
+            session_id, video_id)
         if size == 0 or failure is not None:
             await conn.execute(
                 "UPDATE videos SET status = 'failed', failure_reason = $2 WHERE id = $1::uuid",
