@@ -7,9 +7,6 @@ watched free), no silent-publisher detection, no analytics."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import asyncpg
@@ -23,17 +20,7 @@ from sfu.write_behind import DEFERRED
 from tests.conftest import Stores
 from tests.media_clients import Publisher, Viewer
 from tests.test_sfu_media import Worker, make_stream, make_viewer_user, worker  # noqa: F401
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool] | bool], timeout: float,
-                   what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result if isinstance(result, bool) else await result:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
+from tests.waiting import wait_until
 
 
 async def flush_all(stores: Stores, redis: aioredis.Redis) -> None:
@@ -73,24 +60,29 @@ async def test_postgres_down_while_a_viewer_runs_out_of_funds(
     deferred_before = DEFERRED.labels("viewer_left")._value.get()
 
     postgres.kill()  # before the poor viewer's money runs out
-    await wait_for(lambda: poor_peer.peer_id not in worker.manager.peers, 10,
-                   "the poor viewer is cut off while Postgres is down")
+    await wait_until(lambda: poor_peer.peer_id not in worker.manager.peers,
+                     "the poor viewer is cut off while Postgres is down",
+                     timeout=10)
     # The fault landed: the cut-off's Postgres write failed and was kept.
     assert DEFERRED.labels("viewer_left")._value.get() == deferred_before + 1
     assert len(worker.manager.writes) >= 1
     during = rich_peer.meter.ticks
-    await wait_for(lambda: rich_peer.meter.ticks >= during + 2, 8,
-                   "the other viewer is still ticked during the outage")
+    await wait_until(lambda: rich_peer.meter.ticks >= during + 2,
+                     "the other viewer is still ticked during the outage",
+                     timeout=8)
 
     postgres.start()
     back = rich_peer.meter.ticks
-    await wait_for(lambda: rich_peer.meter.ticks >= back + 2, 3,
-                   "ticks go on within 3 s of Postgres's return")
-    await wait_for(lambda: len(worker.manager.writes) == 0, 20,
-                   "the kept cut-off write lands once Postgres is back")
+    await wait_until(lambda: rich_peer.meter.ticks >= back + 2,
+                     "ticks go on within 3 s of Postgres's return",
+                     timeout=3)
+    await wait_until(lambda: len(worker.manager.writes) == 0,
+                     "the kept cut-off write lands once Postgres is back",
+                     timeout=20)
 
     await rich.close()
-    await wait_for(lambda: rich_peer.peer_id not in worker.manager.peers, 10, "rich viewer gone")
+    await wait_until(lambda: rich_peer.peer_id not in worker.manager.peers, "rich viewer gone",
+                     timeout=10)
     await poor.close()
     await publisher.close()
     await flush_all(stores, redis)
@@ -114,22 +106,24 @@ async def test_redis_down_while_the_publisher_goes_silent(
     await viewer.start(worker.signal_viewer(stream_id, await make_viewer_user(worker, db, "v")))
     peer = worker.manager.peers[worker.last["peer_id"]]
     await viewer.wait_for_frames("video", 5)
-    await wait_for(lambda: peer.meter.ticks >= 1, 10, "the viewer is billed before the outage")
+    await wait_until(lambda: peer.meter.ticks >= 1, "the viewer is billed before the outage",
+                     timeout=10)
     publish_failures = PUBLISH_FAILURES.labels("peer_closed")._value.get()
 
     server.stop()  # a clean stop: the append-only file keeps the live balances
     for transceiver in publisher.pc.getTransceivers():
         transceiver.sender._enabled = False  # aiortc: read but send nothing; ICE stays up
-    await wait_for(lambda: db.fetchval("SELECT status = 'ended' FROM streams WHERE id = $1",
-                                       stream_id), 10,
-                   "the silent publisher's stream ends while Redis is down")
+    await wait_until(lambda: db.fetchval("SELECT status = 'ended' FROM streams WHERE id = $1",
+                                         stream_id),
+                     "the silent publisher's stream ends while Redis is down", timeout=10)
     # The fault landed: its events could not be published, its unpin is kept.
     assert PUBLISH_FAILURES.labels("peer_closed")._value.get() > publish_failures
     assert len(worker.manager.writes) >= 1
 
     server.start()
-    await wait_for(lambda: len(worker.manager.writes) == 0, 10,
-                   "the kept unpin lands once Redis is back")
+    await wait_until(lambda: len(worker.manager.writes) == 0,
+                     "the kept unpin lands once Redis is back",
+                     timeout=10)
     client = aioredis.Redis.from_url(stores.redis_url)
     try:
         assert await client.get(stream_worker_key(stream_id)) is None
