@@ -1,5 +1,6 @@
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -7,8 +8,14 @@ from vilokanam.logs import configure_logging, log_event, register_secret
 
 
 @pytest.fixture
-def logger(capsys: pytest.CaptureFixture[str]) -> logging.Logger:
-    return logging.getLogger("test.logs")
+def logger(capsys: pytest.CaptureFixture[str]) -> Iterator[logging.Logger]:
+    """configure_logging replaces the root handlers with one on this test's
+    captured stderr: put the old ones back, or later tests log to a closed file."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield logging.getLogger("test.logs")
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_text_line_has_event_and_ids(logger: logging.Logger,
