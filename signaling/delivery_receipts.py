@@ -61,8 +61,8 @@ class Receipt:
 
 
 @dataclass
-class SignedSession:
-    """A signed session as its connection tracks it."""
+class SignedViewing:
+    """A viewing session whose viewer signs delivery receipts, as its websocket tracks it."""
 
     viewer_session_id: str
     delegation: Delegation
@@ -141,7 +141,7 @@ async def check_delegation(delegation: Delegation, account: str, stream_id: str,
 
 
 async def record_delegation(pg: asyncpg.Pool, viewer_session_id: str, delegation: Delegation,
-                            text: str) -> SignedSession:
+                            text: str) -> SignedViewing:
     async with pg.acquire() as conn, conn.transaction():
         price = await conn.fetchval(
             "UPDATE stream_viewers SET billing_rule = 'signed', signed_seconds = 0 "
@@ -152,10 +152,10 @@ async def record_delegation(pg: asyncpg.Pool, viewer_session_id: str, delegation
             viewer_session_id, "0x" + delegation.session_key.hex(), delegation.price_cap,
             datetime.fromtimestamp(delegation.expires_at, UTC), text,
             "0x" + delegation.signature.hex())
-    return SignedSession(viewer_session_id, delegation, Decimal(price or 0))
+    return SignedViewing(viewer_session_id, delegation, Decimal(price or 0))
 
 
-async def accept_receipt(pg: asyncpg.Pool, signed: SignedSession | None,
+async def accept_receipt(pg: asyncpg.Pool, signed: SignedViewing | None,
                          receipt: Receipt) -> int:
     """Check and keep a receipt; the session's signed seconds after it."""
     if signed is None:
@@ -191,6 +191,6 @@ async def accept_receipt(pg: asyncpg.Pool, signed: SignedSession | None,
     return receipt.seconds
 
 
-def receipts_stopped(signed: SignedSession) -> bool:
+def receipts_stopped(signed: SignedViewing) -> bool:
     """The worker has metered past the signed seconds + grace: cut off."""
     return signed.metered_seconds > signed.signed_seconds + GRACE_SECONDS

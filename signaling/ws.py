@@ -34,7 +34,7 @@ from signaling.community.chat_events import CHAT_EVENTS
 from signaling.community.ws_member import WsMember
 from signaling.delivery_receipts import (
     Delegation,
-    SignedSession,
+    SignedViewing,
     accept_receipt,
     check_delegation,
     parse_delegation,
@@ -128,15 +128,17 @@ class Outbox:
 
 
 @dataclass
-class Session:
-    """A publish or watch: pending until the worker answers, then live."""
+class MediaCall:
+    """A publish or watch over this websocket: pending until the worker answers,
+    then live. (Not a viewing session — that is the `stream_viewers` row — nor a
+    `stream_sessions` row: see "Words" in docs/architecture.md.)"""
 
     state: State
     stream_id: str
     peer: PeerRef | None = None
     stream_session_id: str | None = None  # publisher: the stream_sessions id
     held: list[dict[str, Any]] = field(default_factory=list)
-    signed: SignedSession | None = None  # a viewer who signs delivery receipts
+    signed: SignedViewing | None = None  # a viewer who signs delivery receipts
 
 
 class Connection:
@@ -151,14 +153,14 @@ class Connection:
         self._connections = app[CONNECTIONS]
         self._remote = request.remote or "unknown"
         self._id = secrets.token_hex(4)
-        self._session: Session | None = None
+        self._call: MediaCall | None = None
         self._outbox = Outbox(ws, self._on_overflow, name=f"ws-outbox-{self._id}")
         self._member = WsMember(app, self.send, self._on_suspended)
 
     @property
     def state(self) -> State:
-        session = self._session
-        return session.state if session is not None and session.peer is not None else State.IDLE
+        call = self._call
+        return call.state if call is not None and call.peer is not None else State.IDLE
 
     def send(self, message: Message) -> None:
         self._outbox.put(message)
@@ -169,7 +171,7 @@ class Connection:
             async for frame in self._ws:
                 await self._on_frame(frame)
         finally:
-            # A websocket that closes ends its session, like leave. aiohttp
+            # A websocket that closes ends its call, like leave. aiohttp
             # cancels handlers at shutdown, so the ending (a DELETE to the
             # worker) runs in a task the app owns and waits for at cleanup.
             await asyncio.shield(self._connections.run_ending(self._end(),
@@ -230,12 +232,12 @@ class Connection:
                                             message.stream_key)
         self._member.identify(creator_id)  # a suspension of the creator reaches this socket
         placement = await place_publisher(redis, message.stream_id)
-        session = self._begin(State.PUBLISHING, message.stream_id)
-        answer = await self._answered(session, start_publisher(
+        call = self._begin(State.PUBLISHING, message.stream_id)
+        answer = await self._answered(call, start_publisher(
             self._sfu, redis, placement, message.stream_id, sdp=message.sdp,
             signaling_url=self._settings.base_url))
-        session.stream_session_id = answer.session_id
-        self._established(session, answer.peer,
+        call.stream_session_id = answer.session_id
+        self._established(call, answer.peer,
                           protocol.publish_answer(answer.sdp, answer.session_id, answer.resumed))
 
     async def _watch(self, message: Watch) -> None:
@@ -247,14 +249,14 @@ class Connection:
         delegation = parse_delegation(message.delegation)
         delegated = await self._check_delegation(claims.account, message.stream_id, delegation)
         worker = await viewer_worker(self._backends.redis, message.stream_id)
-        session = self._begin(State.WATCHING, message.stream_id)
-        answer = await self._answered(session, self._sfu.add_viewer(
+        call = self._begin(State.WATCHING, message.stream_id)
+        answer = await self._answered(call, self._sfu.add_viewer(
             worker.control_url, message.stream_id, sdp=message.sdp,
             viewer_user_id=claims.user_id))
         if delegation is not None and delegated is not None:
-            session.signed = await record_delegation(
+            call.signed = await record_delegation(
                 self._backends.pg, answer.viewer_session_id, delegation, delegated)
-        self._established(session, answer.peer,
+        self._established(call, answer.peer,
                           protocol.watch_answer(answer.sdp, answer.viewer_session_id))
 
     async def _check_delegation(self, account: str, stream_id: str,
@@ -278,18 +280,18 @@ class Connection:
 
     async def _receipt(self, message: ReceiptMessage) -> None:
         receipt = parse_receipt(message.data)
-        session = self._session
-        signed = session.signed if session is not None and session.peer is not None else None
+        call = self._call
+        signed = call.signed if call is not None and call.peer is not None else None
         seconds = await accept_receipt(self._backends.pg, signed, receipt)
         self.send(protocol.receipt_accepted(receipt.viewer_session_id, seconds))
 
     async def _candidate(self, message: Candidate) -> None:
-        session = self._session
-        if session is None or session.peer is None:  # idle
+        call = self._call
+        if call is None or call.peer is None:  # idle
             raise ProtocolError(ErrorCode.WRONG_STATE,
                                 "candidate is allowed only while publishing or watching")
         try:
-            await self._sfu.add_candidate(session.peer, message.candidate)
+            await self._sfu.add_candidate(call.peer, message.candidate)
         except PeerGone:
             pass  # the worker closed the peer; its peer_closed event tells the client
 
@@ -305,75 +307,75 @@ class Connection:
             raise ProtocolError(ErrorCode.WRONG_STATE,
                                 f"cannot {action} while {self.state}: send leave first")
 
-    # --- the session ---------------------------------------------------------------
+    # --- the call ---------------------------------------------------------------
 
-    def _begin(self, state: State, stream_id: str) -> Session:
+    def _begin(self, state: State, stream_id: str) -> MediaCall:
         """Listen to the stream's events before the worker is asked, so the
         ones it publishes while answering (this viewer's count) are not lost."""
-        session = Session(state, stream_id)
-        self._session = session
+        call = MediaCall(state, stream_id)
+        self._call = call
         self._events.add(stream_channel(stream_id), self)
-        return session
+        return call
 
-    async def _answered(self, session: Session, call: Awaitable[T]) -> T:
+    async def _answered(self, call: MediaCall, answer: Awaitable[T]) -> T:
         try:
-            return await call
+            return await answer
         except BaseException:
-            self._detach()  # the session never started
+            self._detach()  # the call never started
             raise
 
-    def _established(self, session: Session, peer: PeerRef, answer: Message) -> None:
-        session.peer = peer
+    def _established(self, call: MediaCall, peer: PeerRef, answer: Message) -> None:
+        call.peer = peer
         self._events.add(peer_channel(peer.peer_id), self)
         self.send(answer)
         log_event(log, "ws.session_started", **self._ids())
-        held, session.held = session.held, []
+        held, call.held = call.held, []
         for event in held:
-            self._apply(session, event)
+            self._apply(call, event)
 
-    def _detach(self) -> Session | None:
-        """End the session here at once, so no later event of it reaches the client."""
-        session, self._session = self._session, None
-        if session is not None:
-            self._events.remove(stream_channel(session.stream_id), self)
-            if session.peer is not None:
-                self._events.remove(peer_channel(session.peer.peer_id), self)
-        return session
+    def _detach(self) -> MediaCall | None:
+        """End the call here at once, so no later event of it reaches the client."""
+        call, self._call = self._call, None
+        if call is not None:
+            self._events.remove(stream_channel(call.stream_id), self)
+            if call.peer is not None:
+                self._events.remove(peer_channel(call.peer.peer_id), self)
+        return call
 
-    async def _hang_up(self, session: Session | None, lost: bool = False) -> None:
-        """Close the session's peer on the worker: a publisher's stream ends at
+    async def _hang_up(self, call: MediaCall | None, lost: bool = False) -> None:
+        """Close the call's peer on the worker: a publisher's stream ends at
         once, or after the reconnect grace when the connection was `lost`."""
-        if session is None or session.peer is None:
+        if call is None or call.peer is None:
             return
         try:
-            await self._sfu.close_peer(session.peer, lost=lost)
+            await self._sfu.close_peer(call.peer, lost=lost)
         except PeerGone:
             pass  # already closed by the worker
         except SfuError as err:
             # The worker's ICE timeout closes it; nothing more we can do.
-            log_event(log, "ws.hang_up_failed", logging.WARNING, **self._ids(session),
+            log_event(log, "ws.hang_up_failed", logging.WARNING, **self._ids(call),
                       error=err.message)
-        log_event(log, "ws.session_ended", **self._ids(session))
+        log_event(log, "ws.session_ended", **self._ids(call))
 
     # --- worker events (called by the EventHub) ------------------------------------------
 
     def on_event(self, channel: str, event: dict[str, Any]) -> None:
-        session = self._session
-        if session is None:
+        call = self._call
+        if call is None:
             return
         if event.get("type") in CHAT_EVENTS:
             # Everyone publishing or watching hears the stream's chat; once
             # in that chat (chat_join) the member relays it, not us (no twice).
-            if session.peer is not None and self._member.chat_stream != session.stream_id:
+            if call.peer is not None and self._member.chat_stream != call.stream_id:
                 self._member.relay(event)
             return
-        if session.peer is None:
-            if len(session.held) < HELD_LIMIT:
-                session.held.append(event)
+        if call.peer is None:
+            if len(call.held) < HELD_LIMIT:
+                call.held.append(event)
             return
-        self._apply(session, event)
+        self._apply(call, event)
 
-    def _apply(self, session: Session, event: dict[str, Any]) -> None:
+    def _apply(self, call: MediaCall, event: dict[str, Any]) -> None:
         match event.get("type"):
             case "viewer_count":
                 count = event.get("count")
@@ -383,36 +385,36 @@ class Connection:
                 self.send(protocol.stream_started())
             case "tick" if isinstance(event.get("seconds"), int):
                 self.send(protocol.tick(event["seconds"], str(event.get("cost", "0"))))
-                if session.signed is not None:
-                    session.signed.metered_seconds = event["seconds"]
-                    if receipts_stopped(session.signed):
-                        self._cut_off(session)
-            case "stream_ended" if not self._is_stale(session, event):
+                if call.signed is not None:
+                    call.signed.metered_seconds = event["seconds"]
+                    if receipts_stopped(call.signed):
+                        self._cut_off(call)
+            case "stream_ended" if not self._is_stale(call, event):
                 self._detach()
                 self.send(protocol.stream_ended())
-            case "peer_closed" if session.peer and event.get("peer_id") == session.peer.peer_id:
+            case "peer_closed" if call.peer and event.get("peer_id") == call.peer.peer_id:
                 self._detach()
                 self.send(protocol.peer_closed(str(event.get("reason"))))
-                log_event(log, "ws.peer_closed", **self._ids(session), reason=event.get("reason"))
+                log_event(log, "ws.peer_closed", **self._ids(call), reason=event.get("reason"))
 
-    def _cut_off(self, session: Session) -> None:
+    def _cut_off(self, call: MediaCall) -> None:
         """A signed viewer whose receipts stopped: billing stops at the signed
         seconds + grace anyway; the media stops now too."""
-        assert session.signed is not None
-        log_event(log, "ws.receipts_stopped", logging.WARNING, **self._ids(session),
-                  signed_seconds=session.signed.signed_seconds,
-                  metered_seconds=session.signed.metered_seconds)
+        assert call.signed is not None
+        log_event(log, "ws.receipts_stopped", logging.WARNING, **self._ids(call),
+                  signed_seconds=call.signed.signed_seconds,
+                  metered_seconds=call.signed.metered_seconds)
         self.send(protocol.error(ErrorCode.RECEIPTS_STOPPED,
                                  "no signed receipt covers the seconds watched: cut off"))
         self._connections.run_ending(self._hang_up(self._detach()), name=f"ws-cut-{self._id}")
 
     @staticmethod
-    def _is_stale(session: Session, event: dict[str, Any]) -> bool:
-        """An end of an earlier session of the stream (a publisher who has
+    def _is_stale(call: MediaCall, event: dict[str, Any]) -> bool:
+        """An end of an earlier call of the stream (a publisher who has
         since published again) is not the end of this one."""
         ended = event.get("session_id")
-        return session.stream_session_id is not None and ended not in (
-            None, session.stream_session_id)
+        return call.stream_session_id is not None and ended not in (
+            None, call.stream_session_id)
 
     # --- suspension (called by presence, for the connection's user) ------------------------
 
@@ -420,13 +422,13 @@ class Connection:
         self._connections.run_ending(self._suspended(), name=f"ws-suspended-{self._id}")
 
     async def _suspended(self) -> None:
-        """The user was suspended: end the media session at once (a publisher's
+        """The user was suspended: end the media call at once (a publisher's
         stream ends, no grace), say why, and close the socket (1008)."""
-        session = self._detach()
+        call = self._detach()
         self._member.close()
         self.send(protocol.error(ErrorCode.SUSPENDED, "this account was suspended"))
-        log_event(log, "ws.suspended", **self._ids(session))
-        await self._hang_up(session)
+        log_event(log, "ws.suspended", **self._ids(call))
+        await self._hang_up(call)
         try:
             async with asyncio.timeout(FAREWELL_S):
                 await self._outbox.drained()
@@ -441,13 +443,13 @@ class Connection:
         if self._request.transport is not None:
             self._request.transport.abort()
 
-    def _ids(self, session: Session | None = None) -> dict[str, Any]:
-        session = session or self._session
+    def _ids(self, call: MediaCall | None = None) -> dict[str, Any]:
+        call = call or self._call
         ids: dict[str, Any] = {"conn": self._id, "remote": self._remote}
-        if session is not None:
-            ids.update(state=session.state.value, stream_id=session.stream_id)
-            if session.peer is not None:
-                ids["peer_id"] = session.peer.peer_id
+        if call is not None:
+            ids.update(state=call.state.value, stream_id=call.stream_id)
+            if call.peer is not None:
+                ids["peer_id"] = call.peer.peer_id
         return ids
 
 
@@ -501,7 +503,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 async def _close_websockets(app: web.Application) -> None:
-    """On shutdown: close every websocket so its handler ends its session
+    """On shutdown: close every websocket so its handler ends its call
     (rather than aiohttp waiting for it, then cancelling it)."""
     await app[CONNECTIONS].close_sockets()
 
