@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from signaling.app import create_app
 from signaling.errors import ApiError
 from signaling.tokens import issue_token, verify_token
+from tests.flushing import flush_all
 from vilokanam.config import Settings
 
 SECRET = "x" * 40
@@ -437,7 +438,6 @@ async def test_balance_sessions_and_earnings_follow_metering(
     shows the live balance, the session with its cost, and the creator's 90%."""
     from decimal import Decimal
 
-    from billing.flush import Flusher
     from vilokanam.balances import credit
     from vilokanam.metering import Tick, TickBatch, TickWriter
 
@@ -455,12 +455,7 @@ async def test_balance_sessions_and_earnings_follow_metering(
                                      (Tick(session, viewer["user_id"], 2 * 10**9),)))
     me = await (await client.get("/api/me", headers=bearer(viewer["token"]))).json()
     assert me["balance"] == "0.994"  # live: charged before any flush
-    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=2)
-    try:
-        while (await Flusher(pool, redis, Decimal("0.1")).flush_once()).batches:
-            pass
-    finally:
-        await pool.close()
+    await flush_all(stores.database_url, redis)
     sessions = (await (await client.get("/api/me/sessions",
                                         headers=bearer(viewer["token"]))).json())["sessions"]
     assert [(s["id"], s["seconds"], s["cost"], s["price_per_second"], s["payment_status"])

@@ -24,6 +24,7 @@ from substrateinterface import Keypair
 
 from billing.flush import Flusher
 from tests.conftest import Stores
+from tests.flushing import drain
 from tests.test_e2e_browser import (
     ALICE,
     BOB,
@@ -102,8 +103,7 @@ async def test_a_chromium_viewer_is_billed_by_its_signed_receipts(
         flusher = Flusher(pool, redis, Decimal("0.1"))
         deadline = asyncio.get_running_loop().time() + 15
         while True:  # the worker's last ticks reach Redis within a second or two
-            while (await flusher.flush_once()).batches:
-                pass
+            await drain(flusher)
             row = await db.fetchrow(
                 "SELECT total_ticks, paid_amount, signed_seconds, is_active FROM stream_viewers "
                 "WHERE id = $1", session["id"])

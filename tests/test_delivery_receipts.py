@@ -26,6 +26,7 @@ from substrateinterface import Keypair, KeypairType
 from billing.flush import Flusher
 from sfu.lifecycle import Lifecycle
 from signaling.tokens import issue_token
+from tests.flushing import drain
 from tests.test_metering import pool  # noqa: F401 - a fixture
 from tests.test_ws_protocol import (
     SECRET,
@@ -211,8 +212,7 @@ async def test_the_flush_bills_a_signed_session_at_most_its_signed_seconds_plus_
             Tick(plain_session, plain.user_id, 10**9))))
         if second % 7 == 0:
             await flusher.flush_once()
-    while (await flusher.flush_once()).batches:
-        pass
+    await drain(flusher)
     rows = {r["id"]: r for r in await h.db.fetch(
         "SELECT id::text, total_ticks, paid_amount FROM stream_viewers")}
     billed = 5 + GRACE_SECONDS

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from billing.flush import Flusher
 from tests.conftest import Stores
+from tests.flushing import drain
 from vilokanam.balances import balance_key, balance_of, credit
 from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter
 
@@ -64,11 +65,6 @@ async def pool(stores: Stores, db: asyncpg.Connection) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=4)
     yield pool
     await pool.close()
-
-
-async def drain(flusher: Flusher) -> None:
-    while (await flusher.flush_once()).batches:
-        pass
 
 
 async def assert_books_balance(db: asyncpg.Connection, audience: Audience, seconds: int,

@@ -26,6 +26,7 @@ from sfu.control import MANAGER
 from signaling.app import create_app as create_signaling
 from signaling.tokens import issue_token
 from tests.conftest import ESCROW_URI, Stores
+from tests.flushing import drain
 from tests.media_clients import Publisher, Viewer
 from tests.test_receipt_check import verify_receipt
 from tests.test_settlement import (
@@ -128,8 +129,7 @@ async def test_deposit_watch_bill_pay_and_verify(
 
     # 3. Billed per second, exactly: what the worker ticked is what Postgres holds.
     flusher = Flusher(pool, redis, FEE)
-    while (await flusher.flush_once()).batches:
-        pass
+    await drain(flusher)
     seconds = await db.fetchval("SELECT total_ticks FROM stream_viewers WHERE id = $1", session)
     assert seconds >= billed
     charge = PRICE * seconds

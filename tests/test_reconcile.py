@@ -17,12 +17,12 @@ import redis.asyncio as aioredis
 
 from billing.flush import Flusher
 from billing.reconcile import DRIFTS, REPAIRS, Reconciler
+from tests.flushing import drain
 from tests.test_metering import (
     FEE,
     FUNDS,
     PRICE_PLANCK,
     batch,
-    drain,
     make_audience,
     pool,  # noqa: F401 - a fixture
 )

@@ -24,6 +24,7 @@ from billing.chain import AsyncChain, ChainClient, load_escrow
 from billing.flush import Flusher
 from billing.settlement import Settler
 from tests.conftest import ESCROW_URI, Stores
+from tests.flushing import drain
 from tests.test_vilokanam_receipts import ref_mth
 from tests.waiting import wait_until
 from vilokanam.accounts import canonical_account, public_key_of
@@ -105,8 +106,7 @@ async def watch(pool: asyncpg.Pool, redis: aioredis.Redis, show: Show, seconds: 
         await writer.write(TickBatch(f"w-{show.stream_id}", show.second, tuple(
             Tick(sv, user, price_planck) for sv, user, _ in show.viewers
             if only is None or sv in only)))
-    while (await flusher.flush_once()).batches:
-        pass
+    await drain(flusher)
 
 
 # -- the chain, read independently of the code under test -----------------------

@@ -13,24 +13,14 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from billing.flush import Flusher
 from routing.channels import PUBLISH_FAILURES
 from routing.registry import stream_worker_key
 from sfu.write_behind import DEFERRED
 from tests.conftest import Stores
+from tests.flushing import flush_all
 from tests.media_clients import Publisher, Viewer
 from tests.test_sfu_media import Worker, make_stream, make_viewer_user, worker  # noqa: F401
 from tests.waiting import wait_until
-
-
-async def flush_all(stores: Stores, redis: aioredis.Redis) -> None:
-    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=2)
-    try:
-        flusher = Flusher(pool, redis, Decimal("0.1"))
-        while (await flusher.flush_once()).batches:
-            pass
-    finally:
-        await pool.close()
 
 
 async def billed_ticks(stores: Stores) -> dict[str, tuple[int, bool]]:
@@ -52,18 +42,24 @@ async def test_postgres_down_while_a_viewer_runs_out_of_funds(
     poor_user = await make_viewer_user(worker, db, "poor", funds=Decimal("0.004"))  # 4 s
     rich_user = await make_viewer_user(worker, db, "rich")
     poor, rich = Viewer(), Viewer()
-    await poor.start(worker.signal_viewer(stream_id, poor_user))
-    poor_peer = worker.manager.peers[worker.last["peer_id"]]
     await rich.start(worker.signal_viewer(stream_id, rich_user))
     rich_peer = worker.manager.peers[worker.last["peer_id"]]
     await rich.wait_for_frames("video", 5)
     deferred_before = DEFERRED.labels("viewer_left")._value.get()
+    # The poor viewer joins last, so that its 4 s cannot run out before the
+    # kill however slow the machine is (its first tick needs media delivered).
+    await poor.start(worker.signal_viewer(stream_id, poor_user))
+    poor_peer = worker.manager.peers[worker.last["peer_id"]]
+    assert poor_peer.meter.ticks < 4
 
     postgres.kill()  # before the poor viewer's money runs out
     await wait_until(lambda: poor_peer.peer_id not in worker.manager.peers,
                      "the poor viewer is cut off while Postgres is down",
                      timeout=10)
-    # The fault landed: the cut-off's Postgres write failed and was kept.
+    # The fault landed: the cut-off's Postgres write failed and was kept (the
+    # write follows the peer's removal: wait for it, then exactly one).
+    await wait_until(lambda: DEFERRED.labels("viewer_left")._value.get() > deferred_before,
+                     "the cut-off's write is deferred", timeout=10)
     assert DEFERRED.labels("viewer_left")._value.get() == deferred_before + 1
     assert len(worker.manager.writes) >= 1
     during = rich_peer.meter.ticks
@@ -85,7 +81,7 @@ async def test_postgres_down_while_a_viewer_runs_out_of_funds(
                      timeout=10)
     await poor.close()
     await publisher.close()
-    await flush_all(stores, redis)
+    await flush_all(stores.database_url, redis)
     billed = await billed_ticks(stores)
     assert billed[poor_peer.viewer_session_id] == (poor_peer.meter.ticks, False)
     assert billed[rich_peer.viewer_session_id] == (rich_peer.meter.ticks, False)
@@ -127,7 +123,7 @@ async def test_redis_down_while_the_publisher_goes_silent(
     client = aioredis.Redis.from_url(stores.redis_url)
     try:
         assert await client.get(stream_worker_key(stream_id)) is None
-        await flush_all(stores, client)
+        await flush_all(stores.database_url, client)
     finally:
         await client.aclose()
     await viewer.close()

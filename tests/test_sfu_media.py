@@ -24,6 +24,7 @@ from sfu.relay import ForwardedTrack
 from sfu.srtp import GcmProtector
 from sfu.streams import CLOCK_LOOPS, StreamManager
 from tests.conftest import Stores
+from tests.flushing import flush_all
 from tests.media_clients import Publisher, Viewer
 from tests.waiting import wait_until
 from vilokanam.balances import balance_key, credit
@@ -394,7 +395,6 @@ async def test_viewers_are_billed_per_second_received_and_books_balance(
         stores: Stores) -> None:
     """Real aiortc viewers, the worker's own ticks, the real flush: every
     second a viewer was billed is in Postgres exactly once, at its price."""
-    from billing.flush import Flusher
 
     stream_id, _ = await make_stream(db)
     publisher = Publisher()
@@ -410,13 +410,7 @@ async def test_viewers_are_billed_per_second_received_and_books_balance(
         await viewer.close()
     await publisher.close()
     assert all(3 <= ticks <= 5 for ticks in meters.values()), meters
-    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=2)
-    try:
-        flusher = Flusher(pool, redis, Decimal("0.1"))
-        while (await flusher.flush_once()).batches:
-            pass
-    finally:
-        await pool.close()
+    await flush_all(stores.database_url, redis)
     rows = {str(r["id"]): r for r in await db.fetch(
         "SELECT id, total_ticks, paid_amount FROM stream_viewers")}
     for session, ticks in meters.items():

@@ -14,6 +14,7 @@ from substrateinterface import SubstrateInterface
 
 from billing.flush import Flusher
 from tests.conftest import Stores
+from tests.flushing import drain
 from tests.test_settlement import (
     DECIMALS,
     FEE,
@@ -67,8 +68,7 @@ async def test_video_view_payments_are_settled_on_chain(
         await writer.write(TickBatch(f"{VIDEO_VIEW_BATCH_PREFIX}{view_id}", second,
                                      (Tick(view_id, viewer, price_planck),)))
     flusher = Flusher(pool, redis, FEE)
-    while (await flusher.flush_once()).batches:
-        pass
+    await drain(flusher)
     assert await db.fetchval("SELECT amount FROM payments WHERE payment_type = 'video_view'"
                              ) == 6 * PRICE
 
