@@ -1,6 +1,6 @@
 -- 0001_platform_schema.sql
 --
--- The platform's schema document (Docs/DatabaseSchema.md, "Database Schema Design for
+-- The platform's schema design document ("Database Schema Design for
 -- Vilokanam-view Platform"), reproduced VERBATIM: its ```sql blocks, in the document's order,
 -- each under a comment naming the document's section heading. Nothing in the SQL below is
 -- changed -- it is the contract other parts of the platform check against: 18 tables, their

@@ -2,6 +2,7 @@
 edited files, and two runners at once."""
 
 import asyncio
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -55,9 +56,38 @@ async def test_edited_applied_migration_is_refused_by_name(fresh_db: str,
                                                            sql_copy: Path) -> None:
     await migrate(fresh_db, sql_copy)
     second = sorted(sql_copy.iterdir())[1]
-    second.write_text(second.read_text() + "\n-- an innocent-looking edit\n")
+    second.write_text(second.read_text() + "\nSELECT 1; -- an innocent-looking edit\n")
     with pytest.raises(MigrationError, match=second.name + " was edited"):
         await migrate(fresh_db, sql_copy)
+
+
+async def test_a_corrected_comment_is_no_edit(fresh_db: str, sql_copy: Path) -> None:
+    await migrate(fresh_db, sql_copy)
+    second = sorted(sql_copy.iterdir())[1]
+    second.write_text("-- a corrected header\n\n" + second.read_text() + "\n  -- and a note\n")
+    assert await migrate(fresh_db, sql_copy) == []
+
+
+async def test_checksums_an_earlier_runner_recorded_are_accepted_and_updated(
+        fresh_db: str) -> None:
+    """Databases migrated before the checksum left comments out hold the whole
+    text's checksum (and 0001's from before its header was corrected)."""
+    await migrate(fresh_db)
+    migrations = load_migrations()
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        for m in migrations:
+            whole = hashlib.sha256(m.sql.encode()).hexdigest()
+            await conn.execute("UPDATE schema_migrations SET checksum = $2 WHERE name = $1",
+                               m.name, whole)
+        await conn.execute("UPDATE schema_migrations SET checksum = $2 WHERE name = $1",
+                           migrations[0].name,
+                           "2db849551de83d8465d755672e374588733ad29317272ad4c1d202b23b40a4bd")
+        assert await migrate(fresh_db) == []
+        rows = dict(await conn.fetch("SELECT name, checksum FROM schema_migrations"))
+    finally:
+        await conn.close()
+    assert rows == {m.name: m.checksum for m in migrations}
 
 
 async def test_vanished_applied_migration_is_refused(fresh_db: str, sql_copy: Path) -> None:

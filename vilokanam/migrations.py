@@ -1,10 +1,14 @@
 """Schema migrations: numbered `sql/NNNN_name.sql` files applied in order, each
 in its own transaction, recorded with a checksum in `schema_migrations`.
 
-An applied file that was edited afterwards is refused by name — the database
-would otherwise silently differ from what the file says. Two processes may run
-this at once: a Postgres advisory lock makes the second wait and then find
-nothing left to do."""
+An applied file whose statements were edited afterwards is refused by name —
+the database would otherwise silently differ from what the file says. The
+checksum covers what runs, not the comment lines (a whole line starting with
+`--`) or blank lines: a comment can be corrected without a new migration.
+Databases migrated before that rule recorded the checksum of the whole text;
+they are accepted and their row is brought to the new checksum. Two processes
+may run this at once: a Postgres advisory lock makes the second wait and then
+find nothing left to do."""
 
 from __future__ import annotations
 
@@ -31,6 +35,16 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
+# Whole-text checksums of files whose comments were corrected after they were
+# applied somewhere (the statements are unchanged: the statement checksum of
+# the file as it is now still matches). 0001: its header cited a document
+# outside the repository.
+_REWORDED = {
+    "0001_platform_schema.sql":
+        "2db849551de83d8465d755672e374588733ad29317272ad4c1d202b23b40a4bd",
+}
+
+
 class MigrationError(RuntimeError):
     pass
 
@@ -42,7 +56,17 @@ class Migration:
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
+        """Of the statements: comment-only and blank lines left out."""
+        statements = "\n".join(
+            line.rstrip() for line in self.sql.splitlines()
+            if line.strip() and not line.lstrip().startswith("--"))
+        return hashlib.sha256(statements.encode()).hexdigest()
+
+    def recorded_before(self, checksum: str) -> bool:
+        """Whether `checksum` is what an earlier runner recorded for this file
+        (the whole text's, or the text's before a comment was corrected)."""
+        whole = hashlib.sha256(self.sql.encode()).hexdigest()
+        return checksum in (whole, _REWORDED.get(self.name))
 
 
 def load_migrations(sql_dir: Path | None = None) -> list[Migration]:
@@ -57,18 +81,24 @@ def load_migrations(sql_dir: Path | None = None) -> list[Migration]:
     return [Migration(p.name, p.read_text()) for p in files]
 
 
-def check_applied(applied: dict[str, str], migrations: list[Migration]) -> list[Migration]:
-    """The migrations still to apply; refuses edited or vanished applied files."""
+def check_applied(applied: dict[str, str],
+                  migrations: list[Migration]) -> tuple[list[Migration], list[Migration]]:
+    """The migrations still to apply, and the applied ones whose recorded
+    checksum is an earlier runner's; refuses edited or vanished applied files."""
     by_name = {m.name: m for m in migrations}
+    outdated = []
     for name, checksum in sorted(applied.items()):
         migration = by_name.get(name)
         if migration is None:
             raise MigrationError(f"{name} was applied but its file is gone; restore it")
-        if migration.checksum != checksum:
+        if migration.checksum == checksum:
+            continue
+        if not migration.recorded_before(checksum):
             raise MigrationError(
                 f"{name} was edited after it was applied; restore it and put the change "
                 "in a new migration")
-    return [m for m in migrations if m.name not in applied]
+        outdated.append(migration)
+    return [m for m in migrations if m.name not in applied], outdated
 
 
 async def migrate(dsn: str, sql_dir: Path | None = None) -> list[str]:
@@ -88,7 +118,10 @@ async def migrate(dsn: str, sql_dir: Path | None = None) -> list[str]:
 async def _apply_pending(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
     await conn.execute(_CREATE_LEDGER)
     rows = await conn.fetch("SELECT name, checksum FROM schema_migrations")
-    pending = check_applied({r["name"]: r["checksum"] for r in rows}, migrations)
+    pending, outdated = check_applied({r["name"]: r["checksum"] for r in rows}, migrations)
+    for migration in outdated:
+        await conn.execute("UPDATE schema_migrations SET checksum = $2 WHERE name = $1",
+                           migration.name, migration.checksum)
     for migration in pending:
         async with conn.transaction():
             try:
