@@ -1,0 +1,275 @@
+"""Soak: one live stream for `--minutes` with `--viewers` WHEP viewers joining
+and leaving the whole time; every role's RSS, open files and asyncio tasks and
+Redis's key count must stay flat.
+
+Runs Postgres, Redis, one SFU worker, signaling and billing as real processes.
+The publisher is an aiortc client over WHIP (it encodes, as OBS would); each
+viewer is an aiortc client over WHEP that counts packets without decoding,
+watches 10-40 s, leaves with DELETE, and its slot is filled again at once.
+Every `--sample` seconds it reads /proc (RSS, file descriptors), each role's
+/metrics (`vilokanam_asyncio_tasks`) and Redis DBSIZE. The first sample is
+taken after `--warmup` seconds (caches, pools and the GOP cache fill first);
+drift is last vs that first sample. A benchmark, not a test: it prints the
+table, and `--write-doc` puts it in docs/reliability.md.
+
+    .venv/bin/python bench/soak.py --minutes 30 --viewers 20 --write-doc
+    .venv/bin/python bench/soak.py --minutes 2 --viewers 5      # the quick form
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack
+from substrateinterface import Keypair
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.common import (  # noqa: E402
+    BenchError,
+    machine_description,
+    markdown_table,
+    scrape,
+    update_doc_section,
+    utc_now,
+)
+from bench.sfu_fanout import TappedViewer  # noqa: E402
+from tests.media_clients import MovingVideo, client_pc  # noqa: E402
+from tests.processes import start_role, wait_healthy  # noqa: E402
+from vilokanam.admin import grant_dev_funds  # noqa: E402
+from vilokanam.config import Settings  # noqa: E402
+from vilokanam.migrations import migrate  # noqa: E402
+from vilokanam.services.net import free_port  # noqa: E402
+from vilokanam.services.postgres import PostgresServer  # noqa: E402
+from vilokanam.services.process import ManagedProcess  # noqa: E402
+from vilokanam.services.redis import RedisServer  # noqa: E402
+
+ROLES = ("sfu", "signaling", "billing")
+DOC = REPO / "docs" / "reliability.md"
+WATCH_S = (10.0, 40.0)  # how long one viewer stays
+DRIFT_LIMIT = 10.0  # % (the issue's target for RSS)
+
+
+@dataclass
+class Sample:
+    t: float
+    rss_mib: dict[str, float]
+    fds: dict[str, int]
+    tasks: dict[str, int]
+    redis_keys: int
+    viewers: int
+
+
+@dataclass
+class Stats:
+    joins: int = 0
+    leaves: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    packets: int = 0
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmRSS for {pid}")
+
+
+def open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+async def take_sample(started: float, roles: dict[str, tuple[ManagedProcess, int]],
+                      redis: aioredis.Redis, viewers: int) -> Sample:
+    def tasks(port: int) -> int:
+        return int(scrape(f"http://127.0.0.1:{port}/metrics")["vilokanam_asyncio_tasks"])
+
+    pids = {name: proc.pid for name, (proc, _) in roles.items()}
+    counts = {name: await asyncio.to_thread(tasks, port) for name, (_, port) in roles.items()}
+    return Sample(time.monotonic() - started,
+                  {n: rss_mib(p) for n, p in pids.items() if p},
+                  {n: open_fds(p) for n, p in pids.items() if p},
+                  counts, int(await redis.dbsize()), viewers)
+
+
+async def offer_to(http: aiohttp.ClientSession, pc: RTCPeerConnection, url: str,
+                   bearer: str) -> str:
+    """RFC 9725 / WHEP: POST the offer, apply the answer; returns the Location."""
+    await pc.setLocalDescription(await pc.createOffer())
+    async with http.post(url, data=pc.localDescription.sdp, headers={
+            "Content-Type": "application/sdp", "Authorization": f"Bearer {bearer}"}) as resp:
+        text = await resp.text()
+        if resp.status != 201:
+            raise BenchError(f"{url} answered {resp.status}: {text[:200]}")
+        location = resp.headers["Location"]
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
+    return str(location)
+
+
+async def viewer_slot(http: aiohttp.ClientSession, base: str, whep_url: str, token: str,
+                      stop: asyncio.Event, stats: Stats, live: list[int]) -> None:
+    """One seat of the audience: join, watch a while, leave, again."""
+    while not stop.is_set():
+        viewer = TappedViewer()
+        try:
+            location = await offer_to(http, viewer.pc, whep_url, token)
+        except BenchError as exc:
+            code = str(exc).split(" answered ")[-1][:3]
+            stats.refused[code] = stats.refused.get(code, 0) + 1
+            await viewer.pc.close()
+            await asyncio.sleep(1.0)  # e.g. 503 Retry-After: ask again shortly
+            continue
+        stats.joins += 1
+        live[0] += 1
+        try:
+            with_stop = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([with_stop], timeout=random.uniform(*WATCH_S))
+            with_stop.cancel()
+            stats.packets += sum(viewer.sample()[kind]["frames"] for kind in ("video", "audio"))
+        finally:
+            live[0] -= 1
+            async with http.delete(base + location if location.startswith("/") else location):
+                pass
+            await viewer.pc.close()
+            stats.leaves += 1
+
+
+def drift(first: float, last: float) -> float:
+    return 100.0 * (last - first) / first if first else 0.0
+
+
+def report(samples: list[Sample], stats: Stats, args: argparse.Namespace) -> tuple[str, bool]:
+    first, last = samples[0], samples[-1]
+    rows, flat = [], True
+    for role in ROLES:
+        rss = drift(first.rss_mib[role], last.rss_mib[role])
+        flat &= abs(rss) <= DRIFT_LIMIT
+        flat &= last.fds[role] <= first.fds[role] + 2 and last.tasks[role] <= first.tasks[role] + 2
+        rows.append((role, f"{first.rss_mib[role]:.1f} → {last.rss_mib[role]:.1f} ({rss:+.1f} %)",
+                     f"{first.fds[role]} → {last.fds[role]}",
+                     f"{first.tasks[role]} → {last.tasks[role]}"))
+    flat &= last.redis_keys <= first.redis_keys + 2
+    rows.append(("redis keys", f"{first.redis_keys} → {last.redis_keys}", "", ""))
+    body = "\n".join([
+        f"Measured {utc_now()} on {machine_description()}: {args.minutes:g} min, "
+        f"{args.viewers} viewer seats (joins {stats.joins}, leaves {stats.leaves}, refused "
+        f"{json.dumps(stats.refused) if stats.refused else 'none'}), first sample after "
+        f"{args.warmup:g} s, last at {last.t:.0f} s. Viewers live at the end: {last.viewers}.",
+        "",
+        markdown_table(("role", "RSS MiB (drift)", "open files", "asyncio tasks"), rows),
+        "",
+        f"Verdict: {'flat' if flat else 'NOT flat'} (RSS within ±{DRIFT_LIMIT:g} %, "
+        "files, tasks and Redis keys within +2).",
+        "",
+        "    " + " ".join(["bench/soak.py", *sys.argv[1:]]),
+    ])
+    return body, flat
+
+
+async def run(args: argparse.Namespace, settings: Settings,
+              roles: dict[str, tuple[ManagedProcess, int]]) -> tuple[list[Sample], Stats]:
+    base = settings.base_url
+    keys = [Keypair.create_from_uri(f"//soak-{n}", ss58_format=settings.ss58_prefix)
+            for n in range(args.viewers + 1)]
+    await grant_dev_funds(settings, [k.ss58_address for k in keys])
+    stats, samples, live = Stats(), [], [0]
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    async with aiohttp.ClientSession() as http:
+        async def token(account: str) -> str:
+            async with http.post(base + "/api/dev/token", json={"account": account}) as resp:
+                return str((await resp.json())["token"])
+
+        creator = await token(keys[0].ss58_address)
+        async with http.post(base + "/api/streams", json={"title": "soak", "record": False},
+                             headers={"Authorization": f"Bearer {creator}"}) as resp:
+            stream = await resp.json()
+        publisher = client_pc()  # encodes 360p VP8 and Opus, as OBS would
+        publisher.addTransceiver(MovingVideo(640, 360), direction="sendonly")
+        publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        await offer_to(http, publisher, stream["whip_url"], stream["stream_key"])
+        stop = asyncio.Event()
+        tokens = [await token(k.ss58_address) for k in keys[1:]]
+        seats = [asyncio.create_task(viewer_slot(http, base, stream["whep_url"], t, stop,
+                                                 stats, live)) for t in tokens]
+        started = time.monotonic()
+        try:
+            await asyncio.sleep(args.warmup)
+            end = started + args.minutes * 60
+            while True:
+                samples.append(await take_sample(started, roles, redis, live[0]))
+                s = samples[-1]
+                print(f"{s.t:6.0f} s  viewers {s.viewers:3d}  rss {s.rss_mib}  fds {s.fds}  "
+                      f"tasks {s.tasks}  redis keys {s.redis_keys}", flush=True)
+                if time.monotonic() >= end:
+                    break
+                for name, (proc, _) in roles.items():
+                    if not proc.running:
+                        raise BenchError(f"{name} died:\n{proc.tail()}")
+                await asyncio.sleep(min(args.sample, max(0.0, end - time.monotonic())))
+        finally:
+            stop.set()
+            await asyncio.gather(*seats, return_exceptions=True)
+            await publisher.close()
+            await redis.aclose()
+    return samples, stats
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--viewers", type=int, default=20)
+    parser.add_argument("--warmup", type=float, default=120.0, help="seconds before sample 1")
+    parser.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
+    parser.add_argument("--write-doc", action="store_true")
+    args = parser.parse_args()
+    args.warmup = min(args.warmup, args.minutes * 60 / 3)
+    with tempfile.TemporaryDirectory(prefix="vk-soak-") as tmp:
+        root = Path(tmp)
+        postgres = PostgresServer(root / "pg", free_port(), fast=True)
+        redis = RedisServer(root / "redis", free_port())
+        postgres.start()
+        redis.start()
+        roles: dict[str, tuple[ManagedProcess, int]] = {}
+        try:
+            asyncio.run(migrate(postgres.url))
+            settings = dataclasses.replace(
+                Settings.from_env({"VILOKANAM_ICE_HOST_ADDRESSES": "127.0.0.1"},
+                                  database_url=postgres.url, redis_url=redis.url,
+                                  http_port=free_port(), sfu_port=free_port(),
+                                  billing_port=free_port()),
+                dev_mode=True, token_secret="soak-" + "x" * 40)
+            for role in ROLES:
+                port = getattr(settings, {"signaling": "http_port"}.get(role, f"{role}_port"))
+                roles[role] = (start_role(settings, role, root), port)
+                wait_healthy(roles[role][0], port)
+            samples, stats = asyncio.run(run(args, settings, roles))
+        finally:
+            for proc, _ in roles.values():
+                proc.stop()
+            redis.stop()
+            postgres.stop()
+    body, flat = report(samples, stats, args)
+    print(body)
+    if args.write_doc:
+        if not DOC.exists():
+            DOC.write_text("# Reliability, measured\n")
+        update_doc_section(DOC, "soak", body)
+    return 0 if flat else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
