@@ -212,7 +212,7 @@ async def test_every_status_a_handler_answers_is_documented(
     """Each operation is tried with bad and real ids (streams, WHIP and WHEP
     sessions), no/bad/good credentials and bodies of every kind, against a real
     worker; whatever it answers must be a status the document lists for it."""
-    from tests.media_clients import Publisher
+    from tests.media_clients import Publisher, Viewer
     from tests.test_api import create_stream, login
     from vilokanam.balances import credit
 
@@ -232,10 +232,17 @@ async def test_every_status_a_handler_answers_is_documented(
 
     sessions: list[str] = []
     await publisher.start(whip)
-    viewer = await client.post(f"/whep/{stream['id']}", data=await _offer("recvonly"),
-                               headers={**bearer(token), "Content-Type": "application/sdp"})
-    assert viewer.status == 201, await viewer.text()
-    sessions.append(viewer.headers["Location"].rsplit("/", 1)[1])
+    async def whep(offer: str) -> str:
+        response = await client.post(f"/whep/{stream['id']}", data=offer, headers={
+            **bearer(token), "Content-Type": "application/sdp"})
+        assert response.status == 201, await response.text()
+        sessions.append(response.headers["Location"].rsplit("/", 1)[1])
+        return await response.text()
+
+    # A viewer that connects: an offer left unanswered fails ICE and its
+    # resource is gone before a slow machine's probes reach its DELETE.
+    viewer = Viewer()
+    await viewer.start(whep)
 
     bodies = [*_FIXED_BODIES, (await _offer("sendonly"), "application/sdp"),
               (await _offer("recvonly"), "application/sdp")]
@@ -284,6 +291,7 @@ async def test_every_status_a_handler_answers_is_documented(
                     if response.status == 429:  # let the next probes past the rate limit
                         await redis.delete(*await redis.keys("vk:ratelimit:*"))
     finally:
+        await viewer.close()
         await publisher.close()
     undocumented_answers = {(method, path, status)
                             for method, path, statuses in _operations(openapi_document())

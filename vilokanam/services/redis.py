@@ -4,6 +4,8 @@ Append-only persistence is on, so counted ticks survive a restart."""
 from __future__ import annotations
 
 import shutil
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +52,8 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ensure_port_free(self.port)
         self.process.start()
-        if not wait_for_port(self.port, timeout=timeout):
+        deadline = time.monotonic() + timeout
+        if not (wait_for_port(self.port, timeout=timeout) and _loaded(self.port, deadline)):
             tail = self.process.tail()
             self.process.stop()
             raise ServiceStartError(f"Redis did not start on port {self.port}:\n{tail}")
@@ -60,3 +63,18 @@ class RedisServer:
 
     def kill(self) -> None:
         self.process.kill()
+
+
+def _loaded(port: int, deadline: float) -> bool:
+    """True once PING answers PONG: a restarted Redis accepts connections
+    while it still replays its append-only file, and answers LOADING then."""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(64).startswith(b"+PONG"):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
