@@ -7,10 +7,13 @@ The publisher is an aiortc client over WHIP (it encodes, as OBS would); each
 viewer is an aiortc client over WHEP that counts packets without decoding,
 watches 10-40 s, leaves with DELETE, and its slot is filled again at once.
 Every `--sample` seconds it reads /proc (RSS, file descriptors), each role's
-/metrics (`vilokanam_asyncio_tasks`) and Redis DBSIZE. The first sample is
-taken after `--warmup` seconds (caches, pools and the GOP cache fill first);
-drift is last vs that first sample. A benchmark, not a test: it prints the
-table, and `--write-doc` puts it in docs/reliability.md.
+/metrics (`vilokanam_asyncio_tasks`) and Redis DBSIZE. A `--warmup` audience
+comes and goes first (pools and caches grow to their working size); then files,
+tasks and keys are sampled idle (the publisher live, no viewer), the soak's
+audience churns for `--minutes`, and after it left they are sampled idle again.
+RSS drift is the soak's last sample against its first.
+A benchmark, not a test: it prints the table, and `--write-doc` puts it in
+docs/reliability.md.
 
     .venv/bin/python bench/soak.py --minutes 30 --viewers 20 --write-doc
     .venv/bin/python bench/soak.py --minutes 2 --viewers 5      # the quick form
@@ -61,6 +64,9 @@ ROLES = ("sfu", "signaling", "billing")
 DOC = REPO / "docs" / "reliability.md"
 WATCH_S = (10.0, 40.0)  # how long one viewer stays
 DRIFT_LIMIT = 10.0  # % (the issue's target for RSS)
+# Before an idle sample: peers closed, the flush caught up, and signaling's
+# idle keep-alive connections to the worker closed (aiohttp: after 15 s).
+IDLE_SETTLE_S = 20.0
 
 
 @dataclass
@@ -152,43 +158,56 @@ def drift(first: float, last: float) -> float:
     return 100.0 * (last - first) / first if first else 0.0
 
 
-def report(samples: list[Sample], stats: Stats, args: argparse.Namespace) -> tuple[str, bool]:
+def report(idle: tuple[Sample, Sample], samples: list[Sample], stats: Stats,
+           args: argparse.Namespace) -> tuple[str, bool]:
+    """RSS: the first sample under churn against the last. Files, tasks and
+    Redis keys: the stack idle (publisher live, no viewer) after the warm-up's
+    audience left and after the soak's — what a leak leaves behind."""
     first, last = samples[0], samples[-1]
+    before, after = idle
     rows, flat = [], True
     for role in ROLES:
         rss = drift(first.rss_mib[role], last.rss_mib[role])
         flat &= abs(rss) <= DRIFT_LIMIT
-        flat &= last.fds[role] <= first.fds[role] + 2 and last.tasks[role] <= first.tasks[role] + 2
+        flat &= after.fds[role] <= before.fds[role] + 2
+        flat &= after.tasks[role] <= before.tasks[role] + 2
         rows.append((role, f"{first.rss_mib[role]:.1f} → {last.rss_mib[role]:.1f} ({rss:+.1f} %)",
-                     f"{first.fds[role]} → {last.fds[role]}",
-                     f"{first.tasks[role]} → {last.tasks[role]}"))
-    flat &= last.redis_keys <= first.redis_keys + 2
-    rows.append(("redis keys", f"{first.redis_keys} → {last.redis_keys}", "", ""))
+                     f"{before.fds[role]} → {after.fds[role]}",
+                     f"{before.tasks[role]} → {after.tasks[role]}"))
+    flat &= after.redis_keys <= before.redis_keys + 2
+    rows.append(("redis keys", "", f"{before.redis_keys} → {after.redis_keys}", ""))
     body = "\n".join([
         f"Measured {utc_now()} on {machine_description()}: {args.minutes:g} min, "
         f"{args.viewers} viewer seats (joins {stats.joins}, leaves {stats.leaves}, refused "
-        f"{json.dumps(stats.refused) if stats.refused else 'none'}), first sample after "
-        f"{args.warmup:g} s, last at {last.t:.0f} s. Viewers live at the end: {last.viewers}.",
+        f"{json.dumps(stats.refused) if stats.refused else 'none'}). RSS: first sample under "
+        f"churn against the last at {last.t:.0f} s ({len(samples)} samples). Open files, "
+        "asyncio tasks, Redis keys (DBSIZE; the row's second column): idle with the "
+        f"publisher live, after a {args.warmup:g} s warm-up audience left (pools at their "
+        "working size) and after the soak's audience left.",
         "",
-        markdown_table(("role", "RSS MiB (drift)", "open files", "asyncio tasks"), rows),
+        markdown_table(("role", "RSS MiB under churn (drift)", "open files idle",
+                        "asyncio tasks idle"), rows),
         "",
         f"Verdict: {'flat' if flat else 'NOT flat'} (RSS within ±{DRIFT_LIMIT:g} %, "
         "files, tasks and Redis keys within +2).",
         "",
-        "    " + " ".join(["bench/soak.py", *sys.argv[1:]]),
+        "    " + " ".join([".venv/bin/python bench/soak.py", *sys.argv[1:]]),
     ])
     return body, flat
 
 
 async def run(args: argparse.Namespace, settings: Settings,
-              roles: dict[str, tuple[ManagedProcess, int]]) -> tuple[list[Sample], Stats]:
+              roles: dict[str, tuple[ManagedProcess, int]],
+              ) -> tuple[tuple[Sample, Sample], list[Sample], Stats]:
     base = settings.base_url
     keys = [Keypair.create_from_uri(f"//soak-{n}", ss58_format=settings.ss58_prefix)
             for n in range(args.viewers + 1)]
     await grant_dev_funds(settings, [k.ss58_address for k in keys])
     stats, samples, live = Stats(), [], [0]
     redis = aioredis.Redis.from_url(settings.redis_url)
-    async with aiohttp.ClientSession() as http:
+    # No keep-alive from us: our own idle connections would count as the
+    # server's open files and tasks.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         async def token(account: str) -> str:
             async with http.post(base + "/api/dev/token", json={"account": account}) as resp:
                 return str((await resp.json())["token"])
@@ -201,14 +220,27 @@ async def run(args: argparse.Namespace, settings: Settings,
         publisher.addTransceiver(MovingVideo(640, 360), direction="sendonly")
         publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
         await offer_to(http, publisher, stream["whip_url"], stream["stream_key"])
-        stop = asyncio.Event()
         tokens = [await token(k.ss58_address) for k in keys[1:]]
-        seats = [asyncio.create_task(viewer_slot(http, base, stream["whep_url"], t, stop,
-                                                 stats, live)) for t in tokens]
         started = time.monotonic()
+
+        def audience(stop: asyncio.Event) -> list[asyncio.Task[None]]:
+            return [asyncio.create_task(viewer_slot(http, base, stream["whep_url"], t, stop,
+                                                    stats, live)) for t in tokens]
+
+        # Warm-up: the pools (Postgres, Redis, HTTP keep-alive) grow to what
+        # this audience needs; then the audience leaves, and idle is measured.
+        warm = asyncio.Event()
+        seats = audience(warm)
+        await asyncio.sleep(args.warmup)
+        warm.set()
+        await asyncio.gather(*seats, return_exceptions=True)
+        await asyncio.sleep(IDLE_SETTLE_S)
+        idle_before = await take_sample(started, roles, redis, 0)
+        stop = asyncio.Event()
+        seats = audience(stop)
         try:
-            await asyncio.sleep(args.warmup)
-            end = started + args.minutes * 60
+            await asyncio.sleep(min(args.sample, 30.0))
+            end = time.monotonic() + args.minutes * 60 - min(args.sample, 30.0)
             while True:
                 samples.append(await take_sample(started, roles, redis, live[0]))
                 s = samples[-1]
@@ -223,9 +255,11 @@ async def run(args: argparse.Namespace, settings: Settings,
         finally:
             stop.set()
             await asyncio.gather(*seats, return_exceptions=True)
-            await publisher.close()
-            await redis.aclose()
-    return samples, stats
+        await asyncio.sleep(IDLE_SETTLE_S)  # the worker notices the last DELETEs' peers close
+        idle_after = await take_sample(started, roles, redis, 0)
+        await publisher.close()
+        await redis.aclose()
+    return (idle_before, idle_after), samples, stats
 
 
 def main() -> int:
@@ -236,7 +270,7 @@ def main() -> int:
     parser.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
     parser.add_argument("--write-doc", action="store_true")
     args = parser.parse_args()
-    args.warmup = min(args.warmup, args.minutes * 60 / 3)
+    args.warmup = min(args.warmup, max(10.0, args.minutes * 60 / 3))
     with tempfile.TemporaryDirectory(prefix="vk-soak-") as tmp:
         root = Path(tmp)
         postgres = PostgresServer(root / "pg", free_port(), fast=True)
@@ -256,13 +290,13 @@ def main() -> int:
                 port = getattr(settings, {"signaling": "http_port"}.get(role, f"{role}_port"))
                 roles[role] = (start_role(settings, role, root), port)
                 wait_healthy(roles[role][0], port)
-            samples, stats = asyncio.run(run(args, settings, roles))
+            idle, samples, stats = asyncio.run(run(args, settings, roles))
         finally:
             for proc, _ in roles.values():
                 proc.stop()
             redis.stop()
             postgres.stop()
-    body, flat = report(samples, stats, args)
+    body, flat = report(idle, samples, stats, args)
     print(body)
     if args.write_doc:
         if not DOC.exists():

@@ -280,10 +280,12 @@ class StreamManager:
 
     async def _viewer_gone(self, peer: Peer, reason: CloseReason) -> None:
         stream = self.streams.get(peer.stream_id)
+        # Out of the stream first: _unregister's viewer gauge counts the streams.
+        watching = stream is not None and stream.viewers.pop(peer.peer_id, None) is not None
         self._unregister(peer)
         await peer.close()
         await self.events.peer_closed(peer.peer_id, reason)
-        if stream is None or stream.viewers.pop(peer.peer_id, None) is None:
+        if stream is None or not watching:
             return
         if peer.viewer_session_id:
             count, viewer_session_id = len(stream.viewers), peer.viewer_session_id

@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
+from prometheus_client import REGISTRY
 
 from sfu.aiortc_hooks import EncodedFrameTap
 from sfu.app import create_app
@@ -606,4 +607,6 @@ async def test_concurrent_offers_never_pass_the_capacity(
     for status, body in results:
         if status == 201:
             await worker.session.delete(worker.url(f"/control/peers/{body['peer_id']}"))
+    # the viewer gauge follows leaves (it once counted each leaving viewer still)
+    assert REGISTRY.get_sample_value("vilokanam_sfu_viewers") == 0
     await publisher.close()
