@@ -49,8 +49,10 @@ class FakeWorker:
     POST fail; `while_answering` runs inside a POST before its answer;
     `delete_delay` is a slow worker's DELETE."""
 
-    def __init__(self, redis: aioredis.Redis, worker_id: str | None = None) -> None:
+    def __init__(self, redis: aioredis.Redis, worker_id: str | None = None,
+                 capacity: int = 10) -> None:
         self.redis = redis
+        self.capacity = capacity  # what it registers (the load benchmark wants thousands)
         self.requests: list[Recorded] = []
         self.peers: set[str] = set()
         self.refusal: tuple[int, str] | None = None  # the next POST's error answer
@@ -87,7 +89,8 @@ class FakeWorker:
     async def start(self) -> None:
         await self._server.start_server()
         self._registration = WorkerRegistration(
-            self.redis, worker_id=self.worker_id, control_url=self.control_url, capacity=10,
+            self.redis, worker_id=self.worker_id, control_url=self.control_url,
+            capacity=self.capacity,
             load_fn=lambda: len(self.peers), streams_fn=lambda: 0)
         await self._registration.start()
 

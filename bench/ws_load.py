@@ -1,0 +1,259 @@
+"""Load: `--viewers` websocket viewers joining one live stream within
+`--window` seconds across two signaling servers, then `--whep` WHEP offers.
+
+Signaling (two real `vilokanam signaling` processes), Postgres and Redis are
+real. The SFU worker is the protocol tests' FAKE worker (tests/fake_worker.py,
+kept honest by tests/test_worker_contract.py): it answers every offer with a
+canned SDP and no media, because here real WebRTC in one process would be the
+bottleneck, not signaling. Each viewer: connect, `hello`, `watch` with its own
+token, wait for the `answer` (or an error, counted by code); every viewer
+stays connected until all have joined. Then the WHEP offers are sent
+`--concurrency` at a time; each must be answered 201 or refused with a
+documented status. Prints join latency medians and p99, timeouts and codes.
+
+    .venv/bin/python bench/ws_load.py --viewers 5000 --window 60 --whep 1000
+    .venv/bin/python bench/ws_load.py --viewers 300 --window 10 --whep 100   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.common import machine_description, markdown_table, update_doc_section, utc_now  # noqa: E402
+from signaling.stream_keys import hash_stream_key, new_stream_key  # noqa: E402
+from signaling.tokens import issue_token  # noqa: E402
+from tests.fake_worker import FakeWorker  # noqa: E402
+from tests.processes import start_role, wait_healthy  # noqa: E402
+from vilokanam.balances import credit  # noqa: E402
+from vilokanam.config import Settings  # noqa: E402
+from vilokanam.migrations import migrate  # noqa: E402
+from vilokanam.services.net import free_port  # noqa: E402
+from vilokanam.services.postgres import PostgresServer  # noqa: E402
+from vilokanam.services.process import ManagedProcess  # noqa: E402
+from vilokanam.services.redis import RedisServer  # noqa: E402
+
+DOC = REPO / "docs" / "reliability.md"
+SECRET = "ws-load-" + "x" * 40
+OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"  # the fake never parses it
+JOIN_TIMEOUT_S = 30.0
+WHEP_DOCUMENTED = {201, 402, 409, 429, 503}  # README's WHEP row
+
+
+@dataclasses.dataclass
+class Joins:
+    expected: int
+    latencies_ms: list[float] = dataclasses.field(default_factory=list)
+    codes: Counter[str] = dataclasses.field(default_factory=Counter)
+    all_in: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def record(self, outcome: str, latency_ms: float | None = None) -> None:
+        self.codes[outcome] += 1
+        if latency_ms is not None:
+            self.latencies_ms.append(latency_ms)
+        if sum(self.codes.values()) >= self.expected:
+            self.all_in.set()
+
+
+async def make_viewers(pg: asyncpg.Pool, redis: aioredis.Redis, n: int) -> list[str]:
+    """n users with a prepaid balance; returns their tokens."""
+    rows = await pg.fetch(
+        "INSERT INTO users (account_id) SELECT 'load-' || g FROM generate_series(1, $1) g "
+        "RETURNING id::text, account_id", n)
+    for chunk in range(0, len(rows), 200):
+        await asyncio.gather(*(credit(pg, redis, r["id"], Decimal(10), "adjustment", "load", 12)
+                               for r in rows[chunk:chunk + 200]))
+    return [issue_token(SECRET, r["id"], r["account_id"]) for r in rows]
+
+
+async def make_stream(pg: asyncpg.Pool) -> tuple[str, str]:
+    key = new_stream_key()
+    creator = await pg.fetchval(
+        "INSERT INTO users (account_id, is_creator) VALUES ('load-creator', TRUE) RETURNING id")
+    stream_id = await pg.fetchval(
+        "INSERT INTO streams (creator_id, title, stream_key_hash) VALUES ($1, 'load', $2) "
+        "RETURNING id::text", creator, hash_stream_key(key))
+    return str(stream_id), key
+
+
+async def publish(http: aiohttp.ClientSession, base: str, stream_id: str, key: str,
+                  ) -> aiohttp.ClientWebSocketResponse:
+    ws = await http.ws_connect(base + "/ws")
+    await ws.receive_json()  # hello
+    await ws.send_json({"type": "publish", "stream_id": stream_id, "stream_key": key,
+                        "sdp": OFFER})
+    answer = await ws.receive_json(timeout=10)
+    assert answer["type"] == "answer", answer
+    return ws
+
+
+async def join(http: aiohttp.ClientSession, base: str, stream_id: str, token: str,
+               delay: float, joins: Joins, done: asyncio.Event) -> None:
+    await asyncio.sleep(delay)
+    started, outcome = time.monotonic(), ""
+    try:
+        async with http.ws_connect(base + "/ws", heartbeat=None) as ws:
+            await ws.receive_json(timeout=JOIN_TIMEOUT_S)  # hello
+            await ws.send_json({"type": "watch", "stream_id": stream_id, "token": token,
+                                "sdp": OFFER})
+            while True:
+                reply = await ws.receive_json(timeout=JOIN_TIMEOUT_S)
+                if reply["type"] in ("answer", "error"):
+                    break
+            outcome = "answer" if reply["type"] == "answer" else str(reply["code"])
+            joins.record(outcome, (time.monotonic() - started) * 1000
+                         if outcome == "answer" else None)
+            await done.wait()  # a viewer stays until every viewer has joined
+    except TimeoutError:
+        if not outcome:
+            joins.record("timeout")
+    except (aiohttp.ClientError, OSError) as exc:
+        if not outcome:
+            joins.record(f"connection: {type(exc).__name__}")
+
+
+async def whep_offers(http: aiohttp.ClientSession, bases: list[str], stream_id: str,
+                      tokens: list[str], concurrency: int) -> Counter[int]:
+    statuses: Counter[int] = Counter()
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(n: int, token: str) -> None:
+        async with gate:
+            base = bases[n % len(bases)]
+            async with http.post(f"{base}/whep/{stream_id}", data=OFFER, headers={
+                    "Content-Type": "application/sdp",
+                    "Authorization": f"Bearer {token}"}) as resp:
+                statuses[resp.status] += 1
+                location = resp.headers.get("Location") if resp.status == 201 else None
+            if location:
+                async with http.delete(base + location):
+                    pass
+
+    await asyncio.gather(*(one(n, t) for n, t in enumerate(tokens)))
+    return statuses
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def run(args: argparse.Namespace, settings: Settings, bases: list[str],
+              ) -> tuple[Joins, Counter[int], float]:
+    pg = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=8)
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    worker = FakeWorker(redis, capacity=args.viewers + args.whep + 10)
+    await worker.start()
+    try:
+        stream_id, key = await make_stream(pg)
+        tokens = await make_viewers(pg, redis, args.viewers + args.whep)
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            publisher = await publish(http, bases[0], stream_id, key)
+            joins, done = Joins(args.viewers), asyncio.Event()
+            started = time.monotonic()
+            viewers = [asyncio.create_task(join(
+                http, bases[n % len(bases)], stream_id, tokens[n],
+                random.uniform(0, args.window), joins, done)) for n in range(args.viewers)]
+            await joins.all_in.wait()
+            elapsed = time.monotonic() - started
+            done.set()
+            await asyncio.gather(*viewers)
+            statuses = await whep_offers(http, bases, stream_id, tokens[args.viewers:],
+                                         args.concurrency)
+            await publisher.close()
+    finally:
+        await worker.stop()
+        await redis.aclose()
+        await pg.close()
+    return joins, statuses, elapsed
+
+
+def report(joins: Joins, statuses: Counter[int], elapsed: float,
+           args: argparse.Namespace) -> tuple[str, bool]:
+    answered = joins.codes["answer"]
+    held = answered == args.viewers and set(statuses) <= WHEP_DOCUMENTED
+    rows = [("websocket viewers", args.viewers, answered,
+             json.dumps({k: v for k, v in joins.codes.items() if k != "answer"}) or "none",
+             f"{statistics.median(joins.latencies_ms):.0f}" if joins.latencies_ms else "-",
+             f"{percentile(joins.latencies_ms, 0.99):.0f}"),
+            ("WHEP offers", args.whep, statuses.get(201, 0),
+             json.dumps({str(k): v for k, v in sorted(statuses.items()) if k != 201}), "", "")]
+    body = "\n".join([
+        f"Measured {utc_now()} on {machine_description()}: {args.viewers} websocket viewers "
+        f"joined within {args.window:g} s (all answered after {elapsed:.1f} s) across two "
+        f"signaling processes, then {args.whep} WHEP offers {args.concurrency} at a time. The "
+        "SFU worker is the FAKE worker of the protocol tests (canned answers, no media).",
+        "",
+        markdown_table(("what", "sent", "answered", "refused / failed", "join p50 ms",
+                        "join p99 ms"), rows),
+        "",
+        f"Verdict: {'held' if held else 'NOT held'} (every viewer answered, no timeout; every "
+        "WHEP offer answered or refused with a documented status).",
+        "",
+        "    " + " ".join([".venv/bin/python bench/ws_load.py", *sys.argv[1:]]),
+    ])
+    return body, held
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--viewers", type=int, default=5000)
+    parser.add_argument("--window", type=float, default=60.0, help="seconds the joins spread over")
+    parser.add_argument("--whep", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=50, help="WHEP offers in flight")
+    parser.add_argument("--write-doc", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vk-load-") as tmp:
+        root = Path(tmp)
+        postgres = PostgresServer(root / "pg", free_port(), fast=True)
+        redis = RedisServer(root / "redis", free_port())
+        postgres.start()
+        redis.start()
+        roles: list[ManagedProcess] = []
+        try:
+            asyncio.run(migrate(postgres.url))
+            bases = []
+            for n in range(2):
+                settings = dataclasses.replace(
+                    Settings.from_env({}, database_url=postgres.url, redis_url=redis.url,
+                                      http_port=free_port()),
+                    token_secret=SECRET)
+                (root / f"s{n}").mkdir()
+                roles.append(start_role(settings, "signaling", root / f"s{n}"))
+                wait_healthy(roles[-1], settings.http_port)
+                bases.append(settings.base_url)
+            joins, statuses, elapsed = asyncio.run(run(args, settings, bases))
+        finally:
+            for role in roles:
+                role.stop()
+            redis.stop()
+            postgres.stop()
+    body, held = report(joins, statuses, elapsed, args)
+    print(body)
+    if args.write_doc:
+        if not DOC.exists():
+            DOC.write_text("# Reliability, measured\n")
+        update_doc_section(DOC, "ws-load", body)
+    return 0 if held else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
