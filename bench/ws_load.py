@@ -104,6 +104,18 @@ async def publish(http: aiohttp.ClientSession, base: str, stream_id: str, key: s
     return ws
 
 
+async def listen_until(ws: aiohttp.ClientWebSocketResponse, done: asyncio.Event) -> None:
+    """Read what the server sends (viewer counts, chat) until `done`: a client
+    that stops reading is a slow consumer, and the server rightly drops it."""
+    async def read() -> None:
+        async for _ in ws:
+            pass
+
+    reader = asyncio.create_task(read())
+    await done.wait()
+    reader.cancel()
+
+
 async def join(http: aiohttp.ClientSession, base: str, stream_id: str, token: str,
                delay: float, joins: Joins, done: asyncio.Event) -> None:
     await asyncio.sleep(delay)
@@ -120,7 +132,7 @@ async def join(http: aiohttp.ClientSession, base: str, stream_id: str, token: st
             outcome = "answer" if reply["type"] == "answer" else str(reply["code"])
             joins.record(outcome, (time.monotonic() - started) * 1000
                          if outcome == "answer" else None)
-            await done.wait()  # a viewer stays until every viewer has joined
+            await listen_until(ws, done)  # a viewer stays until every viewer has joined
     except TimeoutError:
         if not outcome:
             joins.record("timeout")
@@ -168,6 +180,8 @@ async def run(args: argparse.Namespace, settings: Settings, bases: list[str],
         async with aiohttp.ClientSession(connector=connector) as http:
             publisher = await publish(http, bases[0], stream_id, key)
             joins, done = Joins(args.viewers), asyncio.Event()
+            finished = asyncio.Event()
+            publishing = asyncio.create_task(listen_until(publisher, finished))
             started = time.monotonic()
             viewers = [asyncio.create_task(join(
                 http, bases[n % len(bases)], stream_id, tokens[n],
@@ -178,6 +192,10 @@ async def run(args: argparse.Namespace, settings: Settings, bases: list[str],
             await asyncio.gather(*viewers)
             statuses = await whep_offers(http, bases, stream_id, tokens[args.viewers:],
                                          args.concurrency)
+            finished.set()
+            await publishing
+            if publisher.closed:
+                raise RuntimeError("the publisher's websocket closed: the stream ended")
             await publisher.close()
     finally:
         await worker.stop()
