@@ -3,8 +3,8 @@
 Record (every second): read up to `max_batches` pending batch keys and their
 payloads (two Redis commands), then in ONE Postgres statement give each new
 batch its `tick_batches` row (a batch already there is skipped: recorded
-before a crash, or written twice) and its `tick_journal` row (the payload as
-the worker wrote it: nothing is parsed here); commit; only then forget the
+before a crash, or written twice) and its `tick_journal` row (its ticks as
+three arrays: one row per batch, nothing per tick); commit; only then forget the
 batches in Redis. Two rows per batch, whatever its number of viewers.
 
 Sync (every few seconds): in ONE transaction, delete the journal rows and
@@ -31,7 +31,7 @@ from prometheus_client import Histogram
 from vilokanam.balances import adjust_live
 from vilokanam.delivery import GRACE_SECONDS
 from vilokanam.logs import log_event
-from vilokanam.metering import PENDING_KEY, VIDEO_VIEW_BATCH_PREFIX, batch_id_of
+from vilokanam.metering import PENDING_KEY, VIDEO_VIEW_BATCH_PREFIX, TickBatch, batch_id_of
 from vilokanam.tasks import run_forever
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,10 @@ WITH journal AS (
     DELETE FROM tick_journal
      WHERE batch_id IN (SELECT batch_id FROM tick_journal
                          ORDER BY recorded_at, batch_id LIMIT $1)
-    RETURNING batch_id, payload
+    RETURNING batch_id, second, sessions, users, prices
 ), raw AS MATERIALIZED (
-    SELECT (t->>0)::uuid AS id, (j.payload->>'second')::bigint AS second,
-           t->>1 AS user_id, (t->>2)::numeric AS price_planck
-      FROM journal j, json_array_elements(j.payload->'ticks') t
+    SELECT t.id, j.second, t.user_id, t.price_planck
+      FROM journal j, unnest(j.sessions, j.users, j.prices) AS t(id, user_id, price_planck)
 ), counted AS (
     SELECT r.id, count(*)::int AS n, v.billing_rule,
            -- A signed session is billed at most its signed seconds + the grace.
@@ -180,14 +179,13 @@ SELECT (SELECT count(*) FROM journal) AS batches,
        (SELECT COALESCE(sum(n), 0) FROM sv) + (SELECT COALESCE(sum(n), 0) FROM vv) AS ticks,
        -- The wall seconds of the live batches applied (a video view's batch is
        -- labelled with its media second): the lag from a second to its totals.
-       ARRAY(SELECT (payload->>'second')::bigint FROM journal
-              WHERE batch_id NOT LIKE 'vod:%') AS seconds,
+       ARRAY(SELECT second FROM journal WHERE batch_id NOT LIKE 'vod:%') AS seconds,
        -- Only when some tick was filtered out: per viewer, the planck of the
        -- ticks dropped, given back to their live balance (charged there when
        -- the worker wrote them).
        CASE WHEN (SELECT COALESCE(sum(n), 0) FROM sv) + (SELECT COALESCE(sum(n), 0) FROM vv)
                  < (SELECT count(*) FROM raw) THEN (
-           SELECT json_agg(json_build_array(d.user_id, d.planck::text)) FROM (
+           SELECT json_agg(json_build_array(d.user_id::text, d.planck::text)) FROM (
                SELECT user_id, sum(n * price) AS planck FROM (
                    SELECT r.user_id, max(r.price_planck) AS price,
                           count(*) - COALESCE(min(t.n), min(vv.n), 0) AS n
@@ -197,21 +195,39 @@ SELECT (SELECT count(*) FROM journal) AS batches,
        END AS dropped
 """
 
-# The record step: a new batch gets its tick_batches row and its journal row
-# (the payload as the worker wrote it) in one statement; a batch already in
-# tick_batches (applied or journaled before) gets neither.
-_RECORD = """
-WITH given AS (
-    SELECT * FROM unnest($1::text[], $2::text[]) AS b(batch_id, payload)
-), new AS (
-    INSERT INTO tick_batches (batch_id, ticks)
-    SELECT batch_id, json_array_length(payload::json->'ticks') FROM given
-    ON CONFLICT DO NOTHING RETURNING batch_id
-)
-INSERT INTO tick_journal (batch_id, payload)
-SELECT g.batch_id, g.payload::json FROM given g JOIN new USING (batch_id)
-RETURNING batch_id
+# The record step: a new batch gets its tick_batches row (a batch already
+# there, recorded before, is skipped) ...
+_RECORD_BATCHES = """
+INSERT INTO tick_batches (batch_id, ticks)
+SELECT * FROM unnest($1::text[], $2::int[]) ON CONFLICT DO NOTHING RETURNING batch_id
 """
+# ... and its journal row, in the same transaction.
+_RECORD_JOURNAL = """
+INSERT INTO tick_journal (batch_id, second, sessions, users, prices)
+VALUES ($1, $2, $3::uuid[], $4::uuid[], $5::bigint[])
+"""
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    """One batch's ticks as columns, decoded once from the worker's JSON."""
+
+    batch_id: str
+    second: int
+    sessions: list[str]
+    users: list[str]
+    prices: list[int]
+
+    @classmethod
+    def decode(cls, batch_id: str, raw: str | bytes) -> JournalRow:
+        data = json.loads(raw)  # TickBatch.encode's shape, without a Tick per tick
+        ticks = data["ticks"]
+        return cls(batch_id, int(data["second"]), [t[0] for t in ticks], [t[1] for t in ticks],
+                   [int(t[2]) for t in ticks])
+
+    @classmethod
+    def of(cls, batch: TickBatch) -> JournalRow:
+        return cls.decode(batch.batch_id, batch.encode())
 
 
 @dataclass
@@ -258,27 +274,31 @@ class Flusher:
         if not keys:
             return FlushResult()
         payloads = await self.redis.mget(keys)
-        pending = [(batch_id_of(k), raw.decode() if isinstance(raw, bytes) else str(raw))
+        pending = [JournalRow.decode(batch_id_of(k), raw)
                    for k, raw in zip(keys, payloads, strict=True) if raw is not None]
         result = await self.record(pending)
         await self._checkpoint("committed")
         await self._forget(keys)
         return result
 
-    async def record(self, pending: list[tuple[str, str]]) -> FlushResult:
-        """Commit (batch id, payload JSON) pairs to tick_batches + the journal."""
+    async def record(self, pending: list[JournalRow]) -> FlushResult:
+        """Commit batches to tick_batches + the journal (those not recorded before)."""
         result = FlushResult(batches=len(pending))
         async with self.pg.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_RECORD, [b for b, _ in pending], [p for _, p in pending])
+            new = {r["batch_id"] for r in await conn.fetch(
+                _RECORD_BATCHES, [b.batch_id for b in pending], [len(b.sessions) for b in pending])}
+            fresh = [b for b in pending if b.batch_id in new]
+            if fresh:
+                await conn.executemany(_RECORD_JOURNAL, [
+                    (b.batch_id, b.second, b.sessions, b.users, b.prices) for b in fresh])
             await self._checkpoint("recorded")
         committed = time.time()
-        result.skipped = len(pending) - len(rows)
+        result.skipped = len(pending) - len(fresh)
         BATCHES_SKIPPED.inc(result.skipped)
         # A video view's batch is labelled with its media second, not a wall second.
-        for row in rows:
-            worker, second = row["batch_id"].rsplit(":", 1)
-            if not worker.startswith(VIDEO_VIEW_BATCH_PREFIX):
-                FLUSH_LAG.observe(committed - (int(second) + 1))
+        for b in fresh:
+            if not b.batch_id.startswith(VIDEO_VIEW_BATCH_PREFIX):
+                FLUSH_LAG.observe(committed - (b.second + 1))
         return result
 
     async def sync_once(self) -> FlushResult:

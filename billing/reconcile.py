@@ -80,9 +80,9 @@ SELECT b.batch_id FROM tick_batches b
 # $1: the viewers (as the ticks spell them); $2: the batches already counted
 # from Redis. The planck of each viewer's ticks recorded but not yet synced.
 _JOURNALED = """
-SELECT t->>1 AS user_id, sum((t->>2)::numeric) AS planck
-  FROM tick_journal j, json_array_elements(j.payload->'ticks') t
- WHERE j.batch_id <> ALL($2::text[]) AND t->>1 = ANY($1::text[])
+SELECT t.user_id::text AS user_id, sum(t.price) AS planck
+  FROM tick_journal j, unnest(j.users, j.prices) AS t(user_id, price)
+ WHERE j.batch_id <> ALL($2::text[]) AND t.user_id::text = ANY($1::text[])
  GROUP BY 1
 """
 

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from billing.flush import Flusher
+from billing.flush import Flusher, JournalRow
 from tests.conftest import Stores
 from vilokanam.balances import balance_key, balance_of, credit
 from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter
@@ -135,7 +135,7 @@ async def test_a_batch_applied_before_a_crash_is_skipped(
     writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
     one = batch("w1", 3000, audience)
     await writer.write(one)
-    await flusher.record([(one.batch_id, one.encode())])  # committed in Postgres ...
+    await flusher.record([JournalRow.of(one)])  # committed in Postgres ...
     assert await redis.zcard(PENDING_KEY) == 1  # ... still pending in Redis
     result = await flusher.flush_once()
     assert (result.batches, result.skipped, result.synced, result.ticks) == (1, 1, 1, 3)

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from billing.flush import Flusher
+from billing.flush import Flusher, JournalRow
 from billing.reconcile import DRIFTS, REPAIRS, Reconciler
 from tests.test_metering import (
     FEE,
@@ -51,11 +51,11 @@ async def test_ticks_in_flight_are_proven_not_flagged(
     await writer.write(batch("w1", 103, audience))  # pending in Redis
     stuck = batch("w1", 104, audience)
     await writer.write(stuck)
-    await flusher.record([(stuck.batch_id, stuck.encode())])  # committed, not forgotten
+    await flusher.record([JournalRow.of(stuck)])  # committed, not forgotten
     assert await redis.zcard(PENDING_KEY) == 2
     journaled = batch("w1", 105, audience)
     await writer.write(journaled)
-    await flusher.record([(journaled.batch_id, journaled.encode())])
+    await flusher.record([JournalRow.of(journaled)])
     await flusher._forget([b"vk:ticks:batch:" + journaled.batch_id.encode()])  # journal only
     assert await db.fetchval("SELECT count(*) FROM tick_journal") == 2
     checker = reconciler(pool, redis)
