@@ -145,17 +145,17 @@ async def test_a_tip_and_a_subscription_have_receipts_with_only_their_own_line(
     await watch(pool, redis, show, seconds=3)  # the same batch settles viewing sessions too
     _, payer, _ = show.viewers[0]
 
+    # What each recorder returns as "id" becomes the payment's reference_id.
     async def tip_row(conn: asyncpg.Connection, payment_id: str) -> dict[str, Any]:
-        await conn.execute("INSERT INTO tips (payment_id, message) VALUES ($1, 'hi')",
-                           payment_id)
-        return {}
+        return {"id": str(await conn.fetchval(
+            "INSERT INTO tips (payment_id, message) VALUES ($1, 'hi') RETURNING id",
+            payment_id))}
 
     async def period_row(conn: asyncpg.Connection, payment_id: str) -> dict[str, Any]:
-        await conn.execute(
+        return {"id": str(await conn.fetchval(
             "INSERT INTO subscriptions (subscriber_id, creator_id, payment_id, price, "
-            "starts_at, ends_at) VALUES ($1, $2, $3, 2.5, now(), now() + interval '30 days')",
-            payer, show.creator_id, payment_id)
-        return {}
+            "starts_at, ends_at) VALUES ($1, $2, $3, 2.5, now(), now() + interval '30 days') "
+            "RETURNING id", payer, show.creator_id, payment_id))}
 
     tip = await pay_creator(pool, redis, payer_id=payer, creator_id=show.creator_id,
                             amount=Decimal("1.000000000007"), kind="tip", decimals=DECIMALS,
