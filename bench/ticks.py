@@ -679,7 +679,7 @@ async def measure(lab: Lab, plan: Plan, args: argparse.Namespace) -> Result:
         writes_before = await table_writes(lab.pg.url)
         await asyncio.sleep(max(0.0, start + 1 - time.time()))  # the first second ends
         before = await take_snapshot(redis, lab, pids)
-        await wait_children(lab, limit_s=plan.seconds + 60)
+        await wait_children(lab, limit_s=2 * plan.seconds + 120)  # a loaded machine: room
         sims = [json.loads(out.read_text()) for out in outs]
         logs = [log for sim in sims for log in sim["workers"]]
         batches = sum(len(log["seconds"]) for log in logs)
@@ -951,8 +951,8 @@ def targets_section(summaries: list[Summary]) -> str:
                             "Redis cmds/tick (total)", f"≤ {TARGET_COMMANDS_PER_TICK:g}",
                             "exact"), rows)
     has_target = any(s.viewers >= TARGET_VIEWERS for s in summaries)
-    note = "" if has_target else (f"\n\nThe {TARGET_VIEWERS:,}-viewer target point was not "
-                                  "run in this invocation.")
+    note = "" if has_target else (f"\n\nThe {TARGET_VIEWERS:,}-viewer target point has no "
+                                  "result in this invocation (not run, or not completed above).")
     return f"### Targets\n\n{table}{note}\n"
 
 
@@ -1011,8 +1011,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 async def orchestrate(args: argparse.Namespace) -> int:
     parts, summaries = [], []
+    failed = False
     for viewers in (int(v) for v in args.viewers.split(",")):
-        result = await run_plan(plan_for(viewers, args), args)
+        try:
+            result = await run_plan(plan_for(viewers, args), args)
+        except BenchError as exc:  # one size that could not run still leaves the others
+            failed = True
+            part = f"### {viewers:,} viewers — **not completed**: {exc}\n"
+            print(part, flush=True)
+            parts.append(part)
+            continue
         part, summary = summarize(result)
         print(part, flush=True)
         parts.append(part)
@@ -1026,7 +1034,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
         update_doc_section(args.out, "ticks", text)
         print(f"written to {args.out}")
     # Inexact totals are a failure whatever the speed (the CI's fast form checks this).
-    return 0 if all(s.exact and s.drained for s in summaries) else 1
+    return 0 if not failed and all(s.exact and s.drained for s in summaries) else 1
 
 
 def main(argv: list[str]) -> int:
