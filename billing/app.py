@@ -14,7 +14,7 @@ from aiohttp import web
 
 from billing.chain import AsyncChain, ChainClient, load_escrow
 from billing.deposits import DepositWatcher
-from billing.flush import Flusher, run_flusher
+from billing.flush import Flusher, run_flusher, run_syncer
 from billing.reconcile import Reconciler
 from billing.settlement import Settler
 from vilokanam.backends import BACKENDS, attach_backends
@@ -45,6 +45,7 @@ def create_app(settings: Settings) -> web.Application:
         tasks = TaskOwner("billing")
         flusher = Flusher(backends.pg, backends.redis, settings.platform_fee)
         tasks.spawn(run_flusher(flusher, float(settings.flush_interval)), "flush")
+        tasks.spawn(run_syncer(flusher, float(settings.tick_sync_interval)), "tick_sync")
         reconciler = Reconciler(backends.pg, backends.redis, settings.token_decimals,
                                 float(settings.reconcile_interval))
         tasks.spawn(reconciler.run(), "reconcile")

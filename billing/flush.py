@@ -1,12 +1,19 @@
-"""Ticks from Redis to Postgres, exactly once.
+"""Ticks from Redis to Postgres, exactly once, in two steps.
 
-Each round: read up to `max_batches` pending batch keys and their payloads
-(two Redis commands), then in ONE Postgres transaction record the batch ids in
-`tick_batches` (a batch already there is skipped: applied before a crash, or
-written twice) and apply the new ticks with set-based SQL; commit; only then
-forget the batches in Redis. A crash anywhere re-reads batches that are either
-not committed (applied now) or committed (skipped now): nothing is lost, and
-nothing is counted twice."""
+Record (every second): read up to `max_batches` pending batch keys and their
+payloads (two Redis commands), then in ONE Postgres statement give each new
+batch its `tick_batches` row (a batch already there is skipped: recorded
+before a crash, or written twice) and its `tick_journal` row (its ticks as
+three arrays: one row per batch, nothing per tick); commit; only then forget the
+batches in Redis. Two rows per batch, whatever its number of viewers.
+
+Sync (every few seconds): in ONE transaction, delete the journal rows and
+apply their ticks to the totals with one set-based statement. A viewer's
+rows are written once per sync, however many seconds it holds.
+
+A crash anywhere leaves each batch in Redis only (recorded next round), in
+the journal (synced next time), or applied and out of the journal: nothing
+is lost, and nothing is counted twice."""
 
 from __future__ import annotations
 
@@ -15,7 +22,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -40,28 +46,39 @@ TICKS_REFUNDED = PromCounter(
 BATCHES_SKIPPED = PromCounter(
     "vilokanam_tick_batches_skipped_total", "Batches seen again and skipped (already applied).")
 FLUSH_LAG = Histogram(
-    "vilokanam_flush_lag_seconds", "From the end of a tick's second to its commit in Postgres.",
+    "vilokanam_flush_lag_seconds",
+    "From the end of a tick's second to its commit in Postgres (tick_batches + tick_journal).",
     buckets=(0.5, 1, 1.5, 2, 3, 5, 10, 30))
+SYNC_LAG = Histogram(
+    "vilokanam_tick_sync_lag_seconds",
+    "From the end of a tick's second to its sync into the totals (payments, balances, ...).",
+    buckets=(0.5, 1, 2, 3, 5, 10, 30, 60))
 
-# One statement: every table a tick touches, set-based. $1/$2: one element per
-# tick (viewer session id or video view id, its second); $3 the platform fee;
-# $4 the number of ticks; $5 the grace a signed session may run past its
-# signed seconds (the ticks beyond are dropped, and refunded to the live
-# balance). A live tick grows its stream_viewers row and `stream_view`
-# payment; a video view's tick (a media second delivered,
-# signaling/playback.py) its video_views row (view_duration,
-# watch_completion) and `video_view` payment; both the creator's earnings
-# and the viewer's balance. Ticks of unknown
-# sessions, and of sessions that had ended (an ended session's updated_at is
-# its end), are filtered out here, tick by tick. Timestamps are the schema's
-# TIMESTAMP, i.e. local time in the session's TimeZone, like now().
-_APPLY = """
-WITH raw AS NOT MATERIALIZED (
-    SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS r(id, second)
+# The sync: ONE statement deletes up to $1 journal rows (the oldest) and applies
+# their ticks to every table a tick touches, set-based; $2 the grace a signed
+# session may run past its signed seconds (the ticks beyond are dropped, and
+# refunded to the live balance); $3 the platform fee. A live tick grows its
+# stream_viewers row and `stream_view` payment; a video view's tick (a media
+# second delivered, signaling/playback.py) its video_views row (view_duration,
+# watch_completion) and `video_view` payment; both the creator's earnings and
+# the viewer's balance. N seconds of a viewer's ticks make ONE update of each
+# of its rows. Ticks of unknown sessions, and of sessions that had ended (an
+# ended session's updated_at is its end), are filtered out here, tick by tick.
+# Timestamps are the schema's TIMESTAMP, i.e. local time in the session's
+# TimeZone, like now().
+_SYNC = """
+WITH journal AS (
+    DELETE FROM tick_journal
+     WHERE batch_id IN (SELECT batch_id FROM tick_journal
+                         ORDER BY recorded_at, batch_id LIMIT $1)
+    RETURNING batch_id, second, sessions, users, prices
+), raw AS MATERIALIZED (
+    SELECT t.id, j.second, t.user_id, t.price_planck
+      FROM journal j, unnest(j.sessions, j.users, j.prices) AS t(id, user_id, price_planck)
 ), counted AS (
     SELECT r.id, count(*)::int AS n, v.billing_rule,
            -- A signed session is billed at most its signed seconds + the grace.
-           GREATEST(COALESCE(v.signed_seconds, 0) + $5::int - v.total_ticks, 0) AS allowed,
+           GREATEST(COALESCE(v.signed_seconds, 0) + $2::int - v.total_ticks, 0) AS allowed,
            to_timestamp(max(r.second) + 1) AT TIME ZONE current_setting('TimeZone') AS last_tick
       FROM raw r JOIN stream_viewers v ON v.id = r.id
      WHERE v.price_per_second IS NOT NULL
@@ -157,26 +174,68 @@ WITH raw AS NOT MATERIALIZED (
     ON CONFLICT (user_id) DO UPDATE
        SET balance = viewer_balances.balance + EXCLUDED.balance, updated_at = now()
 )
-SELECT (SELECT count(*) FROM sv) + (SELECT count(*) FROM vv) AS sessions,
+SELECT (SELECT count(*) FROM journal) AS batches,
+       (SELECT count(*) FROM raw) AS given,
        (SELECT COALESCE(sum(n), 0) FROM sv) + (SELECT COALESCE(sum(n), 0) FROM vv) AS ticks,
-       -- Only when some tick was filtered out ($4: the ticks given): which
-       -- sessions lost how many, so their live balances get them back.
-       CASE WHEN (SELECT COALESCE(sum(n), 0) FROM sv)
-                 + (SELECT COALESCE(sum(n), 0) FROM vv) < $4 THEN (
-           SELECT json_agg(json_build_array(d.id, d.n)) FROM (
-               SELECT r.id::text AS id,
-                      count(*) - COALESCE((SELECT t.n FROM t WHERE t.id = r.id),
-                                          (SELECT vv.n FROM vv WHERE vv.id = r.id), 0) AS n
-                 FROM raw r GROUP BY r.id) d
-            WHERE d.n > 0)
+       -- The wall seconds of the live batches applied (a video view's batch is
+       -- labelled with its media second): the lag from a second to its totals.
+       ARRAY(SELECT second FROM journal WHERE batch_id NOT LIKE 'vod:%') AS seconds,
+       -- Only when some tick was filtered out: per viewer, the planck of the
+       -- ticks dropped, given back to their live balance (charged there when
+       -- the worker wrote them).
+       CASE WHEN (SELECT COALESCE(sum(n), 0) FROM sv) + (SELECT COALESCE(sum(n), 0) FROM vv)
+                 < (SELECT count(*) FROM raw) THEN (
+           SELECT json_agg(json_build_array(d.user_id::text, d.planck::text)) FROM (
+               SELECT user_id, sum(n * price) AS planck FROM (
+                   SELECT r.user_id, max(r.price_planck) AS price,
+                          count(*) - COALESCE(min(t.n), min(vv.n), 0) AS n
+                     FROM raw r LEFT JOIN t ON t.id = r.id LEFT JOIN vv ON vv.id = r.id
+                    GROUP BY r.id, r.user_id) per_session
+                WHERE n > 0 GROUP BY user_id) d)
        END AS dropped
 """
+
+# The record step: a new batch gets its tick_batches row (a batch already
+# there, recorded before, is skipped) ...
+_RECORD_BATCHES = """
+INSERT INTO tick_batches (batch_id, ticks)
+SELECT * FROM unnest($1::text[], $2::int[]) ON CONFLICT DO NOTHING RETURNING batch_id
+"""
+# ... and its journal row, in the same transaction.
+_RECORD_JOURNAL = """
+INSERT INTO tick_journal (batch_id, second, sessions, users, prices)
+VALUES ($1, $2, $3::uuid[], $4::uuid[], $5::bigint[])
+"""
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    """One batch's ticks as columns, decoded once from the worker's JSON."""
+
+    batch_id: str
+    second: int
+    sessions: list[str]
+    users: list[str]
+    prices: list[int]
+
+    @classmethod
+    def decode(cls, batch_id: str, raw: str | bytes) -> JournalRow:
+        data = json.loads(raw)  # TickBatch.encode's shape, without a Tick per tick
+        ticks = data["ticks"]
+        return cls(batch_id, int(data["second"]), [t[0] for t in ticks], [t[1] for t in ticks],
+                   [int(t[2]) for t in ticks])
+
+    @classmethod
+    def of(cls, batch: TickBatch) -> JournalRow:
+        return cls.decode(batch.batch_id, batch.encode())
 
 
 @dataclass
 class FlushResult:
     batches: int = 0
     skipped: int = 0
+    # What the sync applied (journal rows of this round and of earlier ones).
+    synced: int = 0
     ticks: int = 0
     dropped: int = 0
     lags: list[float] = field(default_factory=list)
@@ -187,25 +246,81 @@ class FlushResult:
 
 @dataclass
 class Flusher:
+    """Two steps, each exactly once: `record` moves pending batches from Redis
+    into Postgres's journal (every second: the flush lag), `sync` applies the
+    journal to the totals (every few seconds: each viewer's rows written once
+    per sync, not once per second). `flush_once` does both."""
+
     pg: asyncpg.Pool
     redis: aioredis.Redis
     platform_fee: Decimal
     # A round takes every batch pending up to this: 100k viewers on workers of
     # 300 make ~330 batches a second.
     max_batches: int = 2000
+    # A sync applies at most this many journal rows (the oldest): ~15 s of
+    # 100k viewers on workers of 300 -- bounded memory after a backlog.
+    max_sync_batches: int = 5000
 
     async def flush_once(self) -> FlushResult:
+        result = await self.record_once()
+        synced = await self.sync_once()
+        result.synced, result.ticks, result.dropped = synced.synced, synced.ticks, synced.dropped
+        result.refunds = synced.refunds
+        return result
+
+    async def record_once(self) -> FlushResult:
         keys: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]
             PENDING_KEY, 0, self.max_batches - 1)
         if not keys:
             return FlushResult()
         payloads = await self.redis.mget(keys)
-        batches = [TickBatch.decode(batch_id_of(k), raw)
+        pending = [JournalRow.decode(batch_id_of(k), raw)
                    for k, raw in zip(keys, payloads, strict=True) if raw is not None]
-        result = await self._apply(batches)
+        result = await self.record(pending)
         await self._checkpoint("committed")
-        await self._refund(result)
         await self._forget(keys)
+        return result
+
+    async def record(self, pending: list[JournalRow]) -> FlushResult:
+        """Commit batches to tick_batches + the journal (those not recorded before)."""
+        result = FlushResult(batches=len(pending))
+        async with self.pg.acquire() as conn, conn.transaction():
+            new = {r["batch_id"] for r in await conn.fetch(
+                _RECORD_BATCHES, [b.batch_id for b in pending], [len(b.sessions) for b in pending])}
+            fresh = [b for b in pending if b.batch_id in new]
+            if fresh:
+                await conn.executemany(_RECORD_JOURNAL, [
+                    (b.batch_id, b.second, b.sessions, b.users, b.prices) for b in fresh])
+            await self._checkpoint("recorded")
+        committed = time.time()
+        result.skipped = len(pending) - len(fresh)
+        BATCHES_SKIPPED.inc(result.skipped)
+        # A video view's batch is labelled with its media second, not a wall second.
+        for b in fresh:
+            if not b.batch_id.startswith(VIDEO_VIEW_BATCH_PREFIX):
+                FLUSH_LAG.observe(committed - (b.second + 1))
+        return result
+
+    async def sync_once(self) -> FlushResult:
+        """Apply the journal to the totals, and refund the ticks it dropped."""
+        result = FlushResult()
+        async with self.pg.acquire() as conn, conn.transaction():
+            # The aggregate of a sync's 100k+ ticks must not spill to disk.
+            await conn.execute("SET LOCAL work_mem = '64MB'")
+            row = await conn.fetchrow(_SYNC, self.max_sync_batches, GRACE_SECONDS,
+                                      self.platform_fee)
+            await self._checkpoint("applied")
+        applied = time.time()
+        result.synced = int(row["batches"])
+        result.ticks = int(row["ticks"])
+        result.dropped = int(row["given"]) - result.ticks
+        if row["dropped"] is not None:
+            result.refunds = {str(user): int(planck)
+                              for user, planck in json.loads(row["dropped"])}
+        result.lags = [applied - (second + 1) for second in row["seconds"]]
+        self._observe(result)
+        await self._checkpoint("synced")
+        await self._refund(result)
         return result
 
     async def _refund(self, result: FlushResult) -> None:
@@ -219,33 +334,9 @@ class Flusher:
                   planck=sum(result.refunds.values()))
 
     async def _checkpoint(self, name: str) -> None:
-        """A named point of a flush ("recorded", "applied", "committed"): a
-        seam for the crash tests, which stop a flusher exactly there."""
-
-    async def _apply(self, batches: list[TickBatch]) -> FlushResult:
-        result = FlushResult(batches=len(batches))
-        async with self.pg.acquire() as conn, conn.transaction():
-            # The per-round aggregate of 100k+ ticks must not spill to disk.
-            await conn.execute("SET LOCAL work_mem = '64MB'")
-            new_ids = await _record_new(conn, batches)
-            await self._checkpoint("recorded")
-            fresh = [b for b in batches if b.batch_id in new_ids]
-            result.skipped = len(batches) - len(fresh)
-            ids, seconds = _tick_columns(fresh)
-            if ids:
-                row = await conn.fetchrow(_APPLY, ids, seconds, self.platform_fee, len(ids),
-                                          GRACE_SECONDS)
-                result.ticks = int(row["ticks"])
-                if row["dropped"] is not None:
-                    result.refunds = _refunds(fresh, json.loads(row["dropped"]))
-            result.dropped = len(ids) - result.ticks
-            await self._checkpoint("applied")
-        committed = time.time()
-        # A video view's batch is labelled with its media second, not a wall second.
-        result.lags = [committed - (b.second + 1) for b in fresh if not b.worker_id.startswith(
-            VIDEO_VIEW_BATCH_PREFIX)]
-        self._observe(result)
-        return result
+        """A named point of a flush ("recorded", "committed": the record step;
+        "applied", "synced": the sync): a seam for the crash tests, which stop
+        a flusher exactly there."""
 
     async def _forget(self, keys: list[bytes]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -256,47 +347,11 @@ class Flusher:
     @staticmethod
     def _observe(result: FlushResult) -> None:
         TICKS_FLUSHED.inc(result.ticks)
-        BATCHES_SKIPPED.inc(result.skipped)
         if result.dropped:
             TICKS_DROPPED.labels("unknown_or_ended_session").inc(result.dropped)
             log_event(log, "ticks.dropped", logging.WARNING, ticks=result.dropped)
         for lag in result.lags:
-            FLUSH_LAG.observe(lag)
-
-
-async def _record_new(conn: asyncpg.Connection, batches: list[TickBatch]) -> set[str]:
-    rows = await conn.fetch(
-        "INSERT INTO tick_batches (batch_id, ticks) "
-        "SELECT * FROM unnest($1::text[], $2::int[]) ON CONFLICT DO NOTHING RETURNING batch_id",
-        [b.batch_id for b in batches], [len(b.ticks) for b in batches])
-    return {r["batch_id"] for r in rows}
-
-
-def _refunds(batches: list[TickBatch], dropped: list[list[Any]]) -> dict[str, int]:
-    """Per viewer, the planck of the dropped ticks (a session has one viewer
-    and one price, both carried by each of its ticks)."""
-    lost = {str(session): int(n) for session, n in dropped}
-    payer: dict[str, tuple[str, int]] = {}
-    for batch in batches:
-        for tick in batch.ticks:
-            session = tick.viewer_session_id.lower()  # as Postgres spells a uuid
-            if session in lost:
-                payer[session] = (tick.user_id, tick.price_planck)
-    refunds: dict[str, int] = {}
-    for session, n in lost.items():
-        user, price = payer[session]
-        refunds[user] = refunds.get(user, 0) + n * price
-    return refunds
-
-
-def _tick_columns(batches: list[TickBatch]) -> tuple[list[str], list[int]]:
-    """One (viewer session, second) pair per tick, as two columns for unnest."""
-    ids: list[str] = []
-    seconds: list[int] = []
-    for batch in batches:
-        ids.extend(tick.viewer_session_id for tick in batch.ticks)
-        seconds.extend([batch.second] * len(batch.ticks))
-    return ids, seconds
+            SYNC_LAG.observe(lag)
 
 
 async def prune_applied(pg: asyncpg.Pool, older_than_s: int = 86400) -> int:
@@ -308,21 +363,34 @@ async def prune_applied(pg: asyncpg.Pool, older_than_s: int = 86400) -> int:
 
 
 FLUSH_INTERVAL = 1.0
+SYNC_INTERVAL = 2.0
 PRUNE_EVERY = 3600  # flush rounds between prunes of old batch ids
 
 
 async def run_flusher(flusher: Flusher, interval: float = FLUSH_INTERVAL) -> None:
-    """A round every `interval`, paced by start times (a slow round is not
-    followed by a full extra wait), at once again while a backlog remains; a
-    store that is down is waited out — its ticks stay in Redis meanwhile."""
+    """A record round every `interval`, paced by start times (a slow round is
+    not followed by a full extra wait), at once again while a backlog remains;
+    a store that is down is waited out -- its ticks stay in Redis meanwhile."""
     rounds = 0
 
     async def step() -> bool:
         nonlocal rounds
-        result = await flusher.flush_once()
+        result = await flusher.record_once()
         if rounds % PRUNE_EVERY == 0:
             await prune_applied(flusher.pg)
         rounds += 1
         return result.batches >= flusher.max_batches  # a backlog: go again at once
 
     await run_forever("flush", step, every=interval, max_backoff=5 * interval)
+
+
+async def run_syncer(flusher: Flusher, interval: float = SYNC_INTERVAL) -> None:
+    """A sync every `interval` (paced by start times): each takes every journal
+    row recorded since the last, so a slow sync is followed by a bigger one,
+    and rows per viewer fall as the load rises."""
+
+    async def step() -> bool:
+        result = await flusher.sync_once()
+        return result.synced >= flusher.max_sync_batches  # a backlog: go again at once
+
+    await run_forever("tick_sync", step, every=interval, max_backoff=5 * interval)

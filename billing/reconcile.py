@@ -8,14 +8,16 @@ Postgres holds the truth of every viewer's money:
 The live copy `vk:bal:<user>` (integer planck) is charged by the SFU workers
 before Postgres hears of a tick, so at any moment
 
-    live = floor(truth) - (planck of the ticks in pending batches not yet applied)
+    live = floor(truth) - (planck of the ticks in batches not yet applied:
+                           pending in Redis, or in Postgres's tick_journal)
 
 Each round, per chunk of viewers, ONE Redis transaction reads their live
 copies together with the pending batch keys (a tick write moves both at once,
-so they agree); then ONE Postgres statement reads their truth and which of
-those batches are already applied (`tick_batches`: the flush commits the
-charges and the batch id together; a batch applied since the Redis read is
-then not subtracted twice). What remains is drift.
+so they agree); then one Postgres snapshot reads their truth, which of those
+batches are already applied (in `tick_batches` and out of `tick_journal`: the
+sync commits the charges and the journal's deletion together; a batch applied
+since the Redis read is then not subtracted twice) and the viewers' ticks
+still in the journal. What remains is drift.
 
 A drift is repaired only when the next round finds the same drift again: a
 credit commits in Postgres a moment before it moves the live copy, and a
@@ -60,14 +62,28 @@ REPAIRS = PromCounter("vilokanam_balance_repairs_total",
 REPAIRED_PLANCK = PromCounter("vilokanam_balance_repaired_planck_total",
                               "Absolute planck moved by repairs of live balances.")
 
-# $1: the viewers; $2: pending batch ids seen with their live copies.
+# $1: the viewers; $2: pending batch ids seen with their live copies. A batch
+# is applied (its charges in payments) once it is in tick_batches and no
+# longer in the journal.
 _TRUTH = """
 SELECT u.id::text AS user_id,
        COALESCE((SELECT sum(amount) FROM balance_ledger l WHERE l.user_id = u.id), 0)
      - COALESCE((SELECT sum(amount) FROM payments p WHERE p.from_user_id = u.id), 0) AS truth,
-       (SELECT balance FROM viewer_balances b WHERE b.user_id = u.id) AS books,
-       ARRAY(SELECT batch_id FROM tick_batches WHERE batch_id = ANY($2::text[])) AS applied
+       (SELECT balance FROM viewer_balances b WHERE b.user_id = u.id) AS books
   FROM users u WHERE u.id = ANY($1::uuid[])
+"""
+_APPLIED = """
+SELECT b.batch_id FROM tick_batches b
+ WHERE b.batch_id = ANY($1::text[])
+   AND NOT EXISTS (SELECT 1 FROM tick_journal j WHERE j.batch_id = b.batch_id)
+"""
+# $1: the viewers (as the ticks spell them); $2: the batches already counted
+# from Redis. The planck of each viewer's ticks recorded but not yet synced.
+_JOURNALED = """
+SELECT t.user_id::text AS user_id, sum(t.price) AS planck
+  FROM tick_journal j, unnest(j.users, j.prices) AS t(user_id, price)
+ WHERE j.batch_id <> ALL($2::text[]) AND t.user_id::text = ANY($1::text[])
+ GROUP BY 1
 """
 
 
@@ -136,10 +152,15 @@ class Reconciler:
         payloads = await self.redis.mget(pending_keys) if pending_keys else []
         batches = [TickBatch.decode(batch_id_of(k), p)
                    for k, p in zip(pending_keys, payloads, strict=True) if p is not None]
-        rows = await self.pg.fetch(_TRUTH, [u for u in live if _is_uuid(u)],
-                                   [b.batch_id for b in batches])
-        applied = set(rows[0]["applied"]) if rows else set()
-        in_flight: dict[str, int] = {}
+        batch_ids = [b.batch_id for b in batches]
+        # One snapshot for the three reads: a sync between them cannot move a
+        # charge from the journal into payments unseen.
+        async with self.pg.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                readonly=True):
+            rows = await conn.fetch(_TRUTH, [u for u in live if _is_uuid(u)])
+            applied = {r["batch_id"] for r in await conn.fetch(_APPLIED, batch_ids)}
+            journaled = await conn.fetch(_JOURNALED, list(live), batch_ids)
+        in_flight: dict[str, int] = {r["user_id"]: int(r["planck"]) for r in journaled}
         for batch in batches:
             if batch.batch_id in applied:
                 continue

@@ -13,13 +13,17 @@ settled, and for every settlement batch that covered part of it: extrinsic
 hash, nonce, block hash/number, status, the viewer's own line and its Merkle
 path to the root the batch's System.remark carries on chain — and no other
 session's line (a v1 batch, made before Merkle roots, still lists its lines:
-its digest can only be checked that way). docs/settlement.md."""
+its digest can only be checked that way). docs/settlement.md.
+
+`GET /api/receipts/payments/{payment_id}` (Bearer: the payer): the same for a
+tip, a subscription or a video view, whose line is the payment's own."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -44,6 +48,7 @@ from vilokanam.receipts import (
     charge_line,
     item_line,
     merkle_remark_of,
+    payment_line,
 )
 
 log = logging.getLogger(__name__)
@@ -116,19 +121,10 @@ async def receipt(request: web.Request) -> web.Response:
     if row is None or row["viewer_id"] != claims.user_id:
         raise not_found("receipt_not_found", f"no viewing session {viewer_session} of yours")
     settlements = await pg.fetch(_SETTLEMENTS, viewer_session)
-    lines: dict[str, list[str]] = {}
-    for item in await pg.fetch(_LINES, [s["id"] for s in settlements]):
-        lines.setdefault(item["settlement_id"], []).append(item_line(
-            item["payment_type"], item["stream_viewer_id"], item["payment_id"], item["amount"]))
-    # A Merkle path costs a hash per line of the batch: CPU work, off the loop.
-    batches = await asyncio.to_thread(
-        lambda: [_settlement_json(s, viewer_session, lines.get(s["id"], []))
-                 for s in settlements])
-    latest = next((b for b in reversed(batches) if b["status"] == "completed"), None)
+    batches = await _batches(pg, settlements, lambda s: charge_line(viewer_session, s["amount"]))
     zero = Decimal(0)
     charge = row["amount"] if row["amount"] is not None else zero
     settled = row["settled_amount"] if row["settled_amount"] is not None else zero
-    proven = {key: latest[key] if latest else empty for key, empty in _PROOF_FIELDS.items()}
     return web.json_response({
         "stream_viewer_id": row["id"],
         "stream_id": row["stream_id"],
@@ -140,12 +136,86 @@ async def receipt(request: web.Request) -> web.Response:
         "unsettled": format_amount(charge - settled),
         "status": row["status"] or "pending",
         "active": bool(row["is_active"]),
-        # The latest completed batch that covered this charge (null before any):
-        **proven,
-        "proof_algorithm": PROOF_ALGORITHM,
-        "digest_algorithm": DIGEST_ALGORITHM,
-        "settlements": batches,
+        **_proven(batches),
     })
+
+
+async def _batches(pg: asyncpg.Pool, settlements: list[asyncpg.Record],
+                   line_of: Callable[[asyncpg.Record], str]) -> list[dict[str, Any]]:
+    """Each settlement that covered a charge, with the charge's own line
+    (`line_of` the settlement's item) and its proof."""
+    lines: dict[str, list[str]] = {}
+    for item in await pg.fetch(_LINES, [s["id"] for s in settlements]):
+        lines.setdefault(item["settlement_id"], []).append(item_line(
+            item["payment_type"], item["stream_viewer_id"], item["payment_id"], item["amount"]))
+    # A Merkle path costs a hash per line of the batch: CPU work, off the loop.
+    return await asyncio.to_thread(
+        lambda: [_settlement_json(s, line_of(s), lines.get(s["id"], [])) for s in settlements])
+
+
+def _proven(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The latest completed batch that covered the charge (null before any),
+    repeated at the receipt's top level, and the algorithms."""
+    latest = next((b for b in reversed(batches) if b["status"] == "completed"), None)
+    return {**{key: latest[key] if latest else empty for key, empty in _PROOF_FIELDS.items()},
+            "proof_algorithm": PROOF_ALGORITHM, "digest_algorithm": DIGEST_ALGORITHM,
+            "settlements": batches}
+
+
+_PAYMENT = """
+SELECT p.id::text AS id, p.payment_type, p.from_user_id::text AS payer_id, p.amount,
+       p.settled_amount, p.status, p.reference_id::text AS reference_id,
+       p.created_at AT TIME ZONE current_setting('TimeZone') AS created_at,
+       u.account_id AS creator_account
+  FROM payments p LEFT JOIN users u ON u.id = p.to_user_id
+ WHERE p.id = $1::uuid
+"""
+
+_PAYMENT_SETTLEMENTS = """
+SELECT s.id::text AS id, s.status, s.extrinsic_hash, s.nonce, s.block_hash, s.block_number,
+       s.extrinsic_index, s.digest, s.remark, s.commitment, s.genesis_hash, s.error,
+       s.created_at, s.finalized_at, i.amount
+  FROM settlement_items i JOIN settlements s ON s.id = i.settlement_id
+ WHERE i.payment_id = $1::uuid
+ ORDER BY s.created_at, s.id
+"""
+
+
+async def payment_receipt(request: web.Request) -> web.Response:
+    """GET /api/receipts/payments/{payment_id} (Bearer: the payer; anyone else
+    gets 404): a tip's, a subscription's or a video view's charge, how much is
+    settled, and for every batch that covered it its own line
+    (`<type>:<payment id>:<amount>`) and Merkle path — no other line. A
+    viewing session's charge has its receipt by session id (above)."""
+    claims = await require_user(request)
+    try:
+        payment_id = str(uuid.UUID(request.match_info["payment_id"]))
+    except ValueError:
+        raise bad_request("invalid_payment_id", "a payment id is a UUID") from None
+    pg: asyncpg.Pool = request.app[BACKENDS].pg
+    row = await pg.fetchrow(_PAYMENT, payment_id)
+    if row is None or row["payer_id"] != claims.user_id or row["payment_type"] not in _PAID_LINES:
+        raise not_found("receipt_not_found", f"no payment {payment_id} of yours")
+    settlements = await pg.fetch(_PAYMENT_SETTLEMENTS, payment_id)
+    kind = row["payment_type"]
+    batches = await _batches(pg, settlements,
+                             lambda s: payment_line(kind, payment_id, s["amount"]))
+    return web.json_response({
+        "payment_id": row["id"],
+        "payment_type": kind,
+        "reference_id": row["reference_id"],
+        "creator_account": row["creator_account"],
+        "charge": format_amount(row["amount"]),
+        "settled": format_amount(row["settled_amount"]),
+        "unsettled": format_amount(row["amount"] - row["settled_amount"]),
+        "status": row["status"],
+        "created_at": _iso(row["created_at"]),
+        **_proven(batches),
+    })
+
+
+# Payments whose settlement line is a payment line (a stream view's is its session's).
+_PAID_LINES = ("tip", "subscription", "video_view")
 
 
 # What the receipt repeats from its latest completed batch, and their value
@@ -156,12 +226,10 @@ _PROOF_FIELDS: dict[str, Any] = {
     "proof": [], "leaf_index": None, "leaf_count": None, "digest": None, "lines": []}
 
 
-def _settlement_json(s: asyncpg.Record, viewer_session: str,
-                     batch_lines: list[str]) -> dict[str, Any]:
+def _settlement_json(s: asyncpg.Record, line: str, batch_lines: list[str]) -> dict[str, Any]:
     """One batch as the viewer may see it: a v2 (Merkle) batch shows only the
-    viewer's own line and its path; a v1 batch can only be checked with all
-    of its lines, so they are shown as before (docs/settlement.md)."""
-    line = charge_line(viewer_session, s["amount"])
+    viewer's own line (`line`) and its path; a v1 batch can only be checked with
+    all of its lines, so they are shown as before (docs/settlement.md)."""
     proof: dict[str, Any] = {"root": None, "proof": [], "leaf_index": None, "leaf_count": None,
                              "digest": None, "lines": []}
     if s["commitment"] == MERKLE_V2:
@@ -202,3 +270,4 @@ def _settlement_json(s: asyncpg.Record, viewer_session: str,
 def add_billing_routes(app: web.Application) -> None:
     app.router.add_get("/api/billing/info", billing_info)
     app.router.add_get("/api/receipts/{stream_viewer_id}", receipt)
+    app.router.add_get("/api/receipts/payments/{payment_id}", payment_receipt)

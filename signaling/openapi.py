@@ -123,6 +123,17 @@ _SCHEMAS: dict[str, Schema] = {
                      "line": _NSTR, **_PROOF, "remark": _NSTR, "proof_algorithm": _STR,
                      "digest_algorithm": _STR,
                      "settlements": {"type": "array", "items": _ref("Settlement")}}),
+    "PaymentReceipt": _obj({"payment_id": _STR, "payment_type": {
+                                "enum": ["tip", "subscription", "video_view"]},
+                            "reference_id": _NSTR, "creator_account": _NSTR,
+                            "charge": _AMOUNT, "settled": _AMOUNT, "unsettled": _AMOUNT,
+                            "status": _STR, "created_at": _TIME, "extrinsic_hash": _NSTR,
+                            "block_hash": _NSTR, "block_number": _NINT,
+                            "extrinsic_index": _NINT, "genesis_hash": _NSTR,
+                            "commitment": {"enum": ["merkle-v2", "digest-v1", None]},
+                            "line": _NSTR, **_PROOF, "remark": _NSTR, "proof_algorithm": _STR,
+                            "digest_algorithm": _STR,
+                            "settlements": {"type": "array", "items": _ref("Settlement")}}),
     "TipRequest": _obj({"amount": {"type": ["string", "number"],
                                    "description": "tokens > 0 in whole planck"},
                         "message": {"type": "string", "maxLength": 500}}, required=["amount"]),
@@ -273,6 +284,13 @@ def _api_paths() -> dict[str, Schema]:
             "401": _error("Unauthorized"), "404": _error("NotFound")},
             security=_BEARER, parameters=[{"name": "stream_viewer_id", "in": "path",
                                            "required": True,
+                                           "schema": {"type": "string", "format": "uuid"}}])},
+        "/api/receipts/payments/{payment_id}": {"get": _op(
+            "A tip's, a subscription's or a video view's receipt", {
+                "200": _json(_ref("PaymentReceipt"), "the receipt"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized"),
+                "404": _error("NotFound")},
+            security=_BEARER, parameters=[{"name": "payment_id", "in": "path", "required": True,
                                            "schema": {"type": "string", "format": "uuid"}}])},
     }
 

@@ -1,7 +1,8 @@
 """Playback of a ready video, billed per second of media delivered.
 
 `POST /api/videos/{id}/views` (a viewer whose live balance pays 10 s) makes a
-`video_views` row priced at the video's price now, and returns a master
+`video_views` row priced at the video's price now (0 for a subscriber of its
+creator: the seconds are still ticked and counted), and returns a master
 playlist URL signed for that view: `?view=<id>&exp=<unix>&sig=<hmac>`, the
 HMAC (SHA-256, a key derived from VILOKANAM_TOKEN_SECRET) of video, view and
 expiry. Every rendition playlist and segment URL in it carries the same
@@ -50,6 +51,7 @@ from vilokanam.logs import log_event
 from vilokanam.metering import VIDEO_VIEW_BATCH_PREFIX, Tick, TickBatch, TickWriter
 from vilokanam.money import format_amount, to_planck
 from vilokanam.storage import video_key
+from vilokanam.subscriptions import is_subscribed
 
 log = logging.getLogger("signaling.playback")
 
@@ -138,6 +140,8 @@ async def start_view(request: web.Request) -> web.Response:
     if video["status"] != "ready":
         raise ApiError(409, "video_not_ready", f"the video is {video['status']}, not ready")
     price = Decimal(video["price_per_second"] or settings.price_default)
+    if await is_subscribed(backends.pg, claims.user_id, video["creator_id"]):
+        price = Decimal(0)  # a subscriber's seconds are still ticked, at 0
     needed = planck_floor(price * MIN_START_SECONDS, settings.token_decimals)
     balance = await live_balance(backends.pg, backends.redis, claims.user_id,
                                  settings.token_decimals)

@@ -14,9 +14,10 @@ TEST_FEE = Decimal("0.1")
 
 
 async def drain(flusher: Flusher) -> None:
-    """Flush until no batch is left."""
+    """Flush until no batch is left, then sync what the rounds journaled."""
     while (await flusher.flush_once()).batches:
         pass
+    await flusher.sync_once()
 
 
 async def flush_all(database_url: str, redis: aioredis.Redis, fee: Decimal = TEST_FEE) -> None:

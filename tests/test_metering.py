@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from billing.flush import Flusher
+from billing.flush import Flusher, JournalRow
 from tests.conftest import Stores
 from tests.flushing import drain
 from vilokanam.balances import balance_key, balance_of, credit
@@ -130,11 +130,30 @@ async def test_a_batch_applied_before_a_crash_is_skipped(
     writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
     one = batch("w1", 3000, audience)
     await writer.write(one)
-    await flusher._apply([one])  # committed in Postgres, still pending in Redis
-    assert await redis.zcard(PENDING_KEY) == 1
+    await flusher.record([JournalRow.of(one)])  # committed in Postgres ...
+    assert await redis.zcard(PENDING_KEY) == 1  # ... still pending in Redis
     result = await flusher.flush_once()
-    assert (result.batches, result.skipped, result.ticks) == (1, 1, 0)
+    assert (result.batches, result.skipped, result.synced, result.ticks) == (1, 1, 1, 3)
     await assert_books_balance(db, audience, seconds=1)
+    assert (await flusher.flush_once()).ticks == 0
+
+
+async def test_a_sync_applies_many_seconds_with_one_update_per_row(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    """Recorded every second, synced once: six seconds in one update of each row."""
+    audience = await make_audience(db, redis, viewers=4)
+    writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
+    for second in range(3100, 3106):
+        await writer.write(batch("w1", second, audience))
+        assert (await flusher.record_once()).batches == 1
+    assert await db.fetchval("SELECT count(*) FROM tick_journal") == 6
+    assert await db.fetchval("SELECT sum(total_ticks) FROM stream_viewers "
+                             "WHERE stream_id = $1", audience.stream_id) == 0
+    synced = await flusher.sync_once()
+    assert (synced.synced, synced.ticks, synced.dropped) == (6, 24, 0)
+    await assert_books_balance(db, audience, seconds=6)
+    assert await db.fetchval("SELECT count(*) FROM tick_journal") == 0
+    assert await db.fetchval("SELECT count(*) FROM tick_batches WHERE batch_id LIKE 'w1:31%'") == 6
 
 
 async def test_ticks_of_unknown_sessions_are_dropped_not_billed(

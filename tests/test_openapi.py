@@ -249,6 +249,7 @@ async def test_every_status_a_handler_answers_is_documented(
     ids = {"stream_id": ["not-a-uuid", "00000000-0000-0000-0000-000000000000", stream["id"],
                          idle["id"]],
            "stream_viewer_id": ["not-a-uuid", "00000000-0000-0000-0000-000000000000"],
+           "payment_id": ["not-a-uuid", "00000000-0000-0000-0000-000000000000"],
            "filename": ["nope.js", "vilokanam.js"],
            # community and VOD ids: malformed, unknown, and (accounts) real ones
            "account": ["not-an-account", "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty",

@@ -204,3 +204,52 @@ async def test_the_video_page_is_served_with_its_player(client: Client, settings
     script = await client.get("/static/hls.light.min.js")
     assert script.status == 200 and b"Hls" in await script.read()
     assert (await client.get("/video/00000000-0000-0000-0000-000000000000")).status == 404
+
+
+async def test_a_subscriber_watches_a_video_at_price_zero_and_is_still_ticked(
+        client: Client, settings: Settings, tmp_path: Path, db: asyncpg.Connection,
+        redis: aioredis.Redis) -> None:
+    alice = await login(client, ALICE_42)
+    video_id = await ready_video(client, settings, tmp_path, alice["token"])
+    bob = await login(client, BOB_42)
+    await credit(db, redis, bob["user_id"], Decimal(1), "adjustment", "test", 12)
+    offer = await client.put("/api/me/subscription-offer", json={"price": "0.5"},
+                             headers=bearer(alice["token"]))
+    assert offer.status in (200, 201), await offer.text()
+    bought = await client.post(f"/api/users/{alice['account']}/subscription",
+                               headers=bearer(bob["token"]))
+    assert bought.status == 201, await bought.text()
+    started = await client.post(f"/api/videos/{video_id}/views", headers=bearer(bob["token"]))
+    assert started.status == 201, await started.text()
+    view = await started.json()
+    assert view["price_per_second"] == "0"
+    master = (await fetch(client, view["playlist_url"])).decode()
+    variant = next(line for line in master.splitlines() if line and not line.startswith("#"))
+    playlist = (await fetch(client, f"{settings.base_url}/vod/{video_id}/{variant}")).decode()
+    first = next(line for line in playlist.splitlines() if line.startswith("seg_"))
+    durations = [float(line[8:].rstrip(",")) for line in playlist.splitlines()
+                 if line.startswith("#EXTINF:")]
+    await fetch(client, f"{settings.base_url}/vod/{video_id}/{variant.split('/')[0]}/{first}")
+    delivered = len(seconds_of(durations, 0))
+    flusher = Flusher(await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2),
+                      redis, settings.platform_fee)
+    try:
+        assert (await flusher.flush_once()).ticks == delivered > 0  # counted, ...
+    finally:
+        await flusher.pg.close()
+    row = await db.fetchrow(
+        "SELECT vv.view_duration, vv.watch_completion, p.amount FROM video_views vv "
+        "JOIN payments p ON p.reference_id = vv.id AND p.payment_type = 'video_view' "
+        "WHERE vv.id = $1::uuid", view["view_id"])
+    assert row["view_duration"] == delivered and row["watch_completion"] > 0  # analytics
+    assert row["amount"] == 0  # ... at price 0
+    # Only the subscription was paid: the balance moved by its price, no more.
+    assert await db.fetchval("SELECT balance FROM viewer_balances WHERE user_id = $1::uuid",
+                             bob["user_id"]) == Decimal("0.5")
+    assert int(await redis.get(balance_key(bob["user_id"]))) == Decimal("0.5") * 10**12
+    # A non-subscriber still pays the video's price.
+    carol = await login(client, CHARLIE_42)
+    await credit(db, redis, carol["user_id"], Decimal(1), "adjustment", "test", 12)
+    other = await (await client.post(f"/api/videos/{video_id}/views",
+                                     headers=bearer(carol["token"]))).json()
+    assert Decimal(other["price_per_second"]) > 0

@@ -1,6 +1,7 @@
 """`vilokanam verify-receipt` as a user runs it, against receipts served by
 the real signaling app and the real chain (chopsticks): a true receipt holds
-(exit 0, from a file or stdin), an old digest-style one too; a tampered one —
+(exit 0, from a file or stdin), an old digest-style one too, a tip's and a
+subscription's (GET /api/receipts/payments/{id}) too; a tampered one —
 its amount, its proof, its root, its block — does not (exit 1); input that is
 no receipt is a usage error (2), a chain that does not answer is 3."""
 
@@ -12,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,15 @@ from tests.test_receipts import (
     viewer_bearer,
 )
 from tests.test_settlement import (
+    DECIMALS,
     PRICE,
+    make_show,
+    new_settler,
     pool,  # noqa: F401 - a fixture
     pristine_chain_afterwards,  # noqa: F401 - a fixture
+    watch,
 )
+from vilokanam.direct_payments import pay_creator
 from vilokanam.services.chain import ChainNode
 from vilokanam.services.net import free_port
 
@@ -129,3 +136,62 @@ async def test_an_unsettled_receipt_bad_input_and_a_silent_chain(
     silent = await verify_receipt(receipt, f"ws://127.0.0.1:{free_port()}")
     assert silent.returncode == 3, silent.stdout + silent.stderr
     assert "does not answer" in silent.stderr and "Traceback" not in silent.stderr
+
+
+async def test_a_tip_and_a_subscription_have_receipts_with_only_their_own_line(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
+        chain: ChainNode, client: Client) -> None:  # noqa: F811
+    show = await make_show(db, redis, viewers=2)
+    await watch(pool, redis, show, seconds=3)  # the same batch settles viewing sessions too
+    _, payer, _ = show.viewers[0]
+
+    # What each recorder returns as "id" becomes the payment's reference_id.
+    async def tip_row(conn: asyncpg.Connection, payment_id: str) -> dict[str, Any]:
+        return {"id": str(await conn.fetchval(
+            "INSERT INTO tips (payment_id, message) VALUES ($1, 'hi') RETURNING id",
+            payment_id))}
+
+    async def period_row(conn: asyncpg.Connection, payment_id: str) -> dict[str, Any]:
+        return {"id": str(await conn.fetchval(
+            "INSERT INTO subscriptions (subscriber_id, creator_id, payment_id, price, "
+            "starts_at, ends_at) VALUES ($1, $2, $3, 2.5, now(), now() + interval '30 days') "
+            "RETURNING id", payer, show.creator_id, payment_id))}
+
+    tip = await pay_creator(pool, redis, payer_id=payer, creator_id=show.creator_id,
+                            amount=Decimal("1.000000000007"), kind="tip", decimals=DECIMALS,
+                            record=tip_row)
+    period = await pay_creator(pool, redis, payer_id=payer, creator_id=show.creator_id,
+                               amount=Decimal("2.5"), kind="subscription", decimals=DECIMALS,
+                               record=period_row)
+    mine = viewer_bearer(show, 0)
+    before = await get_json(client, f"/api/receipts/payments/{tip.payment_id}", headers=mine)
+    assert (before["status"], before["settlements"], before["line"]) == ("pending", [], None)
+    assert await new_settler(pool, chain).settle_once() == "completed"
+
+    for payment_id, kind, amount in ((tip.payment_id, "tip", "1.000000000007"),
+                                     (period.payment_id, "subscription", "2.5")):
+        receipt = await get_json(client, f"/api/receipts/payments/{payment_id}", headers=mine)
+        assert (receipt["payment_type"], receipt["charge"], receipt["settled"]) == (
+            kind, amount, amount)
+        assert receipt["status"] == "completed" and receipt["unsettled"] == "0"
+        assert receipt["line"] == f"{kind}:{payment_id}:{amount}"
+        # Four lines in the batch (two sessions, the tip, the subscription):
+        # the receipt shows its own, and a path instead of the others.
+        assert receipt["leaf_count"] == 4 and receipt["lines"] == []
+        text = json.dumps(receipt)
+        assert all(session not in text for session, _, _ in show.viewers)
+        holds = await verify_receipt(receipt, chain.url)
+        assert holds.returncode == 0, holds.stdout + holds.stderr
+        forged = copy.deepcopy(receipt)
+        forged["settlements"][0].update(line=f"{kind}:{payment_id}:9", amount="9")
+        assert (await verify_receipt(forged, chain.url)).returncode == 1
+
+    # Someone else's payment is unknown to them; a bad id is 400; no token 401.
+    await get_json(client, f"/api/receipts/payments/{tip.payment_id}", 404,
+                   viewer_bearer(show, 1))
+    await get_json(client, "/api/receipts/payments/not-a-uuid", 400, mine)
+    await get_json(client, f"/api/receipts/payments/{tip.payment_id}", 401)
+    # A viewing session's payment has its receipt by session, not here.
+    stream_view = await db.fetchval("SELECT id::text FROM payments WHERE from_user_id = $1 "
+                                    "AND payment_type = 'stream_view'", payer)
+    await get_json(client, f"/api/receipts/payments/{stream_view}", 404, mine)

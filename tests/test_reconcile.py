@@ -1,5 +1,6 @@
 """Reconciliation against real Postgres and Redis: live balances with ticks in
-flight (pending, or applied but not yet forgotten) are proven, not flagged; an
+flight (pending, recorded but not yet forgotten, journaled but not yet
+synced) are proven, not flagged; an
 injected drift is found, confirmed in a second round and repaired from
 Postgres (counted and logged); a flush that died between its commit and its
 refund of dropped ticks leaves a drift that the reconciliation repairs; a
@@ -15,7 +16,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from billing.flush import Flusher
+from billing.flush import Flusher, JournalRow
 from billing.reconcile import DRIFTS, REPAIRS, Reconciler
 from tests.flushing import drain
 from tests.test_metering import (
@@ -50,14 +51,21 @@ async def test_ticks_in_flight_are_proven_not_flagged(
     await writer.write(batch("w1", 103, audience))  # pending in Redis
     stuck = batch("w1", 104, audience)
     await writer.write(stuck)
-    await flusher._apply([stuck])  # committed, and Redis has not forgotten it yet
+    await flusher.record([JournalRow.of(stuck)])  # committed, not forgotten
     assert await redis.zcard(PENDING_KEY) == 2
+    journaled = batch("w1", 105, audience)
+    await writer.write(journaled)
+    await flusher.record([JournalRow.of(journaled)])
+    await flusher._forget([b"vk:ticks:batch:" + journaled.batch_id.encode()])  # journal only
+    assert await db.fetchval("SELECT count(*) FROM tick_journal") == 2
     checker = reconciler(pool, redis)
     for _ in range(2):
         result = await checker.reconcile_once()
         assert result.checked == 5 and result.drifted == {} and result.repaired == {}
     for _, user in audience.viewers:
-        assert await live_of(redis, user) == FUNDS_PLANCK - 5 * PRICE_PLANCK
+        assert await live_of(redis, user) == FUNDS_PLANCK - 6 * PRICE_PLANCK
+    await flusher.sync_once()  # the journal into payments: still no drift
+    assert (await checker.reconcile_once()).drifted == {}
 
 
 async def test_an_injected_drift_is_confirmed_then_repaired_and_logged(
@@ -124,7 +132,7 @@ async def test_a_flush_that_died_before_refunding_dropped_ticks_is_repaired(
 
     class DiesAfterCommit(Flusher):
         async def _checkpoint(self, name: str) -> None:
-            if name == "committed":
+            if name == "synced":  # the sync committed; the refund was next
                 raise Crash(name)
 
     with pytest.raises(Crash):

@@ -98,6 +98,11 @@ class Settings:
         "VILOKANAM_FLUSH_INTERVAL", "1",
         "Seconds between the billing worker's tick flushes (ticks reach Postgres 1-2 s after "
         "their second).")
+    tick_sync_interval: Decimal = _setting(
+        "VILOKANAM_TICK_SYNC_INTERVAL", "2",
+        "Seconds between the billing worker's syncs of flushed ticks into the totals "
+        "(payments, balances, earnings, stream_viewers); under load a sync takes longer and "
+        "covers more seconds.")
     sfu_host: str = _setting(
         "VILOKANAM_SFU_HOST", "127.0.0.1",
         "Address an SFU worker binds its private control port to.")
@@ -260,6 +265,8 @@ class Settings:
             raise ConfigError("VILOKANAM_PRICE_DEFAULT must be a whole number of planck")
         if not Decimal("0.01") <= self.flush_interval <= Decimal(60):
             raise ConfigError("VILOKANAM_FLUSH_INTERVAL must be between 0.01 and 60 seconds")
+        if not Decimal("0.01") <= self.tick_sync_interval <= Decimal(60):
+            raise ConfigError("VILOKANAM_TICK_SYNC_INTERVAL must be between 0.01 and 60 seconds")
         if self.settlement_period <= 0 or self.payout_threshold <= 0:
             raise ConfigError("VILOKANAM_SETTLEMENT_PERIOD and VILOKANAM_PAYOUT_THRESHOLD "
                               "must be greater than zero")
@@ -376,6 +383,7 @@ _PARSERS: dict[str, Callable[[str, str | None], Any]] = {
     "price_default": _optional(_parse_decimal),
     "platform_fee": _optional(_parse_decimal),
     "flush_interval": _optional(_parse_decimal),
+    "tick_sync_interval": _optional(_parse_decimal),
     "settlement_period": _optional(_parse_decimal),
     "payout_threshold": _optional(_parse_decimal),
     "reconcile_interval": _optional(_parse_decimal),

@@ -3,9 +3,11 @@ nothing the platform says that the chain does not confirm.
 
 For every completed batch the receipt names, two checks:
 
-1. the arithmetic, offline — the batch's line is this session's charge
-   (`<stream_viewer_id>:<amount>`), and it leads to the batch's commitment:
-   its Merkle path to the root (v2), or the digest of the batch's lines (v1);
+1. the arithmetic, offline — the batch's line is this receipt's charge
+   (a viewing session's `<stream_viewer_id>:<amount>`, or a tip's, a
+   subscription's or a video view's `<type>:<payment id>:<amount>`), and it
+   leads to the batch's commitment: its Merkle path to the root (v2), or the
+   digest of the batch's lines (v1);
 2. the chain — the block is the node's finalized block of that number (on
    the chain whose genesis the receipt names), the extrinsic at the receipt's
    index in it has the receipt's hash, is a `Utility.batch_all` that
@@ -29,6 +31,7 @@ from vilokanam.receipts import (
     batch_digest,
     charge_line,
     merkle_remark_of,
+    payment_line,
     verify_inclusion,
 )
 
@@ -73,24 +76,35 @@ def parse_receipt(text: str) -> dict[str, Any]:
         raise ReceiptUnreadable(f"not JSON: {exc.msg} at line {exc.lineno}") from None
     if not isinstance(receipt, dict):
         raise ReceiptUnreadable("a receipt is a JSON object")
-    if not isinstance(receipt.get("stream_viewer_id"), str):
-        raise ReceiptUnreadable("no stream_viewer_id")
+    if not isinstance(receipt.get("stream_viewer_id"), str) and not (
+            isinstance(receipt.get("payment_id"), str)
+            and isinstance(receipt.get("payment_type"), str)):
+        raise ReceiptUnreadable("no stream_viewer_id (or payment_id and payment_type)")
     batches = receipt.get("settlements")
     if not isinstance(batches, list) or not all(isinstance(b, dict) for b in batches):
         raise ReceiptUnreadable("no settlements list")
     return receipt
 
 
-def check_arithmetic(session: str, batch: dict[str, Any]) -> list[str]:
-    """Offline: the line is this session's, and it leads to the commitment."""
+def line_of(receipt: dict[str, Any], amount: Decimal) -> str:
+    """The line this receipt's charge must have in a batch of `amount`: a
+    viewing session's, or a payment's (a tip, a subscription, a video view)."""
+    session = receipt.get("stream_viewer_id")
+    if isinstance(session, str):
+        return charge_line(session, amount)
+    return payment_line(str(receipt["payment_type"]), str(receipt["payment_id"]), amount)
+
+
+def check_arithmetic(receipt: dict[str, Any], batch: dict[str, Any]) -> list[str]:
+    """Offline: the line is this receipt's charge, and it leads to the commitment."""
     where = f"settlement {batch.get('settlement_id')}"
     try:
         amount = Decimal(str(batch.get("amount")))
     except InvalidOperation:
         return [f"{where}: amount {batch.get('amount')!r} is not a decimal"]
     line = batch.get("line")
-    if line != charge_line(session, amount):
-        return [f"{where}: line {line!r} is not this session's charge of {amount}"]
+    if line != line_of(receipt, amount):
+        return [f"{where}: line {line!r} is not this receipt's charge of {amount}"]
     remark = batch.get("remark")
     if batch.get("commitment") == MERKLE_V2:
         root = batch.get("root")
@@ -139,13 +153,12 @@ def check_on_chain(batch: dict[str, Any], chain: OnChainBatch) -> list[str]:
 
 def verify(receipt: dict[str, Any], read_chain: ChainReader) -> Verdict:
     verdict = Verdict()
-    session = receipt["stream_viewer_id"]
     completed = [b for b in receipt["settlements"] if b.get("status") == "completed"]
     if not completed:
         verdict.problems.append("no completed settlement covers this charge yet")
         return verdict
     for batch in completed:
-        problems = check_arithmetic(session, batch)
+        problems = check_arithmetic(receipt, batch)
         if not problems:
             problems = check_on_chain(batch, read_chain(batch))
         if problems:

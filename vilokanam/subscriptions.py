@@ -1,5 +1,6 @@
 """Creator subscriptions, as every role sees them: a subscriber watches the
-creator's streams at price 0 while a period runs (ticks still counted).
+creator's streams and videos at price 0 while a period runs (ticks still
+counted).
 
 The SQL test of "is subscribed now" is here once, used where a viewing
 session is priced (the SFU worker's viewer_joined) and where the start of
@@ -34,3 +35,11 @@ async def price_for(pg: asyncpg.Pool | asyncpg.Connection, viewer_id: str,
         "ELSE s.price_per_second END FROM streams s WHERE s.id = $1::uuid",
         stream_id, viewer_id)
     return None if value is None else Decimal(value)
+
+
+async def is_subscribed(pg: asyncpg.Pool | asyncpg.Connection, viewer_id: str,
+                        creator_id: str) -> bool:
+    """A period of this viewer's subscription to this creator runs now (a
+    video view is priced 0 then: signaling/playback.py)."""
+    return bool(await pg.fetchval(f"SELECT {subscribed_sql('$1::uuid', '$2::uuid')}",
+                                  viewer_id, creator_id))
