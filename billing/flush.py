@@ -4,7 +4,8 @@ Each round: read up to `max_batches` pending batch keys and their payloads
 (two Redis commands), then in ONE Postgres transaction record the batch ids in
 `tick_batches` (a batch already there is skipped: applied before a crash, or
 written twice) and apply the new ticks with set-based SQL; commit; only then
-forget the batches in Redis. A crash anywhere re-reads batches that are either
+forget the batches in Redis (their keys stay a while as tombstones, so a late
+retry of a write charges nothing twice). A crash anywhere re-reads batches that are either
 not committed (applied now) or committed (skipped now): nothing is lost, and
 nothing is counted twice."""
 
@@ -42,6 +43,21 @@ BATCHES_SKIPPED = PromCounter(
 FLUSH_LAG = Histogram(
     "vilokanam_flush_lag_seconds", "From the end of a tick's second to its commit in Postgres.",
     buckets=(0.5, 1, 1.5, 2, 3, 5, 10, 30))
+
+# How long a flushed batch's key stays behind as a tombstone (see _forget): a
+# worker retries a batch within seconds of its failed write unless Redis stays
+# unreachable for it; a retry later than this charges the live balance again
+# for nothing, and the reconciliation (billing/reconcile.py) repairs it.
+FORGOTTEN_TTL_MS = 600_000
+
+# KEYS: the pending set, then the batch keys; ARGV: the tombstones' TTL (ms).
+# One command, atomic, however many batches a round forgets.
+_FORGET = """
+for i = 2, #KEYS, 1000 do  -- unpack in chunks: Lua's stack is bounded
+  redis.call('ZREM', KEYS[1], unpack(KEYS, i, math.min(i + 999, #KEYS)))
+end
+for i = 2, #KEYS do redis.call('SET', KEYS[i], '', 'PX', ARGV[1]) end
+"""
 
 # One statement: every table a tick touches, set-based. $1/$2: one element per
 # tick (viewer session id or video view id, its second); $3 the platform fee;
@@ -194,6 +210,9 @@ class Flusher:
     # 300 make ~330 batches a second.
     max_batches: int = 2000
 
+    def __post_init__(self) -> None:
+        self._forget_script = self.redis.register_script(_FORGET)
+
     async def flush_once(self) -> FlushResult:
         keys: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]
             PENDING_KEY, 0, self.max_batches - 1)
@@ -248,10 +267,12 @@ class Flusher:
         return result
 
     async def _forget(self, keys: list[bytes]) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(PENDING_KEY, *keys)
-            pipe.delete(*keys)
-            await pipe.execute()
+        """Out of the pending set; each batch key left as an empty tombstone
+        for FORGOTTEN_TTL_MS, not deleted: the worker's write is SET NX, so a
+        retry arriving after this (its first write landed unheard) finds the
+        key and charges nothing — deleted, it would charge the live balance
+        again for a batch the flush then skips as applied."""
+        await self._forget_script(keys=[PENDING_KEY, *keys], args=[FORGOTTEN_TTL_MS])
 
     @staticmethod
     def _observe(result: FlushResult) -> None:
