@@ -15,7 +15,10 @@ Reading MATRIX: one row per route; `-` = the route takes no credentials (a
 page, a capability URL, a login step): every caller gets the first cell's
 status. For `/api/receipts/{stream_viewer_id}` and `/api/videos/{video_id}/
 views/{view_id}` the resource is the *viewer's* (their own viewing session),
-so the viewer column is the owner's."""
+so the viewer column is the owner's.
+
+A new route fails `test_every_route_has_a_row_and_every_row_a_route` by name
+until its row is added: decide each caller's status, then add the row."""
 
 from __future__ import annotations
 
