@@ -5,7 +5,9 @@ payloads (two Redis commands), then in ONE Postgres statement give each new
 batch its `tick_batches` row (a batch already there is skipped: recorded
 before a crash, or written twice) and its `tick_journal` row (its ticks as
 three arrays: one row per batch, nothing per tick); commit; only then forget the
-batches in Redis. Two rows per batch, whatever its number of viewers.
+batches in Redis (their keys stay a while as tombstones, so a late retry of a
+worker's write charges nothing twice). Two rows per batch, whatever its
+number of viewers.
 
 Sync (every few seconds): in ONE transaction, delete the journal rows and
 apply their ticks to the totals with one set-based statement. A viewer's
@@ -53,6 +55,21 @@ SYNC_LAG = Histogram(
     "vilokanam_tick_sync_lag_seconds",
     "From the end of a tick's second to its sync into the totals (payments, balances, ...).",
     buckets=(0.5, 1, 2, 3, 5, 10, 30, 60))
+
+# How long a flushed batch's key stays behind as a tombstone (see _forget): a
+# worker retries a batch within seconds of its failed write unless Redis stays
+# unreachable for it; a retry later than this charges the live balance again
+# for nothing, and the reconciliation (billing/reconcile.py) repairs it.
+FORGOTTEN_TTL_MS = 600_000
+
+# KEYS: the pending set, then the batch keys; ARGV: the tombstones' TTL (ms).
+# One command, atomic, however many batches a round forgets.
+_FORGET = """
+for i = 2, #KEYS, 1000 do  -- unpack in chunks: Lua's stack is bounded
+  redis.call('ZREM', KEYS[1], unpack(KEYS, i, math.min(i + 999, #KEYS)))
+end
+for i = 2, #KEYS do redis.call('SET', KEYS[i], '', 'PX', ARGV[1]) end
+"""
 
 # The sync: ONE statement deletes up to $1 journal rows (the oldest) and applies
 # their ticks to every table a tick touches, set-based; $2 the grace a signed
@@ -261,6 +278,9 @@ class Flusher:
     # 100k viewers on workers of 300 -- bounded memory after a backlog.
     max_sync_batches: int = 5000
 
+    def __post_init__(self) -> None:
+        self._forget_script = self.redis.register_script(_FORGET)
+
     async def flush_once(self) -> FlushResult:
         result = await self.record_once()
         synced = await self.sync_once()
@@ -339,10 +359,12 @@ class Flusher:
         a flusher exactly there."""
 
     async def _forget(self, keys: list[bytes]) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(PENDING_KEY, *keys)
-            pipe.delete(*keys)
-            await pipe.execute()
+        """Out of the pending set; each batch key left as an empty tombstone
+        for FORGOTTEN_TTL_MS, not deleted: the worker's write is SET NX, so a
+        retry arriving after this (its first write landed unheard) finds the
+        key and charges nothing — deleted, it would charge the live balance
+        again for a batch the flush then skips as applied."""
+        await self._forget_script(keys=[PENDING_KEY, *keys], args=[FORGOTTEN_TTL_MS])
 
     @staticmethod
     def _observe(result: FlushResult) -> None:

@@ -6,10 +6,13 @@ else would ever notice (docs/architecture.md, "Dead workers").
 Every signaling server runs one, every `REAP_EVERY_S`; a Redis lock (SET NX
 PX) lets one of them work at a time. A worker is dead when its id is still in
 `vk:sfu:workers` but its heartbeat record has expired (3 s after its last
-beat). For each stream still pinned to it: end the rows in Postgres (the
-worker's own SQL, `end_stream_rows`), publish `stream_ended` so websockets
-watching it are told, unpin it. Then the id leaves the set. Ticks the worker
-wrote before it died are in Redis already; billing flushes them as usual."""
+beat) and it is not draining: a worker ending its own streams after SIGTERM
+holds `draining_key` for the drain's bound, and one killed mid-drain is
+reaped once that mark runs out. For each stream still pinned to it: end the
+rows in Postgres (the worker's own SQL, `end_stream_rows`), publish
+`stream_ended` so websockets watching it are told, unpin it. Then the id
+leaves the set. Ticks the worker wrote before it died are in Redis already;
+billing flushes them as usual."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import redis.asyncio as aioredis
 from routing.channels import EventBus, StreamEvent
 from routing.registry import (
     WORKERS_KEY,
+    draining_key,
     stream_worker_key,
     unplace,
     worker_key,
@@ -52,12 +56,18 @@ def _text(value: bytes | str) -> str:
 
 
 async def dead_workers(redis: aioredis.Redis) -> list[str]:
-    """Registered workers whose heartbeat record has expired."""
+    """Registered workers whose heartbeat record has expired, unless they
+    are draining (ending their own streams): a draining mark that expired
+    with the worker's id still registered is a worker killed mid-drain."""
     ids = sorted(_text(member) for member in await redis.smembers(WORKERS_KEY))
     if not ids:
         return []
-    records = await redis.mget([worker_key(worker_id) for worker_id in ids])
-    return [worker_id for worker_id, raw in zip(ids, records, strict=True) if raw is None]
+    keys = [worker_key(worker_id) for worker_id in ids]
+    marks = [draining_key(worker_id) for worker_id in ids]
+    found = await redis.mget(keys + marks)
+    records, draining = found[:len(ids)], found[len(ids):]
+    return [worker_id for worker_id, raw, mark in zip(ids, records, draining, strict=True)
+            if raw is None and mark is None]
 
 
 async def end_orphan(redis: aioredis.Redis, pg: asyncpg.Pool, stream_id: str,

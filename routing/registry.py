@@ -42,6 +42,19 @@ def stream_worker_key(stream_id: str) -> str:
     return f"vk:stream:{stream_id}:worker"
 
 
+def draining_key(worker_id: str) -> str:
+    """Set while the worker drains (its record already gone): the reaper
+    leaves the worker's streams to it until the mark expires. A worker killed
+    mid-drain (kill -9 after SIGTERM) stops nothing else, so the mark running
+    out is what hands its unended streams to the reaper."""
+    return f"vk:sfu:worker:{worker_id}:draining"
+
+
+# A drain ends within 10 s (docs/architecture.md, "Draining"); the mark
+# outlives that with room to spare, so a slow drain is not reaped under it.
+DRAIN_MARK_MS = 15_000
+
+
 def worker_streams_key(worker_id: str) -> str:
     """The streams pinned to a worker, kept beside the pins so that whoever
     reaps a dead worker finds its streams without scanning every pin."""
@@ -122,7 +135,12 @@ class WorkerRegistration:
     as it serves, and an unreachable Redis fails the start loudly), then
     refreshes it every `interval_s` from a task it owns. `await stop()` cancels
     that task and deletes the record: the worker leaves placement at once
-    instead of 3 s later. Call `stop()` first thing when draining.
+    instead of 3 s later.
+
+    Draining is two steps: `begin_drain()` first thing (the record goes, so
+    no new placement; the id stays registered and a draining mark is set, so
+    a worker killed before it ends its streams is still found by the reaper
+    once the mark expires), then `stop()` once every stream is ended.
     """
 
     def __init__(self, redis: aioredis.Redis, *, worker_id: str, control_url: str,
@@ -159,15 +177,36 @@ class WorkerRegistration:
         log_event(log, "sfu.registered", worker_id=self.worker_id,
                   control_url=self._control_url, capacity=self._capacity)
 
-    async def stop(self) -> None:
+    async def _stop_beating(self) -> None:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    async def begin_drain(self, mark_ms: int = DRAIN_MARK_MS) -> None:
+        """Out of placement at once, still findable by the reaper."""
+        await self._stop_beating()
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(draining_key(self.worker_id), "1", px=mark_ms)
+                pipe.delete(worker_key(self.worker_id))
+                await pipe.execute()
+        except (aioredis.RedisError, OSError) as exc:
+            # The record expires on its own within the TTL; without the mark
+            # the reaper may end our streams while we do: both are idempotent.
+            log_event(log, "sfu.drain_mark_failed", logging.WARNING,
+                      worker_id=self.worker_id, error=str(exc))
+            return
+        log_event(log, "sfu.draining", worker_id=self.worker_id)
+
+    async def stop(self) -> None:
+        """Leave the registry for good (after a drain: its streams are ended)."""
+        await self._stop_beating()
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(worker_key(self.worker_id))
                 pipe.srem(WORKERS_KEY, self.worker_id)
+                pipe.delete(draining_key(self.worker_id))
                 await pipe.execute()
         except (aioredis.RedisError, OSError) as exc:
             # The record still expires on its own within the TTL.

@@ -72,8 +72,9 @@ def create_app(settings: Settings) -> web.Application:
             streams_fn=lambda: len(manager.streams))
         await registration.start()
         yield
-        await registration.stop()  # out of placement first, then end what we carry
+        await registration.begin_drain()  # out of placement first, then end what we carry
         await manager.close()
+        await registration.stop()  # only now: killed before here, the reaper ends the rest
         if mux is not None:
             mux.close()
 

@@ -6,7 +6,15 @@ report within the last 5 s (a viewer whose network died is not billed).
 All of a second's ticks go to Redis as one batch in one command
 (vilokanam/metering.py); a failed write is kept and retried with the same
 batch id, so it can never count twice. Sessions whose viewer cannot pay for
-the next second are returned to be cut off in this second."""
+the next second are returned to be cut off in this second.
+
+The outbox of unwritten batches lives in the worker's memory only, bounded
+at OUTBOX_LIMIT seconds: while Redis is down, `vilokanam_ticks_unwritten`
+says how many ticks a worker death would lose now; the batches that overflow
+the bound, and what is still unwritten when the worker stops (`close`), are
+lost and reported (`vilokanam_ticks_lost_total{reason}` and an ERROR
+`ticks.lost` line with the seconds they cover). A lost tick was never charged
+either: the charge is part of the write."""
 
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from vilokanam.logs import log_event
 from vilokanam.metering import Tick, TickBatch, TickWriter
@@ -35,6 +43,14 @@ OUTBOX_LIMIT = 3600  # seconds of batches kept while Redis is unreachable
 TICKS_EMITTED = Counter("vilokanam_ticks_emitted_total", "Ticks written by this worker.")
 TICK_WRITE_FAILURES = Counter(
     "vilokanam_tick_write_failures_total", "Tick batch writes that failed and will be retried.")
+TICKS_UNWRITTEN = Gauge(
+    "vilokanam_ticks_unwritten",
+    "Ticks in this worker's memory outbox, not yet in Redis: lost if the worker dies now.")
+TICKS_LOST = Counter(
+    "vilokanam_ticks_lost_total",
+    "Ticks never written to Redis (never billed, never charged): the outbox overflowed "
+    "during a long Redis outage, or the worker stopped with the outbox unwritten.",
+    ["reason"])
 
 
 @dataclass
@@ -106,8 +122,36 @@ class TickEmitter:
                 TICK_WRITE_FAILURES.inc()
                 log_event(log, "ticks.write_failed", logging.WARNING, worker_id=self.worker_id,
                           batch=batch.batch_id, pending=len(self._outbox), error=repr(exc))
-                del self._outbox[:-OUTBOX_LIMIT]
+                self._lose(self._outbox[:-OUTBOX_LIMIT], "outbox_full")
                 break
             self._outbox.pop(0)
             TICKS_EMITTED.inc(len(batch.ticks))
+        self._count_unwritten()
         return broke
+
+    @property
+    def unwritten(self) -> int:
+        """Ticks held in the outbox, not yet in Redis."""
+        return sum(len(batch.ticks) for batch in self._outbox)
+
+    def _count_unwritten(self) -> None:
+        TICKS_UNWRITTEN.set(self.unwritten)
+
+    def _lose(self, batches: list[TickBatch], reason: str) -> None:
+        """Give up `batches` (the oldest of the outbox), and say so."""
+        if not batches:
+            return
+        del self._outbox[:len(batches)]
+        ticks = sum(len(batch.ticks) for batch in batches)
+        TICKS_LOST.labels(reason).inc(ticks)
+        log_event(log, "ticks.lost", logging.ERROR, worker_id=self.worker_id, reason=reason,
+                  batches=len(batches), ticks=ticks, first_second=batches[0].second,
+                  last_second=batches[-1].second)
+
+    async def close(self) -> None:
+        """The worker stops: one last try to write the outbox; what is still
+        unwritten is lost, and reported."""
+        if self._outbox:
+            await self._flush_outbox({})
+        self._lose(list(self._outbox), "worker_stopped")
+        self._count_unwritten()

@@ -409,3 +409,4 @@ class StreamManager:
         for stream_id in list(self.streams):
             await self.end_stream(stream_id, CloseReason.WORKER_DRAINING)
         await self.tasks.close()
+        await self.emitter.close()  # the last seconds' ticks, or a report of their loss

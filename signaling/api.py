@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from routing.channels import EventBus, StreamEvent
 from routing.placement import stream_worker
 from signaling.community.categories import resolve_category
 from signaling.errors import bad_request, forbidden, not_found, parse_json_body
@@ -400,8 +401,17 @@ async def end_stream_now(app: web.Application, row: asyncpg.Record) -> None:
     Postgres with the worker's own SQL. The creator's end and a moderator's
     removal or suspension all end a stream this one way. Ending an ended
     stream is a no-op, so its end_time stays the true one."""
-    if row["status"] not in ENDED_STATUSES and not await _ended_by_worker(app, row["id"]):
-        await end_stream_rows(app[BACKENDS].pg, row["id"])
+    if row["status"] in ENDED_STATUSES or await _ended_by_worker(app, row["id"]):
+        return
+    backends = app[BACKENDS]
+    closed = await end_stream_rows(backends.pg, row["id"])
+    # No worker told anyone: the websockets and WHEP sessions of this stream
+    # hear it from us, as they would from the worker (one event per session
+    # closed; one without a session for a stream that never went live).
+    events = EventBus(backends.redis, "signaling")
+    sessions: list[str | None] = [*closed] or [None]
+    for session_id in sessions:
+        await events.stream(str(row["id"]), StreamEvent.ENDED, session_id=session_id)
 
 
 async def end_stream(request: web.Request) -> web.Response:

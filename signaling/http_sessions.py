@@ -9,7 +9,8 @@ by its last refresh. Its lifetime is its peer's on the worker:
 - the signaling server that created it keeps it: it refreshes the TTL every
   `refresh_s`, and listens on the peer's channel through the EventHub; the
   worker's `peer_closed` (sent for every peer when a stream ends, too) drops
-  the session at once;
+  the session at once; so does a `stream_ended` on the stream's channel
+  (signaling publishes one when it ends a stream no worker carries);
 - at every refresh, a kept session whose worker stopped heartbeating (a
   killed worker sends no events), or whose stream is no longer placed on its
   worker (the stream ended: an event missed during a Redis reconnect, or
@@ -249,6 +250,9 @@ class SessionKeeper:
             if event.get("type") == "suspended":
                 self._end_sessions_of(str(event.get("user_id")))
             return
+        if event.get("type") == "stream_ended":
+            self._end_sessions_of_stream(str(event.get("stream_id")))
+            return
         resource_id = self._by_channel.get(channel)
         session = self._kept.get(resource_id) if resource_id is not None else None
         if session is None or event.get("type") != "peer_closed":
@@ -263,6 +267,15 @@ class SessionKeeper:
             self.forget(session.resource_id)
             self._tasks.spawn(self._end(session, "suspended"), "suspended")
 
+    def _end_sessions_of_stream(self, stream_id: str) -> None:
+        """The stream ended. From its worker, every peer was closed first
+        (each `peer_closed` dropped its session already); from signaling,
+        which ended a stream no worker would end (POST /api/streams/{id}/end),
+        this is the only word: close what may still be open and drop it."""
+        for session in [s for s in self._kept.values() if s.stream_id == stream_id]:
+            self.forget(session.resource_id)
+            self._tasks.spawn(self._end(session, "stream_ended"), "stream-ended")
+
     async def _end(self, session: HttpSession, reason: str) -> None:
         if self._sfu is not None:
             try:
@@ -273,12 +286,14 @@ class SessionKeeper:
 
     def start(self) -> None:
         self._hub.add(USERS_CHANNEL, self)
+        self._hub.add_every_stream(self)
         self._tasks.spawn(self._run(), "refresh")
 
     async def stop(self) -> None:
         """This server stops keeping its sessions; they stay in Redis for
         another signaling server to adopt (their peers live on the workers)."""
         self._hub.remove(USERS_CHANNEL, self)
+        self._hub.remove_every_stream(self)
         for resource_id in list(self._kept):
             self.forget(resource_id)
         await self._tasks.close()

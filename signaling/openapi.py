@@ -162,6 +162,7 @@ _RESPONSES: dict[str, Schema] = {
         "BadRequest": "invalid input (`bad_json`, `invalid_*`)",
         "Unauthorized": "no valid Bearer token (`WWW-Authenticate: Bearer`)",
         "Forbidden": "the stream belongs to another creator (`forbidden`)",
+        "Suspended": "the caller's account is suspended (`suspended`), or may not do this",
         "NotFound": "no such resource",
         "PayloadTooLarge": "the body is over 64 KiB",
         "PaymentRequired": "the live balance does not cover it (`insufficient_funds`)",
@@ -516,7 +517,7 @@ def openapi_document() -> dict[str, Any]:
     paths = _api_paths()
     for path, item in community_paths().items():  # PATCH /api/me joins GET /api/me
         paths[path] = {**paths.get(path, {}), **item}
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Vilokanam signaling", "version": "0.1.0",
                  "description": "Pay-per-second live streaming: REST API, WHIP/WHEP, "
@@ -531,6 +532,18 @@ def openapi_document() -> dict[str, Any]:
                                            "description": "a viewer token from /api/auth/verify "
                                                           "(WHIP: the stream key)"}}},
     }
+    _with_suspension(document["paths"])
+    return document
+
+
+def _with_suspension(paths: dict[str, Schema]) -> None:
+    """Every Bearer operation refuses a suspended caller with 403
+    (signaling/users.py require_user; the authorization matrix,
+    tests/test_authz_matrix.py, checks it route by route)."""
+    for item in paths.values():
+        for operation in item.values():
+            if isinstance(operation, dict) and operation.get("security") == _BEARER:
+                operation["responses"].setdefault("403", _error("Suspended"))
 
 
 OPENAPI_KEY = web.AppKey("openapi_document", dict)

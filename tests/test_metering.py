@@ -3,19 +3,21 @@ sums in every table, retried writes, unknown sessions, and the money."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from billing.flush import Flusher, JournalRow
+from billing.flush import FORGOTTEN_TTL_MS, Flusher, JournalRow
 from tests.conftest import Stores
 from tests.flushing import drain
 from vilokanam.balances import balance_key, balance_of, credit
-from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter
+from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter, batch_key
 
 PRICE = Decimal("0.001")
 PRICE_PLANCK = 10**9
@@ -215,3 +217,89 @@ async def test_ticks_after_a_session_ended_are_dropped(
     user = audience.viewers[0][1]
     assert int(await redis.get(balance_key(user))) == (FUNDS - PRICE) * 10**12
     assert await balance_of(db, user) == FUNDS - PRICE
+
+
+# -- every way a charged tick can fail to be billed gives the charge back --------------
+# The worker's write charges the live balance (Redis) at once; the flush then
+# bills the tick in Postgres or drops it. Whatever it does, the live copy must
+# end where Postgres is: each drop path below, one at a time, then the
+# live balance in planck against the balance the books hold.
+
+async def _live_agrees_with_the_books(db: asyncpg.Connection, redis: aioredis.Redis,
+                                      user: str) -> None:
+    books = await balance_of(db, user)
+    assert int(await redis.get(balance_key(user))) == books * 10**12, \
+        "the live balance is not the books' balance"
+
+
+async def _drop_unknown_session(db: asyncpg.Connection, audience: Audience) -> None:
+    await db.execute("DELETE FROM stream_viewers WHERE id = $1", audience.viewers[0][0])
+
+
+async def _drop_ended_session(db: asyncpg.Connection, audience: Audience) -> None:
+    await db.execute("UPDATE stream_viewers SET is_active = FALSE, "
+                     "updated_at = now() - interval '1 hour' WHERE id = $1",
+                     audience.viewers[0][0])
+
+
+async def _drop_unpriced_session(db: asyncpg.Connection, audience: Audience) -> None:
+    await db.execute("UPDATE stream_viewers SET price_per_second = NULL WHERE id = $1",
+                     audience.viewers[0][0])
+
+
+async def _drop_past_the_signed_seconds(db: asyncpg.Connection, audience: Audience) -> None:
+    # A signed session that signed nothing: only the grace is billed.
+    await db.execute("UPDATE stream_viewers SET billing_rule = 'signed', signed_seconds = 0 "
+                     "WHERE id = $1", audience.viewers[0][0])
+
+
+@pytest.mark.parametrize("drop", [_drop_unknown_session, _drop_ended_session,
+                                  _drop_unpriced_session, _drop_past_the_signed_seconds],
+                         ids=["unknown", "ended", "unpriced", "past_signed"])
+async def test_every_dropped_tick_is_refunded_to_the_live_balance(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool, drop: Any) -> None:
+    from billing.flush import GRACE_SECONDS
+
+    audience = await make_audience(db, redis, viewers=1)
+    user = audience.viewers[0][1]
+    await drop(db, audience)
+    seconds = GRACE_SECONDS + 5  # more than the grace: some dropped on every path
+    writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
+    now = int(time.time())  # the seconds just watched (after the session's end, if it ended)
+    for second in range(seconds):
+        await writer.write(batch("w-drop", now - seconds + second, audience))
+    # The fault landed: the writes charged the live balance for every second.
+    assert int(await redis.get(balance_key(user))) == FUNDS * 10**12 - seconds * PRICE_PLANCK
+    flushed = await flusher.flush_once()
+    assert flushed.dropped > 0 and flushed.ticks + flushed.dropped == seconds
+    await _live_agrees_with_the_books(db, redis, user)
+
+
+async def test_a_write_retried_after_its_batch_was_flushed_charges_nothing(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    """The worker did not hear its write land, billing applied and forgot the
+    batch, then the retry came: the flush skips the batch (already applied),
+    so the retry must not have charged the live balance either."""
+    audience = await make_audience(db, redis, viewers=1)
+    user = audience.viewers[0][1]
+    writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
+    once = batch("w-retry", 7000, audience)
+    await writer.write(once)
+    await drain(flusher)
+    assert await redis.zcard(PENDING_KEY) == 0  # applied and forgotten
+    await writer.write(once)  # the retry
+    assert (await flusher.flush_once()).ticks == 0
+    await _live_agrees_with_the_books(db, redis, user)
+    await assert_books_balance(db, audience, seconds=1)
+
+
+async def test_a_round_of_more_batches_than_one_lua_unpack_forgets_them_all(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    audience = await make_audience(db, redis, viewers=1)
+    writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE, max_batches=2500)
+    for second in range(2100):
+        await writer.write(batch("w-many", 10_000 + second, audience))
+    assert (await flusher.flush_once()).ticks == 2100
+    assert await redis.zcard(PENDING_KEY) == 0
+    assert await redis.get(batch_key("w-many:10000")) == b""  # a tombstone
+    assert 0 < await redis.pttl(batch_key("w-many:12099")) <= FORGOTTEN_TTL_MS

@@ -1,6 +1,7 @@
 """The reaper on a real Postgres and Redis: a dead worker's streams end in
-Postgres and Redis, a stream that moved to another worker is left alone, and
-one reaper works at a time."""
+Postgres and Redis, a stream that moved to another worker is left alone, one
+reaper works at a time, and a worker killed during its own drain is reaped
+once its draining mark runs out."""
 
 from __future__ import annotations
 
@@ -13,9 +14,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from routing.channels import stream_channel
-from routing.placement import place_stream
+from routing.placement import place_stream, stream_worker
 from routing.reaper import LOCK_KEY, reap_once
-from routing.registry import WORKERS_KEY, stream_worker_key, worker_streams_key
+from routing.registry import (
+    WORKERS_KEY,
+    WorkerRegistration,
+    draining_key,
+    stream_worker_key,
+    worker_key,
+    worker_streams_key,
+)
 from signaling.stream_keys import hash_stream_key, new_stream_key
 from tests.conftest import Stores
 from tests.test_placement import expired, register
@@ -95,3 +103,50 @@ async def test_one_reaper_at_a_time(db: asyncpg.Connection, redis: aioredis.Redi
     await redis.delete(LOCK_KEY)
     assert await reap_once(redis, pool) == ["doomed"]
     assert not await redis.exists(LOCK_KEY)  # released after the round
+
+
+async def test_a_worker_killed_during_its_drain_is_reaped_when_its_mark_runs_out(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    """SIGTERM, then kill -9 before the worker ended its streams: the drain's
+    first step (out of placement) ran, its last (leaving the registry, after
+    every stream ended) never did."""
+    registration = WorkerRegistration(
+        redis, worker_id="drainer", control_url="http://127.0.0.1:1", capacity=10,
+        load_fn=lambda: 1, streams_fn=lambda: 1)
+    await registration.start()
+    stream, _ = await live_stream(db)
+    await place_stream(redis, stream)
+    await registration.begin_drain(mark_ms=400)
+    # ... and the process dies here: nothing else of the drain runs.
+
+    # The fault landed: out of placement, its stream still live and pinned.
+    assert await redis.get(worker_key("drainer")) is None
+    assert await stream_worker(redis, stream) is None
+    assert await db.fetchval("SELECT status FROM streams WHERE id = $1::uuid", stream) == "live"
+    # While the mark holds, the drain is the worker's own business.
+    assert await reap_once(redis, pool) == []
+    assert await redis.sismember(WORKERS_KEY, "drainer")  # still findable
+    await wait_until(lambda: _mark_gone(redis, "drainer"), "the 400 ms drain mark expiring")
+    assert await reap_once(redis, pool) == ["drainer"]
+    assert await db.fetchval("SELECT status FROM streams WHERE id = $1::uuid", stream) == "ended"
+    assert not await db.fetchval("SELECT bool_or(is_active) FROM stream_viewers "
+                                 "WHERE stream_id = $1::uuid", stream)
+    assert await redis.get(stream_worker_key(stream)) is None
+    assert not await redis.sismember(WORKERS_KEY, "drainer")
+
+
+async def test_a_drain_that_finishes_leaves_nothing_to_reap(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    registration = WorkerRegistration(
+        redis, worker_id="tidy", control_url="http://127.0.0.1:1", capacity=10,
+        load_fn=lambda: 0, streams_fn=lambda: 0)
+    await registration.start()
+    await registration.begin_drain()
+    await registration.stop()
+    assert not await redis.sismember(WORKERS_KEY, "tidy")
+    assert await _mark_gone(redis, "tidy")
+    assert await reap_once(redis, pool) == []
+
+
+async def _mark_gone(redis: aioredis.Redis, worker_id: str) -> bool:
+    return not await redis.exists(draining_key(worker_id))

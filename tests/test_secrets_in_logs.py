@@ -1,14 +1,19 @@
 """The real signaling and SFU processes, with JSON logs, never write a secret:
 not the token secret or escrow URI they are configured with, nor the tokens
 and stream keys that pass through them during a publish (with a wrong key
-first, so the refusal path logs too)."""
+first, so the refusal path logs too). Likewise signaling, billing and the
+media role through a tip, an upload the media role processes, a paid video
+view (its signed playlist URL is a capability) and a receipt lookup."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import asyncpg
@@ -17,6 +22,7 @@ import redis.asyncio as aioredis
 from tests.media_clients import Publisher
 from tests.processes import start_role, wait_healthy
 from tests.waiting import wait_until
+from vilokanam.balances import credit
 from vilokanam.config import Settings
 
 TOKEN_SECRET = "tok-secret-" + "q" * 32
@@ -109,3 +115,71 @@ async def test_no_secret_reaches_the_logs(db: asyncpg.Connection, redis: aioredi
             proc.stop()
     for role in ("sfu", "signaling"):
         _check_log(tmp_path / f"{role}.log", [TOKEN_SECRET, ESCROW_URI, WRONG_KEY, *seen])
+
+
+# -- the roles and routes added since: media, tips, uploads, views, receipts ------------
+
+BOB = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
+
+
+async def _money_and_media_flow(base: str, db: asyncpg.Connection,
+                                redis: aioredis.Redis) -> list[str]:
+    """A tip, an upload the media role processes (and refuses: not a video),
+    a paid view with its signed playlist URL, a receipt lookup; returns the
+    secrets it saw (the tokens, the playlist's signature)."""
+    async with aiohttp.ClientSession() as http:
+        viewer = await _post_json(http, f"{base}/api/dev/token", {"account": ALICE})
+        creator = await _post_json(http, f"{base}/api/dev/token", {"account": BOB})
+        await credit(db, redis, viewer["user_id"], Decimal(10), "adjustment", "secrets", 12)
+        as_viewer = {"Authorization": f"Bearer {viewer['token']}"}
+        as_creator = {"Authorization": f"Bearer {creator['token']}"}
+        async with http.post(f"{base}/api/videos", params={"title": "not a video"},
+                             data=b"\x00" * 4096,
+                             headers={**as_creator, "Content-Type": "video/mp4"}) as r:
+            assert r.status == 201, await r.text()
+            upload = (await r.json())["id"]  # Bob is a creator now
+        async with http.post(f"{base}/api/users/{BOB}/tips", headers=as_viewer,
+                             json={"amount": "0.5", "message": "thanks"}) as r:
+            assert r.status == 201, await r.text()
+        video = str(await db.fetchval(
+            "INSERT INTO videos (creator_id, title, status, published_at, price_per_second) "
+            "VALUES ($1, 'paid', 'ready', now(), 0.001) RETURNING id", creator["user_id"]))
+        async with http.post(f"{base}/api/videos/{video}/views", headers=as_viewer) as r:
+            assert r.status == 201, await r.text()
+            playlist = (await r.json())["playlist_url"]
+        async with http.get(playlist) as r:
+            await r.read()  # served or not, the request is what must not be logged
+        async with http.get(f"{base}/api/receipts/{uuid.uuid4()}", headers=as_viewer) as r:
+            assert r.status == 404, await r.text()
+
+        async def processed() -> bool:
+            return await db.fetchval("SELECT status FROM videos WHERE id = $1::uuid",
+                                     upload) == "failed"
+
+        await wait_until(processed, "the media role refusing the upload", timeout=60)
+    signature = parse_qs(urlsplit(playlist).query)["sig"][0]
+    return [viewer["token"], creator["token"], signature]
+
+
+async def test_no_secret_reaches_the_logs_of_media_billing_tips_uploads_views(
+        db: asyncpg.Connection, redis: aioredis.Redis, settings: Settings,
+        tmp_path: Path) -> None:
+    settings = dataclasses.replace(settings, dev_mode=True, token_secret=TOKEN_SECRET,
+                                   escrow_uri=ESCROW_URI, log_format="json")
+    roles = {"signaling": settings.http_port, "billing": settings.billing_port,
+             "media": settings.media_port}
+    procs = [start_role(settings, role, tmp_path) for role in roles]
+    try:
+        for proc, port in zip(procs, roles.values(), strict=True):
+            wait_healthy(proc, port)
+        seen = await _money_and_media_flow(f"http://127.0.0.1:{settings.http_port}", db, redis)
+    finally:
+        for proc in procs:
+            proc.stop()
+    # A leak would be in the lines these steps log: prove they were written.
+    events = {role: {json.loads(line)["event"] for line in
+                     (tmp_path / f"{role}.log").read_text().splitlines()} for role in roles}
+    assert {"tip.paid", "video.uploaded", "video.view_started"} <= events["signaling"]
+    assert {"job.started", "job.failed"} <= events["media"]
+    for role in roles:
+        _check_log(tmp_path / f"{role}.log", [TOKEN_SECRET, ESCROW_URI, *seen])
