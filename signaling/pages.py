@@ -123,8 +123,11 @@ async def _stream_row(request: web.Request) -> dict[str, Any] | None:
     if stream_id is None:
         return None
     row = await request.app[BACKENDS].pg.fetchrow(
-        """SELECT s.id::text AS id, s.title, s.status, u.account_id AS creator_account
-             FROM streams s JOIN users u ON u.id = s.creator_id WHERE s.id = $1::uuid""",
+        """SELECT s.id::text AS id, s.title, s.status, u.account_id AS creator_account,
+                  u.username AS creator_username, c.id::text AS category_id,
+                  c.name AS category
+             FROM streams s JOIN users u ON u.id = s.creator_id
+             LEFT JOIN categories c ON c.id = s.category_id WHERE s.id = $1::uuid""",
         stream_id)
     return dict(row) if row else None
 
@@ -154,7 +157,7 @@ async def watch_page(request: web.Request) -> web.Response:
     if stream is None:
         return not_found_page(request)
     return render(request, "watch.html", "watch", stream=stream,
-                  config={"streamId": stream["id"]})
+                  config={"streamId": stream["id"], "creatorAccount": stream["creator_account"]})
 
 
 async def publish_page(request: web.Request) -> web.Response:
