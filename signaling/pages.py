@@ -185,14 +185,16 @@ async def video_page(request: web.Request) -> web.Response:
     if video_id is not None:
         row = await request.app[BACKENDS].pg.fetchrow(
             "SELECT v.id::text AS id, v.title, v.price_per_second, "
-            "COALESCE(v.view_count, 0) AS views, u.account_id AS creator_account "
+            "COALESCE(v.view_count, 0) AS views, u.account_id AS creator_account, "
+            "u.username AS creator_username, COALESCE(v.like_count, 0) AS likes "
             "FROM videos v JOIN users u ON u.id = v.creator_id "
             "WHERE v.id = $1::uuid AND v.status = 'ready'", video_id)
     if row is None:
         return not_found_page(request, "video")
     price = row["price_per_second"] or request.app[SETTINGS].price_default
     return render(request, "video.html", "video", video=dict(row),
-                  price=format_amount(price), config={"videoId": row["id"]})
+                  price=format_amount(price),
+                  config={"videoId": row["id"], "creatorAccount": row["creator_account"]})
 
 
 def add_page_routes(app: web.Application) -> None:

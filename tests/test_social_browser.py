@@ -154,3 +154,150 @@ async def test_two_viewers_chat_follow_and_tip_beside_a_live_stream(
     await bob.click("#leave")
     for page in (publisher, bob, carol):
         assert page.errors == []  # type: ignore[attr-defined]
+
+
+DAVE = "5DAAnrj7VHTznn2AWBemMuyBwZWs6FNFjdyVXUeYum3PTXFy"  # //Dave
+
+
+async def test_channel_category_video_comments_and_a_moderator_removing_a_chat_line(
+        platform: Platform, browser: Browser, db: asyncpg.Connection) -> None:
+    users = {account: platform.post("/api/dev/token", {"account": account})
+             for account in (ALICE, BOB, CAROL, DAVE)}
+    alice = users[ALICE]
+    await db.execute("UPDATE users SET username = 'alice_jazz', bio = $2 WHERE id = $1::uuid",
+                     alice["user_id"], "I play <em>jazz</em> nightly")
+    await db.execute("UPDATE users SET role = 'moderator' WHERE id = $1::uuid",
+                     users[CAROL]["user_id"])
+    music = await db.fetchval(
+        "INSERT INTO categories (name, description) VALUES ('Music', 'all <b>music</b>') "
+        "RETURNING id::text")
+    live = platform.post("/api/streams", {"title": "Jazz <live>", "category": "Music"},
+                         alice["token"])
+    past = platform.post("/api/streams", {"title": "Yesterday's set"}, alice["token"])
+    # The pages' subject is what they show: a live row and an ended one (the
+    # media path is the other tests').
+    await db.execute("UPDATE streams SET status = 'live', start_time = now() WHERE id = $1",
+                     live["id"])
+    await db.execute("UPDATE streams SET status = 'ended', end_time = now() WHERE id = $1",
+                     past["id"])
+    video = await db.fetchval(
+        "INSERT INTO videos (creator_id, title, status, published_at) "
+        "VALUES ($1::uuid, 'Old <b>tune</b>', 'ready', now()) RETURNING id::text",
+        alice["user_id"])
+    await db.execute("INSERT INTO video_categories (video_id, category_id) "
+                     "VALUES ($1::uuid, $2::uuid)", video, music)
+
+    # Bob finds the channel from the home page.
+    bob = await open_page(browser, platform.url("/"))
+    await serve_axe(bob)
+    await bob.locator(f".stream-card[data-stream-id='{live['id']}'] a.creator").click()
+    await bob.wait_for_url(f"**/c/{ALICE}")
+    assert await bob.inner_text("#channel-title") == "alice_jazz"
+    assert await bob.inner_text("#channel-bio") == "I play <em>jazz</em> nightly"
+    assert await bob.locator("#channel-bio em").count() == 0
+    assert await bob.inner_text("#channel-live-link") == "Jazz <live>"
+    assert await bob.locator("#channel-videos .stream-title").all_inner_texts() == [
+        "Old <b>tune</b>"]
+    assert await bob.locator("#past-streams tbody td").first.inner_text() == "Yesterday's set"
+    await sign_in(bob, BOB)
+    await wait_text(bob, "#follow", "Follow")
+    await bob.click("#follow")
+    await wait_text(bob, "#follower-count", "1")
+    await wait_text(bob, "#follow", "Following")
+    await assert_accessible(bob, "channel")
+    await fits_360(bob, "the channel page")
+    await screenshot(bob, "channel")
+
+    # The live stream, then its category from the watch page.
+    await bob.click("#channel-live-link")
+    await bob.wait_for_url(f"**/watch/{live['id']}")
+    await wait_text(bob, "#follow", "Following")
+    await bob.click("#category-link")
+    await bob.wait_for_url(f"**/category/{music}")
+    assert await bob.inner_text("#category-title") == "Music"
+    assert await bob.inner_text("#category-description") == "all <b>music</b>"
+    assert await bob.locator("#live-streams .stream-title").all_inner_texts() == ["Jazz <live>"]
+    assert await bob.locator("#category-videos .stream-title").all_inner_texts() == [
+        "Old <b>tune</b>"]
+    await assert_accessible(bob, "category")
+    await fits_360(bob, "the category page")
+    await screenshot(bob, "category")
+
+    # The video page: a like, comments, a reply, deleting one's own.
+    await bob.click(f"#category-videos [data-video-id='{video}'] a.stream-link")
+    await bob.wait_for_url(f"**/video/{video}")
+    await wait_text(bob, "#like", "Like")
+    await bob.click("#like")
+    await wait_text(bob, "#like", "Liked")
+    await wait_text(bob, "#like-count", "1")
+    await bob.reload()
+    await wait_text(bob, "#like", "Liked")  # the server's state after a reload
+    await bob.fill("#comment-input", "   ")
+    await bob.click("#comment-send")
+    await bob.wait_for_selector("#comment-error[data-code='invalid_content']")
+    assert await bob.get_attribute("#comment-input", "aria-invalid") == "true"
+    await bob.fill("#comment-input", "first <i>comment</i>")
+    await bob.click("#comment-send")
+    first = bob.locator("#comment-list > li.comment").first
+    await first.locator(".comment-text").wait_for()
+    assert await first.locator(":scope > .comment-text").inner_text() == "first <i>comment</i>"
+    assert await bob.locator("#comment-list i").count() == 0
+    await first.locator(".comment-reply").click()
+    await bob.keyboard.type("a reply")
+    await first.locator("form button[type=submit]").click()
+    reply = first.locator(":scope > ol > li.comment")
+    await reply.locator(".comment-text").wait_for()
+    assert await reply.locator(".comment-text").inner_text() == "a reply"
+    await reply.locator(".comment-delete").click()
+    await wait_text(bob, "#comment-list > li ol .comment-text", "(deleted)")
+    rows = await db.fetch("SELECT content, parent_id IS NOT NULL AS reply, is_deleted "
+                          "FROM comments WHERE video_id = $1::uuid ORDER BY created_at", video)
+    assert [tuple(r) for r in rows] == [("first <i>comment</i>", False, False),
+                                        ("a reply", True, True)]
+    carol_view = await open_page(browser, platform.url(f"/video/{video}"))
+    await carol_view.locator("#comment-list .comment-text").first.wait_for()
+    assert await carol_view.locator("#comment-list .comment-text").all_inner_texts() == [
+        "first <i>comment</i>", "(deleted)"]
+    await assert_accessible(bob, "video with comments")
+    await fits_360(bob, "the video page")
+    await screenshot(bob, "video-comments")
+
+    # A chat line reported by Dave, removed by Carol (a moderator) from the queue.
+    await bob.goto(live["watch_url"])
+    await bob.wait_for_selector("#chat-input:not([disabled])")
+    await say(bob, "buy cheap tokens")
+    dave = await open_page(browser, live["watch_url"])
+    await sign_in(dave, DAVE)
+    await wait_chat_line(dave, "buy cheap tokens")
+    await dave.locator("#chat-log .chat-line", has_text="buy cheap tokens").locator(
+        ".report").click()
+    await dave.select_option("#report-reason", "spam")
+    await dave.click("#report-send")
+    await dave.wait_for_selector("#report-done:not([hidden])")
+    await dave.click("#report-close")
+
+    assert (await bob.goto(platform.url("/moderation"))) is not None
+    await bob.wait_for_selector("#moderation-error[data-code='not_moderator']")
+    assert await bob.is_hidden("#queue")
+    carol = await open_page(browser, platform.url("/moderation"))
+    await serve_axe(carol)
+    await sign_in(carol, CAROL)
+    card = carol.locator("#reports .report-card")
+    await card.wait_for()
+    assert await card.locator(".report-target").inner_text() == "buy cheap tokens"
+    await assert_accessible(carol, "moderation queue")
+    await fits_360(carol, "the moderation queue")
+    await screenshot(carol, "moderation")
+    await card.locator("button[data-action='remove']").click()
+    await carol.wait_for_selector("#no-reports:not([hidden])")
+    assert "deleted" in await carol.inner_text("#queue-done")
+    await wait_chat_line(dave, "buy cheap tokens", present=False)  # gone from the chat
+    row = await db.fetchrow("SELECT status, action FROM reports")
+    assert tuple(row) == ("action_taken", "remove")
+    assert await db.fetchval("SELECT is_deleted FROM comments WHERE content = "
+                             "'buy cheap tokens'") is True
+    await carol.select_option("#queue-status", "action_taken")
+    await card.wait_for()
+    assert "remove" in await card.inner_text()
+    for page in (bob, carol, carol_view, dave):
+        assert page.errors == []  # type: ignore[attr-defined]

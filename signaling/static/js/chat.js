@@ -40,8 +40,10 @@ export class ChatPanel {
       this.send();
     });
     byId("chat-reconnect").addEventListener("click", () => this.connect());
-    document.addEventListener("vk:signed-in", () => this.authenticate());
-    // The socket stays signed in as whoever was: a fresh one reads as nobody.
+    // A fresh socket either way: signed in with the new account, and the
+    // history drawn again with the Delete / Report buttons that account gets
+    // (the old socket stays signed in as whoever was).
+    document.addEventListener("vk:signed-in", () => this.connect());
     document.addEventListener("vk:signed-out", () => this.connect());
   }
 
