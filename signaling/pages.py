@@ -3,11 +3,13 @@
 | path | page |
 |---|---|
 | `/` | home: live streams by viewer count, search (`?q=`), categories, newest videos |
-| `/watch/{stream_id}` | live: player, viewers, seconds and cost, balance, signed receipts |
-| `/video/{video_id}` | a ready video: a paid view played with hls.js, seconds watched and cost |
+| `/watch/{stream_id}` | live: player, chat, follow, tips, viewers, seconds and cost, balance, signed receipts |
+| `/video/{video_id}` | a ready video: a paid view played with hls.js, seconds and cost, likes, comments |
 | `/publish/{stream_id}` | one stream in the studio: go live, key, WHIP settings, stats |
 | `/studio` | the creator's studio: create a stream, their streams, earnings and payouts |
 | `/wallet` | balance, deposit to the escrow with a wallet extension, sessions, receipts |
+
+The channel, category and moderation pages are signaling/social_pages.py's.
 
 Templates autoescape: a title or an account is always text, never markup. A
 page gets its configuration (ICE servers, dev mode, chain RPC, ids) as JSON in
