@@ -3,8 +3,8 @@
 | path | page |
 |---|---|
 | `/` | home: live streams by viewer count, search (`?q=`), categories, newest videos |
-| `/watch/{stream_id}` | live: player, chat, follow, tips, viewers, seconds and cost, balance, signed receipts |
-| `/video/{video_id}` | a ready video: a paid view played with hls.js, seconds and cost, likes, comments |
+| `/watch/{stream_id}` | live: player, chat, follow, tips, viewers, seconds, cost, receipts |
+| `/video/{video_id}` | a ready video: a paid view (hls.js), seconds, cost, likes, comments |
 | `/publish/{stream_id}` | one stream in the studio: go live, key, WHIP settings, stats |
 | `/studio` | the creator's studio: create a stream, their streams, earnings and payouts |
 | `/wallet` | balance, deposit to the escrow with a wallet extension, sessions, receipts |
