@@ -122,6 +122,7 @@ export class ChatPanel {
       case "chat_history":
         this.log.replaceChildren();
         for (const line of msg.messages) if (!line.is_deleted) this.addMessage(line);
+        byId("chat-empty").hidden = this.log.children.length > 0;
         this.status("In the chat.");
         this.log.dataset.joined = "true";
         break;
@@ -149,6 +150,7 @@ export class ChatPanel {
   append(item) {
     const atBottom = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 40;
     this.log.append(item);
+    byId("chat-empty").hidden = true;
     while (this.log.children.length > MAX_LINES) this.log.firstElementChild.remove();
     if (atBottom) this.log.scrollTop = this.log.scrollHeight;
   }
@@ -206,6 +208,7 @@ export class ChatPanel {
   removeLine(id) {
     const line = this.log.querySelector(`[data-id="${CSS.escape(id)}"]`);
     if (line) line.remove();
+    byId("chat-empty").hidden = this.log.children.length > 0;
   }
 
   async deleteLine(id) {
