@@ -18,6 +18,7 @@ from signaling.openapi import add_openapi_routes
 from signaling.pages import add_page_routes
 from signaling.playback import add_playback_routes
 from signaling.sfu_client import sfu_client_ctx
+from signaling.social_pages import add_social_page_routes
 from signaling.state import SETTINGS
 from signaling.videos import add_video_routes
 from signaling.whip import add_whip_whep_routes
@@ -54,6 +55,7 @@ def create_app(settings: Settings) -> web.Application:
     add_billing_routes(app)
     add_creator_support_routes(app)
     add_page_routes(app)
+    add_social_page_routes(app)  # after add_page_routes: its templates
     add_ws_routes(app)
     add_whip_whep_routes(app)
     add_video_routes(app, settings)

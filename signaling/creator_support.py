@@ -13,24 +13,32 @@
   the same days. 404 if the creator offers none; 402 above the balance.
 - `GET /api/me/subscriptions` (Bearer): the caller's periods, newest first.
 
-The money moves in vilokanam/direct_payments.py."""
+The money moves in vilokanam/direct_payments.py. A tip to a creator who is
+live is also shown in the chat of each of their live streams (`chat_tip` on
+/ws, docs/protocol.md)."""
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import redis.asyncio as aioredis
 from aiohttp import web
 
+from signaling.community.chat_events import announce_tip
 from signaling.errors import ApiError, bad_request, not_found, parse_json_body
 from signaling.state import SETTINGS
 from signaling.users import canonical_or_400, find_user, require_user
 from vilokanam.backends import BACKENDS
 from vilokanam.direct_payments import InsufficientFunds, pay_creator
+from vilokanam.logs import log_event
 from vilokanam.money import decimal_from_json, format_amount, from_planck
 from vilokanam.subscriptions import PERIOD_DAYS
 from vilokanam.users import User
+
+log = logging.getLogger(__name__)
 
 AMOUNT_LIMIT = Decimal(10) ** 20  # NUMERIC(38, 18): 20 integer digits
 MESSAGE_MAX = 500
@@ -99,12 +107,33 @@ async def tip(request: web.Request) -> web.Response:
                                  decimals=settings.token_decimals, record=record)
     except InsufficientFunds as exc:
         raise _payment_required(exc) from None
+    await _show_in_live_chat(backends.pg, backends.redis, creator, {
+        "id": paid.details["id"], "amount": format_amount(amount),
+        "from_account": claims.account, "from_username": None, "message": message,
+        "created_at": paid.details["created_at"]}, claims.user_id)
     return web.json_response({
         "id": paid.details["id"], "payment_id": paid.payment_id,
         "creator_account": creator.account, "amount": format_amount(amount),
         "message": message, "status": "pending", "created_at": paid.details["created_at"],
         "balance": format_amount(from_planck(paid.balance_planck, settings.token_decimals)),
     }, status=201)
+
+
+async def _show_in_live_chat(pg: asyncpg.Pool, redis: aioredis.Redis, creator: User,
+                             tip: dict[str, Any], payer_id: str) -> None:
+    """`chat_tip` in the chat of each live stream of the creator. The money has
+    moved by now: a failure here is logged, never turned into a refused tip."""
+    try:
+        rows = await pg.fetch(
+            "SELECT s.id::text AS id, (SELECT username FROM users WHERE id = $2::uuid) AS name "
+            "FROM streams s WHERE s.creator_id = $1::uuid AND s.status = 'live'",
+            creator.id, payer_id)
+        for row in rows:
+            await announce_tip(redis, row["id"], {**tip, "from_username": row["name"]})
+            log_event(log, "tip.shown_in_chat", tip_id=tip["id"], stream_id=row["id"])
+    except (OSError, asyncpg.PostgresError, aioredis.RedisError) as exc:
+        log_event(log, "tip.chat_failed", logging.WARNING, tip_id=tip["id"],
+                  error=type(exc).__name__)
 
 
 async def subscribe(request: web.Request) -> web.Response:

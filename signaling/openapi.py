@@ -366,8 +366,18 @@ def _other_paths() -> dict[str, Schema]:
                                {"200": page["200"]})},
         "/publish/{stream_id}": {"get": _op("One stream in the studio: go live, key, WHIP "
                                             "settings, stats", page, parameters=[_STREAM_ID])},
-        "/watch/{stream_id}": {"get": _op("The live watch page", page,
-                                          parameters=[_STREAM_ID])},
+        "/watch/{stream_id}": {"get": _op("The live watch page: player, chat, follow, tips",
+                                          page, parameters=[_STREAM_ID])},
+        "/c/{account}": {"get": _op("A channel: profile, follow, live stream, videos, past "
+                                    "streams", page, parameters=[
+                                        {"name": "account", "in": "path", "required": True,
+                                         "schema": _STR}])},
+        "/category/{category_id}": {"get": _op("A category: its live streams and videos", page,
+                                               parameters=[{"name": "category_id",
+                                                            "in": "path", "required": True,
+                                                            "schema": _STR}])},
+        "/moderation": {"get": _op("The moderation queue page (moderators)",
+                                   {"200": page["200"]})},
         "/static/{filename}": {"get": _op("Static assets (ES modules, CSS, vendor bundle)", {
             "200": {"description": "the file"}, "404": _error("NotFound")},
             parameters=[{"name": "filename", "in": "path", "required": True,

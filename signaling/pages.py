@@ -3,11 +3,13 @@
 | path | page |
 |---|---|
 | `/` | home: live streams by viewer count, search (`?q=`), categories, newest videos |
-| `/watch/{stream_id}` | live: player, viewers, seconds and cost, balance, signed receipts |
-| `/video/{video_id}` | a ready video: a paid view played with hls.js, seconds watched and cost |
+| `/watch/{stream_id}` | live: player, chat, follow, tips, viewers, seconds, cost, receipts |
+| `/video/{video_id}` | a ready video: a paid view (hls.js), seconds, cost, likes, comments |
 | `/publish/{stream_id}` | one stream in the studio: go live, key, WHIP settings, stats |
 | `/studio` | the creator's studio: create a stream, their streams, earnings and payouts |
 | `/wallet` | balance, deposit to the escrow with a wallet extension, sessions, receipts |
+
+The channel, category and moderation pages are signaling/social_pages.py's.
 
 Templates autoescape: a title or an account is always text, never markup. A
 page gets its configuration (ICE servers, dev mode, chain RPC, ids) as JSON in
@@ -123,8 +125,11 @@ async def _stream_row(request: web.Request) -> dict[str, Any] | None:
     if stream_id is None:
         return None
     row = await request.app[BACKENDS].pg.fetchrow(
-        """SELECT s.id::text AS id, s.title, s.status, u.account_id AS creator_account
-             FROM streams s JOIN users u ON u.id = s.creator_id WHERE s.id = $1::uuid""",
+        """SELECT s.id::text AS id, s.title, s.status, u.account_id AS creator_account,
+                  u.username AS creator_username, c.id::text AS category_id,
+                  c.name AS category
+             FROM streams s JOIN users u ON u.id = s.creator_id
+             LEFT JOIN categories c ON c.id = s.category_id WHERE s.id = $1::uuid""",
         stream_id)
     return dict(row) if row else None
 
@@ -154,7 +159,7 @@ async def watch_page(request: web.Request) -> web.Response:
     if stream is None:
         return not_found_page(request)
     return render(request, "watch.html", "watch", stream=stream,
-                  config={"streamId": stream["id"]})
+                  config={"streamId": stream["id"], "creatorAccount": stream["creator_account"]})
 
 
 async def publish_page(request: web.Request) -> web.Response:
@@ -182,14 +187,16 @@ async def video_page(request: web.Request) -> web.Response:
     if video_id is not None:
         row = await request.app[BACKENDS].pg.fetchrow(
             "SELECT v.id::text AS id, v.title, v.price_per_second, "
-            "COALESCE(v.view_count, 0) AS views, u.account_id AS creator_account "
+            "COALESCE(v.view_count, 0) AS views, u.account_id AS creator_account, "
+            "u.username AS creator_username, COALESCE(v.like_count, 0) AS likes "
             "FROM videos v JOIN users u ON u.id = v.creator_id "
             "WHERE v.id = $1::uuid AND v.status = 'ready'", video_id)
     if row is None:
         return not_found_page(request, "video")
     price = row["price_per_second"] or request.app[SETTINGS].price_default
     return render(request, "video.html", "video", video=dict(row),
-                  price=format_amount(price), config={"videoId": row["id"]})
+                  price=format_amount(price),
+                  config={"videoId": row["id"], "creatorAccount": row["creator_account"]})
 
 
 def add_page_routes(app: web.Application) -> None:

@@ -297,6 +297,10 @@ def chat_deleted(stream_id: str, comment_id: str) -> Message:
     return {"type": "chat_deleted", "stream_id": stream_id, "id": comment_id}
 
 
+def chat_tip(stream_id: str, tip: Message) -> Message:
+    return {"type": "chat_tip", "stream_id": stream_id, "tip": tip}
+
+
 # The peer_closed reasons a client sees as an error code of the same name.
 _REASON_CODES = {ErrorCode.CONNECTION_FAILED, ErrorCode.WORKER_DRAINING,
                  ErrorCode.INSUFFICIENT_FUNDS}

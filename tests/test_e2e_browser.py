@@ -243,7 +243,7 @@ async def test_a_newcomer_goes_live_and_a_viewer_finds_watches_and_pays(
     await screenshot(bob, "home-360px")
     await bob.set_viewport_size({"width": 1280, "height": 800})
     await screenshot(bob, "home")
-    await card.locator("a").click()
+    await card.locator("a.stream-link").click()
     await bob.wait_for_url(f"**/watch/{stream_id}")
     await assert_accessible(bob, "watch, signed out")
     await start_watching(bob)

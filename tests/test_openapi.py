@@ -256,7 +256,8 @@ async def test_every_status_a_handler_answers_is_documented(
                        login_body["account"]],
            "video_id": ["not-a-uuid", "00000000-0000-0000-0000-000000000000"],
            "comment_id": ["not-a-uuid", "00000000-0000-0000-0000-000000000000"],
-           "report_id": ["not-a-uuid", "00000000-0000-0000-0000-000000000000"]}
+           "report_id": ["not-a-uuid", "00000000-0000-0000-0000-000000000000"],
+           "category_id": ["not-a-uuid", "00000000-0000-0000-0000-000000000000"]}
     unknown_video = "00000000-0000-0000-0000-000000000000"
     ids["video_id,view_id"] = [("not-a-uuid", "nope"), (unknown_video, unknown_video)]
     ids["video_id,resolution"] = [("not-a-uuid", "240p"), (unknown_video, "240p")]

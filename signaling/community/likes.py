@@ -97,3 +97,17 @@ async def like_comment(request: web.Request) -> web.Response:
 
 async def unlike_comment(request: web.Request) -> web.Response:
     return await _like(request, COMMENT, False)
+
+
+async def my_video_like(request: web.Request) -> web.Response:
+    """`GET /api/videos/{id}/like` (Bearer): whether the caller likes it, so a
+    page can show its Like button as it is after a reload."""
+    claims = await require_user(request)
+    video_id = path_uuid(request, "video_id", "video")
+    row = await request.app[BACKENDS].pg.fetchrow(
+        "SELECT COALESCE(v.like_count, 0) AS like_count, EXISTS (SELECT 1 FROM video_likes l "
+        "WHERE l.video_id = v.id AND l.user_id = $2::uuid) AS liked "
+        "FROM videos v WHERE v.id = $1::uuid", video_id, claims.user_id)
+    if row is None:
+        raise not_found("video_not_found", f"no video {video_id}")
+    return web.json_response({"liked": row["liked"], "like_count": row["like_count"]})

@@ -220,7 +220,11 @@ def community_paths() -> dict[str, Schema]:
                 "200": _json(_ref("Comment"), "the deleted comment"),
                 "400": _error("BadRequest"), **_AUTH, "404": _error("NotFound")},
             parameters=[_COMMENT], security=_BEARER)},
-        "/api/videos/{video_id}/like": _like_ops("video", _VIDEO),
+        "/api/videos/{video_id}/like": {**_like_ops("video", _VIDEO), "get": _op(
+            "Whether the caller likes the video, and its count", {
+                "200": _json(_ref("Like"), "the caller's like and the exact count"),
+                "400": _error("BadRequest"), **_AUTH, "404": _error("NotFound")},
+            security=_BEARER)},
         "/api/comments/{comment_id}/like": _like_ops("comment", _COMMENT),
         "/api/reports": {"post": _op("Report a video, comment, user or stream", {
             "201": _json(_ref("Report"), "the report, pending"), "400": _error("BadRequest"),

@@ -45,6 +45,7 @@ def add_community(app: web.Application) -> None:
     r.add_post("/api/videos/{video_id}/comments", comments.post_video_comment)
     r.add_get("/api/videos/{video_id}/comments", comments.list_video_comments)
     r.add_delete("/api/comments/{comment_id}", comments.delete_comment)
+    r.add_get("/api/videos/{video_id}/like", likes.my_video_like)
     r.add_post("/api/videos/{video_id}/like", likes.like_video)
     r.add_delete("/api/videos/{video_id}/like", likes.unlike_video)
     r.add_post("/api/comments/{comment_id}/like", likes.like_comment)

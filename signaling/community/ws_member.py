@@ -13,7 +13,7 @@ from aiohttp import web
 from signaling import protocol
 from signaling.admission import ensure_not_suspended, verify_viewer_token
 from signaling.community.chat import chat_history, send_chat
-from signaling.community.chat_events import CHAT_DELETED, CHAT_MESSAGE
+from signaling.community.chat_events import CHAT_DELETED, CHAT_EVENTS, CHAT_MESSAGE, CHAT_TIP
 from signaling.community.presence import PRESENCE
 from signaling.events import EVENTS, stream_channel
 from signaling.protocol import (
@@ -109,7 +109,7 @@ class WsMember:
     # --- EventHub listener: the chat's events ---------------------------------------------
 
     def on_event(self, channel: str, event: dict[str, Any]) -> None:
-        if event.get("type") not in (CHAT_MESSAGE, CHAT_DELETED) or \
+        if event.get("type") not in CHAT_EVENTS or \
                 event.get("stream_id") != self.chat_stream:
             return
         if self._joining is not None:
@@ -123,6 +123,8 @@ class WsMember:
             self.send(protocol.chat_message(stream_id, event["message"]))
         elif event["type"] == CHAT_DELETED and isinstance(event.get("id"), str):
             self.send(protocol.chat_deleted(stream_id, event["id"]))
+        elif event["type"] == CHAT_TIP and isinstance(event.get("tip"), dict):
+            self.send(protocol.chat_tip(stream_id, event["tip"]))
 
     def close(self) -> None:
         self._leave_chat()

@@ -120,9 +120,10 @@ export function clearFormErrors(form) {
 }
 
 // The server's own message (it names the limit) next to the field, or under
-// the form when it is about no field.
-export function showFormError(form, err) {
-  const field = ERROR_FIELD[err.code] || "";
+// the form when it is about no field. `fields` adds a form's own codes
+// (e.g. a tip's insufficient_funds is about its amount).
+export function showFormError(form, err, fields = {}) {
+  const field = fields[err.code] || ERROR_FIELD[err.code] || "";
   let slot = form.querySelector(`[data-error-for="${field}"]`);
   if (!slot) slot = form.querySelector('[data-error-for=""]');
   const input = field ? form.querySelector(`[name="${field}"]`) : null;
@@ -136,13 +137,13 @@ export function showFormError(form, err) {
 }
 
 // A form's submit handler whose errors land next to its fields.
-export function formHandler(form, action) {
+export function formHandler(form, action, fields = {}) {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     clearFormErrors(form);
     Promise.resolve()
       .then(() => action(new FormData(form)))
-      .catch((err) => showFormError(form, err));
+      .catch((err) => showFormError(form, err, fields));
   });
 }
 

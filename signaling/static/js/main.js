@@ -3,7 +3,10 @@
 // build step (docs/architecture.md).
 
 import { state } from "./core.js";
+import { categoryPage } from "./pages/category.js";
+import { channelPage } from "./pages/channel.js";
 import { homePage } from "./pages/home.js";
+import { moderationPage } from "./pages/moderation.js";
 import { publishPage } from "./pages/publish.js";
 import { studioPage } from "./pages/studio.js";
 import { videoPage } from "./pages/video.js";
@@ -13,7 +16,7 @@ import { setUpSignIn } from "./signin.js";
 
 const pages = {
   home: homePage, watch: watchPage, publish: publishPage, studio: studioPage, video: videoPage,
-  wallet: walletPage,
+  wallet: walletPage, channel: channelPage, category: categoryPage, moderation: moderationPage,
 };
 
 setUpSignIn();

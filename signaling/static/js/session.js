@@ -56,7 +56,7 @@ function parseMessage(data) {
 }
 
 // Resolves with an open socket once the server said hello in our version.
-function openSocket() {
+export function openSocket() {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(socketUrl());
     const fail = (code, message) => {

@@ -1,9 +1,13 @@
 // The video page: a paid view of a ready video, played with hls.js (served
 // from /static, no CDN) or the browser's own HLS. The server bills every
 // second of media it delivers once; this page shows the seconds and their
-// cost as the server counts them (GET /api/videos/{id}/views/{view}).
+// cost as the server counts them (GET /api/videos/{id}/views/{view}). Below
+// the player: Like (the count is the server's) and the comments (comments.js).
 
-import { AppError, amountText, byId, config, guarded, state, userApi, viewer } from "../core.js";
+import {
+  AppError, amountText, byId, clearBox, config, guarded, showErrorIn, state, userApi, viewer,
+} from "../core.js";
+import { Comments } from "../comments.js";
 import { setPhase, showNotice } from "../session.js";
 
 const METER_EVERY_MS = 1000;
@@ -59,6 +63,40 @@ export function videoPage() {
     video.play().catch(() => {});  // autoplay may wait for a click; the controls stay
     setInterval(() => refreshMetering().catch(() => {}), METER_EVERY_MS);
   }
+
+  let liked = false;
+  function showLike(answer) {
+    liked = answer.liked;
+    byId("like").textContent = liked ? "Liked" : "Like";
+    byId("like").setAttribute("aria-pressed", String(liked));
+    byId("like-count").textContent = String(answer.like_count);
+  }
+
+  async function refreshLike() {
+    if (!viewer.load()) {
+      showLike({ liked: false, like_count: byId("like-count").textContent });
+      return;
+    }
+    showLike(await userApi("GET", `/api/videos/${config.videoId}/like`));
+  }
+
+  async function toggleLike() {
+    clearBox(byId("like-error"));
+    if (!viewer.load()) {
+      byId("sign-in-open").click();
+      return;
+    }
+    showLike(await userApi(liked ? "DELETE" : "POST", `/api/videos/${config.videoId}/like`));
+  }
+
+  const likeFailed = (err) => showErrorIn(byId("like-error"), err.code || "client_error",
+                                          err.message);
+  byId("like").addEventListener("click", () => toggleLike().catch(likeFailed));
+  document.addEventListener("vk:signed-in", () => refreshLike().catch(likeFailed));
+  document.addEventListener("vk:signed-out", () => refreshLike().catch(likeFailed));
+  refreshLike().catch(likeFailed);
+  new Comments({ videoId: config.videoId, creatorAccount: config.creatorAccount })
+    .reload().catch(() => {});
 
   byId("play").addEventListener("click", guarded(play));
   document.addEventListener("vk:me", (event) => {

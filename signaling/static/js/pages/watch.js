@@ -2,13 +2,20 @@
 // count, the seconds billed and their cost every second, the balance. A lost
 // connection or an ended stream says so and offers to reconnect. When a wallet
 // holds the signed-in account, the page signs delivery receipts (receipts.js).
+// Beside the player: the stream's chat (chat.js), a Follow button for the
+// creator (follow.js) and a tip form whose tip shows in the chat.
 
-import { amountText, api, byId, config, guarded, state, viewer } from "../core.js";
+import {
+  amountText, api, byId, config, every, formHandler, guarded, state, userApi, viewer,
+} from "../core.js";
+import { ChatPanel } from "../chat.js";
+import { followButton } from "../follow.js";
 import { refreshBalance } from "../signin.js";
 import { DeliveryReceipts, delegate } from "../receipts.js";
 import { Session } from "../session.js";
 
 const BALANCE_EVERY_TICKS = 5;  // the live balance, every few billed seconds
+const VIEWERS_EVERY_MS = 10000;  // the viewer count while not watching (watching: pushed)
 
 export function watchPage() {
   let session = null;
@@ -87,8 +94,21 @@ export function watchPage() {
   async function showStream() {
     const stream = await api("GET", `/api/streams/${config.streamId}`);
     byId("price").textContent = `${amountText(stream.price_per_second)}/s`;
-    if (state.phase === "idle") byId("viewer-count").textContent = String(stream.viewer_count);
+    if (!session) byId("viewer-count").textContent = String(stream.viewer_count);
   }
+
+  // A tip: out of the balance at once; errors (402 above the balance, a bad
+  // amount) next to the amount field.
+  const tipForm = byId("tip-form");
+  formHandler(tipForm, async (data) => {
+    byId("tip-done").textContent = "";
+    const tip = await userApi("POST", `/api/users/${config.creatorAccount}/tips`, {
+      body: { amount: data.get("amount"), message: data.get("message") || null },
+    });
+    tipForm.reset();
+    byId("tip-done").textContent = `Sent ${amountText(tip.amount)}. Thank you!`;
+    refreshBalance().catch(() => {});
+  }, { insufficient_funds: "amount", invalid_message: "message", invalid_recipient: "amount" });
 
   byId("watch").addEventListener("click", guarded(watch));
   byId("reconnect").addEventListener("click", guarded(watch));
@@ -102,6 +122,8 @@ export function watchPage() {
     render();
   });
   window.addEventListener("pagehide", () => session && session.leave());
-  showStream().catch(() => {});
+  every(VIEWERS_EVERY_MS, showStream);
+  followButton(config.creatorAccount);
+  new ChatPanel({ streamId: config.streamId, creatorAccount: config.creatorAccount }).connect();
   render();
 }
