@@ -84,6 +84,7 @@ GET     /api/moderation/reports                  401  403  403  403  200  403  m
 POST    /api/moderation/reports/{report_id}      401  403  403  403  200  403  moderators only
 GET     /api/openapi.json                        200  -    -    -    -    -
 GET     /api/receipts/{stream_viewer_id}         401  200  404  404  404  403  the viewer's own
+GET     /api/receipts/payments/{payment_id}  401  200  404  404  404  403  the payer's own
 POST    /api/reports                             401  201  201  201  201  403
 GET     /api/streams                             200  -    -    -    -    -
 POST    /api/streams                             401  201  201  201  201  403  makes a creator
@@ -110,6 +111,7 @@ PATCH   /api/videos/{video_id}                   401  403  200  403  403  403  t
 GET     /api/videos/{video_id}/analytics         401  403  200  403  403  403  the creator only
 PUT     /api/videos/{video_id}/categories        401  403  200  403  403  403  the creator only
 GET     /api/videos/{video_id}/comments          200  -    -    -    -    -
+GET     /api/videos/{video_id}/like          401  200  200  200  200  403
 POST    /api/videos/{video_id}/comments          401  201  201  201  201  403
 POST    /api/videos/{video_id}/like              401  200  200  200  200  403
 DELETE  /api/videos/{video_id}/like              401  200  200  200  200  403
@@ -118,8 +120,11 @@ HEAD    /api/videos/{video_id}/upload            401  403  200  403  403  403  t
 PATCH   /api/videos/{video_id}/upload            401  403  204  403  403  403  the uploader only
 POST    /api/videos/{video_id}/views             401  201  201  201  201  403
 GET     /api/videos/{video_id}/views/{view_id}   401  200  404  404  404  403  the viewer's own
+GET     /c/{account}                             200  -    -    -    -    -    page
+GET     /category/{category_id}                  200  -    -    -    -    -    page
 GET     /healthz                                 200  -    -    -    -    -
 GET     /metrics                                 200  -    -    -    -    -
+GET     /moderation                              200  -    -    -    -    -    page (JS signs in)
 GET     /publish/{stream_id}                     200  -    -    -    -    -    page (JS signs in)
 GET     /readyz                                  200  -    -    -    -    -
 GET     /static/{filename}                       200  -    -    -    -    -
@@ -235,7 +240,14 @@ class World:
             "INSERT INTO video_views (id, video_id, viewer_id, view_duration, "
             "watch_completion, price_per_second) VALUES (gen_random_uuid(), $1, $2, 0, 0, "
             "0.001) RETURNING id", video, viewer.user_id))
+        payment = str(await self.db.fetchval(  # the viewer's tip to the owner
+            "INSERT INTO payments (from_user_id, to_user_id, amount, payment_type, "
+            "reference_id, status) VALUES ($1, $2, 1, 'tip', gen_random_uuid(), 'pending') "
+            "RETURNING id", viewer.user_id, owner.user_id))
+        category = str(await self.db.fetchval(  # the tests empty the seeded ones
+            "INSERT INTO categories (name) VALUES ('authz-' || gen_random_uuid()) RETURNING id"))
         return {"stream_id": stream, "video_id": video, "upload_id": upload, "comment_id": comment,
+                "payment_id": payment, "category_id": category,
                 "report_id": report, "stream_viewer_id": stream_viewer, "view_id": view,
                 "account": owner.account, "resource_id": "x" * 32, "filename": "css/app.css",
                 "resolution": "720p", "segment": "segment0.ts"}
