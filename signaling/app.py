@@ -19,6 +19,7 @@ from signaling.pages import add_page_routes
 from signaling.playback import add_playback_routes
 from signaling.sfu_client import sfu_client_ctx
 from signaling.state import SETTINGS
+from signaling.studio_api import add_studio_routes
 from signaling.videos import add_video_routes
 from signaling.whip import add_whip_whep_routes
 from signaling.ws import add_ws_routes
@@ -58,5 +59,6 @@ def create_app(settings: Settings) -> web.Application:
     add_whip_whep_routes(app)
     add_video_routes(app, settings)
     add_playback_routes(app)
+    add_studio_routes(app)
     add_openapi_routes(app)
     return app

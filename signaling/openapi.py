@@ -226,6 +226,17 @@ def _api_paths() -> dict[str, Schema]:
             "200": _json(_ref("Payouts"), "a page of payouts"),
             "400": _error("BadRequest"), "401": _error("Unauthorized")},
             parameters=_PAGING, security=_BEARER)},
+        "/api/me/videos": {"get": _op(
+            "The caller's own videos in every state but archived (uploading, processing with "
+            "the job's progress, failed with the reason), newest first", {
+                "200": _json(_ref("VideoList"), "a page of videos"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized")},
+            parameters=_PAGING, security=_BEARER)},
+        "/api/me/stream-sessions": {"get": _op(
+            "What each of the caller's stream sessions earned, newest first", {
+                "200": _json(_ref("StreamSessionEarnings"), "a page of sessions"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized")},
+            parameters=_PAGING, security=_BEARER)},
         "/api/me": {"get": _op("The caller and its live balance", {
             "200": _json(_ref("Me"), "the caller"), "401": _error("Unauthorized")},
             security=_BEARER)},
@@ -382,6 +393,12 @@ _VIDEO_SCHEMAS: dict[str, Schema] = {
                             "stage": _NSTR, "attempts": _INT}),
         "upload": _obj({"length": _INT, "offset": _INT})},
         required=["id", "title", "status", "creator_account", "metadata"]),
+    "StreamSessionEarnings": _obj({"sessions": {"type": "array", "items": _obj({
+        "session_id": _STR, "stream_id": _STR, "title": _STR, "start_time": _TIME,
+        "end_time": _TIME, "viewer_peak": _INT, "total_ticks": _INT, "viewers": _INT,
+        "paid": _AMOUNT, "earned": {**_AMOUNT, "description":
+                                    "the creator's share after the platform fee"}})},
+        "limit": _INT, "offset": _INT}),
     "VideoList": _obj({"videos": {"type": "array", "items": _ref("Video")},
                        "limit": _INT, "offset": _INT}),
     "CreatedVideo": _obj({"id": _STR, "status": _STR, "url": _STR, "upload_url": _STR},

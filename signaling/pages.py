@@ -168,7 +168,12 @@ async def publish_page(request: web.Request) -> web.Response:
 
 
 async def studio_page(request: web.Request) -> web.Response:
-    return render(request, "studio.html", "studio")
+    """Streams, uploads with their processing, videos, analytics, payouts
+    (js/pages/studio.js); each payout links to VILOKANAM_EXPLORER_URL."""
+    settings = request.app[SETTINGS]
+    return render(request, "studio.html", "studio", config={
+        "explorerUrl": settings.explorer_url,
+        "chainRpc": settings.chain_public_url or settings.substrate_url})
 
 
 async def wallet_page(request: web.Request) -> web.Response:
