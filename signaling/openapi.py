@@ -75,7 +75,9 @@ _SCHEMAS: dict[str, Schema] = {
                     "category_id": {"type": ["string", "null"], "format": "uuid"},
                     "category": _NSTR, "record": _BOOL,
                     "recording_video_id": {"type": ["string", "null"], "description":
-                                           "the last ended session's recording (a video)"}},
+                                           "the last ended session's recording (a video)"},
+                    "thumbnail_url": {"type": ["string", "null"], "description":
+                                      "the latest live keyframe as a JPEG"}},
                    required=["id", "title", "status", "creator_account", "price_per_second",
                              "viewer_count", "total_ticks", "start_time", "end_time",
                              "watch_url", "whep_url"]),
@@ -200,6 +202,12 @@ def _api_paths() -> dict[str, Schema]:
                      "search: a substring of the title or the creator's username "
                      "(case-insensitive), or the creator's account in any SS58 prefix",
                      "schema": {"type": "string", "maxLength": 100}}, *_PAGING])},
+        "/api/streams/{stream_id}/thumbnail.jpg": {"get": _op(
+            "The stream's latest live thumbnail: one keyframe every "
+            "VILOKANAM_THUMBNAIL_INTERVAL seconds, decoded by its SFU worker", {
+                "200": {"description": "JPEG", "content": {"image/jpeg": {"schema": _STR}}},
+                "400": _error("BadRequest"), "404": _error("NotFound")},
+            parameters=[_STREAM_ID])},
         "/api/streams/{stream_id}": {
             "get": _op("One stream (never its key)", {
                 "200": _json(_ref("Stream"), "the stream"), "400": _error("BadRequest"),

@@ -2,8 +2,9 @@
 made here with PyAV) and watch the upload's progress bar, then its processing
 by a real media role process, until the page says it is ready; a file that is
 not media fails with the reason shown; edit the video's title and price (the
-server's error next to the field). Every state axe-clean, and at 360 px no
-sideways scrolling."""
+server's error next to the field); the analytics charts (viewers over time,
+earnings per stream session) and payouts linked to the explorer. Every state
+axe-clean, and at 360 px no sideways scrolling."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from playwright.async_api import Browser, Page
 
 from tests.media_samples import mp4
 from tests.processes import start_role, wait_healthy
-from tests.test_api import dev_settings, serve
+from tests.test_api import BOB_42, create_stream, dev_settings, login, serve
 from tests.test_pages import chromium, ready, sign_in_dev, watch_for_errors
 from tests.web_checks import assert_accessible, screenshot, serve_axe
 from vilokanam.config import Settings
@@ -132,3 +133,82 @@ async def test_a_creator_uploads_a_video_and_watches_it_become_ready(
             await context.close()
     finally:
         media.stop()
+
+
+async def test_the_studio_charts_viewers_and_earnings_per_session_and_links_payouts(
+        db: asyncpg.Connection, settings: Settings, studio_browser: Browser) -> None:
+    """What the workers and billing write (stream_analytics samples, sessions
+    and their billed viewers, a completed settlement) is what the charts and
+    tables show, exactly: amounts as the server's decimal strings."""
+    settings = dev_settings(settings, substrate_url="ws://127.0.0.1:9944",
+                            platform_fee=Decimal("0.1"))
+    async with serve(settings) as client:
+        alice = await login(client)
+        bob = await login(client, BOB_42)
+        stream = await create_stream(client, alice["token"], title="Night <b>chess</b>")
+        sessions = []
+        for hours_ago, paid, ticks in ((5, "1.5", 1500), (2, "0.25", 250)):
+            session = await db.fetchval(
+                "INSERT INTO stream_sessions (id, stream_id, start_time, end_time, viewer_peak, "
+                "total_ticks) VALUES (gen_random_uuid(), $1::uuid, "
+                "now() - make_interval(hours => $2), now() - make_interval(hours => $2 - 1), "
+                "3, $3) RETURNING id::text", stream["id"], hours_ago, ticks)
+            await db.execute(
+                "INSERT INTO stream_viewers (id, stream_id, viewer_id, session_id, total_ticks, "
+                "paid_amount) VALUES (gen_random_uuid(), $1::uuid, $2::uuid, $3::uuid, $4, $5)",
+                stream["id"], bob["user_id"], session, ticks, Decimal(paid))
+            sessions.append(session)
+        for minutes_ago, viewers in ((300, 1), (299, 3), (120, 2)):
+            await db.execute(
+                "INSERT INTO stream_analytics (id, stream_id, timestamp, viewer_count) VALUES "
+                "(gen_random_uuid(), $1::uuid, now() - make_interval(mins => $2), $3)",
+                stream["id"], minutes_ago, viewers)
+        settlement = await db.fetchval(
+            """INSERT INTO settlements (status, signer, nonce, extrinsic_hash, extrinsic,
+                   genesis_hash, signed_at, signed_at_hash, era_death, digest, remark,
+                   total_planck, block_hash, block_number, finalized_at)
+               VALUES ('completed', '0x01', 0, '0xabc123', '0x', '0x', 1, '0x', 65, 'd', 'r',
+                       1575000000000, '0xb10c', 42, now()) RETURNING id""")
+        await db.execute("INSERT INTO settlement_payouts VALUES ($1, $2::uuid, '0x02', "
+                         "1575000000000, 7)", settlement, alice["user_id"])
+
+        base = f"http://127.0.0.1:{settings.http_port}"
+        errors: list[str] = []
+        for scheme, width in (("dark", 360), ("light", 1280)):
+            context = await studio_browser.new_context(color_scheme=scheme,
+                                                       viewport={"width": width, "height": 900})
+            page = await context.new_page()
+            watch_for_errors(page, errors)
+            await serve_axe(page)
+            await ready(page, f"{base}/studio")
+            await sign_in_dev(page)
+            await page.wait_for_selector("#viewers-chart svg")
+            await page.wait_for_selector("#sessions-chart svg")
+            # Per minute, each stream's peak: 300 and 299 min ago are two minutes.
+            points = await page.eval_on_selector_all(
+                "#viewers-chart circle title", "ts => ts.map((t) => t.textContent)")
+            assert len(points) == 3 and [p.rsplit(": ", 1)[1] for p in points] == [
+                "1 viewer", "3 viewers", "2 viewers"]
+            assert "peak 3" in await page.get_attribute("#viewers-chart svg", "aria-label")
+            bars = await page.eval_on_selector_all(
+                "#sessions-chart rect title", "ts => ts.map((t) => t.textContent)")
+            assert len(bars) == 2  # oldest first; the creator's share after the 10 % fee
+            assert bars[0].endswith("earned 1.35 ROC") and bars[1].endswith("earned 0.225 ROC")
+            heights = await page.eval_on_selector_all(
+                "#sessions-chart rect", "rs => rs.map((r) => Number(r.getAttribute('height')))")
+            assert heights[0] > heights[1] * 5  # 1.35 against 0.225
+            rows = await page.eval_on_selector_all(
+                "#my-sessions tbody tr", "rs => rs.map((r) => r.innerText)")
+            assert len(rows) == 2 and "Night <b>chess</b>" in rows[0]
+            assert "250" in rows[0] and "0.25 ROC" in rows[0] and "0.225 ROC" in rows[0]
+            assert "1500" in rows[1] and "1.5 ROC" in rows[1] and "1.35 ROC" in rows[1]
+            href = await page.get_attribute("#payouts a.extrinsic-link", "href")
+            assert href == ("https://polkadot.js.org/apps/?rpc=ws%3A%2F%2F127.0.0.1%3A9944"
+                            "#/explorer/query/0xb10c")
+            assert "0xabc123" in await page.inner_text("#payouts a.extrinsic-link")
+            await assert_accessible(page, f"studio analytics {scheme} {width}px")
+            assert await narrow_fits(page)
+            if width == 360:
+                await screenshot(page, "studio-analytics-360")
+            await context.close()
+        assert errors == []

@@ -5,9 +5,9 @@
 // and each point or bar has a <title> for a pointer or a screen reader.
 
 const SVG = "http://www.w3.org/2000/svg";
-const WIDTH = 640;
-const HEIGHT = 220;
-const PAD = { left: 48, right: 12, top: 12, bottom: 30 };
+const WIDTH = 480;
+const HEIGHT = 200;
+const PAD = { left: 44, right: 10, top: 12, bottom: 30 };
 
 function el(name, attrs = {}, text) {
   const node = document.createElementNS(SVG, name);
