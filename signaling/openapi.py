@@ -202,12 +202,6 @@ def _api_paths() -> dict[str, Schema]:
                      "search: a substring of the title or the creator's username "
                      "(case-insensitive), or the creator's account in any SS58 prefix",
                      "schema": {"type": "string", "maxLength": 100}}, *_PAGING])},
-        "/api/streams/{stream_id}/thumbnail.jpg": {"get": _op(
-            "The stream's latest live thumbnail: one keyframe every "
-            "VILOKANAM_THUMBNAIL_INTERVAL seconds, decoded by its SFU worker", {
-                "200": {"description": "JPEG", "content": {"image/jpeg": {"schema": _STR}}},
-                "400": _error("BadRequest"), "404": _error("NotFound")},
-            parameters=[_STREAM_ID])},
         "/api/streams/{stream_id}": {
             "get": _op("One stream (never its key)", {
                 "200": _json(_ref("Stream"), "the stream"), "400": _error("BadRequest"),
@@ -233,17 +227,6 @@ def _api_paths() -> dict[str, Schema]:
         "/api/me/payouts": {"get": _op("The caller's on-chain payouts, newest first", {
             "200": _json(_ref("Payouts"), "a page of payouts"),
             "400": _error("BadRequest"), "401": _error("Unauthorized")},
-            parameters=_PAGING, security=_BEARER)},
-        "/api/me/videos": {"get": _op(
-            "The caller's own videos in every state but archived (uploading, processing with "
-            "the job's progress, failed with the reason), newest first", {
-                "200": _json(_ref("VideoList"), "a page of videos"),
-                "400": _error("BadRequest"), "401": _error("Unauthorized")},
-            parameters=_PAGING, security=_BEARER)},
-        "/api/me/stream-sessions": {"get": _op(
-            "What each of the caller's stream sessions earned, newest first", {
-                "200": _json(_ref("StreamSessionEarnings"), "a page of sessions"),
-                "400": _error("BadRequest"), "401": _error("Unauthorized")},
             parameters=_PAGING, security=_BEARER)},
         "/api/me": {"get": _op("The caller and its live balance", {
             "200": _json(_ref("Me"), "the caller"), "401": _error("Unauthorized")},
@@ -518,6 +501,30 @@ def _video_paths() -> dict[str, Schema]:
     }
 
 
+def _studio_paths() -> dict[str, Schema]:
+    """The studio's lists and the live thumbnail (signaling/studio_api.py,
+    signaling/stream_thumbnails.py)."""
+    return {
+        "/api/me/videos": {"get": _op(
+            "The caller's own videos in every state but archived (uploading, processing with "
+            "the job's progress, failed with the reason), newest first", {
+                "200": _json(_ref("VideoList"), "a page of videos"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized")},
+            parameters=_PAGING, security=_BEARER)},
+        "/api/me/stream-sessions": {"get": _op(
+            "What each of the caller's stream sessions earned, newest first", {
+                "200": _json(_ref("StreamSessionEarnings"), "a page of sessions"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized")},
+            parameters=_PAGING, security=_BEARER)},
+        "/api/streams/{stream_id}/thumbnail.jpg": {"get": _op(
+            "The stream's latest live thumbnail: one keyframe every "
+            "VILOKANAM_THUMBNAIL_INTERVAL seconds, decoded by its SFU worker", {
+                "200": {"description": "JPEG", "content": {"image/jpeg": {"schema": _STR}}},
+                "400": _error("BadRequest"), "404": _error("NotFound")},
+            parameters=[_STREAM_ID])},
+    }
+
+
 def openapi_document() -> dict[str, Any]:
 
     paths = _api_paths()
@@ -531,7 +538,7 @@ def openapi_document() -> dict[str, Any]:
                                 '`{"error": {"code", "message"}}`.'},
         "paths": {**paths, **_session_front("whip", "Bearer = the stream key"),
                   **_session_front("whep", "Bearer = a viewer token"), **_other_paths(),
-                  **_video_paths()},
+                  **_video_paths(), **_studio_paths()},
         "components": {
             "schemas": {**_SCHEMAS, **COMMUNITY_SCHEMAS, **_VIDEO_SCHEMAS}, "responses": _RESPONSES,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
