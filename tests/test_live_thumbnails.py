@@ -52,15 +52,25 @@ def test_frames_are_scaled_to_640_wide_at_most_keeping_their_aspect() -> None:
     assert thumbnail_size(333, 187) == (332, 186)  # even sides for 4:2:0
 
 
-def test_a_vp8_keyframe_becomes_a_jpeg_of_its_size() -> None:
-    encoder = av.CodecContext.create("libvpx", "w")
-    encoder.width, encoder.height, encoder.pix_fmt = 1280, 720, "yuv420p"
+def _keyframe(codec: str, width: int, height: int) -> bytes:
+    encoder = av.CodecContext.create(codec, "w")
+    assert isinstance(encoder, av.VideoCodecContext)
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
     encoder.time_base = Fraction(1, 30)
-    frame = av.VideoFrame(1280, 720, "yuv420p")
+    frame = av.VideoFrame(width, height, "yuv420p")
     frame.pts = 0
-    keyframe = bytes([*encoder.encode(frame), *encoder.encode(None)][0])
-    jpeg, width, height = keyframe_jpeg("video/VP8", keyframe)
+    return bytes([*encoder.encode(frame), *encoder.encode(None)][0])
+
+
+@pytest.mark.parametrize(("codec", "mime"), [("libvpx", "video/VP8"), ("libx264", "video/H264")])
+def test_a_keyframe_becomes_a_jpeg_of_its_size(codec: str, mime: str) -> None:
+    jpeg, width, height = keyframe_jpeg(mime, _keyframe(codec, 1280, 720))
     assert (width, height) == (640, 360) == jpeg_size(jpeg)
+    jpeg, width, height = keyframe_jpeg(mime, _keyframe(codec, 320, 240))
+    assert (width, height) == (320, 240) == jpeg_size(jpeg)
+
+
+def test_what_is_not_a_keyframe_is_refused() -> None:
     with pytest.raises((av.FFmpegError, ValueError)):
         keyframe_jpeg("video/vp8", b"\x00\x01not a frame")
 
