@@ -16,6 +16,7 @@ from sfu.load import LoadMonitor
 from sfu.metering import TickEmitter
 from sfu.recorder import Recordings
 from sfu.streams import StreamManager
+from sfu.thumbnails import LiveThumbnails
 from sfu.udp_mux import UdpMux
 from vilokanam.backends import BACKENDS, attach_backends
 from vilokanam.config import Settings
@@ -64,6 +65,9 @@ def create_app(settings: Settings) -> web.Application:
             recordings=Recordings(backends.pg, storage_for(settings.media_dir),
                                   enabled=settings.record_streams,
                                   max_attempts=settings.media_max_attempts))
+        manager.thumbnails = LiveThumbnails(
+            backends.pg, storage_for(settings.media_dir), float(settings.thumbnail_interval),
+            manager.tasks)
         manager.start()
         app[MANAGER] = manager
         registration = WorkerRegistration(

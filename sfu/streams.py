@@ -28,6 +28,7 @@ from sfu.peers import (
 )
 from sfu.recorder import Recordings
 from sfu.relay import Fanout
+from sfu.thumbnails import LiveThumbnails
 from sfu.udp_mux import UdpMux
 from sfu.write_behind import WriteBehind
 from vilokanam.logs import log_event
@@ -40,7 +41,7 @@ RECONNECT_GRACE = 10.0
 FIRST_MEDIA_TIMEOUT = 10.0  # ICE + DTLS must have brought media by then
 MEDIA_TIMEOUT = 5.0  # a publisher silent this long has lost its connection
 ANALYTICS_EVERY = 10  # seconds between stream_analytics rows
-CLOCK_LOOPS = 4  # the clock's loops (start()): an idle worker runs exactly these tasks
+CLOCK_LOOPS = 5  # the clock's loops (start()): an idle worker runs exactly these tasks
 
 
 class StreamNotLive(PeerError):
@@ -97,6 +98,7 @@ class StreamManager:
     emitter: TickEmitter
     token_decimals: int = 12
     recordings: Recordings | None = None
+    thumbnails: LiveThumbnails | None = None  # set by the app: it shares our TaskOwner
     streams: dict[str, LiveStream] = field(default_factory=dict)
     peers: dict[str, Peer] = field(default_factory=dict)
     tasks: TaskOwner = field(default_factory=lambda: TaskOwner("sfu"))
@@ -109,7 +111,7 @@ class StreamManager:
     _admitting: int = 0  # peer connections being set up, not yet registered
 
     def start(self) -> None:
-        """The worker's clock: four loops under the one loop policy, so a store
+        """The worker's clock: five loops under the one loop policy, so a store
         error in one (a cut-off viewer's row, say) never stops the others —
         ticks above all; and the load monitor (admission)."""
         self.tasks.spawn(run_forever("sfu.meter", self._meter, every=1.0), "meter")
@@ -119,6 +121,8 @@ class StreamManager:
                          "analytics")
         self.tasks.spawn(run_forever("sfu.write_behind", self.writes.retry, every=1.0,
                                      max_backoff=5.0), "write-behind")
+        self.tasks.spawn(run_forever("sfu.thumbnails", self._thumbnails_due, every=1.0),
+                         "thumbnails")
         self.tasks.spawn(self.load_monitor.run(), "load")
 
     # -- publishers ---------------------------------------------------------------
@@ -149,6 +153,8 @@ class StreamManager:
                 stream.session_id = await self._go_live(stream, signaling_url, peer)
                 if self.recordings is not None:
                     await self.recordings.start(stream_id, stream.session_id, stream.fanouts)
+                if self.thumbnails is not None:
+                    self.thumbnails.start(stream_id, stream.fanouts["video"])
             self._adopt_publisher(stream, peer)
         log_event(log, "publisher.connected", stream_id=stream_id, peer_id=peer.peer_id,
                   session_id=stream.session_id, resumed=resumed)
@@ -311,6 +317,8 @@ class StreamManager:
             await self.events.peer_closed(peer.peer_id, reason)
         if self.recordings is not None:
             await self.recordings.finish(stream_id, stream.fanouts)
+        if self.thumbnails is not None:
+            self.thumbnails.stop(stream_id)
         for fanout in stream.fanouts.values():
             fanout.close()
         metrics.LIVE_STREAMS.dec()
@@ -394,6 +402,10 @@ class StreamManager:
                 log_event(log, "viewer.out_of_funds", stream_id=peer.stream_id,
                           peer_id=peer.peer_id, viewer_session_id=peer.viewer_session_id)
                 await self.leave(peer.peer_id, reason=CloseReason.INSUFFICIENT_FUNDS)
+
+    async def _thumbnails_due(self) -> None:
+        if self.thumbnails is not None:
+            await self.thumbnails.tick()
 
     async def _record_analytics_if_due(self) -> None:
         # Counted in beats of the 1 s loop, not measured: a beat a hair early

@@ -60,7 +60,7 @@ SELECT s.id::text AS id, s.creator_id::text AS creator_id, s.title, s.status,
        s.start_time AT TIME ZONE current_setting('TimeZone') AS start_time,
        s.end_time AT TIME ZONE current_setting('TimeZone') AS end_time,
        s.category_id::text AS category_id, c.name AS category,
-       s.record,
+       s.record, s.thumbnail_url,
        (SELECT ss.recording_id::text FROM stream_sessions ss
          WHERE ss.stream_id = s.id AND ss.recording_id IS NOT NULL
          ORDER BY ss.start_time DESC LIMIT 1) AS recording_video_id
@@ -156,6 +156,9 @@ def stream_json(row: asyncpg.Record, settings: Settings) -> dict[str, Any]:
         "record": row["record"],
         # The last ended session's recording, once it is a videos row (sfu/recorder.py).
         "recording_video_id": row["recording_video_id"],
+        # The latest keyframe as a JPEG while live (sfu/thumbnails.py), with ?t= its time.
+        "thumbnail_url": (f"{settings.base_url}{row['thumbnail_url']}"
+                          if row["thumbnail_url"] else None),
     }
 
 

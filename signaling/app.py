@@ -20,6 +20,8 @@ from signaling.playback import add_playback_routes
 from signaling.sfu_client import sfu_client_ctx
 from signaling.social_pages import add_social_page_routes
 from signaling.state import SETTINGS
+from signaling.stream_thumbnails import add_stream_thumbnail_routes
+from signaling.studio_api import add_studio_routes
 from signaling.videos import add_video_routes
 from signaling.whip import add_whip_whep_routes
 from signaling.ws import add_ws_routes
@@ -60,5 +62,7 @@ def create_app(settings: Settings) -> web.Application:
     add_whip_whep_routes(app)
     add_video_routes(app, settings)
     add_playback_routes(app)
+    add_studio_routes(app)
+    add_stream_thumbnail_routes(app)
     add_openapi_routes(app)
     return app

@@ -75,7 +75,9 @@ _SCHEMAS: dict[str, Schema] = {
                     "category_id": {"type": ["string", "null"], "format": "uuid"},
                     "category": _NSTR, "record": _BOOL,
                     "recording_video_id": {"type": ["string", "null"], "description":
-                                           "the last ended session's recording (a video)"}},
+                                           "the last ended session's recording (a video)"},
+                    "thumbnail_url": {"type": ["string", "null"], "description":
+                                      "the latest live keyframe as a JPEG"}},
                    required=["id", "title", "status", "creator_account", "price_per_second",
                              "viewer_count", "total_ticks", "start_time", "end_time",
                              "watch_url", "whep_url"]),
@@ -411,6 +413,12 @@ _VIDEO_SCHEMAS: dict[str, Schema] = {
                             "stage": _NSTR, "attempts": _INT}),
         "upload": _obj({"length": _INT, "offset": _INT})},
         required=["id", "title", "status", "creator_account", "metadata"]),
+    "StreamSessionEarnings": _obj({"sessions": {"type": "array", "items": _obj({
+        "session_id": _STR, "stream_id": _STR, "title": _STR, "start_time": _TIME,
+        "end_time": _TIME, "viewer_peak": _INT, "total_ticks": _INT, "viewers": _INT,
+        "paid": _AMOUNT, "earned": {**_AMOUNT, "description":
+                                    "the creator's share after the platform fee"}})},
+        "limit": _INT, "offset": _INT}),
     "VideoList": _obj({"videos": {"type": "array", "items": _ref("Video")},
                        "limit": _INT, "offset": _INT}),
     "CreatedVideo": _obj({"id": _STR, "status": _STR, "url": _STR, "upload_url": _STR},
@@ -522,6 +530,30 @@ def _video_paths() -> dict[str, Schema]:
     }
 
 
+def _studio_paths() -> dict[str, Schema]:
+    """The studio's lists and the live thumbnail (signaling/studio_api.py,
+    signaling/stream_thumbnails.py)."""
+    return {
+        "/api/me/videos": {"get": _op(
+            "The caller's own videos in every state but archived (uploading, processing with "
+            "the job's progress, failed with the reason), newest first", {
+                "200": _json(_ref("VideoList"), "a page of videos"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized")},
+            parameters=_PAGING, security=_BEARER)},
+        "/api/me/stream-sessions": {"get": _op(
+            "What each of the caller's stream sessions earned, newest first", {
+                "200": _json(_ref("StreamSessionEarnings"), "a page of sessions"),
+                "400": _error("BadRequest"), "401": _error("Unauthorized")},
+            parameters=_PAGING, security=_BEARER)},
+        "/api/streams/{stream_id}/thumbnail.jpg": {"get": _op(
+            "The stream's latest live thumbnail: one keyframe every "
+            "VILOKANAM_THUMBNAIL_INTERVAL seconds, decoded by its SFU worker", {
+                "200": {"description": "JPEG", "content": {"image/jpeg": {"schema": _STR}}},
+                "400": _error("BadRequest"), "404": _error("NotFound")},
+            parameters=[_STREAM_ID])},
+    }
+
+
 def openapi_document() -> dict[str, Any]:
 
     paths = _api_paths()
@@ -535,7 +567,7 @@ def openapi_document() -> dict[str, Any]:
                                 '`{"error": {"code", "message"}}`.'},
         "paths": {**paths, **_session_front("whip", "Bearer = the stream key"),
                   **_session_front("whep", "Bearer = a viewer token"), **_other_paths(),
-                  **_video_paths()},
+                  **_video_paths(), **_studio_paths()},
         "components": {
             "schemas": {**_SCHEMAS, **COMMUNITY_SCHEMAS, **_VIDEO_SCHEMAS}, "responses": _RESPONSES,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",

@@ -94,6 +94,13 @@ def script_json(value: Any) -> str:
             .replace("&", "\\u0026"))
 
 
+def local_path(url: str) -> str:
+    """An absolute URL of ours as a path + query: the page loads it from its
+    own origin (CSP img-src 'self'), whatever host name the browser used."""
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}" if parts.query else parts.path
+
+
 def _script_json_filter(value: Any) -> Markup:
     return Markup(script_json(value))  # noqa: S704 - escaped for a script element above
 
@@ -173,7 +180,12 @@ async def publish_page(request: web.Request) -> web.Response:
 
 
 async def studio_page(request: web.Request) -> web.Response:
-    return render(request, "studio.html", "studio")
+    """Streams, uploads with their processing, videos, analytics, payouts
+    (js/pages/studio.js); each payout links to VILOKANAM_EXPLORER_URL."""
+    settings = request.app[SETTINGS]
+    return render(request, "studio.html", "studio", config={
+        "explorerUrl": settings.explorer_url,
+        "chainRpc": settings.chain_public_url or settings.substrate_url})
 
 
 async def wallet_page(request: web.Request) -> web.Response:
@@ -207,6 +219,7 @@ def add_page_routes(app: web.Application) -> None:
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         auto_reload=False)
     env.filters["script_json"] = _script_json_filter
+    env.filters["local_path"] = local_path
     for name in env.list_templates():  # compiled now: no template file I/O in a handler
         env.get_template(name)
     app[DEV_ACCOUNTS] = _dev_accounts(settings)

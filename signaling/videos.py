@@ -374,6 +374,19 @@ async def ready_videos(app: web.Application, account: str | None, category: str 
     return [video_json(r, app[SETTINGS]) for r in rows]
 
 
+async def creator_videos(app: web.Application, creator_id: str, limit: int,
+                         offset: int) -> list[dict[str, Any]]:
+    """A creator's own videos in every state but archived (uploading,
+    processing with the job's progress, failed with the reason), newest
+    first: the studio's list (signaling/studio_api.py)."""
+    rows = await app[BACKENDS].pg.fetch(
+        f"""{_VIDEO_SELECT}
+        WHERE v.creator_id = $1::uuid AND v.status <> 'archived'
+        ORDER BY v.created_at DESC NULLS LAST, v.id LIMIT $2 OFFSET $3""",
+        creator_id, limit, offset)
+    return [video_json(r, app[SETTINGS]) for r in rows]
+
+
 async def list_videos(request: web.Request) -> web.Response:
     limit, offset = parse_paging(request)
     limit = min(limit, PAGE_MAX)

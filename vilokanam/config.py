@@ -202,6 +202,15 @@ class Settings:
     chain_public_url: str | None = _setting(
         "VILOKANAM_CHAIN_PUBLIC_URL", None,
         "Chain RPC URL given to browsers in /api/billing/info. Default: SUBSTRATE_URL.")
+    explorer_url: str = _setting(
+        "VILOKANAM_EXPLORER_URL",
+        "https://polkadot.js.org/apps/?rpc={rpc}#/explorer/query/{block}",
+        "Block explorer link the studio gives each payout: `{block}` is the block hash, "
+        "`{extrinsic}` the extrinsic hash, `{rpc}` the chain RPC (URL-encoded). Empty: no link.")
+    thumbnail_interval: Decimal = _setting(
+        "VILOKANAM_THUMBNAIL_INTERVAL", "30",
+        "Seconds between live thumbnails: an SFU worker decodes one keyframe per live stream "
+        "(not per viewer) this often into `streams/<id>/thumb.jpg`. 0 turns them off.")
     upload_max_bytes: int = _setting(
         "VILOKANAM_UPLOAD_MAX_BYTES", "4294967296",
         "Largest video upload accepted, in bytes (default 4 GiB); a larger one is refused with "
@@ -382,6 +391,7 @@ _PARSERS: dict[str, Callable[[str, str | None], Any]] = {
     "dev_mode": _optional(_parse_bool),
     "price_default": _optional(_parse_decimal),
     "platform_fee": _optional(_parse_decimal),
+    "thumbnail_interval": _optional(_parse_decimal),
     "flush_interval": _optional(_parse_decimal),
     "tick_sync_interval": _optional(_parse_decimal),
     "settlement_period": _optional(_parse_decimal),

@@ -94,6 +94,19 @@ class LocalStorage:
             await asyncio.to_thread(os.close, fd)
         return size
 
+    async def put(self, key: str, data: bytes) -> None:
+        """Replace the whole object at `key` at once: a reader sees the old
+        bytes or the new, never a half-written file (a live thumbnail)."""
+        path = self.path(key)
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.partial")
+            partial.write_bytes(data)
+            os.replace(partial, path)
+
+        await asyncio.to_thread(write)
+
     async def delete_prefix(self, prefix: str) -> None:
         await asyncio.to_thread(shutil.rmtree, self.path(prefix), True)
 

@@ -112,6 +112,9 @@ const ERROR_FIELD = {
   invalid_price: "price_per_second",
   invalid_amount: "amount",
   invalid_account: "account",
+  empty_upload: "file",
+  payload_too_large: "file",
+  upload_length_required: "file",
 };
 
 export function clearFormErrors(form) {
