@@ -76,10 +76,12 @@ GET     /api/me/payouts                          401  200  200  200  200  403
 PUT     /api/me/profile-image                    401  200  200  200  200  403
 DELETE  /api/me/profile-image                    401  200  200  200  200  403
 GET     /api/me/sessions                         401  200  200  200  200  403
+GET     /api/me/stream-sessions                  401  200  200  200  200  403
 GET     /api/me/streams                          401  200  200  200  200  403
 PUT     /api/me/subscription-offer               401  200  200  200  200  403
 DELETE  /api/me/subscription-offer               401  200  200  200  200  403
 GET     /api/me/subscriptions                    401  200  200  200  200  403
+GET     /api/me/videos                           401  200  200  200  200  403
 GET     /api/moderation/reports                  401  403  403  403  200  403  moderators only
 POST    /api/moderation/reports/{report_id}      401  403  403  403  200  403  moderators only
 GET     /api/openapi.json                        200  -    -    -    -    -
@@ -94,6 +96,7 @@ GET     /api/streams/{stream_id}/comments        200  -    -    -    -    -
 POST    /api/streams/{stream_id}/comments        401  201  201  201  201  403
 POST    /api/streams/{stream_id}/end             401  403  200  403  403  403  the creator only
 POST    /api/streams/{stream_id}/key             401  403  200  403  403  403  the creator only
+GET     /api/streams/{stream_id}/thumbnail.jpg   404  -    -    -    -    -    none made
 GET     /api/users/{account}                     200  -    -    -    -    -
 POST    /api/users/{account}/follow              401  200  400  200  200  403  400: not yourself
 DELETE  /api/users/{account}/follow              401  200  400  200  200  403  400: not yourself
