@@ -21,8 +21,9 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from signaling.api import PAGE_MAX, parse_paging, parse_price, parse_title
+from signaling.api import parse_price, parse_title
 from signaling.errors import ApiError, bad_request, forbidden, not_found, parse_json_body
+from signaling.paging import parse_paging
 from signaling.state import SETTINGS
 from signaling.users import canonical_or_400, make_creator, require_user
 from vilokanam import jobs
@@ -376,7 +377,6 @@ async def ready_videos(app: web.Application, account: str | None, category: str 
 
 async def list_videos(request: web.Request) -> web.Response:
     limit, offset = parse_paging(request)
-    limit = min(limit, PAGE_MAX)
     creator = request.query.get("creator")
     account = canonical_or_400(creator, request.app[SETTINGS]) if creator is not None else None
     videos = await ready_videos(request.app, account, request.query.get("category"),
