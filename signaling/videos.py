@@ -272,7 +272,11 @@ def _tus_headers(**extra: str) -> dict[str, str]:
 
 
 def _check_tus_version(request: web.Request) -> None:
-    if request.headers.get("Tus-Resumable") != TUS_VERSION:
+    """412 for another tus version (tus 1.0 core); a request without the
+    header is not a tus request at all: 400, as the document says."""
+    if "Tus-Resumable" not in request.headers:
+        raise bad_request("tus_resumable_required", f"send Tus-Resumable: {TUS_VERSION}")
+    if request.headers["Tus-Resumable"] != TUS_VERSION:
         raise ApiError(412, "tus_version_unsupported", f"this server speaks tus {TUS_VERSION}",
                        {"Tus-Version": TUS_VERSION})
 
