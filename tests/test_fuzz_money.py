@@ -139,7 +139,7 @@ def test_a_json_number_is_exact_whole_planck_or_refused(parse: object,
     when finite, in range and whole planck; never rounded."""
     amount = _accepted(parse, number)
     whole = (number.is_finite() and 0 < number < PRICE_LIMIT
-             and number.scaleb(DECIMALS) == number.scaleb(DECIMALS).to_integral_value())
+             and (Fraction(number) * 10**DECIMALS).denominator == 1)  # no context rounding
     assert (amount is not None) == whole, number
     if amount is not None:
         assert amount == number
