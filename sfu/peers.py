@@ -20,7 +20,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.exceptions import InternalError, InvalidStateError, OperationError
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from sfu import aiortc_hooks as hooks
 from sfu import metrics
@@ -66,16 +66,40 @@ def make_peer_connection(ice_servers: list[dict[str, Any]]) -> RTCPeerConnection
     return RTCPeerConnection(RTCConfiguration(iceServers=servers))
 
 
+def _parsed(sdp: str) -> SessionDescription:
+    """The offer as aiortc reads it, or BadSdp. Its parser has no error of
+    its own: a malformed line raises AssertionError, AttributeError,
+    StopIteration, ... (found by tests/test_fuzz_sdp.py), so any exception of
+    this pure step means the text is not SDP it can take."""
+    try:
+        return SessionDescription.parse(sdp)
+    except Exception as exc:
+        raise BadSdp(f"the offer could not be parsed: {type(exc).__name__} {exc}") from None
+
+
+def _check_bundle(description: SessionDescription) -> None:
+    """A BUNDLE group names only sections the offer has (RFC 8843 section 7).
+    aiortc takes a missing first mid's transport as None, and its close() then
+    raises half way, leaving the other transports open (tests/test_fuzz_sdp.py)."""
+    mids = {media.rtp.muxId for media in description.media}
+    for group in description.group:
+        if group.semantic == "BUNDLE" and not set(map(str, group.items)) <= mids:
+            raise BadSdp("the BUNDLE group names a section the offer does not have")
+
+
 async def _apply_offer(pc: RTCPeerConnection, sdp: str) -> None:
     if not isinstance(sdp, str) or not sdp.startswith("v=0") or "\nm=" not in sdp:
         raise BadSdp("the offer is not an SDP session description")
+    _check_bundle(_parsed(sdp))
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except (OperationError, InternalError) as exc:
         # aiortc raises these when no codec of a section is one it knows.
         raise NoSupportedCodec(str(exc)) from None
-    except (ValueError, KeyError, IndexError, TypeError, InvalidStateError) as exc:
-        raise BadSdp(f"the offer could not be parsed: {exc}") from None
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, InvalidStateError,
+            # a StopIteration inside aiortc's coroutine is a RuntimeError (PEP 479)
+            RuntimeError) as exc:
+        raise BadSdp(f"the offer could not be used: {exc}") from None
 
 
 async def _answer(pc: RTCPeerConnection, mux: UdpMux | None) -> str:

@@ -17,6 +17,7 @@ from routing.channels import EventBus, StreamEvent
 from routing.placement import stream_worker
 from signaling.community.categories import resolve_category
 from signaling.errors import bad_request, forbidden, not_found, parse_json_body
+from signaling.paging import parse_paging
 from signaling.sfu_client import SFU_CLIENT, SfuError
 from signaling.state import SETTINGS
 from signaling.stream_keys import hash_stream_key, new_stream_key
@@ -44,9 +45,7 @@ PRICE_LIMIT = Decimal(10) ** 20
 TITLE_MAX = 255
 STREAM_STATUSES = ("pending", "live", "ended", "archived")  # the schema's comment
 ENDED_STATUSES = ("ended", "archived")
-PAGE_DEFAULT, PAGE_MAX = 50, 200
 QUERY_MAX = 100
-OFFSET_MAX = 10**9
 
 # Lifecycle timestamps are TIMESTAMP (no zone) filled with NOW() by the
 # database, i.e. wall time in the session's TimeZone: read them back in that
@@ -108,22 +107,6 @@ def parse_title(value: object) -> str:
     if not 1 <= len(title) <= TITLE_MAX or "\x00" in title:
         raise bad_request("invalid_title", f"title must be 1 to {TITLE_MAX} characters")
     return title
-
-
-def _query_int(request: web.Request, name: str, default: int, maximum: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdecimal() or len(raw) > 10:
-        raise bad_request("invalid_paging", f"{name} must be a non-negative integer")
-    return min(int(raw), maximum)
-
-
-def parse_paging(request: web.Request) -> tuple[int, int]:
-    limit = _query_int(request, "limit", PAGE_DEFAULT, PAGE_MAX)
-    if limit < 1:
-        raise bad_request("invalid_paging", "limit must be at least 1")
-    return limit, _query_int(request, "offset", 0, OFFSET_MAX)
 
 
 def parse_status(request: web.Request) -> str | None:

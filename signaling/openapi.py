@@ -15,15 +15,19 @@ from signaling.community.openapi import COMMUNITY_SCHEMAS, community_paths
 from signaling.openapi_schema import (
     _ACCOUNT,
     _AMOUNT,
+    _AMOUNT_IN,
     _BEARER,
     _BOOL,
+    _CATEGORY,
     _ERROR_REF,
     _INT,
     _NINT,
     _NSTR,
     _PAGING,
+    _PRICE_IN,
     _RESOURCE_ID,
     _SDP,
+    _SS58,
     _STR,
     _STREAM_ID,
     _TIME,
@@ -35,6 +39,7 @@ from signaling.openapi_schema import (
     _obj,
     _op,
     _ref,
+    _text,
 )
 
 _HEX: Schema = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
@@ -49,23 +54,26 @@ _PROOF: dict[str, Schema] = {
 
 _SCHEMAS: dict[str, Schema] = {
     "Error": _obj({"error": _obj({"code": _STR, "message": _STR})}),
-    "AccountRequest": _obj({"account": {"type": "string", "description": "SS58 address"}}),
+    "AccountRequest": _obj({"account": _SS58}),
     "Challenge": _obj({"challenge": _STR, "expires_at": {"type": "string",
                                                          "format": "date-time"}}),
-    "VerifyRequest": _obj({"account": _STR, "signature": {"type": "string",
-                                                          "pattern": "^0x[0-9a-fA-F]+$"}}),
+    "VerifyRequest": _obj({"account": _SS58, "signature": {
+        "type": "string", "pattern": "^0x[0-9a-fA-F]{128}$",
+        "description": "the sr25519 signature of the challenge (64 bytes)"}}),
     "Token": _obj({"token": _STR, "user_id": {"type": "string", "format": "uuid"},
                    "account": _STR}),
-    "CreateStreamRequest": _obj({"title": {"type": "string", "minLength": 1, "maxLength": 255},
-                                 "price_per_second": {"type": ["string", "number"]},
-                                 "category": {"type": "string",
-                                              "description": "a category's id or name"},
+    "CreateStreamRequest": _obj({"title": _text(255),
+                                 "price_per_second": _PRICE_IN,
+                                 "category": {"anyOf": [_CATEGORY, {"type": "null"}]},
                                  "require_signed_receipts": {
                                      "type": "boolean", "default": False,
                                      "description": "admit only viewers who sign delivery "
                                                     "receipts (docs/protocol.md)"},
                                  "record": {"type": "boolean", "default": True}},
-                                required=["title"]),
+                                required=["title"]) | {"examples": [
+                                    {"title": "Morning ride", "price_per_second": "0.002"},
+                                    {"title": "Late show", "price_per_second": 1,
+                                     "record": False}]},
     "Stream": _obj({"id": {"type": "string", "format": "uuid"}, "title": _STR,
                     "status": {"enum": ["pending", "live", "ended", "archived"]},
                     "creator_account": _STR, "price_per_second": _AMOUNT,
@@ -84,9 +92,8 @@ _SCHEMAS: dict[str, Schema] = {
     "CreatedStream": {"allOf": [_ref("Stream"), _obj({
         "stream_key": {"type": "string", "description": "shown once; stored as SHA-256"},
         "whip_url": _STR, "publish_url": _STR})]},
-    "UpdateStreamRequest": _obj({"title": {"type": "string", "minLength": 1, "maxLength": 255},
-                                 "price_per_second": {"type": ["string", "number"]}},
-                                required=[]),
+    "UpdateStreamRequest": {**_obj({"title": _text(255), "price_per_second": _PRICE_IN},
+                                   required=[]), "minProperties": 1},
     "StreamList": _obj({"streams": {"type": "array", "items": _ref("Stream")},
                         "limit": _INT, "offset": _INT}),
     "StreamKey": _obj({"stream_key": {"type": "string",
@@ -136,13 +143,13 @@ _SCHEMAS: dict[str, Schema] = {
                             "line": _NSTR, **_PROOF, "remark": _NSTR, "proof_algorithm": _STR,
                             "digest_algorithm": _STR,
                             "settlements": {"type": "array", "items": _ref("Settlement")}}),
-    "TipRequest": _obj({"amount": {"type": ["string", "number"],
-                                   "description": "tokens > 0 in whole planck"},
-                        "message": {"type": "string", "maxLength": 500}}, required=["amount"]),
+    "TipRequest": _obj({"amount": {**_AMOUNT_IN, "description": "tokens > 0 in whole planck"},
+                        "message": {"type": ["string", "null"], "maxLength": 500,
+                                    "pattern": "^[^\\x00]*$"}}, required=["amount"]),
     "Tip": _obj({"id": _STR, "payment_id": _STR, "creator_account": _STR, "amount": _AMOUNT,
                  "message": _NSTR, "status": {"const": "pending"}, "created_at": _TIME,
                  "balance": _AMOUNT}),
-    "OfferRequest": _obj({"price": {"type": ["string", "number"],
+    "OfferRequest": _obj({"price": {**_AMOUNT_IN,
                                     "description": "tokens for 30 days, whole planck"}}),
     "Offer": _obj({"account": _STR, "price": _AMOUNT, "period_days": _INT}),
     "NoOffer": _obj({"account": _STR, "price": {"type": "null"}}),
@@ -206,9 +213,8 @@ def _api_paths() -> dict[str, Schema]:
                 "400": _error("BadRequest")},
                 parameters=[{"name": "status", "in": "query", "schema": {
                     "enum": ["pending", "live", "ended", "archived"]}},
-                    {"name": "category", "in": "query", "schema": _STR,
-                     "description": "a category's id or name"},
-                    {"name": "creator", "in": "query", "schema": _STR,
+                    {"name": "category", "in": "query", "schema": _CATEGORY},
+                    {"name": "creator", "in": "query", "schema": _SS58,
                      "description": "the creator's account"},
                     {"name": "q", "in": "query", "description":
                      "search: a substring of the title or the creator's username "
@@ -302,6 +308,18 @@ def _sdp(description: str) -> Schema:
     return {"description": description, "content": {_SDP: {"schema": _STR}}}
 
 
+# A page's 404 is a page too (for a person), not the API's JSON error.
+_HTML_NOT_FOUND: Schema = {"description": "no such page (an HTML page)",
+                           "content": {"text/html": {"schema": _STR}}}
+# Discovery and CORS preflights answer for any URL of the shape: the id is not read.
+_ANY_STREAM_ID = {"name": "stream_id", "in": "path", "required": True, "schema": _STR}
+# `format: sdp-offer`: an SDP offer (RFC 8866) a browser would send; anything
+# else is refused (400 `bad_sdp`, 422 unsupported). `sdpfrag`: trickle ICE
+# lines (RFC 8840).
+_OFFER: Schema = {"type": "string", "format": "sdp-offer"}
+_FRAGMENT: Schema = {"type": "string", "format": "sdpfrag"}
+
+
 def _session_front(kind: str, who: str) -> dict[str, Schema]:
     """WHIP (RFC 9725) and WHEP: the same endpoint + session resource shape."""
     status_errors = {"401": _error("Unauthorized"), "404": _error("NotFound"),
@@ -311,7 +329,8 @@ def _session_front(kind: str, who: str) -> dict[str, Schema]:
                      "429": _error("TooManyRequests")}
     if kind == "whep":
         status_errors["402"] = _json(_ERROR_REF, "the balance cannot pay 10 s")
-    options = _op("CORS preflight / discovery", {"200": {"description": "allowed methods"}})
+    options = _op("CORS preflight / discovery", {"200": {"description": "allowed methods"}},
+                  parameters=[_ANY_STREAM_ID])
     return {
         f"/{kind}/{{stream_id}}": {
             "parameters": [_STREAM_ID],
@@ -320,10 +339,11 @@ def _session_front(kind: str, who: str) -> dict[str, Schema]:
                 "400": _json(_ERROR_REF, "the body is empty, not UTF-8, or not an SDP offer "
                                          "(`bad_sdp`)"),
                 "413": _error("PayloadTooLarge"), **status_errors},
-                requestBody={"required": True, "content": {_SDP: {"schema": _STR}}},
+                requestBody={"required": True, "content": {_SDP: {"schema": _OFFER}}},
                 security=_BEARER),
             "get": _op("Discovery: this URL takes SDP offers", {
-                "200": {"description": "empty, `Content-Type: application/sdp`"}}),
+                "200": {"description": "empty, `Content-Type: application/sdp`"}},
+                parameters=[_ANY_STREAM_ID]),
             "options": options},
         f"/{kind}/{{stream_id}}/sessions/{{resource_id}}": {
             "parameters": [_STREAM_ID, _RESOURCE_ID],
@@ -334,7 +354,9 @@ def _session_front(kind: str, who: str) -> dict[str, Schema]:
                 "428": _json(_ERROR_REF, "no If-Match"),
                 "415": _json(_ERROR_REF, f"not {_TRICKLE}"),
                 "422": _json(_ERROR_REF, "ICE restart unsupported")},
-                requestBody={"required": True, "content": {_TRICKLE: {"schema": _STR}}}),
+                parameters=[{"name": "If-Match", "in": "header", "required": True,
+                             "schema": _STR, "description": "the session's ETag, or `*`"}],
+                requestBody={"required": True, "content": {_TRICKLE: {"schema": _FRAGMENT}}}),
             "delete": _op("End the session", {"200": {"description": "ended"},
                                               "404": _error("NotFound")}),
             "get": _op("Whether the session exists", {"204": {"description": "it does"},
@@ -345,7 +367,7 @@ def _session_front(kind: str, who: str) -> dict[str, Schema]:
 
 def _other_paths() -> dict[str, Schema]:
     page = {"200": {"description": "HTML page", "content": {"text/html": {"schema": _STR}}},
-            "404": _error("NotFound")}
+            "404": _HTML_NOT_FOUND}
     return {
         "/ws": {"get": _op("The websocket protocol (docs/protocol.md)", {
             "101": {"description": "Switching Protocols: the websocket; auth is in-protocol"},
@@ -387,6 +409,9 @@ def _other_paths() -> dict[str, Schema]:
     }
 
 
+# At most 20 tags of 50 characters (blank ones are dropped), no NUL.
+_TAGS: Schema = {"type": "array", "maxItems": 20,
+                 "items": {"type": "string", "maxLength": 50, "pattern": "^[^\\x00]*$"}}
 _VIDEO_ID = {"name": "video_id", "in": "path", "required": True,
              "schema": {"type": "string", "format": "uuid"}}
 _SIGNED = [{"name": n, "in": "query", "required": True, "schema": _STR}
@@ -455,16 +480,19 @@ def _video_paths() -> dict[str, Schema]:
                                          "the body is read past it"),
                 "415": _json(_ERROR_REF, "not video/*")},
                 security=_BEARER, parameters=[
-                    {"name": "title", "in": "query", "schema": _STR},
-                    {"name": "tags", "in": "query", "schema": _STR}],
+                    {"name": "title", "in": "query", "schema": _text(255)},
+                    {"name": "tags", "in": "query", "schema": {
+                        "type": "string", "pattern": "^[^,\\x00]{0,50}(,[^,\\x00]{0,50}){0,19}$",
+                        "description": "comma-separated: at most 20 tags of 50 characters"}}],
                 requestBody={"required": True, "content": {"video/*": {"schema": {
-                    "type": "string", "format": "binary"}}}}),
+                    "type": "string", "format": "binary", "minLength": 1}}}}),
             "options": _op("tus discovery (`Tus-Version`, `Tus-Max-Size`)", {
                 "204": {"description": "tus 1.0.0, creation"}}),
             "get": _op("Ready videos, newest first", {
                 "200": _json(_ref("VideoList"), "videos"), "400": _error("BadRequest")},
-                parameters=[*_PAGING, {"name": "creator", "in": "query", "schema": _STR},
-                            {"name": "category", "in": "query", "schema": _STR}]),
+                parameters=[*_PAGING, {"name": "creator", "in": "query", "schema": _SS58},
+                            {"name": "category", "in": "query", "schema": _STR,
+                             "description": "a category's id or name (no match: no videos)"}]),
         },
         "/api/videos/{video_id}": {
             "get": _op("One video, with versions and metadata (any status but archived)", {
@@ -472,10 +500,8 @@ def _video_paths() -> dict[str, Schema]:
                 parameters=[_VIDEO_ID]),
             "patch": _op("The creator changes title, tags or price", {
                 "200": video, **_OWNED_ERRORS}, security=_BEARER, parameters=[_VIDEO_ID],
-                requestBody=_body(_obj({"title": _STR, "tags": {"type": "array",
-                                                                 "items": _STR},
-                                        "price_per_second": {"type": ["string", "number"]}},
-                                       required=[]))),
+                requestBody=_body(_obj({"title": _text(255), "tags": _TAGS,
+                                        "price_per_second": _PRICE_IN}, required=[]))),
         },
         "/api/videos/{video_id}/upload": {
             "head": _op("tus: the upload's offset", {
@@ -526,7 +552,7 @@ def _video_paths() -> dict[str, Schema]:
                 *_SIGNED])},
         "/video/{video_id}": {"get": _op("The video page (HLS player, seconds and cost)", {
             "200": {"description": "HTML page", "content": {"text/html": {"schema": _STR}}},
-            "404": _error("NotFound")}, parameters=[_VIDEO_ID])},
+            "404": _HTML_NOT_FOUND}, parameters=[_VIDEO_ID])},
     }
 
 

@@ -21,8 +21,9 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from signaling.api import PAGE_MAX, parse_paging, parse_price, parse_title
+from signaling.api import parse_price, parse_title
 from signaling.errors import ApiError, bad_request, forbidden, not_found, parse_json_body
+from signaling.paging import parse_paging
 from signaling.state import SETTINGS
 from signaling.users import canonical_or_400, make_creator, require_user
 from vilokanam import jobs
@@ -271,7 +272,11 @@ def _tus_headers(**extra: str) -> dict[str, str]:
 
 
 def _check_tus_version(request: web.Request) -> None:
-    if request.headers.get("Tus-Resumable") != TUS_VERSION:
+    """412 for another tus version (tus 1.0 core); a request without the
+    header is not a tus request at all: 400, as the document says."""
+    if "Tus-Resumable" not in request.headers:
+        raise bad_request("tus_resumable_required", f"send Tus-Resumable: {TUS_VERSION}")
+    if request.headers["Tus-Resumable"] != TUS_VERSION:
         raise ApiError(412, "tus_version_unsupported", f"this server speaks tus {TUS_VERSION}",
                        {"Tus-Version": TUS_VERSION})
 
@@ -389,7 +394,6 @@ async def creator_videos(app: web.Application, creator_id: str, limit: int,
 
 async def list_videos(request: web.Request) -> web.Response:
     limit, offset = parse_paging(request)
-    limit = min(limit, PAGE_MAX)
     creator = request.query.get("creator")
     account = canonical_or_400(creator, request.app[SETTINGS]) if creator is not None else None
     videos = await ready_videos(request.app, account, request.query.get("category"),

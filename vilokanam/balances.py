@@ -20,6 +20,7 @@ from decimal import ROUND_FLOOR, Decimal
 import asyncpg
 import redis.asyncio as aioredis
 
+from vilokanam.money import shift
 from vilokanam.subscriptions import price_for
 
 BALANCE_PREFIX = "vk:bal:"
@@ -63,7 +64,7 @@ return tonumber(ARGV[2])
 
 def planck_floor(amount: Decimal, decimals: int) -> int:
     """Whole planck, rounded down: a live balance never shows more than is there."""
-    return int(amount.scaleb(decimals).to_integral_value(rounding=ROUND_FLOOR))
+    return int(shift(amount, decimals).to_integral_value(rounding=ROUND_FLOOR))
 
 
 @asynccontextmanager

@@ -4,7 +4,13 @@ integer planck on chain (10^decimals planck = 1 token). Never float."""
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact, Rounded
+
+# scaleb() rounds to the context's precision, 28 digits by default: a planck
+# amount of 29+ digits (10^17 tokens at 12 decimals; u128 has 39) came back
+# changed (found by tests/test_fuzz_money.py). Shifting by this context is
+# exact, or raises instead of rounding.
+_EXACT = Context(prec=200, Emax=10**6, Emin=-10**6, traps=[Inexact, Rounded])
 
 _DECIMAL_STRING = re.compile(r"[0-9]+(\.[0-9]+)?")
 
@@ -34,12 +40,17 @@ def decimal_from_json(value: object) -> Decimal | None:
     return None
 
 
+def shift(amount: Decimal, places: int) -> Decimal:
+    """amount × 10^places, exactly (never rounded to 28 digits)."""
+    return amount.scaleb(places, context=_EXACT)
+
+
 def to_planck(tokens: Decimal, decimals: int) -> int:
-    planck = tokens.scaleb(decimals)
+    planck = shift(tokens, decimals)
     if planck != planck.to_integral_value():
         raise InexactAmount(f"{tokens} is not a whole number of planck at {decimals} decimals")
     return int(planck)
 
 
 def from_planck(planck: int, decimals: int) -> Decimal:
-    return Decimal(planck).scaleb(-decimals)
+    return shift(Decimal(planck), -decimals)

@@ -23,8 +23,9 @@ from signaling.community.comments import (
 )
 from signaling.community.flood import CHAT_LIMIT, Flooding, TokenBucket
 from signaling.community.metrics import CHAT_MESSAGES, CHAT_REFUSED
-from signaling.community.params import body_uuid, parse_before, parse_limit, path_uuid, text_field
+from signaling.community.params import body_uuid, parse_before, path_uuid, text_field
 from signaling.errors import ApiError, not_found, parse_json_body
+from signaling.paging import parse_limit
 from signaling.users import require_user, suspended_error
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event

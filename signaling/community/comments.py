@@ -18,8 +18,9 @@ from aiohttp import web
 
 from signaling.community.chat_events import announce_deleted
 from signaling.community.metrics import COMMENTS
-from signaling.community.params import body_uuid, parse_before, parse_limit, path_uuid, text_field
+from signaling.community.params import body_uuid, parse_before, path_uuid, text_field
 from signaling.errors import ApiError, forbidden, not_found, parse_json_body
+from signaling.paging import parse_limit
 from signaling.users import require_user, require_user_standing
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event

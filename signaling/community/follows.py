@@ -12,9 +12,9 @@ from aiohttp import web
 
 from signaling.api import STREAM_SELECT, stream_json
 from signaling.community.metrics import FOLLOWS
-from signaling.community.params import parse_limit, parse_offset
 from signaling.community.profiles import PROFILE_SELECT, profile_json, user_row
 from signaling.errors import bad_request
+from signaling.paging import parse_limit, parse_offset
 from signaling.state import SETTINGS
 from signaling.users import require_user
 from vilokanam.backends import BACKENDS

@@ -26,10 +26,11 @@ from signaling.api import STREAM_SELECT, end_stream_now, fetch_stream
 from signaling.community.chat_events import announce_deleted
 from signaling.community.comments import soft_delete
 from signaling.community.metrics import MODERATION_ACTIONS
-from signaling.community.params import parse_limit, parse_offset, path_uuid
+from signaling.community.params import path_uuid
 from signaling.community.presence import announce_suspended
 from signaling.community.reports import REPORT_COLUMNS, report_json
 from signaling.errors import ApiError, bad_request, not_found, parse_json_body
+from signaling.paging import parse_limit, parse_offset
 from signaling.users import require_moderator
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event

@@ -11,6 +11,7 @@ from signaling.openapi_schema import (
     _INT,
     _NSTR,
     _PAGING,
+    _SS58,
     _STR,
     _TIME,
     _body,
@@ -19,12 +20,16 @@ from signaling.openapi_schema import (
     _obj,
     _op,
     _ref,
+    _text,
 )
 
 Schema = dict[str, Any]
 
 _UUID: Schema = {"type": "string", "format": "uuid"}
-_NUUID: Schema = {"type": ["string", "null"], "format": "uuid"}
+# anyOf, not `type: [string, null]`: schemathesis' coverage phase drops the
+# format of a multi-type schema and sends "" as a valid id.
+_NUUID: Schema = {"anyOf": [_UUID, {"type": "null"}]}
+_NO_NUL = r"^[^\x00]*$"
 _NINT: Schema = {"type": ["integer", "null"]}
 _AMOUNT: Schema = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}
 
@@ -33,7 +38,7 @@ def _path(name: str, schema: Schema | None = None) -> Schema:
     return {"name": name, "in": "path", "required": True, "schema": schema or _UUID}
 
 
-_ACCOUNT = _path("account", {"type": "string", "description": "SS58 address, any prefix"})
+_ACCOUNT = _path("account", _SS58)
 _STREAM = _path("stream_id")
 _VIDEO = _path("video_id")
 _COMMENT = _path("comment_id")
@@ -43,6 +48,16 @@ _BEFORE = {"name": "before", "in": "query", "schema": _UUID,
            "description": "the id of the oldest comment already seen (keyset paging)"}
 
 
+def _report(target_type: Schema, target_id: Schema) -> Schema:
+    return _obj({"target_type": target_type, "target_id": target_id,
+                 "reason": {"enum": ["spam", "harassment", "hate", "violence", "sexual_content",
+                                     "illegal", "copyright", "impersonation", "misinformation",
+                                     "other"]},
+                 "description": {"type": ["string", "null"], "maxLength": 2000,
+                                 "pattern": _NO_NUL}},
+                required=["target_type", "target_id", "reason"])
+
+
 def _conflict(text: str) -> Schema:
     return _json({"$ref": "#/components/schemas/Error"}, text)
 
@@ -50,18 +65,24 @@ def _conflict(text: str) -> Schema:
 COMMUNITY_SCHEMAS: dict[str, Schema] = {
     "Category": _obj({"id": _UUID, "name": _STR, "description": _NSTR}),
     "Categories": _obj({"categories": {"type": "array", "items": _ref("Category")}}),
-    "NewCategory": _obj({"name": {"type": "string", "minLength": 1, "maxLength": 100},
-                         "description": _NSTR}, required=["name"]),
+    "NewCategory": _obj({"name": _text(100),
+                         "description": {"type": ["string", "null"], "maxLength": 1000,
+                                         "pattern": _NO_NUL}}, required=["name"]),
     "Profile": _obj({"account": _STR, "username": _NSTR, "bio": _NSTR,
                      "profile_image_url": _NSTR, "is_creator": _BOOL, "follower_count": _INT,
                      "following_count": _INT, "role": {"enum": ["user", "moderator"]},
                      "suspended": _BOOL, "live_stream_id": _NUUID, "created_at": _TIME}),
     "OwnProfile": {"allOf": [_ref("Profile"), _obj({"email": _NSTR})]},
-    "ProfileChange": _obj({
+    "ProfileChange": {**_obj({
         "username": {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.-]{2,49}$"},
-        "bio": {"type": ["string", "null"], "maxLength": 1000},
-        "profile_image_url": {"type": ["string", "null"], "format": "uri"},
-        "email": {"type": ["string", "null"], "format": "email"}}, required=[]),
+        "bio": {"type": ["string", "null"], "maxLength": 1000, "pattern": _NO_NUL},
+        # "" clears a field, as null does
+        "profile_image_url": {"type": ["string", "null"], "maxLength": 2000,
+                              "pattern": r"^(https?://[^\s/?#@\[\]\x00]+([/?#][^\s\x00]*)?)?$",
+                              "description": "an absolute http(s) URL"},
+        "email": {"type": ["string", "null"], "maxLength": 255,
+                  "pattern": r"^([^@\s\x00]{1,64}@[^@\s\x00]+\.[^@\s\x00]+)?$"}},
+        required=[]), "minProperties": 1},
     "Profiles": _obj({"users": {"type": "array", "items": _ref("Profile")},
                       "limit": _INT, "offset": _INT}),
     "Follow": _obj({"following": _BOOL, "follower_count": _INT}),
@@ -70,10 +91,10 @@ COMMUNITY_SCHEMAS: dict[str, Schema] = {
                           "like_count": _INT, "published_at": _TIME}),
     "Feed": _obj({"live": {"type": "array", "items": _ref("Stream")},
                   "videos": {"type": "array", "items": _ref("VideoSummary")}}),
-    "NewComment": _obj({"content": {"type": "string", "minLength": 1,
-                                    "description": "at most 500 characters in a stream's "
-                                                   "chat, 5000 on a video"},
+    "NewComment": _obj({"content": {**_text(5000), "description": "on a video"},
                         "parent_id": _NUUID}, required=["content"]),
+    "NewChatMessage": _obj({"content": {**_text(500), "description": "a chat line"},
+                            "parent_id": _NUUID}, required=["content"]),
     "Comment": _obj({"id": _UUID, "content": _NSTR, "author_account": _NSTR,
                      "author_username": _NSTR, "created_at": _TIME, "parent_id": _NUUID,
                      "depth": _INT, "like_count": _INT, "is_deleted": _BOOL,
@@ -83,14 +104,9 @@ COMMUNITY_SCHEMAS: dict[str, Schema] = {
     "Comments": _obj({"comments": {"type": "array", "items": _ref("Comment")},
                       "next_before": _NUUID}),
     "Like": _obj({"liked": _BOOL, "like_count": _INT}),
-    "NewReport": _obj({"target_type": {"enum": ["video", "comment", "user", "stream"]},
-                       "target_id": {"type": "string",
-                                     "description": "a UUID; a user may be an SS58 account"},
-                       "reason": {"enum": ["spam", "harassment", "hate", "violence",
-                                           "sexual_content", "illegal", "copyright",
-                                           "impersonation", "misinformation", "other"]},
-                       "description": {"type": ["string", "null"], "maxLength": 2000}},
-                      required=["target_type", "target_id", "reason"]),
+    # A user may be named by its account too; the other targets by their id.
+    "NewReport": {"oneOf": [_report({"enum": ["video", "comment", "stream"]}, _UUID),
+                            _report({"const": "user"}, {"anyOf": [_UUID, _SS58]})]},
     "Report": _obj({"id": _UUID, "status": {"enum": ["pending", "reviewed", "action_taken",
                                                      "dismissed"]},
                     "target_type": _STR, "target_id": _UUID, "reason": _STR,
@@ -204,7 +220,7 @@ def community_paths() -> dict[str, Schema]:
                 **posted, "409": _conflict("`chat_closed`: the stream has ended"),
                 "429": _json({"$ref": "#/components/schemas/Error"},
                              "`chat_rate_limited` (1/s, bursts of 5; `Retry-After`)")},
-                requestBody=_body(_ref("NewComment")), security=_BEARER),
+                requestBody=_body(_ref("NewChatMessage")), security=_BEARER),
             "get": _op("The stream's chat, newest first", comments,
                        parameters=[_LIMIT, _BEFORE])},
         "/api/videos/{video_id}/comments": {

@@ -1,5 +1,6 @@
 """Request parsing shared by the community routes: ids in paths, text fields
-with length limits, and `limit`/`before` paging. Each refusal is a 400 with
+with length limits, and `before` (keyset) paging (`limit`/`offset`:
+signaling/paging.py). Each refusal is a 400 with
 its own code (signaling/errors.py)."""
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ import uuid
 from aiohttp import web
 
 from signaling.errors import bad_request
-
-PAGE_DEFAULT, PAGE_MAX = 50, 200
 
 
 def as_uuid(raw: object) -> str | None:
@@ -57,23 +56,6 @@ def optional_text(value: object, field: str, maximum: int) -> str | None:
         return None
     text = text_field(value, field, maximum, minimum=0)
     return text or None
-
-
-def parse_limit(request: web.Request, default: int = PAGE_DEFAULT,
-                maximum: int = PAGE_MAX) -> int:
-    raw = request.query.get("limit")
-    if raw is None:
-        return default
-    if not raw.isdecimal() or len(raw) > 6 or int(raw) < 1:
-        raise bad_request("invalid_paging", "limit must be a positive integer")
-    return min(int(raw), maximum)
-
-
-def parse_offset(request: web.Request) -> int:
-    raw = request.query.get("offset", "0")
-    if not raw.isdecimal() or len(raw) > 10:
-        raise bad_request("invalid_paging", "offset must be a non-negative integer")
-    return int(raw)
 
 
 def parse_before(request: web.Request) -> str | None:

@@ -75,12 +75,15 @@ def _username(value: object) -> str | None:
 def _image_url(value: object) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > URL_MAX:
+    if not isinstance(value, str) or len(value) > URL_MAX or "\x00" in value:
         raise bad_request("invalid_profile_image_url",
                           f"profile_image_url must be an http(s) URL of at most {URL_MAX} chars")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # "http://[": an unclosed IPv6 host (was a 500, found by fuzzing)
+        parts = None
     # Only http(s): a javascript: or data: URL in an <img> or link is an injection.
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise bad_request("invalid_profile_image_url",
                           "profile_image_url must be an absolute http(s) URL")
     return value
@@ -89,7 +92,8 @@ def _image_url(value: object) -> str | None:
 def _email(value: object) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > EMAIL_MAX or not EMAIL.fullmatch(value):
+    if (not isinstance(value, str) or len(value) > EMAIL_MAX or "\x00" in value
+            or not EMAIL.fullmatch(value)):
         raise bad_request("invalid_email", "email must be an address like name@example.org")
     return value
 
