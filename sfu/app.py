@@ -51,6 +51,7 @@ def create_app(settings: Settings) -> web.Application:
         mux = udp_mux_for(settings)
         if mux is not None:
             await mux.start()
+        storage = storage_for(settings.media_dir, settings.s3)
         manager = StreamManager(
             ice_servers=settings.ice_servers, capacity=settings.sfu_capacity,
             control_url=settings.sfu_control_url, lifecycle=Lifecycle(backends.pg),
@@ -61,7 +62,7 @@ def create_app(settings: Settings) -> web.Application:
                                      max_lag=settings.sfu_max_loop_lag_ms / 1000),
             udp_mux=mux,
 
-            recordings=Recordings(backends.pg, storage_for(settings.media_dir),
+            recordings=Recordings(backends.pg, storage,
                                   enabled=settings.record_streams,
                                   max_attempts=settings.media_max_attempts))
         manager.start()
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> web.Application:
         yield
         await registration.stop()  # out of placement first, then end what we carry
         await manager.close()
+        await storage.close()
         if mux is not None:
             mux.close()
 

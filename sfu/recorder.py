@@ -46,7 +46,7 @@ from prometheus_client import Counter, Gauge
 from sfu.relay import Fanout
 from vilokanam.logs import log_event
 from vilokanam.recordings import finish_recording
-from vilokanam.storage import LocalStorage, video_key
+from vilokanam.storage import Storage, video_key
 
 log = logging.getLogger("sfu.recorder")
 
@@ -390,7 +390,7 @@ class Recordings:
     """The recordings of the live sessions one worker carries."""
 
     pg: asyncpg.Pool
-    storage: LocalStorage
+    storage: Storage
     enabled: bool = True
     max_attempts: int = 3
     active: dict[str, tuple[Recording, dict[str, tuple[Tap, ClockTap]]]] = field(
@@ -459,6 +459,7 @@ class Recordings:
                 if clock_tap in fanout.clock_taps:
                     fanout.clock_taps.remove(clock_tap)
         await asyncio.to_thread(recording.close)
+        await self.storage.commit_spooled(video_key(recording.video_id, "source"))
         size = await self.storage.size(video_key(recording.video_id, "source")) or 0
         reason = None
         if recording.video_frames == 0:
