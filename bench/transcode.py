@@ -15,6 +15,7 @@ Fast form (the default): a 6 s 720p source, a 20 s 640x480 recording."""
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import tempfile
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--write-doc", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     width = args.height * 16 // 9 // 2 * 2
+    load = os.getloadavg()[0]  # the machine is shared: speeds fall with its load
     with tempfile.TemporaryDirectory() as tmp:
         rows = bench_transcode(Path(tmp), args.seconds, width, args.height)
         recorder_cpu, frames = bench_recorder(Path(tmp), args.record_seconds)
@@ -107,7 +109,8 @@ def main() -> None:
     body = f"""## Transcoding and recording (`bench/transcode.py`)
 
 - command: `.venv/bin/python {command.removeprefix('python ')} --write-doc`
-- machine: {machine_description()}; date: {utc_now()} (machine shared with other work)
+- machine: {machine_description()}; date: {utc_now()} (machine shared with other work:
+  load average {load:.1f} at the start)
 - what: a {args.seconds} s {width}x{args.height} 30 fps H.264/AAC source transcoded by
   `media/transcode.py` (libx264 `veryfast`, AAC 128 kb/s, 2 s segments) to each rung alone, then
   to the whole ladder in one pass (one decode, as the media role runs it). Speed is media seconds
