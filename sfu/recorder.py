@@ -54,6 +54,9 @@ MS = Fraction(1, 1000)
 RECORDABLE = {"video": ("video/vp8", "video/h264"), "audio": ("audio/opus",)}
 QUEUE_MAX = 3000  # ~30 s of frames: beyond, the disk is too slow and frames are dropped
 ALIGN_HOLD_S = 4.0  # aiortc reports every 0.5-1.5 s, browsers about every second
+# Reports whose offsets between tracks differ from the arrival's by more than
+# this are not believed (network delays differ by far less): arrival instead.
+MAX_REPORT_DISAGREEMENT_S = 2.0
 
 RECORDINGS = Gauge("vilokanam_recordings_active", "Live sessions being recorded.")
 RECORDED_FRAMES = Counter("vilokanam_recorded_frames_total", "Frames written to recordings.",
@@ -143,6 +146,7 @@ class Timeline:
     tracks: dict[str, _Track] = field(default_factory=dict)
     reports: dict[str, tuple[float, int]] = field(default_factory=dict)
     aligned_by: str | None = None  # None while not yet placed
+    disagreement: float | None = None  # s between what reports and arrival say, when both
     _origin: float = 0.0
     _skew: float = 0.0  # arrival - publisher's clock, for a track that comes late
 
@@ -175,6 +179,9 @@ class Timeline:
     def place(self) -> None:
         tracks = list(self.tracks.values())
         if tracks and all(t.report for t in tracks):
+            skews = [t.first_arrival - t.wall() for t in tracks]
+            self.disagreement = max(skews) - min(skews)
+        if self.disagreement is not None and self.disagreement <= MAX_REPORT_DISAGREEMENT_S:
             self.aligned_by = "sender_reports"
             for t in tracks:
                 t.start = t.wall()
@@ -472,6 +479,6 @@ class Recordings:
         log_event(log, "recording.finished", stream_id=stream_id, video_id=recording.video_id,
                   frames=recording.frames, video_frames=recording.video_frames, bytes=size,
                   video_codec=recording.video_codec, aligned_by=recording.timeline.aligned_by,
-                  error=recording.error)
+                  report_disagreement_s=recording.timeline.disagreement, error=recording.error)
 
 

@@ -83,6 +83,16 @@ def test_the_timeline_keeps_the_offset_the_sender_reports_give() -> None:
     later = timeline.frame("video", 90000, (video_first + 9000) % 2**32, 100.1)  # past the wrap
     assert later == 9000 and timeline.ms("video", later) == 100
 
+    # Reports that contradict the arrival by hours are not believed.
+    timeline = Timeline(("video", "audio"))
+    timeline.frame("video", 90000, 5, 10.0)
+    timeline.frame("audio", 48000, 7, 10.02)
+    timeline.sender_report("video", ntp, 5)
+    timeline.sender_report("audio", ntp + (20000 << 32), 7)
+    timeline.place()
+    assert timeline.aligned_by == "arrival" and timeline.disagreement is not None
+    assert (timeline.ms("video", 0), timeline.ms("audio", 0)) == (0, 20)
+
     # Without a report for every track, arrival places them (after the hold).
     timeline = Timeline(("video", "audio"))
     timeline.frame("video", 90000, 5, 10.0)
