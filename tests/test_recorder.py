@@ -309,4 +309,5 @@ async def test_an_h264_publisher_is_recorded_aligned_by_its_sender_reports(
     finished = [r for r in caplog.records if r.getMessage() == "recording.finished"]
     fields = getattr(finished[-1], "fields", {})
     assert (fields["video_codec"], fields["aligned_by"]) == ("video/h264", "sender_reports")
+    assert fields["report_disagreement_s"] < 0.5  # the reports agree with the arrivals
     assert fields["error"] is None
