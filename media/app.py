@@ -26,7 +26,8 @@ def create_app(settings: Settings) -> web.Application:
 
     async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
         pg = app[BACKENDS].pg
-        processor = Processor(pg, storage_for(settings.media_dir), worker_id,
+        storage = storage_for(settings.media_dir, settings.s3)
+        processor = Processor(pg, storage, worker_id,
                               ipfs_api=settings.ipfs_api)
         worker = MediaWorker(pg, processor, worker_id, settings.media_concurrency,
                              float(settings.media_job_lease),
@@ -35,6 +36,7 @@ def create_app(settings: Settings) -> web.Application:
         worker.start()
         yield
         await worker.close()
+        await storage.close()
 
     app.cleanup_ctx.append(worker_ctx)
     add_health_routes(app, role="media")

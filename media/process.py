@@ -26,7 +26,7 @@ from media.cid import cid_of_file, cid_of_files
 from media.probe import Probe, probe
 from vilokanam import jobs
 from vilokanam.logs import log_event
-from vilokanam.storage import LocalStorage, video_key
+from vilokanam.storage import Storage, video_key
 
 log = logging.getLogger("media.process")
 
@@ -42,7 +42,7 @@ class Attempt:
 @dataclass
 class Processor:
     pg: asyncpg.Pool
-    storage: LocalStorage
+    storage: Storage
     worker_id: str
     ipfs_api: str | None = None
 
@@ -51,7 +51,14 @@ class Processor:
             "SELECT storage_key, tags FROM videos WHERE id = $1::uuid", job.video_id)
         if video is None or video["storage_key"] is None:
             raise FileNotFoundError(f"video {job.video_id} has no source")
-        source = self.storage.path(video["storage_key"])
+        source = await self.storage.fetch(video["storage_key"])  # S3: into the spool
+        try:
+            await self._run(job, attempt, cancel, source, list(video["tags"] or []))
+        finally:
+            await self.storage.evict(video["storage_key"])
+
+    async def _run(self, job: jobs.Job, attempt: Attempt, cancel: threading.Event,
+                   source: Path, tags: list[str]) -> None:
         attempt.stage = "probe"
         info = await asyncio.to_thread(probe, source)
         log_event(log, "job.probed", job_id=job.id, video_id=job.video_id, codec=info.codec,
@@ -75,11 +82,11 @@ class Processor:
             attempt.stage = "ipfs"
             await self._ipfs_add(source, source_cid)
         attempt.stage = "publish"
-        await asyncio.to_thread(_publish_files, work, self.storage.path(
-            video_key(job.video_id, "hls")), self.storage.path(
-            video_key(job.video_id, "thumb.jpg")))
-        await self._publish_rows(job, info, renditions, sizes, source_cid, version_cids,
-                                 list(video["tags"] or []))
+        # The files first, then the rows that point to them (one transaction).
+        await self.storage.put_tree(video_key(job.video_id, "hls"), work / "hls")
+        await self.storage.put_file(video_key(job.video_id, "thumb.jpg"), work / "thumb.jpg")
+        await asyncio.to_thread(_remove_attempts, work)
+        await self._publish_rows(job, info, renditions, sizes, source_cid, version_cids, tags)
 
     async def _publish_rows(self, job: jobs.Job, info: Probe,
                             renditions: list[transcode.Rendition], sizes: list[int],
@@ -135,15 +142,7 @@ class Processor:
                       node=answer.get("Hash"))
 
 
-def _publish_files(work: Path, hls: Path, thumb: Path) -> None:
-    """Swaps the attempt's files into place (the rows that point to them are
-    committed next); the attempt's work directory is removed."""
-    old = hls.with_name("hls-old")
-    shutil.rmtree(old, ignore_errors=True)
-    if hls.exists():
-        hls.rename(old)
-    (work / "hls").rename(hls)
-    (work / "thumb.jpg").replace(thumb)
-    shutil.rmtree(old, ignore_errors=True)
+def _remove_attempts(work: Path) -> None:
+    """The attempt's work directory, once its files are published."""
     for attempt in work.parent.glob("work-*"):  # this one, and any a killed worker left
         shutil.rmtree(attempt, ignore_errors=True)

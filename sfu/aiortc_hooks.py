@@ -2,7 +2,9 @@
 
 The SFU lives on these, each small and tested:
 - a receiver's decoder queue is replaced by a tap, so assembled *encoded*
-  frames come to us and nothing is ever decoded;
+  frames come to us and nothing is ever decoded; its RTCP sender reports are
+  seen on their way in, their RTP timestamps rebased as aiortc rebases the
+  frames' (the recorder aligns tracks by them);
 - a viewer sender's RTP loop is replaced: it only hands us, once DTLS is up,
   what we need to send RTP ourselves (SSRCs, payload types, header extension
   ids, the SRTP session and the ICE pair), and its RTCP from the viewer (PLI,
@@ -68,9 +70,36 @@ class EncodedFrameTap:
         return self._sentinel.get(*args, **kwargs)
 
 
-def tap_receiver(receiver: RTCRtpReceiver, on_frame: FrameHandler) -> None:
-    """Must run before the receiver starts (i.e. on the `track` event)."""
+def tap_receiver(receiver: RTCRtpReceiver, on_frame: FrameHandler,
+                 on_sender_report: Callable[[int, int], None] | None = None) -> None:
+    """Must run before the receiver starts (i.e. on the `track` event).
+    `on_sender_report` gets each sender report's (NTP time, RTP timestamp) for
+    the media SSRC (aiortc still handles the report)."""
     receiver._RTCRtpReceiver__decoder_queue = EncodedFrameTap(on_frame)  # type: ignore[attr-defined]
+    if on_sender_report is None:
+        return
+    original = receiver._handle_rtcp_packet
+
+    async def handle_rtcp(packet: Any) -> None:
+        rtx_ssrcs = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+        if isinstance(packet, RtcpSrPacket) and packet.ssrc not in rtx_ssrcs:
+            mapped = frame_timestamp(receiver, packet.sender_info.rtp_timestamp)
+            if mapped is not None:
+                on_sender_report(packet.sender_info.ntp_timestamp, mapped)
+        await original(packet)
+
+    receiver._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+
+
+def frame_timestamp(receiver: RTCRtpReceiver, rtp_timestamp: int) -> int | None:
+    """An RTP timestamp as the frames the tap gets carry it: aiortc rebases
+    them to start at 0 (and unwraps them) before the decoder queue. None
+    before the first frame (the origin is not known yet)."""
+    mapper = receiver._RTCRtpReceiver__timestamp_mapper  # type: ignore[attr-defined]
+    if mapper._origin is None or mapper._last is None:
+        return None
+    delta = ((rtp_timestamp - mapper._last + 2**31) % 2**32) - 2**31
+    return int(mapper._last - mapper._origin + delta)
 
 
 @dataclass

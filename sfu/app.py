@@ -21,7 +21,7 @@ from sfu.udp_mux import UdpMux
 from vilokanam.backends import BACKENDS, attach_backends
 from vilokanam.config import Settings
 from vilokanam.health import add_health_routes
-from vilokanam.storage import storage_for
+from vilokanam.storage import LocalStorage, storage_for
 
 
 def udp_mux_for(settings: Settings) -> UdpMux | None:
@@ -52,6 +52,7 @@ def create_app(settings: Settings) -> web.Application:
         mux = udp_mux_for(settings)
         if mux is not None:
             await mux.start()
+        storage = storage_for(settings.media_dir, settings.s3)
         manager = StreamManager(
             ice_servers=settings.ice_servers, capacity=settings.sfu_capacity,
             control_url=settings.sfu_control_url, lifecycle=Lifecycle(backends.pg),
@@ -62,12 +63,15 @@ def create_app(settings: Settings) -> web.Application:
                                      max_lag=settings.sfu_max_loop_lag_ms / 1000),
             udp_mux=mux,
 
-            recordings=Recordings(backends.pg, storage_for(settings.media_dir),
+            recordings=Recordings(backends.pg, storage,
                                   enabled=settings.record_streams,
                                   max_attempts=settings.media_max_attempts))
+        # Live thumbnails stay files of the shared directory even with a bucket:
+        # renewed every few seconds, they are served from `path(key)` (the
+        # bucket's spool is that same directory).
         manager.thumbnails = LiveThumbnails(
-            backends.pg, storage_for(settings.media_dir), float(settings.thumbnail_interval),
-            manager.tasks)
+            backends.pg, LocalStorage(settings.media_dir.resolve()),
+            float(settings.thumbnail_interval), manager.tasks)
         manager.start()
         app[MANAGER] = manager
         registration = WorkerRegistration(
@@ -79,6 +83,7 @@ def create_app(settings: Settings) -> web.Application:
         await registration.begin_drain()  # out of placement first, then end what we carry
         await manager.close()
         await registration.stop()  # only now: killed before here, the reaper ends the rest
+        await storage.close()
         if mux is not None:
             mux.close()
 

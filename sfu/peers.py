@@ -176,7 +176,7 @@ async def accept_publisher(peer: Peer, offer: str, fanouts: dict[str, Fanout],
         hooks.narrow_codecs(transceiver, pin(codecs, codec))
         fanout = fanouts[transceiver.kind]
         fanout.attach(codec)
-        hooks.tap_receiver(transceiver.receiver, fanout.push)
+        hooks.tap_receiver(transceiver.receiver, fanout.push, fanout.sender_report)
     answer = await _answer(peer.pc, mux)  # gathers candidates: the sockets exist now
     hooks.enlarge_receive_buffers(transceivers, PUBLISHER_RECEIVE_BUFFER)
     return answer

@@ -272,6 +272,10 @@ class Fanout:
     # a tap must only queue the frame.
     taps: list[Callable[[RTCRtpCodecParameters, bytes, int, bool], None]] = field(
         default_factory=list)
+    # Who places this track on the publisher's clock (the recorder aligns
+    # audio and video so): called with each RTCP sender report's (NTP time,
+    # its RTP timestamp as a continuous pts), on the event loop.
+    clock_taps: list[Callable[[int, int], None]] = field(default_factory=list)
     _gop_bytes: int = 0
     _gop_valid: bool = False
     _offset: int = 0
@@ -319,6 +323,13 @@ class Fanout:
             tap(codec, frame.data, packetized.timestamp, packetized.keyframe)
         if self.viewers:
             self._schedule_pump()
+
+    def sender_report(self, ntp: int, rtp_timestamp: int) -> None:
+        """Called by the receiver tap for each of the publisher's sender reports."""
+        if self._rebase:
+            return  # a new connection's timestamps: their offset comes with its first frame
+        for tap in self.clock_taps:
+            tap(ntp, rtp_timestamp + self._offset)
 
     def packet(self, index: int) -> PacketizedFrame | None:
         """The frame holding stream packet `index`, while the history has it."""

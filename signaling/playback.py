@@ -23,7 +23,6 @@ seconds, the view is cut off: that segment and every later request get 403."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -239,9 +238,9 @@ async def _segments(request: web.Request, video_id: str, resolution: str) -> lis
     if key not in cache:
         if len(cache) > SEGMENT_CACHE_MAX:
             cache.clear()
-        path = request.app[STORAGE].path(video_key(video_id, "hls", resolution, "index.m3u8"))
         try:
-            text = await asyncio.to_thread(path.read_text)
+            text = await request.app[STORAGE].read_text(
+                video_key(video_id, "hls", resolution, "index.m3u8"))
         except FileNotFoundError:
             raise not_found("not_found", "no such rendition") from None
         cache[key] = [float(line[8:].split(",")[0]) for line in text.splitlines()
@@ -255,9 +254,9 @@ SEGMENT_CACHE = web.AppKey("vod_segment_cache", dict[tuple[str, str], list[float
 async def media_playlist(request: web.Request) -> web.Response:
     view = await _view(request)
     resolution = _resolution(request)
-    path = request.app[STORAGE].path(video_key(view.video_id, "hls", resolution, "index.m3u8"))
     try:
-        text = await asyncio.to_thread(path.read_text)
+        text = await request.app[STORAGE].read_text(
+            video_key(view.video_id, "hls", resolution, "index.m3u8"))
     except FileNotFoundError:
         raise not_found("not_found", "no such rendition") from None
     lines = [f"{line}?{view.query}" if _SEGMENT.match(line) else line
@@ -286,11 +285,13 @@ async def segment(request: web.Request) -> web.StreamResponse:
     durations = await _segments(request, view.video_id, resolution)
     if index >= len(durations):
         raise not_found("not_found", "no such segment")
-    path = request.app[STORAGE].path(
-        video_key(view.video_id, "hls", resolution, match.group(0)))
+    key = video_key(view.video_id, "hls", resolution, match.group(0))
     await _bill(request, view, seconds_of(durations, index))
-    return web.FileResponse(path, headers={"Content-Type": "video/mp2t",
-                                           "Cache-Control": "private, no-store"})
+    try:
+        return await request.app[STORAGE].serve(request, key, "video/mp2t",
+                                                 {"Cache-Control": "private, no-store"})
+    except FileNotFoundError:
+        raise not_found("not_found", "no such segment") from None
 
 
 async def _bill(request: web.Request, view: View, seconds: range) -> None:

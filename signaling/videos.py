@@ -31,11 +31,11 @@ from vilokanam.backends import BACKENDS
 from vilokanam.config import Settings
 from vilokanam.logs import log_event
 from vilokanam.money import format_amount
-from vilokanam.storage import LocalStorage, TooLarge, storage_for, video_key
+from vilokanam.storage import Storage, TooLarge, storage_for, video_key
 
 log = logging.getLogger("signaling.videos")
 
-STORAGE = web.AppKey("storage", LocalStorage)
+STORAGE = web.AppKey("storage", Storage)
 TUS_VERSION = "1.0.0"
 TUS_CONTENT_TYPE = "application/offset+octet-stream"
 CHUNK = 1 << 20
@@ -434,15 +434,22 @@ async def update_video(request: web.Request) -> web.Response:
 
 async def thumbnail(request: web.Request) -> web.StreamResponse:
     video_id = parse_video_id(request)
-    path = request.app[STORAGE].path(video_key(video_id, "thumb.jpg"))
-    if not await asyncio.to_thread(path.is_file):
-        raise not_found("thumbnail_not_found", "this video has no thumbnail (yet)")
-    return web.FileResponse(path, headers={"Content-Type": "image/jpeg",
-                                           "Cache-Control": "public, max-age=300"})
+    try:
+        return await request.app[STORAGE].serve(request, video_key(video_id, "thumb.jpg"),
+                                                 "image/jpeg",
+                                                 {"Cache-Control": "public, max-age=300"})
+    except FileNotFoundError:
+        raise not_found("thumbnail_not_found", "this video has no thumbnail (yet)") from None
 
 
 def add_video_routes(app: web.Application, settings: Settings) -> None:
-    app[STORAGE] = storage_for(settings.media_dir)
+    app[STORAGE] = storage_for(settings.media_dir, settings.s3)
+
+    async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await app[STORAGE].close()
+
+    app.cleanup_ctx.append(storage_ctx)
     app.router.add_post("/api/videos", upload_video)
     app.router.add_route("OPTIONS", "/api/videos", tus_options)
     app.router.add_get("/api/videos", list_videos)

@@ -47,6 +47,31 @@ async def test_the_receiver_internals_the_tap_and_plis_use(
     await hooks.request_keyframe_upstream(receiver)  # no SSRC seen yet: sends nothing
 
 
+async def test_the_receiver_hands_on_sender_reports_and_still_handles_them(
+        answered: tuple[RTCPeerConnection, RTCRtpTransceiver]) -> None:
+    from aiortc.rtp import RtcpSenderInfo, RtcpSrPacket
+
+    receiver = answered[1].receiver
+    reports: list[tuple[int, int]] = []
+    hooks.tap_receiver(receiver, lambda codec, frame: None,
+                       lambda ntp, rtp: reports.append((ntp, rtp)))
+    receiver._RTCRtpReceiver__rtx_ssrc[99] = 42  # type: ignore[attr-defined]
+    info = RtcpSenderInfo(ntp_timestamp=(3_900_000_000 << 32) | 5, rtp_timestamp=123456,
+                          packet_count=10, octet_count=1000)
+    await receiver._handle_rtcp_packet(RtcpSrPacket(ssrc=42, sender_info=info))
+    assert reports == []  # before the first frame the timestamps' origin is unknown
+    # aiortc rebases the frames' timestamps to start at 0 (its TimestampMapper):
+    # the report's timestamp is rebased the same way.
+    mapper = receiver._RTCRtpReceiver__timestamp_mapper  # type: ignore[attr-defined]
+    assert mapper.map(100_000) == 0 and mapper.map(103_000) == 3000
+    await receiver._handle_rtcp_packet(RtcpSrPacket(ssrc=42, sender_info=info))
+    await receiver._handle_rtcp_packet(RtcpSrPacket(ssrc=99, sender_info=info))  # RTX: not ours
+    assert reports == [((3_900_000_000 << 32) | 5, 23456)]
+    assert hooks.frame_timestamp(receiver, 99_000) == -1000
+    lsr = receiver._RTCRtpReceiver__lsr  # type: ignore[attr-defined]
+    assert 42 in lsr  # aiortc's own handling (receiver reports' LSR) still ran
+
+
 async def test_the_sender_internals_the_take_over_uses(
         answered: tuple[RTCPeerConnection, RTCRtpTransceiver]) -> None:
     """`take_over_sender` replaces the sender's RTP loop and RTCP handler and

@@ -1,10 +1,13 @@
-"""The recorder (sfu/recorder.py): frames muxed as they are into WebM, a file
-cut by kill -9 still playable up to the crash, recordings that become videos
-(or fail with a reason), opt-out, and recordings of dead workers finished by
-the media role's sweep (vilokanam/recordings.py). Real Postgres, real files."""
+"""The recorder (sfu/recorder.py): frames muxed as they are into WebM (VP8) or
+Matroska (H.264), a file cut by kill -9 still playable up to the crash, audio
+and video aligned by the publisher's sender reports, recordings that become
+videos (or fail with a reason), opt-out, and recordings of dead workers
+finished by the media role's sweep (vilokanam/recordings.py). Real Postgres,
+real files, and a real aiortc publisher sending H.264 to a worker."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -18,13 +21,16 @@ import pytest
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from media.probe import probe
-from sfu.recorder import Recordings, vp8_size
+from sfu.recorder import Recording, Recordings, Timeline, annexb_units, h264_parameters, vp8_size
 from sfu.relay import Fanout
 from signaling.stream_keys import hash_stream_key, new_stream_key
 from tests.conftest import REPO
-from tests.media_samples import webm
-from tests.recorder_feeder import CODECS
+from tests.media_clients import Publisher
+from tests.media_samples import make_clip, webm
+from tests.recorder_feeder import CODECS, codec_of
 from tests.test_api import ALICE_42
+from tests.test_sfu_media import Worker, make_stream, worker  # noqa: F401 (the fixture)
+from tests.waiting import wait_until
 from vilokanam.config import Settings
 from vilokanam.recordings import ORPHAN_AFTER_S, finish_orphans
 from vilokanam.storage import storage_for
@@ -38,15 +44,122 @@ def test_vp8_keyframe_size() -> None:
     assert vp8_size(b"\x00" * 4) is None
 
 
-def test_a_recording_killed_mid_stream_is_playable_up_to_the_crash(tmp_path: Path) -> None:
-    source = webm(tmp_path / "live.webm", seconds=8, width=160, height=120)
+def h264_ts(path: Path, seconds: float = 2) -> Path:
+    """H.264 in Annex B (what aiortc's depacketizer hands the taps) with Opus."""
+    return make_clip(path, container="mpegts", video="libx264", audio="libopus",
+                     seconds=seconds, width=160, height=120)
+
+
+def test_h264_parameter_sets_and_size_from_a_keyframe(tmp_path: Path) -> None:
+    with av.open(str(h264_ts(tmp_path / "a.ts", seconds=1))) as container:
+        frames = [bytes(p) for p in container.demux(video=0) if p.size]
+    parameters = h264_parameters(frames[0])
+    assert parameters is not None
+    extradata, size = parameters
+    assert size == (160, 120)
+    assert [u[0] & 0x1F for u in annexb_units(extradata)] == [7, 8]
+    assert h264_parameters(frames[1]) is None  # an interframe carries no SPS/PPS
+    idr_only = b"".join(b"\x00\x00\x00\x01" + u for u in annexb_units(frames[0])
+                        if u[0] & 0x1F not in (7, 8))
+    assert h264_parameters(idr_only) is None
+
+
+def test_the_timeline_keeps_the_offset_the_sender_reports_give() -> None:
+    ntp = (3_900_000_000 << 32) | (1 << 31)  # x.5 s on the publisher's NTP clock
+    timeline = Timeline(("video", "audio"))
+    video_first, audio_first = 2**32 - 900, 1234  # random starts; video wraps soon
+    # Both first frames arrive at the same instant...
+    timeline.frame("video", 90000, video_first, 100.0)
+    timeline.frame("audio", 48000, audio_first, 100.0)
+    assert not timeline.ready(100.5)  # no reports yet: held
+    # ...but the publisher's reports say audio was captured 0.7 s after video.
+    timeline.sender_report("video", ntp, video_first + 90000)  # video + 1 s at ntp
+    timeline.sender_report("audio", ntp + int(0.7 * 2**32), audio_first + 48000)
+    assert timeline.ready(100.6)
+    timeline.place()
+    assert timeline.aligned_by == "sender_reports"
+    assert timeline.ms("video", 0) == 0
+    assert timeline.ms("audio", 0) == 700
+    later = timeline.frame("video", 90000, (video_first + 9000) % 2**32, 100.1)  # past the wrap
+    assert later == 9000 and timeline.ms("video", later) == 100
+
+    # Reports that contradict the arrival by hours are not believed.
+    timeline = Timeline(("video", "audio"))
+    timeline.frame("video", 90000, 5, 10.0)
+    timeline.frame("audio", 48000, 7, 10.02)
+    timeline.sender_report("video", ntp, 5)
+    timeline.sender_report("audio", ntp + (20000 << 32), 7)
+    timeline.place()
+    assert timeline.aligned_by == "arrival" and timeline.disagreement is not None
+    assert (timeline.ms("video", 0), timeline.ms("audio", 0)) == (0, 20)
+
+    # Without a report for every track, arrival places them (after the hold).
+    timeline = Timeline(("video", "audio"))
+    timeline.frame("video", 90000, 5, 10.0)
+    timeline.sender_report("video", ntp, 5)
+    timeline.frame("audio", 48000, 7, 10.25)
+    assert not timeline.ready(13.0) and timeline.ready(14.0)
+    timeline.place()
+    assert timeline.aligned_by == "arrival"
+    assert (timeline.ms("video", 0), timeline.ms("audio", 0)) == (0, 250)
+
+
+def _first_pts(path: Path) -> dict[str, float]:
+    first: dict[str, float] = {}
+    with av.open(str(path)) as container:
+        for packet in container.demux():
+            if packet.pts is not None and packet.time_base is not None and packet.size:
+                first.setdefault(packet.stream.type, float(packet.pts * packet.time_base))
+    return first
+
+
+@pytest.mark.parametrize("reports", [True, False])
+def test_a_recording_keeps_the_publishers_audio_offset(tmp_path: Path, reports: bool) -> None:
+    """A publisher whose audio starts 0.6 s after its video (by its sender
+    reports), both tracks' frames arriving at once: the file keeps the 0.6 s.
+    Without reports the recorder can only align by arrival (0 s)."""
+    source = webm(tmp_path / "live.webm", seconds=2, width=160, height=120)
     target = tmp_path / "recording.webm"
+    recording = Recording("v", "s", "sess", target)
+    taps = {kind: recording.tap_for(kind) for kind in CODECS}
+    starts = {"video": 3_000_000_000, "audio": 77}  # unrelated random RTP starts
+    offsets = {"video": 0.0, "audio": 0.6}  # audio's t=0, on the publisher's clock
+    recording.start()
+    if reports:
+        for kind in CODECS:
+            wall = 3_900_000_000 + 10 + offsets[kind]
+            recording.clock_tap_for(kind)(int(wall * 2**32), starts[kind])
+    with av.open(str(source)) as container:
+        for packet in container.demux():
+            if packet.size and packet.pts is not None and packet.time_base is not None:
+                kind = packet.stream.type
+                codec = CODECS[kind]
+                pts = starts[kind] + int(packet.pts * packet.time_base * codec.clockRate)
+                taps[kind](codec, bytes(packet), pts, bool(packet.is_keyframe))
+    recording.close()
+    assert recording.error is None
+    assert recording.timeline.aligned_by == ("sender_reports" if reports else "arrival")
+    first = _first_pts(target)
+    offset = first["audio"] - first["video"]
+    assert abs(offset - (0.6 if reports else 0.0)) <= 0.03, first
+
+
+@pytest.mark.parametrize("codec", ["vp8", "h264"])
+def test_a_recording_killed_mid_stream_is_playable_up_to_the_crash(tmp_path: Path,
+                                                                    codec: str) -> None:
+    if codec == "h264":
+        source = h264_ts(tmp_path / "live.ts", seconds=8)
+    else:
+        source = webm(tmp_path / "live.webm", seconds=8, width=160, height=120)
+    target = tmp_path / "recording"
     feeder = subprocess.Popen([sys.executable, "-m", "tests.recorder_feeder", str(source),
                                str(target)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert feeder.stdout is not None
     try:
-        for line in feeder.stdout:  # until 4 s of media went through the taps
-            if line.startswith("fed video") and float(line.split()[2]) >= 4.0:
+        # Until 6 s of media went through the taps: the feeder sends no sender
+        # reports, so the writer holds the first ALIGN_HOLD_S (4 s) before writing.
+        for line in feeder.stdout:
+            if line.startswith("fed video") and float(line.split()[2]) >= 6.0:
                 break
         time.sleep(0.3)  # let the writer thread take what was fed (it flushes per frame)
     finally:
@@ -54,12 +167,13 @@ def test_a_recording_killed_mid_stream_is_playable_up_to_the_crash(tmp_path: Pat
         feeder.wait()
     assert feeder.returncode == -9
     info = probe(target)  # a valid file...
-    assert info.codec == "vp8" and info.audio_codec == "opus"
+    assert (info.format, info.codec, info.audio_codec) == (
+        {"vp8": "webm", "h264": "mkv"}[codec], codec, "opus")
     assert (info.width, info.height) == (160, 120)
-    assert 2.5 <= info.duration <= 5.5, info.duration  # ...up to about the crash
+    assert 4.5 <= info.duration <= 7.5, info.duration  # ...up to about the crash
     with av.open(str(target)) as container:  # and every frame decodes
         frames = sum(1 for _ in container.decode(video=0))
-    assert frames >= 60
+    assert frames >= 120
 
 
 async def _stream(db: asyncpg.Connection, record: bool = True,
@@ -103,7 +217,7 @@ async def test_recordings_become_videos_or_fail_with_a_reason(
     with av.open(str(source)) as container:
         for packet in container.demux():
             if packet.size and packet.pts is not None and packet.time_base is not None:
-                codec = CODECS[packet.stream.type]
+                codec = codec_of(packet.stream)
                 pts = int(packet.pts * packet.time_base * codec.clockRate)
                 fanouts[packet.stream.type].taps[0](codec, bytes(packet), pts,
                                                     bool(packet.is_keyframe))
@@ -128,16 +242,16 @@ async def test_recordings_become_videos_or_fail_with_a_reason(
     assert row["status"] == "failed" and "no video" in row["failure_reason"]
     assert await db.fetchval("SELECT count(*) FROM processing_jobs") == 1
 
-    # An H.264 publisher (OBS): not recorded yet, and the video says so.
+    # A codec the recorder does not take (AV1): the video says so.
     stream4, session4 = await _stream(db, creator=False)
     fanouts = _fanouts()
     await recordings.start(stream4, session4, fanouts)
-    h264 = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102)
-    fanouts["video"].taps[0](h264, b"\x00\x00\x00\x01\x65" + b"\x00" * 50, 0, True)
+    av1 = RTCRtpCodecParameters(mimeType="video/AV1", clockRate=90000, payloadType=45)
+    fanouts["video"].taps[0](av1, b"\x12\x00\x0a" + b"\x00" * 50, 0, True)
     await recordings.finish(stream4, fanouts)
     reason = await db.fetchval("SELECT failure_reason FROM videos WHERE source_stream_id = "
                                "$1::uuid", stream4)
-    assert "video/H264 is not recorded" in reason
+    assert "video/AV1 is not recorded" in reason
 
     # "record": false: nothing is recorded.
     stream3, session3 = await _stream(db, record=False, creator=False)
@@ -164,3 +278,36 @@ async def test_the_recording_of_a_dead_worker_is_finished_by_the_sweep(
     assert row["status"] == "processing" and row["file_size"] > 0
     assert await db.fetchval("SELECT recording_id::text FROM stream_sessions") == video_id
     assert await finish_orphans(pool, storage, 3) == 0  # once
+
+
+async def test_an_h264_publisher_is_recorded_aligned_by_its_sender_reports(
+        worker: Worker, db: asyncpg.Connection, settings: Settings,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A real aiortc publisher sending H.264 through a worker: the recording is
+    Matroska holding the H.264 frames as sent (no re-encode) with the Opus
+    audio, placed by the publisher's RTCP sender reports."""
+    caplog.set_level(logging.INFO, logger="sfu.recorder")
+    stream_id, _ = await make_stream(db)
+    publisher = Publisher()
+    answer = await publisher.start(worker.signal_publisher(stream_id), video_codec="video/H264")
+    assert "H264/90000" in answer
+
+    async def recorded() -> int | None:
+        active = worker.manager.recordings.active if worker.manager.recordings else {}
+        entry = active.get(stream_id)
+        return entry[0].video_frames if entry and entry[0].video_frames >= 60 else None
+
+    await wait_until(recorded, "60 recorded H.264 frames", timeout=30)
+    assert await worker.post(f"/control/streams/{stream_id}/end", {}) == (200, {"ended": True})
+    await publisher.close()
+    video = await db.fetchrow("SELECT id::text, status, storage_key FROM videos "
+                              "WHERE source_stream_id = $1::uuid", stream_id)
+    assert video["status"] == "processing"
+    info = probe(settings.media_dir / video["storage_key"])
+    assert (info.format, info.codec, info.audio_codec) == ("mkv", "h264", "opus")
+    assert (info.width, info.height) == (320, 240) and info.duration >= 1.5
+    finished = [r for r in caplog.records if r.getMessage() == "recording.finished"]
+    fields = getattr(finished[-1], "fields", {})
+    assert (fields["video_codec"], fields["aligned_by"]) == ("video/h264", "sender_reports")
+    assert fields["report_disagreement_s"] < 0.5  # the reports agree with the arrivals
+    assert fields["error"] is None

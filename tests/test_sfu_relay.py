@@ -114,6 +114,21 @@ async def test_timestamps_continue_across_a_publisher_reconnect() -> None:
     fanout.close()
 
 
+async def test_sender_reports_reach_the_clock_taps_in_the_continuous_timestamps() -> None:
+    fanout = Fanout("audio", Requests())
+    reports: list[tuple[int, int]] = []
+    fanout.clock_taps.append(lambda ntp, pts: reports.append((ntp, pts)))
+    fanout.attach(OPUS)
+    fanout.push(OPUS, JitterFrame(b"\xfc", 48000))
+    fanout.sender_report(7, 48000)
+    fanout.attach(OPUS)  # a reconnect: its timestamps restart at 0
+    fanout.sender_report(8, 0)  # before its first frame the offset is unknown: dropped
+    fanout.push(OPUS, JitterFrame(b"\xfc", 0))
+    fanout.sender_report(9, 960)
+    assert reports == [(7, 48000), (9, 48000 + relay.FRAME_STEP["audio"] + 960)]
+    fanout.close()
+
+
 async def test_throttle_sends_at_most_two_per_second_and_never_drops() -> None:
     sent = Requests()
     throttle = KeyframeThrottle(sent, interval=0.5)

@@ -16,6 +16,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from vilokanam.storage import S3Config
+
 
 class ConfigError(ValueError):
     """A setting has a value we cannot use; the message names the variable."""
@@ -221,8 +223,24 @@ class Settings:
         "several hosts share it as a volume. Default `<VILOKANAM_DATA_DIR>/media`.")
     ipfs_api: str | None = _setting(
         "VILOKANAM_IPFS_API", None,
-        "HTTP API of an IPFS node (e.g. `http://127.0.0.1:5001`): when set, the media role adds "
-        "every original and rendition to it. The CID is computed either way.")
+        "HTTP API of an IPFS node (e.g. `http://127.0.0.1:5001`, kubo): when set, the media role "
+        "adds every video's original to it. The CIDs are computed either way.")
+    s3_bucket: str | None = _setting(
+        "VILOKANAM_S3_BUCKET", None,
+        "When set, the video storage is this S3-compatible bucket (VILOKANAM_STORAGE_DIR then "
+        "only spools files being written: live recordings, processing attempts, downloads).")
+    s3_endpoint: str | None = _setting(
+        "VILOKANAM_S3_ENDPOINT", None,
+        "URL of the S3-compatible service (MinIO, Ceph, ...); unset: AWS S3 itself.")
+    s3_region: str = _setting("VILOKANAM_S3_REGION", "us-east-1", "Region of the bucket.")
+    s3_access_key: str | None = _setting(
+        "VILOKANAM_S3_ACCESS_KEY", None,
+        "Access key id for the bucket. Given only to signaling, sfu and media.",
+        secret=True, roles=("signaling", "sfu", "media"))
+    s3_secret_key: str | None = _setting(
+        "VILOKANAM_S3_SECRET_KEY", None,
+        "Secret access key for the bucket. Never logged; given only to signaling, sfu and "
+        "media.", secret=True, roles=("signaling", "sfu", "media"))
     media_port: int = _setting(
         "VILOKANAM_MEDIA_PORT", "8060", "Port of the media role's /healthz, /readyz and /metrics.")
     media_concurrency: int = _setting(
@@ -309,6 +327,13 @@ class Settings:
     @property
     def media_dir(self) -> Path:
         return self.storage_dir if self.storage_dir is not None else self.data_dir / "media"
+
+    @property
+    def s3(self) -> S3Config | None:
+        if self.s3_bucket is None:
+            return None
+        return S3Config(self.s3_endpoint, self.s3_bucket, self.s3_region, self.s3_access_key,
+                        self.s3_secret_key)
 
     @property
     def sfu_control_url(self) -> str:

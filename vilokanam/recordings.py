@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncpg
 
 from vilokanam import jobs
-from vilokanam.storage import LocalStorage
+from vilokanam.storage import Storage
 
 ORPHAN_AFTER_S = 15  # an ended session's recording no worker finished
 
@@ -39,7 +39,7 @@ async def finish_recording(pg: asyncpg.Pool, video_id: str, session_id: str, siz
             await jobs.enqueue(conn, video_id, max_attempts)
 
 
-async def finish_orphans(pg: asyncpg.Pool, storage: LocalStorage, max_attempts: int) -> int:
+async def finish_orphans(pg: asyncpg.Pool, storage: Storage, max_attempts: int) -> int:
     """Recordings still `uploading` whose session ended more than
     ORPHAN_AFTER_S ago (their worker died, the reaper ended the session): each
     is finished from what is on disk. Returns how many."""
@@ -50,6 +50,7 @@ async def finish_orphans(pg: asyncpg.Pool, storage: LocalStorage, max_attempts: 
         "AND ss.end_time < now() - make_interval(secs => $1) "
         "ORDER BY ss.end_time LIMIT 100", ORPHAN_AFTER_S)
     for row in rows:
+        await storage.commit_spooled(row["storage_key"])  # S3: the spool is shared too
         size = await storage.size(row["storage_key"]) or 0
         await finish_recording(pg, row["id"], row["session_id"], size, None, max_attempts)
     return len(rows)
