@@ -565,6 +565,8 @@ class StreamManager:
     async def _tend_edge(self, stream: LiveStream, now: float) -> None:
         """Once a second per edge stream: an ended stream (unpinned) ends here
         too; a lost feed is looked for again where the stream is pinned now."""
+        if not stream.session_id:
+            return  # its first relay is being opened (_become_edge)
         redis = self.events.redis
         pinned = await redis.get(stream_worker_key(stream.stream_id))
         if pinned is None:
