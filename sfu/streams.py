@@ -24,7 +24,8 @@ from typing import Any
 import aiohttp
 
 from routing.channels import CloseReason, EventBus, StreamEvent
-from routing.registry import WorkerRecord, stream_worker_key, worker_key
+from routing.placement import stream_carriers
+from routing.registry import stream_worker_key, worker_key
 from sfu import metrics
 from sfu.cascade import RelayFailed, RelayLoop, RelaySource, call_parent, open_relay, relay_peer
 from sfu.lifecycle import Lifecycle
@@ -591,24 +592,33 @@ class StreamManager:
         raw = await redis.get(worker_key(origin_id))
         if raw is None or origin_id == self.worker_id or stream.resuming:
             return  # the origin died: wait for the publisher to be placed again
+        # The origin first; else any other carrier with room (one we feed
+        # refuses: `relay_loop`, its chain holds us).
+        origin, edges = await stream_carriers(redis, stream.stream_id)
+        parents = [w for w in (origin, *edges) if w is not None
+                   and w.worker_id != self.worker_id and (w is origin or w.has_room)]
         stream.resuming = True
-        self.tasks.spawn(self._resume_edge(stream, WorkerRecord.from_json(raw).control_url),
+        self.tasks.spawn(self._resume_edge(stream, [w.control_url for w in parents]),
                          "edge-resume")
 
-    async def _resume_edge(self, stream: LiveStream, origin_url: str) -> None:
+    async def _resume_edge(self, stream: LiveStream, parent_urls: list[str]) -> None:
         old_session = stream.session_id
         try:
-            async with self._relay_lock:
-                if self.streams.get(stream.stream_id) is not stream or stream.source:
-                    return
-                await self._attach_source(stream, origin_url)
-        except PeerError as exc:
-            log_event(log, "edge.resume_failed", stream_id=stream.stream_id,
-                      origin_url=origin_url, error=str(exc))
-            return
+            for parent_url in parent_urls:
+                try:
+                    async with self._relay_lock:
+                        if self.streams.get(stream.stream_id) is not stream or stream.source:
+                            return
+                        await self._attach_source(stream, parent_url)
+                    break
+                except PeerError as exc:
+                    log_event(log, "edge.resume_failed", stream_id=stream.stream_id,
+                              parent_url=parent_url, error=str(exc))
+            else:
+                return
         finally:
             stream.resuming = False
-        log_event(log, "edge.resumed", stream_id=stream.stream_id, origin_url=origin_url,
+        log_event(log, "edge.resumed", stream_id=stream.stream_id, parent_url=parent_url,
                   session_id=stream.session_id, viewers=len(stream.viewers))
         if stream.session_id != old_session:
             await self._move_viewers(stream)
