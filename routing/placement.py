@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from routing.registry import (
     WORKERS_KEY,
     WorkerRecord,
+    stream_edges_key,
     stream_worker_key,
     unplace,
     worker_key,
@@ -42,16 +43,41 @@ end
 return current
 """
 _PLACEMENT_ATTEMPTS = 3
+# A worker joins a stream's edges and the stream its worker's set in one step
+# (as a pin does), so a reaper finds every stream a dead edge carried.
+_ADD_EDGE = """
+redis.call('SADD', KEYS[1], ARGV[1])
+return redis.call('SADD', KEYS[2], ARGV[2])
+"""
+# While a new edge could still be made, a carrier keeps this many peer
+# connections free for feeding one (origin -> edge -> edge ...), else a full
+# origin could never hand its stream on.
+RELAY_RESERVE = 1
 
 
 class NoCapacity(Exception):
-    """No live worker has room for a new stream."""
+    """No live worker has room for a new stream (or a stream's next viewer)."""
+
+
+class StreamNotPlaced(Exception):
+    """The stream has no live origin: it is not live (or its worker just died)."""
 
 
 @dataclass(frozen=True)
 class Placement:
     worker: WorkerRecord
     sticky: bool  # the stream was already pinned to this worker
+
+
+@dataclass(frozen=True)
+class ViewerPlacement:
+    """Where a viewer goes: the stream's origin or one of its edges. For an
+    edge, `relay_from` is the carrier it relays the stream from should it
+    not carry it yet; `new_edge` when placement made it an edge just now."""
+
+    worker: WorkerRecord
+    relay_from: WorkerRecord | None
+    new_edge: bool = False
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -125,3 +151,75 @@ async def stream_worker(redis: aioredis.Redis, stream_id: str) -> WorkerRecord |
     else None (the stream is not live)."""
     pinned = _text(await redis.get(stream_worker_key(stream_id)))
     return None if pinned is None else await get_worker(redis, pinned)
+
+
+async def stream_carriers(redis: aioredis.Redis,
+                          stream_id: str) -> tuple[WorkerRecord | None, list[WorkerRecord]]:
+    """The stream's live origin (None: not live) and its live edges."""
+    origin = await stream_worker(redis, stream_id)
+    edge_ids = sorted(_text(member) or "" for member in
+                      await redis.smembers(stream_edges_key(stream_id)))
+    edge_ids = [e for e in edge_ids if origin is None or e != origin.worker_id]
+    if not edge_ids:
+        return origin, []
+    raws = await redis.mget([worker_key(worker_id) for worker_id in edge_ids])
+    edges = [_parse(worker_id, raw) for worker_id, raw in zip(edge_ids, raws, strict=True)
+             if raw is not None]
+    return origin, [edge for edge in edges if edge is not None]
+
+
+def _fits(worker: WorkerRecord, peers: int) -> bool:
+    return worker.load + peers <= worker.capacity
+
+
+def choose_viewer_worker(origin: WorkerRecord, edges: list[WorkerRecord],
+                         others: list[WorkerRecord]
+                         ) -> tuple[WorkerRecord, WorkerRecord | None] | None:
+    """(worker, parent): the origin while it has room, else the emptiest edge
+    with room, else a new edge — the emptiest other worker with room for its
+    relay and the viewer — fed by a carrier with room for one more peer
+    connection (the origin first: the shortest chain). None: nobody has room."""
+    can_grow = any(_fits(worker, 2) for worker in others)
+    reserve = RELAY_RESERVE if can_grow else 0
+    if _fits(origin, 1 + reserve):
+        return origin, None
+    with_room = [edge for edge in edges if _fits(edge, 1 + reserve)]
+    if with_room:
+        return min(with_room, key=lambda w: (w.utilisation, w.load, w.worker_id)), None
+    if not can_grow:
+        return None
+    parents = [w for w in (origin, *edges) if _fits(w, 1)]
+    if not parents:
+        return None
+    parent = parents[0] if parents[0] is origin else min(
+        parents, key=lambda w: (w.utilisation, w.load, w.worker_id))
+    edge = least_loaded([worker for worker in others if _fits(worker, 2)])
+    assert edge is not None  # can_grow
+    return edge, parent
+
+
+async def place_viewer(redis: aioredis.Redis, stream_id: str) -> ViewerPlacement:
+    """The worker a viewer of `stream_id` goes to (the cascade,
+    docs/architecture.md). Raises StreamNotPlaced or NoCapacity."""
+    origin, edges = await stream_carriers(redis, stream_id)
+    if origin is None:
+        raise StreamNotPlaced(stream_id)
+    carrying = {origin.worker_id, *(edge.worker_id for edge in edges)}
+    others = [w for w in await live_workers(redis) if w.worker_id not in carrying]
+    choice = choose_viewer_worker(origin, edges, others)
+    if choice is None:
+        raise NoCapacity("no SFU worker has room for another viewer of this stream")
+    worker, parent = choice
+    if parent is None:
+        return ViewerPlacement(worker, None if worker is origin else origin)
+    await redis.eval(_ADD_EDGE, 2, stream_edges_key(stream_id),
+                     worker_streams_key(worker.worker_id), worker.worker_id, stream_id)
+    log_event(log, "placement.edge_added", stream_id=stream_id, worker_id=worker.worker_id,
+              relay_from=parent.worker_id, edges=len(edges) + 1)
+    return ViewerPlacement(worker, parent, new_edge=True)
+
+
+async def drop_edge(redis: aioredis.Redis, stream_id: str, worker_id: str) -> None:
+    """Undo a new edge that refused its first viewer, so the next placement
+    does not count on it."""
+    await unplace(redis, stream_id, worker_id)

@@ -55,6 +55,13 @@ def draining_key(worker_id: str) -> str:
 DRAIN_MARK_MS = 15_000
 
 
+def stream_edges_key(stream_id: str) -> str:
+    """The workers that relay a stream from its origin to their own viewers
+    (the cascade); set by placement, each edge leaves it when it stops
+    carrying the stream (`unplace`)."""
+    return f"vk:stream:{stream_id}:edges"
+
+
 def worker_streams_key(worker_id: str) -> str:
     """The streams pinned to a worker, kept beside the pins so that whoever
     reaps a dead worker finds its streams without scanning every pin."""
@@ -62,20 +69,23 @@ def worker_streams_key(worker_id: str) -> str:
 
 
 # Undo a pin only if it is still this worker's: a stream that has since moved
-# (its worker was reaped, the stream placed again) keeps its new pin.
+# (its worker was reaped, the stream placed again) keeps its new pin. The
+# worker leaves the stream's edges too (it was its origin or one of them).
 _UNPLACE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('DEL', KEYS[1])
 end
+redis.call('SREM', KEYS[3], ARGV[1])
 return redis.call('SREM', KEYS[2], ARGV[2])
 """
 
 
 async def unplace(redis: aioredis.Redis, stream_id: str, worker_id: str) -> None:
-    """Unpin `stream_id` from `worker_id` (if pinned there) and drop it from
-    the worker's stream set, atomically."""
-    await redis.eval(_UNPLACE, 2, stream_worker_key(stream_id), worker_streams_key(worker_id),
-                     worker_id, stream_id)
+    """Unpin `stream_id` from `worker_id` (if pinned there), drop the worker
+    from the stream's edges and the stream from the worker's stream set,
+    atomically."""
+    await redis.eval(_UNPLACE, 3, stream_worker_key(stream_id), worker_streams_key(worker_id),
+                     stream_edges_key(stream_id), worker_id, stream_id)
 
 
 def new_worker_id() -> str:

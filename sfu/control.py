@@ -65,8 +65,20 @@ async def publish(request: web.Request) -> web.Response:
 
 async def watch(request: web.Request) -> web.Response:
     body = await _body(request, "sdp", "viewer_user_id")
+    relay_from = body.get("relay_from")
+    if relay_from is not None and not (isinstance(relay_from, str)
+                                       and relay_from.startswith(("http://", "https://"))):
+        raise PeerError("'relay_from' must be a worker's control URL")
     result = await request.app[MANAGER].watch(
-        request.match_info["stream_id"], body["sdp"], body["viewer_user_id"])
+        request.match_info["stream_id"], body["sdp"], body["viewer_user_id"], relay_from)
+    return web.json_response(result, status=201)
+
+
+async def relay(request: web.Request) -> web.Response:
+    """Another worker becomes an edge of this stream (sfu/cascade.py)."""
+    body = await _body(request, "sdp", "worker_id", "control_url")
+    result = await request.app[MANAGER].relay(
+        request.match_info["stream_id"], body["sdp"], body["worker_id"], body["control_url"])
     return web.json_response(result, status=201)
 
 
@@ -88,6 +100,8 @@ async def stream_info(request: web.Request) -> web.Response:
         "live": stream is not None and stream.publisher is not None,
         "viewers": len(stream.viewers) if stream else 0,
         "session_id": stream.session_id if stream else None,
+        "edge": bool(stream and stream.edge),
+        "relays": len(stream.relays) if stream else 0,
     })
 
 
@@ -111,6 +125,7 @@ def add_control_routes(app: web.Application) -> None:
     app.middlewares.append(control_errors)
     app.router.add_post("/control/streams/{stream_id}/publisher", publish)
     app.router.add_post("/control/streams/{stream_id}/viewers", watch)
+    app.router.add_post("/control/streams/{stream_id}/relay", relay)
     app.router.add_post("/control/peers/{peer_id}/candidates", candidate)
     app.router.add_delete("/control/peers/{peer_id}", leave)
     app.router.add_get("/control/streams/{stream_id}", stream_info)

@@ -38,3 +38,7 @@ ADMISSIONS_REFUSED = Counter(
 SEND_ERRORS = Counter(
     "vilokanam_sfu_send_errors_total",
     "Frames to a viewer the kernel refused to send (e.g. ENOBUFS); the viewer stays.", ["kind"])
+RELAYS = Gauge(
+    "vilokanam_sfu_relays",
+    "Cascade relays: `out` feeds this worker sends to edges, `in` the feeds its edge streams "
+    "receive (one per stream, however many viewers).", ["direction"])

@@ -126,8 +126,9 @@ class Peer:
     peer_id: str
     stream_id: str
     pc: RTCPeerConnection
-    role: str  # "publisher" | "viewer"
+    role: str  # "publisher" | "viewer" | "relay" (to an edge) | "relay_in" (an edge's feed)
     user_id: str | None = None
+    remote_url: str | None = None  # a relay's edge: its control URL
     viewer_session_id: str | None = None
     tracks: list[tuple[Fanout, ForwardedTrack]] = field(default_factory=list)
     meter: ViewerMeter = field(default_factory=lambda: ViewerMeter())

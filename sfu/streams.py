@@ -1,11 +1,19 @@
 """The streams one worker carries: who publishes, who watches, and the life of
 each stream — live on publish, a 10 s grace when the publisher's connection is
 lost (a reconnect in time resumes the same session, viewers stay connected),
-ended after it or on an explicit leave."""
+ended after it or on an explicit leave.
+
+A stream is carried either as its origin (the publisher is here) or as an
+edge (sfu/cascade.py: fed by one relay from its origin or another edge, when
+placement sent it viewers the origin had no room for). An edge writes only
+its viewers' rows; the stream's own rows, its recording and its analytics are
+the origin's. An edge that loses its feed keeps its viewers and resumes from
+wherever the stream is pinned next (the publisher reconnected elsewhere)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -13,11 +21,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
+
 from routing.channels import CloseReason, EventBus, StreamEvent
+from routing.placement import stream_carriers
+from routing.registry import stream_worker_key, worker_key
 from sfu import metrics
+from sfu.cascade import RelayFailed, RelayLoop, RelaySource, call_parent, open_relay, relay_peer
 from sfu.lifecycle import Lifecycle
 from sfu.load import LoadMonitor
-from sfu.metering import TickEmitter
+from sfu.metering import RR_WINDOW, TickEmitter
 from sfu.peers import (
     Peer,
     PeerError,
@@ -42,6 +55,14 @@ FIRST_MEDIA_TIMEOUT = 10.0  # ICE + DTLS must have brought media by then
 MEDIA_TIMEOUT = 5.0  # a publisher silent this long has lost its connection
 ANALYTICS_EVERY = 10  # seconds between stream_analytics rows
 CLOCK_LOOPS = 5  # the clock's loops (start()): an idle worker runs exactly these tasks
+# An edge without its feed waits this long for the stream to come back (the
+# dead origin's record expiring, the publisher's grace, its reconnect) before
+# it sends its viewers away to be placed again.
+EDGE_GRACE = 3.0 + RECONNECT_GRACE + 5.0
+# An edge's receivers report every second or so: a relay without a report for
+# this long feeds a dead edge (ICE consent would take 30 s to say so), and its
+# peer connection is a place the next viewer needs.
+RELAY_SILENCE = RR_WINDOW
 
 
 class StreamNotLive(PeerError):
@@ -74,14 +95,36 @@ class LiveStream:
     grace: asyncio.Task[None] | None = None
     last_media_at: float = field(default_factory=time.monotonic)
     had_media: bool = False
+    edge: bool = False  # fed by a relay, not by a publisher here
+    source: RelaySource | None = None  # an edge's feed, None while it has lost it
+    source_lost_at: float = 0.0
+    relays: dict[str, Peer] = field(default_factory=dict)  # feeds to edges
+    chain: list[str] = field(default_factory=list)  # worker ids, origin first, us last
+    resuming: bool = False  # an edge's new relay is being opened
 
     def media_arrived(self) -> None:
         self.last_media_at = time.monotonic()
         self.had_media = True
 
-    def publisher_silent(self, now: float) -> bool:
+    def _silent(self, now: float) -> bool:
         limit = MEDIA_TIMEOUT if self.had_media else FIRST_MEDIA_TIMEOUT
-        return self.publisher is not None and now - self.last_media_at > limit
+        return now - self.last_media_at > limit
+
+    def publisher_silent(self, now: float) -> bool:
+        return self.publisher is not None and self._silent(now)
+
+    def source_failed(self, now: float) -> bool:
+        """An edge's relay died or went silent."""
+        if self.source is None:
+            return False
+        state = self.source.peer.pc.connectionState
+        return state in ("failed", "closed") or self._silent(now)
+
+    def upstream_pc(self) -> Any:
+        """Where keyframe requests go: the publisher, or an edge's relay."""
+        if self.publisher is not None:
+            return self.publisher.pc
+        return self.source.peer.pc if self.source is not None else None
 
 
 def _new_peer_id() -> str:
@@ -108,7 +151,19 @@ class StreamManager:
     analytics_every: int = ANALYTICS_EVERY  # seconds of the clock between samples
     _analytics_beats: int = 0
     _publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _relay_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one relay per edge
     _admitting: int = 0  # peer connections being set up, not yet registered
+    _http: aiohttp.ClientSession | None = None  # control calls to other workers
+
+    @property
+    def worker_id(self) -> str:
+        return self.events.worker_id
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
 
     def start(self) -> None:
         """The worker's clock: five loops under the one loop policy, so a store
@@ -133,8 +188,14 @@ class StreamManager:
             if stream is not None and stream.publisher is not None:
                 raise AlreadyLive("this stream already has a publisher")
             self._check_capacity()
-            resumed = stream is not None
+            carried = stream is not None
+            # The publisher came back on a worker that was an edge of its
+            # stream: it becomes the origin, its viewers stay.
+            converting = stream is not None and stream.edge
+            resumed = carried and not converting
             stream = stream or self._new_stream(stream_id)
+            if converting:
+                await self._drop_source(stream)
             peer = Peer(_new_peer_id(), stream_id, make_peer_connection(self.ice_servers),
                         "publisher")
             self._admitting += 1
@@ -142,7 +203,7 @@ class StreamManager:
                 answer = await accept_publisher(peer, offer, stream.fanouts, self.udp_mux)
             except BaseException:
                 await peer.pc.close()
-                if not resumed:
+                if not carried:
                     self._forget(stream)
                 raise
             finally:
@@ -151,10 +212,13 @@ class StreamManager:
                 self._cancel_grace(stream)
             else:
                 stream.session_id = await self._go_live(stream, signaling_url, peer)
+                stream.edge, stream.chain = False, [self.worker_id]
                 if self.recordings is not None:
                     await self.recordings.start(stream_id, stream.session_id, stream.fanouts)
                 if self.thumbnails is not None:
                     self.thumbnails.start(stream_id, stream.fanouts["video"])
+                if converting:
+                    await self._move_viewers(stream)
             self._adopt_publisher(stream, peer)
         log_event(log, "publisher.connected", stream_id=stream_id, peer_id=peer.peer_id,
                   session_id=stream.session_id, resumed=resumed)
@@ -162,10 +226,9 @@ class StreamManager:
                 "resumed": resumed}
 
     def _new_stream(self, stream_id: str) -> LiveStream:
-        stream = LiveStream(stream_id)
+        stream = LiveStream(stream_id, chain=[self.worker_id])
         for kind in ("video", "audio"):
-            requester = upstream_keyframe_requester(
-                lambda: stream.publisher.pc if stream.publisher else None, kind, self.tasks)
+            requester = upstream_keyframe_requester(stream.upstream_pc, kind, self.tasks)
             stream.fanouts[kind] = Fanout(kind, requester, on_media=stream.media_arrived)
         self.streams[stream_id] = stream
         return stream
@@ -220,10 +283,25 @@ class StreamManager:
 
     # -- viewers --------------------------------------------------------------------
 
-    async def watch(self, stream_id: str, offer: str, user_id: str) -> dict[str, Any]:
+    async def watch(self, stream_id: str, offer: str, user_id: str,
+                    relay_from: str | None = None) -> dict[str, Any]:
+        """A viewer. With `relay_from` (placement made us an edge of the
+        stream) a worker that does not carry the stream relays it from there
+        first: one relay, however many viewers follow."""
         stream = self.streams.get(stream_id)
+        if (stream is None or not stream.session_id) and relay_from:
+            stream = await self._become_edge(stream_id, relay_from)
         if stream is None or not stream.session_id:
             raise StreamNotLive("the stream is not live on this worker")
+        try:
+            return await self._add_viewer(stream, offer, user_id)
+        except BaseException:
+            await self._end_idle_edge(stream)
+            raise
+
+    async def _add_viewer(self, stream: LiveStream, offer: str,
+                          user_id: str) -> dict[str, Any]:
+        stream_id = stream.stream_id
         self._check_capacity()
         self._check_load(stream_id)
         peer = Peer(_new_peer_id(), stream_id, make_peer_connection(self.ice_servers), "viewer",
@@ -234,8 +312,8 @@ class StreamManager:
             stream.viewers[peer.peer_id] = peer
             self._register(peer)
             self._admitting -= 1
-            peer.viewer_session_id, price = await self.lifecycle.viewer_joined(
-                stream_id, stream.session_id, user_id, len(stream.viewers))
+            peer.viewer_session_id, price, audience = await self.lifecycle.viewer_joined(
+                stream_id, stream.session_id, user_id, self.worker_id)
             peer.meter.price = price
             peer.meter.price_planck = to_planck(price, self.token_decimals)
         except BaseException:
@@ -246,9 +324,9 @@ class StreamManager:
             await peer.close()
             raise
         self._watch_viewer_connection(peer)
-        await self._viewer_count_changed(stream)
+        await self._audience_changed(stream_id, audience)
         log_event(log, "viewer.joined", stream_id=stream_id, peer_id=peer.peer_id,
-                  viewer_session_id=peer.viewer_session_id, user_id=user_id)
+                  viewer_session_id=peer.viewer_session_id, user_id=user_id, edge=stream.edge)
         return {"peer_id": peer.peer_id, "sdp": answer,
                 "viewer_session_id": peer.viewer_session_id}
 
@@ -282,6 +360,11 @@ class StreamManager:
             else:
                 await self.end_stream(peer.stream_id, CloseReason.STREAM_ENDED)
             return
+        if peer.role == "relay":
+            await self._relay_gone(peer, reason)
+            return
+        if peer.role == "relay_in":  # our own feed: only its loss (the watch loop) ends it
+            raise UnknownPeer("no such peer on this worker")
         await self._viewer_gone(peer, reason)
 
     async def _viewer_gone(self, peer: Peer, reason: CloseReason) -> None:
@@ -294,14 +377,11 @@ class StreamManager:
         if stream is None or not watching:
             return
         if peer.viewer_session_id:
-            count, viewer_session_id = len(stream.viewers), peer.viewer_session_id
-            await self.writes.write(
-                "viewer_left", lambda: self.lifecycle.viewer_left(
-                    stream.stream_id, stream.session_id, viewer_session_id, count),
-                stream_id=stream.stream_id, viewer_session_id=viewer_session_id)
-        await self._viewer_count_changed(stream)
+            await self._write_viewer_left(stream.stream_id, stream.session_id,
+                                          peer.viewer_session_id)
         log_event(log, "viewer.left", stream_id=stream.stream_id, peer_id=peer.peer_id,
                   viewer_session_id=peer.viewer_session_id, reason=reason)
+        await self._end_idle_edge(stream)
 
     async def end_stream(self, stream_id: str, reason: CloseReason) -> None:
         stream = self.streams.pop(stream_id, None)
@@ -315,6 +395,11 @@ class StreamManager:
             self._unregister(peer)
             await peer.close()
             await self.events.peer_closed(peer.peer_id, reason)
+        await self._close_relays(stream, reason)
+        await self._drop_source(stream)
+        if stream.edge:
+            await self._edge_ended(stream, reason)
+            return
         if self.recordings is not None:
             await self.recordings.finish(stream_id, stream.fanouts)
         if self.thumbnails is not None:
@@ -331,9 +416,231 @@ class StreamManager:
         log_event(log, "stream.ended", stream_id=stream_id, session_id=stream.session_id,
                   reason=reason.value, viewers=len(stream.viewers))
 
-    async def _viewer_count_changed(self, stream: LiveStream) -> None:
-        await self.events.stream(stream.stream_id, StreamEvent.VIEWER_COUNT,
-                                 count=len(stream.viewers))
+    async def _write_viewer_left(self, stream_id: str, session_id: str,
+                                 viewer_session_id: str) -> None:
+        async def left() -> None:
+            audience = await self.lifecycle.viewer_left(stream_id, session_id,
+                                                        viewer_session_id)
+            if audience is not None:
+                await self._audience_changed(stream_id, audience)
+
+        await self.writes.write("viewer_left", left, stream_id=stream_id,
+                                viewer_session_id=viewer_session_id)
+
+    async def _audience_changed(self, stream_id: str, audience: int) -> None:
+        """`viewer_count` events carry the whole audience, every worker's."""
+        await self.events.stream(stream_id, StreamEvent.VIEWER_COUNT, count=audience)
+
+    # -- the cascade: relays to edges, and an edge's own feed ---------------------------
+
+    async def relay(self, stream_id: str, offer: str, worker_id: str,
+                    edge_url: str) -> dict[str, Any]:
+        """Another worker (an edge) asks for this stream: one peer connection
+        that gets every frame, as a viewer would, but is never metered."""
+        stream = self.streams.get(stream_id)
+        if stream is None or not stream.session_id:
+            raise StreamNotLive("the stream is not live on this worker")
+        if worker_id == self.worker_id or worker_id in stream.chain:
+            raise RelayLoop("that worker feeds this one: a relay would make a loop")
+        self._check_capacity()
+        peer = Peer(_new_peer_id(), stream_id, make_peer_connection(self.ice_servers), "relay",
+                    user_id=worker_id, remote_url=edge_url)
+        self._admitting += 1
+        try:
+            answer = await accept_viewer(peer, offer, stream.fanouts, self.udp_mux)
+        except BaseException:
+            await peer.close()
+            raise
+        finally:
+            self._admitting -= 1
+        stream.relays[peer.peer_id] = peer
+        peer.meter.report_received()  # counts from now until its first report
+        self._register(peer)
+        metrics.RELAYS.labels("out").inc()
+
+        @peer.pc.on("connectionstatechange")
+        def on_state() -> None:
+            if peer.pc.connectionState in ("failed", "closed"):
+                self.tasks.spawn(self.leave(peer.peer_id, CloseReason.CONNECTION_FAILED),
+                                 "relay-lost")
+
+        log_event(log, "relay.opened", stream_id=stream_id, peer_id=peer.peer_id,
+                  edge_worker_id=worker_id, session_id=stream.session_id)
+        return {"peer_id": peer.peer_id, "sdp": answer, "session_id": stream.session_id,
+                "chain": stream.chain}
+
+    async def _relay_gone(self, peer: Peer, reason: CloseReason) -> None:
+        stream = self.streams.get(peer.stream_id)
+        self._unregister(peer)
+        await peer.close()
+        if stream is None or stream.relays.pop(peer.peer_id, None) is None:
+            return
+        metrics.RELAYS.labels("out").dec()
+        log_event(log, "relay.closed", stream_id=peer.stream_id, peer_id=peer.peer_id,
+                  edge_worker_id=peer.user_id, reason=reason)
+        await self._end_idle_edge(stream)
+
+    async def _close_relays(self, stream: LiveStream, reason: CloseReason) -> None:
+        """The stream ends here: the edges it feeds are told at once when it is
+        over (else they see their feed go and look for the stream again)."""
+        for peer in list(stream.relays.values()):
+            await self._relay_gone(peer, reason)
+            if reason is CloseReason.STREAM_ENDED and peer.remote_url:
+                self.tasks.spawn(self._tell_edge_ended(peer.remote_url, stream.stream_id),
+                                 "edge-end")
+
+    async def _tell_edge_ended(self, edge_url: str, stream_id: str) -> None:
+        try:
+            await call_parent(self.http, "POST", f"{edge_url}/control/streams/{stream_id}/end")
+        except RelayFailed as exc:  # it also finds the stream unpinned within a second
+            log_event(log, "relay.end_not_told", logging.WARNING, stream_id=stream_id,
+                      edge_url=edge_url, error=str(exc))
+
+    async def _become_edge(self, stream_id: str, parent_url: str) -> LiveStream:
+        async with self._relay_lock:
+            stream = self.streams.get(stream_id)
+            if stream is not None and stream.session_id:
+                return stream  # another viewer's request opened the relay meanwhile
+            # Room for the relay and the viewer it is opened for.
+            if len(self.peers) + self._admitting + 2 > self.capacity:
+                metrics.ADMISSIONS_REFUSED.labels("capacity").inc()
+                raise AtCapacity(f"this worker holds {self.capacity} peer connections")
+            self._check_load(stream_id)
+            stream = self._new_stream(stream_id)
+            stream.edge = True
+            try:
+                await self._attach_source(stream, parent_url)
+            except BaseException:
+                self._forget(stream)
+                raise
+            return stream
+
+    async def _attach_source(self, stream: LiveStream, parent_url: str) -> None:
+        """Open the relay from `parent_url` and feed the stream's fanouts from it."""
+        peer = relay_peer(_new_peer_id(), stream.stream_id, self.ice_servers)
+        self._admitting += 1
+        try:
+            relayed = await open_relay(self.http, peer, stream.fanouts, parent_url=parent_url,
+                                       worker_id=self.worker_id, control_url=self.control_url,
+                                       mux=self.udp_mux)
+        except RelayFailed as exc:
+            if exc.parent_code == "stream_not_live":
+                raise StreamNotLive("the stream is not live at its origin") from None
+            if exc.parent_code == "at_capacity":
+                raise AtCapacity("the worker that would feed this one is full") from None
+            raise
+        finally:
+            self._admitting -= 1
+        stream.source, stream.session_id = relayed.source, relayed.session_id
+        stream.chain = [*relayed.source.chain, self.worker_id]
+        stream.last_media_at, stream.had_media = time.monotonic(), False
+        self._register(peer)
+        metrics.RELAYS.labels("in").inc()
+
+    async def _drop_source(self, stream: LiveStream) -> None:
+        """Close an edge's feed (and free its peer on the parent)."""
+        source, stream.source = stream.source, None
+        if source is None:
+            return
+        stream.source_lost_at = time.monotonic()
+        self._unregister(source.peer)
+        await source.peer.close()
+        metrics.RELAYS.labels("in").dec()
+        self.tasks.spawn(self._free_parent_peer(source), "relay-free")
+
+    async def _free_parent_peer(self, source: RelaySource) -> None:
+        with contextlib.suppress(RelayFailed):  # a dead parent frees nothing
+            await call_parent(self.http, "DELETE",
+                              f"{source.parent_url}/control/peers/{source.parent_peer_id}")
+
+    async def _end_idle_edge(self, stream: LiveStream) -> None:
+        """An edge with no viewer and no edge of its own hands its relay back."""
+        if (stream.edge and not stream.viewers and not stream.relays
+                and self.streams.get(stream.stream_id) is stream):
+            await self.end_stream(stream.stream_id, CloseReason.LEFT)
+
+    async def _edge_ended(self, stream: LiveStream, reason: CloseReason) -> None:
+        """An edge stops carrying the stream: its viewers' rows end here (the
+        stream's own rows are the origin's)."""
+        for fanout in stream.fanouts.values():
+            fanout.close()
+        for peer in stream.viewers.values():
+            if peer.viewer_session_id:
+                await self._write_viewer_left(stream.stream_id, stream.session_id,
+                                              peer.viewer_session_id)
+        await self.writes.write("unplace", lambda: self.events.unplace(stream.stream_id),
+                                stream_id=stream.stream_id)
+        log_event(log, "edge.ended", stream_id=stream.stream_id, session_id=stream.session_id,
+                  reason=reason.value)
+
+    async def _tend_edge(self, stream: LiveStream, now: float) -> None:
+        """Once a second per edge stream: an ended stream (unpinned) ends here
+        too; a lost feed is looked for again where the stream is pinned now."""
+        if not stream.session_id:
+            return  # its first relay is being opened (_become_edge)
+        redis = self.events.redis
+        pinned = await redis.get(stream_worker_key(stream.stream_id))
+        if pinned is None:
+            await self.end_stream(stream.stream_id, CloseReason.STREAM_ENDED)
+            return
+        if stream.source_failed(now):
+            log_event(log, "edge.relay_lost", logging.WARNING, stream_id=stream.stream_id,
+                      parent_url=stream.source.parent_url if stream.source else None)
+            await self._drop_source(stream)
+        if stream.source is not None:
+            # A new origin upstream of a feed that never broke (an edge above
+            # us became the origin): our viewers follow the new session.
+            session_id = await self.lifecycle.open_session(stream.stream_id)
+            if session_id is not None and session_id != stream.session_id:
+                stream.session_id = session_id
+                await self._move_viewers(stream)
+            return
+        if now - stream.source_lost_at > EDGE_GRACE:
+            await self.end_stream(stream.stream_id, CloseReason.CONNECTION_FAILED)
+            return
+        origin_id = pinned.decode() if isinstance(pinned, bytes) else str(pinned)
+        raw = await redis.get(worker_key(origin_id))
+        if raw is None or origin_id == self.worker_id or stream.resuming:
+            return  # the origin died: wait for the publisher to be placed again
+        # The origin first; else any other carrier with room (one we feed
+        # refuses: `relay_loop`, its chain holds us).
+        origin, edges = await stream_carriers(redis, stream.stream_id)
+        parents = [w for w in (origin, *edges) if w is not None
+                   and w.worker_id != self.worker_id and (w is origin or w.has_room)]
+        stream.resuming = True
+        self.tasks.spawn(self._resume_edge(stream, [w.control_url for w in parents]),
+                         "edge-resume")
+
+    async def _resume_edge(self, stream: LiveStream, parent_urls: list[str]) -> None:
+        old_session = stream.session_id
+        try:
+            for parent_url in parent_urls:
+                try:
+                    async with self._relay_lock:
+                        if self.streams.get(stream.stream_id) is not stream or stream.source:
+                            return
+                        await self._attach_source(stream, parent_url)
+                    break
+                except PeerError as exc:
+                    log_event(log, "edge.resume_failed", stream_id=stream.stream_id,
+                              parent_url=parent_url, error=str(exc))
+            else:
+                return
+        finally:
+            stream.resuming = False
+        log_event(log, "edge.resumed", stream_id=stream.stream_id, parent_url=parent_url,
+                  session_id=stream.session_id, viewers=len(stream.viewers))
+        if stream.session_id != old_session:
+            await self._move_viewers(stream)
+
+    async def _move_viewers(self, stream: LiveStream) -> None:
+        """The stream's session changed under our viewers (a new origin): their
+        viewing sessions carry on in it."""
+        ids = [p.viewer_session_id for p in stream.viewers.values() if p.viewer_session_id]
+        if ids:
+            audience = await self.lifecycle.viewers_moved(stream.stream_id, stream.session_id,
+                                                          ids)
+            await self._audience_changed(stream.stream_id, audience)
 
     # -- bookkeeping ------------------------------------------------------------------
 
@@ -381,6 +688,7 @@ class StreamManager:
         return {
             "publishers": sum(1 for p in self.peers.values() if p.role == "publisher"),
             "viewers": sum(1 for p in self.peers.values() if p.role == "viewer"),
+            "relays": sum(1 for p in self.peers.values() if p.role in ("relay", "relay_in")),
             "peer_connections": len(self.peers),
             "streams": len(self.streams),
             "tasks": len(self.tasks),
@@ -393,6 +701,11 @@ class StreamManager:
         for stream in list(self.streams.values()):
             if stream.publisher is not None and stream.publisher_silent(now):
                 await self._publisher_lost(stream.publisher)
+            elif stream.edge and self.streams.get(stream.stream_id) is stream:
+                await self._tend_edge(stream, now)
+            for relay in list(stream.relays.values()):
+                if now - relay.meter.last_report_at > RELAY_SILENCE:
+                    await self._relay_gone(relay, CloseReason.CONNECTION_FAILED)
 
     async def _meter(self) -> None:
         viewers = [p for p in self.peers.values() if p.role == "viewer"]
@@ -413,8 +726,8 @@ class StreamManager:
         self._analytics_beats += 1
         if self._analytics_beats % self.analytics_every:
             return
-        counts = {s.stream_id: len(s.viewers) for s in self.streams.values() if s.session_id}
-        await self.lifecycle.record_analytics(datetime.now(UTC).replace(tzinfo=None), counts)
+        origins = [s.stream_id for s in self.streams.values() if s.session_id and not s.edge]
+        await self.lifecycle.record_analytics(datetime.now(UTC).replace(tzinfo=None), origins)
 
     async def close(self) -> None:
         """Shutdown: end every stream here, then stop our tasks."""
@@ -422,3 +735,5 @@ class StreamManager:
             await self.end_stream(stream_id, CloseReason.WORKER_DRAINING)
         await self.tasks.close()
         await self.emitter.close()  # the last seconds' ticks, or a report of their loss
+        if self._http is not None:
+            await self._http.close()

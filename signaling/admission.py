@@ -13,11 +13,19 @@ import uuid
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from routing.placement import NoCapacity, Placement, place_stream, stream_worker, unpin_stream
-from routing.registry import WorkerRecord
+from routing.placement import (
+    NoCapacity,
+    Placement,
+    StreamNotPlaced,
+    ViewerPlacement,
+    drop_edge,
+    place_stream,
+    place_viewer,
+    unpin_stream,
+)
 from signaling.protocol import ErrorCode, ProtocolError
 from signaling.rate_limit import AUTH_FAILURES, STREAM_KEY_LIMIT, FailureLimiter
-from signaling.sfu_client import PublisherAnswer, SfuClient, SfuError
+from signaling.sfu_client import PublisherAnswer, SfuClient, SfuError, ViewerAnswer
 from signaling.state import SETTINGS
 from signaling.stream_keys import key_matches
 from signaling.tokens import InvalidToken, TokenClaims, verify_token
@@ -114,9 +122,27 @@ async def start_publisher(sfu: SfuClient, redis: aioredis.Redis, placement: Plac
         raise
 
 
-async def viewer_worker(redis: aioredis.Redis, stream_id: str) -> WorkerRecord:
-    """The worker a viewer of `stream_id` goes to: where the stream is pinned."""
-    worker = await stream_worker(redis, stream_id)
-    if worker is None:
-        raise ProtocolError(ErrorCode.STREAM_NOT_LIVE, "the stream is not live")
-    return worker
+async def place_viewer_of(redis: aioredis.Redis, stream_id: str) -> ViewerPlacement:
+    """The worker a viewer of `stream_id` goes to: the stream's origin while
+    it has room, else one of its edges (routing/placement.py, the cascade)."""
+    try:
+        return await place_viewer(redis, stream_id)
+    except StreamNotPlaced:
+        raise ProtocolError(ErrorCode.STREAM_NOT_LIVE, "the stream is not live") from None
+    except NoCapacity as exc:
+        raise ProtocolError(ErrorCode.NO_CAPACITY, str(exc)) from None
+
+
+async def start_viewer(sfu: SfuClient, redis: aioredis.Redis, placement: ViewerPlacement,
+                       stream_id: str, *, sdp: str, viewer_user_id: str) -> ViewerAnswer:
+    """Ask the placed worker for the viewer's answer (an edge relays the
+    stream first if it does not carry it). A new edge that said no is
+    dropped from the stream's edges, so the next viewer is placed anew."""
+    relay_from = placement.relay_from.control_url if placement.relay_from else None
+    try:
+        return await sfu.add_viewer(placement.worker.control_url, stream_id, sdp=sdp,
+                                    viewer_user_id=viewer_user_id, relay_from=relay_from)
+    except SfuError:
+        if placement.new_edge:
+            await drop_edge(redis, stream_id, placement.worker.worker_id)
+        raise

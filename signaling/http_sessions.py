@@ -40,7 +40,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from routing.channels import peer_channel
-from routing.registry import stream_worker_key, worker_key
+from routing.registry import stream_edges_key, stream_worker_key, worker_key
 from signaling.events import EVENTS, USERS_CHANNEL, EventHub
 from signaling.sdpfrag import IceCredentials
 from signaling.sfu_client import SFU_CLIENT, PeerGone, PeerRef, SfuClient, SfuError
@@ -168,7 +168,9 @@ class SessionStore:
 
     async def on_live_streams(self, sessions: list[HttpSession]) -> list[HttpSession]:
         """The sessions whose worker is heartbeating and still carries their
-        stream (the worker unplaces a stream when it ends)."""
+        stream: as its origin (the worker unplaces a stream when it ends) or
+        as one of its edges (an edge leaves the stream's edges when it stops
+        carrying it)."""
         if not sessions:
             return []
         workers = sorted({s.worker_id for s in sessions})
@@ -178,8 +180,17 @@ class SessionStore:
         alive = {w for w, raw in zip(workers, found[:len(workers)], strict=True) if raw}
         placed = {stream: _text(raw) for stream, raw
                   in zip(streams, found[len(workers):], strict=True) if raw is not None}
-        return [s for s in sessions
-                if s.worker_id in alive and placed.get(s.stream_id) == s.worker_id]
+        on_edges = [s for s in sessions if s.worker_id in alive and s.stream_id in placed
+                    and placed[s.stream_id] != s.worker_id]
+        edge_of: set[HttpSession] = set()
+        if on_edges:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for s in on_edges:
+                    pipe.sismember(stream_edges_key(s.stream_id), s.worker_id)
+                members = await pipe.execute()
+            edge_of = {s for s, member in zip(on_edges, members, strict=True) if member}
+        return [s for s in sessions if s.worker_id in alive and s.stream_id in placed
+                and (placed[s.stream_id] == s.worker_id or s in edge_of)]
 
     async def orphans(self, idle_s: float) -> list[HttpSession]:
         """Sessions nobody has refreshed for `idle_s`. Ids whose hash has

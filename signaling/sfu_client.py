@@ -105,9 +105,14 @@ class SfuClient:
                                _field(body, "resumed", bool))
 
     async def add_viewer(self, control_url: str, stream_id: str, *, sdp: str,
-                         viewer_user_id: str) -> ViewerAnswer:
+                         viewer_user_id: str, relay_from: str | None = None) -> ViewerAnswer:
+        """`relay_from`: placement made this worker an edge of the stream; it
+        relays the stream from that worker first if it does not carry it."""
+        request: dict[str, Any] = {"sdp": sdp, "viewer_user_id": viewer_user_id}
+        if relay_from is not None:
+            request["relay_from"] = relay_from
         body = await self._call("POST", f"{control_url}/control/streams/{stream_id}/viewers",
-                                {"sdp": sdp, "viewer_user_id": viewer_user_id})
+                                request)
         peer = PeerRef(control_url, _field(body, "peer_id", str))
         return ViewerAnswer(peer, _field(body, "sdp", str),
                             _field(body, "viewer_session_id", str))

@@ -26,9 +26,10 @@ from signaling.admission import (
     ensure_not_suspended,
     ensure_viewer_can_pay,
     place_publisher,
+    place_viewer_of,
     start_publisher,
+    start_viewer,
     verify_viewer_token,
-    viewer_worker,
 )
 from signaling.api import stream_id_or_none
 from signaling.errors import ApiError
@@ -339,12 +340,13 @@ async def admit_viewer(request: web.Request, stream_id: str) -> Start:
     claims = verify_viewer_token(app[SETTINGS], bearer_token(request))
     await ensure_not_suspended(app[BACKENDS], claims.user_id)
     await ensure_viewer_can_pay(app, claims, stream_id)
-    worker = await viewer_worker(app[BACKENDS].redis, stream_id)
+    redis = app[BACKENDS].redis
+    placement = await place_viewer_of(redis, stream_id)
 
     async def start(offer: str) -> Started:
-        answer = await app[SFU_CLIENT].add_viewer(worker.control_url, stream_id, sdp=offer,
-                                                  viewer_user_id=claims.user_id)
-        return Started(answer.peer, worker.worker_id, answer.sdp, claims.user_id)
+        answer = await start_viewer(app[SFU_CLIENT], redis, placement, stream_id, sdp=offer,
+                                    viewer_user_id=claims.user_id)
+        return Started(answer.peer, placement.worker.worker_id, answer.sdp, claims.user_id)
 
     return start
 

@@ -26,9 +26,10 @@ from signaling.admission import (
     ensure_not_suspended,
     ensure_viewer_can_pay,
     place_publisher,
+    place_viewer_of,
     start_publisher,
+    start_viewer,
     verify_viewer_token,
-    viewer_worker,
 )
 from signaling.community.chat_events import CHAT_EVENTS
 from signaling.community.ws_member import WsMember
@@ -248,10 +249,11 @@ class Connection:
         await ensure_viewer_can_pay(self._request.app, claims, message.stream_id)
         delegation = parse_delegation(message.delegation)
         delegated = await self._check_delegation(claims.account, message.stream_id, delegation)
-        worker = await viewer_worker(self._backends.redis, message.stream_id)
+        redis = self._backends.redis
+        placement = await place_viewer_of(redis, message.stream_id)
         call = self._begin(State.WATCHING, message.stream_id)
-        answer = await self._answered(call, self._sfu.add_viewer(
-            worker.control_url, message.stream_id, sdp=message.sdp,
+        answer = await self._answered(call, start_viewer(
+            self._sfu, redis, placement, message.stream_id, sdp=message.sdp,
             viewer_user_id=claims.user_id))
         if delegation is not None and delegated is not None:
             call.signed = await record_delegation(

@@ -222,10 +222,10 @@ async def test_a_subscriber_watches_at_price_zero_and_is_still_ticked(
 
     lifecycle = Lifecycle(pool)
     session = await lifecycle.stream_started(stream, "http://sfu", "http://signaling")
-    sub_session, sub_price = await lifecycle.viewer_joined(stream, session,
-                                                           subscriber["user_id"], 1)
-    other_session, other_price = await lifecycle.viewer_joined(stream, session,
-                                                               other["user_id"], 2)
+    sub_session, sub_price, _ = await lifecycle.viewer_joined(stream, session,
+                                                              subscriber["user_id"], "w1")
+    other_session, other_price, _ = await lifecycle.viewer_joined(stream, session,
+                                                                  other["user_id"], "w1")
     assert (sub_price, other_price) == (Decimal(0), Decimal("0.2"))
     writer, flusher = TickWriter(redis), Flusher(pool, redis, Decimal("0.1"))
     for second in range(10_000, 10_003):
@@ -245,7 +245,8 @@ async def test_a_subscriber_watches_at_price_zero_and_is_still_ticked(
     # After the period it is the stream's price again.
     await db.execute("UPDATE subscriptions SET starts_at = starts_at - interval '31 days', "
                      "ends_at = ends_at - interval '31 days'")
-    _, later_price = await lifecycle.viewer_joined(stream, session, subscriber["user_id"], 3)
+    _, later_price, _ = await lifecycle.viewer_joined(stream, session, subscriber["user_id"],
+                                                      "w1")
     assert later_price == Decimal("0.2")
 
 

@@ -63,8 +63,8 @@ class RowsWorker(FakeWorker):
         if stream_id not in self.sessions:
             self.sessions[stream_id] = await self.lifecycle.stream_started(
                 stream_id, self.control_url, "http://signaling")
-        viewer_session, _ = await self.lifecycle.viewer_joined(
-            stream_id, self.sessions[stream_id], body["viewer_user_id"], 1)
+        viewer_session, _, _ = await self.lifecycle.viewer_joined(
+            stream_id, self.sessions[stream_id], body["viewer_user_id"], "rows-worker")
         return await self._answer(request, {"viewer_session_id": viewer_session})
 
 

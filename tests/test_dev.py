@@ -249,6 +249,36 @@ def test_dev_without_node_runs_with_settlement_off(start_dev: StartDev) -> None:
     stop_and_check_nothing_left(run)
 
 
+def test_dev_runs_the_sfu_workers_it_is_asked_for(start_dev: StartDev) -> None:
+    """VILOKANAM_SFU_WORKERS=2: two workers, each on its own port, both in the
+    registry placement reads."""
+    ports = DevPorts()
+    run = start_dev(ports, path="/usr/sbin:/sbin", extra={"VILOKANAM_SFU_WORKERS": "2"})
+    run.wait_for(READY_LINE, timeout=30)
+    urls = [line.split()[-1] for line in run.output().splitlines()
+            if "sfu worker" in line and "(private)" in line]
+    assert len(urls) == 2 and urls[0] == f"http://127.0.0.1:{ports.sfu}", run.output()
+    for url in urls:
+        assert http_get(f"{url}/healthz")[0] == 200
+    status, text = http_get(f"http://127.0.0.1:{ports.http}/readyz")
+    assert status == 200, text
+    redis_url = f"redis://127.0.0.1:{ports.redis}"
+    assert asyncio.run(_registered_workers(redis_url)) == 2
+    stop_and_check_nothing_left(run)
+
+
+async def _registered_workers(url: str) -> int:
+    import redis.asyncio as aioredis
+
+    from routing.registry import WORKERS_KEY
+
+    client = aioredis.from_url(url)
+    try:
+        return int(await client.scard(WORKERS_KEY))
+    finally:
+        await client.aclose()
+
+
 def test_dev_refuses_a_port_in_use(start_dev: StartDev) -> None:
     import socket
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vilokanam.config import ConfigError, Settings
-from vilokanam.dev_ports import assign_ports, dev_ports, given_settings
+from vilokanam.dev_ports import assign_ports, dev_ports, given_settings, sfu_worker_settings
 from vilokanam.services.net import free_port
 
 PORT_VARIABLES = {"VILOKANAM_HTTP_PORT", "VILOKANAM_SFU_PORT", "VILOKANAM_BILLING_PORT",
@@ -78,3 +78,22 @@ def test_given_settings_are_the_environment_and_the_flags() -> None:
     given = given_settings({"VILOKANAM_HTTP_PORT": "8090", "HOME": "/root"},
                            flags={"redis_url"})
     assert given == {"VILOKANAM_HTTP_PORT", "REDIS_URL"}
+
+
+def test_several_sfu_workers_get_ports_of_their_own() -> None:
+    settings = dev_settings({"VILOKANAM_SFU_WORKERS": "3", "VILOKANAM_SFU_UDP_PORT": "40000"})
+    workers = sfu_worker_settings(settings)
+    ports = [w.sfu_port for w in workers]
+    assert len(workers) == 3 and ports[0] == settings.sfu_port and len(set(ports)) == 3
+    assert not set(ports[1:]) & set(ports_of(settings).values())  # no other dev port's
+    assert [w.sfu_udp_port for w in workers] == [40000, 40001, 40002]
+    assert [len(sfu_worker_settings(dev_settings({})))] == [1]  # the default: one
+
+
+def test_one_advertised_url_for_several_workers_is_refused() -> None:
+    settings = dev_settings({"VILOKANAM_SFU_WORKERS": "2",
+                             "VILOKANAM_SFU_ADVERTISE_URL": "http://sfu.example:8090"})
+    with pytest.raises(ConfigError, match="VILOKANAM_SFU_WORKERS"):
+        sfu_worker_settings(settings)
+    with pytest.raises(ConfigError, match="between 1 and 64"):
+        dev_settings({"VILOKANAM_SFU_WORKERS": "0"})

@@ -189,7 +189,8 @@ async def test_streams_spread_over_workers_and_a_killed_worker_is_reaped(
         row = await db.fetchrow("SELECT status, end_time FROM streams WHERE id = $1::uuid",
                                 stream_b)
         return row is not None and row["status"] == "ended" and row["end_time"] is not None
-    await eventually(b_ended, "the reaper to end stream B")
+    # The reaper waits out the reconnect grace (10 s) after the record expires (3 s).
+    await eventually(b_ended, "the reaper to end stream B", timeout=25)
     assert await db.fetchval("SELECT end_time FROM stream_sessions WHERE id = $1",
                              session_b) is not None
     assert await redis.get(stream_worker_key(stream_b)) is None

@@ -187,3 +187,73 @@ async def test_a_stopped_heartbeat_expires(redis: aioredis.Redis) -> None:
     await wait_until(lambda: expired(redis, "w2"), "the unrefreshed record expiring", timeout=1)
     assert await live_workers(redis) == []
     await registration.stop()
+
+
+# -- the cascade: viewers of one stream over several workers -------------------------------
+
+async def test_viewers_fill_the_origin_then_an_edge_then_make_a_new_edge(
+        redis: aioredis.Redis) -> None:
+    from routing.placement import place_viewer
+    from routing.registry import stream_edges_key
+
+    stream = new_stream()
+    await register(redis, "origin", load=1, capacity=3)  # its publisher
+    await place_stream(redis, stream)
+    await register(redis, "spare", load=0, capacity=3)
+    # Room for a viewer and still one peer connection to feed an edge.
+    first = await place_viewer(redis, stream)
+    assert (first.worker.worker_id, first.relay_from, first.new_edge) == ("origin", None, False)
+    # Full but for that one: the next viewer makes "spare" an edge fed by the origin.
+    await register(redis, "origin", load=2, capacity=3)
+    second = await place_viewer(redis, stream)
+    assert second.worker.worker_id == "spare" and second.new_edge
+    assert second.relay_from is not None and second.relay_from.worker_id == "origin"
+    assert await redis.smembers(stream_edges_key(stream)) == {b"spare"}
+    assert await redis.sismember(worker_streams_key("spare"), stream)  # the reaper finds it
+    # An edge with room takes the next one (no new edge); nobody left to grow
+    # onto, so no reserve is kept.
+    await register(redis, "origin", load=3, capacity=3)
+    await register(redis, "spare", load=2, capacity=3)
+    third = await place_viewer(redis, stream)
+    assert (third.worker.worker_id, third.new_edge) == ("spare", False)
+    assert third.relay_from is not None and third.relay_from.worker_id == "origin"
+    await register(redis, "spare", load=3, capacity=3)
+    with pytest.raises(NoCapacity):
+        await place_viewer(redis, stream)
+
+
+async def test_an_edge_feeds_the_next_edge_when_the_origin_is_full(
+        redis: aioredis.Redis) -> None:
+    from routing.placement import choose_viewer_worker
+
+    origin = await register(redis, "origin", load=3, capacity=3)
+    edge = await register(redis, "edge", load=2, capacity=3)
+    other = await register(redis, "other", load=0, capacity=3)
+    chosen = choose_viewer_worker(origin, [edge], [other])
+    assert chosen is not None
+    worker, parent = chosen
+    assert (worker.worker_id, parent and parent.worker_id) == ("other", "edge")
+    # A worker without room for its relay and the viewer is no new edge.
+    crowded = await register(redis, "other", load=2, capacity=3)
+    assert choose_viewer_worker(origin, [edge], [crowded]) == (edge, None)
+
+
+async def test_a_viewer_of_a_stream_with_a_dead_origin_finds_it_not_live(
+        redis: aioredis.Redis) -> None:
+    from routing.placement import StreamNotPlaced, drop_edge, place_viewer, stream_carriers
+    from routing.registry import stream_edges_key
+
+    stream = new_stream()
+    await register(redis, "origin", load=1, capacity=3)
+    await place_stream(redis, stream)
+    await register(redis, "edge", load=1, capacity=3)
+    await register(redis, "gone", load=1, capacity=3, px=50)
+    await redis.sadd(stream_edges_key(stream), "edge", "gone")
+    await wait_until(lambda: expired(redis, "gone"), "the 50 ms record expiring")
+    origin, edges = await stream_carriers(redis, stream)
+    assert origin is not None and [e.worker_id for e in edges] == ["edge"]  # dead ones left out
+    await drop_edge(redis, stream, "edge")
+    assert await redis.smembers(stream_edges_key(stream)) == {b"gone"}
+    await redis.delete(worker_key("origin"))
+    with pytest.raises(StreamNotPlaced):
+        await place_viewer(redis, stream)

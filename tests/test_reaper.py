@@ -150,3 +150,27 @@ async def test_a_drain_that_finishes_leaves_nothing_to_reap(
 
 async def _mark_gone(redis: aioredis.Redis, worker_id: str) -> bool:
     return not await redis.exists(draining_key(worker_id))
+
+
+async def test_a_dead_worker_waits_out_the_grace_and_its_edge_viewers_go_inactive(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    """A dead edge: its streams live on elsewhere, only its viewers go (after
+    the grace a publisher has to reconnect), and the audience falls by them."""
+    from routing.registry import stream_edges_key
+
+    stream, _ = await live_stream(db)
+    await db.execute("UPDATE stream_viewers SET sfu_worker_id = 'edge'")
+    await db.execute("UPDATE streams SET viewer_count = 2 WHERE id = $1::uuid", stream)
+    await redis.set(stream_worker_key(stream), "origin")
+    await redis.sadd(WORKERS_KEY, "edge")  # registered, its record gone
+    await redis.sadd(worker_streams_key("edge"), stream)
+    await redis.sadd(stream_edges_key(stream), "edge")
+    assert await reap_once(redis, pool, grace_s=60) == []  # first seen dead now
+    assert await db.fetchval("SELECT bool_and(is_active) FROM stream_viewers")
+    assert await reap_once(redis, pool, grace_s=0) == ["edge"]
+    assert not await db.fetchval("SELECT bool_or(is_active) FROM stream_viewers")
+    assert await db.fetchval("SELECT viewer_count FROM streams WHERE id = $1::uuid",
+                             stream) == 1
+    assert await db.fetchval("SELECT status FROM streams WHERE id = $1::uuid", stream) == "live"
+    assert not await redis.sismember(stream_edges_key(stream), "edge")
+    assert await redis.get(stream_worker_key(stream)) == b"origin"

@@ -221,7 +221,7 @@ async def test_publisher_leave_ends_stream_and_tells_viewers(
 
 
 async def _wait_for_zero(manager: StreamManager) -> None:
-    idle = {"publishers": 0, "viewers": 0, "peer_connections": 0, "streams": 0,
+    idle = {"publishers": 0, "viewers": 0, "relays": 0, "peer_connections": 0, "streams": 0,
             "tasks": CLOCK_LOOPS + 1}  # the clock loops and the load monitor
     try:
         await wait_until(lambda: manager.stats() == idle, "the worker holding nothing",

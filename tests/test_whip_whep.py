@@ -177,8 +177,8 @@ class Stack:
 
     async def assert_nothing_left(self) -> None:
         """No peer on the worker (its clock is its one task), no session in Redis."""
-        idle = {"publishers": 0, "viewers": 0, "peer_connections": 0, "streams": 0,
-                "tasks": CLOCK_LOOPS + 1}
+        idle = {"publishers": 0, "viewers": 0, "relays": 0, "peer_connections": 0,
+                "streams": 0, "tasks": CLOCK_LOOPS + 1}
         await eventually(lambda: self.worker_stats(), lambda stats: stats == idle,
                          "the worker to hold nothing")
         await eventually(self.session_keys, lambda keys: keys == [], "no session keys")

@@ -120,6 +120,11 @@ class Settings:
         "Upper bound on the peer connections (publishers + viewers) one SFU worker holds "
         "(one worker per core); below it, admission follows the measured load "
         "(`VILOKANAM_SFU_MAX_CPU`, `VILOKANAM_SFU_MAX_LOOP_LAG_MS`).")
+    sfu_workers: int = _setting(
+        "VILOKANAM_SFU_WORKERS", "1",
+        "How many SFU workers `vilokanam dev` runs (one per core): the first on "
+        "`VILOKANAM_SFU_PORT`, the others on the next free ports up (and on "
+        "`VILOKANAM_SFU_UDP_PORT` + n if set). One stream's audience spans them (the cascade).")
     sfu_max_cpu: Decimal = _setting(
         "VILOKANAM_SFU_MAX_CPU", "0.85",
         "An SFU worker refuses new viewers (`at_capacity`) while its event-loop thread used "
@@ -302,6 +307,8 @@ class Settings:
                               "seconds")
         if self.sfu_capacity < 1:
             raise ConfigError("VILOKANAM_SFU_CAPACITY must be at least 1")
+        if not 1 <= self.sfu_workers <= 64:
+            raise ConfigError("VILOKANAM_SFU_WORKERS must be between 1 and 64")
         if not Decimal(0) < self.sfu_max_cpu <= Decimal(64):
             raise ConfigError("VILOKANAM_SFU_MAX_CPU must be a share of a core above 0")
         if self.sfu_max_loop_lag_ms < 1:
@@ -409,6 +416,7 @@ _PARSERS: dict[str, Callable[[str, str | None], Any]] = {
         lambda _n, raw: [a.strip() for a in raw.split(",") if a.strip()]),
     "ss58_prefix": _optional(_parse_int),
     "sfu_capacity": _optional(_parse_int),
+    "sfu_workers": _optional(_parse_int),
     "sfu_max_cpu": _optional(_parse_decimal),
     "sfu_max_loop_lag_ms": _optional(_parse_int),
     "sfu_udp_port": _optional(_parse_port),

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from vilokanam.admin import DEV_GRANT, grant_dev_funds
 from vilokanam.config import Settings, redact_url
-from vilokanam.dev_ports import assign_ports, check_ports_free
+from vilokanam.dev_ports import assign_ports, check_ports_free, sfu_worker_settings
 from vilokanam.logs import register_secret
 from vilokanam.migrations import migrate
 from vilokanam.services.process import ManagedProcess
@@ -41,6 +41,8 @@ class DevStack:
     settings: Settings
     services: list[Stoppable] = field(default_factory=list)  # stopped in reverse order
     roles: list[ManagedProcess] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)  # each role's /healthz port, by name
+    workers: list[Settings] = field(default_factory=list)  # the SFU workers' own settings
     chain_note: str = ""
 
     @property
@@ -88,18 +90,26 @@ class DevStack:
 
     def start_roles(self) -> None:
         logs = self.data_dir / "logs"
+        self.workers = workers = sfu_worker_settings(self.settings)
         for role in ("signaling", "sfu", "billing", "media"):
-            env = {**_inherited_env(), **self.settings.as_env(role)}  # each role its secrets
-            proc = ManagedProcess(role, [sys.executable, "-m", "vilokanam", role],
-                                  log_path=logs / f"{role}.log", env=env)
-            proc.start()
-            self.roles.append(proc)
+            runs = ([(f"sfu{n + 1}" if n else "sfu", worker, worker.sfu_port)
+                     for n, worker in enumerate(workers)] if role == "sfu"
+                    else [(role, self.settings, self._port(role))])
+            for name, settings, port in runs:
+                env = {**_inherited_env(), **settings.as_env(role)}  # each role its secrets
+                proc = ManagedProcess(name, [sys.executable, "-m", "vilokanam", role],
+                                      log_path=logs / f"{name}.log", env=env)
+                proc.start()
+                self.roles.append(proc)
+                self.ports[name] = port
+
+    def _port(self, role: str) -> int:
+        return {"signaling": self.settings.http_port, "billing": self.settings.billing_port,
+                "media": self.settings.media_port}[role]
 
     def wait_until_serving(self, deadline: float) -> None:
-        ports = {"signaling": self.settings.http_port, "sfu": self.settings.sfu_port,
-                 "billing": self.settings.billing_port, "media": self.settings.media_port}
         for proc in self.roles:
-            while not _healthy(ports[proc.name]):
+            while not _healthy(self.ports[proc.name]):
                 if not proc.running:
                     raise RoleFailed(proc)
                 if time.monotonic() > deadline:
@@ -125,7 +135,9 @@ class DevStack:
             ("studio", f"{base}/studio"),
             ("wallet", f"{base}/wallet"),
             ("metrics", f"{base}/metrics"),
-            ("sfu worker (private)", f"http://{self.settings.sfu_host}:{self.settings.sfu_port}"),
+            *((f"sfu worker {n + 1} (private)" if self.settings.sfu_workers > 1
+               else "sfu worker (private)", worker.sfu_control_url)
+              for n, worker in enumerate(self.workers)),
             ("billing", f"http://127.0.0.1:{self.settings.billing_port}/healthz"),
             ("media", f"http://127.0.0.1:{self.settings.media_port}/healthz"),
             ("video storage", str(self.settings.media_dir.resolve())),
@@ -198,6 +210,7 @@ def run_dev(settings: Settings, given: Collection[str] = ()) -> int:
     for move in moves:
         print(f"vilokanam dev: {move}", flush=True)
     check_ports_free(settings)
+    sfu_worker_settings(settings)  # refuses impossible VILOKANAM_SFU_WORKERS before starting
     if settings.token_secret is None:
         settings = replace(settings, token_secret=_dev_token_secret(settings.data_dir.resolve()))
     register_secret(settings.token_secret)

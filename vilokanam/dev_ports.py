@@ -89,3 +89,20 @@ def check_ports_free(settings: Settings) -> None:
     """Refuse a port another process holds, naming its setting, before starting anything."""
     for name, variable in dev_ports(settings):
         ensure_port_free(getattr(settings, name), setting=variable)
+
+
+def sfu_worker_settings(settings: Settings) -> list[Settings]:
+    """One Settings per SFU worker dev runs (`VILOKANAM_SFU_WORKERS`): the
+    first as configured, each next one on the next free control port above
+    the previous that no other dev port holds, and its own UDP port (+ n)."""
+    if settings.sfu_workers > 1 and settings.sfu_advertise_url:
+        raise ConfigError("VILOKANAM_SFU_ADVERTISE_URL names one worker: unset it to run "
+                          f"{settings.sfu_workers} (VILOKANAM_SFU_WORKERS)")
+    holders = {getattr(settings, name): variable for name, variable in dev_ports(settings)}
+    workers = [settings]
+    for n in range(1, settings.sfu_workers):
+        port = _next_free(workers[-1].sfu_port, holders)
+        holders[port] = f"SFU worker {n + 1}"
+        udp = None if settings.sfu_udp_port is None else settings.sfu_udp_port + n
+        workers.append(replace(settings, sfu_port=port, sfu_udp_port=udp))
+    return workers

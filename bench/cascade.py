@@ -1,0 +1,425 @@
+"""Cascade and overload benchmarks (issue 11 part 4): one stream over several
+SFU workers, and one worker pushed past its limit.
+
+    .venv/bin/python -m bench.cascade            # fast form (what this shared machine runs)
+    .venv/bin/python -m bench.cascade --viewers 100 --capacity 30 --overload-max 200
+
+*cascade*: `--workers` real `vilokanam sfu` processes, each on its own
+address (127.0.0.2, .3, ...) with `--capacity` peer connections; one
+publisher replaying a pre-encoded VP8 + Opus loop (bench/sfu_fanout.py's); the
+viewers are placed one by one exactly as signaling places them
+(`signaling.admission.place_viewer_of` / `start_viewer`: origin, then edges
+relaying from it), never decode, and count the frames they assemble. Their
+frame rate is measured over `--window` s; then one edge serving viewers is
+killed with -9, each of its viewers notices its media stop (no frame for
+`STALL_S`), asks to be placed again and is timed until its first frame.
+
+*overload*: one worker with the default admission limits (measured load,
+sfu/load.py) and `--overload-capacity`; viewers join until the worker has
+refused `--refusals` of them (or `--overload-max` joined); the admitted
+viewers' frame rate is measured while refused viewers keep knocking, and the
+publisher must stay live throughout (the stream never ends).
+
+Results go to docs/benchmarks.md (sections `cascade`, `overload`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiortc import RTCRtpSender, RTCSessionDescription
+
+from bench.common import (
+    BenchError,
+    machine_description,
+    markdown_table,
+    median,
+    update_doc_section,
+    utc_now,
+)
+from bench.common import wait_until as wait_sync
+from bench.sfu_fanout import (
+    FPS,
+    REPO,
+    EncodedLoop,
+    Lab,
+    LoopedTrack,
+    Stores,
+    TappedViewer,
+    _get_ok,
+    _insert_stream,
+    client_pc,
+    encode_audio,
+    encode_video_at,
+    require_running,
+    start_stores,
+)
+from sfu.aiortc_hooks import restrict_host_candidates
+from vilokanam.services.process import ManagedProcess
+
+STALL_S = 1.0  # a player that got no frame for this long reconnects
+REJOIN_TIMEOUT = 60.0
+
+
+@dataclass
+class Worker:
+    proc: ManagedProcess
+    url: str
+
+
+@dataclass
+class Watching:
+    viewer: TappedViewer
+    worker_url: str
+    user: str
+
+    @property
+    def frames(self) -> int:
+        return self.viewer.counters["video"].frames
+
+
+@dataclass
+class Cluster:
+    lab: Lab
+    stores: Stores
+    workers: list[Worker] = field(default_factory=list)
+
+
+def start_worker(lab: Lab, stores: Stores, n: int, capacity: int, admission: bool) -> Worker:
+    from vilokanam.config import Settings
+    from vilokanam.services.net import free_port
+
+    host = f"127.0.0.{n + 2}"
+    settings = Settings.from_env(
+        {"VILOKANAM_ICE_HOST_ADDRESSES": host}, database_url=stores.database_url,
+        redis_url=stores.redis_url, sfu_host=host,
+        sfu_port=free_port(host), http_port=free_port(), billing_port=free_port(),
+        data_dir=lab.root / "data", sfu_capacity=capacity,
+        record_streams=False,
+        **({} if admission else {"sfu_max_cpu": 64, "sfu_max_loop_lag_ms": 60_000}))
+    env = {"PATH": os.environ.get("PATH", ""), **settings.as_env()}
+    proc = lab.start(f"sfu-{n}", [sys.executable, "-m", "vilokanam", "sfu"], env)
+    url = settings.sfu_control_url
+    wait_sync(f"SFU worker {n} ready", lambda: _get_ok(f"{url}/readyz"), 30,
+              require_running(proc))
+    return Worker(proc, url)
+
+
+async def publish(http: aiohttp.ClientSession, redis: aioredis.Redis, media: EncodedLoop,
+                  stream: str) -> Any:
+    from routing.placement import place_stream
+
+    placement = await place_stream(redis, stream)
+    pc = client_pc()
+    video = pc.addTransceiver(LoopedTrack("video", media.video, FPS), direction="sendonly")
+    video.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                               if c.mimeType in ("video/VP8", "video/rtx")])
+    pc.addTransceiver(LoopedTrack("audio", media.audio, 50), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    url = f"{placement.worker.control_url}/control/streams/{stream}/publisher"
+    async with http.post(url, json={"sdp": pc.localDescription.sdp,
+                                    "signaling_url": "http://bench.invalid"}) as resp:
+        answer = await resp.json()
+        if resp.status != 201:
+            raise BenchError(f"publish refused: {answer}")
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+    return pc, placement.worker.control_url
+
+
+async def join_once(http: aiohttp.ClientSession, redis: aioredis.Redis, stream: str,
+                    user: str) -> Watching | str:
+    """One placement and offer, as signaling makes them; the refusal's code
+    when the cluster says no."""
+    from signaling.admission import place_viewer_of, start_viewer
+    from signaling.protocol import ProtocolError
+    from signaling.sfu_client import SfuClient
+
+    viewer = TappedViewer()
+    try:
+        placement = await place_viewer_of(redis, stream)
+        await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
+        answer = await start_viewer(SfuClient(http), redis, placement, stream,
+                                    sdp=viewer.pc.localDescription.sdp, viewer_user_id=user)
+    except ProtocolError as exc:
+        await viewer.pc.close()
+        return exc.code.value
+    await viewer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
+    return Watching(viewer, answer.peer.control_url, user)
+
+
+async def join(http: aiohttp.ClientSession, redis: aioredis.Redis, stream: str,
+               user: str) -> Watching:
+    """Join, retrying after a refusal as the web app does, until frames arrive."""
+    deadline = time.monotonic() + REJOIN_TIMEOUT
+    refused: set[str] = set()
+    while time.monotonic() < deadline:
+        joined = await join_once(http, redis, stream, user)
+        if isinstance(joined, Watching):
+            if await frames_within(joined, 1, 15):
+                return joined
+            await joined.viewer.pc.close()
+            joined = "no frame within 15 s"
+        refused.add(joined)
+        await asyncio.sleep(0.3)
+    raise BenchError(f"a viewer could not join within {REJOIN_TIMEOUT:.0f} s: {refused}")
+
+
+async def frames_within(watching: Watching, count: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    start = watching.frames
+    while watching.frames < start + count:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def fresh_heartbeats(redis: aioredis.Redis) -> None:
+    """Every worker has reported its load since now (placement reads those)."""
+    from routing.placement import live_workers
+
+    since = int(time.time() * 1000)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if all(w.heartbeat_ms > since for w in await live_workers(redis)):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def fps_over(watching: list[Watching], window: float) -> list[float]:
+    before = [w.frames for w in watching]
+    started = time.monotonic()
+    await asyncio.sleep(window)
+    took = time.monotonic() - started
+    return [(w.frames - b) / took for w, b in zip(watching, before, strict=True)]
+
+
+async def rejoin_after_stall(http: aiohttp.ClientSession, redis: aioredis.Redis, stream: str,
+                             watching: Watching, killed_at: float) -> float:
+    """The player sees no frame for STALL_S, watches again; seconds from the
+    kill to its first frame on the new connection."""
+    last, last_at = watching.frames, time.monotonic()
+    while time.monotonic() - last_at < STALL_S:
+        await asyncio.sleep(0.05)
+        if watching.frames != last:
+            last, last_at = watching.frames, time.monotonic()
+    await watching.viewer.pc.close()
+    again = await join(http, redis, stream, watching.user)
+    watching.viewer, watching.worker_url = again.viewer, again.worker_url
+    return time.monotonic() - killed_at
+
+
+async def run_cascade(args: argparse.Namespace, lab: Lab, stores: Stores,
+                      media: EncodedLoop) -> dict[str, Any]:
+    workers = [start_worker(lab, stores, n, args.capacity, args.admission)
+               for n in range(args.workers)]
+    stream = await _insert_stream(stores.database_url, stores.creator, "bench cascade")
+    redis = aioredis.Redis.from_url(stores.redis_url)
+    async with aiohttp.ClientSession() as http:
+        publisher, origin = await publish(http, redis, media, stream)
+        watching: list[Watching] = []
+        join_ms = []
+        try:
+            for user in stores.users[:args.viewers]:
+                await fresh_heartbeats(redis)
+                started = time.monotonic()
+                watching.append(await join(http, redis, stream, user))
+                join_ms.append((time.monotonic() - started) * 1000)
+            per_worker = {w.url: sum(1 for v in watching if v.worker_url == w.url)
+                          for w in workers}
+            await asyncio.sleep(args.warmup)
+            fps = await fps_over(watching, args.window)
+            edges = [w for w in workers if w.url != origin and per_worker[w.url]]
+            if not edges:
+                raise BenchError("no viewer on an edge: raise --viewers or lower --capacity")
+            doomed = max(edges, key=lambda w: per_worker[w.url])
+            affected = [v for v in watching if v.worker_url == doomed.url]
+            killed_at = time.monotonic()
+            doomed.proc.kill()
+            replay = await asyncio.gather(*(rejoin_after_stall(http, redis, stream, v, killed_at)
+                                            for v in affected))
+            after = await fps_over(watching, min(args.window, 10))
+        finally:
+            for v in watching:
+                await v.viewer.pc.close()
+            await publisher.close()
+    await redis.aclose()
+    return {"workers": args.workers, "capacity": args.capacity, "viewers": len(watching),
+            "per_worker": sorted(per_worker.values(), reverse=True), "fps": fps,
+            "join_ms": join_ms, "killed_viewers": len(affected), "replay_s": list(replay),
+            "fps_after": after}
+
+
+async def run_overload(args: argparse.Namespace, lab: Lab, stores: Stores,
+                       media: EncodedLoop) -> dict[str, Any]:
+    worker = start_worker(lab, stores, args.workers, args.overload_capacity, admission=True)
+    stream = await _insert_stream(stores.database_url, stores.creator, "bench overload")
+    redis = aioredis.Redis.from_url(stores.redis_url)
+    async with aiohttp.ClientSession() as http:
+        # Only this worker: the cascade's are gone (killed or stopped) by now.
+        publisher, _ = await publish(http, redis, media, stream)
+        watching: list[Watching] = []
+        refusals: list[str] = []
+        first_refusal_at: int | None = None
+        try:
+            for user in stores.users:
+                if len(watching) >= args.overload_max or len(refusals) >= args.refusals:
+                    break
+                joined = await join_once(http, redis, stream, user)
+                if isinstance(joined, Watching) and await frames_within(joined, 1, 15):
+                    watching.append(joined)
+                    continue
+                if isinstance(joined, Watching):
+                    await joined.viewer.pc.close()
+                    joined = "no_frames"
+                refusals.append(joined)
+                first_refusal_at = first_refusal_at or len(watching)
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(args.warmup)
+            knocking = asyncio.ensure_future(_knock(http, redis, stream, stores.users[-1]))
+            fps = await fps_over(watching, args.window)
+            knocking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await knocking
+            async with http.get(f"{worker.url}/control/streams/{stream}") as resp:
+                live = bool((await resp.json())["live"])
+        finally:
+            for v in watching:
+                await v.viewer.pc.close()
+            await publisher.close()
+    await redis.aclose()
+    return {"capacity": args.overload_capacity, "admitted": len(watching),
+            "first_refusal_at": first_refusal_at, "refusals": refusals, "fps": fps,
+            "publisher_live": live}
+
+
+async def _knock(http: aiohttp.ClientSession, redis: aioredis.Redis, stream: str,
+                 user: str) -> None:
+    """A refused viewer retrying every second while the others are measured."""
+    while True:
+        joined = await join_once(http, redis, stream, user)
+        if isinstance(joined, Watching):
+            await joined.viewer.pc.close()
+        await asyncio.sleep(1.0)
+
+
+def cascade_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
+    fps, after, replay = r["fps"], r["fps_after"], r["replay_s"]
+    rows = [[r["workers"], r["capacity"], r["viewers"], " / ".join(map(str, r["per_worker"])),
+             f"{min(fps):.1f}", f"{median(fps):.1f}", f"{median(r['join_ms']):.0f}",
+             r["killed_viewers"], f"{median(replay):.1f}", f"{max(replay):.1f}",
+             f"{min(after):.1f}"]]
+    return "\n".join([
+        f"### Cascade: one stream over {r['workers']} workers ({utc_now()})",
+        "",
+        f"Command: `.venv/bin/python -m bench.cascade {' '.join(args.argv)}`".rstrip() + ". "
+        f"{machine_description()}. Admission limits "
+        f"{'kept' if args.admission else 'lifted (cost runs)'}.",
+        "",
+        markdown_table(["workers", "capacity", "viewers", "viewers per worker",
+                        "min fps", "median fps", "join p50 ms", "viewers of the killed edge",
+                        "play again p50 s", "play again max s", "min fps after"], rows),
+        "",
+        "fps: video frames each viewer assembled per second over the window (30 sent). "
+        "*play again*: from the edge's kill -9 to the first frame on the new connection, "
+        f"the player reconnecting after {STALL_S:g} s without a frame; the first tries meet "
+        "the dead edge's record (3 s TTL) or a full cluster until the edge that fed the "
+        "dead one drops that relay (no receiver report for 5 s) and has room again.",
+    ])
+
+
+def overload_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
+    fps = r["fps"]
+    codes = sorted(set(r["refusals"]))
+    rows = [[r["capacity"], r["admitted"], r["first_refusal_at"] if r["first_refusal_at"]
+             is not None else "none", len(r["refusals"]), ", ".join(codes) or "—",
+             f"{min(fps):.1f}" if fps else "—", f"{median(fps):.1f}" if fps else "—",
+             sum(1 for f in fps if f < 29), "yes" if r["publisher_live"] else "**no**"]]
+    return "\n".join([
+        f"### Overload: one worker past its measured limit ({utc_now()})",
+        "",
+        f"Command: `.venv/bin/python -m bench.cascade {' '.join(args.argv)}`".rstrip() + ". "
+        f"{machine_description()}. Default admission limits (VILOKANAM_SFU_MAX_CPU 0.85, "
+        "VILOKANAM_SFU_MAX_LOOP_LAG_MS 100).",
+        "",
+        markdown_table(["capacity", "admitted", "first refused after", "refusals",
+                        "refused with", "min fps", "median fps", "viewers < 29 fps",
+                        "publisher live at the end"], rows),
+        "",
+        "Viewers join one at a time until the worker has refused "
+        f"{args.refusals} (each refusal is `at_capacity`, ws `no_capacity`, WHEP 503); "
+        "the admitted ones are measured while a refused viewer keeps retrying every second.",
+    ])
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--capacity", type=int, default=4,
+                        help="peer connections per worker in the cascade (fast form: 4)")
+    parser.add_argument("--viewers", type=int, default=8, help="cascade viewers (fast: 8)")
+    parser.add_argument("--overload-capacity", type=int, default=150)
+    parser.add_argument("--overload-max", type=int, default=40,
+                        help="stop adding overload viewers here even if none was refused")
+    parser.add_argument("--refusals", type=int, default=3)
+    parser.add_argument("--admission", action="store_true",
+                        help="keep the load limits in the cascade too (default: lifted)")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument("--bitrate", type=int, default=2_000_000)
+    parser.add_argument("--skip", choices=("cascade", "overload"), action="append", default=[])
+    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--no-doc", action="store_true")
+    args = parser.parse_args(argv)
+    args.argv = argv
+    args.viewers_list = []
+    return args
+
+
+async def main_async(args: argparse.Namespace, lab: Lab, stores: Stores,
+                     media: EncodedLoop) -> list[tuple[str, str]]:
+    sections = []
+    if "cascade" not in args.skip:
+        sections.append(("cascade", cascade_text(args, await run_cascade(args, lab, stores,
+                                                                          media))))
+        print(sections[-1][1], flush=True)
+        lab.stop([p for p in lab.processes if p.name.startswith("sfu-")])
+    if "overload" not in args.skip:
+        sections.append(("overload", overload_text(args, await run_overload(args, lab, stores,
+                                                                             media))))
+        print(sections[-1][1], flush=True)
+    return sections
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    # The clients on loopback, as the workers (127.0.0.2, ...): aioice leaves
+    # loopback out by itself.
+    restrict_host_candidates(["127.0.0.1"])
+    root = Path(tempfile.mkdtemp(prefix="vk-bench-cascade-"))
+    lab = Lab(root, argparse.Namespace(viewers=[], warmup=0, window=0))
+    try:
+        media = EncodedLoop(encode_video_at(args.bitrate, 2 * FPS), encode_audio())
+        stores = start_stores(lab, max(args.viewers, args.overload_max) + args.refusals + 2)
+        sections = asyncio.run(main_async(args, lab, stores, media))
+    finally:
+        lab.close()
+    if not args.no_doc:
+        for name, text in sections:
+            update_doc_section(args.doc, name, text)
+        print(f"written to {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
