@@ -3,9 +3,10 @@
 
 Signaling (two real `vilokanam signaling` processes), Postgres and Redis are
 real. The SFU worker is the protocol tests' FAKE worker (tests/fake_worker.py,
-kept honest by tests/test_worker_contract.py): it answers every offer with a
-canned SDP and no media, because here real WebRTC in one process would be the
-bottleneck, not signaling. Each viewer: connect, `hello`, `watch` with its own
+kept honest by tests/test_worker_contract.py), in a process of its own: it
+answers every offer with a canned SDP and no media, because here real WebRTC
+in one process would be the bottleneck, not signaling. The viewers are spread
+over `--client-procs` processes. Each viewer: connect, `hello`, `watch` with its own
 token, wait for the `answer` (or an error, counted by code); every viewer
 stays connected until all have joined. Then the WHEP offers are sent
 `--concurrency` at a time; each must be answered 201 or refused with a
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import multiprocessing
 import random
 import statistics
 import sys
@@ -29,6 +31,7 @@ import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -162,6 +165,38 @@ async def whep_offers(http: aiohttp.ClientSession, bases: list[str], stream_id: 
     return statuses
 
 
+def fake_worker_process(redis_url: str, capacity: int, ready: Any) -> None:
+    """The fake worker in a process of its own: its registration heartbeat must
+    not wait behind thousands of clients (a late beat is a dead worker to the
+    reaper, which would end the stream)."""
+    async def serve() -> None:
+        worker = FakeWorker(aioredis.Redis.from_url(redis_url), capacity=capacity)
+        await worker.start()
+        ready.set()
+        await asyncio.Event().wait()  # until the parent terminates us
+
+    asyncio.run(serve())
+
+
+def viewers_process(bases: list[str], stream_id: str, tokens: list[str], offset: int,
+                    window: float, results: Any, release: Any) -> None:
+    """One share of the audience in its own process and event loop (one
+    client loop for thousands of sockets would measure the client)."""
+    async def watch_all() -> None:
+        joins, done = Joins(len(tokens)), asyncio.Event()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            viewers = [asyncio.create_task(join(
+                http, bases[(offset + n) % len(bases)], stream_id, token,
+                random.uniform(0, window), joins, done)) for n, token in enumerate(tokens)]
+            await joins.all_in.wait()
+            results.put((dict(joins.codes), joins.latencies_ms))
+            await asyncio.to_thread(release.wait)  # every share has joined
+            done.set()
+            await asyncio.gather(*viewers)
+
+    asyncio.run(watch_all())
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -169,27 +204,41 @@ def percentile(values: list[float], q: float) -> float:
 
 async def run(args: argparse.Namespace, settings: Settings, bases: list[str],
               ) -> tuple[Joins, Counter[int], float]:
+    spawn = multiprocessing.get_context("spawn")
     pg = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=8)
     redis = aioredis.Redis.from_url(settings.redis_url)
-    worker = FakeWorker(redis, capacity=args.viewers + args.whep + 10)
-    await worker.start()
+    ready = spawn.Event()
+    worker = spawn.Process(target=fake_worker_process, daemon=True, args=(
+        settings.redis_url, args.viewers + args.whep + 10, ready))
+    worker.start()
+    children: list[Any] = []
     try:
+        if not await asyncio.to_thread(ready.wait, 30):
+            raise RuntimeError("the fake worker did not start")
         stream_id, key = await make_stream(pg)
         tokens = await make_viewers(pg, redis, args.viewers + args.whep)
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as http:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             publisher = await publish(http, bases[0], stream_id, key)
-            joins, done = Joins(args.viewers), asyncio.Event()
             finished = asyncio.Event()
             publishing = asyncio.create_task(listen_until(publisher, finished))
+            results, release = spawn.Queue(), spawn.Event()
+            shares = [list(range(args.viewers))[n::args.client_procs]
+                      for n in range(args.client_procs)]
             started = time.monotonic()
-            viewers = [asyncio.create_task(join(
-                http, bases[n % len(bases)], stream_id, tokens[n],
-                random.uniform(0, args.window), joins, done)) for n in range(args.viewers)]
-            await joins.all_in.wait()
+            for n, share in enumerate(shares):
+                children.append(spawn.Process(target=viewers_process, daemon=True, args=(
+                    bases, stream_id, [tokens[i] for i in share], n, args.window, results,
+                    release)))
+                children[-1].start()
+            joins = Joins(args.viewers)
+            for _ in shares:
+                codes, latencies = await asyncio.to_thread(results.get, True, 600)
+                joins.codes.update(codes)
+                joins.latencies_ms.extend(latencies)
             elapsed = time.monotonic() - started
-            done.set()
-            await asyncio.gather(*viewers)
+            release.set()
+            for child in children:
+                await asyncio.to_thread(child.join, 60)
             statuses = await whep_offers(http, bases, stream_id, tokens[args.viewers:],
                                          args.concurrency)
             finished.set()
@@ -198,7 +247,9 @@ async def run(args: argparse.Namespace, settings: Settings, bases: list[str],
                 raise RuntimeError("the publisher's websocket closed: the stream ended")
             await publisher.close()
     finally:
-        await worker.stop()
+        for child in (*children, worker):
+            if child.is_alive():
+                child.terminate()
         await redis.aclose()
         await pg.close()
     return joins, statuses, elapsed
@@ -237,6 +288,8 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=60.0, help="seconds the joins spread over")
     parser.add_argument("--whep", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=50, help="WHEP offers in flight")
+    parser.add_argument("--client-procs", type=int, default=2,
+                        help="processes the websocket viewers are spread over")
     parser.add_argument("--write-doc", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vk-load-") as tmp:
