@@ -31,7 +31,7 @@ BOB_42 = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
 STREAM_FIELDS = {"id", "title", "status", "creator_account", "price_per_second", "viewer_count",
                  "total_ticks", "start_time", "end_time", "watch_url", "whep_url",
                  "category_id", "category", "require_signed_receipts", "record",
-                 "recording_video_id"}
+                 "recording_video_id", "thumbnail_url"}
 
 
 def dev_settings(settings: Settings, **overrides: Any) -> Settings:
