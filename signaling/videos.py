@@ -419,6 +419,8 @@ async def update_video(request: web.Request) -> web.Response:
         raise forbidden("this video belongs to another creator")
     body = await parse_json_body(request)
     title = parse_title(body["title"]) if "title" in body else None
+    if "tags" in body and not isinstance(body["tags"], list):  # a query's "a,b" is not JSON's
+        raise bad_request("invalid_tags", "tags are a JSON list of strings")
     tags = parse_tags(body["tags"]) if "tags" in body else None
     price = (parse_price(body["price_per_second"], settings.price_default,
                          settings.token_decimals) if "price_per_second" in body else None)

@@ -285,4 +285,11 @@ async def test_creator_changes_price_and_title(client: Client, db: asyncpg.Conne
     assert await error_of(await client.patch(
         f"/api/videos/{video_id}", json={"price_per_second": "-1"}, headers=bearer(token)),
         400) == "invalid_price"
+    # tags in a JSON body are a list (a query's comma string is not JSON's: schemathesis)
+    assert await error_of(await client.patch(
+        f"/api/videos/{video_id}", json={"tags": "a,b"}, headers=bearer(token)),
+        400) == "invalid_tags"
+    listed = await client.patch(f"/api/videos/{video_id}", json={"tags": ["a", "b"]},
+                                headers=bearer(token))
+    assert listed.status == 200 and (await listed.json())["tags"] == ["a", "b"]
 
