@@ -8,6 +8,7 @@ from typing import Any
 from signaling.openapi_schema import (
     _BEARER,
     _BOOL,
+    _CATEGORY,
     _INT,
     _NSTR,
     _PAGING,
@@ -172,9 +173,7 @@ def community_paths() -> dict[str, Schema]:
                 "400": _error("BadRequest"), **_AUTH, "404": _error("NotFound"),
                 "413": _error("PayloadTooLarge")},
             parameters=[_VIDEO], requestBody=_body(_obj({"categories": {
-                "type": "array", "maxItems": 5, "items": {"type": "string", "minLength": 1},
-                "description": "each an existing category's id or name (another: 400 "
-                               "`unknown_category`)"}})), security=_BEARER)},
+                "type": "array", "maxItems": 5, "items": _CATEGORY}})), security=_BEARER)},
         "/api/users/{account}": {"get": _op("A public profile (never the email)", {
             "200": _json(_ref("Profile"), "the profile"), "400": _error("BadRequest"),
             "404": _error("NotFound")}, parameters=[_ACCOUNT])},
