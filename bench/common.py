@@ -192,14 +192,18 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> s
 
 
 DOC_TITLE = "# Benchmarks\n\nNumbers measured on real processes by the scripts in `bench/`.\n"
+# The reliability runs (soak, load) write their sections here.
+RELIABILITY_DOC = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
+RELIABILITY_TITLE = "# Reliability and security, measured\n"
 
 
-def update_doc_section(path: Path, name: str, body: str) -> None:
+def update_doc_section(path: Path, name: str, body: str, title: str = DOC_TITLE) -> None:
     """Replace the generated section `name` of the doc (or append it): text
-    outside the markers, written by people, is kept."""
+    outside the markers, written by people, is kept. A doc not there yet
+    starts with `title`."""
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     block = f"{begin}\n{body.strip()}\n{end}"
-    text = path.read_text() if path.exists() else DOC_TITLE
+    text = path.read_text() if path.exists() else title
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         text = head + block + rest.split(end, 1)[1]

@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
+    RELIABILITY_DOC,
+    RELIABILITY_TITLE,
     BenchError,
     machine_description,
     markdown_table,
@@ -61,7 +63,6 @@ from vilokanam.services.process import ManagedProcess  # noqa: E402
 from vilokanam.services.redis import RedisServer  # noqa: E402
 
 ROLES = ("sfu", "signaling", "billing")
-DOC = REPO / "docs" / "reliability.md"
 WATCH_S = (10.0, 40.0)  # how long one viewer stays
 DRIFT_LIMIT = 10.0  # % (the target for RSS)
 # Before an idle sample: peers closed, the flush caught up, and signaling's
@@ -299,9 +300,7 @@ def main() -> int:
     body, flat = report(idle, samples, stats, args)
     print(body)
     if args.write_doc:
-        if not DOC.exists():
-            DOC.write_text("# Reliability, measured\n")
-        update_doc_section(DOC, "soak", body)
+        update_doc_section(RELIABILITY_DOC, "soak", body, title=RELIABILITY_TITLE)
     return 0 if flat else 1
 
 

@@ -40,7 +40,14 @@ import redis.asyncio as aioredis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine_description, markdown_table, update_doc_section, utc_now  # noqa: E402
+from bench.common import (  # noqa: E402
+    RELIABILITY_DOC,
+    RELIABILITY_TITLE,
+    machine_description,
+    markdown_table,
+    update_doc_section,
+    utc_now,
+)
 from signaling.stream_keys import hash_stream_key, new_stream_key  # noqa: E402
 from signaling.tokens import issue_token  # noqa: E402
 from tests.fake_worker import FakeWorker  # noqa: E402
@@ -53,7 +60,6 @@ from vilokanam.services.postgres import PostgresServer  # noqa: E402
 from vilokanam.services.process import ManagedProcess  # noqa: E402
 from vilokanam.services.redis import RedisServer  # noqa: E402
 
-DOC = REPO / "docs" / "reliability.md"
 SECRET = "ws-load-" + "x" * 40
 OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"  # the fake never parses it
 JOIN_TIMEOUT_S = 30.0
@@ -320,9 +326,7 @@ def main() -> int:
     body, held = report(joins, statuses, elapsed, args)
     print(body)
     if args.write_doc:
-        if not DOC.exists():
-            DOC.write_text("# Reliability, measured\n")
-        update_doc_section(DOC, "ws-load", body)
+        update_doc_section(RELIABILITY_DOC, "ws-load", body, title=RELIABILITY_TITLE)
     return 0 if held else 1
 
 
