@@ -89,14 +89,17 @@ SELECT sv.id::text AS id, sv.stream_id::text AS stream_id, sv.viewer_id::text AS
  WHERE sv.id = $1::uuid
 """
 
-_SETTLEMENTS = """
+# The batches that covered one charge line: a viewing session's (by
+# stream_viewer_id) or a payment's (by payment_id) -- the column is ours, never input.
+_SETTLEMENTS_OF = """
 SELECT s.id::text AS id, s.status, s.extrinsic_hash, s.nonce, s.block_hash, s.block_number,
        s.extrinsic_index, s.digest, s.remark, s.commitment, s.genesis_hash, s.error,
        s.created_at, s.finalized_at, i.amount
   FROM settlement_items i JOIN settlements s ON s.id = i.settlement_id
- WHERE i.stream_viewer_id = $1::uuid
+ WHERE i.{column} = $1::uuid
  ORDER BY s.created_at, s.id
 """
+_SETTLEMENTS = _SETTLEMENTS_OF.format(column="stream_viewer_id")
 
 _LINES = """
 SELECT settlement_id::text AS settlement_id, stream_viewer_id::text AS stream_viewer_id,
@@ -171,14 +174,7 @@ SELECT p.id::text AS id, p.payment_type, p.from_user_id::text AS payer_id, p.amo
  WHERE p.id = $1::uuid
 """
 
-_PAYMENT_SETTLEMENTS = """
-SELECT s.id::text AS id, s.status, s.extrinsic_hash, s.nonce, s.block_hash, s.block_number,
-       s.extrinsic_index, s.digest, s.remark, s.commitment, s.genesis_hash, s.error,
-       s.created_at, s.finalized_at, i.amount
-  FROM settlement_items i JOIN settlements s ON s.id = i.settlement_id
- WHERE i.payment_id = $1::uuid
- ORDER BY s.created_at, s.id
-"""
+_PAYMENT_SETTLEMENTS = _SETTLEMENTS_OF.format(column="payment_id")
 
 
 async def payment_receipt(request: web.Request) -> web.Response:
