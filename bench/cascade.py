@@ -9,7 +9,9 @@ address (127.0.0.2, .3, ...) with `--capacity` peer connections; one
 publisher replaying a pre-encoded VP8 + Opus loop (bench/sfu_fanout.py's); the
 viewers are placed one by one exactly as signaling places them
 (`signaling.admission.place_viewer_of` / `start_viewer`: origin, then edges
-relaying from it), never decode, and count the frames they assemble. Their
+relaying from it), never decode, and count the frames they assemble; they
+live in `--client-procs` child processes (bench/viewer_pool.py), so one
+client loop does not starve a hundred of them. Their
 frame rate is measured over `--window` s; then one edge serving viewers is
 killed with -9, each of its viewers notices its media stop (no frame for
 `STALL_S`), asks to be placed again and is timed until its first frame.
@@ -31,7 +33,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,6 @@ from bench.sfu_fanout import (
     Lab,
     LoopedTrack,
     Stores,
-    TappedViewer,
     _get_ok,
     _insert_stream,
     client_pc,
@@ -64,35 +65,15 @@ from bench.sfu_fanout import (
     require_running,
     start_stores,
 )
+from bench.viewer_pool import STALL_S, ViewerPool, Watching, _Viewers
 from sfu.aiortc_hooks import restrict_host_candidates
 from vilokanam.services.process import ManagedProcess
-
-STALL_S = 1.0  # a player that got no frame for this long reconnects
-REJOIN_TIMEOUT = 60.0
 
 
 @dataclass
 class Worker:
     proc: ManagedProcess
     url: str
-
-
-@dataclass
-class Watching:
-    viewer: TappedViewer
-    worker_url: str
-    user: str
-
-    @property
-    def frames(self) -> int:
-        return self.viewer.counters["video"].frames
-
-
-@dataclass
-class Cluster:
-    lab: Lab
-    stores: Stores
-    workers: list[Worker] = field(default_factory=list)
 
 
 def start_worker(lab: Lab, stores: Stores, n: int, capacity: int, admission: bool) -> Worker:
@@ -136,54 +117,6 @@ async def publish(http: aiohttp.ClientSession, redis: aioredis.Redis, media: Enc
     return pc, placement.worker.control_url
 
 
-async def join_once(http: aiohttp.ClientSession, redis: aioredis.Redis, stream: str,
-                    user: str) -> Watching | str:
-    """One placement and offer, as signaling makes them; the refusal's code
-    when the cluster says no."""
-    from signaling.admission import place_viewer_of, start_viewer
-    from signaling.protocol import ProtocolError
-    from signaling.sfu_client import SfuClient
-
-    viewer = TappedViewer()
-    try:
-        placement = await place_viewer_of(redis, stream)
-        await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
-        answer = await start_viewer(SfuClient(http), redis, placement, stream,
-                                    sdp=viewer.pc.localDescription.sdp, viewer_user_id=user)
-    except ProtocolError as exc:
-        await viewer.pc.close()
-        return exc.code.value
-    await viewer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
-    return Watching(viewer, answer.peer.control_url, user)
-
-
-async def join(http: aiohttp.ClientSession, redis: aioredis.Redis, stream: str,
-               user: str) -> Watching:
-    """Join, retrying after a refusal as the web app does, until frames arrive."""
-    deadline = time.monotonic() + REJOIN_TIMEOUT
-    refused: set[str] = set()
-    while time.monotonic() < deadline:
-        joined = await join_once(http, redis, stream, user)
-        if isinstance(joined, Watching):
-            if await frames_within(joined, 1, 15):
-                return joined
-            await joined.viewer.pc.close()
-            joined = "no frame within 15 s"
-        refused.add(joined)
-        await asyncio.sleep(0.3)
-    raise BenchError(f"a viewer could not join within {REJOIN_TIMEOUT:.0f} s: {refused}")
-
-
-async def frames_within(watching: Watching, count: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    start = watching.frames
-    while watching.frames < start + count:
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
-
-
 async def fresh_heartbeats(redis: aioredis.Redis) -> None:
     """Every worker has reported its load since now (placement reads those)."""
     from routing.placement import live_workers
@@ -196,68 +129,48 @@ async def fresh_heartbeats(redis: aioredis.Redis) -> None:
         await asyncio.sleep(0.05)
 
 
-async def fps_over(watching: list[Watching], window: float) -> list[float]:
-    before = [w.frames for w in watching]
-    started = time.monotonic()
-    await asyncio.sleep(window)
-    took = time.monotonic() - started
-    return [(w.frames - b) / took for w, b in zip(watching, before, strict=True)]
-
-
-async def rejoin_after_stall(http: aiohttp.ClientSession, redis: aioredis.Redis, stream: str,
-                             watching: Watching, killed_at: float) -> float:
-    """The player sees no frame for STALL_S, watches again; seconds from the
-    kill to its first frame on the new connection."""
-    last, last_at = watching.frames, time.monotonic()
-    while time.monotonic() - last_at < STALL_S:
-        await asyncio.sleep(0.05)
-        if watching.frames != last:
-            last, last_at = watching.frames, time.monotonic()
-    await watching.viewer.pc.close()
-    again = await join(http, redis, stream, watching.user)
-    watching.viewer, watching.worker_url = again.viewer, again.worker_url
-    return time.monotonic() - killed_at
-
-
 async def run_cascade(args: argparse.Namespace, lab: Lab, stores: Stores,
                       media: EncodedLoop) -> dict[str, Any]:
     workers = [start_worker(lab, stores, n, args.capacity, args.admission)
                for n in range(args.workers)]
     stream = await _insert_stream(stores.database_url, stores.creator, "bench cascade")
     redis = aioredis.Redis.from_url(stores.redis_url)
+    pool = await ViewerPool.start(args.client_procs, stream, stores.redis_url, str(lab.root))
     async with aiohttp.ClientSession() as http:
         publisher, origin = await publish(http, redis, media, stream)
-        watching: list[Watching] = []
+        on: dict[str, str] = {}
         join_ms = []
         try:
             for user in stores.users[:args.viewers]:
                 await fresh_heartbeats(redis)
-                started = time.monotonic()
-                watching.append(await join(http, redis, stream, user))
-                join_ms.append((time.monotonic() - started) * 1000)
-            per_worker = {w.url: sum(1 for v in watching if v.worker_url == w.url)
-                          for w in workers}
+                joined = await pool.join(user)
+                if not joined["ok"]:
+                    raise BenchError(f"a viewer could not join within 60 s: {joined['code']}")
+                on[user] = joined["worker"]
+                join_ms.append(joined["ms"])
+            per_worker = {w.url: sum(1 for u in on.values() if u == w.url) for w in workers}
             await asyncio.sleep(args.warmup)
-            fps = await fps_over(watching, args.window)
+            fps = await pool.fps_over(args.window)
             edges = [w for w in workers if w.url != origin and per_worker[w.url]]
             if not edges:
                 raise BenchError("no viewer on an edge: raise --viewers or lower --capacity")
             doomed = max(edges, key=lambda w: per_worker[w.url])
-            affected = [v for v in watching if v.worker_url == doomed.url]
             killed_at = time.monotonic()
             doomed.proc.kill()
-            replay = await asyncio.gather(*(rejoin_after_stall(http, redis, stream, v, killed_at)
-                                            for v in affected))
-            after = await fps_over(watching, min(args.window, 10))
+            played_at, moved_to = await pool.rejoin_stalled(doomed.url)
+            on.update(moved_to)
+            after = await pool.fps_over(min(args.window, 10))
         finally:
-            for v in watching:
-                await v.viewer.pc.close()
+            await pool.close()
             await publisher.close()
     await redis.aclose()
-    return {"workers": args.workers, "capacity": args.capacity, "viewers": len(watching),
-            "per_worker": sorted(per_worker.values(), reverse=True), "fps": fps,
-            "join_ms": join_ms, "killed_viewers": len(affected), "replay_s": list(replay),
-            "fps_after": after}
+    return {"workers": args.workers, "capacity": args.capacity, "viewers": len(on),
+            "per_worker": sorted(per_worker.values(), reverse=True),
+            "fps": list(fps.values()),
+            "fps_origin": [f for u, f in fps.items() if on.get(u) == origin] or [0.0],
+            "join_ms": join_ms, "killed_viewers": len(played_at),
+            "replay_s": [t - killed_at for t in played_at.values()],
+            "fps_after": list(after.values())}
 
 
 async def run_overload(args: argparse.Namespace, lab: Lab, stores: Stores,
@@ -265,49 +178,47 @@ async def run_overload(args: argparse.Namespace, lab: Lab, stores: Stores,
     worker = start_worker(lab, stores, args.workers, args.overload_capacity, admission=True)
     stream = await _insert_stream(stores.database_url, stores.creator, "bench overload")
     redis = aioredis.Redis.from_url(stores.redis_url)
+    pool = await ViewerPool.start(args.client_procs, stream, stores.redis_url, str(lab.root))
     async with aiohttp.ClientSession() as http:
         # Only this worker: the cascade's are gone (killed or stopped) by now.
         publisher, _ = await publish(http, redis, media, stream)
-        watching: list[Watching] = []
+        admitted = 0
         refusals: list[str] = []
         first_refusal_at: int | None = None
         try:
-            for user in stores.users:
-                if len(watching) >= args.overload_max or len(refusals) >= args.refusals:
+            for user in stores.users[:-1]:
+                if admitted >= args.overload_max or len(refusals) >= args.refusals:
                     break
-                joined = await join_once(http, redis, stream, user)
-                if isinstance(joined, Watching) and await frames_within(joined, 1, 15):
-                    watching.append(joined)
+                joined = await pool.join(user, retry=False)
+                if joined["ok"]:
+                    admitted += 1
                     continue
-                if isinstance(joined, Watching):
-                    await joined.viewer.pc.close()
-                    joined = "no_frames"
-                refusals.append(joined)
-                first_refusal_at = first_refusal_at or len(watching)
+                refusals.append(joined["code"])
+                first_refusal_at = first_refusal_at or admitted
                 await asyncio.sleep(0.5)
             await asyncio.sleep(args.warmup)
             knocking = asyncio.ensure_future(_knock(http, redis, stream, stores.users[-1]))
-            fps = await fps_over(watching, args.window)
+            fps = await pool.fps_over(args.window)
             knocking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await knocking
             async with http.get(f"{worker.url}/control/streams/{stream}") as resp:
                 live = bool((await resp.json())["live"])
         finally:
-            for v in watching:
-                await v.viewer.pc.close()
+            await pool.close()
             await publisher.close()
     await redis.aclose()
-    return {"capacity": args.overload_capacity, "admitted": len(watching),
-            "first_refusal_at": first_refusal_at, "refusals": refusals, "fps": fps,
-            "publisher_live": live}
+    return {"capacity": args.overload_capacity, "admitted": admitted,
+            "first_refusal_at": first_refusal_at, "refusals": refusals,
+            "fps": list(fps.values()), "publisher_live": live}
 
 
 async def _knock(http: aiohttp.ClientSession, redis: aioredis.Redis, stream: str,
                  user: str) -> None:
     """A refused viewer retrying every second while the others are measured."""
+    viewers = _Viewers(stream, redis, http)
     while True:
-        joined = await join_once(http, redis, stream, user)
+        joined = await viewers.join_once(user)
         if isinstance(joined, Watching):
             await joined.viewer.pc.close()
         await asyncio.sleep(1.0)
@@ -316,7 +227,8 @@ async def _knock(http: aiohttp.ClientSession, redis: aioredis.Redis, stream: str
 def cascade_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
     fps, after, replay = r["fps"], r["fps_after"], r["replay_s"]
     rows = [[r["workers"], r["capacity"], r["viewers"], " / ".join(map(str, r["per_worker"])),
-             f"{min(fps):.1f}", f"{median(fps):.1f}", f"{median(r['join_ms']):.0f}",
+             f"{min(fps):.1f}", f"{median(fps):.1f}", f"{min(r['fps_origin']):.1f}",
+             sum(1 for f in fps if f < 29), f"{median(r['join_ms']):.0f}",
              r["killed_viewers"], f"{median(replay):.1f}", f"{max(replay):.1f}",
              f"{min(after):.1f}"]]
     return "\n".join([
@@ -324,10 +236,12 @@ def cascade_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
         "",
         f"Command: `.venv/bin/python -m bench.cascade {' '.join(args.argv)}`".rstrip() + ". "
         f"{machine_description()}. Admission limits "
-        f"{'kept' if args.admission else 'lifted (cost runs)'}.",
+        f"{'kept' if args.admission else 'lifted (cost runs)'}; video "
+        f"{args.bitrate / 1e6:g} Mbit/s; viewers in {args.client_procs} processes.",
         "",
         markdown_table(["workers", "capacity", "viewers", "viewers per worker",
-                        "min fps", "median fps", "join p50 ms", "viewers of the killed edge",
+                        "min fps", "median fps", "min fps on the origin", "viewers < 29 fps",
+                        "join p50 ms", "viewers of the killed edge",
                         "play again p50 s", "play again max s", "min fps after"], rows),
         "",
         "fps: video frames each viewer assembled per second over the window (30 sent). "
@@ -377,6 +291,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--bitrate", type=int, default=2_000_000)
+    parser.add_argument("--client-procs", type=int, default=2,
+                        help="processes the viewers are spread over (bench/viewer_pool.py)")
     parser.add_argument("--skip", choices=("cascade", "overload"), action="append", default=[])
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--no-doc", action="store_true")
