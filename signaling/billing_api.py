@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from signaling.community.params import path_uuid
 from signaling.errors import bad_request, not_found
 from signaling.state import SETTINGS
 from signaling.users import require_user
@@ -184,10 +185,7 @@ async def payment_receipt(request: web.Request) -> web.Response:
     (`<type>:<payment id>:<amount>`) and Merkle path — no other line. A
     viewing session's charge has its receipt by session id (above)."""
     claims = await require_user(request)
-    try:
-        payment_id = str(uuid.UUID(request.match_info["payment_id"]))
-    except ValueError:
-        raise bad_request("invalid_payment_id", "a payment id is a UUID") from None
+    payment_id = path_uuid(request, "payment_id", "payment")
     pg: asyncpg.Pool = request.app[BACKENDS].pg
     row = await pg.fetchrow(_PAYMENT, payment_id)
     if row is None or row["payer_id"] != claims.user_id or row["payment_type"] not in _PAID_LINES:

@@ -22,6 +22,7 @@ import asyncpg
 from aiohttp import web
 
 from signaling.api import parse_price, parse_title
+from signaling.community.params import path_uuid
 from signaling.errors import ApiError, bad_request, forbidden, not_found, parse_json_body
 from signaling.paging import parse_paging
 from signaling.state import SETTINGS
@@ -64,10 +65,7 @@ SELECT v.id::text AS id, v.title, v.status, v.failure_reason, u.account_id AS cr
 # -- parsing -----------------------------------------------------------------
 
 def parse_video_id(request: web.Request) -> str:
-    try:
-        return str(uuid.UUID(request.match_info["video_id"]))
-    except ValueError:
-        raise bad_request("invalid_video_id", "a video id is a UUID") from None
+    return path_uuid(request, "video_id", "video")
 
 
 def parse_tags(raw: object) -> list[str]:

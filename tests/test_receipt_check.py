@@ -189,7 +189,8 @@ async def test_a_tip_and_a_subscription_have_receipts_with_only_their_own_line(
     # Someone else's payment is unknown to them; a bad id is 400; no token 401.
     await get_json(client, f"/api/receipts/payments/{tip.payment_id}", 404,
                    viewer_bearer(show, 1))
-    await get_json(client, "/api/receipts/payments/not-a-uuid", 400, mine)
+    assert (await get_json(client, "/api/receipts/payments/not-a-uuid", 400, mine))["error"][
+        "code"] == "invalid_payment_id"
     await get_json(client, f"/api/receipts/payments/{tip.payment_id}", 401)
     # A viewing session's payment has its receipt by session, not here.
     stream_view = await db.fetchval("SELECT id::text FROM payments WHERE from_user_id = $1 "
