@@ -34,7 +34,6 @@ from tests.test_settlement import (
     PRICE,
     make_show,
     new_settler,
-    pool,  # noqa: F401 - a fixture
     pristine_chain_afterwards,  # noqa: F401 - a fixture
     watch,
 )

@@ -11,7 +11,6 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -189,13 +188,6 @@ async def _stream(db: asyncpg.Connection, record: bool = True,
 
 def _fanouts() -> dict[str, Fanout]:
     return {kind: Fanout(kind, lambda: None) for kind in ("video", "audio")}
-
-
-@pytest.fixture
-async def pool(db: asyncpg.Connection, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)
-    yield pool
-    await pool.close()
 
 
 async def test_recordings_become_videos_or_fail_with_a_reason(

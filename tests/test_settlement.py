@@ -23,7 +23,7 @@ from substrateinterface import Keypair, SubstrateInterface
 from billing.chain import AsyncChain, ChainClient, load_escrow
 from billing.flush import Flusher
 from billing.settlement import Settler
-from tests.conftest import ESCROW_URI, Stores
+from tests.conftest import ESCROW_URI
 from tests.flushing import drain
 from tests.test_vilokanam_receipts import ref_mth
 from tests.waiting import wait_until
@@ -166,13 +166,6 @@ def remark_text(calls: list[dict[str, Any]]) -> str:
 
 
 # -- fixtures -------------------------------------------------------------------
-
-@pytest.fixture
-async def pool(stores: Stores, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=6)
-    yield pool
-    await pool.close()
-
 
 @pytest.fixture(scope="module", autouse=True)
 def pristine_chain_afterwards(chain: ChainNode) -> Iterator[None]:
