@@ -34,6 +34,7 @@ from aiohttp import web
 from signaling.community.params import path_uuid
 from signaling.errors import bad_request, not_found
 from signaling.state import SETTINGS
+from signaling.timestamps import iso_or_none
 from signaling.users import require_user
 from vilokanam.accounts import InvalidAccount, canonical_account
 from vilokanam.backends import BACKENDS
@@ -107,10 +108,6 @@ SELECT settlement_id::text AS settlement_id, stream_viewer_id::text AS stream_vi
        payment_id::text AS payment_id, payment_type, amount
   FROM settlement_items WHERE settlement_id = ANY($1::uuid[])
 """
-
-
-def _iso(value: Any) -> str | None:
-    return None if value is None else value.isoformat()
 
 
 async def receipt(request: web.Request) -> web.Response:
@@ -203,7 +200,7 @@ async def payment_receipt(request: web.Request) -> web.Response:
         "settled": format_amount(row["settled_amount"]),
         "unsettled": format_amount(row["amount"] - row["settled_amount"]),
         "status": row["status"],
-        "created_at": _iso(row["created_at"]),
+        "created_at": iso_or_none(row["created_at"]),
         **_proven(batches),
     })
 
@@ -256,8 +253,8 @@ def _settlement_json(s: asyncpg.Record, line: str, batch_lines: list[str]) -> di
         "error": s["error"],
         **proof,
         "remark": s["remark"],
-        "created_at": _iso(s["created_at"]),
-        "finalized_at": _iso(s["finalized_at"]),
+        "created_at": iso_or_none(s["created_at"]),
+        "finalized_at": iso_or_none(s["finalized_at"]),
     }
 
 
