@@ -22,8 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_description, markdown_table, update_doc_section, utc_now  # noqa: E402
@@ -31,7 +29,7 @@ from media.probe import probe  # noqa: E402
 from media.transcode import ladder_for, transcode  # noqa: E402
 from sfu.recorder import Recording  # noqa: E402
 from tests.media_samples import make_clip  # noqa: E402
-from tests.recorder_feeder import CODECS, codec_of  # noqa: E402
+from tests.recorder_feeder import encoded_frames, recording_taps  # noqa: E402
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -68,21 +66,14 @@ def bench_recorder(work: Path, seconds: int, video: str = "libvpx") -> tuple[flo
     form = "webm" if video == "libvpx" else "mpegts"
     source = make_clip(work / f"live.{form}", container=form, video=video, audio="libopus",
                        seconds=seconds, width=640, height=480)
-    frames = []
-    with av.open(str(source)) as container:
-        for packet in container.demux():
-            if packet.size and packet.pts is not None and packet.time_base is not None:
-                codec = codec_of(packet.stream)
-                pts = int(packet.pts * packet.time_base * codec.clockRate)
-                frames.append((packet.stream.type, codec, bytes(packet), pts,
-                               bool(packet.is_keyframe)))
+    frames = list(encoded_frames(source))  # demuxed before the clock starts
     recording = Recording("bench", "bench", "bench", work / f"recording-{video}")
-    taps = {kind: recording.tap_for(kind) for kind in CODECS}
+    taps = recording_taps(recording)
 
     def run() -> None:
         recording.start()
-        for kind, codec, data, pts, key in frames:
-            taps[kind](codec, data, pts, key)
+        for frame in frames:
+            frame.feed(taps)
         recording.close()
 
     _, cpu = timed(run)

@@ -21,6 +21,7 @@ from signaling.paging import parse_paging
 from signaling.sfu_client import SFU_CLIENT, SfuError
 from signaling.state import SETTINGS
 from signaling.stream_keys import hash_stream_key, new_stream_key
+from signaling.timestamps import iso_or_none
 from signaling.tokens import TokenClaims, issue_token
 from signaling.users import (
     canonical_or_400,
@@ -133,7 +134,7 @@ def stream_json(row: asyncpg.Record, settings: Settings) -> dict[str, Any]:
         "price_per_second": format_amount(row["price_per_second"]),
         "require_signed_receipts": row["require_signed_receipts"],
         "viewer_count": row["viewer_count"], "total_ticks": row["total_ticks"],
-        "start_time": _iso(row["start_time"]), "end_time": _iso(row["end_time"]),
+        "start_time": iso_or_none(row["start_time"]), "end_time": iso_or_none(row["end_time"]),
         "watch_url": urls["watch_url"], "whep_url": urls["whep_url"],
         "category_id": row["category_id"], "category": row["category"],
         "record": row["record"],
@@ -143,10 +144,6 @@ def stream_json(row: asyncpg.Record, settings: Settings) -> dict[str, Any]:
         "thumbnail_url": (f"{settings.base_url}{row['thumbnail_url']}"
                           if row["thumbnail_url"] else None),
     }
-
-
-def _iso(value: Any) -> str | None:
-    return None if value is None else value.isoformat()
 
 
 # -- handlers --------------------------------------------------------------------
@@ -299,7 +296,7 @@ async def my_sessions(request: web.Request) -> web.Response:
         claims.user_id, limit, offset)
     return web.json_response({"sessions": [{
         "id": r["id"], "stream_id": r["stream_id"], "title": r["title"],
-        "join_time": _iso(r["join_time"]), "active": bool(r["is_active"]),
+        "join_time": iso_or_none(r["join_time"]), "active": bool(r["is_active"]),
         "seconds": r["total_ticks"], "cost": format_amount(r["paid_amount"]),
         "price_per_second": format_amount(r["price_per_second"] or Decimal(0)),
         "payment_status": r["payment_status"]} for r in rows],
@@ -317,7 +314,7 @@ async def my_earnings(request: web.Request) -> web.Response:
     return web.json_response({
         "total_earnings": format_amount(row["total_earnings"] if row else zero),
         "pending_payout": format_amount(row["pending_payout"] if row else zero),
-        "last_payout_at": _iso(row["last_payout_at"]) if row else None})
+        "last_payout_at": iso_or_none(row["last_payout_at"]) if row else None})
 
 
 # -- creator operations on their own streams ------------------------------------
@@ -436,7 +433,7 @@ async def my_payouts(request: web.Request) -> web.Response:
         "settlement_id": r["settlement_id"], "amount": format_amount(r["amount"]),
         "status": r["status"], "extrinsic_hash": r["extrinsic_hash"],
         "block_hash": r["block_hash"], "block_number": r["block_number"],
-        "created_at": _iso(r["created_at"]), "finalized_at": _iso(r["finalized_at"])}
+        "created_at": iso_or_none(r["created_at"]), "finalized_at": iso_or_none(r["finalized_at"])}
         for r in rows], "limit": limit, "offset": offset})
 
 

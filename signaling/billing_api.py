@@ -31,8 +31,10 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from signaling.community.params import path_uuid
 from signaling.errors import bad_request, not_found
 from signaling.state import SETTINGS
+from signaling.timestamps import iso_or_none
 from signaling.users import require_user
 from vilokanam.accounts import InvalidAccount, canonical_account
 from vilokanam.backends import BACKENDS
@@ -108,10 +110,6 @@ SELECT settlement_id::text AS settlement_id, stream_viewer_id::text AS stream_vi
 """
 
 
-def _iso(value: Any) -> str | None:
-    return None if value is None else value.isoformat()
-
-
 async def receipt(request: web.Request) -> web.Response:
     claims = await require_user(request)
     try:
@@ -184,10 +182,7 @@ async def payment_receipt(request: web.Request) -> web.Response:
     (`<type>:<payment id>:<amount>`) and Merkle path — no other line. A
     viewing session's charge has its receipt by session id (above)."""
     claims = await require_user(request)
-    try:
-        payment_id = str(uuid.UUID(request.match_info["payment_id"]))
-    except ValueError:
-        raise bad_request("invalid_payment_id", "a payment id is a UUID") from None
+    payment_id = path_uuid(request, "payment_id", "payment")
     pg: asyncpg.Pool = request.app[BACKENDS].pg
     row = await pg.fetchrow(_PAYMENT, payment_id)
     if row is None or row["payer_id"] != claims.user_id or row["payment_type"] not in _PAID_LINES:
@@ -205,7 +200,7 @@ async def payment_receipt(request: web.Request) -> web.Response:
         "settled": format_amount(row["settled_amount"]),
         "unsettled": format_amount(row["amount"] - row["settled_amount"]),
         "status": row["status"],
-        "created_at": _iso(row["created_at"]),
+        "created_at": iso_or_none(row["created_at"]),
         **_proven(batches),
     })
 
@@ -258,8 +253,8 @@ def _settlement_json(s: asyncpg.Record, line: str, batch_lines: list[str]) -> di
         "error": s["error"],
         **proof,
         "remark": s["remark"],
-        "created_at": _iso(s["created_at"]),
-        "finalized_at": _iso(s["finalized_at"]),
+        "created_at": iso_or_none(s["created_at"]),
+        "finalized_at": iso_or_none(s["finalized_at"]),
     }
 
 

@@ -39,7 +39,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from signaling.errors import ApiError, bad_request, forbidden, not_found
+from signaling.community.params import path_uuid
+from signaling.errors import ApiError, forbidden, not_found
 from signaling.state import SETTINGS
 from signaling.users import require_user, token_secret_or_503
 from signaling.videos import STORAGE, fetch_video, parse_video_id
@@ -176,10 +177,7 @@ async def view_status(request: web.Request) -> web.Response:
     their cost (the flushed part from Postgres, plus what Redis holds)."""
     claims = await require_user(request)
     video_id = parse_video_id(request)
-    try:
-        view_id = str(uuid.UUID(request.match_info["view_id"]))
-    except ValueError:
-        raise bad_request("invalid_view_id", "a view id is a UUID") from None
+    view_id = path_uuid(request, "view_id", "view")
     backends = request.app[BACKENDS]
     row = await backends.pg.fetchrow(
         "SELECT vv.view_duration, vv.watch_completion, vv.price_per_second, vv.cut_off, "

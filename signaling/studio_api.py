@@ -11,12 +11,12 @@ creator's share after the platform fee, computed as the flush computes it
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
 from aiohttp import web
 
 from signaling.api import parse_paging
 from signaling.state import SETTINGS
+from signaling.timestamps import iso_or_none
 from signaling.users import require_user
 from signaling.videos import creator_videos
 from vilokanam.backends import BACKENDS
@@ -39,10 +39,6 @@ SELECT ss.id::text AS session_id, s.id::text AS stream_id, s.title,
 """
 
 
-def _iso(value: Any) -> str | None:
-    return None if value is None else value.isoformat()
-
-
 def creator_share(paid: Decimal, platform_fee: Decimal) -> Decimal:
     """The creator's part of `paid`, truncated to 18 places like billing/flush.py."""
     return (paid * (1 - platform_fee)).quantize(Decimal(1).scaleb(-18), rounding="ROUND_DOWN")
@@ -63,7 +59,7 @@ async def my_stream_sessions(request: web.Request) -> web.Response:
     fee = request.app[SETTINGS].platform_fee
     return web.json_response({"sessions": [{
         "session_id": r["session_id"], "stream_id": r["stream_id"], "title": r["title"],
-        "start_time": _iso(r["started"]), "end_time": _iso(r["ended"]),
+        "start_time": iso_or_none(r["started"]), "end_time": iso_or_none(r["ended"]),
         "viewer_peak": r["viewer_peak"], "total_ticks": int(r["total_ticks"]),
         "viewers": r["viewers"], "paid": format_amount(Decimal(r["paid"])),
         "earned": format_amount(creator_share(Decimal(r["paid"]), fee)),

@@ -22,9 +22,11 @@ import asyncpg
 from aiohttp import web
 
 from signaling.api import parse_price, parse_title
+from signaling.community.params import path_uuid
 from signaling.errors import ApiError, bad_request, forbidden, not_found, parse_json_body
 from signaling.paging import parse_paging
 from signaling.state import SETTINGS
+from signaling.timestamps import iso_or_none
 from signaling.users import canonical_or_400, make_creator, require_user
 from vilokanam import jobs
 from vilokanam.backends import BACKENDS
@@ -64,10 +66,7 @@ SELECT v.id::text AS id, v.title, v.status, v.failure_reason, u.account_id AS cr
 # -- parsing -----------------------------------------------------------------
 
 def parse_video_id(request: web.Request) -> str:
-    try:
-        return str(uuid.UUID(request.match_info["video_id"]))
-    except ValueError:
-        raise bad_request("invalid_video_id", "a video id is a UUID") from None
+    return path_uuid(request, "video_id", "video")
 
 
 def parse_tags(raw: object) -> list[str]:
@@ -117,10 +116,6 @@ def absolute(settings: Settings, path: str | None) -> str | None:
     return path if "://" in path else f"{settings.base_url}{path}"
 
 
-def _iso(value: Any) -> str | None:
-    return None if value is None else value.isoformat()
-
-
 def video_json(row: asyncpg.Record, settings: Settings,
                versions: list[asyncpg.Record] | None = None) -> dict[str, Any]:
     price = row["price_per_second"]
@@ -134,7 +129,8 @@ def video_json(row: asyncpg.Record, settings: Settings,
         "thumbnail_url": absolute(settings, row["thumbnail_url"]),
         "ipfs_hash": row["ipfs_hash"], "source_stream_id": row["source_stream_id"],
         "tags": list(row["tags"] or []),
-        "published_at": _iso(row["published_at"]), "created_at": _iso(row["created_at"]),
+        "published_at": iso_or_none(row["published_at"]),
+        "created_at": iso_or_none(row["created_at"]),
         "metadata": {
             "format": row["format"], "codec": row["codec"], "audio_codec": row["audio_codec"],
             "frame_rate": None if row["frame_rate"] is None else format_amount(row["frame_rate"]),

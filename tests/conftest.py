@@ -112,6 +112,17 @@ async def db(stores: Stores) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
+async def pool(stores: Stores, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the test database, once `db` has emptied it: what the roles
+    (flush, settlement, jobs, recordings) take."""
+    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=6)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
 async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
     """A client on an empty Redis keyspace."""
     stores.ensure_running()

@@ -24,7 +24,6 @@ from billing.reconcile import Reconciler
 from sfu.lifecycle import Lifecycle
 from tests.flushing import drain
 from tests.test_api import Client, bearer, client, error_of, login  # noqa: F401 - a fixture
-from tests.test_metering import pool  # noqa: F401 - a fixture
 from vilokanam.balances import balance_key, can_start_watching, credit
 from vilokanam.metering import Tick, TickBatch, TickWriter
 

@@ -27,7 +27,6 @@ from billing.flush import Flusher
 from sfu.lifecycle import Lifecycle
 from signaling.tokens import issue_token
 from tests.flushing import drain
-from tests.test_metering import pool  # noqa: F401 - a fixture
 from tests.test_ws_protocol import (
     SECRET,
     TIMEOUT,

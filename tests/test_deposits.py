@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +22,7 @@ from substrateinterface import Keypair, SubstrateInterface
 from billing.app import create_app
 from billing.chain import AsyncChain, ChainClient, load_escrow
 from billing.deposits import DepositWatcher, load_cursor, save_cursor
-from tests.conftest import ESCROW_URI, Stores
+from tests.conftest import ESCROW_URI
 from tests.test_settlement import (  # noqa: F401 - a fixture
     assert_no_secret_logged,
     pristine_chain_afterwards,
@@ -44,13 +43,6 @@ ALICE = Keypair.create_from_uri("//Alice", ss58_format=CHAIN_SS58_PREFIX)
 DAVE = Keypair.create_from_uri("//Dave", ss58_format=CHAIN_SS58_PREFIX)
 EVE = Keypair.create_from_uri("//Eve", ss58_format=CHAIN_SS58_PREFIX)
 BOB = Keypair.create_from_uri("//Bob", ss58_format=CHAIN_SS58_PREFIX)
-
-
-@pytest.fixture
-async def pool(stores: Stores, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
 
 
 def transfer(chain: ChainNode, sender: Keypair, dest: str, planck: int) -> tuple[str, int]:

@@ -23,13 +23,6 @@ from vilokanam import jobs
 from vilokanam.config import Settings
 
 
-@pytest.fixture
-async def pool(db: asyncpg.Connection, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=4)
-    yield pool
-    await pool.close()
-
-
 async def _video(pool: asyncpg.Pool) -> str:
     creator = await pool.fetchval(
         "INSERT INTO users (account_id, is_creator) VALUES ($1, TRUE) "

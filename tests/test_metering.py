@@ -14,7 +14,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from billing.flush import FORGOTTEN_TTL_MS, Flusher, JournalRow
-from tests.conftest import Stores
 from tests.flushing import drain
 from vilokanam.balances import balance_key, balance_of, credit
 from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter, batch_key
@@ -60,13 +59,6 @@ def batch(worker: str, second: int, audience: Audience,
           price_planck: int = PRICE_PLANCK) -> TickBatch:
     return TickBatch(worker, second, tuple(Tick(s, u, price_planck)
                                            for s, u in audience.viewers))
-
-
-@pytest.fixture
-async def pool(stores: Stores, db: asyncpg.Connection) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
 
 
 async def assert_books_balance(db: asyncpg.Connection, audience: Audience, seconds: int,

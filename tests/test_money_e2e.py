@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from decimal import ROUND_FLOOR, Decimal
 
 import aiohttp
@@ -25,7 +24,7 @@ from sfu.app import create_app as create_worker
 from sfu.control import MANAGER
 from signaling.app import create_app as create_signaling
 from signaling.tokens import issue_token
-from tests.conftest import ESCROW_URI, Stores
+from tests.conftest import ESCROW_URI
 from tests.flushing import drain
 from tests.media_clients import Publisher, Viewer
 from tests.test_receipt_check import verify_receipt
@@ -50,13 +49,6 @@ PRICE = Decimal("0.001")
 FEE = Decimal("0.1")
 DEPOSIT = 2 * 10**12  # 2 tokens, in planck
 SECRET = "m" * 40
-
-
-@pytest.fixture
-async def pool(stores: Stores, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=6)
-    yield pool
-    await pool.close()
 
 
 def transfer(node: SubstrateInterface, sender: Keypair, dest: str, planck: int) -> None:

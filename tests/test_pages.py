@@ -119,6 +119,13 @@ async def test_home_shows_categories_and_recent_videos_and_filters_by_one(
             f"/video/{videos['Old <b>tune</b>']}")  # newest first
         assert "Old &lt;b&gt;tune&lt;/b&gt;" in html and videos["Still processing"] not in html
         assert live["Live jazz"] in html and live["Live painting"] in html
+        # One card (parts/cards.html) on the home and category pages: the keyframe on both.
+        jazz_thumb = f"/api/streams/{live['Live jazz']}/thumbnail.jpg?v=7"
+        await db.execute("UPDATE streams SET thumbnail_url = $2 WHERE id = $1::uuid",
+                         live["Live jazz"], jazz_thumb)
+        for path in ("/", f"/category/{music}"):
+            card = await (await client.get(path)).text()
+            assert f'<img class="live-thumb" src="{jazz_thumb}"' in card
 
         narrowed = await (await client.get(f"/?category={music}")).text()
         assert live["Live jazz"] in narrowed and live["Live painting"] not in narrowed

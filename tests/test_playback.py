@@ -131,6 +131,8 @@ async def test_each_delivered_second_is_billed_once(
     status = await (await client.get(f"/api/videos/{video_id}/views/{view['view_id']}",
                                      headers=bearer(bob["token"]))).json()
     assert (status["seconds"], status["cost"], status["billed_seconds"]) == (4, "0.004", 4)
+    assert await error_of(await client.get(f"/api/videos/{video_id}/views/nope",
+                                           headers=bearer(bob["token"])), 400) == "invalid_view_id"
 
     # Signatures: another view's, a tampered expiry, an expired one, none.
     other = await (await client.post(f"/api/videos/{video_id}/views",

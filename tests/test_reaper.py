@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 
 from routing.channels import stream_channel
@@ -25,18 +23,8 @@ from routing.registry import (
     worker_streams_key,
 )
 from signaling.stream_keys import hash_stream_key, new_stream_key
-from tests.conftest import Stores
 from tests.test_placement import expired, register
 from tests.waiting import wait_until
-
-
-@pytest.fixture
-async def pool(stores: Stores, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
-    pg = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=2)
-    try:
-        yield pg
-    finally:
-        await pg.close()
 
 
 async def live_stream(db: asyncpg.Connection) -> tuple[str, str]:

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,13 @@ from tests.test_receipts import (
     viewer_bearer,
 )
 from tests.test_settlement import (
-    DECIMALS,
     PRICE,
     make_show,
     new_settler,
-    pool,  # noqa: F401 - a fixture
     pristine_chain_afterwards,  # noqa: F401 - a fixture
+    tip_and_subscribe,
     watch,
 )
-from vilokanam.direct_payments import pay_creator
 from vilokanam.services.chain import ChainNode
 from vilokanam.services.net import free_port
 
@@ -144,25 +141,7 @@ async def test_a_tip_and_a_subscription_have_receipts_with_only_their_own_line(
     show = await make_show(db, redis, viewers=2)
     await watch(pool, redis, show, seconds=3)  # the same batch settles viewing sessions too
     _, payer, _ = show.viewers[0]
-
-    # What each recorder returns as "id" becomes the payment's reference_id.
-    async def tip_row(conn: asyncpg.Connection, payment_id: str) -> dict[str, Any]:
-        return {"id": str(await conn.fetchval(
-            "INSERT INTO tips (payment_id, message) VALUES ($1, 'hi') RETURNING id",
-            payment_id))}
-
-    async def period_row(conn: asyncpg.Connection, payment_id: str) -> dict[str, Any]:
-        return {"id": str(await conn.fetchval(
-            "INSERT INTO subscriptions (subscriber_id, creator_id, payment_id, price, "
-            "starts_at, ends_at) VALUES ($1, $2, $3, 2.5, now(), now() + interval '30 days') "
-            "RETURNING id", payer, show.creator_id, payment_id))}
-
-    tip = await pay_creator(pool, redis, payer_id=payer, creator_id=show.creator_id,
-                            amount=Decimal("1.000000000007"), kind="tip", decimals=DECIMALS,
-                            record=tip_row)
-    period = await pay_creator(pool, redis, payer_id=payer, creator_id=show.creator_id,
-                               amount=Decimal("2.5"), kind="subscription", decimals=DECIMALS,
-                               record=period_row)
+    tip, period = await tip_and_subscribe(pool, redis, show, payer)
     mine = viewer_bearer(show, 0)
     before = await get_json(client, f"/api/receipts/payments/{tip.payment_id}", headers=mine)
     assert (before["status"], before["settlements"], before["line"]) == ("pending", [], None)
@@ -189,7 +168,8 @@ async def test_a_tip_and_a_subscription_have_receipts_with_only_their_own_line(
     # Someone else's payment is unknown to them; a bad id is 400; no token 401.
     await get_json(client, f"/api/receipts/payments/{tip.payment_id}", 404,
                    viewer_bearer(show, 1))
-    await get_json(client, "/api/receipts/payments/not-a-uuid", 400, mine)
+    assert (await get_json(client, "/api/receipts/payments/not-a-uuid", 400, mine))["error"][
+        "code"] == "invalid_payment_id"
     await get_json(client, f"/api/receipts/payments/{tip.payment_id}", 401)
     # A viewing session's payment has its receipt by session, not here.
     stream_view = await db.fetchval("SELECT id::text FROM payments WHERE from_user_id = $1 "

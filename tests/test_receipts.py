@@ -35,7 +35,6 @@ from tests.test_settlement import (
     batch_calls,
     make_show,
     new_settler,
-    pool,  # noqa: F401 - a fixture
     pristine_chain_afterwards,  # noqa: F401 - a fixture
     remark_text,
     watch,

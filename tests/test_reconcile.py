@@ -25,7 +25,6 @@ from tests.test_metering import (
     PRICE_PLANCK,
     batch,
     make_audience,
-    pool,  # noqa: F401 - a fixture
 )
 from vilokanam.balances import balance_key, credit
 from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter

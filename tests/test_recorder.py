@@ -11,7 +11,6 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from signaling.stream_keys import hash_stream_key, new_stream_key
 from tests.conftest import REPO
 from tests.media_clients import Publisher
 from tests.media_samples import make_clip, webm
-from tests.recorder_feeder import CODECS, codec_of
+from tests.recorder_feeder import CODECS, encoded_frames, recording_taps
 from tests.test_api import ALICE_42
 from tests.test_sfu_media import Worker, make_stream, worker  # noqa: F401 (the fixture)
 from tests.waiting import wait_until
@@ -121,7 +120,7 @@ def test_a_recording_keeps_the_publishers_audio_offset(tmp_path: Path, reports: 
     source = webm(tmp_path / "live.webm", seconds=2, width=160, height=120)
     target = tmp_path / "recording.webm"
     recording = Recording("v", "s", "sess", target)
-    taps = {kind: recording.tap_for(kind) for kind in CODECS}
+    taps = recording_taps(recording)
     starts = {"video": 3_000_000_000, "audio": 77}  # unrelated random RTP starts
     offsets = {"video": 0.0, "audio": 0.6}  # audio's t=0, on the publisher's clock
     recording.start()
@@ -129,13 +128,8 @@ def test_a_recording_keeps_the_publishers_audio_offset(tmp_path: Path, reports: 
         for kind in CODECS:
             wall = 3_900_000_000 + 10 + offsets[kind]
             recording.clock_tap_for(kind)(int(wall * 2**32), starts[kind])
-    with av.open(str(source)) as container:
-        for packet in container.demux():
-            if packet.size and packet.pts is not None and packet.time_base is not None:
-                kind = packet.stream.type
-                codec = CODECS[kind]
-                pts = starts[kind] + int(packet.pts * packet.time_base * codec.clockRate)
-                taps[kind](codec, bytes(packet), pts, bool(packet.is_keyframe))
+    for frame in encoded_frames(source):
+        frame.feed(taps, starts[frame.kind])
     recording.close()
     assert recording.error is None
     assert recording.timeline.aligned_by == ("sender_reports" if reports else "arrival")
@@ -196,13 +190,6 @@ def _fanouts() -> dict[str, Fanout]:
     return {kind: Fanout(kind, lambda: None) for kind in ("video", "audio")}
 
 
-@pytest.fixture
-async def pool(db: asyncpg.Connection, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)
-    yield pool
-    await pool.close()
-
-
 async def test_recordings_become_videos_or_fail_with_a_reason(
         pool: asyncpg.Pool, db: asyncpg.Connection, tmp_path: Path) -> None:
     storage = storage_for(tmp_path / "media")
@@ -214,13 +201,9 @@ async def test_recordings_become_videos_or_fail_with_a_reason(
     assert all(len(f.taps) == 1 for f in fanouts.values())
     video_id = await db.fetchval("SELECT id::text FROM videos")
     assert await db.fetchval("SELECT status FROM videos") == "uploading"
-    with av.open(str(source)) as container:
-        for packet in container.demux():
-            if packet.size and packet.pts is not None and packet.time_base is not None:
-                codec = codec_of(packet.stream)
-                pts = int(packet.pts * packet.time_base * codec.clockRate)
-                fanouts[packet.stream.type].taps[0](codec, bytes(packet), pts,
-                                                    bool(packet.is_keyframe))
+    taps = {kind: fanout.taps[0] for kind, fanout in fanouts.items()}
+    for frame in encoded_frames(source):
+        frame.feed(taps)
     await recordings.finish(stream_id, fanouts)
     assert all(f.taps == [] for f in fanouts.values())
     row = await db.fetchrow("SELECT status, price_per_second, source_stream_id::text AS s, "

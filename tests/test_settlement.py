@@ -23,13 +23,13 @@ from substrateinterface import Keypair, SubstrateInterface
 from billing.chain import AsyncChain, ChainClient, load_escrow
 from billing.flush import Flusher
 from billing.settlement import Settler
-from tests.conftest import ESCROW_URI, Stores
+from tests.conftest import ESCROW_URI
 from tests.flushing import drain
 from tests.test_vilokanam_receipts import ref_mth
 from tests.waiting import wait_until
 from vilokanam.accounts import canonical_account, public_key_of
 from vilokanam.balances import credit
-from vilokanam.direct_payments import pay_creator
+from vilokanam.direct_payments import DirectPayment, pay_creator
 from vilokanam.logs import _Formatter
 from vilokanam.metering import Tick, TickBatch, TickWriter
 from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
@@ -166,13 +166,6 @@ def remark_text(calls: list[dict[str, Any]]) -> str:
 
 
 # -- fixtures -------------------------------------------------------------------
-
-@pytest.fixture
-async def pool(stores: Stores, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=6)
-    yield pool
-    await pool.close()
-
 
 @pytest.fixture(scope="module", autouse=True)
 def pristine_chain_afterwards(chain: ChainNode) -> Iterator[None]:
@@ -500,11 +493,11 @@ async def wait_for_async(read: Any, wanted: Any, timeout: float = 20.0) -> None:
     await wait_until(reached, f"the value {wanted!r}", timeout=timeout)
 
 
-async def test_a_tip_and_a_subscription_reach_the_creator_exactly_in_the_next_batch(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool, chain: ChainNode,
-        api: SubstrateInterface) -> None:
-    show = await make_show(db, redis, viewers=1)
-    _, viewer, _ = show.viewers[0]
+async def tip_and_subscribe(pool: asyncpg.Pool, redis: aioredis.Redis, show: Show,
+                            payer: str) -> tuple[DirectPayment, DirectPayment]:
+    """A tip of 1.000000000007 and a 2.5 subscription period from `payer` to the
+    show's creator, recorded as their routes do (what a recorder returns as
+    "id" becomes the payment's reference_id)."""
 
     async def tip_row(conn: asyncpg.Connection, payment_id: str) -> dict[str, Any]:
         return {"id": str(await conn.fetchval(
@@ -515,14 +508,24 @@ async def test_a_tip_and_a_subscription_reach_the_creator_exactly_in_the_next_ba
         return {"id": str(await conn.fetchval(
             "INSERT INTO subscriptions (subscriber_id, creator_id, payment_id, price, "
             "starts_at, ends_at) VALUES ($1, $2, $3, 2.5, now(), now() + interval '30 days') "
-            "RETURNING id", viewer, show.creator_id, payment_id))}
+            "RETURNING id", payer, show.creator_id, payment_id))}
 
-    tip = await pay_creator(pool, redis, payer_id=viewer, creator_id=show.creator_id,
+    tip = await pay_creator(pool, redis, payer_id=payer, creator_id=show.creator_id,
                             amount=Decimal("1.000000000007"), kind="tip", decimals=DECIMALS,
                             record=tip_row)
-    subscription = await pay_creator(pool, redis, payer_id=viewer, creator_id=show.creator_id,
+    subscription = await pay_creator(pool, redis, payer_id=payer, creator_id=show.creator_id,
                                      amount=Decimal("2.5"), kind="subscription",
                                      decimals=DECIMALS, record=period_row)
+    return tip, subscription
+
+
+async def test_a_tip_and_a_subscription_reach_the_creator_exactly_in_the_next_batch(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool, chain: ChainNode,
+        api: SubstrateInterface) -> None:
+    show = await make_show(db, redis, viewers=1)
+    _, viewer, _ = show.viewers[0]
+
+    tip, subscription = await tip_and_subscribe(pool, redis, show, viewer)
 
     assert await new_settler(pool, chain).settle_once() == "completed"
     # Exactly their amounts, to the planck: no fee on what a viewer gives on purpose.

@@ -137,6 +137,9 @@ async def test_both_stores_publish_trees_and_spooled_files(store: Storage,
     assert await store.size("videos/v/hls/360p/seg_00000.ts") is None  # the old tree is gone
     with pytest.raises(FileNotFoundError):
         await store.read_text("videos/v/hls/720p/index.m3u8")
+    if isinstance(store, S3Storage):  # the directory hands out its path, there or not
+        with pytest.raises(FileNotFoundError):
+            await store.fetch("videos/v/hls/720p/index.m3u8")
     thumb = tmp_path / "thumb.jpg"
     thumb.write_bytes(b"\xff\xd8jpeg")
     await store.put_file("videos/v/thumb.jpg", thumb)

@@ -4,7 +4,7 @@ paid from the escrow. Real Postgres, Redis and the chopsticks chain."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 
 import asyncpg
@@ -13,7 +13,6 @@ import redis.asyncio as aioredis
 from substrateinterface import SubstrateInterface
 
 from billing.flush import Flusher
-from tests.conftest import Stores
 from tests.flushing import drain
 from tests.test_settlement import (
     DECIMALS,
@@ -32,13 +31,6 @@ from vilokanam.metering import VIDEO_VIEW_BATCH_PREFIX, Tick, TickBatch, TickWri
 from vilokanam.services.chain import ChainNode
 
 pytestmark = pytest.mark.chain
-
-
-@pytest.fixture
-async def pool(stores: Stores, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=6)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture(scope="module", autouse=True)

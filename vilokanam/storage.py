@@ -338,15 +338,20 @@ class S3Storage:
         await complete()
         return size
 
-    @_translating
-    async def read_text(self, key: str) -> str:
+    async def _get_object(self, key: str) -> Any:
+        """The object's GetObject answer (its "Body" streams it); a missing one is
+        FileNotFoundError, as on disk."""
         s3 = await self.client()
         try:
-            answer = await s3.get_object(Bucket=self.config.bucket, Key=check_key(key))
+            return await s3.get_object(Bucket=self.config.bucket, Key=check_key(key))
         except ClientError as exc:
             if _status(exc) == 404:
                 raise FileNotFoundError(key) from None
             raise
+
+    @_translating
+    async def read_text(self, key: str) -> str:
+        answer = await self._get_object(key)
         async with answer["Body"] as body:
             return bytes(await body.read()).decode()
 
@@ -356,13 +361,7 @@ class S3Storage:
         local = self.path(key)
         if await asyncio.to_thread(local.is_file):
             return local
-        s3 = await self.client()
-        try:
-            answer = await s3.get_object(Bucket=self.config.bucket, Key=check_key(key))
-        except ClientError as exc:
-            if _status(exc) == 404:
-                raise FileNotFoundError(key) from None
-            raise
+        answer = await self._get_object(key)
         partial = local.with_name(local.name + ".part")
         await asyncio.to_thread(partial.parent.mkdir, parents=True, exist_ok=True)
         fd = await asyncio.to_thread(os.open, partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,

@@ -5,21 +5,17 @@ viewers over time from the workers' `stream_analytics` samples."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
 from aiohttp import web
 
 from signaling.community.params import path_uuid
 from signaling.errors import ApiError, bad_request, forbidden, not_found
+from signaling.timestamps import iso_or_none
 from signaling.users import require_user
 from vilokanam.backends import BACKENDS
 from vilokanam.money import format_amount
 
 HOURS_DEFAULT, HOURS_MAX = 24, 24 * 90
-
-
-def _iso(value: Any) -> str | None:
-    return None if value is None else value.isoformat()
 
 
 def _hours(request: web.Request) -> int:
@@ -68,11 +64,11 @@ async def my_dashboard(request: web.Request) -> web.Response:
         "total_videos": row["total_videos"], "total_streams": row["total_streams"],
         "total_video_views": int(row["total_video_views"]),
         "total_stream_viewers": int(row["total_stream_viewers"]),
-        "last_activity": _iso(row["last_at"]),
+        "last_activity": iso_or_none(row["last_at"]),
         "total_earnings": format_amount(Decimal(row["total_earnings"])),
         "pending_payout": format_amount(Decimal(row["pending_payout"])),
         "follower_count": followers, "hours": hours,
-        "viewers_over_time": [{"minute": _iso(s["minute"]), "viewers": s["viewers"],
+        "viewers_over_time": [{"minute": iso_or_none(s["minute"]), "viewers": s["viewers"],
                                "streams": s["streams"]} for s in samples]})
 
 
@@ -101,4 +97,4 @@ async def video_analytics(request: web.Request) -> web.Response:
         "total_views": row["total_views"],
         "avg_view_duration": None if duration is None else format_amount(Decimal(duration)),
         "avg_watch_completion": None if average is None else format_amount(Decimal(average)),
-        "published_at": _iso(row["published"]), "created_at": _iso(row["created"])})
+        "published_at": iso_or_none(row["published"]), "created_at": iso_or_none(row["created"])})
