@@ -254,10 +254,25 @@ async def test_channel_category_video_comments_and_a_moderator_removing_a_chat_l
                           "FROM comments WHERE video_id = $1::uuid ORDER BY created_at", video)
     assert [tuple(r) for r in rows] == [("first <i>comment</i>", False, False),
                                         ("a reply", True, True)]
+    # A like on the comment, with the keyboard; its state survives a reload.
+    await first.locator(":scope > .comment-actions .comment-like").focus()
+    await bob.keyboard.press("Enter")
+    liked = first.locator(":scope > .comment-actions .comment-like[aria-pressed='true']")
+    await liked.wait_for()
+    assert await liked.inner_text() == "Liked"
+    await wait_text(bob, "#comment-list > li:first-child > .comment-actions .comment-likes",
+                    "1 like")
+    assert await db.fetchval("SELECT like_count FROM comments WHERE content = "
+                             "'first <i>comment</i>'") == 1
+    await bob.reload()
+    await liked.wait_for()  # the server's state (GET /api/videos/{id}/comment-likes)
     carol_view = await open_page(browser, platform.url(f"/video/{video}"))
     await carol_view.locator("#comment-list .comment-text").first.wait_for()
     assert await carol_view.locator("#comment-list .comment-text").all_inner_texts() == [
         "first <i>comment</i>", "(deleted)"]
+    # Signed out: the count, no button.
+    assert await carol_view.locator("#comment-list .comment-likes").first.inner_text() == "1 like"
+    assert await carol_view.locator(".comment-like").count() == 0
     await assert_accessible(bob, "video with comments")
     await fits_360(bob, "the video page")
     await screenshot(bob, "video-comments")
@@ -279,9 +294,19 @@ async def test_channel_category_video_comments_and_a_moderator_removing_a_chat_l
     assert (await bob.goto(platform.url("/moderation"))) is not None
     await bob.wait_for_selector("#moderation-error[data-code='not_moderator']")
     assert await bob.is_hidden("#queue")
-    carol = await open_page(browser, platform.url("/moderation"))
+    assert await bob.is_hidden("#nav-moderation")  # not a moderator: not in the navigation
+    # Carol, a moderator, finds the queue in the navigation, with its count,
+    # and opens it with the keyboard.
+    carol = await open_page(browser, platform.url("/"))
     await serve_axe(carol)
     await sign_in(carol, CAROL)
+    await carol.wait_for_selector("#nav-moderation #nav-moderation-count:not([hidden])")
+    assert await carol.inner_text("#nav-moderation-open") == "1"
+    await carol.focus("#nav-moderation a")
+    await carol.keyboard.press("Enter")
+    await carol.wait_for_url("**/moderation")
+    await carol.wait_for_selector("body[data-ready='true']")
+    assert await carol.get_attribute("#nav-moderation a", "aria-current") == "page"
     card = carol.locator("#reports .report-card")
     await card.wait_for()
     assert await card.locator(".report-target").inner_text() == "buy cheap tokens"
@@ -290,6 +315,8 @@ async def test_channel_category_video_comments_and_a_moderator_removing_a_chat_l
     await screenshot(carol, "moderation")
     await card.locator("button[data-action='remove']").click()
     await carol.wait_for_selector("#no-reports:not([hidden])")
+    # None open any more: the count leaves the navigation.
+    await carol.wait_for_selector("#nav-moderation-count[hidden]", state="attached")
     assert "deleted" in await carol.inner_text("#queue-done")
     await wait_chat_line(dave, "buy cheap tokens", present=False)  # gone from the chat
     row = await db.fetchrow("SELECT status, action FROM reports")
