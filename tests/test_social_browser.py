@@ -328,3 +328,41 @@ async def test_channel_category_video_comments_and_a_moderator_removing_a_chat_l
     assert "remove" in await card.inner_text()
     for page in (bob, carol, carol_view, dave):
         assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_a_live_channel_plays_its_stream_with_the_watch_pages_player(
+        platform: Platform, browser: Browser, db: asyncpg.Connection,
+        redis: aioredis.Redis) -> None:
+    """The channel page of a live creator embeds the watch page's player: the
+    price is shown, opening the page bills nothing, Watch plays the real
+    stream (a Chromium publisher through a real SFU worker) and bills it."""
+    stream, publisher = await go_live(platform, browser, "Channel <live>")
+    bob_id = platform.post("/api/dev/token", {"account": BOB})["user_id"]
+    await credit(db, redis, bob_id, Decimal(10), "adjustment", "channel funds", 12)
+    bob = await open_page(browser, platform.url(f"/c/{ALICE}"))
+    await serve_axe(bob)
+    await sign_in(bob, BOB)
+    await bob.wait_for_selector("#watch:not([disabled])")
+    await bob.wait_for_function(
+        "() => document.querySelector('#price').textContent.endsWith('/s')")
+    assert await bob.inner_text("#state") == "idle"
+    # Open, signed in, the price shown: no viewing session, nothing billed.
+    assert await db.fetchval("SELECT count(*) FROM stream_viewers WHERE viewer_id = $1::uuid",
+                             bob_id) == 0
+    await assert_accessible(bob, "a live channel, before Watch")
+    await fits_360(bob, "a live channel")
+
+    await bob.click("#watch")
+    await wait_text(bob, "#state", "watching", timeout=60)
+    await bob.wait_for_function(
+        "() => Number(document.querySelector('#seconds-watched').textContent) >= 2",
+        timeout=60000)
+    assert await bob.inner_text("#cost") != "0"
+    await bob.wait_for_function("() => document.querySelector('#video').videoWidth > 0",
+                                timeout=30000)
+    assert await db.fetchval("SELECT count(*) FROM stream_viewers WHERE viewer_id = $1::uuid "
+                             "AND stream_id = $2::uuid", bob_id, stream["id"]) == 1
+    await bob.click("#leave")
+    await wait_text(bob, "#state", "left", timeout=30)
+    assert bob.errors == []  # type: ignore[attr-defined]
+    await publisher.close()
