@@ -117,7 +117,8 @@ async function showReceipt(sessionId, clearVerdict = true) {
     ["Block hash", r.block_hash], ["Extrinsic index", r.extrinsic_index],
     ["Your line", r.line], ["Commitment", r.commitment], ["Root", r.root], ["Digest", r.digest],
     ["Remark on chain", r.remark],
-    ["Algorithm", r.commitment === "merkle-v2" ? r.proof_algorithm : r.digest_algorithm],
+    // An old digest batch's algorithm; otherwise the Merkle one new batches use.
+    ["Algorithm", r.commitment === "digest-v1" ? r.digest_algorithm : r.proof_algorithm],
   ]) receiptField(list, label, value);
   byId("receipt-lines").textContent = proofText(r);
   if (clearVerdict) showVerdict(null);
