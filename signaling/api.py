@@ -29,6 +29,7 @@ from signaling.users import (
     get_or_create_user,
     make_creator,
     require_user,
+    require_user_standing,
     suspended_error,
     token_secret_or_503,
 )
@@ -268,14 +269,21 @@ async def get_stream(request: web.Request) -> web.Response:
 
 async def me(request: web.Request) -> web.Response:
     """The balance is the live one: what the SFU charges every second (the
-    Postgres balance minus ticks not flushed yet), in tokens."""
-    claims = await require_user(request)
+    Postgres balance minus ticks not flushed yet), in tokens. A moderator also
+    gets the number of open reports (the navigation shows it); anyone else null."""
+    claims, standing = await require_user_standing(request)
     backends, settings = request.app[BACKENDS], request.app[SETTINGS]
     user = await find_user(backends.pg, claims.account)
     planck = await live_balance(backends.pg, backends.redis, claims.user_id,
                                 settings.token_decimals) if user else 0
+    # One index-only count (idx_reports_status), for moderators only.
+    open_reports = (await backends.pg.fetchval(
+        "SELECT count(*) FROM reports WHERE status = 'pending'")
+        if standing.is_moderator else None)
     return web.json_response({"account": claims.account,
                               "is_creator": user is not None and user.is_creator,
+                              "is_moderator": standing.is_moderator,
+                              "open_reports": open_reports,
                               "balance": format_amount(from_planck(planck,
                                                                    settings.token_decimals))})
 

@@ -50,7 +50,9 @@ async def channel_page(request: web.Request) -> web.Response:
                   live=live[0] if live else None, past_streams=past, videos=videos,
                   # Only our own uploads load: the CSP allows images from this origin.
                   image_url=image if image and image.startswith("/") else None,
-                  config={"channelAccount": account})
+                  # A live channel plays its stream with the watch page's player.
+                  config={"channelAccount": account,
+                          "streamId": live[0]["id"] if live else None})
 
 
 async def category_page(request: web.Request) -> web.Response:

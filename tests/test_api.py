@@ -416,7 +416,8 @@ async def test_me(client: Client) -> None:
     user = await login(client, ALICE_2)
     response = await client.get("/api/me", headers=bearer(user["token"]))
     assert response.status == 200
-    assert await response.json() == {"account": ALICE_42, "is_creator": False, "balance": "0"}
+    assert await response.json() == {"account": ALICE_42, "is_creator": False,
+                                     "is_moderator": False, "open_reports": None, "balance": "0"}
     await create_stream(client, user["token"])
     me = await (await client.get("/api/me", headers=bearer(user["token"]))).json()
     assert me["is_creator"] is True and me["balance"] == "0"
@@ -428,7 +429,8 @@ async def test_a_token_outlives_its_users_row(client: Client, db: asyncpg.Connec
     user = await login(client)
     await db.execute("DELETE FROM users")
     me = await (await client.get("/api/me", headers=bearer(user["token"]))).json()
-    assert me == {"account": ALICE_42, "is_creator": False, "balance": "0"}
+    assert me == {"account": ALICE_42, "is_creator": False, "is_moderator": False,
+                  "open_reports": None, "balance": "0"}
     created = await create_stream(client, user["token"])
     assert created["creator_account"] == ALICE_42
     assert await db.fetchval("SELECT is_creator FROM users WHERE account_id = $1", ALICE_42)

@@ -114,6 +114,7 @@ PATCH   /api/videos/{video_id}                   401  403  200  403  403  403  t
 GET     /api/videos/{video_id}/analytics         401  403  200  403  403  403  the creator only
 PUT     /api/videos/{video_id}/categories        401  403  200  403  403  403  the creator only
 GET     /api/videos/{video_id}/comments          200  -    -    -    -    -
+GET     /api/videos/{video_id}/comment-likes     401  200  200  200  200  403
 GET     /api/videos/{video_id}/like          401  200  200  200  200  403
 POST    /api/videos/{video_id}/comments          401  201  201  201  201  403
 POST    /api/videos/{video_id}/like              401  200  200  200  200  403

@@ -322,6 +322,42 @@ async def test_concurrent_likes_keep_counts_exact(client: Client,
     assert await error_of(response, 409) == "comment_unavailable"
 
 
+async def test_a_user_learns_which_comments_of_a_video_they_like(
+        client: Client, db: asyncpg.Connection) -> None:
+    alice = await login(client, ALICE_42)
+    bob = (await login(client, BOB_42))["token"]
+    video = await ready_video(db, alice["user_id"])
+    other_video = await ready_video(db, alice["user_id"], "other")
+
+    async def comment(on: str, text: str) -> str:
+        response = await client.post(f"/api/videos/{on}/comments", json={"content": text},
+                                     headers=bearer(alice["token"]))
+        return str((await response.json())["id"])
+
+    first, second, third = [await comment(video, t) for t in ("one", "two", "three")]
+    elsewhere = await comment(other_video, "elsewhere")
+    for liked in (first, third, elsewhere):
+        assert (await client.post(f"/api/comments/{liked}/like", headers=bearer(bob))).status == 200
+    mine = f"/api/videos/{video}/comment-likes"
+
+    async def liked_ids(token: str) -> list[str]:
+        response = await client.get(mine, headers=bearer(token))
+        assert response.status == 200, await response.text()
+        return list((await response.json())["comment_ids"])
+
+    assert await liked_ids(bob) == [third, first]  # newest first; not the other video's
+    assert await liked_ids(alice["token"]) == []  # likes are each user's own
+    await client.delete(f"/api/comments/{third}/like", headers=bearer(bob))
+    assert await liked_ids(bob) == [first]
+    assert second not in await liked_ids(bob)
+    assert await error_of(await client.get(mine), 401) == "unauthorized"
+    response = await client.get("/api/videos/00000000-0000-0000-0000-000000000000/comment-likes",
+                                headers=bearer(bob))
+    assert await error_of(response, 404) == "video_not_found"
+    response = await client.get("/api/videos/x/comment-likes", headers=bearer(bob))
+    assert response.status == 400
+
+
 async def _accounts(n: int) -> list[str]:
     from vilokanam.accounts import address_of
 
@@ -370,6 +406,11 @@ async def test_reports_and_the_moderation_queue(client: Client,
     pending = await (await client.get(queue, headers=bearer(mod))).json()
     assert [r["id"] for r in pending["reports"]] == [filed["id"], user_report["id"],
                                                       video_report["id"]]
+    # /api/me tells a moderator (only) how many reports wait: the navigation's count.
+    me = await (await client.get("/api/me", headers=bearer(mod))).json()
+    assert (me["is_moderator"], me["open_reports"]) == (True, 3)
+    me = await (await client.get("/api/me", headers=bearer(bob))).json()
+    assert (me["is_moderator"], me["open_reports"]) == (False, None)
     assert [r["target"] for r in pending["reports"]] == [
         {"owner_account": ALICE_42, "text": "rude", "state": "visible"},
         {"owner_account": ALICE_42, "text": None, "state": "active"},
@@ -383,6 +424,8 @@ async def test_reports_and_the_moderation_queue(client: Client,
     response = await client.post(act, json={"action": "remove"}, headers=bearer(mod))
     assert response.status == 200, await response.text()
     acted = await response.json()
+    me = await (await client.get("/api/me", headers=bearer(mod))).json()
+    assert me["open_reports"] == 2  # the one acted on left the queue
     assert (acted["status"], acted["action"], acted["reviewed_by_account"]) == (
         "action_taken", "remove", EVE)
     assert acted["reviewed_at"] is not None

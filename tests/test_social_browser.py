@@ -254,10 +254,25 @@ async def test_channel_category_video_comments_and_a_moderator_removing_a_chat_l
                           "FROM comments WHERE video_id = $1::uuid ORDER BY created_at", video)
     assert [tuple(r) for r in rows] == [("first <i>comment</i>", False, False),
                                         ("a reply", True, True)]
+    # A like on the comment, with the keyboard; its state survives a reload.
+    await first.locator(":scope > .comment-actions .comment-like").focus()
+    await bob.keyboard.press("Enter")
+    liked = first.locator(":scope > .comment-actions .comment-like[aria-pressed='true']")
+    await liked.wait_for()
+    assert await liked.inner_text() == "Liked"
+    await wait_text(bob, "#comment-list > li:first-child > .comment-actions .comment-likes",
+                    "1 like")
+    assert await db.fetchval("SELECT like_count FROM comments WHERE content = "
+                             "'first <i>comment</i>'") == 1
+    await bob.reload()
+    await liked.wait_for()  # the server's state (GET /api/videos/{id}/comment-likes)
     carol_view = await open_page(browser, platform.url(f"/video/{video}"))
     await carol_view.locator("#comment-list .comment-text").first.wait_for()
     assert await carol_view.locator("#comment-list .comment-text").all_inner_texts() == [
         "first <i>comment</i>", "(deleted)"]
+    # Signed out: the count, no button.
+    assert await carol_view.locator("#comment-list .comment-likes").first.inner_text() == "1 like"
+    assert await carol_view.locator(".comment-like").count() == 0
     await assert_accessible(bob, "video with comments")
     await fits_360(bob, "the video page")
     await screenshot(bob, "video-comments")
@@ -279,9 +294,19 @@ async def test_channel_category_video_comments_and_a_moderator_removing_a_chat_l
     assert (await bob.goto(platform.url("/moderation"))) is not None
     await bob.wait_for_selector("#moderation-error[data-code='not_moderator']")
     assert await bob.is_hidden("#queue")
-    carol = await open_page(browser, platform.url("/moderation"))
+    assert await bob.is_hidden("#nav-moderation")  # not a moderator: not in the navigation
+    # Carol, a moderator, finds the queue in the navigation, with its count,
+    # and opens it with the keyboard.
+    carol = await open_page(browser, platform.url("/"))
     await serve_axe(carol)
     await sign_in(carol, CAROL)
+    await carol.wait_for_selector("#nav-moderation #nav-moderation-count:not([hidden])")
+    assert await carol.inner_text("#nav-moderation-open") == "1"
+    await carol.focus("#nav-moderation a")
+    await carol.keyboard.press("Enter")
+    await carol.wait_for_url("**/moderation")
+    await carol.wait_for_selector("body[data-ready='true']")
+    assert await carol.get_attribute("#nav-moderation a", "aria-current") == "page"
     card = carol.locator("#reports .report-card")
     await card.wait_for()
     assert await card.locator(".report-target").inner_text() == "buy cheap tokens"
@@ -290,6 +315,8 @@ async def test_channel_category_video_comments_and_a_moderator_removing_a_chat_l
     await screenshot(carol, "moderation")
     await card.locator("button[data-action='remove']").click()
     await carol.wait_for_selector("#no-reports:not([hidden])")
+    # None open any more: the count leaves the navigation.
+    await carol.wait_for_selector("#nav-moderation-count[hidden]", state="attached")
     assert "deleted" in await carol.inner_text("#queue-done")
     await wait_chat_line(dave, "buy cheap tokens", present=False)  # gone from the chat
     row = await db.fetchrow("SELECT status, action FROM reports")
@@ -301,3 +328,41 @@ async def test_channel_category_video_comments_and_a_moderator_removing_a_chat_l
     assert "remove" in await card.inner_text()
     for page in (bob, carol, carol_view, dave):
         assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_a_live_channel_plays_its_stream_with_the_watch_pages_player(
+        platform: Platform, browser: Browser, db: asyncpg.Connection,
+        redis: aioredis.Redis) -> None:
+    """The channel page of a live creator embeds the watch page's player: the
+    price is shown, opening the page bills nothing, Watch plays the real
+    stream (a Chromium publisher through a real SFU worker) and bills it."""
+    stream, publisher = await go_live(platform, browser, "Channel <live>")
+    bob_id = platform.post("/api/dev/token", {"account": BOB})["user_id"]
+    await credit(db, redis, bob_id, Decimal(10), "adjustment", "channel funds", 12)
+    bob = await open_page(browser, platform.url(f"/c/{ALICE}"))
+    await serve_axe(bob)
+    await sign_in(bob, BOB)
+    await bob.wait_for_selector("#watch:not([disabled])")
+    await bob.wait_for_function(
+        "() => document.querySelector('#price').textContent.endsWith('/s')")
+    assert await bob.inner_text("#state") == "idle"
+    # Open, signed in, the price shown: no viewing session, nothing billed.
+    assert await db.fetchval("SELECT count(*) FROM stream_viewers WHERE viewer_id = $1::uuid",
+                             bob_id) == 0
+    await assert_accessible(bob, "a live channel, before Watch")
+    await fits_360(bob, "a live channel")
+
+    await bob.click("#watch")
+    await wait_text(bob, "#state", "watching", timeout=60)
+    await bob.wait_for_function(
+        "() => Number(document.querySelector('#seconds-watched').textContent) >= 2",
+        timeout=60000)
+    assert await bob.inner_text("#cost") != "0"
+    await bob.wait_for_function("() => document.querySelector('#video').videoWidth > 0",
+                                timeout=30000)
+    assert await db.fetchval("SELECT count(*) FROM stream_viewers WHERE viewer_id = $1::uuid "
+                             "AND stream_id = $2::uuid", bob_id, stream["id"]) == 1
+    await bob.click("#leave")
+    await wait_text(bob, "#state", "left", timeout=30)
+    assert bob.errors == []  # type: ignore[attr-defined]
+    await publisher.close()

@@ -111,3 +111,26 @@ async def my_video_like(request: web.Request) -> web.Response:
     if row is None:
         raise not_found("video_not_found", f"no video {video_id}")
     return web.json_response({"liked": row["liked"], "like_count": row["like_count"]})
+
+
+# A page shows at most this many of a video's comments as liked by the caller.
+MY_COMMENT_LIKES_MAX = 1000
+
+
+async def my_comment_likes(request: web.Request) -> web.Response:
+    """`GET /api/videos/{id}/comment-likes` (Bearer): which of the video's
+    comments the caller likes (their ids, newest comment first, at most
+    MY_COMMENT_LIKES_MAX), so the video page shows each comment's Like as it
+    is after a reload. One indexed read (comment_likes' UNIQUE(comment_id, user_id))."""
+    claims = await require_user(request)
+    video_id = path_uuid(request, "video_id", "video")
+    pg = request.app[BACKENDS].pg
+    if not await pg.fetchval("SELECT EXISTS (SELECT 1 FROM videos WHERE id = $1::uuid)",
+                             video_id):
+        raise not_found("video_not_found", f"no video {video_id}")
+    rows = await pg.fetch(
+        "SELECT c.id::text AS id FROM comments c JOIN comment_likes l ON l.comment_id = c.id "
+        "WHERE c.video_id = $1::uuid AND l.user_id = $2::uuid "
+        "ORDER BY c.created_at DESC, c.id LIMIT $3", video_id, claims.user_id,
+        MY_COMMENT_LIKES_MAX)
+    return web.json_response({"comment_ids": [r["id"] for r in rows]})

@@ -105,6 +105,7 @@ COMMUNITY_SCHEMAS: dict[str, Schema] = {
     "Comments": _obj({"comments": {"type": "array", "items": _ref("Comment")},
                       "next_before": _NUUID}),
     "Like": _obj({"liked": _BOOL, "like_count": _INT}),
+    "CommentLikes": _obj({"comment_ids": {"type": "array", "items": _UUID}}),
     # A user may be named by its account too; the other targets by their id.
     "NewReport": {"oneOf": [_report({"enum": ["video", "comment", "stream"]}, _UUID),
                             _report({"const": "user"}, {"anyOf": [_UUID, _SS58]})]},
@@ -240,6 +241,11 @@ def community_paths() -> dict[str, Schema]:
         "/api/videos/{video_id}/like": {**_like_ops("video", _VIDEO), "get": _op(
             "Whether the caller likes the video, and its count", {
                 "200": _json(_ref("Like"), "the caller's like and the exact count"),
+                "400": _error("BadRequest"), **_AUTH, "404": _error("NotFound")},
+            security=_BEARER)},
+        "/api/videos/{video_id}/comment-likes": {"parameters": [_VIDEO], "get": _op(
+            "Which of the video's comments the caller likes (ids, at most 1000)", {
+                "200": _json(_ref("CommentLikes"), "the liked comments' ids"),
                 "400": _error("BadRequest"), **_AUTH, "404": _error("NotFound")},
             security=_BEARER)},
         "/api/comments/{comment_id}/like": _like_ops("comment", _COMMENT),

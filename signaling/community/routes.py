@@ -48,6 +48,7 @@ def add_community(app: web.Application) -> None:
     r.add_get("/api/videos/{video_id}/like", likes.my_video_like)
     r.add_post("/api/videos/{video_id}/like", likes.like_video)
     r.add_delete("/api/videos/{video_id}/like", likes.unlike_video)
+    r.add_get("/api/videos/{video_id}/comment-likes", likes.my_comment_likes)
     r.add_post("/api/comments/{comment_id}/like", likes.like_comment)
     r.add_delete("/api/comments/{comment_id}/like", likes.unlike_comment)
     r.add_post("/api/reports", reports.create_report)

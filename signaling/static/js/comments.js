@@ -1,10 +1,11 @@
 // Threaded comments on a video: newest first, each with its replies
-// (GET /api/videos/{id}/comments?parent_id=…), a comment form, Reply, Delete
-// (your own, or any on your video) and Report. Every comment is text
+// (GET /api/videos/{id}/comments?parent_id=…), a comment form, Like (its state
+// from GET /api/videos/{id}/comment-likes, the count the server's answer),
+// Reply, Delete (your own, or any on your video) and Report. Every comment is text
 // (textContent), never HTML; errors land next to the field they are about.
 
 import {
-  api, byId, clearFormErrors, showFormError, timeText, userApi, viewer,
+  api, byId, clearBox, clearFormErrors, showErrorIn, showFormError, timeText, userApi, viewer,
 } from "./core.js";
 import { displayName } from "./chat.js";
 import { reportButton } from "./reports.js";
@@ -20,6 +21,7 @@ export class Comments {
     this.creatorAccount = creatorAccount;
     this.list = byId("comment-list");
     this.before = null;
+    this.liked = new Set();  // the ids of the comments the signed-in user likes
     const form = byId("comment-form");
     this.wireForm(form, null, (comment) => {
       this.list.prepend(this.item(comment));
@@ -59,8 +61,15 @@ export class Comments {
 
   async reload() {
     this.before = null;
+    this.liked = await this.myLikes();
     this.list.replaceChildren();
     await this.loadPage();
+  }
+
+  async myLikes() {
+    if (!viewer.load()) return new Set();
+    const { comment_ids: ids } = await userApi("GET", `/api/videos/${this.videoId}/comment-likes`);
+    return new Set(ids);
   }
 
   async loadPage() {
@@ -111,9 +120,20 @@ export class Comments {
   actions(comment, item, replies) {
     const box = document.createElement("div");
     box.className = "comment-actions";
-    const me = viewer.load();
-    if (!me || comment.is_deleted) return box;
+    if (comment.is_deleted) return box;
     const snippet = `the comment “${comment.content.slice(0, 40)}”`;
+    const count = document.createElement("span");
+    count.className = "comment-likes";
+    const showCount = (n) => {
+      count.textContent = `${n} like${n === 1 ? "" : "s"}`;
+    };
+    showCount(comment.like_count || 0);
+    const me = viewer.load();
+    if (!me) {
+      box.append(count);
+      return box;
+    }
+    box.append(this.likeButton(comment, snippet, showCount), count);
     if (comment.depth < MAX_DEPTH) {
       box.append(this.button("Reply", `Reply to ${snippet}`, "comment-reply",
                              () => this.openReply(comment, item, replies)));
@@ -125,6 +145,30 @@ export class Comments {
       box.append(reportButton("comment", comment.id, snippet));
     }
     return box;
+  }
+
+  // Like / Liked (aria-pressed) on a comment; the count is the server's answer.
+  likeButton(comment, snippet, showCount) {
+    let liked = this.liked.has(comment.id);
+    const error = document.createElement("span");
+    error.className = "error";
+    error.setAttribute("role", "alert");
+    const button = this.button("", `Like ${snippet}`, "comment-like", () => {
+      clearBox(error);
+      userApi(liked ? "DELETE" : "POST", `/api/comments/${comment.id}/like`)
+        .then(show)
+        .catch((err) => showErrorIn(error, err.code || "client_error", err.message));
+    });
+    function show(answer) {
+      liked = answer.liked;
+      button.textContent = liked ? "Liked" : "Like";
+      button.setAttribute("aria-pressed", String(liked));
+      if (answer.like_count !== undefined) showCount(answer.like_count);
+    }
+    show({ liked });
+    const wrap = document.createElement("span");
+    wrap.append(button, error);
+    return wrap;
   }
 
   button(label, ariaLabel, className, action) {

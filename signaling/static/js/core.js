@@ -63,6 +63,7 @@ const ERROR_TEXT = {
   invalid_account: "That is not a Polkadot account address.",
   no_escrow: "This server has no escrow account configured: deposits are not possible.",
   chain_error: "The chain refused the transfer.",
+  chain_unreachable: "The chain does not answer. Try again in a moment.",
   // Signed delivery receipts (receipts.js).
   receipts_required: "This stream is watched only with a wallet that signs delivery " +
     "receipts. Install polkadot{.js} (or a compatible wallet) and allow this site.",

@@ -39,16 +39,16 @@ export function setSigned(seconds) {
   shown.textContent = `${seconds} s`;
 }
 
-// The delegation for `account` at `price`, or null when no wallet holds that
-// account (or this browser has no Ed25519 in WebCrypto).
-export async function delegate(account, price) {
+// The delegation for `account` to watch `streamId` at `price`, or null when
+// no wallet holds that account (or this browser has no Ed25519 in WebCrypto).
+export async function delegate(account, price, streamId) {
   if (!window.injectedWeb3 || !(window.crypto && crypto.subtle)) return null;
   const wallet = await connectWallet();
   if (!wallet.accounts.some((a) => a.address === account)) return null;
   const key = await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
   const publicKey = bytesHex(await crypto.subtle.exportKey("raw", key.publicKey));
   const expiresAt = Math.floor(Date.now() / 1000) + DELEGATION_S;
-  const text = `vilokanam:delegation:v1:${account}:${config.streamId}:${publicKey}:` +
+  const text = `vilokanam:delegation:v1:${account}:${streamId}:${publicKey}:` +
     `${price}:${expiresAt}`;
   let signed;
   try {

@@ -48,16 +48,27 @@ async function walletLogin(signer, address) {
   return api("POST", "/api/auth/verify", { body: { account: address, signature: signed.signature } });
 }
 
+// Moderation in the navigation, for moderators only, with the number of open
+// reports (GET /api/me says both; the page itself knows nobody).
+function showModeration(me) {
+  byId("nav-moderation").hidden = !(me && me.is_moderator);
+  const count = me && me.is_moderator ? me.open_reports : null;
+  byId("nav-moderation-open").textContent = count ? String(count) : "";
+  byId("nav-moderation-count").hidden = !count;
+}
+
 // The header's live balance; pages that know better (a tick) call it too.
 export async function refreshBalance() {
   const box = byId("header-balance-box");
   if (!viewer.load()) {
     box.hidden = true;
+    showModeration(null);
     return null;
   }
   const me = await userApi("GET", "/api/me");
   byId("header-balance").textContent = amountText(me.balance);
   box.hidden = false;
+  showModeration(me);
   document.dispatchEvent(new CustomEvent("vk:me", { detail: me }));
   return me;
 }

@@ -4,6 +4,7 @@
 // stream ended), Dismiss, Suspend its owner (POST /api/moderation/reports/{id}).
 
 import { byId, clearBox, showErrorIn, timeText, userApi, viewer } from "../core.js";
+import { refreshBalance } from "../signin.js";
 
 const ACTIONS = [
   ["remove", "Remove", "danger"],
@@ -71,6 +72,7 @@ export function moderationPage() {
     item.remove();
     byId("no-reports").hidden = list.children.length > 0;
     byId("queue-title").focus();
+    refreshBalance().catch(() => {});  // the navigation's count of open reports
   }
 
   async function load() {

@@ -7,6 +7,8 @@ import {
   AppError, amountText, api, byId, formHandler, showErrorIn, tableRow, timeText, userApi,
   viewer,
 } from "../core.js";
+import { chainReader, connectChain } from "../receipt_chain.js";
+import { verifyReceipt } from "../receipt_verify.js";
 import { connectWallet, refreshBalance } from "../signin.js";
 
 const CREDIT_WAIT_MS = 120000;
@@ -94,7 +96,16 @@ function receiptField(list, label, value) {
   list.append(dt, dd);
 }
 
-async function showReceipt(sessionId) {
+// The proof the receipt carries: a v2 batch's Merkle path to the root (no
+// other line), a v1 batch's whole list of lines (its digest needs them all).
+function proofText(r) {
+  if (r.commitment === "merkle-v2") {
+    return [`leaf ${r.leaf_index} of ${r.leaf_count}, path to the root:`, ...r.proof].join("\n");
+  }
+  return (r.lines || []).join("\n") || "not settled yet";
+}
+
+async function showReceipt(sessionId, clearVerdict = true) {
   const r = await userApi("GET", `/api/receipts/${encodeURIComponent(sessionId)}`);
   const list = byId("receipt-fields");
   list.replaceChildren();
@@ -103,25 +114,90 @@ async function showReceipt(sessionId) {
     ["Price per second", amountText(r.price_per_second)], ["Charge", amountText(r.charge)],
     ["Settled", amountText(r.settled)], ["Unsettled", amountText(r.unsettled)],
     ["Status", r.status], ["Extrinsic", r.extrinsic_hash], ["Block", r.block_number],
-    ["Block hash", r.block_hash], ["Your line", r.line], ["Digest", r.digest],
-    ["Remark on chain", r.remark], ["Digest algorithm", r.digest_algorithm],
+    ["Block hash", r.block_hash], ["Extrinsic index", r.extrinsic_index],
+    ["Your line", r.line], ["Commitment", r.commitment], ["Root", r.root], ["Digest", r.digest],
+    ["Remark on chain", r.remark],
+    // An old digest batch's algorithm; otherwise the Merkle one new batches use.
+    ["Algorithm", r.commitment === "digest-v1" ? r.digest_algorithm : r.proof_algorithm],
   ]) receiptField(list, label, value);
-  byId("receipt-lines").textContent = (r.lines || []).join("\n") || "not settled yet";
+  byId("receipt-lines").textContent = proofText(r);
+  if (clearVerdict) showVerdict(null);
   byId("receipt").hidden = false;
   byId("receipt-title").focus();
+  return r;
+}
+
+// #receipt-verdict: data-verdict is checking, verified, not-verified or
+// unreachable; the reasons are listed under it.
+function showVerdict(verdict, text = "", reasons = []) {
+  const box = byId("receipt-verdict");
+  if (verdict) box.dataset.verdict = verdict;
+  else delete box.dataset.verdict;
+  box.textContent = text;
+  const list = byId("receipt-problems");
+  list.replaceChildren(...reasons.map((reason) => {
+    const item = document.createElement("li");
+    item.textContent = reason;
+    return item;
+  }));
+  list.hidden = reasons.length === 0;
+}
+
+// Fetch the receipt, recompute its line's hashes here and read the
+// settlement's remark from the chain (the node billing/info names): trust
+// nothing the platform says that the chain does not confirm.
+async function verifyOnChain(sessionId) {
+  showVerdict("checking", "Checking the receipt against the chain…");
+  const receipt = await showReceipt(sessionId, false);
+  const { chain_rpc: url } = await api("GET", "/api/billing/info");
+  let chain = null;
+  const readChain = async (batch) => {
+    try {
+      chain = chain || await connectChain(url);
+      return await chainReader(chain)(batch);
+    } catch (err) {
+      throw err.code ? err : new AppError("chain_unreachable", err.message);
+    }
+  };
+  try {
+    const result = await verifyReceipt(receipt, readChain);
+    if (result.holds) {
+      showVerdict("verified", `Verified on chain: your line is in the settlement remark of ` +
+        `block ${receipt.block_number} (extrinsic ${receipt.extrinsic_hash}).`);
+    } else {
+      showVerdict("not-verified", "Not verified:", result.problems);
+    }
+  } catch (err) {
+    if (err.code !== "chain_unreachable") throw err;
+    showVerdict("unreachable", "Could not verify: the chain does not answer.", [err.message]);
+  } finally {
+    if (chain) await chain.disconnect().catch(() => {});
+  }
+}
+
+function rowButton(text, label, action) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = text;
+  button.setAttribute("aria-label", label);
+  button.addEventListener("click", () => action()
+    .catch((err) => showErrorIn(byId("error"), err.code, err.message)));
+  return button;
 }
 
 async function loadSessions() {
   const { sessions } = await userApi("GET", "/api/me/sessions");
   const rows = sessions.map((s) => {
-    const button = document.createElement("button");
-    button.type = "button";
-    button.textContent = "Receipt";
-    button.setAttribute("aria-label", `Receipt for ${s.title}`);
-    button.addEventListener("click", () => showReceipt(s.id)
-      .catch((err) => showErrorIn(byId("error"), err.code, err.message)));
+    const actions = document.createElement("span");
+    actions.className = "actions";
+    actions.append(rowButton("Receipt", `Receipt for ${s.title}`, () => showReceipt(s.id)));
+    // A charge with a payment may be settled: the verdict says if not yet.
+    if (s.payment_status) {
+      actions.append(rowButton("Verify", `Verify the receipt for ${s.title} on chain`,
+                               () => verifyOnChain(s.id)));
+    }
     return tableRow([s.title, timeText(s.join_time), s.seconds, amountText(s.cost),
-                     s.payment_status || (s.active ? "watching" : "pending"), button]);
+                     s.payment_status || (s.active ? "watching" : "pending"), actions]);
   });
   byId("sessions").querySelector("tbody").replaceChildren(...rows);
   byId("sessions").hidden = rows.length === 0;

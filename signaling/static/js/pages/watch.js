@@ -1,101 +1,16 @@
-// The live watch page: sign in, watch (WebRTC from the server), the viewer
-// count, the seconds billed and their cost every second, the balance. A lost
-// connection or an ended stream says so and offers to reconnect. When a wallet
-// holds the signed-in account, the page signs delivery receipts (receipts.js).
-// Beside the player: the stream's chat (chat.js), a Follow button for the
-// creator (follow.js) and a tip form whose tip shows in the chat.
+// The live watch page: the live player (live_player.js: watch, seconds, cost,
+// balance, signed delivery receipts, reconnect); beside it the stream's chat
+// (chat.js), a Follow button for the creator (follow.js) and a tip form whose
+// tip shows in the chat.
 
-import {
-  amountText, api, byId, config, every, formHandler, guarded, state, userApi, viewer,
-} from "../core.js";
+import { amountText, byId, config, formHandler, userApi } from "../core.js";
 import { ChatPanel } from "../chat.js";
 import { followButton } from "../follow.js";
+import { livePlayer } from "../live_player.js";
 import { refreshBalance } from "../signin.js";
-import { DeliveryReceipts, delegate } from "../receipts.js";
-import { Session } from "../session.js";
-
-const BALANCE_EVERY_TICKS = 5;  // the live balance, every few billed seconds
-const VIEWERS_EVERY_MS = 10000;  // the viewer count while not watching (watching: pushed)
 
 export function watchPage() {
-  let session = null;
-  const video = byId("video");
-
-  function render() {
-    const current = viewer.load();
-    byId("sign-in-needed").hidden = Boolean(current);
-    byId("watch").disabled = !current || Boolean(session);
-    byId("leave").disabled = !session;
-  }
-
-  function showBalance(me) {
-    byId("balance").textContent = amountText(me.balance);
-  }
-
-  function attachTrack(event) {
-    const stream = video.srcObject || new MediaStream();
-    stream.addTrack(event.track);
-    video.srcObject = stream;
-    video.play().catch(() => {});  // autoplay may wait for a click; the video stays ready
-  }
-
-  function onTick(seconds, cost) {
-    state.secondsWatched = seconds;
-    state.cost = cost;
-    byId("seconds-watched").textContent = String(seconds);
-    byId("cost").textContent = amountText(cost);
-    if (seconds % BALANCE_EVERY_TICKS === 0) refreshBalance().catch(() => {});
-  }
-
-  // After a lost connection, a failure or the end: offer to try again.
-  function ended(phase) {
-    const retry = phase === "ended" || phase === "error";
-    byId("reconnect-box").hidden = !retry || !viewer.load();
-    byId("reconnect").textContent = phase === "ended" ? "Watch again" : "Reconnect";
-    if (state.error && state.error.code === "unauthorized") viewer.forget();
-    session = null;
-    render();
-  }
-
-  async function watch() {
-    const current = viewer.load();
-    if (!current) return;
-    byId("reconnect-box").hidden = true;
-    video.srcObject = null;
-    session = new Session({ livePhase: "watching", onEnd: ended, onTick });
-    render();
-    const join = { type: "watch", stream_id: config.streamId, token: current.token };
-    let delegation = null;
-    try {
-      // The price as it is now: the delegation caps receipts at it.
-      const stream = await api("GET", `/api/streams/${config.streamId}`);
-      delegation = await delegate(current.account, stream.price_per_second);
-    } catch (err) {
-      session.fail(err.code || "client_error", err.message);
-      return;
-    }
-    if (delegation) {
-      join.delegation = delegation.wire;
-      session.receipts = new DeliveryReceipts(session, delegation);
-    }
-    await session.run(join, (pc) => {
-      pc.addTransceiver("video", { direction: "recvonly" });
-      pc.addTransceiver("audio", { direction: "recvonly" });
-      pc.ontrack = attachTrack;
-    });
-  }
-
-  function toggleMute() {
-    video.muted = !video.muted;
-    byId("mute").textContent = video.muted ? "Unmute" : "Mute";
-    byId("mute").setAttribute("aria-pressed", String(video.muted));
-  }
-
-  async function showStream() {
-    const stream = await api("GET", `/api/streams/${config.streamId}`);
-    byId("price").textContent = `${amountText(stream.price_per_second)}/s`;
-    if (!session) byId("viewer-count").textContent = String(stream.viewer_count);
-  }
+  livePlayer(config.streamId);
 
   // A tip: out of the balance at once; errors (402 above the balance, a bad
   // amount) next to the amount field.
@@ -110,20 +25,7 @@ export function watchPage() {
     refreshBalance().catch(() => {});
   }, { insufficient_funds: "amount", invalid_message: "message", invalid_recipient: "amount" });
 
-  byId("watch").addEventListener("click", guarded(watch));
-  byId("reconnect").addEventListener("click", guarded(watch));
-  byId("leave").addEventListener("click", guarded(() => session && session.leave()));
-  byId("mute").addEventListener("click", guarded(toggleMute));
-  document.addEventListener("vk:me", (event) => showBalance(event.detail));
-  document.addEventListener("vk:signed-in", render);
-  document.addEventListener("vk:signed-out", () => {
-    if (session) session.leave();
-    byId("balance").textContent = "…";
-    render();
-  });
-  window.addEventListener("pagehide", () => session && session.leave());
-  every(VIEWERS_EVERY_MS, showStream);
+
   followButton(config.creatorAccount);
   new ChatPanel({ streamId: config.streamId, creatorAccount: config.creatorAccount }).connect();
-  render();
 }
