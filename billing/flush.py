@@ -32,8 +32,9 @@ from prometheus_client import Histogram
 
 from vilokanam.balances import adjust_live
 from vilokanam.delivery import GRACE_SECONDS
+from vilokanam.keyspace import tick_keys
 from vilokanam.logs import log_event
-from vilokanam.metering import PENDING_KEY, VIDEO_VIEW_BATCH_PREFIX, TickBatch, batch_id_of
+from vilokanam.metering import VIDEO_VIEW_BATCH_PREFIX, TickBatch, batch_id_of
 from vilokanam.tasks import run_forever
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,8 @@ class Flusher:
 
     def __post_init__(self) -> None:
         self._forget_script = self.redis.register_script(_FORGET)
+        self._keys = tick_keys(self.redis)
+        self._rounds = 0
 
     async def flush_once(self) -> FlushResult:
         result = await self.record_once()
@@ -289,17 +292,44 @@ class Flusher:
         return result
 
     async def record_once(self) -> FlushResult:
-        keys: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]
-            PENDING_KEY, 0, self.max_batches - 1)
-        if not keys:
+        """Every shard's pending batches (one shard on a standalone Redis, two
+        commands each), recorded in ONE transaction, then forgotten shard by shard."""
+        taken: dict[int | None, list[bytes]] = {}
+        pending: list[JournalRow] = []
+        budget = self.max_batches
+        for shard in self._shard_order():
+            keys, rows = await self._read_pending(shard, budget)
+            if keys:
+                taken[shard] = keys
+                pending += rows
+                budget -= len(keys)
+            if budget <= 0:
+                break
+        if not taken:
             return FlushResult()
-        payloads = await self.redis.mget(keys)
-        pending = [JournalRow.decode(batch_id_of(k), raw)
-                   for k, raw in zip(keys, payloads, strict=True) if raw is not None]
         result = await self.record(pending)
         await self._checkpoint("committed")
-        await self._forget(keys)
+        for shard, keys in taken.items():
+            await self._forget(shard, keys)
         return result
+
+    def _shard_order(self) -> list[int | None]:
+        """Each round starts at the next shard: under a backlog bigger than a
+        round, no shard waits behind the others."""
+        shards = self._keys.shards
+        self._rounds += 1
+        start = self._rounds % len(shards)
+        return shards[start:] + shards[:start]
+
+    async def _read_pending(self, shard: int | None,
+                            limit: int) -> tuple[list[bytes], list[JournalRow]]:
+        keys: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]
+            self._keys.pending(shard), 0, limit - 1)
+        if not keys:
+            return [], []
+        payloads = await self.redis.mget(keys)
+        return keys, [JournalRow.decode(batch_id_of(k), raw)
+                      for k, raw in zip(keys, payloads, strict=True) if raw is not None]
 
     async def record(self, pending: list[JournalRow]) -> FlushResult:
         """Commit batches to tick_batches + the journal (those not recorded before)."""
@@ -358,13 +388,14 @@ class Flusher:
         "applied", "synced": the sync): a seam for the crash tests, which stop
         a flusher exactly there."""
 
-    async def _forget(self, keys: list[bytes]) -> None:
+    async def _forget(self, shard: int | None, keys: list[bytes]) -> None:
         """Out of the pending set; each batch key left as an empty tombstone
         for FORGOTTEN_TTL_MS, not deleted: the worker's write is SET NX, so a
         retry arriving after this (its first write landed unheard) finds the
         key and charges nothing — deleted, it would charge the live balance
         again for a batch the flush then skips as applied."""
-        await self._forget_script(keys=[PENDING_KEY, *keys], args=[FORGOTTEN_TTL_MS])
+        await self._forget_script(keys=[self._keys.pending(shard), *keys],
+                                  args=[FORGOTTEN_TTL_MS])
 
     @staticmethod
     def _observe(result: FlushResult) -> None:

@@ -25,23 +25,17 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from vilokanam.balances import BALANCE_PREFIX, CHARGE_TICKS_LUA
+from vilokanam.balances import CHARGE_TICKS_LUA
+from vilokanam.keyspace import STANDALONE, tick_keys
+from vilokanam.keyspace import batch_id_of as batch_id_of  # the batch key's names, re-exported
+from vilokanam.keyspace import batch_key as batch_key
 
-PENDING_KEY = "vk:ticks:pending"
+PENDING_KEY = STANDALONE.pending(None)  # a standalone Redis's one pending index
 # A video view's ticks (signaling/playback.py) are batches of the "worker"
 # `vod:<view id>`, labelled with the media second delivered: a second re-fetched
 # (seek back, rendition switch) is the same batch, so it is never billed twice.
 VIDEO_VIEW_BATCH_PREFIX = "vod:"
 LIVE_CHANNEL = "vk:ticks:live"
-
-
-def batch_key(batch_id: str) -> str:
-    return f"vk:ticks:batch:{batch_id}"
-
-
-def batch_id_of(key: str | bytes) -> str:
-    text = key.decode() if isinstance(key, bytes) else key
-    return text.removeprefix("vk:ticks:batch:")
 
 
 @dataclass(frozen=True)
@@ -92,17 +86,32 @@ return broke
 
 
 class TickWriter:
-    """Writes one batch per call, in one Redis command (EVALSHA)."""
+    """Writes one batch per call, in one Redis command (EVALSHA) -- in a
+    cluster one per shard the batch has viewers in (vilokanam/keyspace.py),
+    each atomic and idempotent on its own."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._script = redis.register_script(_WRITE_TICKS)
+        self._keys = tick_keys(redis)
 
     async def write(self, batch: TickBatch, live: dict[str, Any] | None = None) -> list[str]:
         """Idempotent: writing the same batch again charges nothing twice and
         returns no sessions to cut."""
-        broke = await self._script(
-            keys=[batch_key(batch.batch_id), PENDING_KEY],
-            args=[batch.second, batch.encode(), json.dumps(live) if live else "",
-                  BALANCE_PREFIX])
+        message = json.dumps(live) if live else ""
+        broke: list[str] = []
+        for shard, ticks in self._by_shard(batch).items():
+            part = TickBatch(batch.worker_id, batch.second, ticks)
+            broke += await self._script(
+                keys=[batch_key(self._keys.batch_id(batch.batch_id, shard)),
+                      self._keys.pending(shard)],
+                args=[batch.second, part.encode(), message, self._keys.balance_prefix(shard)])
+            message = ""  # the watch pages' message goes out once, with the first part
         return [b.decode() if isinstance(b, bytes) else str(b) for b in broke]
 
+    def _by_shard(self, batch: TickBatch) -> dict[int | None, tuple[Tick, ...]]:
+        if not self._keys.cluster:
+            return {None: batch.ticks}
+        parts: dict[int | None, list[Tick]] = {}
+        for tick in batch.ticks:
+            parts.setdefault(self._keys.shard(tick.user_id), []).append(tick)
+        return {shard: tuple(ticks) for shard, ticks in parts.items()}
