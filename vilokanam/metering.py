@@ -13,6 +13,10 @@ script), whatever its number of viewers:
 - one message on `vk:ticks:live` tells signaling each session's seconds and
   cost so far, for the watch page.
 
+In a Redis Cluster the batch is written as one part per shard of its viewers
+(vilokanam/keyspace.py): each part, its shard's pending index and its viewers'
+live balances share one hash slot.
+
 Billing applies pending batches to Postgres exactly once (billing/flush.py)
 and then deletes them. The live balance is a fast copy; Postgres holds the
 truth: balance = credits - stream_view payments (sql/0007)."""
