@@ -56,7 +56,7 @@ async def test_ticks_in_flight_are_proven_not_flagged(
     journaled = batch("w1", 105, audience)
     await writer.write(journaled)
     await flusher.record([JournalRow.of(journaled)])
-    await flusher._forget([b"vk:ticks:batch:" + journaled.batch_id.encode()])  # journal only
+    await flusher._forget(None, [b"vk:ticks:batch:" + journaled.batch_id.encode()])  # journal only
     assert await db.fetchval("SELECT count(*) FROM tick_journal") == 2
     checker = reconciler(pool, redis)
     for _ in range(2):
