@@ -23,6 +23,7 @@ truth: balance = credits - stream_view payments (sql/0007)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -102,15 +103,23 @@ class TickWriter:
         """Idempotent: writing the same batch again charges nothing twice and
         returns no sessions to cut."""
         message = json.dumps(live) if live else ""
-        broke: list[str] = []
+        parts = []
         for shard, ticks in self._by_shard(batch).items():
             part = TickBatch(batch.worker_id, batch.second, ticks)
-            broke += await self._script(
+            parts.append(self._script(
                 keys=[batch_key(self._keys.batch_id(batch.batch_id, shard)),
                       self._keys.pending(shard)],
-                args=[batch.second, part.encode(), message, self._keys.balance_prefix(shard)])
+                args=[batch.second, part.encode(), message, self._keys.balance_prefix(shard)]))
             message = ""  # the watch pages' message goes out once, with the first part
-        return [b.decode() if isinstance(b, bytes) else str(b) for b in broke]
+        # The parts are independent (each atomic and idempotent on its own) and
+        # live on different nodes: written at once, not one round trip after another.
+        # A failed part fails the write; the retry finds the written parts (SET NX).
+        results = await asyncio.gather(*parts, return_exceptions=True)
+        for failed in results:
+            if isinstance(failed, BaseException):
+                raise failed
+        return [b.decode() if isinstance(b, bytes) else str(b)
+                for r in results if not isinstance(r, BaseException) for b in r]
 
     def _by_shard(self, batch: TickBatch) -> dict[int | None, tuple[Tick, ...]]:
         if not self._keys.cluster:
