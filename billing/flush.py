@@ -244,8 +244,9 @@ class JournalRow:
                    [int(t[2]) for t in ticks])
 
     @classmethod
-    def of(cls, batch: TickBatch) -> JournalRow:
-        return cls.decode(batch.batch_id, batch.encode())
+    def of(cls, batch: TickBatch, batch_id: str | None = None) -> JournalRow:
+        """A batch's row; `batch_id` names a cluster part (TickWriter.parts)."""
+        return cls.decode(batch_id or batch.batch_id, batch.encode())
 
 
 @dataclass

@@ -152,9 +152,10 @@ class Reconciler:
         # Batches are immutable until the flush deletes them after applying
         # them: one missing now was applied, and tick_batches says so.
         payloads = await self.redis.mget(pending_keys) if pending_keys else []
-        batches = [TickBatch.decode(batch_id_of(k), p)
-                   for k, p in zip(pending_keys, payloads, strict=True) if p is not None]
-        batch_ids = [b.batch_id for b in batches]
+        # By the key's id: in a cluster a part's id carries its shard's tag.
+        batches = {batch_id_of(k): TickBatch.decode(batch_id_of(k), p)
+                   for k, p in zip(pending_keys, payloads, strict=True) if p is not None}
+        batch_ids = list(batches)
         # One snapshot for the three reads: a sync between them cannot move a
         # charge from the journal into payments unseen.
         async with self.pg.acquire() as conn, conn.transaction(isolation="repeatable_read",
@@ -163,8 +164,8 @@ class Reconciler:
             applied = {r["batch_id"] for r in await conn.fetch(_APPLIED, batch_ids)}
             journaled = await conn.fetch(_JOURNALED, list(live), batch_ids)
         in_flight: dict[str, int] = {r["user_id"]: int(r["planck"]) for r in journaled}
-        for batch in batches:
-            if batch.batch_id in applied:
+        for batch_id, batch in batches.items():
+            if batch_id in applied:
                 continue
             for tick in batch.ticks:
                 in_flight[tick.user_id] = in_flight.get(tick.user_id, 0) + tick.price_planck

@@ -90,6 +90,15 @@ return broke
 """
 
 
+@dataclass(frozen=True)
+class BatchPart:
+    """What one script writes: a batch, or its part of one shard (a cluster)."""
+
+    shard: int | None
+    batch_id: str
+    batch: TickBatch
+
+
 class TickWriter:
     """Writes one batch per call, in one Redis command (EVALSHA) -- in a
     cluster one per shard the batch has viewers in (vilokanam/keyspace.py),
@@ -103,28 +112,31 @@ class TickWriter:
         """Idempotent: writing the same batch again charges nothing twice and
         returns no sessions to cut."""
         message = json.dumps(live) if live else ""
-        parts = []
-        for shard, ticks in self._by_shard(batch).items():
-            part = TickBatch(batch.worker_id, batch.second, ticks)
-            parts.append(self._script(
-                keys=[batch_key(self._keys.batch_id(batch.batch_id, shard)),
-                      self._keys.pending(shard)],
-                args=[batch.second, part.encode(), message, self._keys.balance_prefix(shard)]))
+        writes = []
+        for part in self.parts(batch):
+            writes.append(self._script(
+                keys=[batch_key(part.batch_id), self._keys.pending(part.shard)],
+                args=[batch.second, part.batch.encode(), message,
+                      self._keys.balance_prefix(part.shard)]))
             message = ""  # the watch pages' message goes out once, with the first part
         # The parts are independent (each atomic and idempotent on its own) and
         # live on different nodes: written at once, not one round trip after another.
         # A failed part fails the write; the retry finds the written parts (SET NX).
-        results = await asyncio.gather(*parts, return_exceptions=True)
+        results = await asyncio.gather(*writes, return_exceptions=True)
         for failed in results:
             if isinstance(failed, BaseException):
                 raise failed
         return [b.decode() if isinstance(b, bytes) else str(b)
                 for r in results if not isinstance(r, BaseException) for b in r]
 
-    def _by_shard(self, batch: TickBatch) -> dict[int | None, tuple[Tick, ...]]:
+    def parts(self, batch: TickBatch) -> list[BatchPart]:
+        """The batch as written: itself on a standalone Redis; in a cluster one
+        part per shard its viewers are in."""
         if not self._keys.cluster:
-            return {None: batch.ticks}
-        parts: dict[int | None, list[Tick]] = {}
+            return [BatchPart(None, batch.batch_id, batch)]
+        by_shard: dict[int | None, list[Tick]] = {}
         for tick in batch.ticks:
-            parts.setdefault(self._keys.shard(tick.user_id), []).append(tick)
-        return {shard: tuple(ticks) for shard, ticks in parts.items()}
+            by_shard.setdefault(self._keys.shard(tick.user_id), []).append(tick)
+        return [BatchPart(shard, self._keys.batch_id(batch.batch_id, shard),
+                          TickBatch(batch.worker_id, batch.second, tuple(ticks)))
+                for shard, ticks in by_shard.items()]
