@@ -1,7 +1,8 @@
 """Ticks from Redis to Postgres, exactly once, in two steps.
 
 Record (every second): read up to `max_batches` pending batch keys and their
-payloads (two Redis commands), then in ONE Postgres statement give each new
+payloads (two Redis commands; per shard, all shards at once, in a Redis
+Cluster: vilokanam/keyspace.py), then in ONE Postgres statement give each new
 batch its `tick_batches` row (a batch already there is skipped: recorded
 before a crash, or written twice) and its `tick_journal` row (its ticks as
 three arrays: one row per batch, nothing per tick); commit; only then forget the
