@@ -16,6 +16,11 @@ finally an exactness check of every total once the flush has drained.
     .venv/bin/python bench/ticks.py                          # 1k, 10k, 100k viewers, 60 s
     .venv/bin/python bench/ticks.py --viewers 1000 --seconds 10
     .venv/bin/python bench/ticks.py --viewers 200 --seconds 4 --no-write   # the CI's fast form
+    .venv/bin/python bench/ticks.py --redis standalone,cluster   # each V on both Redis modes
+
+`--redis cluster` runs the same measurement on a private 3-node Redis Cluster
+(vilokanam.services.redis.RedisClusterServers; every role connects with the
+`redis+cluster://` URL, docs/metering.md "Redis Cluster").
 
 A benchmark, not a test: it prints a Markdown section and writes it into
 docs/benchmarks.md (between its markers; text outside them is kept).
@@ -65,13 +70,15 @@ from bench.common import (
 )
 from vilokanam.balances import balance_key
 from vilokanam.config import Settings
-from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter, batch_key
+from vilokanam.keyspace import pending_count, tick_keys
+from vilokanam.metering import Tick, TickBatch, TickWriter, batch_key
 from vilokanam.migrations import migrate
 from vilokanam.money import format_amount, to_planck
+from vilokanam.redis_client import redis_from_url
 from vilokanam.services.net import free_port
 from vilokanam.services.postgres import PostgresServer
 from vilokanam.services.process import ManagedProcess
-from vilokanam.services.redis import RedisServer
+from vilokanam.services.redis import RedisClusterServers, RedisServer, free_cluster_ports
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "benchmarks.md"
@@ -154,6 +161,7 @@ class WorkerLog:
     lateness: list[float] = field(default_factory=list)  # write start - its due time
     write_s: list[float] = field(default_factory=list)  # EVALSHA round trip
     broke: int = 0
+    parts: int = 0  # batches written: one per second, or one per shard of it in a cluster
 
 
 async def simulate_worker(redis_url: str, worker: int, viewers: range, start: int,
@@ -161,8 +169,8 @@ async def simulate_worker(redis_url: str, worker: int, viewers: range, start: in
     """One SFU worker's clock: at `phase` into each wall-clock second, bill the
     second just completed in one batch — a real worker's clock has an arbitrary
     phase, and its lag counts from the end of the second, as here."""
-    redis = aioredis.Redis.from_url(redis_url)
-    writer = TickWriter(redis)
+    redis = redis_from_url(redis_url)
+    writer, keys = TickWriter(redis), tick_keys(redis)
     ticks = [Tick(str(viewer_session_id(i)), str(user_id(i)), price_planck) for i in viewers]
     counts = [0] * len(viewers)
     log = WorkerLog(worker)
@@ -178,6 +186,7 @@ async def simulate_worker(redis_url: str, worker: int, viewers: range, start: in
             message = _live_message(ticks, counts, chosen) if live else None
             sent = time.time()
             log.broke += len(await writer.write(batch, message))
+            log.parts += len(keys.group(t.user_id for t in batch.ticks))
             log.seconds.append(second)
             log.lateness.append(began - due)
             log.write_s.append(time.time() - sent)
@@ -229,7 +238,7 @@ class Lab:
 
     root: Path
     pg: PostgresServer
-    redis: RedisServer
+    redis: RedisServer | RedisClusterServers
     settings: Settings
     billing: ManagedProcess
     children: list[ManagedProcess] = field(default_factory=list)
@@ -241,10 +250,13 @@ class Lab:
         self.pg.stop()
 
 
-def start_stores(root: Path, pg_fast: bool) -> tuple[PostgresServer, RedisServer]:
+def start_stores(root: Path, pg_fast: bool,
+                 mode: str) -> tuple[PostgresServer, RedisServer | RedisClusterServers]:
     pg = PostgresServer(root / "pg", free_port(), fast=pg_fast)
     pg.start()
-    redis = RedisServer(root / "redis", free_port())
+    redis: RedisServer | RedisClusterServers = (
+        RedisClusterServers(root / "redis", free_cluster_ports(3)) if mode == "cluster"
+        else RedisServer(root / "redis", free_port()))
     try:
         redis.start()
     except Exception:
@@ -284,11 +296,13 @@ async def insert_rows(pg_url: str, viewers: int, credit_planck: int, redis_url: 
             await conn.execute("ANALYZE")  # fresh planner stats, as a live system would have
     finally:
         await conn.close()
-    redis = aioredis.Redis.from_url(redis_url)
+    redis = redis_from_url(redis_url)
+    keys = tick_keys(redis)
     try:
         for lo in range(0, viewers, 10_000):
-            await redis.mset({balance_key(str(user_id(i))): credit_planck
-                              for i in range(lo, min(viewers, lo + 10_000))})
+            users = [str(user_id(i)) for i in range(lo, min(viewers, lo + 10_000))]
+            for group in keys.group(users).values():  # one slot per MSET in a cluster
+                await redis.mset({balance_key(u, keys): credit_planck for u in group})
     finally:
         await redis.aclose()
 
@@ -342,6 +356,7 @@ class Plan:
     viewers: int
     workers: int
     seconds: int
+    redis: str = "standalone"  # or "cluster": a 3-node Redis Cluster
 
 
 @dataclass
@@ -382,7 +397,8 @@ async def poll_commits(pg_url: str, commits: dict[str, Commit], stop: asyncio.Ev
             seen = time.time()
             for row in rows:
                 if row["batch_id"] not in commits:
-                    second = int(row["batch_id"].rsplit(":", 1)[1])
+                    # <worker>:<second>, plus a shard tag {t<n>} in a cluster
+                    second = int(row["batch_id"].rsplit(":", 1)[1].split("{", 1)[0])
                     commits[row["batch_id"]] = Commit(second, row["ticks"], row["t"], seen)
                     unsynced.add(row["batch_id"])
                 cursor = max(cursor, row["applied_at"])
@@ -407,14 +423,40 @@ class Snapshot:
     redis_cpu: float  # Redis and its reaped children (AOF rewrites fork)
 
 
-async def take_snapshot(redis: aioredis.Redis, lab: Lab, pids: list[int]) -> Snapshot:
-    stats = await redis.info("commandstats")
+def redis_nodes(server: RedisServer | RedisClusterServers) -> list[RedisServer]:
+    return server.nodes if isinstance(server, RedisClusterServers) else [server]
+
+
+async def nodes_info(lab: Lab, section: str | None = None) -> dict[str, Any]:
+    """INFO of every Redis node, numbers summed (one node when standalone)."""
+    total: dict[str, Any] = {}
+    for node in redis_nodes(lab.redis):
+        client = aioredis.Redis(host="127.0.0.1", port=node.port)
+        try:
+            info = await (client.info(section) if section else client.info())
+        finally:
+            await client.aclose()
+        for name, value in info.items():
+            if isinstance(value, dict):  # commandstats: {calls, usec, ...}
+                into = total.setdefault(name, {})
+                for k, v in value.items():
+                    if isinstance(v, int | float):
+                        into[k] = into.get(k, 0) + v
+            elif isinstance(value, int | float):
+                total[name] = total.get(name, 0) + value
+            else:
+                total.setdefault(name, value)
+    return total
+
+
+async def take_snapshot(lab: Lab, pids: list[int]) -> Snapshot:
+    stats = await nodes_info(lab, "commandstats")
     commands = {name.removeprefix("cmdstat_"): values for name, values in stats.items()}
-    info = await redis.info()
+    info = await nodes_info(lab)
     metrics = scrape(f"http://127.0.0.1:{lab.settings.billing_port}/metrics")
     return Snapshot(commands, info, metrics, CpuMark.take(pids),
                     tree_cpu_seconds(lab.pg.process.pid),
-                    tree_cpu_seconds(lab.redis.process.pid))
+                    sum(tree_cpu_seconds(node.process.pid) for node in redis_nodes(lab.redis)))
 
 
 def tree_cpu_seconds(pid: int | None) -> float:
@@ -510,12 +552,12 @@ class Check:
 
 async def check_exact(lab: Lab, sent: list[int], batches: int) -> list[Check]:
     conn = await asyncpg.connect(lab.pg.url, server_settings={"statement_timeout": "120s"})
-    redis = aioredis.Redis.from_url(lab.redis.url)
+    redis = redis_from_url(lab.redis.url)
     try:
         checks = await _check_viewers(conn, sent)
         checks += await _check_totals(conn, sent, batches, lab.settings.platform_fee)
         checks.append(await _check_live_balances(redis, sent, lab.settings.token_decimals))
-        checks.append(await _check_redis_drained(redis, len(sent)))
+        checks.append(await _check_redis_drained(redis, lab, len(sent)))
     finally:
         await conn.close()
         await redis.aclose()
@@ -595,23 +637,25 @@ async def _check_totals(conn: asyncpg.Connection, sent: list[int], batches: int,
 
 async def _check_live_balances(redis: aioredis.Redis, sent: list[int], decimals: int) -> Check:
     credit, price = to_planck(CREDIT, decimals), to_planck(PRICE, decimals)
-    bad = 0
-    for lo in range(0, len(sent), 10_000):
-        keys = [balance_key(str(user_id(i))) for i in range(lo, min(len(sent), lo + 10_000))]
-        values = await redis.mget(keys)
-        bad += sum(1 for k, raw in enumerate(values)
-                   if raw is None or int(raw) != credit - sent[lo + k] * price)
+    bad, keys = 0, tick_keys(redis)
+    index = {str(user_id(i)): i for i in range(len(sent))}
+    for users in keys.group(index).values():  # one slot per MGET in a cluster
+        for lo in range(0, len(users), 10_000):
+            chunk = users[lo:lo + 10_000]
+            values = await redis.mget([balance_key(u, keys) for u in chunk])
+            bad += sum(1 for u, raw in zip(chunk, values, strict=True)
+                       if raw is None or int(raw) != credit - sent[index[u]] * price)
     return Check("live balances vk:bal (planck) = credit - charged", bad == 0,
                  f"{bad} mismatches of {len(sent)}")
 
 
-async def _check_redis_drained(redis: aioredis.Redis, viewers: int) -> Check:
-    pending = await redis.zcard(PENDING_KEY)
+async def _check_redis_drained(redis: aioredis.Redis, lab: Lab, viewers: int) -> Check:
+    pending = await pending_count(redis)
     # Flushed batches stay a while as empty tombstones (billing/flush.py _forget).
     tombstones = 0
     async for key in redis.scan_iter(batch_key("*"), count=10_000):
         tombstones += await redis.strlen(key) == 0
-    keys = await redis.dbsize() - tombstones
+    keys = int((await nodes_info(lab, "keyspace")).get("db0", {}).get("keys", 0)) - tombstones
     return Check("Redis drained (no pending batch, only the balances and tombstones left)",
                  pending == 0 and keys == viewers,
                  f"pending {pending}, keys {keys} besides {tombstones} tombstones")
@@ -641,9 +685,9 @@ class Result:
 
 async def run_plan(plan: Plan, args: argparse.Namespace) -> Result:
     root = Path(tempfile.mkdtemp(prefix="vk-bench-ticks-"))
-    print(f"\n== {plan.viewers} viewers, {plan.workers} workers, {plan.seconds} s "
-          f"(logs in {root})", flush=True)
-    pg, redis_server = start_stores(root, args.pg_fast)
+    print(f"\n== {plan.viewers} viewers, {plan.workers} workers, {plan.seconds} s, "
+          f"Redis {plan.redis} (logs in {root})", flush=True)
+    pg, redis_server = start_stores(root, args.pg_fast, plan.redis)
     settings = Settings.from_env({}, database_url=pg.url, redis_url=redis_server.url,
                                  billing_port=free_port())
     lab: Lab | None = None
@@ -670,32 +714,31 @@ async def run_plan(plan: Plan, args: argparse.Namespace) -> Result:
 
 
 async def measure(lab: Lab, plan: Plan, args: argparse.Namespace) -> Result:
-    assert lab.billing.pid and lab.redis.process.pid
-    pids = [lab.billing.pid, lab.redis.process.pid]
-    print(f"   pids: billing {pids[0]}, redis {pids[1]}, postgres {lab.pg.process.pid}",
+    redis_pids = [node.process.pid for node in redis_nodes(lab.redis)]
+    assert lab.billing.pid and all(redis_pids)
+    pids = [lab.billing.pid, *(pid for pid in redis_pids if pid)]
+    print(f"   pids: billing {pids[0]}, redis {pids[1:]}, postgres {lab.pg.process.pid}",
           flush=True)
     start = int(time.time()) + START_DELAY_S
     outs = start_simulators(lab, plan, start, args.worker_procs, not args.no_live)
     commits: dict[str, Commit] = {}
     stop = asyncio.Event()
-    redis = aioredis.Redis.from_url(lab.redis.url)
     poller = asyncio.create_task(poll_commits(lab.pg.url, commits, stop))
     try:
         writes_before = await table_writes(lab.pg.url)
         await asyncio.sleep(max(0.0, start + 1 - time.time()))  # the first second ends
-        before = await take_snapshot(redis, lab, pids)
+        before = await take_snapshot(lab, pids)
         await wait_children(lab, limit_s=2 * plan.seconds + 120)  # a loaded machine: room
         sims = [json.loads(out.read_text()) for out in outs]
         logs = [log for sim in sims for log in sim["workers"]]
-        batches = sum(len(log["seconds"]) for log in logs)
+        batches = sum(log["parts"] for log in logs)  # a batch per second (per shard: cluster)
         window_end = time.time()
         drained_in = await wait_drained(commits, batches, lab, args.drain_timeout)
         await asyncio.sleep(1.5)  # the flusher forgets a round's batches after its commit
-        after = await take_snapshot(redis, lab, pids)
+        after = await take_snapshot(lab, pids)
     finally:
         stop.set()
         await poller
-        await redis.aclose()
     sent = expected_ticks(plan, logs)
     checks = await check_exact(lab, sent, batches)
     await asyncio.sleep(max(0.0, window_end + (drained_in or 0) + STATS_SETTLE_S - time.time()))
@@ -751,6 +794,7 @@ class Summary:
     """The figures the targets are judged on."""
 
     viewers: int
+    redis: str
     lag_p99: float
     sync_lag_p99: float
     rows_per_viewer_s: float
@@ -768,7 +812,7 @@ def summarize(r: Result) -> tuple[str, Summary]:
     lags = [c.seen - (c.second + 1) for c in r.commits.values()]
     sync_lags = [c.synced - (c.second + 1) for c in r.commits.values() if c.synced is not None]
     rows_written = sum(w[0] + w[1] for w in r.writes.values())
-    summary = Summary(r.plan.viewers, quantile(lags, 0.99), quantile(sync_lags, 0.99),
+    summary = Summary(r.plan.viewers, r.plan.redis, quantile(lags, 0.99), quantile(sync_lags, 0.99),
                       rows_written / max(r.sent, 1), worker_calls / max(r.sent, 1),
                       client / max(r.sent, 1), all(c.ok for c in r.checks),
                       r.drained_in is not None)
@@ -779,8 +823,8 @@ def summarize(r: Result) -> tuple[str, Summary]:
                 f"{sum(c.ok for c in r.checks)}/{len(r.checks)} checks pass", "exact",
                 _met(summary.exact))])
     plan = r.plan
-    title = (f"### {plan.viewers:,} viewers — {plan.workers} simulated workers × "
-             f"~{plan.viewers // plan.workers:,} viewers, {plan.seconds} s")
+    title = (f"### {plan.viewers:,} viewers, Redis {plan.redis} — {plan.workers} simulated "
+             f"workers × ~{plan.viewers // plan.workers:,} viewers, {plan.seconds} s")
     table = markdown_table(("metric", "value", "target", ""), rows)
     checks = "\n".join(f"- {'ok' if c.ok else 'FAILED'}: {c.name} ({c.detail})"
                        for c in r.checks)
@@ -946,12 +990,12 @@ def _simulator_rows(r: Result) -> list[tuple[str, ...]]:
 def targets_section(summaries: list[Summary]) -> str:
     rows = []
     for s in summaries:
-        rows.append((f"{s.viewers:,}", f"{s.lag_p99:.2f} s", _met(s.lag_p99 <= TARGET_LAG_P99_S
-                                                                  and s.drained),
+        met = _met(s.lag_p99 <= TARGET_LAG_P99_S and s.drained)
+        rows.append((f"{s.viewers:,}", s.redis, f"{s.lag_p99:.2f} s", met,
                      f"{s.sync_lag_p99:.2f} s", f"{s.rows_per_viewer_s:.3f}",
                      f"{s.total_per_tick:.5f}", _met(s.total_per_tick <= TARGET_COMMANDS_PER_TICK),
                      "yes" if s.exact else "**no**"))
-    table = markdown_table(("viewers", "flush lag p99", f"≤ {TARGET_LAG_P99_S:g} s",
+    table = markdown_table(("viewers", "Redis", "flush lag p99", f"≤ {TARGET_LAG_P99_S:g} s",
                             "sync lag p99", "rows / tick",
                             "Redis cmds/tick (total)", f"≤ {TARGET_COMMANDS_PER_TICK:g}",
                             "exact"), rows)
@@ -969,7 +1013,8 @@ def report(args: argparse.Namespace, parts: list[str], summaries: list[Summary])
         f"- Machine: {machine_description()} (shared, noisy)\n"
         f"- Date: {utc_now()}\n"
         f"- Postgres {'fsync off (--pg-fast)' if args.pg_fast else 'with fsync on'}; "
-        "Redis with appendonly everysec (vilokanam.services defaults); billing is "
+        "Redis with appendonly everysec (vilokanam.services defaults; cluster: 3 primaries, "
+        "no replicas, each its own process); billing is "
         "`python -m vilokanam billing` in its own process; the simulated workers run as "
         f"asyncio tasks in {args.worker_procs} child process(es), each at its own phase "
         "of the second (as real workers' clocks are), so lag includes that phase.\n"
@@ -987,9 +1032,9 @@ def report(args: argparse.Namespace, parts: list[str], summaries: list[Summary])
 # -- entry point ------------------------------------------------------------------------------
 
 
-def plan_for(viewers: int, args: argparse.Namespace) -> Plan:
+def plan_for(viewers: int, redis: str, args: argparse.Namespace) -> Plan:
     workers = args.workers or max(1, math.ceil(viewers / VIEWERS_PER_WORKER))
-    return Plan(viewers, min(workers, viewers), args.seconds)
+    return Plan(viewers, min(workers, viewers), args.seconds, redis)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -997,6 +1042,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--viewers", default="1000,10000,100000",
                         help="comma-separated concurrent viewer counts (default: %(default)s)")
     parser.add_argument("--seconds", type=int, default=60, help="seconds of ticks per point")
+    parser.add_argument("--redis", default="standalone",
+                        help="comma-separated Redis modes, each run at every V: standalone, "
+                             "cluster (a 3-node Redis Cluster) (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=0,
                         help=f"simulated SFU workers (default: V/{VIEWERS_PER_WORKER} rounded up)")
     parser.add_argument("--worker-procs", type=int, default=1,
@@ -1011,18 +1059,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the servers' logs and data")
     args = parser.parse_args(argv)
     args.argv = argv
+    args.redis_modes = [m.strip() for m in args.redis.split(",") if m.strip()]
+    if not args.redis_modes or set(args.redis_modes) - {"standalone", "cluster"}:
+        parser.error("--redis takes standalone, cluster or both (comma-separated)")
     return args
 
 
 async def orchestrate(args: argparse.Namespace) -> int:
     parts, summaries = [], []
     failed = False
-    for viewers in (int(v) for v in args.viewers.split(",")):
+    points = [(int(v), mode) for v in args.viewers.split(",") for mode in args.redis_modes]
+    for viewers, mode in points:
         try:
-            result = await run_plan(plan_for(viewers, args), args)
+            result = await run_plan(plan_for(viewers, mode, args), args)
         except BenchError as exc:  # one size that could not run still leaves the others
             failed = True
-            part = f"### {viewers:,} viewers — **not completed**: {exc}\n"
+            part = f"### {viewers:,} viewers, Redis {mode} — **not completed**: {exc}\n"
             print(part, flush=True)
             parts.append(part)
             continue

@@ -1,7 +1,8 @@
 """Ticks from Redis to Postgres, exactly once, in two steps.
 
 Record (every second): read up to `max_batches` pending batch keys and their
-payloads (two Redis commands), then in ONE Postgres statement give each new
+payloads (two Redis commands; per shard, all shards at once, in a Redis
+Cluster: vilokanam/keyspace.py), then in ONE Postgres statement give each new
 batch its `tick_batches` row (a batch already there is skipped: recorded
 before a crash, or written twice) and its `tick_journal` row (its ticks as
 three arrays: one row per batch, nothing per tick); commit; only then forget the
@@ -19,6 +20,7 @@ is lost, and nothing is counted twice."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -32,8 +34,9 @@ from prometheus_client import Histogram
 
 from vilokanam.balances import adjust_live
 from vilokanam.delivery import GRACE_SECONDS
+from vilokanam.keyspace import tick_keys
 from vilokanam.logs import log_event
-from vilokanam.metering import PENDING_KEY, VIDEO_VIEW_BATCH_PREFIX, TickBatch, batch_id_of
+from vilokanam.metering import VIDEO_VIEW_BATCH_PREFIX, TickBatch, batch_id_of
 from vilokanam.tasks import run_forever
 
 log = logging.getLogger(__name__)
@@ -243,8 +246,9 @@ class JournalRow:
                    [int(t[2]) for t in ticks])
 
     @classmethod
-    def of(cls, batch: TickBatch) -> JournalRow:
-        return cls.decode(batch.batch_id, batch.encode())
+    def of(cls, batch: TickBatch, batch_id: str | None = None) -> JournalRow:
+        """A batch's row; `batch_id` names a cluster part (TickWriter.parts)."""
+        return cls.decode(batch_id or batch.batch_id, batch.encode())
 
 
 @dataclass
@@ -259,6 +263,8 @@ class FlushResult:
     # Planck to give back to each viewer's live balance: the ticks the flush
     # dropped were charged there when the worker wrote them.
     refunds: dict[str, int] = field(default_factory=dict)
+    # A round left batches pending (a shard had more than max_batches).
+    backlog: bool = False
 
 
 @dataclass
@@ -271,8 +277,9 @@ class Flusher:
     pg: asyncpg.Pool
     redis: aioredis.Redis
     platform_fee: Decimal
-    # A round takes every batch pending up to this: 100k viewers on workers of
-    # 300 make ~330 batches a second.
+    # A round takes every batch pending up to this (per shard, in a cluster,
+    # whose parts are ~1/16 of a batch): 100k viewers on workers of 300 make
+    # ~330 batches a second.
     max_batches: int = 2000
     # A sync applies at most this many journal rows (the oldest): ~15 s of
     # 100k viewers on workers of 300 -- bounded memory after a backlog.
@@ -280,6 +287,7 @@ class Flusher:
 
     def __post_init__(self) -> None:
         self._forget_script = self.redis.register_script(_FORGET)
+        self._keys = tick_keys(self.redis)
 
     async def flush_once(self) -> FlushResult:
         result = await self.record_once()
@@ -289,17 +297,29 @@ class Flusher:
         return result
 
     async def record_once(self) -> FlushResult:
-        keys: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]
-            PENDING_KEY, 0, self.max_batches - 1)
-        if not keys:
+        """Every shard's pending batches (one shard on a standalone Redis; two
+        commands each, the shards read at once), recorded in ONE transaction,
+        then forgotten (one script per shard, at once)."""
+        shards = self._keys.shards
+        reads = await asyncio.gather(*(self._read_pending(s, self.max_batches) for s in shards))
+        taken = {shard: keys for shard, (keys, _) in zip(shards, reads, strict=True) if keys}
+        if not taken:
             return FlushResult()
-        payloads = await self.redis.mget(keys)
-        pending = [JournalRow.decode(batch_id_of(k), raw)
-                   for k, raw in zip(keys, payloads, strict=True) if raw is not None]
-        result = await self.record(pending)
+        result = await self.record([row for _, rows in reads for row in rows])
+        result.backlog = any(len(keys) >= self.max_batches for keys in taken.values())
         await self._checkpoint("committed")
-        await self._forget(keys)
+        await asyncio.gather(*(self._forget(shard, keys) for shard, keys in taken.items()))
         return result
+
+    async def _read_pending(self, shard: int | None,
+                            limit: int) -> tuple[list[bytes], list[JournalRow]]:
+        keys: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]
+            self._keys.pending(shard), 0, limit - 1)
+        if not keys:
+            return [], []
+        payloads = await self.redis.mget(keys)
+        return keys, [JournalRow.decode(batch_id_of(k), raw)
+                      for k, raw in zip(keys, payloads, strict=True) if raw is not None]
 
     async def record(self, pending: list[JournalRow]) -> FlushResult:
         """Commit batches to tick_batches + the journal (those not recorded before)."""
@@ -358,13 +378,14 @@ class Flusher:
         "applied", "synced": the sync): a seam for the crash tests, which stop
         a flusher exactly there."""
 
-    async def _forget(self, keys: list[bytes]) -> None:
+    async def _forget(self, shard: int | None, keys: list[bytes]) -> None:
         """Out of the pending set; each batch key left as an empty tombstone
         for FORGOTTEN_TTL_MS, not deleted: the worker's write is SET NX, so a
         retry arriving after this (its first write landed unheard) finds the
         key and charges nothing — deleted, it would charge the live balance
         again for a batch the flush then skips as applied."""
-        await self._forget_script(keys=[PENDING_KEY, *keys], args=[FORGOTTEN_TTL_MS])
+        await self._forget_script(keys=[self._keys.pending(shard), *keys],
+                                  args=[FORGOTTEN_TTL_MS])
 
     @staticmethod
     def _observe(result: FlushResult) -> None:
@@ -401,7 +422,7 @@ async def run_flusher(flusher: Flusher, interval: float = FLUSH_INTERVAL) -> Non
         if rounds % PRUNE_EVERY == 0:
             await prune_applied(flusher.pg)
         rounds += 1
-        return result.batches >= flusher.max_batches  # a backlog: go again at once
+        return result.backlog  # go again at once
 
     await run_forever("flush", step, every=interval, max_backoff=5 * interval)
 

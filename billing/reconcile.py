@@ -41,8 +41,9 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter as PromCounter
 
 from vilokanam.balances import adjust_live, balance_key, planck_floor
+from vilokanam.keyspace import BALANCE_PREFIX, tick_keys
 from vilokanam.logs import log_event
-from vilokanam.metering import PENDING_KEY, TickBatch, batch_id_of
+from vilokanam.metering import TickBatch, batch_id_of
 from vilokanam.tasks import run_forever
 
 log = logging.getLogger("billing.reconcile")
@@ -50,7 +51,6 @@ log = logging.getLogger("billing.reconcile")
 RECONCILE_INTERVAL = 60.0
 CHUNK = 2000  # viewers per Redis transaction / Postgres statement
 MAX_BACKOFF = 60.0
-_PREFIX = balance_key("")
 
 ROUNDS = PromCounter("vilokanam_reconcile_rounds_total", "Reconciliation rounds completed.")
 DRIFTS = PromCounter(
@@ -104,6 +104,7 @@ class Reconciler:
         self.interval = interval
         self.chunk = chunk
         self._suspects: dict[str, int] = {}  # drift seen last round, not yet repaired
+        self._keys = tick_keys(redis)
 
     async def run(self) -> None:
         await run_forever("reconcile", self.reconcile_once, every=self.interval,
@@ -111,9 +112,11 @@ class Reconciler:
 
     async def reconcile_once(self) -> ReconcileResult:
         result = ReconcileResult()
-        users = await self._live_users()
-        for start in range(0, len(users), self.chunk):
-            await self._check(users[start:start + self.chunk], result)
+        # A shard's live copies and pending batches are read together (one
+        # hash slot in a cluster; the one shard of a standalone Redis).
+        for shard, users in self._keys.group(await self._live_users()).items():
+            for start in range(0, len(users), self.chunk):
+                await self._check(shard, users[start:start + self.chunk], result)
         suspects = self._suspects
         self._suspects = {}
         for user, drift in result.drifted.items():
@@ -136,23 +139,23 @@ class Reconciler:
 
     async def _live_users(self) -> list[str]:
         users = []
-        async for key in self.redis.scan_iter(match=f"{_PREFIX}*", count=1000):
-            text = key.decode() if isinstance(key, bytes) else str(key)
-            users.append(text.removeprefix(_PREFIX))
+        async for key in self.redis.scan_iter(match=f"{BALANCE_PREFIX}*", count=1000):
+            users.append(self._keys.user_of_balance(key))
         return users
 
-    async def _check(self, users: list[str], result: ReconcileResult) -> None:
+    async def _check(self, shard: int | None, users: list[str], result: ReconcileResult) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.mget([balance_key(u) for u in users])
-            pipe.zrange(PENDING_KEY, 0, -1)
+            pipe.execute_command("MGET", *[balance_key(u, self._keys) for u in users])
+            pipe.zrange(self._keys.pending(shard), 0, -1)
             raw_live, pending_keys = await pipe.execute()
         live = {u: int(v) for u, v in zip(users, raw_live, strict=True) if v is not None}
         # Batches are immutable until the flush deletes them after applying
         # them: one missing now was applied, and tick_batches says so.
         payloads = await self.redis.mget(pending_keys) if pending_keys else []
-        batches = [TickBatch.decode(batch_id_of(k), p)
-                   for k, p in zip(pending_keys, payloads, strict=True) if p is not None]
-        batch_ids = [b.batch_id for b in batches]
+        # By the key's id: in a cluster a part's id carries its shard's tag.
+        batches = {batch_id_of(k): TickBatch.decode(batch_id_of(k), p)
+                   for k, p in zip(pending_keys, payloads, strict=True) if p is not None}
+        batch_ids = list(batches)
         # One snapshot for the three reads: a sync between them cannot move a
         # charge from the journal into payments unseen.
         async with self.pg.acquire() as conn, conn.transaction(isolation="repeatable_read",
@@ -161,8 +164,8 @@ class Reconciler:
             applied = {r["batch_id"] for r in await conn.fetch(_APPLIED, batch_ids)}
             journaled = await conn.fetch(_JOURNALED, list(live), batch_ids)
         in_flight: dict[str, int] = {r["user_id"]: int(r["planck"]) for r in journaled}
-        for batch in batches:
-            if batch.batch_id in applied:
+        for batch_id, batch in batches.items():
+            if batch_id in applied:
                 continue
             for tick in batch.ticks:
                 in_flight[tick.user_id] = in_flight.get(tick.user_id, 0) + tick.price_planck

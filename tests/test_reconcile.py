@@ -27,13 +27,26 @@ from tests.test_metering import (
     make_audience,
 )
 from vilokanam.balances import balance_key, credit
-from vilokanam.metering import PENDING_KEY, Tick, TickBatch, TickWriter
+from vilokanam.keyspace import pending_count, tick_keys
+from vilokanam.metering import Tick, TickBatch, TickWriter, batch_key
+
+# Every test here runs on a standalone Redis and on a 3-node Redis Cluster.
+pytestmark = pytest.mark.redis_modes
 
 FUNDS_PLANCK = int(FUNDS * 10**12)
 
 
+def key_of(redis: aioredis.Redis, user: str) -> str:
+    return balance_key(user, tick_keys(redis))
+
+
 async def live_of(redis: aioredis.Redis, user: str) -> int:
-    return int(await redis.get(balance_key(user)))
+    return int(await redis.get(key_of(redis, user)))
+
+
+def rows_of(writer: TickWriter, written: TickBatch) -> list[JournalRow]:
+    """The journal rows of a batch as the writer wrote it (its parts, in a cluster)."""
+    return [JournalRow.of(part.batch, part.batch_id) for part in writer.parts(written)]
 
 
 def reconciler(pool: asyncpg.Pool, redis: aioredis.Redis) -> Reconciler:  # noqa: F811
@@ -50,13 +63,14 @@ async def test_ticks_in_flight_are_proven_not_flagged(
     await writer.write(batch("w1", 103, audience))  # pending in Redis
     stuck = batch("w1", 104, audience)
     await writer.write(stuck)
-    await flusher.record([JournalRow.of(stuck)])  # committed, not forgotten
-    assert await redis.zcard(PENDING_KEY) == 2
+    await flusher.record(rows_of(writer, stuck))  # committed, not forgotten
+    assert await pending_count(redis) == 2 * len(writer.parts(stuck))
     journaled = batch("w1", 105, audience)
     await writer.write(journaled)
-    await flusher.record([JournalRow.of(journaled)])
-    await flusher._forget([b"vk:ticks:batch:" + journaled.batch_id.encode()])  # journal only
-    assert await db.fetchval("SELECT count(*) FROM tick_journal") == 2
+    await flusher.record(rows_of(writer, journaled))
+    for part in writer.parts(journaled):  # journal only
+        await flusher._forget(part.shard, [batch_key(part.batch_id).encode()])
+    assert await db.fetchval("SELECT count(*) FROM tick_journal") == 2 * len(writer.parts(stuck))
     checker = reconciler(pool, redis)
     for _ in range(2):
         result = await checker.reconcile_once()
@@ -76,8 +90,8 @@ async def test_an_injected_drift_is_confirmed_then_repaired_and_logged(
     await writer.write(batch("w1", 200, audience))
     await drain(flusher)
     (_, honest), (_, rich), (_, poor) = audience.viewers
-    await redis.incrby(balance_key(rich), 777)  # the fault: the live copy says more
-    await redis.decrby(balance_key(poor), 5 * PRICE_PLANCK)  # ... or less
+    await redis.incrby(key_of(redis, rich), 777)  # the fault: the live copy says more
+    await redis.decrby(key_of(redis, poor), 5 * PRICE_PLANCK)  # ... or less
     drifts, repairs = DRIFTS.labels("live")._value.get(), REPAIRS._value.get()
 
     checker = reconciler(pool, redis)
@@ -106,9 +120,9 @@ async def test_a_drift_that_moves_between_rounds_is_not_repaired_blindly(
     audience = await make_audience(db, redis, viewers=1)
     user = audience.viewers[0][1]
     checker = reconciler(pool, redis)
-    await redis.incrby(balance_key(user), 10)
+    await redis.incrby(key_of(redis, user), 10)
     assert (await checker.reconcile_once()).drifted == {user: 10}
-    await redis.incrby(balance_key(user), 5)
+    await redis.incrby(key_of(redis, user), 5)
     second = await checker.reconcile_once()
     assert second.drifted == {user: 15} and second.repaired == {}
     third = await checker.reconcile_once()
@@ -138,7 +152,7 @@ async def test_a_flush_that_died_before_refunding_dropped_ticks_is_repaired(
         await DiesAfterCommit(pool, redis, FEE).flush_once()
     assert await live_of(redis, user) == FUNDS_PLANCK - PRICE_PLANCK  # charged, never refunded
     await drain(Flusher(pool, redis, FEE))  # the batch is skipped now: no refund either
-    assert await redis.zcard(PENDING_KEY) == 0
+    assert await pending_count(redis) == 0
     assert await live_of(redis, user) == FUNDS_PLANCK - PRICE_PLANCK
 
     checker = reconciler(pool, redis)
@@ -152,8 +166,8 @@ async def test_live_balances_of_nobody_and_books_that_disagree_are_reported(
     audience = await make_audience(db, redis, viewers=1)
     user = audience.viewers[0][1]
     ghost = str(uuid.uuid4())
-    await redis.set(balance_key(ghost), 42)
-    await redis.set(balance_key("not-a-user-id"), 7)
+    await redis.set(key_of(redis, ghost), 42)
+    await redis.set(key_of(redis, "not-a-user-id"), 7)
     await db.execute("UPDATE viewer_balances SET balance = balance + 1 WHERE user_id = $1", user)
     books = DRIFTS.labels("books")._value.get()
     checker = reconciler(pool, redis)
@@ -171,7 +185,7 @@ async def test_live_balances_of_nobody_and_books_that_disagree_are_reported(
 async def test_a_missing_live_copy_is_no_drift(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:  # noqa: F811
     audience = await make_audience(db, redis, viewers=2)
-    await redis.delete(balance_key(audience.viewers[0][1]))
+    await redis.delete(key_of(redis, audience.viewers[0][1]))
     await TickWriter(redis).write(TickBatch("w1", 300, (
         Tick(audience.viewers[1][0], audience.viewers[1][1], PRICE_PLANCK),)))
     result = await reconciler(pool, redis).reconcile_once()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import asyncpg
@@ -20,7 +19,6 @@ from substrateinterface import Keypair
 from billing.chain import AsyncChain, ChainClient
 from billing.deposits import DepositWatcher
 from tests import wallet_stand_in
-from tests.conftest import Stores
 from tests.test_api import serve
 from tests.test_pages import chromium, ready, watch_for_errors
 from tests.test_settlement import ESCROW, free_of, pristine_chain_afterwards  # noqa: F401
@@ -32,13 +30,6 @@ from vilokanam.services.chain import ChainNode
 pytestmark = [pytest.mark.chain, pytest.mark.browser]
 
 DAVE = Keypair.create_from_uri("//Dave", ss58_format=42)
-
-@pytest.fixture
-async def pool(stores: Stores, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
-
 
 async def credited(watcher: DepositWatcher, page: Page) -> None:
     """Run the chain watcher (the billing role's job) until the page says the

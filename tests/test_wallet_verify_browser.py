@@ -24,7 +24,6 @@ from tests.test_pages import chromium, ready, watch_for_errors
 from tests.test_receipts import SECRET, digest_settler, settled_show
 from tests.test_settlement import (
     Show,
-    pool,  # noqa: F401 - a fixture
     pristine_chain_afterwards,  # noqa: F401 - a fixture
 )
 from tests.web_checks import assert_accessible, screenshot, serve_axe

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from vilokanam.config import Settings, redact_url
+from vilokanam.redis_client import is_cluster_url, redis_from_url
 
 CONNECT_TIMEOUT = 5.0
 
@@ -51,13 +52,20 @@ async def connect_postgres(url: str, *, max_size: int = 10) -> asyncpg.Pool:
 REDIS_MAX_CONNECTIONS = 64
 
 
-async def connect_redis(url: str) -> aioredis.Redis:
+def _redis_client(url: str) -> aioredis.Redis:
+    if is_cluster_url(url):  # a Redis Cluster (vilokanam/redis_client.py)
+        return redis_from_url(url, max_connections=REDIS_MAX_CONNECTIONS,
+                              socket_connect_timeout=CONNECT_TIMEOUT)
     # A blocking pool: at a burst (200 viewers leaving at once) a command waits
     # for a free connection instead of failing with MaxConnectionsError.
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=REDIS_MAX_CONNECTIONS, timeout=CONNECT_TIMEOUT,
         socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=15)
-    client = aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+async def connect_redis(url: str) -> aioredis.Redis:
+    client = _redis_client(url)
     try:
         await client.ping()
     except (OSError, aioredis.RedisError) as exc:

@@ -20,14 +20,14 @@ from decimal import ROUND_FLOOR, Decimal
 import asyncpg
 import redis.asyncio as aioredis
 
+from vilokanam.keyspace import STANDALONE, TickKeys, tick_keys
 from vilokanam.money import shift
 from vilokanam.subscriptions import price_for
 
-BALANCE_PREFIX = "vk:bal:"
 
-
-def balance_key(user_id: str) -> str:
-    return f"{BALANCE_PREFIX}{user_id}"
+def balance_key(user_id: str, keys: TickKeys = STANDALONE) -> str:
+    """`vk:bal:<user id>`; in a cluster the user's shard tag comes first."""
+    return keys.balance(user_id)
 
 
 # Lua: charge each tick {viewer_session_id, user_id, price_planck} of `ticks` to
@@ -92,7 +92,7 @@ async def credit(pg: asyncpg.Pool | asyncpg.Connection, redis: aioredis.Redis, u
             "ON CONFLICT (user_id) DO UPDATE SET balance = viewer_balances.balance + $2, "
             "updated_at = now() RETURNING balance", user_id, amount)
     script = redis.register_script(_CREDIT_LIVE)
-    await script(keys=[balance_key(user_id)],
+    await script(keys=[balance_key(user_id, tick_keys(redis))],
                  args=[planck_floor(amount, decimals), planck_floor(balance, decimals)])
     return True
 
@@ -105,21 +105,24 @@ async def balance_of(pg: asyncpg.Pool | asyncpg.Connection, user_id: str) -> Dec
 async def live_balance(pg: asyncpg.Pool, redis: aioredis.Redis, user_id: str,
                        decimals: int) -> int:
     """The live copy in planck, rebuilt from Postgres when missing."""
-    raw = await redis.get(balance_key(user_id))
+    key = balance_key(user_id, tick_keys(redis))
+    raw = await redis.get(key)
     if raw is not None:
         return int(raw)
     planck = planck_floor(await balance_of(pg, user_id), decimals)
-    await redis.set(balance_key(user_id), planck, nx=True)
-    return int(await redis.get(balance_key(user_id)) or planck)
+    await redis.set(key, planck, nx=True)
+    return int(await redis.get(key) or planck)
 
 
 async def rebuild_live_balances(pg: asyncpg.Pool, redis: aioredis.Redis, decimals: int) -> int:
     """At billing start: every balance Redis lost comes back from Postgres.
     Existing copies are kept — they already count ticks not yet flushed."""
     rows = await pg.fetch("SELECT user_id::text AS user_id, balance FROM viewer_balances")
+    keys = tick_keys(redis)
     async with redis.pipeline(transaction=False) as pipe:
         for row in rows:
-            pipe.set(balance_key(row["user_id"]), planck_floor(row["balance"], decimals), nx=True)
+            planck = planck_floor(row["balance"], decimals)
+            pipe.set(balance_key(row["user_id"], keys), planck, nx=True)
         results = await pipe.execute()
     return sum(1 for r in results if r)
 
@@ -164,13 +167,15 @@ async def adjust_live(redis: aioredis.Redis, deltas: dict[str, int]) -> dict[str
     refund of ticks the flush dropped, a repair of a drift. A delta, not a SET,
     so ticks and credits landing meanwhile are kept."""
     moved = {user: delta for user, delta in deltas.items() if delta}
-    if not moved:
-        return {}
-    users = list(moved)
+    keys = tick_keys(redis)
     script = redis.register_script(_ADJUST_LIVE)
-    after = await script(keys=[balance_key(u) for u in users], args=[moved[u] for u in users])
-    return {user: (None if value is None else int(value))
-            for user, value in zip(users, after, strict=True)}
+    result: dict[str, int | None] = {}
+    for users in keys.group(moved).values():  # one script per shard (one hash slot)
+        after = await script(keys=[balance_key(u, keys) for u in users],
+                             args=[moved[u] for u in users])
+        result.update({user: (None if value is None else int(value))
+                       for user, value in zip(users, after, strict=True)})
+    return result
 
 
 # KEYS: the live balance. ARGV: planck. Takes them only if they are there.
@@ -192,5 +197,5 @@ async def debit_live(pg: asyncpg.Pool, redis: aioredis.Redis, user_id: str, plan
     fails, `adjust_live` gives the planck back."""
     await live_balance(pg, redis, user_id, decimals)  # a missing copy comes from Postgres
     script = redis.register_script(_DEBIT_LIVE)
-    left = await script(keys=[balance_key(user_id)], args=[planck])
+    left = await script(keys=[balance_key(user_id, tick_keys(redis))], args=[planck])
     return None if left is None else int(left)

@@ -83,7 +83,9 @@ class Settings:
         "Postgres URL. Unset under `vilokanam dev`: it starts its own Postgres.")
     redis_url: str | None = _setting(
         "REDIS_URL", None,
-        "Redis URL. Unset under `vilokanam dev`: it starts its own Redis.")
+        "Redis URL. Unset under `vilokanam dev`: it starts its own Redis. "
+        "`redis+cluster://host:port[,host:port...]` names a Redis Cluster "
+        "(docs/metering.md, \"Redis Cluster\").")
     substrate_url: str | None = _setting(
         "SUBSTRATE_URL", None,
         "WebSocket RPC URL of the Substrate chain. Unset under `vilokanam dev`: "

@@ -13,35 +13,34 @@ script), whatever its number of viewers:
 - one message on `vk:ticks:live` tells signaling each session's seconds and
   cost so far, for the watch page.
 
+In a Redis Cluster the batch is written as one part per shard of its viewers
+(vilokanam/keyspace.py): each part, its shard's pending index and its viewers'
+live balances share one hash slot.
+
 Billing applies pending batches to Postgres exactly once (billing/flush.py)
 and then deletes them. The live balance is a fast copy; Postgres holds the
 truth: balance = credits - stream_view payments (sql/0007)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from vilokanam.balances import BALANCE_PREFIX, CHARGE_TICKS_LUA
+from vilokanam.balances import CHARGE_TICKS_LUA
+from vilokanam.keyspace import STANDALONE, tick_keys
+from vilokanam.keyspace import batch_id_of as batch_id_of  # the batch key's names, re-exported
+from vilokanam.keyspace import batch_key as batch_key
 
-PENDING_KEY = "vk:ticks:pending"
+PENDING_KEY = STANDALONE.pending(None)  # a standalone Redis's one pending index
 # A video view's ticks (signaling/playback.py) are batches of the "worker"
 # `vod:<view id>`, labelled with the media second delivered: a second re-fetched
 # (seek back, rendition switch) is the same batch, so it is never billed twice.
 VIDEO_VIEW_BATCH_PREFIX = "vod:"
 LIVE_CHANNEL = "vk:ticks:live"
-
-
-def batch_key(batch_id: str) -> str:
-    return f"vk:ticks:batch:{batch_id}"
-
-
-def batch_id_of(key: str | bytes) -> str:
-    text = key.decode() if isinstance(key, bytes) else key
-    return text.removeprefix("vk:ticks:batch:")
 
 
 @dataclass(frozen=True)
@@ -91,18 +90,53 @@ return broke
 """
 
 
+@dataclass(frozen=True)
+class BatchPart:
+    """What one script writes: a batch, or its part of one shard (a cluster)."""
+
+    shard: int | None
+    batch_id: str
+    batch: TickBatch
+
+
 class TickWriter:
-    """Writes one batch per call, in one Redis command (EVALSHA)."""
+    """Writes one batch per call, in one Redis command (EVALSHA) -- in a
+    cluster one per shard the batch has viewers in (vilokanam/keyspace.py),
+    each atomic and idempotent on its own."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._script = redis.register_script(_WRITE_TICKS)
+        self._keys = tick_keys(redis)
 
     async def write(self, batch: TickBatch, live: dict[str, Any] | None = None) -> list[str]:
         """Idempotent: writing the same batch again charges nothing twice and
         returns no sessions to cut."""
-        broke = await self._script(
-            keys=[batch_key(batch.batch_id), PENDING_KEY],
-            args=[batch.second, batch.encode(), json.dumps(live) if live else "",
-                  BALANCE_PREFIX])
-        return [b.decode() if isinstance(b, bytes) else str(b) for b in broke]
+        message = json.dumps(live) if live else ""
+        writes = []
+        for part in self.parts(batch):
+            writes.append(self._script(
+                keys=[batch_key(part.batch_id), self._keys.pending(part.shard)],
+                args=[batch.second, part.batch.encode(), message,
+                      self._keys.balance_prefix(part.shard)]))
+            message = ""  # the watch pages' message goes out once, with the first part
+        # The parts are independent (each atomic and idempotent on its own) and
+        # live on different nodes: written at once, not one round trip after another.
+        # A failed part fails the write; the retry finds the written parts (SET NX).
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        for failed in results:
+            if isinstance(failed, BaseException):
+                raise failed
+        return [b.decode() if isinstance(b, bytes) else str(b)
+                for r in results if not isinstance(r, BaseException) for b in r]
 
+    def parts(self, batch: TickBatch) -> list[BatchPart]:
+        """The batch as written: itself on a standalone Redis; in a cluster one
+        part per shard its viewers are in."""
+        if not self._keys.cluster:
+            return [BatchPart(None, batch.batch_id, batch)]
+        by_shard: dict[int | None, list[Tick]] = {}
+        for tick in batch.ticks:
+            by_shard.setdefault(self._keys.shard(tick.user_id), []).append(tick)
+        return [BatchPart(shard, self._keys.batch_id(batch.batch_id, shard),
+                          TickBatch(batch.worker_id, batch.second, tuple(ticks)))
+                for shard, ticks in by_shard.items()]
