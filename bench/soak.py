@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import random
 import sys
 import tempfile
@@ -78,6 +79,9 @@ class Sample:
     tasks: dict[str, int]
     redis_keys: int
     viewers: int
+    # what the tasks run and what the files are, per role: what grew names its cause
+    coroutines: dict[str, dict[str, int]] = field(default_factory=dict)
+    fd_kinds: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +104,55 @@ def open_fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
+def _socket_kinds(pid: int) -> dict[str, str]:
+    """Socket inode -> "tcp 127.0.0.1:port>port" / "udp" / "unix", from /proc/<pid>/net."""
+    kinds: dict[str, str] = {}
+    for proto in ("tcp", "tcp6", "udp", "udp6", "unix"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{proto}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if proto == "unix":
+                kinds[cols[6]] = "unix"
+            else:
+                local, remote = (int(c.split(":")[1], 16) for c in cols[1:3])
+                kinds[cols[9]] = f"{proto.rstrip('6')} :{local}>:{remote}" if remote else \
+                    f"{proto.rstrip('6')} :{local} listening/unconnected"
+    return kinds
+
+
+def fd_kinds(pid: int) -> dict[str, int]:
+    """Open files by kind: sockets by protocol and port, pipes, anon inodes, paths."""
+    sockets = _socket_kinds(pid)
+    counts: dict[str, int] = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            kind = sockets.get(target[8:-1], "socket")
+        elif target.startswith(("pipe:", "anon_inode:")):
+            kind = target.split("[")[0]
+        else:
+            kind = "file"
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def coroutines(port: int) -> dict[str, int]:
+    return {name.split('coroutine="', 1)[1].rstrip('"}'): int(value)
+            for name, value in scrape(f"http://127.0.0.1:{port}/metrics").items()
+            if name.startswith("vilokanam_asyncio_tasks_by_coroutine{")}
+
+
+def grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted({*before, *after})
+            if after.get(k, 0) != before.get(k, 0)}
+
+
 async def take_sample(started: float, roles: dict[str, tuple[ManagedProcess, int]],
                       redis: aioredis.Redis, viewers: int) -> Sample:
     def tasks(port: int) -> int:
@@ -110,7 +163,9 @@ async def take_sample(started: float, roles: dict[str, tuple[ManagedProcess, int
     return Sample(time.monotonic() - started,
                   {n: rss_mib(p) for n, p in pids.items() if p},
                   {n: open_fds(p) for n, p in pids.items() if p},
-                  counts, int(await redis.dbsize()), viewers)
+                  counts, int(await redis.dbsize()), viewers,
+                  {n: await asyncio.to_thread(coroutines, port) for n, (_, port) in roles.items()},
+                  {n: fd_kinds(p) for n, p in pids.items() if p})
 
 
 async def offer_to(http: aiohttp.ClientSession, pc: RTCPeerConnection, url: str,
@@ -298,6 +353,10 @@ def main() -> int:
             redis.stop()
             postgres.stop()
     body, flat = report(idle, samples, stats, args)
+    before, after = idle
+    for role in ROLES:  # what stayed: the coroutines and the files that grew
+        print(f"{role}: tasks grown {grown(before.coroutines[role], after.coroutines[role])}; "
+              f"files grown {grown(before.fd_kinds[role], after.fd_kinds[role])}")
     print(body)
     if args.write_doc:
         update_doc_section(RELIABILITY_DOC, "soak", body, title=RELIABILITY_TITLE)
