@@ -278,8 +278,8 @@ def report(idle: tuple[Sample, Sample], samples: list[Sample], stats: Stats,
         f"churn against the last at {last.t:.0f} s ({len(samples)} samples). Open files, "
         "asyncio tasks, Redis keys (DBSIZE, and in brackets those without a TTL; the row's "
         "second column): idle (waited for: the publisher the worker's one peer, signaling's "
-        "keep-alive pool to the worker drained) with the "
-        f"publisher live, after a {args.warmup:g} s warm-up audience left (pools at their "
+        "keep-alive pool to the worker drained), "
+        f"the publisher live, after a {args.warmup:g} s warm-up audience left (pools at their "
         "working size) and after the soak's audience left.",
         "",
         markdown_table(("role", "RSS MiB under churn (drift)", "open files idle",
