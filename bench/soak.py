@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import random
 import sys
 import tempfile
@@ -65,9 +66,12 @@ from vilokanam.services.redis import RedisServer  # noqa: E402
 ROLES = ("sfu", "signaling", "billing")
 WATCH_S = (10.0, 40.0)  # how long one viewer stays
 DRIFT_LIMIT = 10.0  # % (the issue's target for RSS)
-# Before an idle sample: peers closed, the flush caught up, and signaling's
-# idle keep-alive connections to the worker closed (aiohttp: after 15 s).
-IDLE_SETTLE_S = 20.0
+# Before an idle sample, waited for (up to this long): the worker holds only
+# the publisher, and signaling's keep-alive pool of connections to the worker
+# drained (signaling/sfu_client.py: an idle one closes 15-30 s after its last
+# use; each open one is a socket and a request-handler task on the worker —
+# the "+18 tasks, +20 files" an earlier 20 s sleep measured).
+IDLE_SETTLE_S = 90.0
 
 
 @dataclass
@@ -78,6 +82,10 @@ class Sample:
     tasks: dict[str, int]
     redis_keys: int
     viewers: int
+    lasting_keys: int  # keys without a TTL: what a leak would leave (the rest expire)
+    # what the tasks run and what the files are, per role: what grew names its cause
+    coroutines: dict[str, dict[str, int]] = field(default_factory=dict)
+    fd_kinds: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +108,67 @@ def open_fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
+def _socket_kinds(pid: int) -> dict[str, str]:
+    """Socket inode -> "tcp 127.0.0.1:port>port" / "udp" / "unix", from /proc/<pid>/net."""
+    kinds: dict[str, str] = {}
+    for proto in ("tcp", "tcp6", "udp", "udp6", "unix"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{proto}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if proto == "unix":
+                kinds[cols[6]] = "unix"
+            else:
+                local, remote = (int(c.split(":")[1], 16) for c in cols[1:3])
+                kinds[cols[9]] = f"{proto.rstrip('6')} :{local}>:{remote}" if remote else \
+                    f"{proto.rstrip('6')} :{local} listening/unconnected"
+    return kinds
+
+
+def fd_kinds(pid: int) -> dict[str, int]:
+    """Open files by kind: sockets by protocol and port, pipes, anon inodes, paths."""
+    sockets = _socket_kinds(pid)
+    counts: dict[str, int] = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            kind = sockets.get(target[8:-1], "socket")
+        elif target.startswith(("pipe:", "anon_inode:")):
+            kind = target.split("[")[0]
+        else:
+            kind = "file"
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def coroutines(port: int) -> dict[str, int]:
+    return {name.split('coroutine="', 1)[1].rstrip('"}'): int(value)
+            for name, value in scrape(f"http://127.0.0.1:{port}/metrics").items()
+            if name.startswith("vilokanam_asyncio_tasks_by_coroutine{")}
+
+
+def grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted({*before, *after})
+            if after.get(k, 0) != before.get(k, 0)}
+
+
+async def lasting_keys(redis: aioredis.Redis) -> int:
+    """Keys without a TTL. Keys with one (rate-limit windows, flushed tick
+    batches' 10 min tombstones) go by themselves, so DBSIZE after a short run
+    counts what is still expiring."""
+    keys = [key async for key in redis.scan_iter(count=1000)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.pttl(key)
+        ttls = await pipe.execute()
+    return sum(1 for ttl in ttls if ttl == -1)
+
+
 async def take_sample(started: float, roles: dict[str, tuple[ManagedProcess, int]],
                       redis: aioredis.Redis, viewers: int) -> Sample:
     def tasks(port: int) -> int:
@@ -110,7 +179,30 @@ async def take_sample(started: float, roles: dict[str, tuple[ManagedProcess, int
     return Sample(time.monotonic() - started,
                   {n: rss_mib(p) for n, p in pids.items() if p},
                   {n: open_fds(p) for n, p in pids.items() if p},
-                  counts, int(await redis.dbsize()), viewers)
+                  counts, int(await redis.dbsize()), viewers, await lasting_keys(redis),
+                  {n: await asyncio.to_thread(coroutines, port) for n, (_, port) in roles.items()},
+                  {n: fd_kinds(p) for n, p in pids.items() if p})
+
+
+async def settle(roles: dict[str, tuple[ManagedProcess, int]]) -> None:
+    """Wait until the stack is idle: the worker's only peer is the publisher,
+    and signaling holds no connection to the worker's control port."""
+    sfu_port = roles["sfu"][1]
+    deadline = time.monotonic() + IDLE_SETTLE_S
+
+    def pool() -> int:
+        kinds = fd_kinds(roles["signaling"][0].pid or 0)
+        return sum(n for kind, n in kinds.items() if kind.endswith(f">:{sfu_port}"))
+
+    def peers() -> float:
+        return scrape(f"http://127.0.0.1:{sfu_port}/metrics")["vilokanam_sfu_peer_connections"]
+
+    while (left := (pool(), await asyncio.to_thread(peers))) != (0, 1.0):
+        if time.monotonic() > deadline:
+            print(f"not idle after {IDLE_SETTLE_S:g} s: connections to the worker, peers "
+                  f"{left}", flush=True)
+            return
+        await asyncio.sleep(0.5)
 
 
 async def offer_to(http: aiohttp.ClientSession, pc: RTCPeerConnection, url: str,
@@ -175,22 +267,26 @@ def report(idle: tuple[Sample, Sample], samples: list[Sample], stats: Stats,
         rows.append((role, f"{first.rss_mib[role]:.1f} → {last.rss_mib[role]:.1f} ({rss:+.1f} %)",
                      f"{before.fds[role]} → {after.fds[role]}",
                      f"{before.tasks[role]} → {after.tasks[role]}"))
-    flat &= after.redis_keys <= before.redis_keys + 2
-    rows.append(("redis keys", "", f"{before.redis_keys} → {after.redis_keys}", ""))
+    flat &= after.lasting_keys <= before.lasting_keys + 2
+    rows.append(("redis keys (without TTL)", "",
+                 f"{before.redis_keys} → {after.redis_keys} "
+                 f"({before.lasting_keys} → {after.lasting_keys})", ""))
     body = "\n".join([
         f"Measured {utc_now()} on {machine_description()}: {args.minutes:g} min, "
         f"{args.viewers} viewer seats (joins {stats.joins}, leaves {stats.leaves}, refused "
         f"{json.dumps(stats.refused) if stats.refused else 'none'}). RSS: first sample under "
         f"churn against the last at {last.t:.0f} s ({len(samples)} samples). Open files, "
-        "asyncio tasks, Redis keys (DBSIZE; the row's second column): idle with the "
-        f"publisher live, after a {args.warmup:g} s warm-up audience left (pools at their "
+        "asyncio tasks, Redis keys (DBSIZE, and in brackets those without a TTL; the row's "
+        "second column): idle (waited for: the publisher the worker's one peer, signaling's "
+        "keep-alive pool to the worker drained), "
+        f"the publisher live, after a {args.warmup:g} s warm-up audience left (pools at their "
         "working size) and after the soak's audience left.",
         "",
         markdown_table(("role", "RSS MiB under churn (drift)", "open files idle",
                         "asyncio tasks idle"), rows),
         "",
         f"Verdict: {'flat' if flat else 'NOT flat'} (RSS within ±{DRIFT_LIMIT:g} %, "
-        "files, tasks and Redis keys within +2).",
+        "files, tasks and Redis keys without a TTL within +2).",
         "",
         "    " + " ".join([".venv/bin/python bench/soak.py", *sys.argv[1:]]),
     ])
@@ -235,7 +331,7 @@ async def run(args: argparse.Namespace, settings: Settings,
         await asyncio.sleep(args.warmup)
         warm.set()
         await asyncio.gather(*seats, return_exceptions=True)
-        await asyncio.sleep(IDLE_SETTLE_S)
+        await settle(roles)
         idle_before = await take_sample(started, roles, redis, 0)
         stop = asyncio.Event()
         seats = audience(stop)
@@ -256,7 +352,7 @@ async def run(args: argparse.Namespace, settings: Settings,
         finally:
             stop.set()
             await asyncio.gather(*seats, return_exceptions=True)
-        await asyncio.sleep(IDLE_SETTLE_S)  # the worker notices the last DELETEs' peers close
+        await settle(roles)  # the last DELETEs' peers closed, the pool drained
         idle_after = await take_sample(started, roles, redis, 0)
         await publisher.close()
         await redis.aclose()
@@ -298,6 +394,10 @@ def main() -> int:
             redis.stop()
             postgres.stop()
     body, flat = report(idle, samples, stats, args)
+    before, after = idle
+    for role in ROLES:  # what stayed: the coroutines and the files that grew
+        print(f"{role}: tasks grown {grown(before.coroutines[role], after.coroutines[role])}; "
+              f"files grown {grown(before.fd_kinds[role], after.fd_kinds[role])}")
     print(body)
     if args.write_doc:
         update_doc_section(RELIABILITY_DOC, "soak", body, title=RELIABILITY_TITLE)

@@ -22,6 +22,16 @@ log = logging.getLogger(__name__)
 # A publisher/viewer POST waits for the worker's ICE gathering (no STUN by
 # default, so milliseconds; a slow TURN server can take seconds).
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=3)
+# Connections to workers are a keep-alive pool: at most WORKER_POOL_LIMIT at
+# once (requests beyond it wait for one), each closed once idle for
+# WORKER_KEEPALIVE_S (aiohttp checks every that many seconds: an idle
+# connection goes 1-2x this after its last use). Each open one is a socket and
+# a request-handler task on the worker too, so a worker's task and file counts
+# just after a busy minute include the pool at its working size
+# (docs/reliability.md, "Soak"); they are bounded by the concurrency, not by
+# how many viewers came and went.
+WORKER_POOL_LIMIT = 100
+WORKER_KEEPALIVE_S = 15.0
 
 # The worker's refusals a client sees, by the worker's code: most unchanged,
 # `at_capacity` as the protocol's `no_capacity`. Anything else is our failure.
@@ -152,6 +162,8 @@ SFU_CLIENT = web.AppKey("sfu_client", SfuClient)
 
 
 async def sfu_client_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as session:
+    connector = aiohttp.TCPConnector(limit=WORKER_POOL_LIMIT,
+                                     keepalive_timeout=WORKER_KEEPALIVE_S)
+    async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT, connector=connector) as session:
         app[SFU_CLIENT] = SfuClient(session)
         yield

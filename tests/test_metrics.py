@@ -78,3 +78,19 @@ def test_every_role_exposes_what_an_operator_needs(role_urls: dict[str, str]) ->
     assert not [route for route, _ in routes if any(i in route for i in ids)]
     assert ("/control/stats", "200") in duration_routes(scrape(role_urls["sfu"]))
     assert ("/healthz", "200") in duration_routes(scrape(role_urls["billing"]))
+
+
+def test_every_role_counts_its_tasks_by_coroutine(role_urls: dict[str, str]) -> None:
+    """What a growing task count is made of (the soak's first question): the
+    by-coroutine gauge adds up to the total, and names the worker's clock."""
+    for role, base_url in role_urls.items():
+        families = scrape(base_url)
+        total = families["vilokanam_asyncio_tasks"].samples[0].value
+        by_coroutine = {s.labels["coroutine"]: s.value
+                        for s in families["vilokanam_asyncio_tasks_by_coroutine"].samples}
+        assert sum(by_coroutine.values()) == total > 0, role
+        # the handler serving this very scrape runs in aiohttp's request handler
+        assert by_coroutine.get("aiohttp.web_protocol:RequestHandler.start", 0) >= 1, role
+    sfu = {s.labels["coroutine"]: s.value for s in
+           scrape(role_urls["sfu"])["vilokanam_asyncio_tasks_by_coroutine"].samples}
+    assert sfu["vilokanam.tasks:run_forever"] >= 5  # the worker's clock loops

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import PurePath
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -26,6 +27,35 @@ UNMATCHED = "unmatched"
 # a leak (the soak benchmark watches it next to RSS and open files).
 ASYNCIO_TASKS = Gauge("vilokanam_asyncio_tasks",
                       "asyncio tasks alive in this role's event loop.")
+# The same count by what the tasks run, so a count that grew names its cause.
+# Labels are code names (bounded by the code base), never task names, which
+# may carry ids.
+ASYNCIO_TASKS_BY_COROUTINE = Gauge(
+    "vilokanam_asyncio_tasks_by_coroutine",
+    "asyncio tasks alive in this role's event loop, by the qualified name of their coroutine.",
+    ["coroutine"])
+
+
+def coroutine_name(task: asyncio.Task[object]) -> str:
+    coro = task.get_coro()
+    code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+    # the file's last two path parts: "aioice/ice", "sfu/streams", "asyncio/tasks"
+    where = ".".join(PurePath(getattr(code, "co_filename", "?")).with_suffix("").parts[-2:])
+    qualname = getattr(coro, "__qualname__", None) or type(coro).__qualname__
+    return f"{where}:{qualname}"
+
+
+def count_tasks() -> None:
+    """Set both task gauges from the running loop (read when /metrics is served)."""
+    tasks = asyncio.all_tasks()
+    ASYNCIO_TASKS.set(len(tasks))
+    by_name: dict[str, int] = {}
+    for task in tasks:
+        name = coroutine_name(task)
+        by_name[name] = by_name.get(name, 0) + 1
+    ASYNCIO_TASKS_BY_COROUTINE.clear()
+    for name, count in by_name.items():
+        ASYNCIO_TASKS_BY_COROUTINE.labels(name).set(count)
 
 
 def route_label(request: web.Request) -> str:
@@ -87,7 +117,7 @@ def add_health_routes(app: web.Application, role: str) -> None:
                                  status=200 if ready else 503)
 
     async def metrics(_request: web.Request) -> web.Response:
-        ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
+        count_tasks()
         body = generate_latest(REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
