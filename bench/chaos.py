@@ -82,7 +82,7 @@ from bench.common import (  # noqa: E402
     update_doc_section,
     utc_now,
 )
-from bench.stack import BenchStack, Role  # noqa: E402
+from bench.stack import BenchStack  # noqa: E402
 from billing.chain import ChainClient, public_key_hex  # noqa: E402
 from routing.reaper import REAP_GRACE_S  # noqa: E402
 from routing.registry import stream_worker_key, worker_key  # noqa: E402
@@ -91,9 +91,9 @@ from tests.conftest import ALICE_FUNDS  # noqa: E402
 from tests.media_clients import MovingVideo, client_pc  # noqa: E402
 from tests.media_samples import mp4  # noqa: E402
 from vilokanam.admin import DEV_GRANT, grant_dev_funds  # noqa: E402
-from vilokanam.services.process import ManagedProcess  # noqa: E402
 
 KINDS = ("signaling", "sfu", "billing", "media", "postgres", "redis", "chain")
+CONTROL = "none"  # the same rounds with nothing killed: the fault-free difference
 STALL_S = 2.0  # no media this long: the viewer's player gives up and asks again
 FIRST_MEDIA_S = 10.0  # a new connection with no media this long: ask again
 OUTAGE_MIN_S = 0.5  # a gap between frames longer than this is an outage
@@ -289,21 +289,17 @@ class Target:
     name: str
     kill: Callable[[], None]
     start: Callable[[], None]
-    process: Callable[[], ManagedProcess]
 
 
 def targets(stack: BenchStack, kind: str) -> list[Target]:
+    if kind == CONTROL:
+        def nothing() -> None:
+            pass
+        return [Target("nothing", nothing, nothing)]
     if kind in ("postgres", "redis", "chain"):
         server: Any = {"postgres": stack.postgres, "redis": stack.redis, "chain": stack.node}[kind]
-        return [Target(kind, server.kill, server.start, lambda: server.process)]
-
-    def of(role: Role) -> Target:
-        def process() -> ManagedProcess:
-            assert role.proc is not None
-            return role.proc
-        return Target(role.name, role.kill, role.start, process)
-
-    return [of(role) for role in stack.roles[kind]]
+        return [Target(kind, server.kill, server.start)]
+    return [Target(role.name, role.kill, role.start) for role in stack.roles[kind]]
 
 
 @dataclass
@@ -634,7 +630,7 @@ class Chaos:
 async def run(args: argparse.Namespace, clip: Path) -> list[Result]:
     creator = Keypair.create_from_uri(CREATOR_URI, ss58_format=2).ss58_address
     env = {"VILOKANAM_ICE_HOST_ADDRESSES": "127.0.0.1", "VILOKANAM_SFU_MAX_CPU": "4",
-           "VILOKANAM_SFU_MAX_LOOP_LAG_MS": "2000", "VILOKANAM_SETTLEMENT_PERIOD": "5",
+           "VILOKANAM_SFU_MAX_LOOP_LAG_MS": "2000", "VILOKANAM_SETTLEMENT_PERIOD": "2",
            "VILOKANAM_MEDIA_JOB_LEASE": "5"}
     async with BenchStack("vk-chaos-", signaling=2, sfu=2, billing=True, media=True,
                           chain=True, env=env, funded={creator: ALICE_FUNDS}, overrides={
@@ -692,8 +688,9 @@ def report(results: list[Result], args: argparse.Namespace) -> tuple[str, bool]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20, help="kills per kind")
-    parser.add_argument("--kinds", default=",".join(KINDS),
-                        help=f"comma-separated, of {', '.join(KINDS)}")
+    parser.add_argument("--kinds", default=",".join((CONTROL, *KINDS)),
+                        help=f"comma-separated, of {', '.join(KINDS)}; {CONTROL}: the "
+                             "control, the same rounds with nothing killed")
     parser.add_argument("--viewers", type=int, default=2, help="viewers per stream")
     parser.add_argument("--watch", type=float, default=10.0,
                         help="seconds of watching before a kill: a random part of this, "
@@ -702,7 +699,7 @@ def main() -> int:
     parser.add_argument("--write-doc", action="store_true")
     args = parser.parse_args()
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = set(args.kinds) - set(KINDS)
+    unknown = set(args.kinds) - {CONTROL, *KINDS}
     if unknown:
         parser.error(f"unknown kinds: {', '.join(sorted(unknown))}")
     random.seed(args.seed)
