@@ -24,8 +24,10 @@ settle; then:
 
 (a) per viewer: the seconds billed (its `stream_viewers` rows) against the
     seconds it counted; the allowed difference is the outage it measured
-    (each gap without media, rounded up) plus 2 s per connection (its partial
-    first and last seconds: the worker's tick clock against the viewer's);
+    (each gap without media, rounded up), per connection the time it received
+    media before its first RTCP receiver report (a viewer is billed only once
+    it reports), and 2 s per connection (its partial first and last seconds:
+    the worker's tick clock against the viewer's);
 (b) beyond that allowance: billed < counted is a tick lost, billed > counted
     a tick billed twice; and every session's paid amount = ticks x price, its
     payment = its paid amount, each stream's and stream session's ticks = the
@@ -68,6 +70,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
+from aiortc.rtcp import RtcpRrPacket
 from substrateinterface import Keypair
 
 REPO = Path(__file__).resolve().parent.parent
@@ -160,20 +163,41 @@ class Api:
 
 @dataclass
 class Received:
-    """What one viewer got: the wall-clock seconds with media, its outages."""
+    """What one viewer got: the wall-clock seconds with media, its outages,
+    and per connection how long it received media before its first RTCP
+    receiver report (a worker bills no viewer that has not reported yet)."""
 
     seconds: set[int] = field(default_factory=set)
     outages: list[float] = field(default_factory=list)
+    unreported: list[float] = field(default_factory=list)  # per connection, s
     connections: int = 0
     last: float | None = None  # time.time() of the last frame
     connected_at: float = 0.0
+    first_frame_at: float | None = None  # of the current connection
+    first_report_at: float | None = None
+
+    def connected(self) -> None:
+        self.connections += 1
+        self.connected_at = time.time()
+        self.first_frame_at = self.first_report_at = None
+
+    def disconnected(self) -> None:
+        if self.first_frame_at is not None:
+            reported = self.first_report_at if self.first_report_at is not None else time.time()
+            self.unreported.append(max(0.0, reported - self.first_frame_at))
 
     def on_frame(self, *_: Any) -> None:
         now = time.time()
         if self.last is not None and now - self.last > OUTAGE_MIN_S:
             self.outages.append(now - self.last)
         self.last = now
+        if self.first_frame_at is None:
+            self.first_frame_at = now
         self.seconds.add(int(now))
+
+    def on_report(self) -> None:
+        if self.first_report_at is None:
+            self.first_report_at = time.time()
 
     def stalled(self) -> bool:
         now = time.time()
@@ -186,11 +210,25 @@ class Received:
 
     def allowance(self) -> int:
         """Seconds billed and counted may differ by: each outage (a killed
-        worker's last second(s) were counted here, never written there), and
-        per connection its first and last partial seconds: the worker's tick
-        clock and this client's seconds are not aligned (the control kind,
-        nothing killed, shows exactly that)."""
-        return sum(math.ceil(gap) for gap in self.outages) + EDGE_S * self.connections
+        worker's last second(s) were counted here, never written there); per
+        connection, the time it received media before its first receiver
+        report (not billed: docs/metering.md), and its first and last partial
+        seconds (the worker's tick clock against this client's seconds; the
+        control kind, nothing killed, shows exactly these)."""
+        return (sum(math.ceil(gap) for gap in [*self.outages, *self.unreported])
+                + EDGE_S * self.connections)
+
+
+def note_reports(receiver: Any, received: Received) -> None:
+    """Tell `received` when the receiver sends its first RTCP receiver report."""
+    send = receiver._send_rtcp
+
+    async def sending(packet: Any) -> None:
+        if isinstance(packet, RtcpRrPacket) and packet.reports:
+            received.on_report()
+        await send(packet)
+
+    receiver._send_rtcp = sending
 
 
 @dataclass
@@ -205,13 +243,13 @@ class ChaosViewer:
         while not stop.is_set():
             pc = client_pc()
             for kind in ("video", "audio"):
-                tap_receiver(pc.addTransceiver(kind, direction="recvonly").receiver,
-                             self.received.on_frame)
+                receiver = pc.addTransceiver(kind, direction="recvonly").receiver
+                tap_receiver(receiver, self.received.on_frame)
+                note_reports(receiver, self.received)
             location = None
             try:
                 location = await self.api.offer(f"/whep/{self.stream_id}", pc, self.token)
-                self.received.connections += 1
-                self.received.connected_at = time.time()
+                self.received.connected()
                 while not stop.is_set() and not self.received.stalled() \
                         and pc.connectionState not in ("failed", "closed"):
                     await wait_or(stop, 0.25)
@@ -219,6 +257,7 @@ class ChaosViewer:
                 await wait_or(stop, 0.5)
             finally:
                 if location is not None:
+                    self.received.disconnected()
                     await self.api.delete(location)
                 await pc.close()
 
@@ -487,7 +526,8 @@ class Chaos:
                 result.doubled += ticks - counted - allowed
             print(f"  viewer {n}: billed {ticks} s, counted {counted} s, allowed ±{allowed} "
                   f"({got.connections} connection(s), outages "
-                  f"{', '.join(f'{g:.1f}' for g in got.outages) or 'none'})", flush=True)
+                  f"{', '.join(f'{g:.1f}' for g in got.outages) or 'none'}, before the "
+                  f"first report {', '.join(f'{g:.1f}' for g in got.unreported)})", flush=True)
         if result.lost:
             result.fail(f"{result.lost} tick(s) lost beyond the outage")
         if result.doubled:
@@ -666,8 +706,8 @@ def report(results: list[Result], args: argparse.Namespace) -> tuple[str, bool]:
         f"restart round(s) per kind, {args.watch / 2:g}-{args.watch:g} s apart. Billed: the "
         "viewers' `stream_viewers` ticks; counted: the wall-clock seconds in which each "
         "viewer received media; lost / doubled: the difference beyond each viewer's "
-        "measured outage (+2 s per connection: its partial first and last seconds, "
-        "as the control row shows); money: planck off in any of "
+        "measured outage, its time before its first receiver report and 2 s per "
+        "connection (its partial first and last seconds); money: planck off in any of "
         "Σ charges = Σ earnings + fee, grant − charges = balance (books and live), "
         "earnings = paid out + pending, and the creator's balance on chain after a "
         "settlement; max outage: the longest gap without media a viewer saw.",
