@@ -70,7 +70,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
-from aiortc.rtcp import RtcpRrPacket
+from aiortc.rtp import RtcpRrPacket
 from substrateinterface import Keypair
 
 REPO = Path(__file__).resolve().parent.parent
