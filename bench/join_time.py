@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import shutil
 import statistics
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -28,15 +26,10 @@ from playwright.async_api import Browser, async_playwright
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.stack import BenchStack  # noqa: E402
 from tests.conftest import CHROMIUM_ARGS  # noqa: E402
-from tests.processes import start_role, wait_healthy  # noqa: E402
 from vilokanam.admin import grant_dev_funds  # noqa: E402
-from vilokanam.config import Settings  # noqa: E402
-from vilokanam.migrations import migrate  # noqa: E402
 from vilokanam.services.chain import dev_accounts  # noqa: E402
-from vilokanam.services.net import free_port  # noqa: E402
-from vilokanam.services.postgres import PostgresServer  # noqa: E402
-from vilokanam.services.redis import RedisServer  # noqa: E402
 
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 JOIN_TIMEOUT_MS = 15000
@@ -97,6 +90,17 @@ async def measure(base: str, joins: int, warmup_s: float) -> list[float]:
     return times
 
 
+async def run(args: argparse.Namespace) -> list[float]:
+    env = {"VILOKANAM_ICE_HOST_ADDRESSES": "127.0.0.1", **{
+        # the worker's load admission limits, when the caller sets them
+        k: v for k, v in os.environ.items() if k in ADMISSION_LIMITS}}
+    async with BenchStack("vk-join-", sfu=1, env=env, overrides={
+            "dev_mode": True, "token_secret": "join-time-" + "x" * 40}) as stack:
+        # The watch page signs in as a dev account: give them balance to watch.
+        await grant_dev_funds(stack.settings, list(dev_accounts().values()))
+        return await measure(stack.settings.base_url, args.joins, args.warmup)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--joins", type=int, default=20)
@@ -105,33 +109,7 @@ def main() -> int:
     if shutil.which("chromium") is None:
         print("join_time: Debian's chromium is needed (apt-get install chromium)")
         return 2
-    with tempfile.TemporaryDirectory(prefix="vk-join-") as tmp:
-        root = Path(tmp)
-        postgres = PostgresServer(root / "pg", free_port(), fast=True)
-        redis = RedisServer(root / "redis", free_port())
-        postgres.start()
-        redis.start()
-        roles = []
-        try:
-            asyncio.run(migrate(postgres.url))
-            settings = dataclasses.replace(
-                Settings.from_env({"VILOKANAM_ICE_HOST_ADDRESSES": "127.0.0.1", **{
-                    # the worker's load admission limits, when the caller sets them
-                    k: v for k, v in os.environ.items() if k in ADMISSION_LIMITS}},
-                                  database_url=postgres.url, redis_url=redis.url,
-                                  http_port=free_port(), sfu_port=free_port()),
-                dev_mode=True, token_secret="join-time-" + "x" * 40)
-            # The watch page signs in as a dev account: give them balance to watch.
-            asyncio.run(grant_dev_funds(settings, list(dev_accounts().values())))
-            roles = [start_role(settings, "sfu", root), start_role(settings, "signaling", root)]
-            wait_healthy(roles[0], settings.sfu_port)
-            wait_healthy(roles[1], settings.http_port)
-            times = asyncio.run(measure(settings.base_url, args.joins, args.warmup))
-        finally:
-            for role in roles:
-                role.stop()
-            redis.stop()
-            postgres.stop()
+    times = asyncio.run(run(args))
     ordered = sorted(times)
     p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
     print(f"joins: {len(times)}  p50: {statistics.median(times):.0f} ms  "

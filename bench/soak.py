@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,15 +51,11 @@ from bench.common import (  # noqa: E402
     utc_now,
 )
 from bench.sfu_fanout import TappedViewer  # noqa: E402
+from bench.stack import BenchStack  # noqa: E402
 from tests.media_clients import MovingVideo, client_pc  # noqa: E402
-from tests.processes import start_role, wait_healthy  # noqa: E402
 from vilokanam.admin import grant_dev_funds  # noqa: E402
 from vilokanam.config import Settings  # noqa: E402
-from vilokanam.migrations import migrate  # noqa: E402
-from vilokanam.services.net import free_port  # noqa: E402
-from vilokanam.services.postgres import PostgresServer  # noqa: E402
 from vilokanam.services.process import ManagedProcess  # noqa: E402
-from vilokanam.services.redis import RedisServer  # noqa: E402
 
 ROLES = ("sfu", "signaling", "billing")
 WATCH_S = (10.0, 40.0)  # how long one viewer stays
@@ -359,6 +353,17 @@ async def run(args: argparse.Namespace, settings: Settings,
     return (idle_before, idle_after), samples, stats
 
 
+async def soak(args: argparse.Namespace,
+               ) -> tuple[tuple[Sample, Sample], list[Sample], Stats]:
+    async with BenchStack("vk-soak-", sfu=1, billing=True,
+                          env={"VILOKANAM_ICE_HOST_ADDRESSES": "127.0.0.1"},
+                          overrides={"dev_mode": True,
+                                     "token_secret": "soak-" + "x" * 40}) as stack:
+        roles = {role: (proc, stack.roles[role][0].port)
+                 for role in ROLES if (proc := stack.roles[role][0].proc) is not None}
+        return await run(args, stack.settings, roles)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -368,31 +373,7 @@ def main() -> int:
     parser.add_argument("--write-doc", action="store_true")
     args = parser.parse_args()
     args.warmup = min(args.warmup, max(10.0, args.minutes * 60 / 3))
-    with tempfile.TemporaryDirectory(prefix="vk-soak-") as tmp:
-        root = Path(tmp)
-        postgres = PostgresServer(root / "pg", free_port(), fast=True)
-        redis = RedisServer(root / "redis", free_port())
-        postgres.start()
-        redis.start()
-        roles: dict[str, tuple[ManagedProcess, int]] = {}
-        try:
-            asyncio.run(migrate(postgres.url))
-            settings = dataclasses.replace(
-                Settings.from_env({"VILOKANAM_ICE_HOST_ADDRESSES": "127.0.0.1"},
-                                  database_url=postgres.url, redis_url=redis.url,
-                                  http_port=free_port(), sfu_port=free_port(),
-                                  billing_port=free_port()),
-                dev_mode=True, token_secret="soak-" + "x" * 40)
-            for role in ROLES:
-                port = getattr(settings, {"signaling": "http_port"}.get(role, f"{role}_port"))
-                roles[role] = (start_role(settings, role, root), port)
-                wait_healthy(roles[role][0], port)
-            idle, samples, stats = asyncio.run(run(args, settings, roles))
-        finally:
-            for proc, _ in roles.values():
-                proc.stop()
-            redis.stop()
-            postgres.stop()
+    idle, samples, stats = asyncio.run(soak(args))
     body, flat = report(idle, samples, stats, args)
     before, after = idle
     for role in ROLES:  # what stayed: the coroutines and the files that grew

@@ -26,7 +26,6 @@ import multiprocessing
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from decimal import Decimal
@@ -48,17 +47,12 @@ from bench.common import (  # noqa: E402
     update_doc_section,
     utc_now,
 )
+from bench.stack import BenchStack  # noqa: E402
 from signaling.stream_keys import hash_stream_key, new_stream_key  # noqa: E402
 from signaling.tokens import issue_token  # noqa: E402
 from tests.fake_worker import FakeWorker  # noqa: E402
-from tests.processes import start_role, wait_healthy  # noqa: E402
 from vilokanam.balances import credit  # noqa: E402
 from vilokanam.config import Settings  # noqa: E402
-from vilokanam.migrations import migrate  # noqa: E402
-from vilokanam.services.net import free_port  # noqa: E402
-from vilokanam.services.postgres import PostgresServer  # noqa: E402
-from vilokanam.services.process import ManagedProcess  # noqa: E402
-from vilokanam.services.redis import RedisServer  # noqa: E402
 
 SECRET = "ws-load-" + "x" * 40
 OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"  # the fake never parses it
@@ -288,6 +282,12 @@ def report(joins: Joins, statuses: Counter[int], elapsed: float,
     return body, held
 
 
+async def load(args: argparse.Namespace) -> tuple[Joins, Counter[int], float]:
+    async with BenchStack("vk-load-", signaling=2,
+                          overrides={"token_secret": SECRET}) as stack:
+        return await run(args, stack.settings, stack.bases())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--viewers", type=int, default=5000)
@@ -298,31 +298,7 @@ def main() -> int:
                         help="processes the websocket viewers are spread over")
     parser.add_argument("--write-doc", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="vk-load-") as tmp:
-        root = Path(tmp)
-        postgres = PostgresServer(root / "pg", free_port(), fast=True)
-        redis = RedisServer(root / "redis", free_port())
-        postgres.start()
-        redis.start()
-        roles: list[ManagedProcess] = []
-        try:
-            asyncio.run(migrate(postgres.url))
-            bases = []
-            for n in range(2):
-                settings = dataclasses.replace(
-                    Settings.from_env({}, database_url=postgres.url, redis_url=redis.url,
-                                      http_port=free_port()),
-                    token_secret=SECRET)
-                (root / f"s{n}").mkdir()
-                roles.append(start_role(settings, "signaling", root / f"s{n}"))
-                wait_healthy(roles[-1], settings.http_port)
-                bases.append(settings.base_url)
-            joins, statuses, elapsed = asyncio.run(run(args, settings, bases))
-        finally:
-            for role in roles:
-                role.stop()
-            redis.stop()
-            postgres.stop()
+    joins, statuses, elapsed = asyncio.run(load(args))
     body, held = report(joins, statuses, elapsed, args)
     print(body)
     if args.write_doc:

@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RR_WINDOW = 5.0  # an RTCP report from the viewer within this many seconds
+# A frame sent within this long before a tick counts for it, however soon that
+# tick follows the last one: a loaded worker's clock runs a late beat and then
+# the next on time, and media comes in bursts, so "frames since the last tick"
+# alone left out viewers who received media in the second being billed.
+FRAME_WINDOW = 1.0
 OUTBOX_LIMIT = 3600  # seconds of batches kept while Redis is unreachable
 
 TICKS_EMITTED = Counter("vilokanam_ticks_emitted_total", "Ticks written by this worker.")
@@ -73,7 +78,8 @@ class ViewerMeter:
 
 def received_this_second(peer: Peer, now: float) -> bool:
     frames = sum(track.frames_sent for _, track in peer.tracks)
-    fresh = frames > peer.meter.frames_at_last_tick
+    fresh = frames > peer.meter.frames_at_last_tick or (frames > 0 and any(
+        now - track.last_sent_at <= FRAME_WINDOW for _, track in peer.tracks))
     peer.meter.frames_at_last_tick = frames
     return (fresh and peer.pc.connectionState == "connected"
             and now - peer.meter.last_report_at <= RR_WINDOW)

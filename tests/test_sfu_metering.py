@@ -12,6 +12,7 @@ and sending RTCP reports; the media tests run the real ones."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from vilokanam.services.net import free_port
 @dataclass
 class StandInTrack:
     frames_sent: int = 0
+    last_sent_at: float = 0.0  # time.monotonic() of the last frame sent
 
 
 @dataclass
@@ -55,6 +57,7 @@ class StandInPeer:
 
     def receive_a_second(self) -> None:
         self.track.frames_sent += 30
+        self.track.last_sent_at = time.monotonic()
         self.meter.report_received()
 
 
@@ -141,3 +144,23 @@ async def test_a_worker_stopping_after_the_outage_writes_its_outbox_and_loses_no
     await emitter.close()
     assert await redis.zcard(PENDING_KEY) == 2
     assert sample("vilokanam_ticks_lost_total", reason="worker_stopped") == lost
+
+
+async def test_a_tick_soon_after_the_last_still_bills_a_viewer_who_received_in_its_second(
+        redis: aioredis.Redis) -> None:
+    """Found by bench/chaos.py's control run (nothing killed, a loaded machine):
+    a viewer who received media the whole time was missing from one batch
+    mid-stream. A late beat is followed by one on time, a fraction of a second
+    later; no frame moved in between (media comes in bursts), though one was
+    sent well within the second that tick bills."""
+    emitter = TickEmitter("w-late-beat", TickWriter(redis))
+    [peer] = audience(1)
+    await emit_seconds(emitter, [peer], 1)
+    peer.track.last_sent_at = time.monotonic() - 0.4  # the burst, before the late beat
+    await emitter.emit([peer])  # the next beat, on time: no frame since the late one
+    assert peer.meter.ticks == 2
+    assert await redis.zcard(PENDING_KEY) == 2
+
+    peer.track.last_sent_at = time.monotonic() - metering.FRAME_WINDOW - 0.5  # media stopped
+    await emitter.emit([peer])
+    assert peer.meter.ticks == 2  # no tick without media in the second billed
