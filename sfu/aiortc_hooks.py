@@ -13,11 +13,9 @@ The SFU lives on these, each small and tested:
 - a PLI is sent upstream to the publisher for its media SSRCs;
 - a transceiver's negotiated codecs are narrowed after setRemoteDescription,
   and the DTLS server role is taken when the offer leaves it open;
-- transport-wide congestion control (TWCC): the extension and `transport-cc`
-  feedback are negotiated when offered, a transport's raw RTCP is seen before
-  aiortc's parser (which cannot read transport feedback), a publisher's
-  transport-wide sequence numbers are seen as packets arrive, and our own
-  feedback goes out on its transport.
+- transport-wide congestion control (TWCC) for viewers: the extension and
+  `transport-cc` feedback are negotiated when offered, and a transport's raw
+  RTCP is seen before aiortc's parser (which cannot read transport feedback).
 pyproject.toml holds aiortc to 1.16.x; tests/test_aiortc_hooks.py checks that
 every internal these hooks touch is where they expect it, so an upgrade that
 moves one fails loudly there."""
@@ -396,37 +394,3 @@ def tap_rtcp(dtls: Any, on_rtcp: Callable[[bytes], None]) -> None:
         await original(data)
 
     dtls._handle_rtcp_data = handle_rtcp_data
-
-
-def tap_transport_sequence(receiver: RTCRtpReceiver,
-                           on_packet: Callable[[int, int], None]) -> None:
-    """Each RTP packet the receiver gets that carries a transport-wide
-    sequence number: `on_packet(seq, ssrc)` (aiortc parses the extension once
-    the answer negotiated it, and ignores it)."""
-    original = receiver._handle_rtp_packet
-
-    async def handle_rtp(packet: Any, arrival_time_ms: int) -> None:
-        seq = packet.extensions.transport_sequence_number
-        if seq is not None:
-            on_packet(seq, packet.ssrc)
-        await original(packet, arrival_time_ms=arrival_time_ms)
-
-    receiver._handle_rtp_packet = handle_rtp  # type: ignore[method-assign]
-
-
-def receiver_rtcp_ssrc(receiver: RTCRtpReceiver) -> int:
-    """The SSRC the receiver's own RTCP (receiver reports, REMB) goes out with;
-    0 until aiortc has set it."""
-    return int(receiver._RTCRtpReceiver__rtcp_ssrc or 0)  # type: ignore[attr-defined]
-
-
-async def send_rtcp(dtls: Any, packet: bytes) -> bool:
-    """An RTCP packet of ours on the transport (SRTCP-protected); False when
-    the transport is not (or no longer) connected."""
-    if dtls._state is not DtlsState.CONNECTED:
-        return False
-    try:
-        await dtls._send_rtp(packet)
-    except ConnectionError:
-        return False
-    return True

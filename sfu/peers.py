@@ -25,7 +25,7 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 from sfu import aiortc_hooks as hooks
 from sfu import metrics
 from sfu.codecs import CodecMismatch, choose_codec, match_codec, pin
-from sfu.congestion import PublisherFeedback, ViewerTransport
+from sfu.congestion import ViewerTransport
 from sfu.metering import ViewerMeter
 from sfu.relay import Fanout, ForwardedTrack
 from sfu.udp_mux import UdpMux
@@ -141,10 +141,8 @@ class Peer:
     remote_url: str | None = None  # a relay's edge: its control URL
     viewer_session_id: str | None = None
     tracks: list[tuple[Fanout, ForwardedTrack]] = field(default_factory=list)
-    # TWCC, per DTLS transport (one when the peer bundles): a viewer's
-    # sequence numbers and congestion, a publisher's feedback to send
+    # a viewer's TWCC state per DTLS transport (one when the peer bundles)
     viewer_transports: dict[int, ViewerTransport] = field(default_factory=dict)
-    publisher_feedback: dict[int, PublisherFeedback] = field(default_factory=dict)
     meter: ViewerMeter = field(default_factory=lambda: ViewerMeter())
 
     async def add_candidate(self, candidate: dict[str, Any]) -> None:
@@ -178,7 +176,7 @@ async def accept_publisher(peer: Peer, offer: str, fanouts: dict[str, Fanout],
                            mux: UdpMux | None = None) -> str:
     """Answer a publisher: pin one codec per kind, tap its receivers into the
     fanouts. Returns the answer SDP."""
-    description = await _apply_offer(peer.pc, offer)
+    await _apply_offer(peer.pc, offer)
     transceivers = _media_transceivers(peer.pc)
     if not transceivers:
         raise NoSupportedCodec("the offer has no audio or video")
@@ -189,8 +187,6 @@ async def accept_publisher(peer: Peer, offer: str, fanouts: dict[str, Fanout],
         except CodecMismatch as exc:
             raise NoSupportedCodec(str(exc)) from None
         hooks.narrow_codecs(transceiver, pin(codecs, codec))
-        if hooks.negotiate_transport_cc(transceiver, _offered(description, transceiver)):
-            _publisher_feedback(peer, transceiver)
         fanout = fanouts[transceiver.kind]
         fanout.attach(codec)
         hooks.tap_receiver(transceiver.receiver, fanout.push, fanout.sender_report)
@@ -237,19 +233,6 @@ def _viewer_transport(peer: Peer, transceiver: RTCRtpTransceiver) -> ViewerTrans
         state = peer.viewer_transports[id(dtls)] = ViewerTransport(peer.peer_id)
         hooks.tap_rtcp(dtls, state.on_rtcp)
     return state
-
-
-def _publisher_feedback(peer: Peer, transceiver: RTCRtpTransceiver) -> None:
-    """Note the publisher's transport-wide sequence numbers on this
-    transceiver's transport; the worker's feedback loop sends what they say."""
-    dtls = hooks.transport_of(transceiver)
-    state = peer.publisher_feedback.get(id(dtls))
-    if state is None:
-        receiver = transceiver.receiver
-        state = peer.publisher_feedback[id(dtls)] = PublisherFeedback(
-            send=lambda packet: hooks.send_rtcp(dtls, packet),
-            sender_ssrc=lambda: hooks.receiver_rtcp_ssrc(receiver))
-    hooks.tap_transport_sequence(transceiver.receiver, state.received)
 
 
 def upstream_keyframe_requester(get_pc: Callable[[], RTCPeerConnection | None], kind: str,

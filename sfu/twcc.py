@@ -229,6 +229,8 @@ class FeedbackBuilder:
     _arrivals: dict[int, int] = field(default_factory=dict)
     _next: int | None = None  # the first sequence number not reported yet
     _fb_count: int = 0
+    reported_received: int = 0
+    reported_lost: int = 0
 
     def received(self, seq: int, arrival_us: int) -> None:
         value = self._unwrapper.unwrap(seq)
@@ -245,6 +247,9 @@ class FeedbackBuilder:
         packets: list[bytes] = []
         for base, arrivals in split_arrivals(start, [self._arrivals.get(s)
                                                      for s in range(start, newest + 1)]):
+            lost = arrivals.count(None)
+            self.reported_lost += lost
+            self.reported_received += len(arrivals) - lost
             packets.append(encode_feedback(self.sender_ssrc, self.media_ssrc, base & 0xFFFF,
                                            self._fb_count, arrivals))
             self._fb_count = (self._fb_count + 1) & 0xFF
