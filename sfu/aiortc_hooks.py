@@ -13,9 +13,11 @@ The SFU lives on these, each small and tested:
 - a PLI is sent upstream to the publisher for its media SSRCs;
 - a transceiver's negotiated codecs are narrowed after setRemoteDescription,
   and the DTLS server role is taken when the offer leaves it open;
-- transport-wide congestion control (TWCC) for viewers: the extension and
-  `transport-cc` feedback are negotiated when offered, and a transport's raw
-  RTCP is seen before aiortc's parser (which cannot read transport feedback).
+- transport-wide congestion control (TWCC): the extension and `transport-cc`
+  feedback are negotiated when offered, a viewer transport's raw RTCP is seen
+  before aiortc's parser (which cannot read transport feedback), a
+  publisher's datagrams are seen as they come off the socket (their arrival
+  times), and our feedback goes out on its transport.
 pyproject.toml holds aiortc to 1.16.x; tests/test_aiortc_hooks.py checks that
 every internal these hooks touch is where they expect it, so an upgrade that
 moves one fails loudly there."""
@@ -394,3 +396,37 @@ def tap_rtcp(dtls: Any, on_rtcp: Callable[[bytes], None]) -> None:
         await original(data)
 
     dtls._handle_rtcp_data = handle_rtcp_data
+
+
+def tap_datagrams(transceiver: RTCRtpTransceiver, on_datagram: Callable[[bytes], None]) -> None:
+    """Every datagram this transceiver's ICE connection receives goes to
+    `on_datagram` first, as it comes off the socket (or off the worker's UDP
+    mux): the earliest point an arrival time can be taken. Runs after
+    setLocalDescription (the connection's sockets exist)."""
+    connection = transceiver.receiver.transport.transport.iceGatherer._connection
+    for protocol in connection._protocols:
+        original = protocol.datagram_received
+
+        def datagram_received(data: bytes, addr: Any, _original: Any = original) -> None:
+            on_datagram(data)
+            _original(data, addr)
+
+        protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]
+
+
+def receiver_rtcp_ssrc(receiver: RTCRtpReceiver) -> int:
+    """The SSRC the receiver's own RTCP (receiver reports, REMB) goes out with;
+    0 until aiortc has set it."""
+    return int(receiver._RTCRtpReceiver__rtcp_ssrc or 0)  # type: ignore[attr-defined]
+
+
+async def send_rtcp(dtls: Any, packet: bytes) -> bool:
+    """An RTCP packet of ours on the transport (SRTCP-protected); False when
+    the transport is not (or no longer) connected."""
+    if dtls._state is not DtlsState.CONNECTED:
+        return False
+    try:
+        await dtls._send_rtp(packet)
+    except ConnectionError:
+        return False
+    return True

@@ -25,7 +25,7 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 from sfu import aiortc_hooks as hooks
 from sfu import metrics
 from sfu.codecs import CodecMismatch, choose_codec, match_codec, pin
-from sfu.congestion import ViewerTransport
+from sfu.congestion import PublisherFeedback, ViewerTransport
 from sfu.metering import ViewerMeter
 from sfu.relay import Fanout, ForwardedTrack
 from sfu.udp_mux import UdpMux
@@ -141,8 +141,10 @@ class Peer:
     remote_url: str | None = None  # a relay's edge: its control URL
     viewer_session_id: str | None = None
     tracks: list[tuple[Fanout, ForwardedTrack]] = field(default_factory=list)
-    # a viewer's TWCC state per DTLS transport (one when the peer bundles)
+    # TWCC, per DTLS transport (one when the peer bundles): a viewer's
+    # sequence numbers and congestion, a publisher's feedback to send
     viewer_transports: dict[int, ViewerTransport] = field(default_factory=dict)
+    publisher_feedback: dict[int, PublisherFeedback] = field(default_factory=dict)
     meter: ViewerMeter = field(default_factory=lambda: ViewerMeter())
 
     async def add_candidate(self, candidate: dict[str, Any]) -> None:
@@ -176,10 +178,11 @@ async def accept_publisher(peer: Peer, offer: str, fanouts: dict[str, Fanout],
                            mux: UdpMux | None = None) -> str:
     """Answer a publisher: pin one codec per kind, tap its receivers into the
     fanouts. Returns the answer SDP."""
-    await _apply_offer(peer.pc, offer)
+    description = await _apply_offer(peer.pc, offer)
     transceivers = _media_transceivers(peer.pc)
     if not transceivers:
         raise NoSupportedCodec("the offer has no audio or video")
+    feedback_taps: list[tuple[RTCRtpTransceiver, PublisherFeedback]] = []
     for transceiver in transceivers:
         codecs = hooks.negotiated_codecs(transceiver)
         try:
@@ -187,11 +190,18 @@ async def accept_publisher(peer: Peer, offer: str, fanouts: dict[str, Fanout],
         except CodecMismatch as exc:
             raise NoSupportedCodec(str(exc)) from None
         hooks.narrow_codecs(transceiver, pin(codecs, codec))
+        transport_cc = hooks.negotiate_transport_cc(transceiver, _offered(description, transceiver))
         fanout = fanouts[transceiver.kind]
         fanout.attach(codec)
         hooks.tap_receiver(transceiver.receiver, fanout.push, fanout.sender_report)
+        if transport_cc is not None:
+            feedback = _publisher_feedback(peer, transceiver, transport_cc)
+            if feedback is not None:
+                feedback_taps.append((transceiver, feedback))
     answer = await _answer(peer.pc, mux)  # gathers candidates: the sockets exist now
     hooks.enlarge_receive_buffers(transceivers, PUBLISHER_RECEIVE_BUFFER)
+    for transceiver, feedback in feedback_taps:
+        hooks.tap_datagrams(transceiver, feedback.datagram)
     return answer
 
 
@@ -233,6 +243,21 @@ def _viewer_transport(peer: Peer, transceiver: RTCRtpTransceiver) -> ViewerTrans
         state = peer.viewer_transports[id(dtls)] = ViewerTransport(peer.peer_id)
         hooks.tap_rtcp(dtls, state.on_rtcp)
     return state
+
+
+def _publisher_feedback(peer: Peer, transceiver: RTCRtpTransceiver,
+                        extension_id: int) -> PublisherFeedback | None:
+    """The publisher's TWCC feedback for this transceiver's transport (one
+    for audio and video when it bundles); None when it exists already (its
+    datagrams are tapped once)."""
+    dtls = hooks.transport_of(transceiver)
+    if id(dtls) in peer.publisher_feedback:
+        return None
+    receiver = transceiver.receiver
+    feedback = peer.publisher_feedback[id(dtls)] = PublisherFeedback(
+        extension_id, send=lambda packet: hooks.send_rtcp(dtls, packet),
+        sender_ssrc=lambda: hooks.receiver_rtcp_ssrc(receiver))
+    return feedback
 
 
 def upstream_keyframe_requester(get_pc: Callable[[], RTCPeerConnection | None], kind: str,

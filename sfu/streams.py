@@ -28,6 +28,7 @@ from routing.placement import stream_carriers
 from routing.registry import stream_worker_key, worker_key
 from sfu import metrics
 from sfu.cascade import RelayFailed, RelayLoop, RelaySource, call_parent, open_relay, relay_peer
+from sfu.congestion import FEEDBACK_INTERVAL
 from sfu.lifecycle import Lifecycle
 from sfu.load import LoadMonitor
 from sfu.metering import RR_WINDOW, TickEmitter
@@ -179,6 +180,8 @@ class StreamManager:
         self.tasks.spawn(run_forever("sfu.thumbnails", self._thumbnails_due, every=1.0),
                          "thumbnails")
         self.tasks.spawn(self.load_monitor.run(), "load")
+        self.tasks.spawn(run_forever("sfu.twcc_feedback", self._send_transport_feedback,
+                                     every=FEEDBACK_INTERVAL), "twcc-feedback")
 
     # -- publishers ---------------------------------------------------------------
 
@@ -694,13 +697,25 @@ class StreamManager:
             "tasks": len(self.tasks),
         }
 
+    async def _send_transport_feedback(self) -> None:
+        """TWCC feedback to every publisher that negotiated it."""
+        for stream in list(self.streams.values()):
+            publisher = stream.publisher
+            if publisher is not None:
+                for feedback in list(publisher.publisher_feedback.values()):
+                    await feedback.flush()
+
     def congestion(self, stream_id: str) -> dict[str, dict[str, int | float]]:
         """Each TWCC viewer's received / lost counts and queuing delay."""
         stream = self.streams.get(stream_id)
         if stream is None:
             return {}
-        return {peer_id: state.info() for peer_id, peer in stream.viewers.items()
-                for state in peer.viewer_transports.values()}
+        peers = {peer_id: state.info() for peer_id, peer in stream.viewers.items()
+                 for state in peer.viewer_transports.values()}
+        if stream.publisher is not None:  # what the publisher was told
+            for feedback in stream.publisher.publisher_feedback.values():
+                peers[stream.publisher.peer_id] = feedback.info()
+        return peers
 
     async def _watch_publishers(self) -> None:
         """A publisher whose media stopped has lost its connection (ICE can

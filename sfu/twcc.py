@@ -216,6 +216,47 @@ def is_transport_feedback(packet: bytes) -> bool:
 # -- the receiving end: a publisher's transport ------------------------------------------
 
 
+def transport_sequence(datagram: bytes, extension_id: int) -> int | None:
+    """The transport-wide sequence number of an SRTP packet as it comes off
+    the socket (SRTP leaves the RTP header and its extensions in the clear),
+    or None: not RTP, or without that extension. One-byte (RFC 8285 0xBEDE)
+    and two-byte (0x100x) extension headers."""
+    if len(datagram) < 12 or datagram[0] >> 6 != 2 or 192 <= datagram[1] <= 223:
+        return None  # not RTP (RTCP, STUN, DTLS)
+    if not datagram[0] & 0x10:
+        return None
+    start = 12 + 4 * (datagram[0] & 0x0F)
+    if start + 4 > len(datagram):
+        return None
+    profile = int.from_bytes(datagram[start:start + 2], "big")
+    end = start + 4 + 4 * int.from_bytes(datagram[start + 2:start + 4], "big")
+    if end > len(datagram):
+        return None
+    pos = start + 4
+    if profile == 0xBEDE:
+        while pos < end:
+            byte = datagram[pos]
+            if byte == 0:  # padding
+                pos += 1
+                continue
+            element, length = byte >> 4, (byte & 0x0F) + 1
+            if element == 15:
+                return None
+            if element == extension_id and length == 2 and pos + 3 <= end:
+                return int.from_bytes(datagram[pos + 1:pos + 3], "big")
+            pos += 1 + length
+    elif profile >> 4 == 0x100:
+        while pos + 2 <= end:
+            element, length = datagram[pos], datagram[pos + 1]
+            if element == 0:
+                pos += 1
+                continue
+            if element == extension_id and length == 2 and pos + 4 <= end:
+                return int.from_bytes(datagram[pos + 2:pos + 4], "big")
+            pos += 2 + length
+    return None
+
+
 @dataclass
 class FeedbackBuilder:
     """Arrivals of a publisher's transport-wide sequence numbers, and the

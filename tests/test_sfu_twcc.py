@@ -18,6 +18,7 @@ from sfu.twcc import (
     parse_feedback,
     split_arrivals,
     split_rtcp,
+    transport_sequence,
 )
 
 
@@ -161,3 +162,24 @@ def test_the_monitor_counts_losses_and_sees_a_growing_queue() -> None:
     # a repeated feedback does not count twice
     monitor.feedback(parse_feedback(fb), sequencer, now)
     assert monitor.received + monitor.lost == 400
+
+
+def rtp(extensions: bytes, profile: int = 0xBEDE, csrcs: int = 0) -> bytes:
+    header = struct.pack("!BBHII", 0x90 | csrcs, 96, 1, 2, 3) + b"\x00\x00\x00\x07" * csrcs
+    padded = extensions + b"\x00" * (-len(extensions) % 4)
+    return header + struct.pack("!HH", profile, len(padded) // 4) + padded + b"payload"
+
+
+def test_the_transport_sequence_is_read_off_the_wire_in_the_clear() -> None:
+    # one-byte elements: MID "0", abs-send-time, then TWCC (id 5) = 0x1234
+    one_byte = rtp(b"\x10" + b"0" + b"\x32\x01\x02\x03" + b"\x51\x12\x34")
+    assert transport_sequence(one_byte, 5) == 0x1234
+    assert transport_sequence(one_byte, 4) is None
+    assert transport_sequence(rtp(b"\x00\x00\x51\xab\xcd", csrcs=2), 5) == 0xABCD  # padding
+    two_byte = rtp(b"\x01\x01" + b"0" + b"\x05\x02\x00\x09", profile=0x1000)
+    assert transport_sequence(two_byte, 5) == 9
+    assert transport_sequence(one_byte[:20], 5) is None  # cut inside its extensions
+    assert transport_sequence(b"\x80\xc8" + b"\x00" * 20, 5) is None  # RTCP
+    assert transport_sequence(b"\x00\x01" + b"\x00" * 20, 5) is None  # STUN
+    plain = struct.pack("!BBHII", 0x80, 96, 1, 2, 3) + b"payload"  # no extension
+    assert transport_sequence(plain, 5) is None
