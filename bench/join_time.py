@@ -6,7 +6,12 @@ Chromium publisher on the publish page (fake camera), then opens the watch page
 first presented frame (requestVideoFrameCallback: decoded and composited).
 Media stays on loopback. A benchmark, not a test: it prints medians.
 
+With `--via-edge` a second worker starts once the publisher is live on the
+first, whose capacity (1 peer connection) the publisher fills: every viewer is
+placed on the second, which relays the stream from the first (the cascade).
+
     .venv/bin/python bench/join_time.py --joins 20
+    .venv/bin/python bench/join_time.py --joins 10 --via-edge
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from playwright.async_api import Browser, async_playwright
@@ -78,7 +84,8 @@ async def join_once(browser: Browser, watch_url: str) -> float:
         await context.close()
 
 
-async def measure(base: str, joins: int, warmup_s: float) -> list[float]:
+async def measure(base: str, joins: int, warmup_s: float,
+                  start_edge: Callable[[], None] | None = None) -> list[float]:
     token = post(base, "/api/dev/token", {"account": ALICE})["token"]
     stream = post(base, "/api/streams", {"title": "join-time"}, token)
     async with async_playwright() as pw:
@@ -91,6 +98,8 @@ async def measure(base: str, joins: int, warmup_s: float) -> list[float]:
         await publisher.click("#start")
         await publisher.wait_for_function(
             "() => document.querySelector('#state').textContent === 'live'", timeout=20000)
+        if start_edge is not None:  # only now: the publisher is on the first worker
+            await asyncio.to_thread(start_edge)
         await asyncio.sleep(warmup_s)
         times = [await join_once(browser, stream["watch_url"]) for _ in range(joins)]
         await browser.close()
@@ -101,6 +110,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--joins", type=int, default=20)
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds live before joins")
+    parser.add_argument("--via-edge", action="store_true",
+                        help="viewers join through an edge worker relaying the stream")
     args = parser.parse_args()
     if shutil.which("chromium") is None:
         print("join_time: Debian's chromium is needed (apt-get install chromium)")
@@ -123,10 +134,19 @@ def main() -> int:
                 dev_mode=True, token_secret="join-time-" + "x" * 40)
             # The watch page signs in as a dev account: give them balance to watch.
             asyncio.run(grant_dev_funds(settings, list(dev_accounts().values())))
-            roles = [start_role(settings, "sfu", root), start_role(settings, "signaling", root)]
+            origin = dataclasses.replace(settings, sfu_capacity=1) if args.via_edge else settings
+            roles = [start_role(origin, "sfu", root), start_role(settings, "signaling", root)]
             wait_healthy(roles[0], settings.sfu_port)
             wait_healthy(roles[1], settings.http_port)
-            times = asyncio.run(measure(settings.base_url, args.joins, args.warmup))
+
+            def start_edge() -> None:
+                edge = dataclasses.replace(settings, sfu_port=free_port())
+                (root / "edge").mkdir()
+                roles.append(start_role(edge, "sfu", root / "edge"))
+                wait_healthy(roles[-1], edge.sfu_port)
+
+            times = asyncio.run(measure(settings.base_url, args.joins, args.warmup,
+                                        start_edge if args.via_edge else None))
         finally:
             for role in roles:
                 role.stop()

@@ -55,7 +55,7 @@ RECONNECT_GRACE = 10.0
 FIRST_MEDIA_TIMEOUT = 10.0  # ICE + DTLS must have brought media by then
 MEDIA_TIMEOUT = 5.0  # a publisher silent this long has lost its connection
 ANALYTICS_EVERY = 10  # seconds between stream_analytics rows
-CLOCK_LOOPS = 5  # the clock's loops (start()): an idle worker runs exactly these tasks
+CLOCK_LOOPS = 6  # start()'s loops (the clock, TWCC feedback): an idle worker runs exactly these
 # An edge without its feed waits this long for the stream to come back (the
 # dead origin's record expiring, the publisher's grace, its reconnect) before
 # it sends its viewers away to be placed again.
