@@ -7,8 +7,9 @@ first presented frame (requestVideoFrameCallback: decoded and composited).
 Media stays on loopback. A benchmark, not a test: it prints medians.
 
 With `--via-edge` a second worker starts once the publisher is live on the
-first, whose capacity (1 peer connection) the publisher fills: every viewer is
-placed on the second, which relays the stream from the first (the cascade).
+first, whose capacity (2 peer connections: the publisher and one relay, the
+room placement keeps for feeding an edge) sends every viewer to the second,
+which relays the stream from the first (the cascade).
 
     .venv/bin/python bench/join_time.py --joins 20
     .venv/bin/python bench/join_time.py --joins 10 --via-edge
@@ -45,6 +46,7 @@ from vilokanam.services.postgres import PostgresServer  # noqa: E402
 from vilokanam.services.redis import RedisServer  # noqa: E402
 
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
+BOB = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"  # the 2nd dev account
 JOIN_TIMEOUT_MS = 15000
 ADMISSION_LIMITS = ("VILOKANAM_SFU_MAX_CPU", "VILOKANAM_SFU_MAX_LOOP_LAG_MS")
 
@@ -77,7 +79,12 @@ async def join_once(browser: Browser, watch_url: str) -> float:
         await page.goto(watch_url)
         await page.wait_for_selector("body[data-ready='true']")
         await page.click("#sign-in-open")
+        # a viewer other than the publisher, signed in before Watch is clicked
+        await page.select_option("#dev-account", value=BOB)
         await page.click("#dev-sign-in")
+        await page.wait_for_function(
+            "(account) => document.querySelector('#account').textContent.trim() === account",
+            arg=BOB, timeout=20000)
         await page.wait_for_selector("#watch:not([disabled])")
         return float(await page.evaluate(MEASURE_JOIN, JOIN_TIMEOUT_MS))
     finally:
@@ -134,7 +141,7 @@ def main() -> int:
                 dev_mode=True, token_secret="join-time-" + "x" * 40)
             # The watch page signs in as a dev account: give them balance to watch.
             asyncio.run(grant_dev_funds(settings, list(dev_accounts().values())))
-            origin = dataclasses.replace(settings, sfu_capacity=1) if args.via_edge else settings
+            origin = dataclasses.replace(settings, sfu_capacity=2) if args.via_edge else settings
             roles = [start_role(origin, "sfu", root), start_role(settings, "signaling", root)]
             wait_healthy(roles[0], settings.sfu_port)
             wait_healthy(roles[1], settings.http_port)
