@@ -405,3 +405,74 @@ async def test_the_origin_killed_the_publisher_reconnects_and_the_edge_resumes(
 async def _ticks_above(db: asyncpg.Connection, viewer_id: Any, ticks: int) -> bool:
     return int(await db.fetchval("SELECT total_ticks FROM stream_viewers WHERE id = $1",
                                  viewer_id)) >= ticks
+
+
+async def watch_on_socket(cluster: Cluster, stream_id: str,
+                          token: str) -> tuple[Viewer, aiohttp.ClientWebSocketResponse]:
+    """A watch whose websocket the test closes to make the viewer leave;
+    retried after `no_capacity` as the web app does (a loaded machine makes
+    a worker refuse for its load)."""
+    async def attempt() -> tuple[Viewer, aiohttp.ClientWebSocketResponse] | None:
+        ws = await cluster.socket(0)
+        viewer = Viewer()
+        cluster.closers.append(viewer.close)
+        try:
+            await viewer.start(signal_over(ws, {"type": "watch", "stream_id": stream_id,
+                                                "token": token}))
+        except Refused:
+            await viewer.close()
+            await ws.close()
+            return None
+        return viewer, ws
+
+    return await eventually(attempt, "a viewer to be placed", timeout=30)
+
+
+async def test_an_idle_edge_keeps_its_relay_for_the_next_viewer_then_hands_it_back(
+        three: Cluster, db: asyncpg.Connection, redis: aioredis.Redis) -> None:
+    """Join time through an edge: the relay an edge opened stays a while after
+    its last viewer left, so the next viewer placed there starts from it (no
+    new relay), and it is handed back once the edge stayed idle."""
+    cluster = three
+    stream_id, key = await cluster.stream()
+    assert await publish(cluster, stream_id, key) is not None
+    token = await funded_viewer_token(cluster, db, redis)
+    await eventually(partial(_load_is, redis, 1), "the publisher's load reported")
+    on_origin, _ = await watch_on_socket(cluster, stream_id, token)
+    await on_origin.wait_for_frames("video", 5, timeout=20)
+    await eventually(partial(_load_is, redis, 2), "the origin full but for its relay room")
+    first, first_ws = await watch_on_socket(cluster, stream_id, token)
+    await first.wait_for_frames("video", 5, timeout=20)
+    states = {role.settings.sfu_control_url: await stream_here(cluster, role, stream_id)
+              for role in cluster.sfu}
+    [edge] = [role for role in cluster.sfu
+              if states[role.settings.sfu_control_url]["edge"]]
+    origin_url = await pinned(redis, stream_id)
+    [origin] = [role for role in cluster.sfu if role.settings.sfu_control_url == origin_url]
+    assert (await stream_here(cluster, origin, stream_id))["relays"] == 1
+
+    await first.close()
+    await first_ws.close()  # signaling tells the edge: its last viewer left
+
+    async def edge_idle() -> bool:
+        state = await stream_here(cluster, edge, stream_id)
+        return bool(state["edge"] and state["viewers"] == 0)
+
+    await eventually(edge_idle, "the edge's viewer gone, the edge still relaying")
+    await eventually(partial(_load_is, redis, 4), "the lingering relay's load reported")
+    second, second_ws = await watch_on_socket(cluster, stream_id, token)
+    await second.wait_for_frames("video", 5, timeout=20)
+    here = await stream_here(cluster, edge, stream_id)
+    assert here["edge"] and here["viewers"] == 1, here  # placed on the warm edge
+    assert (await stream_here(cluster, origin, stream_id))["relays"] == 1  # no new relay
+
+    await second.close()
+    await second_ws.close()
+
+    async def handed_back() -> bool:
+        state = await stream_here(cluster, edge, stream_id)
+        relays = (await stream_here(cluster, origin, stream_id))["relays"]
+        return not state["edge"] and relays == 0
+
+    await eventually(handed_back, "the idle edge handing its relay back", timeout=40)
+    assert (await stream_here(cluster, origin, stream_id))["live"]  # the stream goes on
