@@ -56,9 +56,6 @@ FIRST_MEDIA_TIMEOUT = 10.0  # ICE + DTLS must have brought media by then
 MEDIA_TIMEOUT = 5.0  # a publisher silent this long has lost its connection
 ANALYTICS_EVERY = 10  # seconds between stream_analytics rows
 CLOCK_LOOPS = 6  # start()'s loops (the clock, TWCC feedback): an idle worker runs exactly these
-# An edge whose last viewer (and edge) left keeps its relay this long: the
-# next viewer placed there starts at once from it (join time through an edge).
-EDGE_IDLE_LINGER = 10.0
 # An edge without its feed waits this long for the stream to come back (the
 # dead origin's record expiring, the publisher's grace, its reconnect) before
 # it sends its viewers away to be placed again.
@@ -105,10 +102,6 @@ class LiveStream:
     relays: dict[str, Peer] = field(default_factory=dict)  # feeds to edges
     chain: list[str] = field(default_factory=list)  # worker ids, origin first, us last
     resuming: bool = False  # an edge's new relay is being opened
-    idle_since: float | None = None  # an edge with no viewer and no edge: since when
-
-    def idle(self) -> bool:
-        return not self.viewers and not self.relays
 
     def media_arrived(self) -> None:
         self.last_media_at = time.monotonic()
@@ -306,7 +299,7 @@ class StreamManager:
         try:
             return await self._add_viewer(stream, offer, user_id)
         except BaseException:
-            await self._end_idle_edge(stream, linger=False)
+            await self._end_idle_edge(stream)
             raise
 
     async def _add_viewer(self, stream: LiveStream, offer: str,
@@ -563,21 +556,11 @@ class StreamManager:
             await call_parent(self.http, "DELETE",
                               f"{source.parent_url}/control/peers/{source.parent_peer_id}")
 
-    async def _end_idle_edge(self, stream: LiveStream, linger: bool = True) -> None:
-        """An edge with no viewer and no edge of its own hands its relay back
-        — after EDGE_IDLE_LINGER (`_tend_edge` ends it then) when its last
-        viewer or edge left: placement sends the next viewer to it, who starts
-        from the warm relay and its GOP cache instead of paying a relay set-up
-        (join time through an edge). At once when `linger` is false (the
-        viewer it was opened for failed)."""
-        if (not stream.edge or not stream.idle()
-                or self.streams.get(stream.stream_id) is not stream):
-            return
-        if linger and EDGE_IDLE_LINGER > 0:
-            if stream.idle_since is None:
-                stream.idle_since = time.monotonic()
-            return
-        await self.end_stream(stream.stream_id, CloseReason.LEFT)
+    async def _end_idle_edge(self, stream: LiveStream) -> None:
+        """An edge with no viewer and no edge of its own hands its relay back."""
+        if (stream.edge and not stream.viewers and not stream.relays
+                and self.streams.get(stream.stream_id) is stream):
+            await self.end_stream(stream.stream_id, CloseReason.LEFT)
 
     async def _edge_ended(self, stream: LiveStream, reason: CloseReason) -> None:
         """An edge stops carrying the stream: its viewers' rows end here (the
@@ -598,13 +581,6 @@ class StreamManager:
         too; a lost feed is looked for again where the stream is pinned now."""
         if not stream.session_id:
             return  # its first relay is being opened (_become_edge)
-        if not stream.idle():
-            stream.idle_since = None
-        elif stream.idle_since is not None and now - stream.idle_since >= EDGE_IDLE_LINGER:
-            log_event(log, "edge.idle_ended", stream_id=stream.stream_id,
-                      idle_s=round(now - stream.idle_since, 1))
-            await self.end_stream(stream.stream_id, CloseReason.LEFT)
-            return
         redis = self.events.redis
         pinned = await redis.get(stream_worker_key(stream.stream_id))
         if pinned is None:
