@@ -6,7 +6,13 @@ Chromium publisher on the publish page (fake camera), then opens the watch page
 first presented frame (requestVideoFrameCallback: decoded and composited).
 Media stays on loopback. A benchmark, not a test: it prints medians.
 
+With `--via-edge` a second worker starts once the publisher is live on the
+first, whose capacity (2 peer connections: the publisher and one relay, the
+room placement keeps for feeding an edge) sends every viewer to the second,
+which relays the stream from the first (the cascade).
+
     .venv/bin/python bench/join_time.py --joins 20
+    .venv/bin/python bench/join_time.py --joins 10 --via-edge
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import shutil
 import statistics
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from playwright.async_api import Browser, async_playwright
@@ -32,6 +39,7 @@ from vilokanam.admin import grant_dev_funds  # noqa: E402
 from vilokanam.services.chain import dev_accounts  # noqa: E402
 
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
+BOB = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"  # the 2nd dev account
 JOIN_TIMEOUT_MS = 15000
 ADMISSION_LIMITS = ("VILOKANAM_SFU_MAX_CPU", "VILOKANAM_SFU_MAX_LOOP_LAG_MS")
 
@@ -64,14 +72,20 @@ async def join_once(browser: Browser, watch_url: str) -> float:
         await page.goto(watch_url)
         await page.wait_for_selector("body[data-ready='true']")
         await page.click("#sign-in-open")
+        # a viewer other than the publisher, signed in before Watch is clicked
+        await page.select_option("#dev-account", value=BOB)
         await page.click("#dev-sign-in")
+        await page.wait_for_function(
+            "(account) => document.querySelector('#account').textContent.trim() === account",
+            arg=BOB, timeout=20000)
         await page.wait_for_selector("#watch:not([disabled])")
         return float(await page.evaluate(MEASURE_JOIN, JOIN_TIMEOUT_MS))
     finally:
         await context.close()
 
 
-async def measure(base: str, joins: int, warmup_s: float) -> list[float]:
+async def measure(base: str, joins: int, warmup_s: float,
+                  start_edge: Callable[[], None] | None = None) -> list[float]:
     token = post(base, "/api/dev/token", {"account": ALICE})["token"]
     stream = post(base, "/api/streams", {"title": "join-time"}, token)
     async with async_playwright() as pw:
@@ -84,6 +98,8 @@ async def measure(base: str, joins: int, warmup_s: float) -> list[float]:
         await publisher.click("#start")
         await publisher.wait_for_function(
             "() => document.querySelector('#state').textContent === 'live'", timeout=20000)
+        if start_edge is not None:  # only now: the publisher is on the first worker
+            await asyncio.to_thread(start_edge)
         await asyncio.sleep(warmup_s)
         times = [await join_once(browser, stream["watch_url"]) for _ in range(joins)]
         await browser.close()
@@ -94,17 +110,27 @@ async def run(args: argparse.Namespace) -> list[float]:
     env = {"VILOKANAM_ICE_HOST_ADDRESSES": "127.0.0.1", **{
         # the worker's load admission limits, when the caller sets them
         k: v for k, v in os.environ.items() if k in ADMISSION_LIMITS}}
-    async with BenchStack("vk-join-", sfu=1, env=env, overrides={
+    async with BenchStack("vk-join-", sfu=0, env=env, overrides={
             "dev_mode": True, "token_secret": "join-time-" + "x" * 40}) as stack:
+        # Through an edge: the origin's room is the publisher and one relay.
+        await asyncio.to_thread(stack.add_role, "sfu",
+                                **({"sfu_capacity": 2} if args.via_edge else {}))
         # The watch page signs in as a dev account: give them balance to watch.
         await grant_dev_funds(stack.settings, list(dev_accounts().values()))
-        return await measure(stack.settings.base_url, args.joins, args.warmup)
+
+        def start_edge() -> None:
+            stack.add_role("sfu")
+
+        return await measure(stack.settings.base_url, args.joins, args.warmup,
+                             start_edge if args.via_edge else None)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--joins", type=int, default=20)
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds live before joins")
+    parser.add_argument("--via-edge", action="store_true",
+                        help="viewers join through an edge worker relaying the stream")
     args = parser.parse_args()
     if shutil.which("chromium") is None:
         print("join_time: Debian's chromium is needed (apt-get install chromium)")

@@ -135,13 +135,20 @@ class BenchStack:
                   "signaling": self.signaling}
         for kind in ROLE_ORDER:
             self.roles[kind] = []
-            for index in range(counts[kind]):
-                # The first of a kind keeps the client-facing settings' port.
-                port: dict[str, Any] = {} if index == 0 else {ROLE_PORT[kind]: free_port()}
-                role = Role(kind, index, dataclasses.replace(self.settings, **port),
-                            self.root / f"{kind}{index}")
-                self.roles[kind].append(role)
-                role.start()
+            for _ in range(counts[kind]):
+                self.add_role(kind)
+
+    def add_role(self, kind: str, **overrides: Any) -> Role:
+        """Start one more process of `kind` (blocking: call it in a thread from a
+        loop); `overrides` are Settings fields of that process only."""
+        index = len(self.roles.setdefault(kind, []))
+        # The first of a kind keeps the client-facing settings' port.
+        port: dict[str, Any] = {} if index == 0 else {ROLE_PORT[kind]: free_port()}
+        role = Role(kind, index, dataclasses.replace(self.settings, **port, **overrides),
+                    self.root / f"{kind}{index}")
+        self.roles[kind].append(role)
+        role.start()
+        return role
 
     def _stop(self) -> None:
         for kind in reversed(ROLE_ORDER):

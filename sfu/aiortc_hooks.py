@@ -12,7 +12,12 @@ The SFU lives on these, each small and tested:
   the sender reports (fed our counters);
 - a PLI is sent upstream to the publisher for its media SSRCs;
 - a transceiver's negotiated codecs are narrowed after setRemoteDescription,
-  and the DTLS server role is taken when the offer leaves it open.
+  and the DTLS server role is taken when the offer leaves it open;
+- transport-wide congestion control (TWCC): the extension and `transport-cc`
+  feedback are negotiated when offered, a viewer transport's raw RTCP is seen
+  before aiortc's parser (which cannot read transport feedback), a
+  publisher's datagrams are seen as they come off the socket (their arrival
+  times), and our feedback goes out on its transport.
 pyproject.toml holds aiortc to 1.16.x; tests/test_aiortc_hooks.py checks that
 every internal these hooks touch is where they expect it, so an upgrade that
 moves one fails loudly there."""
@@ -120,6 +125,7 @@ class SenderWiring:
     # call when the kernel can (UDP GSO); False: the pair is gone.
     send_batch: Callable[[list[bytes]], bool] | None = None
     release: Callable[[], None] = lambda: None  # the batch sender's socket
+    transport_cc_id: int | None = None  # the transport-wide sequence number's extension id
 
     def connected(self) -> bool:
         # The private enum, not `.state`: that property formats an Enum per call.
@@ -200,7 +206,8 @@ def _wiring(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> SenderWiring:
         rtx_payload_type=mangled._RTCRtpSender__rtx_payload_type,
         mid=mangled._RTCRtpSender__mid, mid_id=ids.mid, abs_send_time_id=ids.abs_send_time,
         protect=fast.protect if fast is not None else dtls._tx_srtp.protect, send=send,
-        sender=sender, send_batch=batch.send, release=batch.close)
+        sender=sender, send_batch=batch.send, release=batch.close,
+        transport_cc_id=ids.transport_sequence_number)
 
 
 def _gcm_protector(dtls: Any) -> GcmProtector | None:
@@ -344,3 +351,82 @@ def enlarge_receive_buffers(transceivers: Iterable[RTCRtpTransceiver], size: int
             # never shrink one (the worker's shared port has a larger one already)
             if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < size:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def negotiate_transport_cc(transceiver: RTCRtpTransceiver, offered: Any) -> int | None:
+    """After setRemoteDescription(offer) and the codec narrowing: when the
+    offer's section (`offered`, aiortc's parsed media description) has the
+    transport-wide-cc header extension and its codec `a=rtcp-fb:<pt>
+    transport-cc`, the answer negotiates both (aiortc itself knows neither:
+    HEADER_EXTENSIONS and its codecs' feedback list lack them, so it would
+    drop them). Returns the extension id, or None when not negotiated."""
+    from aiortc.rtcrtpparameters import RTCRtcpFeedback
+
+    from sfu.twcc import URI
+
+    extension = next((x for x in offered.rtp.headerExtensions if x.uri == URI), None)
+    if extension is None:
+        return None
+    chosen = [c for c in transceiver._codecs if not c.mimeType.lower().endswith("/rtx")]
+    offered_pts = {c.payloadType for c in offered.rtp.codecs
+                   if any(fb.type == "transport-cc" for fb in c.rtcpFeedback)}
+    if not chosen or any(c.payloadType not in offered_pts for c in chosen):
+        return None
+    for codec in chosen:
+        codec.rtcpFeedback = [*codec.rtcpFeedback, RTCRtcpFeedback(type="transport-cc")]
+    transceiver._headerExtensions = [*transceiver._headerExtensions, extension]
+    return int(extension.id)
+
+
+def transport_of(transceiver: RTCRtpTransceiver) -> Any:
+    """The DTLS transport a transceiver's media runs on (one for all of a
+    peer connection's sections when it bundles)."""
+    return transceiver.receiver.transport
+
+
+def tap_rtcp(dtls: Any, on_rtcp: Callable[[bytes], None]) -> None:
+    """Every compound RTCP packet that arrives on the transport, decrypted,
+    goes to `on_rtcp` before aiortc routes it: aiortc's parser reads a
+    transport feedback message (RTPFB FMT 15) as a NACK list and keeps none
+    of its bytes, so the SFU reads those itself (sfu/twcc.py)."""
+    original = dtls._handle_rtcp_data
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        on_rtcp(data)
+        await original(data)
+
+    dtls._handle_rtcp_data = handle_rtcp_data
+
+
+def tap_datagrams(transceiver: RTCRtpTransceiver, on_datagram: Callable[[bytes], None]) -> None:
+    """Every datagram this transceiver's ICE connection receives goes to
+    `on_datagram` first, as it comes off the socket (or off the worker's UDP
+    mux): the earliest point an arrival time can be taken. Runs after
+    setLocalDescription (the connection's sockets exist)."""
+    connection = transceiver.receiver.transport.transport.iceGatherer._connection
+    for protocol in connection._protocols:
+        original = protocol.datagram_received
+
+        def datagram_received(data: bytes, addr: Any, _original: Any = original) -> None:
+            on_datagram(data)
+            _original(data, addr)
+
+        protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]
+
+
+def receiver_rtcp_ssrc(receiver: RTCRtpReceiver) -> int:
+    """The SSRC the receiver's own RTCP (receiver reports, REMB) goes out with;
+    0 until aiortc has set it."""
+    return int(receiver._RTCRtpReceiver__rtcp_ssrc or 0)  # type: ignore[attr-defined]
+
+
+async def send_rtcp(dtls: Any, packet: bytes) -> bool:
+    """An RTCP packet of ours on the transport (SRTCP-protected); False when
+    the transport is not (or no longer) connected."""
+    if dtls._state is not DtlsState.CONNECTED:
+        return False
+    try:
+        await dtls._send_rtp(packet)
+    except ConnectionError:
+        return False
+    return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 FRAMES_FORWARDED = Counter(
     "vilokanam_sfu_frames_forwarded_total",
@@ -42,3 +42,18 @@ RELAYS = Gauge(
     "vilokanam_sfu_relays",
     "Cascade relays: `out` feeds this worker sends to edges, `in` the feeds its edge streams "
     "receive (one per stream, however many viewers).", ["direction"])
+TWCC_FEEDBACK = Counter(
+    "vilokanam_sfu_twcc_feedback_total",
+    "Transport-wide congestion control feedback: `in` from viewers (parsed), `in_unreadable`, "
+    "`out` sent to publishers.", ["direction"])
+TWCC_PACKETS = Counter(
+    "vilokanam_sfu_twcc_packets_total",
+    "Packets to viewers their TWCC feedback reports `received` or `lost`.", ["result"])
+TWCC_QUEUING_DELAY = Histogram(
+    "vilokanam_sfu_twcc_queuing_delay_seconds",
+    "A viewer's queuing delay after each of its TWCC feedbacks (one-way delay over its minimum).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+TWCC_SKIPS = Counter(
+    "vilokanam_sfu_twcc_skips_total",
+    "Viewers whose TWCC queuing delay said they fell behind: their video skipped to the next "
+    "keyframe.")

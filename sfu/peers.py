@@ -25,6 +25,7 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 from sfu import aiortc_hooks as hooks
 from sfu import metrics
 from sfu.codecs import CodecMismatch, choose_codec, match_codec, pin
+from sfu.congestion import PublisherFeedback, ViewerTransport
 from sfu.metering import ViewerMeter
 from sfu.relay import Fanout, ForwardedTrack
 from sfu.udp_mux import UdpMux
@@ -87,10 +88,12 @@ def _check_bundle(description: SessionDescription) -> None:
             raise BadSdp("the BUNDLE group names a section the offer does not have")
 
 
-async def _apply_offer(pc: RTCPeerConnection, sdp: str) -> None:
+async def _apply_offer(pc: RTCPeerConnection, sdp: str) -> SessionDescription:
+    """The offer applied; returns it as parsed (what each section offered)."""
     if not isinstance(sdp, str) or not sdp.startswith("v=0") or "\nm=" not in sdp:
         raise BadSdp("the offer is not an SDP session description")
-    _check_bundle(_parsed(sdp))
+    description = _parsed(sdp)
+    _check_bundle(description)
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except (OperationError, InternalError) as exc:
@@ -100,6 +103,13 @@ async def _apply_offer(pc: RTCPeerConnection, sdp: str) -> None:
             # a StopIteration inside aiortc's coroutine is a RuntimeError (PEP 479)
             RuntimeError) as exc:
         raise BadSdp(f"the offer could not be used: {exc}") from None
+    return description
+
+
+def _offered(description: SessionDescription, transceiver: RTCRtpTransceiver) -> Any:
+    """The offer's section this transceiver answers."""
+    return next((m for m in description.media if m.rtp.muxId == transceiver.mid),
+                description.media[transceiver._get_mline_index() or 0])
 
 
 async def _answer(pc: RTCPeerConnection, mux: UdpMux | None) -> str:
@@ -131,6 +141,10 @@ class Peer:
     remote_url: str | None = None  # a relay's edge: its control URL
     viewer_session_id: str | None = None
     tracks: list[tuple[Fanout, ForwardedTrack]] = field(default_factory=list)
+    # TWCC, per DTLS transport (one when the peer bundles): a viewer's
+    # sequence numbers and congestion, a publisher's feedback to send
+    viewer_transports: dict[int, ViewerTransport] = field(default_factory=dict)
+    publisher_feedback: dict[int, PublisherFeedback] = field(default_factory=dict)
     meter: ViewerMeter = field(default_factory=lambda: ViewerMeter())
 
     async def add_candidate(self, candidate: dict[str, Any]) -> None:
@@ -164,10 +178,11 @@ async def accept_publisher(peer: Peer, offer: str, fanouts: dict[str, Fanout],
                            mux: UdpMux | None = None) -> str:
     """Answer a publisher: pin one codec per kind, tap its receivers into the
     fanouts. Returns the answer SDP."""
-    await _apply_offer(peer.pc, offer)
+    description = await _apply_offer(peer.pc, offer)
     transceivers = _media_transceivers(peer.pc)
     if not transceivers:
         raise NoSupportedCodec("the offer has no audio or video")
+    feedback_taps: list[tuple[RTCRtpTransceiver, PublisherFeedback]] = []
     for transceiver in transceivers:
         codecs = hooks.negotiated_codecs(transceiver)
         try:
@@ -175,18 +190,25 @@ async def accept_publisher(peer: Peer, offer: str, fanouts: dict[str, Fanout],
         except CodecMismatch as exc:
             raise NoSupportedCodec(str(exc)) from None
         hooks.narrow_codecs(transceiver, pin(codecs, codec))
+        transport_cc = hooks.negotiate_transport_cc(transceiver, _offered(description, transceiver))
         fanout = fanouts[transceiver.kind]
         fanout.attach(codec)
         hooks.tap_receiver(transceiver.receiver, fanout.push, fanout.sender_report)
+        if transport_cc is not None:
+            feedback = _publisher_feedback(peer, transceiver, transport_cc)
+            if feedback is not None:
+                feedback_taps.append((transceiver, feedback))
     answer = await _answer(peer.pc, mux)  # gathers candidates: the sockets exist now
     hooks.enlarge_receive_buffers(transceivers, PUBLISHER_RECEIVE_BUFFER)
+    for transceiver, feedback in feedback_taps:
+        hooks.tap_datagrams(transceiver, feedback.datagram)
     return answer
 
 
 async def accept_viewer(peer: Peer, offer: str, fanouts: dict[str, Fanout],
                         mux: UdpMux | None = None) -> str:
     """Answer a viewer with the stream's codecs and subscribe it to the fanouts."""
-    await _apply_offer(peer.pc, offer)
+    description = await _apply_offer(peer.pc, offer)
     for transceiver in _media_transceivers(peer.pc):
         fanout = fanouts.get(transceiver.kind)
         if fanout is None or fanout.codec is None:
@@ -198,6 +220,10 @@ async def accept_viewer(peer: Peer, offer: str, fanouts: dict[str, Fanout],
             raise NoSupportedCodec(str(exc)) from None
         hooks.narrow_codecs(transceiver, pin(codecs, codec))
         track = fanout.subscribe()
+        if hooks.negotiate_transport_cc(transceiver, _offered(description, transceiver)):
+            track.transport_cc = _viewer_transport(peer, transceiver)
+            if track.kind == "video":
+                track.transport_cc.skip_to_keyframe.append(track.skip_to_keyframe)
         peer.tracks.append((fanout, track))
         sender = peer.pc.addTrack(track)
         hooks.take_over_sender(sender, track.attach, track.detach, hooks.SenderRtcp(
@@ -206,6 +232,32 @@ async def accept_viewer(peer: Peer, offer: str, fanouts: dict[str, Fanout],
     if not peer.tracks:
         raise NoSupportedCodec("the offer receives none of this stream's tracks")
     return await _answer(peer.pc, mux)
+
+
+def _viewer_transport(peer: Peer, transceiver: RTCRtpTransceiver) -> ViewerTransport:
+    """The viewer's TWCC state for this transceiver's transport: one sequence
+    counter across the transport's audio and video."""
+    dtls = hooks.transport_of(transceiver)
+    state = peer.viewer_transports.get(id(dtls))
+    if state is None:
+        state = peer.viewer_transports[id(dtls)] = ViewerTransport(peer.peer_id)
+        hooks.tap_rtcp(dtls, state.on_rtcp)
+    return state
+
+
+def _publisher_feedback(peer: Peer, transceiver: RTCRtpTransceiver,
+                        extension_id: int) -> PublisherFeedback | None:
+    """The publisher's TWCC feedback for this transceiver's transport (one
+    for audio and video when it bundles); None when it exists already (its
+    datagrams are tapped once)."""
+    dtls = hooks.transport_of(transceiver)
+    if id(dtls) in peer.publisher_feedback:
+        return None
+    receiver = transceiver.receiver
+    feedback = peer.publisher_feedback[id(dtls)] = PublisherFeedback(
+        extension_id, send=lambda packet: hooks.send_rtcp(dtls, packet),
+        sender_ssrc=lambda: hooks.receiver_rtcp_ssrc(receiver))
+    return feedback
 
 
 def upstream_keyframe_requester(get_pc: Callable[[], RTCPeerConnection | None], kind: str,

@@ -33,6 +33,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from sfu import metrics
 from sfu.aiortc_hooks import SenderWiring
 from sfu.codecs import Packetizer, is_keyframe
+from sfu.congestion import ViewerTransport, now_us
 from sfu.rtp_out import Extensions, PacketizedFrame, RtpWriter, abs_send_time, ntp_now
 from vilokanam.logs import log_event
 
@@ -100,6 +101,8 @@ class ForwardedTrack(MediaStreamTrack):
         self._on_ready = on_ready
         self._wiring: SenderWiring | None = None
         self._writer: RtpWriter | None = None
+        # set when the viewer's transport negotiated TWCC (sfu/congestion.py)
+        self.transport_cc: ViewerTransport | None = None
         self.waiting_for_keyframe = kind == "video"
         self.frames_sent = 0
         self.bytes_sent = 0
@@ -130,6 +133,18 @@ class ForwardedTrack(MediaStreamTrack):
         else:
             self._queue.append(frame)
 
+    def skip_to_keyframe(self) -> None:
+        """The viewer's path is congested (its TWCC feedback says so): drop
+        what waits and resume at the next keyframe, as when the queue fills."""
+        if self.kind != "video" or self.waiting_for_keyframe:
+            return
+        dropped = len(self._queue)
+        self._queue.clear()
+        self.frames_dropped += dropped
+        metrics.QUEUE_DROPS.labels(self.kind).inc(dropped)
+        self.waiting_for_keyframe = True
+        self._on_fell_behind()
+
     def _fall_back(self, frame: PacketizedFrame) -> None:
         """The viewer cannot keep up: drop what waits and restart cleanly."""
         dropped = len(self._queue)
@@ -147,13 +162,16 @@ class ForwardedTrack(MediaStreamTrack):
     def attach(self, wiring: SenderWiring) -> None:
         """DTLS is up: from now on the pump sends this viewer's frames."""
         self._wiring = wiring
+        twcc = self.transport_cc if wiring.transport_cc_id else None
         self._writer = RtpWriter(
             ssrc=wiring.ssrc, payload_type=int(wiring.codec.payloadType or 0),
-            extensions=Extensions(wiring.mid_id, wiring.mid, wiring.abs_send_time_id),
-            rtx_payload_type=wiring.rtx_payload_type, rtx_ssrc=wiring.rtx_ssrc)
+            extensions=Extensions(wiring.mid_id, wiring.mid, wiring.abs_send_time_id,
+                                  wiring.transport_cc_id if twcc else None),
+            rtx_payload_type=wiring.rtx_payload_type, rtx_ssrc=wiring.rtx_ssrc,
+            transport=twcc.sequencer if twcc else None)
         self._trim_backlog()
         log_event(log, "viewer.media_started", kind=self.kind, ssrc=wiring.ssrc,
-                  rtx=wiring.rtx_payload_type is not None,
+                  rtx=wiring.rtx_payload_type is not None, twcc=twcc is not None,
                   srtp=type(getattr(wiring.protect, "__self__", wiring.protect)).__name__)
         self._on_ready()
 
@@ -184,9 +202,10 @@ class ForwardedTrack(MediaStreamTrack):
             return 0
         protect, send, send_batch = wiring.protect, wiring.send, wiring.send_batch
         sent = 0
+        sent_us = now_us() if writer.transport is not None else 0
         while self._queue:
             frame = self._queue.popleft()
-            packets = [protect(packet) for packet in writer.frame(frame, send_time)]
+            packets = [protect(packet) for packet in writer.frame(frame, send_time, sent_us)]
             try:
                 if send_batch is not None and len(packets) > 1 and _uniform(packets):
                     delivered = send_batch(packets)
@@ -224,6 +243,7 @@ class ForwardedTrack(MediaStreamTrack):
         if wiring is None or writer is None or not wiring.connected():
             return
         send_time = abs_send_time(ntp_now())
+        sent_us = now_us()
         for seq in sequence_numbers:
             index = writer.stream_index(seq)
             frame = self._history(index) if index is not None else None
@@ -231,7 +251,8 @@ class ForwardedTrack(MediaStreamTrack):
                 metrics.NACK_MISSES.labels(self.kind).inc()
                 continue
             try:
-                wiring.send(wiring.protect(writer.retransmission(seq, frame, index, send_time)))
+                wiring.send(wiring.protect(
+                    writer.retransmission(seq, frame, index, send_time, sent_us)))
             except OSError as exc:
                 self._send_error(exc)
                 continue

@@ -17,8 +17,11 @@ import struct
 import time
 from dataclasses import dataclass, field
 
+from sfu.twcc import TransportSequencer
+
 HEADER = struct.Struct("!BBHII")
 RTX_OSN = struct.Struct("!H")
+TWCC_SEQ = struct.Struct("!H")
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
 
 
@@ -55,12 +58,15 @@ def random_sequence_number() -> int:
 
 @dataclass(slots=True)
 class Extensions:
-    """The one-byte header extensions a viewer negotiated (RFC 8285)."""
+    """The one-byte header extensions a viewer negotiated (RFC 8285): MID,
+    abs-send-time and the transport-wide sequence number (TWCC), in that order."""
 
     mid_id: int | None = None
     mid: str | None = None
     abs_send_time_id: int | None = None
+    transport_cc_id: int | None = None
     _head: bytes = b""
+    _twcc: bytes = b""
     _tail: bytes = b""
 
     def __post_init__(self) -> None:
@@ -70,21 +76,26 @@ class Extensions:
             elements += bytes([(self.mid_id << 4) | (len(value) - 1)]) + value
         if self.abs_send_time_id:
             elements += bytes([(self.abs_send_time_id << 4) | 2])
-        length = len(elements) + (3 if self.abs_send_time_id else 0)
+        if self.transport_cc_id:
+            self._twcc = bytes([(self.transport_cc_id << 4) | 1])
+        length = (len(elements) + (3 if self.abs_send_time_id else 0)
+                  + (3 if self.transport_cc_id else 0))
         if not length:
             return
         padding = -length % 4
         self._head = struct.pack("!HH", 0xBEDE, (length + padding) // 4) + elements
         self._tail = b"\x00" * padding
 
-    def block(self, send_time: bytes) -> bytes:
+    def block(self, send_time: bytes, transport_seq: int = 0) -> bytes:
         """The extension block for packets sent now (`send_time` from
-        `abs_send_time`); empty when the viewer negotiated none."""
+        `abs_send_time`; `transport_seq` when TWCC is negotiated); empty when
+        the viewer negotiated none."""
         if not self._head:
             return b""
-        if self.abs_send_time_id:
-            return self._head + send_time + self._tail
-        return self._head + self._tail
+        block = self._head + send_time if self.abs_send_time_id else self._head
+        if self._twcc:
+            block += self._twcc + TWCC_SEQ.pack(transport_seq)
+        return block + self._tail
 
 
 @dataclass(slots=True)
@@ -99,16 +110,21 @@ class RtpWriter:
     next_seq: int = field(default_factory=random_sequence_number)
     timestamp_origin: int = field(default_factory=lambda: random.getrandbits(32))
     rtx_seq: int = field(default_factory=random_sequence_number)
+    # the viewer transport's transport-wide sequence numbers, when it negotiated TWCC
+    transport: TransportSequencer | None = None
     packets: int = 0
     octets: int = 0  # payload bytes, as RTCP SR counts them
     last_timestamp: int = 0
     _next_index: int = -1  # the stream index that would follow the last one sent
     _epoch_start: int = 0  # first stream index since the last skip
 
-    def frame(self, frame: PacketizedFrame, send_time: bytes) -> list[bytes]:
-        """The RTP packets of `frame` for this viewer, in order."""
+    def frame(self, frame: PacketizedFrame, send_time: bytes, sent_us: int = 0) -> list[bytes]:
+        """The RTP packets of `frame` for this viewer, in order (`sent_us`:
+        now, what TWCC feedback is measured against)."""
         if frame.first_index != self._next_index:  # first frame, or frames skipped
             self._epoch_start = frame.first_index
+        if self.transport is not None and self.extensions.transport_cc_id:
+            return self._frame_with_transport_seqs(frame, send_time, sent_us)
         ext = self.extensions.block(send_time)
         first = 0x90 if ext else 0x80
         timestamp = (frame.timestamp + self.timestamp_origin) & 0xFFFFFFFF
@@ -120,7 +136,27 @@ class RtpWriter:
             out.append(pack(first, pt | 0x80 if i == last else pt, seq, timestamp, ssrc)
                        + ext + payload)
             seq = (seq + 1) & 0xFFFF
-        self.next_seq = seq
+        return self._sent(frame, out, seq, timestamp)
+
+    def _frame_with_transport_seqs(self, frame: PacketizedFrame, send_time: bytes,
+                                   sent_us: int) -> list[bytes]:
+        """As `frame`, each packet with its own transport-wide sequence number."""
+        assert self.transport is not None
+        take, block = self.transport.take, self.extensions.block
+        timestamp = (frame.timestamp + self.timestamp_origin) & 0xFFFFFFFF
+        seq, pt, ssrc = self.next_seq, self.payload_type, self.ssrc
+        last = len(frame.payloads) - 1
+        pack = HEADER.pack
+        out = []
+        for i, payload in enumerate(frame.payloads):
+            out.append(pack(0x90, pt | 0x80 if i == last else pt, seq, timestamp, ssrc)
+                       + block(send_time, take(sent_us)) + payload)
+            seq = (seq + 1) & 0xFFFF
+        return self._sent(frame, out, seq, timestamp)
+
+    def _sent(self, frame: PacketizedFrame, out: list[bytes], next_seq: int,
+              timestamp: int) -> list[bytes]:
+        self.next_seq = next_seq
         self._next_index = frame.end_index
         self.packets += len(out)
         self.octets += frame.size
@@ -139,13 +175,14 @@ class RtpWriter:
         return index
 
     def retransmission(self, seq: int, frame: PacketizedFrame, index: int,
-                       send_time: bytes) -> bytes:
+                       send_time: bytes, sent_us: int = 0) -> bytes:
         """Packet `seq` again: wrapped in RTX (RFC 4588) when negotiated,
         else the same packet."""
         i = index - frame.first_index
         payload = frame.payloads[i]
         marker = 0x80 if i == len(frame.payloads) - 1 else 0
-        ext = self.extensions.block(send_time)
+        transport_seq = self.transport.take(sent_us) if self.transport is not None else 0
+        ext = self.extensions.block(send_time, transport_seq)
         first = 0x90 if ext else 0x80
         timestamp = (frame.timestamp + self.timestamp_origin) & 0xFFFFFFFF
         if self.rtx_payload_type is None:

@@ -28,6 +28,7 @@ from routing.placement import stream_carriers
 from routing.registry import stream_worker_key, worker_key
 from sfu import metrics
 from sfu.cascade import RelayFailed, RelayLoop, RelaySource, call_parent, open_relay, relay_peer
+from sfu.congestion import FEEDBACK_INTERVAL
 from sfu.lifecycle import Lifecycle
 from sfu.load import LoadMonitor
 from sfu.metering import RR_WINDOW, TickEmitter
@@ -54,7 +55,7 @@ RECONNECT_GRACE = 10.0
 FIRST_MEDIA_TIMEOUT = 10.0  # ICE + DTLS must have brought media by then
 MEDIA_TIMEOUT = 5.0  # a publisher silent this long has lost its connection
 ANALYTICS_EVERY = 10  # seconds between stream_analytics rows
-CLOCK_LOOPS = 5  # the clock's loops (start()): an idle worker runs exactly these tasks
+CLOCK_LOOPS = 6  # start()'s loops (the clock, TWCC feedback): an idle worker runs exactly these
 # An edge without its feed waits this long for the stream to come back (the
 # dead origin's record expiring, the publisher's grace, its reconnect) before
 # it sends its viewers away to be placed again.
@@ -179,6 +180,8 @@ class StreamManager:
         self.tasks.spawn(run_forever("sfu.thumbnails", self._thumbnails_due, every=1.0),
                          "thumbnails")
         self.tasks.spawn(self.load_monitor.run(), "load")
+        self.tasks.spawn(run_forever("sfu.twcc_feedback", self._send_transport_feedback,
+                                     every=FEEDBACK_INTERVAL), "twcc-feedback")
 
     # -- publishers ---------------------------------------------------------------
 
@@ -693,6 +696,26 @@ class StreamManager:
             "streams": len(self.streams),
             "tasks": len(self.tasks),
         }
+
+    async def _send_transport_feedback(self) -> None:
+        """TWCC feedback to every publisher that negotiated it."""
+        for stream in list(self.streams.values()):
+            publisher = stream.publisher
+            if publisher is not None:
+                for feedback in list(publisher.publisher_feedback.values()):
+                    await feedback.flush()
+
+    def congestion(self, stream_id: str) -> dict[str, dict[str, int | float]]:
+        """Each TWCC viewer's received / lost counts and queuing delay."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return {}
+        peers = {peer_id: state.info() for peer_id, peer in stream.viewers.items()
+                 for state in peer.viewer_transports.values()}
+        if stream.publisher is not None:  # what the publisher was told
+            for feedback in stream.publisher.publisher_feedback.values():
+                peers[stream.publisher.peer_id] = feedback.info()
+        return peers
 
     async def _watch_publishers(self) -> None:
         """A publisher whose media stopped has lost its connection (ICE can

@@ -117,3 +117,24 @@ async def test_the_ice_internals_buffers_and_host_candidates_use(
     hooks.restrict_host_candidates(["127.0.0.1", "::1"])
     assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) == ["127.0.0.1"]
     assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1", "::1"]
+
+
+async def test_the_transport_internals_twcc_uses(
+        answered: tuple[RTCPeerConnection, RTCRtpTransceiver]) -> None:
+    """TWCC reads a transport's raw RTCP, a connection's datagrams, the
+    receiver's RTCP SSRC, and sends on the DTLS transport."""
+    worker, transceiver = answered
+    dtls: Any = hooks.transport_of(transceiver)
+    seen: list[bytes] = []
+    hooks.tap_rtcp(dtls, seen.append)
+    await dtls._handle_rtcp_data(b"\x80\xc9\x00\x01\x00\x00\x00\x2a")  # an empty RR
+    assert seen == [b"\x80\xc9\x00\x01\x00\x00\x00\x2a"]
+    datagrams: list[bytes] = []
+    connection = dtls.transport.iceGatherer._connection
+    assert connection._protocols  # gathered: the sockets exist
+    hooks.tap_datagrams(transceiver, datagrams.append)
+    connection._protocols[0].datagram_received(b"\x00\x01\x00\x00", ("127.0.0.1", 9))
+    assert datagrams == [b"\x00\x01\x00\x00"]
+    assert isinstance(hooks.receiver_rtcp_ssrc(transceiver.receiver), int)
+    assert callable(dtls._send_rtp)
+    assert await hooks.send_rtcp(dtls, b"\x80\xc9\x00\x01\x00\x00\x00\x2a") is False  # no DTLS yet

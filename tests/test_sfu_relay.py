@@ -20,9 +20,10 @@ from aiortc.rtcrtpparameters import (
 )
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
-from sfu import aiortc_hooks, relay
+from sfu import aiortc_hooks, relay, twcc
 from sfu.aiortc_hooks import SenderWiring
 from sfu.codecs import is_keyframe
+from sfu.congestion import ViewerTransport
 from sfu.relay import Fanout, KeyframeThrottle
 from sfu.rtp_out import Extensions, PacketizedFrame, RtpWriter
 from tests.waiting import wait_until
@@ -338,3 +339,83 @@ async def test_a_batch_arrives_as_the_same_datagrams_with_gso_or_without(
     transport.close()
     receiver.close()
     assert not aiortc_hooks.BatchSender({}, send_one).send(datagrams)  # no pair: gone
+
+
+TWCC_EXTENSIONS = HeaderExtensionsMap()
+TWCC_EXTENSIONS.configure(RTCRtpParameters(headerExtensions=[
+    RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+    RTCRtpHeaderExtensionParameters(
+        id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
+    RTCRtpHeaderExtensionParameters(id=5, uri=twcc.URI)]))
+
+
+def test_extension_block_with_a_transport_wide_sequence_number() -> None:
+    block = Extensions(mid_id=1, mid="0", abs_send_time_id=3, transport_cc_id=5).block(
+        b"\x01\x02\x03", 0xABCD)
+    # 2 + 4 + 3 bytes of elements, padded to three words
+    assert block == (b"\xbe\xde\x00\x03" + b"\x10" + b"0" + b"\x32\x01\x02\x03"
+                     + b"\x51\xab\xcd" + b"\x00\x00\x00")
+
+
+async def test_one_transport_wide_counter_across_a_viewers_audio_and_video() -> None:
+    video, audio = Fanout("video", Requests()), Fanout("audio", Requests())
+    video.attach(VP8)
+    audio.attach(OPUS)
+    state = ViewerTransport("peer")
+    wires = []
+    for fanout in (video, audio):
+        wire = Wire()
+        wire.wiring.transport_cc_id = 5
+        track = fanout.subscribe()
+        track.transport_cc = state
+        track.attach(wire.wiring)
+        wires.append(wire)
+    video.push(VP8, JitterFrame(BIG_KEY, 0))
+    await wait_sent(wires[0], 2)
+    audio.push(OPUS, JitterFrame(b"\xfc" + b"\x00" * 40, 0))
+    await wait_sent(wires[1], 1)
+    video.push(VP8, JitterFrame(VP8_DELTA, 3000))
+    await wait_sent(wires[0], len(wires[0].sent) + 1)
+    seqs = [RtpPacket.parse(d, TWCC_EXTENSIONS).extensions.transport_sequence_number
+            for d in wires[0].sent[:-1] + wires[1].sent + wires[0].sent[-1:]]
+    assert seqs == list(range(1, len(seqs) + 1))  # in send order, across both kinds
+    assert all(state.sequencer.sent_at(s) is not None for s in seqs)
+    video.close()
+    audio.close()
+
+
+async def test_feedback_saying_the_viewer_fell_behind_skips_to_the_next_keyframe() -> None:
+    fanout = Fanout("video", Requests())
+    fanout.attach(VP8)
+    state = ViewerTransport("peer", monitor=twcc.CongestionMonitor(behind_us=200_000))
+    wire = Wire()
+    wire.wiring.transport_cc_id = 5
+    track = fanout.subscribe()
+    track.transport_cc = state
+    state.skip_to_keyframe.append(track.skip_to_keyframe)
+    track.attach(wire.wiring)
+    fanout.push(VP8, JitterFrame(VP8_KEY, 0))
+    await wait_sent(wire, 1)
+    sent_us = state.sequencer.sent_at(1)
+    assert sent_us is not None
+    # the viewer says packet 1 took 10 ms; then packets 2.. arrive ever later
+    state.on_rtcp(twcc.encode_feedback(9, 0x11111111, 1, 0, [sent_us + 10_000]))
+    assert not track.waiting_for_keyframe
+    for n in range(2, 8):
+        fanout.push(VP8, JitterFrame(VP8_DELTA, 3000 * n))
+        await wait_sent(wire, n)
+        sent = state.sequencer.sent_at(n)
+        assert sent is not None
+        state.on_rtcp(twcc.encode_feedback(9, 0x11111111, n, n - 1,
+                                           [sent + 10_000 + 150_000 * n]))
+        if track.waiting_for_keyframe:
+            break
+    # smoothed: 90 ms, 198 ms, then 318 ms of queuing > 200 ms at the 4th packet
+    assert n == 4 and state.skips == 1 and track.waiting_for_keyframe
+    sent_before = len(wire.sent)
+    fanout.push(VP8, JitterFrame(VP8_DELTA, 30_000))  # skipped: not a keyframe
+    fanout.push(VP8, JitterFrame(VP8_KEY, 33_000))
+    await wait_sent(wire, sent_before + 1)
+    assert len(wire.sent) == sent_before + 1 and not track.waiting_for_keyframe
+    assert state.info()["received"] == 4 and state.info()["lost"] == 0
+    fanout.close()
