@@ -53,7 +53,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import random
 import sys
 import tempfile
@@ -80,6 +79,7 @@ from bench.common import (  # noqa: E402
     RELIABILITY_DOC,
     RELIABILITY_TITLE,
     BenchError,
+    all_stat_fields,
     machine_description,
     markdown_table,
     update_doc_section,
@@ -642,17 +642,10 @@ class Chaos:
     def no_orphan_process(self, result: Result) -> None:
         running = {p.pid for p in self.stack.processes().values() if p.running and p.pid}
         orphans = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
+        for pid, fields in all_stat_fields():
             session = int(fields[3])  # field 6 of proc(5): the session id
             if fields[0] != "Z" and session in self.started_pids and session not in running:
-                orphans.append(int(entry))
+                orphans.append(pid)
         if orphans:
             result.fail(f"orphan process(es) {orphans}")
 

@@ -14,7 +14,7 @@ import statistics
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,11 +29,27 @@ class BenchError(RuntimeError):
 # -- CPU -----------------------------------------------------------------------------
 
 
+def stat_fields(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat after the command name (which may hold spaces and
+    parentheses): fields[0] is field 3 of proc(5), the state."""
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()
+
+
+def all_stat_fields() -> Iterator[tuple[int, list[str]]]:
+    """(pid, stat_fields) of every process still there when it is read."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                yield int(entry), stat_fields(entry)
+            except OSError:  # exited meanwhile
+                continue
+
+
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of one process, all its threads included (aiortc encodes
     and decodes in threads, so those count too)."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
+    fields = stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14, 15 of proc(5)
 
 

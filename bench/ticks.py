@@ -59,6 +59,7 @@ from bench.common import (
     BenchError,
     CpuMark,
     MachineCpu,
+    all_stat_fields,
     core_percent,
     http_get,
     machine_description,
@@ -464,15 +465,8 @@ def tree_cpu_seconds(pid: int | None) -> float:
     (Postgres: the postmaster and its backends; a backend calls setsid(), so
     the process group would miss it)."""
     total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:  # exited meanwhile
-            continue
-        if int(entry) == pid:  # utime, stime, cutime, cstime: fields 14-17 of proc(5)
+    for found, fields in all_stat_fields():
+        if found == pid:  # utime, stime, cutime, cstime: fields 14-17 of proc(5)
             total += sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
         elif int(fields[1]) == pid:
             total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
