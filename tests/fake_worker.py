@@ -42,6 +42,13 @@ WORKER_REFUSALS: dict[str, int] = {
     "at_capacity": 503,
 }
 FAKE_ANSWER_SDP = "v=0 fake answer"
+# The real worker's record lives 3 s past its last beat. On a loaded CI
+# machine a 3 s stall of the test process or of Redis expired the fake's
+# record between two beats, and a publish got `no_capacity` (CI, stop 11).
+# The protocol tests are not about heartbeat expiry (tests/test_placement.py
+# and the reaper tests are, with their own short TTLs): a worker leaves
+# placement here only when a test deregisters it.
+FAKE_HEARTBEAT_TTL_MS = 60_000
 
 
 class FakeWorker:
@@ -50,9 +57,10 @@ class FakeWorker:
     `delete_delay` is a slow worker's DELETE."""
 
     def __init__(self, redis: aioredis.Redis, worker_id: str | None = None,
-                 capacity: int = 10) -> None:
+                 capacity: int = 10, ttl_ms: int = FAKE_HEARTBEAT_TTL_MS) -> None:
         self.redis = redis
         self.capacity = capacity  # what it registers (the load benchmark wants thousands)
+        self.ttl_ms = ttl_ms
         self.requests: list[Recorded] = []
         self.peers: set[str] = set()
         self.refusal: tuple[int, str] | None = None  # the next POST's error answer
@@ -91,7 +99,7 @@ class FakeWorker:
         self._registration = WorkerRegistration(
             self.redis, worker_id=self.worker_id, control_url=self.control_url,
             capacity=self.capacity,
-            load_fn=lambda: len(self.peers), streams_fn=lambda: 0)
+            load_fn=lambda: len(self.peers), streams_fn=lambda: 0, ttl_ms=self.ttl_ms)
         await self._registration.start()
 
     async def deregister(self) -> None:
