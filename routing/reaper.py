@@ -73,9 +73,10 @@ def dead_since_key(worker_id: str) -> str:
 
 async def dead_workers(redis: aioredis.Redis, grace_s: float = 0.0) -> list[str]:
     """Registered workers whose heartbeat record has expired, at least
-    `grace_s` ago (as first seen by a reaper), unless they are draining
-    (ending their own streams): a draining mark that expired with the worker's
-    id still registered is a worker killed mid-drain."""
+    `grace_s` ago (as first seen by a reaper, not seen alive since), unless
+    they are draining (ending their own streams): a draining mark that
+    expired with the worker's id still registered is a worker killed
+    mid-drain."""
     ids = sorted(_text(member) for member in await redis.smembers(WORKERS_KEY))
     if not ids:
         return []
@@ -85,6 +86,14 @@ async def dead_workers(redis: aioredis.Redis, grace_s: float = 0.0) -> list[str]
     records, draining = found[:len(ids)], found[len(ids):]
     dead = [worker_id for worker_id, raw, mark in zip(ids, records, draining, strict=True)
             if raw is None and mark is None]
+    alive = [worker_id for worker_id, raw in zip(ids, records, strict=True) if raw is not None]
+    if alive:
+        # The grace counts a death that lasts: a worker seen alive again (its
+        # record expired while Redis was down, say) is not dead since then.
+        # Left in place, the first sighting would make its next brief absence
+        # -- the next Redis restart -- reap a healthy worker at once
+        # (the chaos run's Redis rounds: streams ended, viewers unbilled).
+        await redis.delete(*(dead_since_key(worker_id) for worker_id in alive))
     now_ms = int(time.time() * 1000)
     due = []
     for worker_id in dead:

@@ -6,6 +6,7 @@ once its draining mark runs out."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import asyncpg
@@ -13,7 +14,7 @@ import redis.asyncio as aioredis
 
 from routing.channels import stream_channel
 from routing.placement import place_stream, stream_worker
-from routing.reaper import LOCK_KEY, reap_once
+from routing.reaper import LOCK_KEY, dead_since_key, reap_once
 from routing.registry import (
     WORKERS_KEY,
     WorkerRegistration,
@@ -162,3 +163,26 @@ async def test_a_dead_worker_waits_out_the_grace_and_its_edge_viewers_go_inactiv
     assert await db.fetchval("SELECT status FROM streams WHERE id = $1::uuid", stream) == "live"
     assert not await redis.sismember(stream_edges_key(stream), "edge")
     assert await redis.get(stream_worker_key(stream)) == b"origin"
+
+
+async def test_a_worker_seen_alive_again_starts_its_grace_afresh(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    """A worker whose record expired briefly (Redis down longer than its TTL)
+    and came back is not dead since that first sighting: its next brief
+    absence must wait out a whole grace, not be reaped at once."""
+    stream, _ = await live_stream(db)
+    await db.execute("UPDATE stream_viewers SET sfu_worker_id = 'flaky'")
+    await redis.sadd(WORKERS_KEY, "flaky")  # registered, its record gone
+    await redis.set(stream_worker_key(stream), "flaky")
+    await redis.sadd(worker_streams_key("flaky"), stream)
+    assert await reap_once(redis, pool, grace_s=60) == []  # first seen dead now
+    # ... two minutes ago, as far as the mark can tell:
+    await redis.set(dead_since_key("flaky"), int(time.time() * 1000) - 120_000)
+    await register(redis, "flaky")  # it beats again
+    assert await reap_once(redis, pool, grace_s=60) == []
+    assert not await redis.exists(dead_since_key("flaky"))
+    await redis.delete(worker_key("flaky"))  # and is briefly gone once more
+    assert await reap_once(redis, pool, grace_s=60) == []
+    assert await db.fetchval("SELECT status FROM streams WHERE id = $1::uuid", stream) == "live"
+    assert await db.fetchval("SELECT bool_and(is_active) FROM stream_viewers")
+    assert await redis.get(stream_worker_key(stream)) == b"flaky"
