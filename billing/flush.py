@@ -30,13 +30,14 @@ from decimal import Decimal
 import asyncpg
 import redis.asyncio as aioredis
 from prometheus_client import Counter as PromCounter
-from prometheus_client import Histogram
+from prometheus_client import Gauge, Histogram
 
 from vilokanam.balances import adjust_live
 from vilokanam.delivery import GRACE_SECONDS
 from vilokanam.keyspace import tick_keys
 from vilokanam.logs import log_event
 from vilokanam.metering import VIDEO_VIEW_BATCH_PREFIX, TickBatch, batch_id_of
+from vilokanam.redis_client import REDIS_ERRORS
 from vilokanam.tasks import run_forever
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ TICKS_DROPPED = PromCounter(
 TICKS_REFUNDED = PromCounter(
     "vilokanam_ticks_refunded_total",
     "Dropped ticks given back to the viewer's live balance (charged there when written).")
+REFUNDS_OWED = Gauge(
+    "vilokanam_ticks_refunds_owed_planck",
+    "Refunds of dropped ticks committed in Postgres, not yet given back to the live balances "
+    "(Redis did not answer): retried every sync.")
 BATCHES_SKIPPED = PromCounter(
     "vilokanam_tick_batches_skipped_total", "Batches seen again and skipped (already applied).")
 FLUSH_LAG = Histogram(
@@ -288,6 +293,10 @@ class Flusher:
     def __post_init__(self) -> None:
         self._forget_script = self.redis.register_script(_FORGET)
         self._keys = tick_keys(self.redis)
+        # Refunds committed in Postgres but not yet given back live: Redis was
+        # down when their sync ended. Retried every sync round (a death of
+        # this process leaves them to the reconciliation).
+        self.owed: dict[str, int] = {}
 
     async def flush_once(self) -> FlushResult:
         result = await self.record_once()
@@ -364,14 +373,30 @@ class Flusher:
         return result
 
     async def _refund(self, result: FlushResult) -> None:
-        """A dropped tick is refunded to the live balance at once. (A crash
-        before this leaves the live copy low: reconciliation repairs it.)"""
-        if not result.refunds:
-            return
-        await adjust_live(self.redis, result.refunds)
-        TICKS_REFUNDED.inc(result.dropped)
-        log_event(log, "ticks.refunded", viewers=len(result.refunds), ticks=result.dropped,
-                  planck=sum(result.refunds.values()))
+        """A dropped tick is refunded to the live balance at once, or as soon
+        as Redis answers again: the sync that dropped it is committed, so a
+        refund that fails now is owed, never forgotten. (A crash before it is
+        given leaves the live copy low: reconciliation repairs it.)"""
+        if result.refunds:
+            TICKS_REFUNDED.inc(result.dropped)
+            log_event(log, "ticks.refunded", viewers=len(result.refunds), ticks=result.dropped,
+                      planck=sum(result.refunds.values()))
+        for user, planck in result.refunds.items():
+            self.owed[user] = self.owed.get(user, 0) + planck
+        # One script per shard, each atomic: a shard given back leaves the
+        # owed set at once, so a failure in another never gives it twice.
+        for users in self._keys.group(list(self.owed)).values():
+            try:
+                await adjust_live(self.redis, {user: self.owed[user] for user in users})
+            except REDIS_ERRORS as exc:
+                REFUNDS_OWED.set(sum(self.owed.values()))
+                log_event(log, "ticks.refund_deferred", logging.WARNING,
+                          viewers=len(self.owed), planck=sum(self.owed.values()),
+                          error=repr(exc))
+                return
+            for user in users:
+                del self.owed[user]
+        REFUNDS_OWED.set(0)
 
     async def _checkpoint(self, name: str) -> None:
         """A named point of a flush ("recorded", "committed": the record step;

@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge
 from vilokanam.logs import log_event
 from vilokanam.metering import Tick, TickBatch, TickWriter
 from vilokanam.money import format_amount
+from vilokanam.redis_client import REDIS_ERRORS
 
 if TYPE_CHECKING:
     from sfu.peers import Peer
@@ -124,7 +125,7 @@ class TickEmitter:
             batch = self._outbox[0]
             try:
                 broke += await self.writer.write(batch, live if batch is self._outbox[-1] else None)
-            except (OSError, aioredis.RedisError) as exc:
+            except REDIS_ERRORS as exc:
                 TICK_WRITE_FAILURES.inc()
                 log_event(log, "ticks.write_failed", logging.WARNING, worker_id=self.worker_id,
                           batch=batch.batch_id, pending=len(self._outbox), error=repr(exc))

@@ -15,9 +15,11 @@ import redis.asyncio as aioredis
 
 from billing.flush import FORGOTTEN_TTL_MS, Flusher
 from tests.flushing import drain
+from tests.waiting import wait_until
 from vilokanam.balances import balance_key, balance_of, credit
 from vilokanam.keyspace import pending_count, tick_keys
 from vilokanam.metering import Tick, TickBatch, TickWriter, batch_key
+from vilokanam.services.redis import RedisServer
 
 # Every test here runs on a standalone Redis and on a 3-node Redis Cluster.
 pytestmark = pytest.mark.redis_modes
@@ -326,3 +328,45 @@ async def test_a_round_of_more_batches_than_one_lua_unpack_forgets_them_all(
     assert await redis.get(batch_key(keys.batch_id("w-many:10000", shard))) == b""  # a tombstone
     assert 0 < await redis.pttl(batch_key(keys.batch_id("w-many:12099", shard))) \
         <= FORGOTTEN_TTL_MS
+
+
+def redis_servers(request: pytest.FixtureRequest, redis_mode: str) -> list[RedisServer]:
+    """The processes behind the Redis under test, to stop and start."""
+    if redis_mode == "cluster":
+        return list(request.getfixturevalue("redis_cluster").nodes)
+    return [request.getfixturevalue("stores").owned_redis()]
+
+
+async def test_a_refund_redis_did_not_take_is_given_once_it_answers(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
+        request: pytest.FixtureRequest, redis_mode: str) -> None:
+    """The sync commits its drops in Postgres, then Redis is down for the
+    refund: the refund is owed, and given (once) when Redis is back."""
+    servers = redis_servers(request, redis_mode)
+    audience = await make_audience(db, redis, viewers=1)
+    user = audience.viewers[0][1]
+    await _drop_unknown_session(db, audience)
+    writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
+    now = int(time.time())
+    for second in range(3):
+        await writer.write(batch("w-owed", now - 3 + second, audience))
+    await flusher.record_once()
+    for server in servers:
+        server.stop()  # a clean stop: the append-only file keeps every write
+    synced = await flusher.sync_once()  # Postgres commits; the refund finds no Redis
+    assert synced.dropped == 3 and flusher.owed == {user: 3 * PRICE_PLANCK}  # the fault landed
+    for server in servers:
+        server.start()
+    await wait_until(lambda: _answers(redis, user), "Redis answering again")
+    await flusher.sync_once()  # nothing new to sync: the owed refund goes
+    assert flusher.owed == {}
+    await _live_agrees_with_the_books(db, redis, user)
+    await flusher.sync_once()  # and only once
+    await _live_agrees_with_the_books(db, redis, user)
+
+
+async def _answers(redis: aioredis.Redis, user: str) -> bool:
+    try:  # the shard of the user's live balance (every node's, standalone)
+        return await redis.exists(balance_key(user, tick_keys(redis))) == 1
+    except (OSError, aioredis.RedisError):
+        return False

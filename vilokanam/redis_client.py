@@ -14,8 +14,12 @@ from urllib.parse import unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 CLUSTER_SCHEME = "redis+cluster"
+# What a Redis that does not answer raises: a cluster none of whose nodes
+# answers raises RedisClusterException, which is not a RedisError.
+REDIS_ERRORS: tuple[type[Exception], ...] = (OSError, RedisError, RedisClusterException)
 
 
 class ClusterClient(RedisCluster):
