@@ -422,8 +422,9 @@ def problems_stores(compose: Compose) -> list[str]:
         named = [str(v).split(":")[0] for v in services[name].get("volumes") or []]
         if not any(v in declared for v in named):
             problems.append(f"{name}: needs a named volume")
-    if "--appendonly yes" not in " ".join(services["redis"].get("command") or []):
-        problems.append("redis: must run with --appendonly yes")
+    redis_command = " ".join(services["redis"].get("command") or [])
+    if "--appendonly yes" not in redis_command or "--appendfsync always" not in redis_command:
+        problems.append("redis: must run with --appendonly yes --appendfsync always")
     return problems
 
 

@@ -39,13 +39,15 @@ class RedisServer:
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
+        # fsync before answering: an answered tick write, refund or credit must
+        # survive a kill -9 of Redis (docs/metering.md).
         cluster = (["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
                    if self.cluster_node else [])
         self.process = ManagedProcess(
             name="redis",
             argv=[str(redis_server_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
                   "--dir", str(self.data_dir), "--appendonly", "yes",
-                  "--appendfsync", "everysec", "--save", "", "--daemonize", "no", *cluster],
+                  "--appendfsync", "always", "--save", "", "--daemonize", "no", *cluster],
             log_path=self.data_dir / "redis.log",
         )
 
