@@ -664,7 +664,8 @@ async def run(args: argparse.Namespace, clip: Path) -> list[Result]:
            "VILOKANAM_SFU_MAX_LOOP_LAG_MS": "2000", "VILOKANAM_SETTLEMENT_PERIOD": "2",
            "VILOKANAM_MEDIA_JOB_LEASE": "5"}
     async with BenchStack("vk-chaos-", signaling=2, sfu=2, billing=True, media=True,
-                          chain=True, env=env, funded={creator: ALICE_FUNDS}, overrides={
+                          chain=True, env=env, funded={creator: ALICE_FUNDS},
+                          keep_in=args.keep_logs, overrides={
                               "dev_mode": True, "token_secret": "chaos-" + "x" * 40}) as stack:
         pg = await asyncpg.create_pool(stack.settings.database_url, min_size=0, max_size=4)
         redis = aioredis.Redis.from_url(stack.settings.redis_url)
@@ -728,6 +729,8 @@ def main() -> int:
                              "at least half")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--write-doc", action="store_true")
+    parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
+                        help="keep each stack's directory (every role's log) under DIR")
     args = parser.parse_args()
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = set(args.kinds) - {CONTROL, *KINDS}

@@ -83,6 +83,7 @@ class BenchStack:
     env: Mapping[str, str] = field(default_factory=dict)  # VILOKANAM_* read by Settings
     overrides: Mapping[str, Any] = field(default_factory=dict)  # Settings fields, last
     funded: Mapping[str, int] = field(default_factory=dict)  # chain genesis extra funding
+    keep_in: Path | None = None  # leave the stack's directory (role logs, stores) here
     root: Path = field(init=False)
     postgres: PostgresServer = field(init=False)
     redis: RedisServer = field(init=False)
@@ -92,8 +93,12 @@ class BenchStack:
     _tmp: tempfile.TemporaryDirectory[str] | None = field(init=False, default=None)
 
     async def __aenter__(self) -> BenchStack:
-        self._tmp = tempfile.TemporaryDirectory(prefix=self.prefix)
-        self.root = Path(self._tmp.name)
+        if self.keep_in is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix=self.prefix)
+            self.root = Path(self._tmp.name)
+        else:  # a failing run's logs are what explains it
+            self.keep_in.mkdir(parents=True, exist_ok=True)
+            self.root = Path(tempfile.mkdtemp(prefix=self.prefix, dir=self.keep_in))
         try:
             await asyncio.to_thread(self._start)
             await migrate(self.postgres.url)
