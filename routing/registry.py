@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -156,7 +156,8 @@ class WorkerRegistration:
     def __init__(self, redis: aioredis.Redis, *, worker_id: str, control_url: str,
                  capacity: int, load_fn: Callable[[], int], streams_fn: Callable[[], int],
                  interval_s: float = HEARTBEAT_INTERVAL_S,
-                 ttl_ms: int = HEARTBEAT_TTL_MS) -> None:
+                 ttl_ms: int = HEARTBEAT_TTL_MS,
+                 on_reaped: Callable[[], Awaitable[None]] | None = None) -> None:
         self.worker_id = worker_id
         self._redis = redis
         self._control_url = control_url
@@ -165,6 +166,9 @@ class WorkerRegistration:
         self._streams_fn = streams_fn
         self._interval_s = interval_s
         self._ttl_ms = ttl_ms
+        self._on_reaped = on_reaped
+        self._beaten = False
+        self._reaped = False  # taken for dead, and `on_reaped` has not yet succeeded
         self._task: asyncio.Task[None] | None = None
 
     def record(self) -> WorkerRecord:
@@ -177,7 +181,17 @@ class WorkerRegistration:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.sadd(WORKERS_KEY, self.worker_id)
             pipe.set(worker_key(self.worker_id), self.record().to_json(), px=self._ttl_ms)
-            await pipe.execute()
+            added, _ = await pipe.execute()
+        # Our id back in the set after the first beat: a reaper took us for
+        # dead (stalled or cut off from Redis past the TTL and its grace) and
+        # ended our streams and viewers in Postgres. Until `on_reaped` has
+        # dealt with that, every beat tries again.
+        self._reaped = self._reaped or bool(added and self._beaten)
+        self._beaten = True
+        if self._reaped and self._on_reaped is not None:
+            log_event(log, "sfu.reaped_while_alive", logging.WARNING, worker_id=self.worker_id)
+            await self._on_reaped()
+            self._reaped = False
 
     async def start(self) -> None:
         if self._task is not None:

@@ -77,7 +77,7 @@ def create_app(settings: Settings) -> web.Application:
         registration = WorkerRegistration(
             backends.redis, worker_id=worker_id, control_url=settings.sfu_control_url,
             capacity=settings.sfu_capacity, load_fn=lambda: manager.load,
-            streams_fn=lambda: len(manager.streams))
+            streams_fn=lambda: len(manager.streams), on_reaped=manager.forget_what_was_reaped)
         await registration.start()
         yield
         await registration.begin_drain()  # out of placement first, then end what we carry

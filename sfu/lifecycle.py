@@ -24,6 +24,19 @@ class StreamNotFound(LookupError):
 class Lifecycle:
     pg: asyncpg.Pool
 
+    async def ended_by_others(self, session_ids: list[str],
+                              viewer_session_ids: list[str]) -> tuple[set[str], set[str]]:
+        """Of ours, the stream sessions someone else closed and the viewer
+        sessions made inactive (the reaper, taking us for dead)."""
+        async with self.pg.acquire() as conn:
+            closed = await conn.fetch(
+                "SELECT id::text FROM stream_sessions WHERE id = ANY($1::uuid[]) "
+                "AND end_time IS NOT NULL", session_ids)
+            inactive = await conn.fetch(
+                "SELECT id::text FROM stream_viewers WHERE id = ANY($1::uuid[]) "
+                "AND NOT is_active", viewer_session_ids)
+        return {r["id"] for r in closed}, {r["id"] for r in inactive}
+
     async def stream_started(self, stream_id: str, control_url: str, signaling_url: str) -> str:
         """The stream goes live; returns the new stream_sessions id. A stream
         has one open session: one left open by a worker that died (its

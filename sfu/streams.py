@@ -730,6 +730,25 @@ class StreamManager:
                 if now - relay.meter.last_report_at > RELAY_SILENCE:
                     await self._relay_gone(relay, CloseReason.CONNECTION_FAILED)
 
+    async def forget_what_was_reaped(self) -> None:
+        """A reaper took this worker for dead (stalled, or cut off from Redis,
+        past the heartbeat TTL and the grace) and ended its streams and
+        viewers in Postgres. Serving them on would be media nobody is billed
+        for (their ticks are dropped): end what it ended, so the publishers
+        and viewers reconnect and are placed afresh. What it did not end (our
+        sessions still open) carries on."""
+        sessions = [s.session_id for s in self.streams.values() if s.session_id and not s.edge]
+        viewers = [p for p in self.peers.values() if p.role == "viewer" and p.viewer_session_id]
+        ended, inactive = await self.lifecycle.ended_by_others(
+            sessions, [str(p.viewer_session_id) for p in viewers])
+        for stream in [s for s in self.streams.values() if s.session_id in ended and not s.edge]:
+            await self.end_stream(stream.stream_id, CloseReason.WORKER_DRAINING)
+        for peer in viewers:
+            if peer.viewer_session_id in inactive and peer.peer_id in self.peers:
+                await self.leave(peer.peer_id, reason=CloseReason.WORKER_DRAINING)
+        log_event(log, "sfu.reaped_streams_ended", logging.WARNING, streams=len(ended),
+                  viewers=len(inactive))
+
     async def _meter(self) -> None:
         viewers = [p for p in self.peers.values() if p.role == "viewer"]
         broke = set(await self.emitter.emit(viewers))

@@ -22,7 +22,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from routing.registry import stream_worker_key, worker_key
+from routing.reaper import reap_worker
+from routing.registry import WORKERS_KEY, stream_worker_key, worker_key
 from tests.media_clients import Publisher, Signal, Viewer
 from tests.processes import start_role, wait_healthy
 from tests.waiting import wait_until
@@ -226,3 +227,42 @@ async def test_a_draining_worker_sends_its_viewers_away_and_exits(
 
 async def _exited(proc: ManagedProcess) -> bool:
     return not proc.running
+
+
+async def test_a_worker_reaped_while_alive_ends_what_the_reaper_ended(
+        cluster: Cluster, db: asyncpg.Connection, redis: aioredis.Redis,
+        pool: asyncpg.Pool) -> None:
+    """A worker cut off from Redis past its heartbeat TTL and the reaper's
+    grace (while its media flows: only its heartbeat is lost) is taken for
+    dead: the reaper ends its stream and viewers in Postgres. The worker must
+    not go on serving them unbilled (their ticks are dropped): at its next
+    beat it finds itself reaped and ends them too, so the clients reconnect
+    and are placed afresh. The reaper's round is run here at once, as it runs
+    on such a worker -- a partition of one process from Redis cannot be made
+    in a test without cutting off the others."""
+    stream_id, key = await cluster.stream()
+    await cluster.publish(0, stream_id, key)
+    await viewer_of(cluster, db, redis, stream_id, server=1)
+    record = await pinned_worker(redis, stream_id)
+
+    async def carried() -> dict[str, Any]:
+        async with cluster.http.get(f"{record['control_url']}/control/streams/{stream_id}") as r:
+            return dict(await r.json())
+    assert (await carried())["live"] and (await carried())["viewers"] == 1
+
+    await reap_worker(redis, pool, str(record["worker_id"]))
+    assert await db.fetchval("SELECT status FROM streams WHERE id = $1::uuid",
+                             stream_id) == "ended"  # the fault landed
+
+    async def let_go() -> bool:
+        info = await carried()
+        return not info["live"] and info["viewers"] == 0
+    await eventually(let_go, "the worker to end the stream the reaper ended", timeout=15)
+    # ... and it is a worker again, for new streams.
+    await eventually(lambda: _registered(redis, str(record["worker_id"])),
+                     "the worker back in the registry")
+
+
+async def _registered(redis: aioredis.Redis, worker_id: str) -> bool:
+    return bool(await redis.sismember(WORKERS_KEY, worker_id)
+                and await redis.exists(worker_key(worker_id)))

@@ -10,6 +10,7 @@ import time
 import uuid
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 
 from routing.channels import stream_channel
@@ -47,9 +48,12 @@ async def live_stream(db: asyncpg.Connection) -> tuple[str, str]:
 
 async def test_a_dead_workers_streams_are_ended(db: asyncpg.Connection, redis: aioredis.Redis,
                                                 pool: asyncpg.Pool) -> None:
-    await register(redis, "doomed", px=50)
+    await register(redis, "doomed")
     stream, session = await live_stream(db)
     await place_stream(redis, stream)
+    # It dies only now: a 50 ms record from the start could expire before the
+    # placement on a loaded machine.
+    await redis.pexpire(worker_key("doomed"), 50)
     await wait_until(lambda: expired(redis, "doomed"), "the 50 ms heartbeat record expiring")
 
     pubsub = redis.pubsub()
@@ -186,3 +190,26 @@ async def test_a_worker_seen_alive_again_starts_its_grace_afresh(
     assert await db.fetchval("SELECT status FROM streams WHERE id = $1::uuid", stream) == "live"
     assert await db.fetchval("SELECT bool_and(is_active) FROM stream_viewers")
     assert await redis.get(stream_worker_key(stream)) == b"flaky"
+
+
+async def test_a_reaped_worker_hears_of_it_at_its_next_beat_until_it_has_dealt_with_it(
+        redis: aioredis.Redis) -> None:
+    calls: list[str] = []
+
+    async def on_reaped() -> None:
+        calls.append("reaped")
+        if len(calls) == 1:
+            raise ConnectionError("Postgres did not answer")  # the first try fails
+
+    registration = WorkerRegistration(redis, worker_id="alive", control_url="http://w",
+                                      capacity=10, load_fn=lambda: 0, streams_fn=lambda: 0,
+                                      on_reaped=on_reaped)
+    await registration.beat()  # its first beat adds it: no reap there
+    await registration.beat()
+    assert calls == []
+    await redis.srem(WORKERS_KEY, "alive")  # what a reaper's round ends with
+    with pytest.raises(ConnectionError):
+        await registration.beat()
+    await registration.beat()  # tried again, though the id is back in the set
+    await registration.beat()
+    assert calls == ["reaped", "reaped"]
