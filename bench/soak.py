@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -88,6 +89,7 @@ class Stats:
     leaves: int = 0
     refused: dict[str, int] = field(default_factory=dict)
     packets: int = 0
+    republished: int = 0  # the publisher lost (a starved load generator) and back
 
 
 def rss_mib(pid: int) -> float:
@@ -268,7 +270,8 @@ def report(idle: tuple[Sample, Sample], samples: list[Sample], stats: Stats,
     body = "\n".join([
         f"Measured {utc_now()} on {machine_description()}: {args.minutes:g} min, "
         f"{args.viewers} viewer seats (joins {stats.joins}, leaves {stats.leaves}, refused "
-        f"{json.dumps(stats.refused) if stats.refused else 'none'}). RSS: first sample under "
+        f"{json.dumps(stats.refused) if stats.refused else 'none'}; publisher lost and "
+        f"published again: {stats.republished}). RSS: first sample under "
         f"churn against the last at {last.t:.0f} s ({len(samples)} samples). Open files, "
         "asyncio tasks, Redis keys (DBSIZE, and in brackets those without a TTL; the row's "
         "second column): idle (waited for: the publisher the worker's one peer, signaling's "
@@ -285,6 +288,35 @@ def report(idle: tuple[Sample, Sample], samples: list[Sample], stats: Stats,
         "    " + " ".join([".venv/bin/python bench/soak.py", *sys.argv[1:]]),
     ])
     return body, flat
+
+
+async def publish(http: aiohttp.ClientSession, stream: dict[str, Any]) -> RTCPeerConnection:
+    publisher = client_pc()  # encodes 360p VP8 and Opus, as OBS would
+    publisher.addTransceiver(MovingVideo(640, 360), direction="sendonly")
+    publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    await offer_to(http, publisher, stream["whip_url"], stream["stream_key"])
+    return publisher
+
+
+async def keep_publishing(http: aiohttp.ClientSession, stream: dict[str, Any],
+                          publisher: list[RTCPeerConnection],
+                          roles: dict[str, tuple[ManagedProcess, int]], stats: Stats) -> None:
+    """Publish again, as OBS does, when the worker has ended the stream (on a
+    loaded machine this process can starve its publisher past the worker's
+    silence limit); counted, and said in the result."""
+    info = f"http://127.0.0.1:{roles['sfu'][1]}/control/streams/{stream['id']}"
+    while True:
+        await asyncio.sleep(5.0)
+        try:
+            async with http.get(info) as resp:
+                live = bool((await resp.json())["live"])
+        except (aiohttp.ClientError, OSError, KeyError, ValueError):
+            continue
+        if not live:
+            print("  the worker ended the stream: publishing again", flush=True)
+            await publisher[0].close()
+            publisher[0] = await publish(http, stream)
+            stats.republished += 1
 
 
 async def run(args: argparse.Namespace, settings: Settings,
@@ -307,10 +339,8 @@ async def run(args: argparse.Namespace, settings: Settings,
         async with http.post(base + "/api/streams", json={"title": "soak", "record": False},
                              headers={"Authorization": f"Bearer {creator}"}) as resp:
             stream = await resp.json()
-        publisher = client_pc()  # encodes 360p VP8 and Opus, as OBS would
-        publisher.addTransceiver(MovingVideo(640, 360), direction="sendonly")
-        publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
-        await offer_to(http, publisher, stream["whip_url"], stream["stream_key"])
+        publisher = [await publish(http, stream)]
+        keeper = asyncio.create_task(keep_publishing(http, stream, publisher, roles, stats))
         tokens = [await token(k.ss58_address) for k in keys[1:]]
         started = time.monotonic()
 
@@ -348,7 +378,9 @@ async def run(args: argparse.Namespace, settings: Settings,
             await asyncio.gather(*seats, return_exceptions=True)
         await settle(roles)  # the last DELETEs' peers closed, the pool drained
         idle_after = await take_sample(started, roles, redis, 0)
-        await publisher.close()
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        await publisher[0].close()
         await redis.aclose()
     return (idle_before, idle_after), samples, stats
 
