@@ -111,6 +111,10 @@ class ForwardedTrack(MediaStreamTrack):
         self.retransmitted = 0
         self.send_errors = 0
         self.last_sent_at = 0.0  # time.monotonic() of the last frame sent
+        # Whose track this is, for its log lines (set by sfu/peers.accept_viewer),
+        # and when it was subscribed: its first frame's line says how long after.
+        self.log_ids: dict[str, str] = {}
+        self.subscribed_at = time.monotonic()
 
     @property
     def queued(self) -> list[PacketizedFrame]:
@@ -170,7 +174,8 @@ class ForwardedTrack(MediaStreamTrack):
             rtx_payload_type=wiring.rtx_payload_type, rtx_ssrc=wiring.rtx_ssrc,
             transport=twcc.sequencer if twcc else None)
         self._trim_backlog()
-        log_event(log, "viewer.media_started", kind=self.kind, ssrc=wiring.ssrc,
+        log_event(log, "viewer.media_started", logging.INFO, **self.log_ids, kind=self.kind,
+                  ssrc=wiring.ssrc, ms=_ms_since(self.subscribed_at),
                   rtx=wiring.rtx_payload_type is not None, twcc=twcc is not None,
                   srtp=type(getattr(wiring.protect, "__self__", wiring.protect)).__name__)
         self._on_ready()
@@ -218,6 +223,9 @@ class ForwardedTrack(MediaStreamTrack):
                 self._stop_sending("ice_closed")
                 break
             sent += len(packets)
+            if not self.frames_sent:
+                log_event(log, "viewer.first_frame", logging.INFO, **self.log_ids, kind=self.kind,
+                          keyframe=frame.keyframe, ms=_ms_since(self.subscribed_at))
             self.frames_sent += 1
             self.bytes_sent += frame.size
         self.packets_sent += sent
@@ -267,6 +275,10 @@ class ForwardedTrack(MediaStreamTrack):
         super().stop()
 
 
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
 def _uniform(packets: list[bytes]) -> bool:
     """All of one size but the last, which is no longer: what UDP GSO can
     send in one call (the VP8 packetizer cuts frames so; H.264 may not)."""
@@ -283,6 +295,7 @@ class Fanout:
     request_upstream_keyframe: Callable[[], None]
     on_media: Callable[[], None] = lambda: None  # the publisher is alive
     codec: RTCRtpCodecParameters | None = None
+    stream_id: str = ""  # for log lines
     viewers: set[ForwardedTrack] = field(default_factory=set)
     _packetizer: Packetizer | None = None
     _next_index: int = 0
@@ -303,6 +316,7 @@ class Fanout:
     _last_pts: int | None = None
     _rebase: bool = False
     _pump_scheduled: bool = False
+    _attached_at: float | None = None  # a source's attach, until its first keyframe
     _throttle: KeyframeThrottle = field(init=False)
 
     def __post_init__(self) -> None:
@@ -319,6 +333,7 @@ class Fanout:
             self._packetizer = Packetizer(codec.mimeType)
         self._rebase = self._last_pts is not None
         self._clear_gop()
+        self._attached_at = time.monotonic()
 
     def push(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
         """Called by the receiver tap, on the event loop, per assembled frame."""
@@ -338,6 +353,10 @@ class Fanout:
             self._history[index % size] = packetized
         if self.kind == "video":
             self._remember(packetized)
+            if packetized.keyframe and self._attached_at is not None:
+                log_event(log, "fanout.first_keyframe", stream_id=self.stream_id,
+                          ms=_ms_since(self._attached_at))  # since its source attached
+                self._attached_at = None
         for viewer in self.viewers:
             viewer.offer(packetized)
         for tap in self.taps:
