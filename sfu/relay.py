@@ -450,7 +450,13 @@ class Fanout:
         self._gop.append(frame)
         self._gop_bytes += frame.size
         if len(self._gop) > GOP_CACHE_MAX_FRAMES or self._gop_bytes > GOP_CACHE_MAX_BYTES:
-            self._clear_gop()  # too long ago: a new viewer asks for a fresh keyframe
+            # Too long ago to start a viewer from. Ask for a fresh keyframe now
+            # (a browser publisher sends one only when asked), so the cache is
+            # valid again before the next viewer comes: it starts at once
+            # instead of waiting for a keyframe from upstream (through an
+            # edge: the relay's round trip to the publisher and back).
+            self._clear_gop()
+            self.request_keyframe()
 
     def _clear_gop(self) -> None:
         self._gop.clear()
