@@ -27,6 +27,7 @@ STEPS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("placed", "ws.watch_placed", {}),
     ("relay requested", "edge.relay_requested", {}),
     ("relay answered (offer/answer)", "edge.relay_opened", {}),
+    ("no cached keyframe: asked", "fanout.keyframe_wait", {}),
     ("viewer answered by the worker", "viewer.joined", {}),
     ("answer sent to the browser", "ws.session_started", {"state": "watching"}),
     ("relay ICE+DTLS up", "edge.relay_connected", {}),
@@ -35,6 +36,13 @@ STEPS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("viewer first frame sent", "viewer.first_frame", {"kind": "video", "role": "viewer"}),
 )
 SHOWN = "first frame shown (browser)"
+# Durations a process measured itself (its own clock): (label, event, field).
+TIMED: tuple[tuple[str, str, str], ...] = (
+    ("signaling: checks + placement", "ws.watch_placed", "ms"),
+    ("worker: SDP answer", "viewer.joined", "sdp_ms"),
+    ("worker: viewer row written", "viewer.joined", "store_ms"),
+    ("edge: relay offer/answer", "edge.relay_opened", "ms"),
+)
 
 _LINE = re.compile(r"^(\S+) +\S+ +\S+ (\S+)(.*)$")
 _PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
@@ -112,4 +120,17 @@ def table(joins: list[dict[str, float]]) -> list[str]:
     for label in labels:
         cells = [f"{join[label]:5.0f}" if label in join else "    -" for join in joins]
         out.append(f"  {label:<32} " + " ".join(cells))
+    return out
+
+
+def timed(lines: list[LogLine], clicks_ms: list[float]) -> list[str]:
+    """The medians of what the processes timed themselves, over the joins."""
+    out = []
+    for label, event, name in TIMED:
+        values = [float(line.fields[name]) for line in lines
+                  if line.event == event and name in line.fields
+                  and clicks_ms and line.at_ms >= clicks_ms[0]]
+        if values:
+            out.append(f"  {label:<32} p50 {statistics.median(values):6.0f} ms"
+                       f"  ({len(values)} times)")
     return out

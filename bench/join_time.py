@@ -33,7 +33,7 @@ from playwright.async_api import Browser, async_playwright
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.join_steps import join_steps, read_lines, summary, table  # noqa: E402
+from bench.join_steps import join_steps, read_lines, summary, table, timed  # noqa: E402
 from bench.stack import BenchStack  # noqa: E402
 from tests.conftest import CHROMIUM_ARGS  # noqa: E402
 from vilokanam.admin import grant_dev_funds  # noqa: E402
@@ -134,6 +134,7 @@ async def run(args: argparse.Namespace) -> list[tuple[float, float]]:
                            [took for _, took in joins])
         print("where a join's time goes (ms after the Watch click):")
         print("\n".join(summary(steps)))
+        print("\n".join(timed(lines, [clicked for clicked, _ in joins])))
         print("each join (ms after its Watch click):")
         print("\n".join(table(steps)))
         return joins

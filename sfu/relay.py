@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 
 VIDEO_QUEUE_FRAMES = 90  # 3 s at 30 fps: a slow viewer is cut back to a keyframe after that
 AUDIO_QUEUE_FRAMES = 150  # 3 s of 20 ms Opus frames
-GOP_CACHE_MAX_FRAMES = 300
+# 2 s at 30 fps, well inside a viewer's queue (VIDEO_QUEUE_FRAMES): a new
+# viewer is offered the whole cache, and a cache longer than its queue would
+# overflow it at once, sending the viewer back to wait for a keyframe.
+GOP_CACHE_MAX_FRAMES = 60
 GOP_CACHE_MAX_BYTES = 8 * 1024 * 1024
 HISTORY_PACKETS = {"video": 2048, "audio": 256}  # NACK window: ~8 s of 2 Mbit/s video
 PUMP_SLICE_PACKETS = 400  # packets sent per event-loop callback (a few ms)
@@ -132,10 +135,23 @@ class ForwardedTrack(MediaStreamTrack):
             if not frame.keyframe:
                 return
             self.waiting_for_keyframe = False
-        if len(self._queue) >= self._maxsize:
+        if len(self._queue) >= self._maxsize and not self._trim_before_connected():
             self._fall_back(frame)
         else:
             self._queue.append(frame)
+
+    def _trim_before_connected(self) -> bool:
+        """A video queue that fills while ICE and DTLS come up starts at its
+        newest keyframe instead (what attach does anyway), so a slow
+        connection does not send a new viewer back to wait for one. True if
+        that made room."""
+        if self.kind != "video" or self._wiring is not None:
+            return False
+        before = len(self._queue)
+        self._trim_backlog()
+        dropped = before - len(self._queue)
+        self.frames_dropped += dropped
+        return dropped > 0
 
     def skip_to_keyframe(self) -> None:
         """The viewer's path is congested (its TWCC feedback says so): drop
@@ -387,6 +403,7 @@ class Fanout:
                 for frame in self._gop:  # start at once from the cache
                     track.offer(frame)
             else:
+                log_event(log, "fanout.keyframe_wait", stream_id=self.stream_id)
                 self.request_keyframe()
         return track
 

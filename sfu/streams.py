@@ -135,6 +135,10 @@ class LiveStream:
         return self.source.peer.pc if self.source is not None else None
 
 
+def _ms(start: float, end: float) -> int:
+    return round((end - start) * 1000)
+
+
 def _new_peer_id() -> str:
     return secrets.token_urlsafe(18)  # unguessable: it names a control resource
 
@@ -325,15 +329,18 @@ class StreamManager:
         peer = Peer(_new_peer_id(), stream_id, make_peer_connection(self.ice_servers), "viewer",
                     user_id=user_id)
         self._admitting += 1
+        joining = time.monotonic()
         stream.joining += 1  # a kept relay is not dropped under this viewer's answer
         try:
             answer = await accept_viewer(peer, offer, stream.fanouts, self.udp_mux)
+            answered = time.monotonic()
             stream.viewers[peer.peer_id] = peer
             stream.idle_since = None
             self._register(peer)
             self._admitting -= 1
             peer.viewer_session_id, price, audience = await self.lifecycle.viewer_joined(
                 stream_id, stream.session_id, user_id, self.worker_id)
+            stored = time.monotonic()
             peer.meter.price = price
             peer.meter.price_planck = to_planck(price, self.token_decimals)
         except BaseException:
@@ -349,7 +356,9 @@ class StreamManager:
         await self._audience_changed(stream_id, audience)
         log_event(log, "viewer.joined", stream_id=stream_id, peer_id=peer.peer_id,
                   viewer_session_id=peer.viewer_session_id, user_id=user_id, edge=stream.edge,
-                  ms=round((time.monotonic() - started) * 1000))  # the watch call's answer
+                  # the watch call's answer; of it, the SDP answer and the row's write
+                  ms=_ms(started, time.monotonic()), sdp_ms=_ms(joining, answered),
+                  store_ms=_ms(answered, stored))
         return {"peer_id": peer.peer_id, "sdp": answer,
                 "viewer_session_id": peer.viewer_session_id}
 
