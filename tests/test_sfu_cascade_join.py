@@ -176,3 +176,33 @@ async def _edge_viewer_billed(db: asyncpg.Connection, stream_id: str, origin_id:
     return bool(await db.fetchval(
         "SELECT total_ticks >= 2 FROM stream_viewers WHERE stream_id = $1::uuid "
         "AND is_active AND sfu_worker_id <> $2", stream_id, origin_id))
+
+
+@pytest.fixture
+async def two_no_keep(settings: Settings, tmp_path: Path, db: asyncpg.Connection,
+                      redis: aioredis.Redis) -> AsyncIterator[Cluster]:
+    none_kept = dataclasses.replace(settings, sfu_edge_keep=Decimal(0))
+    async for cluster in start_cluster(none_kept, tmp_path, 2):
+        yield cluster
+
+
+async def test_with_no_keep_an_edge_hands_its_relay_back_when_its_viewer_leaves(
+        two_no_keep: Cluster, db: asyncpg.Connection, redis: aioredis.Redis) -> None:
+    cluster = two_no_keep
+    stream_id, key = await cluster.stream()
+    assert await publish(cluster, stream_id, key) is not None
+    origin_url = await pinned(redis, stream_id)
+    edge, origin = sorted(cluster.sfu, key=lambda r: r.settings.sfu_control_url == origin_url)
+    token = await funded_viewer_token(cluster, db, redis)
+    await eventually(partial(_load_is, redis, 1), "the publisher's load reported")
+    await watch(cluster, stream_id, token)  # the origin's viewer
+    await eventually(partial(_load_is, redis, 2), "the origin's viewer reported")
+    ws, viewer = await watch(cluster, stream_id, token)
+    await viewer.wait_for_frames("video", 5, timeout=20)
+    assert (await stream_here(cluster, edge, stream_id))["fed"]
+    await leave(ws, viewer)
+    # Handed back at once, not after a keep: well inside the 30 s default.
+    await eventually(lambda: _not_carried(cluster, edge, stream_id), "the relay handed back",
+                     timeout=10)
+    await eventually(lambda: _relays_are(cluster, origin, stream_id, 0),
+                     "the origin's relay freed", timeout=10)
