@@ -33,6 +33,7 @@ from playwright.async_api import Browser, async_playwright
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.join_steps import join_steps, read_lines, summary, table, timed  # noqa: E402
 from bench.stack import BenchStack  # noqa: E402
 from tests.conftest import CHROMIUM_ARGS  # noqa: E402
 from vilokanam.admin import grant_dev_funds  # noqa: E402
@@ -43,12 +44,14 @@ BOB = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"  # the 2nd dev account
 JOIN_TIMEOUT_MS = 15000
 ADMISSION_LIMITS = ("VILOKANAM_SFU_MAX_CPU", "VILOKANAM_SFU_MAX_LOOP_LAG_MS")
 
-# Click Watch, resolve with the ms until the first frame is presented.
+# Click Watch, resolve with [the click's Unix time in ms, the ms until the
+# first frame is presented].
 MEASURE_JOIN = """async (timeout) => {
   const video = document.querySelector("#video");
+  const clicked = Date.now();
   const started = performance.now();
   const first = new Promise((resolve) =>
-    video.requestVideoFrameCallback(() => resolve(performance.now() - started)));
+    video.requestVideoFrameCallback(() => resolve([clicked, performance.now() - started])));
   const late = new Promise((_, reject) => setTimeout(() => reject(new Error("no frame")), timeout));
   document.querySelector("#watch").click();
   return await Promise.race([first, late]);
@@ -65,7 +68,8 @@ def post(base: str, path: str, body: dict, token: str | None = None) -> dict:
         return dict(json.load(resp))
 
 
-async def join_once(browser: Browser, watch_url: str) -> float:
+async def join_once(browser: Browser, watch_url: str) -> tuple[float, float]:
+    """(the Watch click's Unix time in ms, the ms from it to the first frame)"""
     context = await browser.new_context()
     try:
         page = await context.new_page()
@@ -79,13 +83,14 @@ async def join_once(browser: Browser, watch_url: str) -> float:
             "(account) => document.querySelector('#account').textContent.trim() === account",
             arg=BOB, timeout=20000)
         await page.wait_for_selector("#watch:not([disabled])")
-        return float(await page.evaluate(MEASURE_JOIN, JOIN_TIMEOUT_MS))
+        clicked, took = await page.evaluate(MEASURE_JOIN, JOIN_TIMEOUT_MS)
+        return float(clicked), float(took)
     finally:
         await context.close()
 
 
 async def measure(base: str, joins: int, warmup_s: float,
-                  start_edge: Callable[[], None] | None = None) -> list[float]:
+                  start_edge: Callable[[], None] | None = None) -> list[tuple[float, float]]:
     token = post(base, "/api/dev/token", {"account": ALICE})["token"]
     stream = post(base, "/api/streams", {"title": "join-time"}, token)
     async with async_playwright() as pw:
@@ -106,7 +111,7 @@ async def measure(base: str, joins: int, warmup_s: float,
     return times
 
 
-async def run(args: argparse.Namespace) -> list[float]:
+async def run(args: argparse.Namespace) -> list[tuple[float, float]]:
     env = {"VILOKANAM_ICE_HOST_ADDRESSES": "127.0.0.1", **{
         # the worker's load admission limits, when the caller sets them
         k: v for k, v in os.environ.items() if k in ADMISSION_LIMITS}}
@@ -121,8 +126,18 @@ async def run(args: argparse.Namespace) -> list[float]:
         def start_edge() -> None:
             stack.add_role("sfu")
 
-        return await measure(stack.settings.base_url, args.joins, args.warmup,
-                             start_edge if args.via_edge else None)
+        joins = await measure(stack.settings.base_url, args.joins, args.warmup,
+                              start_edge if args.via_edge else None)
+        # Where the time went, from the processes' own log lines.
+        lines = read_lines(role.log_dir / f"{role.kind}.log" for role in stack.all_roles())
+        steps = join_steps(lines, [clicked for clicked, _ in joins],
+                           [took for _, took in joins])
+        print("where a join's time goes (ms after the Watch click):")
+        print("\n".join(summary(steps)))
+        print("\n".join(timed(lines, [clicked for clicked, _ in joins])))
+        print("each join (ms after its Watch click):")
+        print("\n".join(table(steps)))
+        return joins
 
 
 def main() -> int:
@@ -135,7 +150,7 @@ def main() -> int:
     if shutil.which("chromium") is None:
         print("join_time: Debian's chromium is needed (apt-get install chromium)")
         return 2
-    times = asyncio.run(run(args))
+    times = [took for _, took in asyncio.run(run(args))]
     ordered = sorted(times)
     p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
     print(f"joins: {len(times)}  p50: {statistics.median(times):.0f} ms  "

@@ -61,7 +61,7 @@ def create_app(settings: Settings) -> web.Application:
             token_decimals=settings.token_decimals,
             load_monitor=LoadMonitor(max_cpu=float(settings.sfu_max_cpu),
                                      max_lag=settings.sfu_max_loop_lag_ms / 1000),
-            udp_mux=mux,
+            udp_mux=mux, edge_keep=float(settings.sfu_edge_keep),
 
             recordings=Recordings(backends.pg, storage,
                                   enabled=settings.record_streams,

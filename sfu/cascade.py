@@ -16,6 +16,7 @@ so a worker never relays a stream from one of its own descendants."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,7 @@ async def open_relay(http: aiohttp.ClientSession, peer: Peer, fanouts: dict[str,
     failure the peer connection is closed and RelayFailed (or the parent's
     refusal) raised."""
     pc = peer.pc
+    started = time.monotonic()
     try:
         transceivers = [pc.addTransceiver(kind, direction="recvonly")
                         for kind in ("video", "audio")]
@@ -129,7 +131,8 @@ async def open_relay(http: aiohttp.ClientSession, peer: Peer, fanouts: dict[str,
         await pc.close()
         raise
     log_event(log, "edge.relay_opened", stream_id=peer.stream_id, parent_url=parent_url,
-              parent_peer_id=parent_peer_id, session_id=session_id, depth=len(chain))
+              parent_peer_id=parent_peer_id, session_id=session_id, depth=len(chain),
+              ms=round((time.monotonic() - started) * 1000))  # the offer/answer round
     return Relayed(RelaySource(peer, parent_url, parent_peer_id, chain), session_id)
 
 

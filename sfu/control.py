@@ -102,6 +102,8 @@ async def stream_info(request: web.Request) -> web.Response:
         "session_id": stream.session_id if stream else None,
         "edge": bool(stream and stream.edge),
         "relays": len(stream.relays) if stream else 0,
+        "fed": bool(stream and stream.source),  # an edge's relay in is up
+        "idle": bool(stream and stream.idle_since is not None),  # an edge keeping its relay
         # per viewer that negotiated TWCC: what its feedback says
         "congestion": request.app[MANAGER].congestion(request.match_info["stream_id"]),
     })

@@ -220,6 +220,7 @@ async def accept_viewer(peer: Peer, offer: str, fanouts: dict[str, Fanout],
             raise NoSupportedCodec(str(exc)) from None
         hooks.narrow_codecs(transceiver, pin(codecs, codec))
         track = fanout.subscribe()
+        track.log_ids = {"stream_id": peer.stream_id, "peer_id": peer.peer_id, "role": peer.role}
         if hooks.negotiate_transport_cc(transceiver, _offered(description, transceiver)):
             track.transport_cc = _viewer_transport(peer, transceiver)
             if track.kind == "video":

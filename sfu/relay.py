@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 
 VIDEO_QUEUE_FRAMES = 90  # 3 s at 30 fps: a slow viewer is cut back to a keyframe after that
 AUDIO_QUEUE_FRAMES = 150  # 3 s of 20 ms Opus frames
-GOP_CACHE_MAX_FRAMES = 300
+# 2 s at 30 fps, well inside a viewer's queue (VIDEO_QUEUE_FRAMES): a new
+# viewer is offered the whole cache, and a cache longer than its queue would
+# overflow it at once, sending the viewer back to wait for a keyframe.
+GOP_CACHE_MAX_FRAMES = 60
 GOP_CACHE_MAX_BYTES = 8 * 1024 * 1024
 HISTORY_PACKETS = {"video": 2048, "audio": 256}  # NACK window: ~8 s of 2 Mbit/s video
 PUMP_SLICE_PACKETS = 400  # packets sent per event-loop callback (a few ms)
@@ -111,6 +114,10 @@ class ForwardedTrack(MediaStreamTrack):
         self.retransmitted = 0
         self.send_errors = 0
         self.last_sent_at = 0.0  # time.monotonic() of the last frame sent
+        # Whose track this is, for its log lines (set by sfu/peers.accept_viewer),
+        # and when it was subscribed: its first frame's line says how long after.
+        self.log_ids: dict[str, str] = {}
+        self.subscribed_at = time.monotonic()
 
     @property
     def queued(self) -> list[PacketizedFrame]:
@@ -128,10 +135,23 @@ class ForwardedTrack(MediaStreamTrack):
             if not frame.keyframe:
                 return
             self.waiting_for_keyframe = False
-        if len(self._queue) >= self._maxsize:
+        if len(self._queue) >= self._maxsize and not self._trim_before_connected():
             self._fall_back(frame)
         else:
             self._queue.append(frame)
+
+    def _trim_before_connected(self) -> bool:
+        """A video queue that fills while ICE and DTLS come up starts at its
+        newest keyframe instead (what attach does anyway), so a slow
+        connection does not send a new viewer back to wait for one. True if
+        that made room."""
+        if self.kind != "video" or self._wiring is not None:
+            return False
+        before = len(self._queue)
+        self._trim_backlog()
+        dropped = before - len(self._queue)
+        self.frames_dropped += dropped
+        return dropped > 0
 
     def skip_to_keyframe(self) -> None:
         """The viewer's path is congested (its TWCC feedback says so): drop
@@ -170,7 +190,8 @@ class ForwardedTrack(MediaStreamTrack):
             rtx_payload_type=wiring.rtx_payload_type, rtx_ssrc=wiring.rtx_ssrc,
             transport=twcc.sequencer if twcc else None)
         self._trim_backlog()
-        log_event(log, "viewer.media_started", kind=self.kind, ssrc=wiring.ssrc,
+        log_event(log, "viewer.media_started", logging.INFO, **self.log_ids, kind=self.kind,
+                  ssrc=wiring.ssrc, ms=_ms_since(self.subscribed_at),
                   rtx=wiring.rtx_payload_type is not None, twcc=twcc is not None,
                   srtp=type(getattr(wiring.protect, "__self__", wiring.protect)).__name__)
         self._on_ready()
@@ -218,6 +239,9 @@ class ForwardedTrack(MediaStreamTrack):
                 self._stop_sending("ice_closed")
                 break
             sent += len(packets)
+            if not self.frames_sent:
+                log_event(log, "viewer.first_frame", logging.INFO, **self.log_ids, kind=self.kind,
+                          keyframe=frame.keyframe, ms=_ms_since(self.subscribed_at))
             self.frames_sent += 1
             self.bytes_sent += frame.size
         self.packets_sent += sent
@@ -267,6 +291,10 @@ class ForwardedTrack(MediaStreamTrack):
         super().stop()
 
 
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
 def _uniform(packets: list[bytes]) -> bool:
     """All of one size but the last, which is no longer: what UDP GSO can
     send in one call (the VP8 packetizer cuts frames so; H.264 may not)."""
@@ -283,6 +311,7 @@ class Fanout:
     request_upstream_keyframe: Callable[[], None]
     on_media: Callable[[], None] = lambda: None  # the publisher is alive
     codec: RTCRtpCodecParameters | None = None
+    stream_id: str = ""  # for log lines
     viewers: set[ForwardedTrack] = field(default_factory=set)
     _packetizer: Packetizer | None = None
     _next_index: int = 0
@@ -303,6 +332,7 @@ class Fanout:
     _last_pts: int | None = None
     _rebase: bool = False
     _pump_scheduled: bool = False
+    _attached_at: float | None = None  # a source's attach, until its first keyframe
     _throttle: KeyframeThrottle = field(init=False)
 
     def __post_init__(self) -> None:
@@ -319,6 +349,7 @@ class Fanout:
             self._packetizer = Packetizer(codec.mimeType)
         self._rebase = self._last_pts is not None
         self._clear_gop()
+        self._attached_at = time.monotonic()
 
     def push(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
         """Called by the receiver tap, on the event loop, per assembled frame."""
@@ -338,6 +369,10 @@ class Fanout:
             self._history[index % size] = packetized
         if self.kind == "video":
             self._remember(packetized)
+            if packetized.keyframe and self._attached_at is not None:
+                log_event(log, "fanout.first_keyframe", stream_id=self.stream_id,
+                          ms=_ms_since(self._attached_at))  # since its source attached
+                self._attached_at = None
         for viewer in self.viewers:
             viewer.offer(packetized)
         for tap in self.taps:
@@ -368,6 +403,7 @@ class Fanout:
                 for frame in self._gop:  # start at once from the cache
                     track.offer(frame)
             else:
+                log_event(log, "fanout.keyframe_wait", stream_id=self.stream_id)
                 self.request_keyframe()
         return track
 
@@ -431,7 +467,13 @@ class Fanout:
         self._gop.append(frame)
         self._gop_bytes += frame.size
         if len(self._gop) > GOP_CACHE_MAX_FRAMES or self._gop_bytes > GOP_CACHE_MAX_BYTES:
-            self._clear_gop()  # too long ago: a new viewer asks for a fresh keyframe
+            # Too long ago to start a viewer from. Ask for a fresh keyframe now
+            # (a browser publisher sends one only when asked), so the cache is
+            # valid again before the next viewer comes: it starts at once
+            # instead of waiting for a keyframe from upstream (through an
+            # edge: the relay's round trip to the publisher and back).
+            self._clear_gop()
+            self.request_keyframe()
 
     def _clear_gop(self) -> None:
         self._gop.clear()

@@ -102,6 +102,13 @@ class LiveStream:
     relays: dict[str, Peer] = field(default_factory=dict)  # feeds to edges
     chain: list[str] = field(default_factory=list)  # worker ids, origin first, us last
     resuming: bool = False  # an edge's new relay is being opened
+    idle_since: float | None = None  # an edge's last viewer left then: its relay is kept
+    joining: int = 0  # viewers being answered, not yet in `viewers`
+
+    @property
+    def idle(self) -> bool:
+        """An edge nobody watches or is fed by: its relay serves no one."""
+        return self.edge and not self.viewers and not self.relays and not self.joining
 
     def media_arrived(self) -> None:
         self.last_media_at = time.monotonic()
@@ -128,6 +135,10 @@ class LiveStream:
         return self.source.peer.pc if self.source is not None else None
 
 
+def _ms(start: float, end: float) -> int:
+    return round((end - start) * 1000)
+
+
 def _new_peer_id() -> str:
     return secrets.token_urlsafe(18)  # unguessable: it names a control resource
 
@@ -150,6 +161,7 @@ class StreamManager:
     udp_mux: UdpMux | None = None  # one UDP port for every peer connection, if configured
     writes: WriteBehind = field(default_factory=WriteBehind)
     analytics_every: int = ANALYTICS_EVERY  # seconds of the clock between samples
+    edge_keep: float = 30.0  # VILOKANAM_SFU_EDGE_KEEP: an idle edge keeps its relay this long
     _analytics_beats: int = 0
     _publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _relay_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one relay per edge
@@ -232,7 +244,8 @@ class StreamManager:
         stream = LiveStream(stream_id, chain=[self.worker_id])
         for kind in ("video", "audio"):
             requester = upstream_keyframe_requester(stream.upstream_pc, kind, self.tasks)
-            stream.fanouts[kind] = Fanout(kind, requester, on_media=stream.media_arrived)
+            stream.fanouts[kind] = Fanout(kind, requester, on_media=stream.media_arrived,
+                                          stream_id=stream_id)
         self.streams[stream_id] = stream
         return stream
 
@@ -291,32 +304,43 @@ class StreamManager:
         """A viewer. With `relay_from` (placement made us an edge of the
         stream) a worker that does not carry the stream relays it from there
         first: one relay, however many viewers follow."""
+        started = time.monotonic()
         stream = self.streams.get(stream_id)
+        new_edge = False
         if (stream is None or not stream.session_id) and relay_from:
+            before = stream
             stream = await self._become_edge(stream_id, relay_from)
+            new_edge = stream is not before
         if stream is None or not stream.session_id:
             raise StreamNotLive("the stream is not live on this worker")
         try:
-            return await self._add_viewer(stream, offer, user_id)
+            return await self._add_viewer(stream, offer, user_id, started)
         except BaseException:
-            await self._end_idle_edge(stream)
+            # An edge made for this viewer alone goes with it; one that had
+            # served others keeps its relay as after a viewer's leave.
+            await self._end_idle_edge(stream, at_once=new_edge)
             raise
 
-    async def _add_viewer(self, stream: LiveStream, offer: str,
-                          user_id: str) -> dict[str, Any]:
+    async def _add_viewer(self, stream: LiveStream, offer: str, user_id: str,
+                          started: float) -> dict[str, Any]:
         stream_id = stream.stream_id
         self._check_capacity()
         self._check_load(stream_id)
         peer = Peer(_new_peer_id(), stream_id, make_peer_connection(self.ice_servers), "viewer",
                     user_id=user_id)
         self._admitting += 1
+        joining = time.monotonic()
+        stream.joining += 1  # a kept relay is not dropped under this viewer's answer
         try:
             answer = await accept_viewer(peer, offer, stream.fanouts, self.udp_mux)
+            answered = time.monotonic()
             stream.viewers[peer.peer_id] = peer
+            stream.idle_since = None
             self._register(peer)
             self._admitting -= 1
             peer.viewer_session_id, price, audience = await self.lifecycle.viewer_joined(
                 stream_id, stream.session_id, user_id, self.worker_id)
+            stored = time.monotonic()
             peer.meter.price = price
             peer.meter.price_planck = to_planck(price, self.token_decimals)
         except BaseException:
@@ -326,10 +350,15 @@ class StreamManager:
             self._unregister(peer)
             await peer.close()
             raise
+        finally:
+            stream.joining -= 1
         self._watch_viewer_connection(peer)
         await self._audience_changed(stream_id, audience)
         log_event(log, "viewer.joined", stream_id=stream_id, peer_id=peer.peer_id,
-                  viewer_session_id=peer.viewer_session_id, user_id=user_id, edge=stream.edge)
+                  viewer_session_id=peer.viewer_session_id, user_id=user_id, edge=stream.edge,
+                  # the watch call's answer; of it, the SDP answer and the row's write
+                  ms=_ms(started, time.monotonic()), sdp_ms=_ms(joining, answered),
+                  store_ms=_ms(answered, stored))
         return {"peer_id": peer.peer_id, "sdp": answer,
                 "viewer_session_id": peer.viewer_session_id}
 
@@ -457,6 +486,7 @@ class StreamManager:
         finally:
             self._admitting -= 1
         stream.relays[peer.peer_id] = peer
+        stream.idle_since = None  # an edge that feeds another is not idle
         peer.meter.report_received()  # counts from now until its first report
         self._register(peer)
         metrics.RELAYS.labels("out").inc()
@@ -521,6 +551,7 @@ class StreamManager:
     async def _attach_source(self, stream: LiveStream, parent_url: str) -> None:
         """Open the relay from `parent_url` and feed the stream's fanouts from it."""
         peer = relay_peer(_new_peer_id(), stream.stream_id, self.ice_servers)
+        self._log_relay_connected(peer, parent_url)
         self._admitting += 1
         try:
             relayed = await open_relay(self.http, peer, stream.fanouts, parent_url=parent_url,
@@ -540,6 +571,20 @@ class StreamManager:
         self._register(peer)
         metrics.RELAYS.labels("in").inc()
 
+    @staticmethod
+    def _log_relay_connected(peer: Peer, parent_url: str) -> None:
+        """One line when the relay's ICE and DTLS are up, with the time since
+        it was asked for (docs/benchmarks.md, join time through an edge)."""
+        requested = time.monotonic()
+        log_event(log, "edge.relay_requested", stream_id=peer.stream_id, peer_id=peer.peer_id,
+                  parent_url=parent_url)
+
+        @peer.pc.on("connectionstatechange")
+        def on_state() -> None:
+            if peer.pc.connectionState == "connected":
+                log_event(log, "edge.relay_connected", stream_id=peer.stream_id,
+                          peer_id=peer.peer_id, ms=round((time.monotonic() - requested) * 1000))
+
     async def _drop_source(self, stream: LiveStream) -> None:
         """Close an edge's feed (and free its peer on the parent)."""
         source, stream.source = stream.source, None
@@ -556,11 +601,35 @@ class StreamManager:
             await call_parent(self.http, "DELETE",
                               f"{source.parent_url}/control/peers/{source.parent_peer_id}")
 
-    async def _end_idle_edge(self, stream: LiveStream) -> None:
-        """An edge with no viewer and no edge of its own hands its relay back."""
-        if (stream.edge and not stream.viewers and not stream.relays
-                and self.streams.get(stream.stream_id) is stream):
+    async def _end_idle_edge(self, stream: LiveStream, at_once: bool = False) -> None:
+        """An edge with no viewer and no edge of its own hands its relay back:
+        after `edge_keep` seconds (the tend loop, _drop_if_idle_too_long), so
+        the next viewer placed here starts on the relay it has instead of
+        waiting for a new one; at once when asked (or the keep is 0)."""
+        if not stream.idle or self.streams.get(stream.stream_id) is not stream:
+            return
+        if at_once or self.edge_keep <= 0:
             await self.end_stream(stream.stream_id, CloseReason.LEFT)
+        elif stream.idle_since is None:
+            stream.idle_since = time.monotonic()
+            log_event(log, "edge.idle", stream_id=stream.stream_id,
+                      session_id=stream.session_id, keep_s=self.edge_keep)
+
+    async def _drop_if_idle_too_long(self, stream: LiveStream, now: float) -> bool:
+        """End an edge kept idle for `edge_keep` seconds (or idle without its
+        feed: nobody is waiting for it to come back); True if it ended."""
+        if not stream.idle:
+            stream.idle_since = None
+            return False
+        if stream.idle_since is None:
+            stream.idle_since = now
+        if stream.source is not None and now - stream.idle_since < self.edge_keep:
+            return False
+        log_event(log, "edge.idle_ended", stream_id=stream.stream_id,
+                  session_id=stream.session_id, idle_s=round(now - stream.idle_since, 1),
+                  fed=stream.source is not None)
+        await self.end_stream(stream.stream_id, CloseReason.LEFT)
+        return True
 
     async def _edge_ended(self, stream: LiveStream, reason: CloseReason) -> None:
         """An edge stops carrying the stream: its viewers' rows end here (the
@@ -581,6 +650,8 @@ class StreamManager:
         too; a lost feed is looked for again where the stream is pinned now."""
         if not stream.session_id:
             return  # its first relay is being opened (_become_edge)
+        if await self._drop_if_idle_too_long(stream, now):
+            return
         redis = self.events.redis
         pinned = await redis.get(stream_worker_key(stream.stream_id))
         if pinned is None:

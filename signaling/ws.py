@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -243,6 +244,9 @@ class Connection:
 
     async def _watch(self, message: Watch) -> None:
         self._require_idle("watch")
+        # The join's first steps, timed (docs/benchmarks.md, join time through an edge).
+        received = time.monotonic()
+        log_event(log, "ws.watch_received", **self._ids(), stream_id=message.stream_id)
         claims = verify_viewer_token(self._settings, message.token)
         await ensure_not_suspended(self._backends, claims.user_id)
         self._member.identify(claims.user_id)
@@ -251,6 +255,10 @@ class Connection:
         delegated = await self._check_delegation(claims.account, message.stream_id, delegation)
         redis = self._backends.redis
         placement = await place_viewer_of(redis, message.stream_id)
+        log_event(log, "ws.watch_placed", **self._ids(), stream_id=message.stream_id,
+                  worker_id=placement.worker.worker_id, new_edge=placement.new_edge,
+                  relay_from=placement.relay_from.worker_id if placement.relay_from else None,
+                  ms=_ms_since(received))
         call = self._begin(State.WATCHING, message.stream_id)
         answer = await self._answered(call, start_viewer(
             self._sfu, redis, placement, message.stream_id, sdp=message.sdp,
@@ -259,7 +267,8 @@ class Connection:
             call.signed = await record_delegation(
                 self._backends.pg, answer.viewer_session_id, delegation, delegated)
         self._established(call, answer.peer,
-                          protocol.watch_answer(answer.sdp, answer.viewer_session_id))
+                          protocol.watch_answer(answer.sdp, answer.viewer_session_id),
+                          since=received)
 
     async def _check_delegation(self, account: str, stream_id: str,
                                 delegation: Delegation | None) -> str | None:
@@ -326,11 +335,13 @@ class Connection:
             self._detach()  # the call never started
             raise
 
-    def _established(self, call: MediaCall, peer: PeerRef, answer: Message) -> None:
+    def _established(self, call: MediaCall, peer: PeerRef, answer: Message,
+                     since: float | None = None) -> None:
         call.peer = peer
         self._events.add(peer_channel(peer.peer_id), self)
         self.send(answer)
-        log_event(log, "ws.session_started", **self._ids())
+        timing = {} if since is None else {"ms": _ms_since(since)}  # since the request
+        log_event(log, "ws.session_started", **self._ids(), **timing)
         held, call.held = call.held, []
         for event in held:
             self._apply(call, event)
@@ -453,6 +464,10 @@ class Connection:
             if call.peer is not None:
                 ids["peer_id"] = call.peer.peer_id
         return ids
+
+
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
 
 
 @dataclass

@@ -72,6 +72,49 @@ async def test_new_viewer_starts_from_the_cached_keyframe_at_once() -> None:
     fanout.close()
 
 
+async def test_a_cache_grown_too_long_asks_for_a_fresh_keyframe_for_the_next_viewer() -> None:
+    upstream = Requests()
+    fanout = Fanout("video", upstream)
+    fanout.attach(VP8)
+    fanout.push(VP8, JitterFrame(VP8_KEY, 0))
+    for n in range(1, relay.GOP_CACHE_MAX_FRAMES):
+        fanout.push(VP8, JitterFrame(VP8_DELTA, n * 3000))
+    await asyncio.sleep(0)
+    assert upstream.count == 0  # the cache still starts a viewer
+    fanout.push(VP8, JitterFrame(VP8_DELTA, relay.GOP_CACHE_MAX_FRAMES * 3000))
+    await wait_until(lambda: upstream.count, "a keyframe request upstream", timeout=1)
+    assert upstream.count == 1  # asked before any viewer came
+    fanout.push(VP8, JitterFrame(VP8_KEY, 10**6))
+    track = fanout.subscribe()
+    assert track.queued[0].keyframe and len(track.queued) == 1  # starts at once
+    fanout.close()
+
+
+async def test_a_new_viewer_offered_the_longest_cache_still_starts_on_its_keyframe() -> None:
+    upstream = Requests()
+    fanout = Fanout("video", upstream)
+    fanout.attach(VP8)
+    fanout.push(VP8, JitterFrame(VP8_KEY, 0))
+    for n in range(1, relay.GOP_CACHE_MAX_FRAMES):
+        fanout.push(VP8, JitterFrame(VP8_DELTA, n * 3000))
+    track = fanout.subscribe()
+    assert len(track.queued) == relay.GOP_CACHE_MAX_FRAMES and track.queued[0].keyframe
+    assert not track.waiting_for_keyframe
+    # ICE and DTLS take long: the queue fills, then starts at the newer keyframe.
+    n = relay.GOP_CACHE_MAX_FRAMES
+    fanout.push(VP8, JitterFrame(VP8_KEY, n * 3000))
+    while len(track.queued) < relay.VIDEO_QUEUE_FRAMES:
+        n += 1
+        fanout.push(VP8, JitterFrame(VP8_DELTA, n * 3000))
+    fanout.push(VP8, JitterFrame(VP8_DELTA, (n + 1) * 3000))
+    first = track.queued[0]
+    assert first.keyframe and first.timestamp == relay.GOP_CACHE_MAX_FRAMES * 3000
+    assert not track.waiting_for_keyframe
+    await asyncio.sleep(0)
+    assert upstream.count == 0  # nobody waits: no keyframe asked for
+    fanout.close()
+
+
 async def test_viewer_without_cache_waits_for_keyframe_and_asks_for_one() -> None:
     upstream = Requests()
     fanout = Fanout("video", upstream)

@@ -136,6 +136,11 @@ class Settings:
         "An SFU worker refuses new viewers while its event loop ran more than this many "
         "milliseconds behind in the last second (a backstop: the CPU share predicts; on a "
         "shared machine other processes' load alone makes a loop lag tens of ms).")
+    sfu_edge_keep: Decimal = _setting(
+        "VILOKANAM_SFU_EDGE_KEEP", "30",
+        "Seconds an edge keeps relaying a stream after its last viewer left, so the next "
+        "viewer placed there starts without waiting for a new relay (0: hand the relay back "
+        "at once). A kept relay holds one peer connection on each of the two workers.")
     billing_port: int = _setting(
         "VILOKANAM_BILLING_PORT", "8070",
         "Port of the billing worker's /healthz, /readyz and /metrics.")
@@ -315,6 +320,8 @@ class Settings:
             raise ConfigError("VILOKANAM_SFU_MAX_CPU must be a share of a core above 0")
         if self.sfu_max_loop_lag_ms < 1:
             raise ConfigError("VILOKANAM_SFU_MAX_LOOP_LAG_MS must be at least 1")
+        if not Decimal(0) <= self.sfu_edge_keep <= Decimal(3600):
+            raise ConfigError("VILOKANAM_SFU_EDGE_KEEP must be between 0 and 3600 seconds")
         if self.upload_max_bytes < 1:
             raise ConfigError("VILOKANAM_UPLOAD_MAX_BYTES must be at least 1")
         if self.media_concurrency < 1 or self.media_max_attempts < 1:
@@ -421,6 +428,7 @@ _PARSERS: dict[str, Callable[[str, str | None], Any]] = {
     "sfu_workers": _optional(_parse_int),
     "sfu_max_cpu": _optional(_parse_decimal),
     "sfu_max_loop_lag_ms": _optional(_parse_int),
+    "sfu_edge_keep": _optional(_parse_decimal),
     "sfu_udp_port": _optional(_parse_port),
     "token_decimals": _optional(_parse_int),
     "dev_mode": _optional(_parse_bool),
