@@ -988,6 +988,10 @@ def _cpu_rows(r: Result) -> list[tuple[str, ...]]:
         ("billing process CPU, % of one core", f"{billing:.1f} %", "", ""),
         ("Postgres (all its processes) / Redis (incl. AOF-rewrite forks), % of one core",
          f"{pg:.1f} % / {redis:.1f} %", "", ""),
+        # CPU time, not the wall time of the EVALSHA row: on a loaded machine a
+        # preempted script's µs grow, its CPU does not.
+        ("Redis CPU per tick (scripts, the flusher's reads, AOF and its rewrites)",
+         f"{1e6 * (a.redis_cpu - b.redis_cpu) / max(r.sent, 1):.2f} µs", "", ""),
         ("machine busy, % of one core (of 200 %): all / not this benchmark; steal",
          f"{busy:.0f} % / {others:.0f} %; "
          f"{machine.steal_percent_since(b.cpu.machine):.1f} %", "", ""),
