@@ -103,8 +103,10 @@ TARGET_COMMANDS_PER_TICK = 0.01
 # write script's MGETs (one per CHARGE_CHUNK viewers of a part) share INFO's
 # `mget` with the flusher's round trips: the simulators count theirs, and the
 # report moves them to SCRIPT_MGET (split_script_mgets).
+# (`zrem` is the flusher's forget script's: billing sends no ZREM of its own.)
 SCRIPT_MGET = "mget (in the write script)"
-SCRIPT_INNER = ("set", "zadd", "exists", "decrby", "incrby", "mset", "publish", SCRIPT_MGET)
+SCRIPT_INNER = ("set", "zadd", "zrem", "exists", "decrby", "incrby", "mset", "publish",
+                SCRIPT_MGET)
 BENCH_OWN = ("info",)
 MEASURED_CODE = ("billing/flush.py", "vilokanam/metering.py", "sql/0007_metering.sql",
                  "sql/0090_tick_journal.sql")
