@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -69,7 +70,7 @@ from bench.common import (
     utc_now,
     wait_until,
 )
-from vilokanam.balances import balance_key
+from vilokanam.balances import CHARGE_CHUNK, balance_key
 from vilokanam.config import Settings
 from vilokanam.keyspace import pending_count, tick_keys
 from vilokanam.metering import Tick, TickBatch, TickWriter, batch_key
@@ -98,8 +99,14 @@ TARGET_LAG_P99_S = 3.0
 TARGET_COMMANDS_PER_TICK = 0.01
 
 # Redis commands the Lua script runs inside one EVALSHA (counted by INFO
-# commandstats too, but they are not round trips); and the bench's own.
-SCRIPT_INNER = ("set", "zadd", "exists", "decrby", "publish")
+# commandstats too, but they are not round trips); and the bench's own. The
+# write script's MGETs (one per CHARGE_CHUNK viewers of a part) share INFO's
+# `mget` with the flusher's round trips: the simulators count theirs, and the
+# report moves them to SCRIPT_MGET (split_script_mgets).
+# (`zrem` is the flusher's forget script's: billing sends no ZREM of its own.)
+SCRIPT_MGET = "mget (in the write script)"
+SCRIPT_INNER = ("set", "zadd", "zrem", "exists", "decrby", "incrby", "mset", "publish",
+                SCRIPT_MGET)
 BENCH_OWN = ("info",)
 MEASURED_CODE = ("billing/flush.py", "vilokanam/metering.py", "sql/0007_metering.sql",
                  "sql/0090_tick_journal.sql")
@@ -163,6 +170,7 @@ class WorkerLog:
     write_s: list[float] = field(default_factory=list)  # EVALSHA round trip
     broke: int = 0
     parts: int = 0  # batches written: one per second, or one per shard of it in a cluster
+    script_mgets: int = 0  # MGETs the write script ran: one per CHARGE_CHUNK viewers of a part
 
 
 async def simulate_worker(redis_url: str, worker: int, viewers: range, start: int,
@@ -187,7 +195,9 @@ async def simulate_worker(redis_url: str, worker: int, viewers: range, start: in
             message = _live_message(ticks, counts, chosen) if live else None
             sent = time.time()
             log.broke += len(await writer.write(batch, message))
-            log.parts += len(keys.group(t.user_id for t in batch.ticks))
+            groups = keys.group(t.user_id for t in batch.ticks)
+            log.parts += len(groups)
+            log.script_mgets += sum(-(-len(users) // CHARGE_CHUNK) for users in groups.values())
             log.seconds.append(second)
             log.lateness.append(began - due)
             log.write_s.append(time.time() - sent)
@@ -198,9 +208,15 @@ async def simulate_worker(redis_url: str, worker: int, viewers: range, start: in
 
 def _live_message(ticks: list[Tick], counts: list[int], chosen: list[int]) -> dict[str, Any]:
     """What sfu/metering.py publishes for the watch page: seconds and cost so far."""
-    return {ticks[k].viewer_session_id: {"seconds": counts[k],
-                                         "cost": format_amount(PRICE * counts[k])}
+    return {ticks[k].viewer_session_id: {"seconds": counts[k], "cost": _cost_text(counts[k])}
             for k in chosen}
+
+
+@functools.lru_cache(maxsize=4096)
+def _cost_text(seconds: int) -> str:
+    """A load generator's shortcut: most viewers share their count of seconds,
+    so the Decimal formatting is done once per count, not once per viewer."""
+    return format_amount(PRICE * seconds)
 
 
 async def run_workers(args: argparse.Namespace) -> dict[str, Any]:
@@ -798,8 +814,24 @@ class Summary:
     drained: bool
 
 
+def split_script_mgets(cmds: dict[str, tuple[int, float]],
+                       script_mgets: int) -> dict[str, tuple[int, float]]:
+    """INFO's `mget` holds the flusher's round trips and the write script's
+    own MGETs (counted by the simulators): the latter move to SCRIPT_MGET,
+    their µs in proportion (INFO cannot tell them apart)."""
+    calls, usec = cmds.pop("mget", (0, 0.0))
+    inner = min(script_mgets, calls)  # a write racing the first snapshot: never below 0
+    if calls - inner:
+        cmds["mget"] = (calls - inner, usec * (calls - inner) / calls)
+    if inner:
+        cmds[SCRIPT_MGET] = (inner, usec * inner / calls)
+    return cmds
+
+
 def summarize(r: Result) -> tuple[str, Summary]:
-    cmds = command_deltas(r.before, r.after)
+    logs = [log for sim in r.sims for log in sim["workers"]]
+    cmds = split_script_mgets(command_deltas(r.before, r.after),
+                              sum(log.get("script_mgets", 0) for log in logs))
     worker_calls = sum(cmds.get(c, (0, 0))[0] for c in ("evalsha", "eval", "script"))
     inner = sum(cmds.get(c, (0, 0))[0] for c in SCRIPT_INNER)
     client = sum(calls for c, (calls, _) in cmds.items() if c not in SCRIPT_INNER + BENCH_OWN)
@@ -899,8 +931,9 @@ def _redis_rows(r: Result, cmds: dict[str, tuple[int, float]], worker_calls: int
          f"{_info_delta(r, 'total_net_input_bytes') / max(r.sent, 1):.0f} B; "
          f"{_info_delta(r, 'total_forks'):.0f}; "
          f"{r.after.info.get('used_memory_peak', 0) / 2**20:,.0f} MiB", "", ""),
-        ("EVALSHA µs per call / Redis main thread busy in it",
+        ("EVALSHA µs per call / per tick / Redis main thread busy in it",
          f"{evalsha_usec / max(evalsha_calls, 1):,.0f} µs / "
+         f"{evalsha_usec / max(r.sent, 1):.2f} µs / "
          f"{100 * evalsha_usec / 1e6 / elapsed:.1f} %", "", ""),
     ]
 
@@ -957,6 +990,10 @@ def _cpu_rows(r: Result) -> list[tuple[str, ...]]:
         ("billing process CPU, % of one core", f"{billing:.1f} %", "", ""),
         ("Postgres (all its processes) / Redis (incl. AOF-rewrite forks), % of one core",
          f"{pg:.1f} % / {redis:.1f} %", "", ""),
+        # CPU time, not the wall time of the EVALSHA row: on a loaded machine a
+        # preempted script's µs grow, its CPU does not.
+        ("Redis CPU per tick (scripts, the flusher's reads, AOF and its rewrites)",
+         f"{1e6 * (a.redis_cpu - b.redis_cpu) / max(r.sent, 1):.2f} µs", "", ""),
         ("machine busy, % of one core (of 200 %): all / not this benchmark; steal",
          f"{busy:.0f} % / {others:.0f} %; "
          f"{machine.steal_percent_since(b.cpu.machine):.1f} %", "", ""),

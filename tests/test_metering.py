@@ -215,6 +215,36 @@ async def test_the_write_names_the_viewers_who_cannot_pay_on(
     assert await writer.write(missing) == [missing.ticks[0].viewer_session_id]
 
 
+async def test_the_charge_is_exact_per_viewer_at_any_size(redis: aioredis.Redis) -> None:
+    """The script charges each live balance once per batch (one MGET + one
+    MSET per 1000 viewers): a viewer in two sessions pays both, differing
+    prices each their own, a balance past 2^53 planck (Lua's doubles stop
+    being exact there) is charged exactly, a price-0 second charges nothing,
+    a missing balance is not created -- over more viewers than one chunk."""
+    keys = tick_keys(redis)
+    users = [str(uuid.uuid4()) for _ in range(2503)]
+    big, twice, dear, free, broke, gone = users[:6]
+    start = {u: 10**15 for u in users if u != gone}
+    start[big] = 2**60 + 7
+    start[broke] = 2 * PRICE_PLANCK - 1  # pays this second, not the next
+    for group in keys.group(start).values():
+        await redis.mset({balance_key(u, keys): start[u] for u in group})
+    price = {dear: 5 * PRICE_PLANCK + 3, free: 0}
+    ticks = [Tick(f"s-{u}", u, price.get(u, PRICE_PLANCK)) for u in users]
+    ticks.append(Tick(f"s2-{twice}", twice, 2 * PRICE_PLANCK))
+    written = TickBatch("w-charge", 7000, tuple(ticks))
+    cut = await TickWriter(redis).write(written)
+    assert sorted(cut) == sorted([f"s-{broke}", f"s-{gone}"])
+    charged = {u: start[u] - price.get(u, PRICE_PLANCK) for u in start}
+    charged[twice] -= 2 * PRICE_PLANCK
+    assert {u: await live(redis, u) for u in start} == charged
+    assert charged[big] == 2**60 + 7 - PRICE_PLANCK  # exact past 2^53
+    assert await redis.get(balance_key(gone, keys)) is None  # not invented
+    # Written again: nothing charged twice, nobody cut.
+    assert await TickWriter(redis).write(written) == []
+    assert {u: await live(redis, u) for u in start} == charged
+
+
 def test_batch_encoding_round_trips() -> None:
     original = TickBatch("host-1-abc", 1700000000, (Tick("s1", "u1", 5), Tick("s2", "u2", 7)))
     assert TickBatch.decode(original.batch_id, original.encode()) == original
