@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 
 from billing.flush import Flusher
 from media.process import Attempt, Processor
 from signaling.playback import seconds_of, sign
 from tests.media_samples import mp4
-from tests.s3_stand_in import new_bucket, s3_endpoint  # noqa: F401 (the fixture)
+from tests.s3_stand_in import new_bucket
 from tests.test_api import ALICE_42, BOB_42, Client, bearer, dev_settings, error_of, login, serve
 from vilokanam import jobs
 from vilokanam.balances import balance_key, credit
@@ -30,13 +28,6 @@ from vilokanam.storage import storage_for
 
 PRICE = Decimal("0.001")
 CHARLIE_42 = "5FLSigC9HGRKVhB9FiEo4Y3koPsNmBmLJbpXg2mp1hXcS59Y"
-
-
-@pytest.fixture
-async def client(db: asyncpg.Connection, redis: aioredis.Redis,
-                 settings: Settings) -> AsyncIterator[Client]:
-    async with serve(dev_settings(settings)) as client:
-        yield client
 
 
 async def ready_video(client: Client, settings: Settings, tmp_path: Path, token: str) -> str:
@@ -262,7 +253,7 @@ async def test_a_subscriber_watches_a_video_at_price_zero_and_is_still_ticked(
     assert Decimal(other["price_per_second"]) > 0
 async def test_playback_from_an_s3_bucket(db: asyncpg.Connection, redis: aioredis.Redis,
                                           settings: Settings, tmp_path: Path,
-                                          s3_endpoint: str) -> None:  # noqa: F811
+                                          s3_endpoint: str) -> None:
     """The same upload, processing and signed playback with the video storage
     in an S3-compatible bucket (moto's server mode standing in for S3):
     signaling serves the objects with ranges and content types; the local

@@ -24,7 +24,6 @@ from tests.test_pages import chromium, ready, watch_for_errors
 from tests.test_receipts import SECRET, digest_settler, settled_show
 from tests.test_settlement import (
     Show,
-    pristine_chain_afterwards,  # noqa: F401 - a fixture
 )
 from tests.web_checks import assert_accessible, screenshot, serve_axe
 from vilokanam.accounts import address_of, canonical_account
@@ -32,7 +31,8 @@ from vilokanam.config import Settings
 from vilokanam.services.chain import ChainNode
 from vilokanam.services.net import free_port
 
-pytestmark = [pytest.mark.chain, pytest.mark.browser]
+pytestmark = [pytest.mark.chain, pytest.mark.browser,
+              pytest.mark.usefixtures("pristine_chain_afterwards")]
 
 TITLE = "Night sky over the hills"
 
@@ -78,7 +78,7 @@ def wallet_settings(settings: Settings, chain: ChainNode) -> Settings:
 
 
 async def test_a_receipt_is_verified_on_chain_in_the_browser_and_a_tampered_one_is_not(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
         chain: ChainNode, settings: Settings) -> None:
     show = await settled_show(db, redis, pool, chain, viewers=3)
     await db.execute("UPDATE streams SET title = $1 WHERE id = $2", TITLE, show.stream_id)
@@ -148,7 +148,7 @@ async def test_a_receipt_is_verified_on_chain_in_the_browser_and_a_tampered_one_
 
 
 async def test_an_old_digest_settlement_is_verified_in_the_browser(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
         chain: ChainNode, settings: Settings) -> None:
     show = await settled_show(db, redis, pool, chain, viewers=2,
                               settler=digest_settler(pool, chain))
