@@ -9,12 +9,14 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from playwright.async_api import Browser, async_playwright
 from redis.asyncio.cluster import RedisCluster
 from substrateinterface import SubstrateInterface
 
@@ -28,7 +30,7 @@ from vilokanam.services.postgres import PostgresServer
 from vilokanam.services.redis import RedisClusterServers, RedisServer, free_cluster_ports
 
 # Fixtures that live beside their helpers; every test module may take them as arguments.
-pytest_plugins = ["tests.s3_stand_in"]
+pytest_plugins = ["tests.processes", "tests.s3_stand_in"]
 
 REPO = Path(__file__).resolve().parent.parent
 # The test chain's funding: Alice's is above 2^53, so it must survive
@@ -278,3 +280,22 @@ CHROMIUM_ARGS = [
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    """Debian's Chromium under playwright (the test skips where it is missing)."""
+    path = chromium_path()
+    require(path is not None, "Debian's chromium")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as browser:
+        yield browser
