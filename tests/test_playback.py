@@ -57,6 +57,14 @@ def signed(url: str) -> tuple[str, dict[str, str]]:
     return parts.path, {k: v[0] for k, v in parse_qs(parts.query).items()}
 
 
+async def funded_bob(client: Client, db: asyncpg.Connection, redis: aioredis.Redis,
+                     funds: Decimal = Decimal(1)) -> dict[str, str]:
+    """Bob signed in, with `funds` ROC on his live balance to watch with."""
+    bob = await login(client, BOB_42)
+    await credit(db, redis, bob["user_id"], funds, "adjustment", "test", 12)
+    return bob
+
+
 async def fetch(client: Client, url: str, status: int = 200, **headers: str) -> bytes:
     path, query = signed(url)
     response = await client.get(path, params=query, headers=headers)
@@ -69,8 +77,7 @@ async def test_each_delivered_second_is_billed_once(
         redis: aioredis.Redis) -> None:
     alice = await login(client, ALICE_42)
     video_id = await ready_video(client, settings, tmp_path, alice["token"])
-    bob = await login(client, BOB_42)
-    await credit(db, redis, bob["user_id"], Decimal(1), "adjustment", "test", 12)
+    bob = await funded_bob(client, db, redis)
     started = await client.post(f"/api/videos/{video_id}/views", headers=bearer(bob["token"]))
     assert started.status == 201, await started.text()
     view = await started.json()
@@ -166,8 +173,7 @@ async def test_viewer_is_cut_off_when_the_balance_runs_out(
         redis: aioredis.Redis) -> None:
     alice = await login(client, ALICE_42)
     video_id = await ready_video(client, settings, tmp_path, alice["token"])
-    bob = await login(client, BOB_42)
-    await credit(db, redis, bob["user_id"], PRICE * 10, "adjustment", "test", 12)
+    bob = await funded_bob(client, db, redis, PRICE * 10)
     view = await (await client.post(f"/api/videos/{video_id}/views",
                                     headers=bearer(bob["token"]))).json()
     base = settings.base_url
@@ -209,8 +215,7 @@ async def test_a_subscriber_watches_a_video_at_price_zero_and_is_still_ticked(
         redis: aioredis.Redis) -> None:
     alice = await login(client, ALICE_42)
     video_id = await ready_video(client, settings, tmp_path, alice["token"])
-    bob = await login(client, BOB_42)
-    await credit(db, redis, bob["user_id"], Decimal(1), "adjustment", "test", 12)
+    bob = await funded_bob(client, db, redis)
     offer = await client.put("/api/me/subscription-offer", json={"price": "0.5"},
                              headers=bearer(alice["token"]))
     assert offer.status in (200, 201), await offer.text()
@@ -273,8 +278,7 @@ async def test_playback_from_an_s3_bucket(db: asyncpg.Connection, redis: aioredi
             await storage.close()
         spooled = [p for p in s3_settings.media_dir.rglob("*") if p.is_file()]
         assert spooled == []
-        bob = await login(client, BOB_42)
-        await credit(db, redis, bob["user_id"], Decimal(1), "adjustment", "test", 12)
+        bob = await funded_bob(client, db, redis)
         view = await (await client.post(f"/api/videos/{video_id}/views",
                                         headers=bearer(bob["token"]))).json()
         master = (await fetch(client, view["playlist_url"])).decode()
