@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine_description, markdown_table, update_doc_section, utc_now  # noqa: E402
-from media.probe import probe  # noqa: E402
-from media.transcode import ladder_for, transcode  # noqa: E402
-from sfu.recorder import Recording  # noqa: E402
-from tests.media_samples import make_clip  # noqa: E402
-from tests.recorder_feeder import encoded_frames, recording_taps  # noqa: E402
+from bench.common import machine_description, markdown_table, update_doc_section, utc_now
+from media.probe import probe
+from media.transcode import ladder_for, transcode
+from sfu.recorder import Recording
+from tests.media_samples import make_clip
+from tests.recorder_feeder import encoded_frames, recording_taps
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 

@@ -60,7 +60,7 @@ def load_escrow(secret_uri: str) -> Keypair:
     """The escrow's sr25519 keypair. Errors never repeat the URI."""
     try:
         return Keypair.create_from_uri(secret_uri, ss58_format=42)
-    except Exception:  # noqa: BLE001 - whatever it is, its message may hold the secret
+    except Exception:  # whatever it is, its message may hold the secret
         raise EscrowKeyError("VILOKANAM_ESCROW_URI is not a valid secret URI") from None
 
 
@@ -189,7 +189,7 @@ class ChainClient:
         if api is not None:
             try:
                 api.close()
-            except Exception:  # noqa: BLE001 - it is already broken
+            except Exception:  # it is already broken
                 pass
 
     def close(self) -> None:
@@ -204,7 +204,7 @@ class ChainClient:
         try:
             response = self._connect().rpc_request("chain_getFinalizedHead", [])
             return bool(response.get("result"))
-        except Exception:  # noqa: BLE001 - any failure means "not now"
+        except Exception:  # any failure means "not now"
             self._drop()
             return False
         finally:

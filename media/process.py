@@ -129,7 +129,7 @@ class Processor:
         url = f"{self.ipfs_api}/api/v0/add?cid-version=1&pin=true"
         try:
             async with aiohttp.ClientSession() as session:
-                with path.open("rb") as body:  # noqa: ASYNC230 - aiohttp streams it
+                with path.open("rb") as body:  # aiohttp streams it
                     form = aiohttp.FormData()
                     form.add_field("file", body, filename=path.name)
                     async with session.post(url, data=form) as resp:

@@ -105,7 +105,7 @@ class MediaWorker:
         except (Cancelled, asyncio.CancelledError):
             await self._release(job)
             raise
-        except Exception as exc:  # noqa: BLE001 - any other failure is retried up to the limit
+        except Exception as exc:  # any other failure is retried up to the limit
             await self._failed(job, f"processing failed: {type(exc).__name__}: {exc}",
                                retry=True)
         else:

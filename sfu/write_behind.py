@@ -39,7 +39,7 @@ class WriteBehind:
             try:
                 await write()
                 return
-            except Exception as exc:  # noqa: BLE001 - any store error: keep it for later
+            except Exception as exc:  # any store error: keep it for later
                 log_event(log, "write.deferred", logging.WARNING, write=name,
                           error=repr(exc)[:300], **ids)
         DEFERRED.labels(name).inc()

@@ -103,7 +103,7 @@ def local_path(url: str) -> str:
 
 
 def _script_json_filter(value: Any) -> Markup:
-    return Markup(script_json(value))  # noqa: S704 - escaped for a script element above
+    return Markup(script_json(value))  # escaped for a script element above
 
 
 def page_config(request: web.Request, **extra: Any) -> dict[str, Any]:

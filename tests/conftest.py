@@ -9,21 +9,28 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from playwright.async_api import Browser, async_playwright
 from redis.asyncio.cluster import RedisCluster
+from substrateinterface import SubstrateInterface
 
+from tests.test_api import Client, dev_settings, serve
 from vilokanam.config import Settings
 from vilokanam.migrations import migrate
 from vilokanam.redis_client import redis_from_url
-from vilokanam.services.chain import ChainNode, dev_accounts, node_available
+from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode, dev_accounts, node_available
 from vilokanam.services.net import free_port
 from vilokanam.services.postgres import PostgresServer
 from vilokanam.services.redis import RedisClusterServers, RedisServer, free_cluster_ports
+
+# Fixtures that live beside their helpers; every test module may take them as arguments.
+pytest_plugins = ["tests.processes", "tests.s3_stand_in"]
 
 REPO = Path(__file__).resolve().parent.parent
 # The test chain's funding: Alice's is above 2^53, so it must survive
@@ -228,6 +235,38 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainNode]:
     node.stop()
 
 
+@pytest.fixture(scope="module")
+def pristine_chain_afterwards(chain: ChainNode) -> Iterator[None]:
+    """For a module that moves money on the session's chain, which other modules
+    (test_chain) expect with its configured funding: it opts in with
+    `pytestmark = pytest.mark.usefixtures("pristine_chain_afterwards")` and leaves a
+    fresh, re-funded genesis behind."""
+    yield
+    chain.kill()
+    chain.start()
+
+
+def api_of(chain: ChainNode) -> SubstrateInterface:
+    return SubstrateInterface(url=chain.url, ss58_format=CHAIN_SS58_PREFIX)
+
+
+@pytest.fixture
+async def api(chain: ChainNode) -> AsyncIterator[SubstrateInterface]:
+    """substrate-interface on the session's chain, to read what settled there."""
+    api = api_of(chain)
+    yield api
+    api.close()
+
+
+@pytest.fixture
+async def client(db: asyncpg.Connection, redis: aioredis.Redis,
+                 settings: Settings) -> AsyncIterator[Client]:
+    """The real signaling app in dev mode on a clean database and keyspace (a
+    module that needs another kind of app defines its own `client`)."""
+    async with serve(dev_settings(settings)) as client:
+        yield client
+
+
 # Every Chromium the tests (and bench/join_time.py) launch: fake camera and
 # microphone, no background traffic (this machine has no internet), and a
 # 127.0.0.1 ICE candidate, since the worker under test offers only loopback.
@@ -241,3 +280,22 @@ CHROMIUM_ARGS = [
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    """Debian's Chromium under playwright (the test skips where it is missing)."""
+    path = chromium_path()
+    require(path is not None, "Debian's chromium")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as browser:
+        yield browser

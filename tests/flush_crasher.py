@@ -15,8 +15,8 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from billing.flush import Flusher  # noqa: E402
-from vilokanam.redis_client import redis_from_url  # noqa: E402
+from billing.flush import Flusher
+from vilokanam.redis_client import redis_from_url
 
 
 class StoppingFlusher(Flusher):

@@ -52,13 +52,6 @@ async def serve(settings: Settings,
         yield client
 
 
-@pytest.fixture
-async def client(db: asyncpg.Connection, redis: aioredis.Redis,
-                 settings: Settings) -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    async with serve(dev_settings(settings)) as client:
-        yield client
-
-
 Client = TestClient[web.Request, web.Application]
 
 

@@ -18,7 +18,6 @@ from tests.test_api import (
     STREAM_FIELDS,
     Client,
     bearer,
-    client,  # noqa: F401 - the fixture
     create_stream,
     error_of,
     login,
@@ -27,7 +26,7 @@ from tests.test_api import (
 )
 
 
-async def test_search_matches_title_username_or_account(client: Client,  # noqa: F811
+async def test_search_matches_title_username_or_account(client: Client,
                                                         db: asyncpg.Connection) -> None:
     await make_streams(client, db, [("Morning Jazz", "live", 3, 5),
                                     ("jazz after dark", "live", 9, 5),
@@ -52,7 +51,7 @@ async def test_search_matches_title_username_or_account(client: Client,  # noqa:
 
 
 async def test_search_combines_with_the_category_and_creator_filters(
-        client: Client, db: asyncpg.Connection) -> None:  # noqa: F811
+        client: Client, db: asyncpg.Connection) -> None:
     await db.execute("INSERT INTO categories (name) VALUES ('Music'), ('Gaming')")
     alice = (await login(client))["token"]
     bob = (await login(client, BOB_42))["token"]
@@ -67,12 +66,12 @@ async def test_search_combines_with_the_category_and_creator_filters(
                           400) == "unknown_category"
 
 
-async def test_search_refuses_an_overlong_query(client: Client) -> None:  # noqa: F811
+async def test_search_refuses_an_overlong_query(client: Client) -> None:
     assert await error_of(await client.get("/api/streams?q=" + "x" * 101), 400) == "invalid_query"
     assert await error_of(await client.get("/api/streams?q=a%00b"), 400) == "invalid_query"
 
 
-async def test_the_creator_changes_title_and_price(client: Client,  # noqa: F811
+async def test_the_creator_changes_title_and_price(client: Client,
                                                    db: asyncpg.Connection) -> None:
     user = await login(client)
     stream = await create_stream(client, user["token"], title="Before")
@@ -99,7 +98,7 @@ async def test_the_creator_changes_title_and_price(client: Client,  # noqa: F811
                                                        "invalid_price"),
     ({}, "nothing_to_update"), ({"stream_key": "sk_mine"}, "nothing_to_update"),
 ])
-async def test_bad_changes_are_400_and_change_nothing(client: Client,  # noqa: F811
+async def test_bad_changes_are_400_and_change_nothing(client: Client,
                                                       db: asyncpg.Connection,
                                                       body: dict, code: str) -> None:
     user = await login(client)
@@ -112,7 +111,7 @@ async def test_bad_changes_are_400_and_change_nothing(client: Client,  # noqa: F
     assert (row["title"], row["price_per_second"]) == ("Kept", Decimal("0.001"))
 
 
-async def test_only_the_creator_changes_a_stream(client: Client) -> None:  # noqa: F811
+async def test_only_the_creator_changes_a_stream(client: Client) -> None:
     owner, other = await login(client, ALICE_42), await login(client, BOB_42)
     stream = await create_stream(client, owner["token"])
     path = f"/api/streams/{stream['id']}"

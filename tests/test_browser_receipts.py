@@ -19,19 +19,17 @@ from decimal import Decimal
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser, BrowserContext
 from substrateinterface import Keypair
 
 from billing.flush import Flusher
 from tests.conftest import Stores
 from tests.flushing import drain
+from tests.processes import Platform
 from tests.test_e2e_browser import (
     ALICE,
     BOB,
-    Platform,
-    browser,  # noqa: F401 - a fixture
     open_page,
-    platform,  # noqa: F401 - a fixture
     start_publishing,
     start_watching,
     wait_text,
@@ -58,20 +56,14 @@ def wallet_sign(address: str, data: str) -> str:
     return "0x" + BOB_KEY.sign(message).hex()
 
 
-async def wallet_page(browser: Browser, url: str) -> Page:  # noqa: F811
-    context = await browser.new_context()
+async def with_test_wallet(context: BrowserContext) -> None:
+    """The test wallet in every page of the context."""
     await context.add_init_script(TEST_WALLET)
     await context.expose_function("vkTestWalletSign", wallet_sign)
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    await page.goto(url)
-    page.errors = errors  # type: ignore[attr-defined]
-    return page
 
 
 async def test_a_chromium_viewer_is_billed_by_its_signed_receipts(
-        platform: Platform, browser: Browser, db: asyncpg.Connection,  # noqa: F811
+        platform: Platform, browser: Browser, db: asyncpg.Connection,
         redis: aioredis.Redis, stores: Stores) -> None:
     token = platform.post("/api/dev/token", {"account": ALICE})["token"]
     stream = platform.post("/api/streams", {"title": "signed", "require_signed_receipts": True},
@@ -82,7 +74,7 @@ async def test_a_chromium_viewer_is_billed_by_its_signed_receipts(
     publisher = await open_page(browser, stream["publish_url"])
     await start_publishing(publisher, stream["stream_key"])
     await wait_text(publisher, "#state", "live")
-    viewer = await wallet_page(browser, stream["watch_url"])
+    viewer = await open_page(browser, stream["watch_url"], prepare=with_test_wallet)
     await start_watching(viewer)
     await wait_text(viewer, "#state", "watching")
 

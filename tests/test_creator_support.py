@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures (client, pool) are imported and taken as arguments
 """Tips and subscriptions through the real signaling app, Postgres and Redis:
 exact amounts out of the live balance at once, one payments row per movement,
 every bad input refused with its code (zero, sub-planck, above the balance,
@@ -23,7 +22,7 @@ from billing.flush import Flusher
 from billing.reconcile import Reconciler
 from sfu.lifecycle import Lifecycle
 from tests.flushing import drain
-from tests.test_api import Client, bearer, client, error_of, login  # noqa: F401 - a fixture
+from tests.test_api import Client, bearer, error_of, login
 from vilokanam.balances import balance_key, can_start_watching, credit
 from vilokanam.metering import Tick, TickBatch, TickWriter
 
@@ -36,13 +35,13 @@ def new_account() -> str:
 
 
 async def funded_login(client: Client, db: asyncpg.Connection, redis: aioredis.Redis,
-                       tokens: Decimal) -> dict[str, str]:  # noqa: F811
+                       tokens: Decimal) -> dict[str, str]:
     who = await login(client, new_account())
     await credit(db, redis, who["user_id"], tokens, "adjustment", "test funds", DECIMALS)
     return who
 
 
-async def make_creator(client: Client, price: Decimal = Decimal("0.001")) -> dict[str, str]:  # noqa: F811
+async def make_creator(client: Client, price: Decimal = Decimal("0.001")) -> dict[str, str]:
     creator = await login(client, new_account())
     response = await client.post("/api/streams", json={"title": "show",
                                                        "price_per_second": str(price)},
@@ -56,12 +55,12 @@ async def live_planck(redis: aioredis.Redis, user_id: str) -> int:
     return int(await redis.get(balance_key(user_id)))
 
 
-async def me_balance(client: Client, who: dict[str, str]) -> str:  # noqa: F811
+async def me_balance(client: Client, who: dict[str, str]) -> str:
     response = await client.get("/api/me", headers=bearer(who["token"]))
     return str((await response.json())["balance"])
 
 
-async def post(client: Client, path: str, who: dict[str, str] | None,  # noqa: F811
+async def post(client: Client, path: str, who: dict[str, str] | None,
                body: Any = None, raw: bytes | None = None) -> Any:
     headers = bearer(who["token"]) if who else {}
     if raw is not None:
@@ -70,8 +69,8 @@ async def post(client: Client, path: str, who: dict[str, str] | None,  # noqa: F
 
 
 async def test_a_tip_moves_exactly_its_amount_at_once_with_a_ledger_row(
-        client: Client, db: asyncpg.Connection, redis: aioredis.Redis,  # noqa: F811
-        pool: asyncpg.Pool) -> None:  # noqa: F811
+        client: Client, db: asyncpg.Connection, redis: aioredis.Redis,
+        pool: asyncpg.Pool) -> None:
     viewer = await funded_login(client, db, redis, Decimal(5))
     creator = await make_creator(client)
     response = await post(client, f"/api/users/{creator['account']}/tips", viewer,
@@ -104,7 +103,7 @@ async def test_a_tip_moves_exactly_its_amount_at_once_with_a_ledger_row(
 
 
 async def test_bad_tips_are_refused_with_their_code_and_move_nothing(
-        client: Client, db: asyncpg.Connection, redis: aioredis.Redis) -> None:  # noqa: F811
+        client: Client, db: asyncpg.Connection, redis: aioredis.Redis) -> None:
     viewer = await funded_login(client, db, redis, Decimal(2))
     creator = await make_creator(client)
     not_creator = await login(client, new_account())
@@ -137,7 +136,7 @@ async def test_bad_tips_are_refused_with_their_code_and_move_nothing(
 
 
 async def test_two_tips_at_once_cannot_spend_the_same_money(
-        client: Client, db: asyncpg.Connection, redis: aioredis.Redis) -> None:  # noqa: F811
+        client: Client, db: asyncpg.Connection, redis: aioredis.Redis) -> None:
     viewer = await funded_login(client, db, redis, Decimal(1))
     creator = await make_creator(client)
     path = f"/api/users/{creator['account']}/tips"
@@ -149,8 +148,8 @@ async def test_two_tips_at_once_cannot_spend_the_same_money(
 
 
 async def test_a_subscription_is_bought_extended_and_never_double_charged(
-        client: Client, db: asyncpg.Connection, redis: aioredis.Redis,  # noqa: F811
-        pool: asyncpg.Pool) -> None:  # noqa: F811
+        client: Client, db: asyncpg.Connection, redis: aioredis.Redis,
+        pool: asyncpg.Pool) -> None:
     viewer = await funded_login(client, db, redis, Decimal(10))
     creator = await make_creator(client)
     subscribe = f"/api/users/{creator['account']}/subscription"
@@ -205,8 +204,8 @@ async def test_a_subscription_is_bought_extended_and_never_double_charged(
 
 
 async def test_a_subscriber_watches_at_price_zero_and_is_still_ticked(
-        client: Client, db: asyncpg.Connection, redis: aioredis.Redis,  # noqa: F811
-        pool: asyncpg.Pool) -> None:  # noqa: F811
+        client: Client, db: asyncpg.Connection, redis: aioredis.Redis,
+        pool: asyncpg.Pool) -> None:
     subscriber = await funded_login(client, db, redis, Decimal(1))
     other = await funded_login(client, db, redis, Decimal(1))
     creator = await make_creator(client, price=Decimal("0.2"))
@@ -251,7 +250,7 @@ async def test_a_subscriber_watches_at_price_zero_and_is_still_ticked(
 
 @pytest.mark.parametrize("path", ["tips", "subscription"])
 async def test_an_unknown_or_malformed_creator_is_refused(
-        client: Client, db: asyncpg.Connection, redis: aioredis.Redis, path: str) -> None:  # noqa: F811
+        client: Client, db: asyncpg.Connection, redis: aioredis.Redis, path: str) -> None:
     viewer = await funded_login(client, db, redis, Decimal(1))
     response = await post(client, f"/api/users/{'x' * 300}/{path}", viewer, {"amount": "1"})
     assert await error_of(response, 400) == "invalid_account"

@@ -69,7 +69,7 @@ class RowsWorker(FakeWorker):
 
 @pytest.fixture
 async def h(settings: Settings, redis: aioredis.Redis, db: asyncpg.Connection,
-            pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:  # noqa: F811
+            pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
     import tests.test_ws_protocol as protocol_tests
 
     RowsWorker.lifecycle, RowsWorker.sessions = Lifecycle(pool), {}
@@ -192,7 +192,7 @@ async def test_a_signed_session_keeps_its_receipts_and_refuses_bad_ones(h: Harne
 
 
 async def test_the_flush_bills_a_signed_session_at_most_its_signed_seconds_plus_grace(
-        h: Harness, pool: asyncpg.Pool) -> None:  # noqa: F811
+        h: Harness, pool: asyncpg.Pool) -> None:
     stream_id = await priced_stream(h)
     signer, plain = await signed_in(h, Viewer()), await signed_in(h, Viewer())
     ws, answer = await watching(h, stream_id, signer, signer.delegation(stream_id))

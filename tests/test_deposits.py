@@ -23,10 +23,7 @@ from billing.app import create_app
 from billing.chain import AsyncChain, ChainClient, load_escrow
 from billing.deposits import DepositWatcher, load_cursor, save_cursor
 from tests.conftest import ESCROW_URI
-from tests.test_settlement import (  # noqa: F401 - a fixture
-    assert_no_secret_logged,
-    pristine_chain_afterwards,
-)
+from tests.test_settlement import assert_no_secret_logged
 from tests.waiting import wait_for_value, wait_until
 from vilokanam.accounts import canonical_account
 from vilokanam.balances import balance_key, balance_of
@@ -35,7 +32,7 @@ from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
 from vilokanam.tasks import TaskOwner
 from vilokanam.users import find_user
 
-pytestmark = pytest.mark.chain
+pytestmark = [pytest.mark.chain, pytest.mark.usefixtures("pristine_chain_afterwards")]
 
 DECIMALS = 12
 ESCROW = load_escrow(ESCROW_URI)

@@ -6,27 +6,19 @@ when the publisher stops the viewers are told and Postgres shows it ended."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
-import urllib.request
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from pathlib import Path
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page
 
-from tests.conftest import CHROMIUM_ARGS, chromium_path, require
-from tests.processes import start_role, wait_healthy
+from tests.processes import Platform
 from tests.waiting import wait_until
 from tests.web_checks import assert_accessible, screenshot, serve_axe
 from vilokanam.balances import credit
-from vilokanam.config import Settings
 from vilokanam.money import format_amount
-from vilokanam.services.process import ManagedProcess
 
 pytestmark = pytest.mark.browser
 
@@ -44,52 +36,13 @@ INBOUND = """async () => {
 }"""
 
 
-@dataclass
-class Platform:
-    settings: Settings
-    roles: list[ManagedProcess]
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.settings.http_port}{path}"
-
-    def post(self, path: str, body: dict, token: str | None = None) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        request = urllib.request.Request(self.url(path), data=json.dumps(body).encode(),
-                                         headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return dict(json.load(resp))
-
-
-@pytest.fixture
-def platform(settings: Settings, tmp_path: Path) -> AsyncIterator[Platform]:
-    settings = dataclasses.replace(settings, dev_mode=True, token_secret="e2e-" + "x" * 40)
-    # billing flushes the ticks, so the wallet's sessions show what was billed.
-    roles = [start_role(settings, "sfu", tmp_path), start_role(settings, "signaling", tmp_path),
-             start_role(settings, "billing", tmp_path)]
-    try:
-        wait_healthy(roles[0], settings.sfu_port)
-        wait_healthy(roles[1], settings.http_port)
-        wait_healthy(roles[2], settings.billing_port)
-        yield Platform(settings, roles)
-    finally:
-        for role in roles:
-            role.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    path = chromium_path()
-    require(path is not None, "Debian's chromium")
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
-
-
-async def open_page(browser: Browser, url: str) -> Page:
+async def open_page(browser: Browser, url: str,
+                    prepare: Callable[[BrowserContext], Awaitable[None]] | None = None) -> Page:
+    """`url` in a context of its own (`prepare(context)` first: init scripts,
+    exposed functions); the page's script errors are collected in page.errors."""
     context = await browser.new_context()
+    if prepare is not None:
+        await prepare(context)
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

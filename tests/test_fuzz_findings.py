@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_api import Client, bearer, client, error_of, login  # noqa: F401
+from tests.test_api import Client, bearer, error_of, login
 
 
-async def test_a_missing_static_file_is_the_json_404(client: Client) -> None:  # noqa: F811
+async def test_a_missing_static_file_is_the_json_404(client: Client) -> None:
     """aiohttp's add_static answered an empty 404 typed application/octet-stream."""
     for path in ("/static/0", "/static/js/nope.js", "/static/../pages.py",
                  "/static/%2e%2e/pages.py", "/static/js"):
@@ -23,7 +23,7 @@ async def test_a_missing_static_file_is_the_json_404(client: Client) -> None:  #
 
 @pytest.mark.parametrize("url", ["http://[", "https://[::1/x", "http://a.example/\x00",
                                  "javascript:alert(1)"])
-async def test_a_broken_profile_image_url_is_400_not_500(client: Client,  # noqa: F811
+async def test_a_broken_profile_image_url_is_400_not_500(client: Client,
                                                          url: str) -> None:
     """urlsplit raises on an unclosed IPv6 host, and Postgres refuses NUL: both
     were 500s."""
@@ -33,7 +33,7 @@ async def test_a_broken_profile_image_url_is_400_not_500(client: Client,  # noqa
     assert await error_of(response, 400) == "invalid_profile_image_url"
 
 
-async def test_an_email_with_nul_is_400_not_500(client: Client) -> None:  # noqa: F811
+async def test_an_email_with_nul_is_400_not_500(client: Client) -> None:
     token = (await login(client))["token"]
     response = await client.patch("/api/me", json={"email": "a\x00b@example.org"},
                                   headers=bearer(token))
@@ -44,7 +44,7 @@ async def test_an_email_with_nul_is_400_not_500(client: Client) -> None:  # noqa
 
 
 async def test_tus_without_tus_resumable_is_400_and_another_version_412(
-        client: Client) -> None:  # noqa: F811
+        client: Client) -> None:
     """A request without the header was 412, a status the document's checks
     take for "another version"; without it, it is no tus request at all."""
     token = (await login(client))["token"]

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 
 from media.transcode import ladder_for
 from tests.media_samples import mp4
 from tests.processes import start_role, wait_healthy
-from tests.test_api import ALICE_42, Client, dev_settings, login, serve
+from tests.test_api import ALICE_42, Client, dev_settings, login
 from tests.test_videos import settled, upload
 from vilokanam import jobs
 from vilokanam.config import Settings
@@ -76,13 +74,6 @@ async def test_retries_stop_at_the_limit(pool: asyncpg.Pool) -> None:
                               video_id)
     assert (row["status"], row["failure_reason"]) == ("failed", "flaky again")
     assert await jobs.claim(pool, "w", 30) is None
-
-
-@pytest.fixture
-async def client(db: asyncpg.Connection, redis: aioredis.Redis,
-                 settings: Settings) -> AsyncIterator[Client]:
-    async with serve(dev_settings(settings)) as client:
-        yield client
 
 
 async def test_media_role_killed_mid_job_recovers_without_duplicates(

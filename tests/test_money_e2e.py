@@ -30,11 +30,9 @@ from tests.media_clients import Publisher, Viewer
 from tests.test_receipt_check import verify_receipt
 from tests.test_settlement import (
     ESCROW,
-    api,  # noqa: F401 - a fixture
     batch_calls,
     free_of,
     new_settler,
-    pristine_chain_afterwards,  # noqa: F401 - a fixture
     remark_text,
 )
 from tests.waiting import wait_until
@@ -43,7 +41,7 @@ from vilokanam.config import Settings
 from vilokanam.receipts import verify_inclusion
 from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
 
-pytestmark = pytest.mark.chain
+pytestmark = [pytest.mark.chain, pytest.mark.usefixtures("pristine_chain_afterwards")]
 
 PRICE = Decimal("0.001")
 FEE = Decimal("0.1")
@@ -60,7 +58,7 @@ def transfer(node: SubstrateInterface, sender: Keypair, dest: str, planck: int) 
 
 async def test_deposit_watch_bill_pay_and_verify(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool, chain: ChainNode,
-        api: SubstrateInterface, settings: Settings) -> None:  # noqa: F811
+        api: SubstrateInterface, settings: Settings) -> None:
     viewer_key = Keypair.create_from_uri("//Dave", ss58_format=CHAIN_SS58_PREFIX)
     creator_key = Keypair.create_from_uri("//Charlie", ss58_format=CHAIN_SS58_PREFIX)
     chain_client = AsyncChain(ChainClient(chain.url, ESCROW))

@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 
 from signaling.app import create_app
 from signaling.openapi import openapi_document
-from tests.test_api import Client, bearer, dev_settings, error_of, serve
+from tests.test_api import Client, bearer, error_of
 from vilokanam.config import Settings
 
 _METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -99,12 +99,6 @@ def _resolve(doc: dict[str, Any], ref: str) -> Any:
 
 
 # -- the served document and the error shape -----------------------------------
-
-@pytest.fixture
-async def client(db: Any, redis: Any, settings: Settings) -> AsyncIterator[Client]:
-    async with serve(dev_settings(settings)) as client:
-        yield client
-
 
 async def test_the_document_is_served(client: TestClient[web.Request, web.Application]) -> None:
     response = await client.get("/api/openapi.json")

@@ -9,14 +9,12 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from playwright.async_api import Browser, ConsoleMessage, Page, WebSocketRoute, async_playwright
+from playwright.async_api import ConsoleMessage, Page, WebSocketRoute
 
-from tests.conftest import CHROMIUM_ARGS, chromium_path, require
+from tests.conftest import chromium
 from tests.test_api import ALICE_42, Client, create_stream, dev_settings, login, serve
 from tests.web_checks import assert_accessible, serve_axe
 from vilokanam.config import Settings
@@ -256,18 +254,6 @@ async def settled_phase(page: Page) -> str:
     await page.wait_for_function(
         "() => !['idle', 'connecting'].includes(window.vilokanam.state.phase)", timeout=15000)
     return str(await page.evaluate("window.vilokanam.state.phase"))
-
-
-@asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
-    path = chromium_path()
-    require(path is not None, "Debian's chromium")
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def ready(page: Page, url: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_api import ALICE_42, BOB_42, Client, bearer, client, error_of, login  # noqa: F401
+from tests.test_api import ALICE_42, BOB_42, Client, bearer, error_of, login
 
 UNKNOWN = "00000000-0000-0000-0000-000000000000"
 OFFSET_MAX = 2**63 - 1
@@ -22,7 +22,7 @@ LISTS = [("/api/streams", "streams", True), ("/api/me/streams", "streams", True)
 
 @pytest.mark.parametrize(("path", "field", "_"), LISTS)
 async def test_a_limit_past_200_is_refused_and_a_huge_offset_is_an_empty_page(
-        client: Client, path: str, field: str, _: bool) -> None:  # noqa: F811
+        client: Client, path: str, field: str, _: bool) -> None:
     token = (await login(client, ALICE_42))["token"]
     await login(client, BOB_42)
     auth = bearer(token)
@@ -39,6 +39,6 @@ async def test_a_limit_past_200_is_refused_and_a_huge_offset_is_an_empty_page(
 
 @pytest.mark.parametrize("path", [f"/api/streams/{UNKNOWN}/comments",
                                   f"/api/videos/{UNKNOWN}/comments"])
-async def test_keyset_lists_refuse_a_limit_past_200_too(client: Client,  # noqa: F811
+async def test_keyset_lists_refuse_a_limit_past_200_too(client: Client,
                                                         path: str) -> None:
     assert await error_of(await client.get(f"{path}?limit=201"), 400) == "invalid_paging"

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 
 from billing.flush import Flusher
 from media.process import Attempt, Processor
 from signaling.playback import seconds_of, sign
 from tests.media_samples import mp4
-from tests.s3_stand_in import new_bucket, s3_endpoint  # noqa: F401 (the fixture)
+from tests.s3_stand_in import new_bucket
 from tests.test_api import ALICE_42, BOB_42, Client, bearer, dev_settings, error_of, login, serve
 from vilokanam import jobs
 from vilokanam.balances import balance_key, credit
@@ -30,13 +28,6 @@ from vilokanam.storage import storage_for
 
 PRICE = Decimal("0.001")
 CHARLIE_42 = "5FLSigC9HGRKVhB9FiEo4Y3koPsNmBmLJbpXg2mp1hXcS59Y"
-
-
-@pytest.fixture
-async def client(db: asyncpg.Connection, redis: aioredis.Redis,
-                 settings: Settings) -> AsyncIterator[Client]:
-    async with serve(dev_settings(settings)) as client:
-        yield client
 
 
 async def ready_video(client: Client, settings: Settings, tmp_path: Path, token: str) -> str:
@@ -66,6 +57,14 @@ def signed(url: str) -> tuple[str, dict[str, str]]:
     return parts.path, {k: v[0] for k, v in parse_qs(parts.query).items()}
 
 
+async def funded_bob(client: Client, db: asyncpg.Connection, redis: aioredis.Redis,
+                     funds: Decimal = Decimal(1)) -> dict[str, str]:
+    """Bob signed in, with `funds` ROC on his live balance to watch with."""
+    bob = await login(client, BOB_42)
+    await credit(db, redis, bob["user_id"], funds, "adjustment", "test", 12)
+    return bob
+
+
 async def fetch(client: Client, url: str, status: int = 200, **headers: str) -> bytes:
     path, query = signed(url)
     response = await client.get(path, params=query, headers=headers)
@@ -78,8 +77,7 @@ async def test_each_delivered_second_is_billed_once(
         redis: aioredis.Redis) -> None:
     alice = await login(client, ALICE_42)
     video_id = await ready_video(client, settings, tmp_path, alice["token"])
-    bob = await login(client, BOB_42)
-    await credit(db, redis, bob["user_id"], Decimal(1), "adjustment", "test", 12)
+    bob = await funded_bob(client, db, redis)
     started = await client.post(f"/api/videos/{video_id}/views", headers=bearer(bob["token"]))
     assert started.status == 201, await started.text()
     view = await started.json()
@@ -175,8 +173,7 @@ async def test_viewer_is_cut_off_when_the_balance_runs_out(
         redis: aioredis.Redis) -> None:
     alice = await login(client, ALICE_42)
     video_id = await ready_video(client, settings, tmp_path, alice["token"])
-    bob = await login(client, BOB_42)
-    await credit(db, redis, bob["user_id"], PRICE * 10, "adjustment", "test", 12)
+    bob = await funded_bob(client, db, redis, PRICE * 10)
     view = await (await client.post(f"/api/videos/{video_id}/views",
                                     headers=bearer(bob["token"]))).json()
     base = settings.base_url
@@ -218,8 +215,7 @@ async def test_a_subscriber_watches_a_video_at_price_zero_and_is_still_ticked(
         redis: aioredis.Redis) -> None:
     alice = await login(client, ALICE_42)
     video_id = await ready_video(client, settings, tmp_path, alice["token"])
-    bob = await login(client, BOB_42)
-    await credit(db, redis, bob["user_id"], Decimal(1), "adjustment", "test", 12)
+    bob = await funded_bob(client, db, redis)
     offer = await client.put("/api/me/subscription-offer", json={"price": "0.5"},
                              headers=bearer(alice["token"]))
     assert offer.status in (200, 201), await offer.text()
@@ -262,7 +258,7 @@ async def test_a_subscriber_watches_a_video_at_price_zero_and_is_still_ticked(
     assert Decimal(other["price_per_second"]) > 0
 async def test_playback_from_an_s3_bucket(db: asyncpg.Connection, redis: aioredis.Redis,
                                           settings: Settings, tmp_path: Path,
-                                          s3_endpoint: str) -> None:  # noqa: F811
+                                          s3_endpoint: str) -> None:
     """The same upload, processing and signed playback with the video storage
     in an S3-compatible bucket (moto's server mode standing in for S3):
     signaling serves the objects with ranges and content types; the local
@@ -282,8 +278,7 @@ async def test_playback_from_an_s3_bucket(db: asyncpg.Connection, redis: aioredi
             await storage.close()
         spooled = [p for p in s3_settings.media_dir.rglob("*") if p.is_file()]
         assert spooled == []
-        bob = await login(client, BOB_42)
-        await credit(db, redis, bob["user_id"], Decimal(1), "adjustment", "test", 12)
+        bob = await funded_bob(client, db, redis)
         view = await (await client.post(f"/api/videos/{video_id}/views",
                                         headers=bearer(bob["token"]))).json()
         master = (await fetch(client, view["playlist_url"])).decode()

@@ -32,14 +32,13 @@ from tests.test_settlement import (
     PRICE,
     make_show,
     new_settler,
-    pristine_chain_afterwards,  # noqa: F401 - a fixture
     tip_and_subscribe,
     watch,
 )
 from vilokanam.services.chain import ChainNode
 from vilokanam.services.net import free_port
 
-pytestmark = pytest.mark.chain
+pytestmark = [pytest.mark.chain, pytest.mark.usefixtures("pristine_chain_afterwards")]
 
 
 def flip(hex_hash: str) -> str:
@@ -62,7 +61,7 @@ async def verify_receipt(receipt: Any, url: str, tmp_path: Path | None = None,
 
 
 async def test_a_true_receipt_holds_and_a_tampered_one_does_not(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
         chain: ChainNode, client: Client, tmp_path: Path) -> None:  # noqa: F811
     show = await settled_show(db, redis, pool, chain, viewers=3)
     receipt = await get_json(client, f"/api/receipts/{show.viewers[1][0]}",
@@ -101,7 +100,7 @@ async def test_a_true_receipt_holds_and_a_tampered_one_does_not(
 
 
 async def test_an_old_digest_receipt_holds(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
         chain: ChainNode, client: Client) -> None:  # noqa: F811
     show = await settled_show(db, redis, pool, chain, viewers=2,
                               settler=digest_settler(pool, chain))
@@ -116,7 +115,7 @@ async def test_an_old_digest_receipt_holds(
 
 
 async def test_an_unsettled_receipt_bad_input_and_a_silent_chain(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
         chain: ChainNode, client: Client) -> None:  # noqa: F811
     show = await settled_show(db, redis, pool, chain, viewers=1)
     receipt = await get_json(client, f"/api/receipts/{show.viewers[0][0]}",
@@ -136,7 +135,7 @@ async def test_an_unsettled_receipt_bad_input_and_a_silent_chain(
 
 
 async def test_a_tip_and_a_subscription_have_receipts_with_only_their_own_line(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
         chain: ChainNode, client: Client) -> None:  # noqa: F811
     show = await make_show(db, redis, viewers=2)
     await watch(pool, redis, show, seconds=3)  # the same batch settles viewing sessions too

@@ -31,11 +31,9 @@ from tests.test_settlement import (
     PRICE,
     Show,
     add_viewer,
-    api,  # noqa: F401 - a fixture
     batch_calls,
     make_show,
     new_settler,
-    pristine_chain_afterwards,  # noqa: F401 - a fixture
     remark_text,
     watch,
 )
@@ -45,7 +43,7 @@ from vilokanam.config import Settings
 from vilokanam.receipts import DIGEST_V1, batch_digest, remark_of, verify_inclusion
 from vilokanam.services.chain import ChainNode
 
-pytestmark = pytest.mark.chain
+pytestmark = [pytest.mark.chain, pytest.mark.usefixtures("pristine_chain_afterwards")]
 
 SECRET = "r" * 40
 RECEIPT_FIELDS = {
@@ -79,7 +77,7 @@ async def get_json(client: Client, path: str, status: int = 200,
     return dict(await response.json())
 
 
-async def settled_show(db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
+async def settled_show(db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
                        chain: ChainNode, viewers: int, settler: Settler | None = None) -> Show:
     show = await make_show(db, redis, viewers=viewers)
     await watch(pool, redis, show, seconds=4)
@@ -93,8 +91,8 @@ def viewer_bearer(show: Show, index: int) -> dict[str, str]:
 
 
 async def test_a_receipt_proves_its_own_line_against_the_root_on_chain_and_no_other(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
-        chain: ChainNode, api: SubstrateInterface, client: Client) -> None:  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
+        chain: ChainNode, api: SubstrateInterface, client: Client) -> None:
     show = await settled_show(db, redis, pool, chain, viewers=3)
     viewer_session = show.viewers[0][0]
     mine = viewer_bearer(show, 0)
@@ -156,15 +154,15 @@ class DigestSettler(Settler):
         return DIGEST_V1, digest, remark_of(digest)
 
 
-def digest_settler(pool: asyncpg.Pool, chain: ChainNode) -> Settler:  # noqa: F811
+def digest_settler(pool: asyncpg.Pool, chain: ChainNode) -> Settler:
     plain = new_settler(pool, chain)
     return DigestSettler(plain.pg, plain.chain, decimals=DECIMALS, period_s=3600.0,
                          threshold=Decimal(1_000_000), poll_interval=0.05)
 
 
 async def test_an_old_digest_settlement_still_gives_a_checkable_receipt(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
-        chain: ChainNode, api: SubstrateInterface, client: Client) -> None:  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
+        chain: ChainNode, api: SubstrateInterface, client: Client) -> None:
     show = await settled_show(db, redis, pool, chain, viewers=2,
                               settler=digest_settler(pool, chain))
     receipt = await get_json(client, f"/api/receipts/{show.viewers[0][0]}",
@@ -180,7 +178,7 @@ async def test_an_old_digest_settlement_still_gives_a_checkable_receipt(
 
 
 async def test_a_receipt_follows_a_charge_through_partial_settlements(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
         chain: ChainNode, client: Client) -> None:
     show = await make_show(db, redis, viewers=1)
     viewer_session, user, key = show.viewers[0]

@@ -49,12 +49,12 @@ def rows_of(writer: TickWriter, written: TickBatch) -> list[JournalRow]:
     return [JournalRow.of(part.batch, part.batch_id) for part in writer.parts(written)]
 
 
-def reconciler(pool: asyncpg.Pool, redis: aioredis.Redis) -> Reconciler:  # noqa: F811
+def reconciler(pool: asyncpg.Pool, redis: aioredis.Redis) -> Reconciler:
     return Reconciler(pool, redis, decimals=12, chunk=2)  # small chunks: several per round
 
 
 async def test_ticks_in_flight_are_proven_not_flagged(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
     audience = await make_audience(db, redis, viewers=5)
     writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
     for second in range(100, 103):
@@ -82,7 +82,7 @@ async def test_ticks_in_flight_are_proven_not_flagged(
 
 
 async def test_an_injected_drift_is_confirmed_then_repaired_and_logged(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="billing.reconcile")
     audience = await make_audience(db, redis, viewers=3)
@@ -116,7 +116,7 @@ async def test_an_injected_drift_is_confirmed_then_repaired_and_logged(
 
 
 async def test_a_drift_that_moves_between_rounds_is_not_repaired_blindly(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
     audience = await make_audience(db, redis, viewers=1)
     user = audience.viewers[0][1]
     checker = reconciler(pool, redis)
@@ -135,7 +135,7 @@ class Crash(Exception):
 
 
 async def test_a_flush_that_died_before_refunding_dropped_ticks_is_repaired(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
     audience = await make_audience(db, redis, viewers=1)
     session, user = audience.viewers[0]
     ended_at = await db.fetchval(
@@ -162,7 +162,7 @@ async def test_a_flush_that_died_before_refunding_dropped_ticks_is_repaired(
 
 
 async def test_live_balances_of_nobody_and_books_that_disagree_are_reported(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
     audience = await make_audience(db, redis, viewers=1)
     user = audience.viewers[0][1]
     ghost = str(uuid.uuid4())
@@ -183,7 +183,7 @@ async def test_live_balances_of_nobody_and_books_that_disagree_are_reported(
 
 
 async def test_a_missing_live_copy_is_no_drift(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
     audience = await make_audience(db, redis, viewers=2)
     await redis.delete(key_of(redis, audience.viewers[0][1]))
     await TickWriter(redis).write(TickBatch("w1", 300, (

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -23,7 +22,7 @@ from substrateinterface import Keypair, SubstrateInterface
 from billing.chain import AsyncChain, ChainClient, load_escrow
 from billing.flush import Flusher
 from billing.settlement import Settler
-from tests.conftest import ESCROW_URI
+from tests.conftest import ESCROW_URI, api_of
 from tests.flushing import drain
 from tests.test_vilokanam_receipts import ref_mth
 from tests.waiting import wait_until
@@ -35,7 +34,8 @@ from vilokanam.metering import Tick, TickBatch, TickWriter
 from vilokanam.services.chain import CHAIN_SS58_PREFIX, ChainNode
 from vilokanam.tasks import TaskOwner
 
-pytestmark = pytest.mark.chain
+# These tests move money on the session's chain.
+pytestmark = [pytest.mark.chain, pytest.mark.usefixtures("pristine_chain_afterwards")]
 
 FEE = Decimal("0.1")
 DECIMALS = 12
@@ -111,10 +111,6 @@ async def watch(pool: asyncpg.Pool, redis: aioredis.Redis, show: Show, seconds: 
 
 # -- the chain, read independently of the code under test -----------------------
 
-def api_of(chain: ChainNode) -> SubstrateInterface:
-    return SubstrateInterface(url=chain.url, ss58_format=CHAIN_SS58_PREFIX)
-
-
 def free_of(api: SubstrateInterface, address: str) -> int:
     return int(api.query("System", "Account", [address]).value["data"]["free"])
 
@@ -167,27 +163,11 @@ def remark_text(calls: list[dict[str, Any]]) -> str:
 
 # -- fixtures -------------------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def pristine_chain_afterwards(chain: ChainNode) -> Iterator[None]:
-    """These tests move money on the session's chain; other modules (test_chain)
-    expect the configured funding: leave a fresh, re-funded genesis behind."""
-    yield
-    chain.kill()
-    chain.start()
-
-
 def new_settler(pool: asyncpg.Pool, chain: ChainNode, **overrides: Any) -> Settler:
     options: dict[str, Any] = {"decimals": DECIMALS, "period_s": 3600.0,
                                "threshold": Decimal(1_000_000), "poll_interval": 0.05}
     options.update(overrides)
     return Settler(pool, AsyncChain(ChainClient(chain.url, ESCROW)), **options)
-
-
-@pytest.fixture
-async def api(chain: ChainNode) -> AsyncIterator[SubstrateInterface]:
-    api = api_of(chain)
-    yield api
-    api.close()
 
 
 async def settlements(db: asyncpg.Connection) -> list[asyncpg.Record]:

@@ -37,7 +37,7 @@ class StandInTrack:
 
 @dataclass
 class StandInConnection:
-    connectionState: str = "connected"  # noqa: N815 - aiortc's attribute name
+    connectionState: str = "connected"  # aiortc's attribute name
 
 
 @dataclass

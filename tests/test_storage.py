@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.s3_stand_in import new_bucket, s3_endpoint  # noqa: F401 (the fixture)
+from tests.s3_stand_in import new_bucket
 from vilokanam.config import Settings
 from vilokanam.storage import (
     InvalidKey,

@@ -16,13 +16,11 @@ import pytest
 import redis.asyncio as aioredis
 from playwright.async_api import Browser, Page
 
-from tests.test_e2e_browser import (  # noqa: F401  (fixtures)
+from tests.processes import Platform
+from tests.test_e2e_browser import (
     ALICE,
     BOB,
-    Platform,
-    browser,
     open_page,
-    platform,
     start_publishing,
     start_watching,
     wait_text,
@@ -68,7 +66,7 @@ async def remote_sdp(page: Page) -> str:
 
 
 async def test_chromium_negotiates_transport_cc_and_its_feedback_is_used(
-        platform: Platform, browser: Browser, db: asyncpg.Connection,  # noqa: F811
+        platform: Platform, browser: Browser, db: asyncpg.Connection,
         redis: aioredis.Redis) -> None:
     token = platform.post("/api/dev/token", {"account": ALICE})["token"]
     stream = platform.post("/api/streams", {"title": "twcc"}, token)

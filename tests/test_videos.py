@@ -31,13 +31,6 @@ READY_WITHIN = 60.0
 
 
 @pytest.fixture
-async def client(db: asyncpg.Connection, redis: aioredis.Redis,
-                 settings: Settings) -> AsyncIterator[Client]:
-    async with serve(dev_settings(settings)) as client:
-        yield client
-
-
-@pytest.fixture
 def media_role(settings: Settings, tmp_path: Path) -> Iterator[ManagedProcess]:
     proc = start_role(dev_settings(settings), "media", tmp_path / "logs")
     wait_healthy(proc, settings.media_port)

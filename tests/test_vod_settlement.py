@@ -4,7 +4,6 @@ paid from the escrow. Real Postgres, Redis and the chopsticks chain."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 
 import asyncpg
@@ -13,13 +12,13 @@ import redis.asyncio as aioredis
 from substrateinterface import SubstrateInterface
 
 from billing.flush import Flusher
+from tests.conftest import api_of
 from tests.flushing import drain
 from tests.test_settlement import (
     DECIMALS,
     FEE,
     PRICE,
     SHARE_PLANCK,
-    api_of,
     free_of,
     fresh_key,
     make_show,
@@ -30,14 +29,9 @@ from vilokanam.balances import credit
 from vilokanam.metering import VIDEO_VIEW_BATCH_PREFIX, Tick, TickBatch, TickWriter
 from vilokanam.services.chain import ChainNode
 
-pytestmark = pytest.mark.chain
+pytestmark = [pytest.mark.chain, pytest.mark.usefixtures("pristine_chain_afterwards")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def pristine_chain_afterwards(chain: ChainNode) -> Iterator[None]:
-    yield
-    chain.kill()
-    chain.start()
 
 
 async def test_video_view_payments_are_settled_on_chain(

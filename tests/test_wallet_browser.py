@@ -14,20 +14,20 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from playwright.async_api import Page
-from substrateinterface import Keypair
+from substrateinterface import Keypair, SubstrateInterface
 
 from billing.chain import AsyncChain, ChainClient
 from billing.deposits import DepositWatcher
 from tests import wallet_stand_in
 from tests.test_api import serve
 from tests.test_pages import chromium, ready, watch_for_errors
-from tests.test_settlement import ESCROW, free_of, pristine_chain_afterwards  # noqa: F401
-from tests.test_settlement import api as chain_api  # noqa: F401 - the fixture, renamed
+from tests.test_settlement import ESCROW, free_of
 from tests.web_checks import assert_accessible, serve_axe
 from vilokanam.config import Settings
 from vilokanam.services.chain import ChainNode
 
-pytestmark = [pytest.mark.chain, pytest.mark.browser]
+pytestmark = [pytest.mark.chain, pytest.mark.browser,
+              pytest.mark.usefixtures("pristine_chain_afterwards")]
 
 DAVE = Keypair.create_from_uri("//Dave", ss58_format=42)
 
@@ -42,7 +42,7 @@ async def credited(watcher: DepositWatcher, page: Page) -> None:
 
 async def test_log_in_with_a_wallet_and_deposit_from_the_page(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool, chain: ChainNode,
-        chain_api, settings: Settings) -> None:  # noqa: F811
+        api: SubstrateInterface, settings: Settings) -> None:
     settings = dataclasses.replace(settings, dev_mode=False, token_secret="w" * 40,
                                    escrow_account=ESCROW.ss58_address,
                                    chain_public_url=chain.url,
@@ -50,7 +50,7 @@ async def test_log_in_with_a_wallet_and_deposit_from_the_page(
     watcher = DepositWatcher(pool, redis, AsyncChain(ChainClient(chain.url, ESCROW)),
                              ss58_prefix=42, decimals=12)
     await watcher.catch_up()  # its first round starts at the current head
-    escrow_before = free_of(chain_api, ESCROW.ss58_address)
+    escrow_before = free_of(api, ESCROW.ss58_address)
     async with serve(settings) as _client, chromium() as browser:
         context = await browser.new_context()
         await wallet_stand_in.install(
@@ -85,7 +85,7 @@ async def test_log_in_with_a_wallet_and_deposit_from_the_page(
         await credited(watcher, page)
         assert "your balance is 1.5 ROC" in await page.inner_text("#deposit-status")
         assert await page.inner_text("#balance") == "1.5 ROC"
-        assert free_of(chain_api, ESCROW.ss58_address) == escrow_before + 15 * 10**11
+        assert free_of(api, ESCROW.ss58_address) == escrow_before + 15 * 10**11
         assert await db.fetchval(
             "SELECT balance FROM viewer_balances vb JOIN users u ON u.id = vb.user_id "
             "WHERE u.account_id = $1", DAVE.ss58_address) == Decimal("1.5")

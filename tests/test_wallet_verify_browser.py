@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -18,21 +21,20 @@ import pytest
 import redis.asyncio as aioredis
 from playwright.async_api import BrowserContext, Page, Route
 
+from billing.settlement import Settler
 from tests.conftest import ESCROW_URI
 from tests.test_api import serve
 from tests.test_pages import chromium, ready, watch_for_errors
 from tests.test_receipts import SECRET, digest_settler, settled_show
-from tests.test_settlement import (
-    Show,
-    pristine_chain_afterwards,  # noqa: F401 - a fixture
-)
+from tests.test_settlement import Show
 from tests.web_checks import assert_accessible, screenshot, serve_axe
 from vilokanam.accounts import address_of, canonical_account
 from vilokanam.config import Settings
 from vilokanam.services.chain import ChainNode
 from vilokanam.services.net import free_port
 
-pytestmark = [pytest.mark.chain, pytest.mark.browser]
+pytestmark = [pytest.mark.chain, pytest.mark.browser,
+              pytest.mark.usefixtures("pristine_chain_afterwards")]
 
 TITLE = "Night sky over the hills"
 
@@ -77,23 +79,50 @@ def wallet_settings(settings: Settings, chain: ChainNode) -> Settings:
                                substrate_url=chain.url, chain_public_url=chain.url)
 
 
-async def test_a_receipt_is_verified_on_chain_in_the_browser_and_a_tampered_one_is_not(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
-        chain: ChainNode, settings: Settings) -> None:
-    show = await settled_show(db, redis, pool, chain, viewers=3)
+@dataclass
+class Wallet:
+    """One viewer's wallet page on a settled show, its sessions listed."""
+    show: Show
+    viewer: int  # which of the show's viewers is signed in
+    settings: Settings  # what the serving signaling app runs with
+    page: Page
+    errors: list[str]  # the page's script errors and CSP refusals
+
+    @property
+    def session(self) -> str:
+        """The signed-in viewer's session (its receipt's id)."""
+        return str(self.show.viewers[self.viewer][0])
+
+
+@asynccontextmanager
+async def wallet_of_a_settled_viewer(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool, chain: ChainNode,
+        settings: Settings, *, viewers: int, viewer: int,
+        settler: Settler | None = None) -> AsyncIterator[Wallet]:
+    """Settle a show of `viewers` on the chain (by `settler`, the current
+    Settler unless given) and open the wallet page of its `viewer`-th viewer,
+    signed in, in Chromium (axe served, for an accessibility check)."""
+    show = await settled_show(db, redis, pool, chain, viewers=viewers, settler=settler)
     await db.execute("UPDATE streams SET title = $1 WHERE id = $2", TITLE, show.stream_id)
-    session = show.viewers[1][0]
     settings = wallet_settings(settings, chain)
     async with serve(settings), chromium() as browser:
         context = await browser.new_context()
-        await signed_in(context, show, 1)
+        await signed_in(context, show, viewer)
         page = await context.new_page()
         errors: list[str] = []
         watch_for_errors(page, errors)
         await serve_axe(page)
         await ready(page, f"http://127.0.0.1:{settings.http_port}/wallet")
         await page.wait_for_selector("#sessions:not([hidden])")
+        yield Wallet(show, viewer, settings, page, errors)
 
+
+async def test_a_receipt_is_verified_on_chain_in_the_browser_and_a_tampered_one_is_not(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
+        chain: ChainNode, settings: Settings) -> None:
+    async with wallet_of_a_settled_viewer(db, redis, pool, chain, settings,
+                                          viewers=3, viewer=1) as wallet:
+        show, session, settings, page = wallet.show, wallet.session, wallet.settings, wallet.page
         verdict, text, problems = await verdict_of(page)
         assert (verdict, problems) == ("verified", []), text
         assert "Verified on chain" in text
@@ -144,24 +173,15 @@ async def test_a_receipt_is_verified_on_chain_in_the_browser_and_a_tampered_one_
             await page.wait_for_selector("#sessions:not([hidden])")
             verdict, text, problems = await verdict_of(page)
             assert verdict == "unreachable" and "does not answer" in text, (text, problems)
-        assert errors == []
+        assert wallet.errors == []
 
 
 async def test_an_old_digest_settlement_is_verified_in_the_browser(
-        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,  # noqa: F811
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
         chain: ChainNode, settings: Settings) -> None:
-    show = await settled_show(db, redis, pool, chain, viewers=2,
-                              settler=digest_settler(pool, chain))
-    await db.execute("UPDATE streams SET title = $1 WHERE id = $2", TITLE, show.stream_id)
-    settings = wallet_settings(settings, chain)
-    async with serve(settings), chromium() as browser:
-        context = await browser.new_context()
-        await signed_in(context, show, 0)
-        page = await context.new_page()
-        errors: list[str] = []
-        watch_for_errors(page, errors)
-        await ready(page, f"http://127.0.0.1:{settings.http_port}/wallet")
-        await page.wait_for_selector("#sessions:not([hidden])")
+    async with wallet_of_a_settled_viewer(db, redis, pool, chain, settings, viewers=2, viewer=0,
+                                          settler=digest_settler(pool, chain)) as wallet:
+        page = wallet.page
         verdict, text, _ = await verdict_of(page)
         assert verdict == "verified", text
         assert "digest-v1" in await page.inner_text("#receipt-fields")
@@ -172,8 +192,8 @@ async def test_an_old_digest_settlement_is_verified_in_the_browser(
             mine = batch["line"]
             batch["lines"] = [line if line == mine else line + "1" for line in batch["lines"]]
 
-        await page.route(f"**/api/receipts/{show.viewers[0][0]}", answer_with(other_lines))
+        await page.route(f"**/api/receipts/{wallet.session}", answer_with(other_lines))
         verdict, text, problems = await verdict_of(page)
         assert verdict == "not-verified", text
         assert any("digest mismatch" in p for p in problems), problems
-        assert errors == []
+        assert wallet.errors == []

@@ -470,7 +470,7 @@ def _status(exc: Any) -> int:
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as file:  # noqa: ASYNC230 - each read runs in a thread
+    with path.open("rb") as file:  # each read runs in a thread
         while chunk := await asyncio.to_thread(file.read, PART_BYTES):
             yield chunk
 

@@ -78,7 +78,7 @@ async def run_forever(name: str, step: Callable[[], Awaitable[object]], *, every
             more = await step()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - see the docstring
+        except Exception as exc:  # see the docstring
             LOOP_FAILURES.labels(name).inc()
             log_event(log, event, logging.WARNING, loop=name, error=repr(exc)[:300],
                       retry_in_s=round(backoff, 3))

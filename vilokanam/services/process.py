@@ -49,7 +49,7 @@ class ManagedProcess:
         if self.running:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 — owned until stop()
+        self._log = open(self.log_path, "ab")  # owned until stop()
         user = pwd.getpwnam(self.run_as) if self.run_as else None
         self._proc = subprocess.Popen(
             list(self.argv),
