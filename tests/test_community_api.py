@@ -12,11 +12,11 @@ import asyncpg
 import pytest
 from aiohttp import ClientSession
 
-from tests.test_api import ALICE_42, BOB_42, Client, bearer, client, create_stream, error_of, login
+from tests.test_api import ALICE_42, BOB_42, Client, bearer, create_stream, error_of, login
 from tests.test_migrations import fresh_db
 from vilokanam.migrations import migrate
 
-__all__ = ["client", "fresh_db"]
+__all__ = ["fresh_db"]
 
 CAROL = "5FLSigC9HGRKVhB9FiEo4Y3koPsNmBmLJbpXg2mp1hXcS59Y"  # //Charlie
 DAVE = "5DAAnrj7VHTznn2AWBemMuyBwZWs6FNFjdyVXUeYum3PTXFy"  # //Dave

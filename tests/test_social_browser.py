@@ -20,9 +20,7 @@ from tests.test_e2e_browser import (
     ALICE,
     BOB,
     Platform,
-    browser,
     open_page,
-    platform,
     sign_in,
     start_publishing,
     wait_text,
@@ -31,7 +29,6 @@ from tests.web_checks import assert_accessible, screenshot, serve_axe
 from vilokanam.balances import credit
 
 pytestmark = pytest.mark.browser
-__all__ = ["browser", "platform"]  # the fixtures, shared with the live end-to-end test
 
 CAROL = "5FLSigC9HGRKVhB9FiEo4Y3koPsNmBmLJbpXg2mp1hXcS59Y"  # //Charlie
 FITS_360 = "() => document.documentElement.scrollWidth <= window.innerWidth"

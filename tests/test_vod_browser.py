@@ -29,7 +29,6 @@ from tests.processes import start_role, wait_healthy
 from tests.test_e2e_browser import (
     ALICE,
     BOB,
-    browser,
     open_page,
     sign_in,
     start_publishing,
@@ -40,7 +39,6 @@ from vilokanam.config import Settings
 from vilokanam.services.process import ManagedProcess
 
 pytestmark = pytest.mark.browser
-__all__ = ["browser"]  # the fixture, shared with the live end-to-end test
 
 STREAM_SECONDS = 20
 READY_WITHIN = 60.0
