@@ -22,6 +22,20 @@ refused `--refusals` of them (or `--overload-max` joined); the admitted
 viewers' frame rate is measured while refused viewers keep knocking, and the
 publisher must stay live throughout (the stream never ends).
 
+Each report also says where the CPU went over the measuring window, per
+process (each worker, each viewer process, the bench's own process with the
+publisher, Redis, Postgres, and the rest of the machine), so it shows which
+side saturated; and each worker's own count of its peers (GET /control/stats)
+next to where the viewers' clients were answered: a viewer whose connection
+the worker closed (ICE consent expired) is gone from the first, not the second.
+
+`--counting rtp` is a load-generator shortcut: the viewers count frames from
+RTP headers (marker bit, per SSRC) and skip aiortc's jitter buffer and
+depacketizer, still sending the receiver reports and NACKs the workers need
+(bench/rtp_frames.py). `--counting assembled` (the default) counts the frames
+the jitter buffer assembles. Nothing is pinned to a core: on this shared
+machine other sessions' load lands on both cores anyway.
+
 Results go to docs/benchmarks.md (sections `cascade`, `overload`)."""
 
 from __future__ import annotations
