@@ -22,6 +22,20 @@ refused `--refusals` of them (or `--overload-max` joined); the admitted
 viewers' frame rate is measured while refused viewers keep knocking, and the
 publisher must stay live throughout (the stream never ends).
 
+Each report also says where the CPU went over the measuring window, per
+process (each worker, each viewer process, the bench's own process with the
+publisher, Redis, Postgres, and the rest of the machine), so it shows which
+side saturated; and each worker's own count of its peers (GET /control/stats)
+next to where the viewers' clients were answered: a viewer whose connection
+the worker closed (ICE consent expired) is gone from the first, not the second.
+
+`--counting rtp` is a load-generator shortcut: the viewers count frames from
+RTP headers (marker bit, per SSRC) and skip aiortc's jitter buffer and
+depacketizer, still sending the receiver reports and NACKs the workers need
+(bench/rtp_frames.py). `--counting assembled` (the default) counts the frames
+the jitter buffer assembles. Nothing is pinned to a core: on this shared
+machine other sessions' load lands on both cores anyway.
+
 Results go to docs/benchmarks.md (sections `cascade`, `overload`)."""
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ from aiortc import RTCRtpSender, RTCSessionDescription
 
 from bench.common import (
     BenchError,
+    RoleCpu,
     machine_description,
     markdown_table,
     median,
@@ -69,11 +84,68 @@ from bench.viewer_pool import STALL_S, ViewerPool, Watching, _Viewers
 from sfu.aiortc_hooks import restrict_host_candidates
 from vilokanam.services.process import ManagedProcess
 
+COUNTING = {"assembled": "frames counted as aiortc's jitter buffer assembles them",
+            "rtp": "frames counted from RTP headers (bench/rtp_frames.py, a load-generator "
+                   "shortcut: no jitter buffer)"}
+
 
 @dataclass
 class Worker:
     proc: ManagedProcess
     url: str
+
+
+@dataclass
+class Measured:
+    """One measuring window: each viewer's frame rate, where the CPU went
+    (role -> % of one core, and the whole machine's), and what each worker's
+    control API said it held when the window began (its own count, the
+    authority: a client's record of where it joined misses a peer the worker
+    closed since)."""
+
+    fps: dict[str, float]
+    cpu: dict[str, float]
+    machine_cpu: float
+    held: dict[str, dict[str, int]]  # worker URL -> /control/stats
+    states: dict[str, str]  # viewer -> its client's connection state
+
+
+def cpu_roles(lab: Lab, pool: ViewerPool, workers: list[Worker],
+              origin: str | None) -> dict[str, int | None]:
+    """Every process of the run by what it does (each counted with its children)."""
+    roles: dict[str, int | None] = {"bench (publisher, placement)": os.getpid()}
+    for n, pid in enumerate(pool.pids):
+        roles[f"viewer process {n}"] = pid
+    for worker in workers:
+        role = "origin" if worker.url == origin else "edge"
+        roles[f"{worker.proc.name} ({role})"] = worker.proc.pid
+    for proc in lab.processes:
+        if proc.name in ("redis", "postgres"):
+            roles[proc.name] = proc.pid
+    return roles
+
+
+async def worker_stats(http: aiohttp.ClientSession, workers: list[Worker]
+                       ) -> dict[str, dict[str, int]]:
+    """Each live worker's own count of its peers (GET /control/stats)."""
+    held: dict[str, dict[str, int]] = {}
+    for worker in workers:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with http.get(f"{worker.url}/control/stats",
+                                timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                held[worker.url] = dict(await resp.json())
+    return held
+
+
+async def measure(http: aiohttp.ClientSession, pool: ViewerPool, window: float,
+                  roles: dict[str, int | None], workers: list[Worker]) -> Measured:
+    held = await worker_stats(http, workers)
+    states = await pool.states()
+    start = RoleCpu.take(roles)
+    fps = await pool.fps_over(window)
+    end = RoleCpu.take(roles)
+    return Measured(fps, end.percent_since(start), end.machine_percent_since(start), held,
+                    states)
 
 
 def start_worker(lab: Lab, stores: Stores, n: int, capacity: int, admission: bool) -> Worker:
@@ -135,9 +207,11 @@ async def run_cascade(args: argparse.Namespace, lab: Lab, stores: Stores,
                for n in range(args.workers)]
     stream = await _insert_stream(stores.database_url, stores.creator, "bench cascade")
     redis = aioredis.Redis.from_url(stores.redis_url)
-    pool = await ViewerPool.start(args.client_procs, stream, stores.redis_url, str(lab.root))
+    pool = await ViewerPool.start(args.client_procs, stream, stores.redis_url, str(lab.root),
+                                  args.counting)
     async with aiohttp.ClientSession() as http:
         publisher, origin = await publish(http, redis, media, stream)
+        roles = cpu_roles(lab, pool, workers, origin)
         on: dict[str, str] = {}
         join_ms = []
         try:
@@ -150,7 +224,8 @@ async def run_cascade(args: argparse.Namespace, lab: Lab, stores: Stores,
                 join_ms.append(joined["ms"])
             per_worker = {w.url: sum(1 for u in on.values() if u == w.url) for w in workers}
             await asyncio.sleep(args.warmup)
-            fps = await pool.fps_over(args.window)
+            measured = await measure(http, pool, args.window, roles, workers)
+            fps = measured.fps
             edges = [w for w in workers if w.url != origin and per_worker[w.url]]
             if not edges:
                 raise BenchError("no viewer on an edge: raise --viewers or lower --capacity")
@@ -166,6 +241,10 @@ async def run_cascade(args: argparse.Namespace, lab: Lab, stores: Stores,
     await redis.aclose()
     return {"workers": args.workers, "capacity": args.capacity, "viewers": len(on),
             "per_worker": sorted(per_worker.values(), reverse=True),
+            "held": [measured.held.get(w.url, {}) for w in sorted(
+                workers, key=lambda w: -per_worker[w.url])],
+            "not_connected": sum(1 for s in measured.states.values() if s != "connected"),
+            "cpu": measured.cpu, "machine_cpu": measured.machine_cpu,
             "fps": list(fps.values()),
             "fps_origin": [f for u, f in fps.items() if on.get(u) == origin] or [0.0],
             "join_ms": join_ms, "killed_viewers": len(played_at),
@@ -178,10 +257,12 @@ async def run_overload(args: argparse.Namespace, lab: Lab, stores: Stores,
     worker = start_worker(lab, stores, args.workers, args.overload_capacity, admission=True)
     stream = await _insert_stream(stores.database_url, stores.creator, "bench overload")
     redis = aioredis.Redis.from_url(stores.redis_url)
-    pool = await ViewerPool.start(args.client_procs, stream, stores.redis_url, str(lab.root))
+    pool = await ViewerPool.start(args.client_procs, stream, stores.redis_url, str(lab.root),
+                                  args.counting)
     async with aiohttp.ClientSession() as http:
         # Only this worker: the cascade's are gone (killed or stopped) by now.
-        publisher, _ = await publish(http, redis, media, stream)
+        publisher, origin = await publish(http, redis, media, stream)
+        roles = cpu_roles(lab, pool, [worker], origin)
         admitted = 0
         refusals: list[str] = []
         first_refusal_at: int | None = None
@@ -197,8 +278,10 @@ async def run_overload(args: argparse.Namespace, lab: Lab, stores: Stores,
                 first_refusal_at = first_refusal_at or admitted
                 await asyncio.sleep(0.5)
             await asyncio.sleep(args.warmup)
-            knocking = asyncio.ensure_future(_knock(http, redis, stream, stores.users[-1]))
-            fps = await pool.fps_over(args.window)
+            knocking = asyncio.ensure_future(_knock(http, redis, stream, stores.users[-1],
+                                                    args.counting))
+            measured = await measure(http, pool, args.window, roles, [worker])
+            fps = measured.fps
             knocking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await knocking
@@ -210,13 +293,16 @@ async def run_overload(args: argparse.Namespace, lab: Lab, stores: Stores,
     await redis.aclose()
     return {"capacity": args.overload_capacity, "admitted": admitted,
             "first_refusal_at": first_refusal_at, "refusals": refusals,
-            "fps": list(fps.values()), "publisher_live": live}
+            "fps": list(fps.values()), "publisher_live": live,
+            "held": [measured.held.get(worker.url, {})],
+            "not_connected": sum(1 for s in measured.states.values() if s != "connected"),
+            "cpu": measured.cpu, "machine_cpu": measured.machine_cpu}
 
 
 async def _knock(http: aiohttp.ClientSession, redis: aioredis.Redis, stream: str,
-                 user: str) -> None:
+                 user: str, counting: str) -> None:
     """A refused viewer retrying every second while the others are measured."""
-    viewers = _Viewers(stream, redis, http)
+    viewers = _Viewers(stream, redis, http, counting)
     while True:
         joined = await viewers.join_once(user)
         if isinstance(joined, Watching):
@@ -224,10 +310,35 @@ async def _knock(http: aiohttp.ClientSession, redis: aioredis.Redis, stream: str
         await asyncio.sleep(1.0)
 
 
+def cpu_text(r: dict[str, Any]) -> list[str]:
+    """Where the CPU went over the measuring window, by role, and which side
+    saturated: the viewers' clients (and the publisher), the workers, the stores."""
+    cpu: dict[str, float] = r["cpu"]
+    clients = sum(v for k, v in cpu.items() if k.startswith(("viewer process", "bench")))
+    workers = sum(v for k, v in cpu.items() if k.startswith("sfu-"))
+    stores = sum(v for k, v in cpu.items() if k in ("redis", "postgres"))
+    ours = clients + workers + stores
+    cores = os.cpu_count() or 1
+    rows = [[role, f"{percent:.0f}"] for role, percent in cpu.items()]
+    rows += [["**viewer clients + publisher**", f"**{clients:.0f}**"],
+             ["**SFU workers**", f"**{workers:.0f}**"], ["**Redis + Postgres**", f"{stores:.0f}"],
+             ["**the machine** (all processes)", f"{r['machine_cpu']:.0f} of {100 * cores}"],
+             ["other processes (not this run)", f"{max(0.0, r['machine_cpu'] - ours):.0f}"]]
+    return ["", "CPU over the measuring window (% of one core; each process with its children):",
+            "", markdown_table(["process", "% of a core"], rows)]
+
+
+def held_text(r: dict[str, Any]) -> str:
+    """The workers' own count of what they hold (GET /control/stats)."""
+    held = r["held"]
+    return " / ".join(f"{h.get('viewers', '?')}+{h.get('relays', '?')}" for h in held)
+
+
 def cascade_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
     fps, after, replay = r["fps"], r["fps_after"], r["replay_s"]
     rows = [[r["workers"], r["capacity"], r["viewers"], " / ".join(map(str, r["per_worker"])),
-             f"{min(fps):.1f}", f"{median(fps):.1f}", f"{min(r['fps_origin']):.1f}",
+             held_text(r), r["not_connected"], f"{min(fps):.1f}", f"{median(fps):.1f}",
+             f"{min(r['fps_origin']):.1f}",
              sum(1 for f in fps if f < 29), f"{median(r['join_ms']):.0f}",
              r["killed_viewers"], f"{median(replay):.1f}", f"{max(replay):.1f}",
              f"{min(after):.1f}"]]
@@ -237,25 +348,32 @@ def cascade_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
         f"Command: `.venv/bin/python -m bench.cascade {' '.join(args.argv)}`".rstrip() + ". "
         f"{machine_description()}. Admission limits "
         f"{'kept' if args.admission else 'lifted (cost runs)'}; video "
-        f"{args.bitrate / 1e6:g} Mbit/s; viewers in {args.client_procs} processes.",
+        f"{args.bitrate / 1e6:g} Mbit/s; viewers in {args.client_procs} processes, "
+        f"{COUNTING[args.counting]}.",
         "",
-        markdown_table(["workers", "capacity", "viewers", "viewers per worker",
+        markdown_table(["workers", "capacity", "viewers", "viewers per worker (joined)",
+                        "viewers+relays per worker (its own count)", "viewers not connected",
                         "min fps", "median fps", "min fps on the origin", "viewers < 29 fps",
                         "join p50 ms", "viewers of the killed edge",
                         "play again p50 s", "play again max s", "min fps after"], rows),
         "",
-        "fps: video frames each viewer assembled per second over the window (30 sent). "
+        "*joined*: where each viewer's client was answered; *its own count*: "
+        "the worker's GET /control/stats as the window began (viewers + relays fed "
+        "or feeding). "
+        "fps: video frames each viewer received per second over the window (30 sent). "
         "*play again*: from the edge's kill -9 to the first frame on the new connection, "
         f"the player reconnecting after {STALL_S:g} s without a frame; the first tries meet "
         "the dead edge's record (3 s TTL) or a full cluster until the edge that fed the "
         "dead one drops that relay (no receiver report for 5 s) and has room again.",
+        *cpu_text(r),
     ])
 
 
 def overload_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
     fps = r["fps"]
     codes = sorted(set(r["refusals"]))
-    rows = [[r["capacity"], r["admitted"], r["first_refusal_at"] if r["first_refusal_at"]
+    rows = [[r["capacity"], r["admitted"], held_text(r), r["not_connected"],
+             r["first_refusal_at"] if r["first_refusal_at"]
              is not None else "none", len(r["refusals"]), ", ".join(codes) or "—",
              f"{min(fps):.1f}" if fps else "—", f"{median(fps):.1f}" if fps else "—",
              sum(1 for f in fps if f < 29), "yes" if r["publisher_live"] else "**no**"]]
@@ -264,15 +382,18 @@ def overload_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
         "",
         f"Command: `.venv/bin/python -m bench.cascade {' '.join(args.argv)}`".rstrip() + ". "
         f"{machine_description()}. Default admission limits (VILOKANAM_SFU_MAX_CPU 0.85, "
-        "VILOKANAM_SFU_MAX_LOOP_LAG_MS 100).",
+        f"VILOKANAM_SFU_MAX_LOOP_LAG_MS 100); viewers in {args.client_procs} processes, "
+        f"{COUNTING[args.counting]}.",
         "",
-        markdown_table(["capacity", "admitted", "first refused after", "refusals",
+        markdown_table(["capacity", "admitted", "viewers+relays (its own count)",
+                        "viewers not connected", "first refused after", "refusals",
                         "refused with", "min fps", "median fps", "viewers < 29 fps",
                         "publisher live at the end"], rows),
         "",
         "Viewers join one at a time until the worker has refused "
         f"{args.refusals} (each refusal is `at_capacity`, ws `no_capacity`, WHEP 503); "
         "the admitted ones are measured while a refused viewer keeps retrying every second.",
+        *cpu_text(r),
     ])
 
 
@@ -293,6 +414,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--bitrate", type=int, default=2_000_000)
     parser.add_argument("--client-procs", type=int, default=2,
                         help="processes the viewers are spread over (bench/viewer_pool.py)")
+    parser.add_argument("--counting", choices=tuple(COUNTING), default="assembled",
+                        help="how viewers count frames: aiortc's jitter buffer, or RTP "
+                             "headers (bench/rtp_frames.py, a load-generator shortcut)")
     parser.add_argument("--skip", choices=("cascade", "overload"), action="append", default=[])
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--no-doc", action="store_true")

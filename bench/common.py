@@ -14,7 +14,7 @@ import statistics
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +51,55 @@ def process_cpu_seconds(pid: int) -> float:
     and decodes in threads, so those count too)."""
     fields = stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14, 15 of proc(5)
+
+
+def tree_cpu_seconds(pid: int | None) -> float:
+    """CPU seconds of a process, its live children and its reaped ones
+    (Postgres: the postmaster and its backends; a backend calls setsid(), so
+    the process group would miss it)."""
+    return role_cpu_seconds({"": pid})[""] if pid is not None else 0.0
+
+
+def role_cpu_seconds(roles: Mapping[str, int | None]) -> dict[str, float]:
+    """`tree_cpu_seconds` of several processes in one pass over /proc. The
+    calling process counts alone (its children are other roles)."""
+    me = os.getpid()
+    by_pid = {pid: role for role, pid in roles.items() if pid is not None}
+    seconds = dict.fromkeys(roles, 0.0)
+    for found, fields in all_stat_fields():
+        parent = int(fields[1])
+        if found in by_pid:  # utime, stime, cutime, cstime: fields 14-17 of proc(5)
+            counted = fields[11:13] if found == me else fields[11:15]
+            seconds[by_pid[found]] += sum(int(v) for v in counted) / CLOCK_TICKS
+        elif parent in by_pid and parent != me:
+            seconds[by_pid[parent]] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return seconds
+
+
+@dataclass(frozen=True)
+class RoleCpu:
+    """CPU seconds of named processes (each with its children) and of the
+    machine at one instant: two of them say which side of a benchmark
+    saturated the cores."""
+
+    at: float
+    seconds: dict[str, float]
+    machine: MachineCpu
+
+    @classmethod
+    def take(cls, roles: Mapping[str, int | None]) -> RoleCpu:
+        return cls(time.monotonic(), role_cpu_seconds(roles), MachineCpu.read())
+
+    def percent_since(self, earlier: RoleCpu) -> dict[str, float]:
+        """Each role's CPU between the two readings, in % of one core."""
+        elapsed = self.at - earlier.at
+        return {role: 100.0 * (used - earlier.seconds.get(role, used)) / elapsed
+                if elapsed > 0 else 0.0 for role, used in self.seconds.items()}
+
+    def machine_percent_since(self, earlier: RoleCpu) -> float:
+        """The whole machine's busy CPU, in % of one core (200 = 2 cores)."""
+        cores = os.cpu_count() or 1
+        return cores * self.machine.busy_percent_since(earlier.machine)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ from bench.common import (
     wait_for_quiet,
     wait_until,
 )
+from bench.rtp_frames import count_from_rtp
 from sfu.aiortc_hooks import tap_receiver
 from vilokanam.services.process import ManagedProcess
 
@@ -310,11 +311,15 @@ class FrameCounter:
     last: int | None = None
 
     def on_frame(self, _codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+        self.on_timestamp(frame.timestamp)
+
+    def on_timestamp(self, timestamp: int) -> None:
+        """One frame with this RTP timestamp (bench/rtp_frames.py calls it directly)."""
         if self.last is not None:
-            gap = round(((frame.timestamp - self.last) % 2**32) / self.step) - 1
+            gap = round(((timestamp - self.last) % 2**32) / self.step) - 1
             if 0 < gap < MAX_GAP_FRAMES:
                 self.missing += gap
-        self.last = frame.timestamp
+        self.last = timestamp
         self.frames += 1
 
 
@@ -331,9 +336,14 @@ def packet_counts(receiver: RTCRtpReceiver) -> dict[str, int]:
 
 @dataclass
 class TappedViewer:
+    """A viewer that never decodes. `counting`: "assembled" counts the frames
+    aiortc's jitter buffer assembles; "rtp" counts them from RTP headers and
+    skips the jitter buffer (bench/rtp_frames.py, a load-generator shortcut)."""
+
     pc: RTCPeerConnection = field(default_factory=client_pc)
     counters: dict[str, FrameCounter] = field(default_factory=dict)
     receivers: dict[str, RTCRtpReceiver] = field(default_factory=dict)
+    counting: str = "assembled"
 
     def __post_init__(self) -> None:
         for kind, step in STEP.items():  # tapped before negotiation: nothing is decoded
@@ -341,6 +351,8 @@ class TappedViewer:
             self.counters[kind] = FrameCounter(step)
             self.receivers[kind] = transceiver.receiver
             tap_receiver(transceiver.receiver, self.counters[kind].on_frame)
+            if self.counting == "rtp":
+                count_from_rtp(transceiver.receiver, self.counters[kind], kind)
 
     def enlarge_receive_buffers(self) -> None:
         """The viewers are the measuring end: a big socket buffer keeps a

@@ -56,16 +56,15 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from bench.common import (
-    CLOCK_TICKS,
     BenchError,
     CpuMark,
     MachineCpu,
-    all_stat_fields,
     core_percent,
     http_get,
     machine_description,
     markdown_table,
     scrape,
+    tree_cpu_seconds,
     update_doc_section,
     utc_now,
     wait_until,
@@ -474,19 +473,6 @@ async def take_snapshot(lab: Lab, pids: list[int]) -> Snapshot:
     return Snapshot(commands, info, metrics, CpuMark.take(pids),
                     tree_cpu_seconds(lab.pg.process.pid),
                     sum(tree_cpu_seconds(node.process.pid) for node in redis_nodes(lab.redis)))
-
-
-def tree_cpu_seconds(pid: int | None) -> float:
-    """CPU seconds of a process, its live children and its reaped ones
-    (Postgres: the postmaster and its backends; a backend calls setsid(), so
-    the process group would miss it)."""
-    total = 0.0
-    for found, fields in all_stat_fields():
-        if found == pid:  # utime, stime, cutime, cstime: fields 14-17 of proc(5)
-            total += sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
-        elif int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return total
 
 
 async def table_writes(pg_url: str) -> dict[str, tuple[int, int, int]]:

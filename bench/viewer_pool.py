@@ -6,19 +6,23 @@ the client loop starving, not the workers. A `ViewerPool` spreads viewers
 over `procs` children; each child places and connects its viewers exactly as
 signaling does (`signaling.admission.place_viewer_of` / `start_viewer`),
 never decodes, and counts the frames it assembles (bench/sfu_fanout.py's
-`TappedViewer`). The parent drives them one command at a time, one JSON line
-each way over the child's stdin/stdout:
+`TappedViewer`), or with `counting="rtp"` counts them from RTP headers and
+skips aiortc's jitter buffer (bench/rtp_frames.py, a load-generator
+shortcut: the viewers' receiver reports and NACKs are kept). The parent
+drives them one command at a time, one JSON line each way over the child's
+stdin/stdout:
 
     {"op": "join", "user": U, "retry": true}   -> {"ok": true, "worker": URL, "ms": M}
                                                   or {"ok": false, "code": C}
-    {"op": "frames"}                            -> {"at": T, "frames": {U: N, ...}}
+    {"op": "frames"}                            -> {"at": T, "frames": {U: N, ...},
+                                                    "states": {U: connectionState, ...}}
     {"op": "rejoin_stalled", "worker": URL}     -> {"at": {U: T, ...}, "worker": {U: URL}}
     {"op": "close"}                             -> {"ok": true}
 
 T are `time.monotonic()` readings: CLOCK_MONOTONIC is one clock for every
 process of the machine, so the parent compares them with its own.
 
-    python -m bench.viewer_pool STREAM REDIS_URL     # a child (the pool starts it)"""
+    python -m bench.viewer_pool STREAM REDIS_URL [COUNTING]   # a child (the pool starts it)"""
 
 from __future__ import annotations
 
@@ -72,14 +76,15 @@ class ViewerPool:
         self._turn = itertools.cycle(self.children)
 
     @classmethod
-    async def start(cls, procs: int, stream: str, redis_url: str, log_dir: str) -> ViewerPool:
+    async def start(cls, procs: int, stream: str, redis_url: str, log_dir: str,
+                    counting: str = "assembled") -> ViewerPool:
         children = []
         for n in range(procs):
             log = os.open(os.path.join(log_dir, f"viewers-{n}.log"),
                           os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "bench.viewer_pool", stream, redis_url,
+                    sys.executable, "-m", "bench.viewer_pool", stream, redis_url, counting,
                     stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log)
             finally:
                 os.close(log)
@@ -94,9 +99,18 @@ class ViewerPool:
             self._of[user] = child
         return reply
 
+    @property
+    def pids(self) -> list[int]:
+        return [child.proc.pid for child in self.children]
+
     async def frames(self) -> dict[str, tuple[float, int]]:
         replies = await asyncio.gather(*(c.call({"op": "frames"}) for c in self.children))
         return {user: (r["at"], n) for r in replies for user, n in r["frames"].items()}
+
+    async def states(self) -> dict[str, str]:
+        """Each viewer's peer-connection state, as its client sees it."""
+        replies = await asyncio.gather(*(c.call({"op": "frames"}) for c in self.children))
+        return {user: state for r in replies for user, state in r["states"].items()}
 
     async def fps_over(self, window: float) -> dict[str, float]:
         before = await self.frames()
@@ -141,6 +155,7 @@ class _Viewers:
     stream: str
     redis: Any
     http: Any
+    counting: str = "assembled"  # or "rtp" (bench/rtp_frames.py)
     watching: dict[str, Watching] = field(default_factory=dict)
 
     async def join_once(self, user: str) -> Watching | str:
@@ -153,7 +168,7 @@ class _Viewers:
         from signaling.protocol import ProtocolError
         from signaling.sfu_client import SfuClient
 
-        viewer = TappedViewer()
+        viewer = TappedViewer(counting=self.counting)
         try:
             placement = await place_viewer_of(self.redis, self.stream)
             await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
@@ -205,7 +220,9 @@ class _Viewers:
             return await self.join(message["user"], message["retry"])
         if op == "frames":
             return {"at": time.monotonic(),
-                    "frames": {u: w.frames for u, w in self.watching.items()}}
+                    "frames": {u: w.frames for u, w in self.watching.items()},
+                    "states": {u: w.viewer.pc.connectionState
+                               for u, w in self.watching.items()}}
         if op == "rejoin_stalled":
             users = [u for u, w in self.watching.items() if w.worker_url == message["worker"]]
             at = await asyncio.gather(*(self.rejoin_after_stall(u) for u in users))
@@ -228,7 +245,7 @@ async def frames_within(watching: Watching, count: int, within: float) -> bool:
     return True
 
 
-async def _serve(stream: str, redis_url: str) -> None:
+async def _serve(stream: str, redis_url: str, counting: str) -> None:
     import aiohttp
     import redis.asyncio as aioredis
 
@@ -237,7 +254,7 @@ async def _serve(stream: str, redis_url: str) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     redis = aioredis.Redis.from_url(redis_url)
     async with aiohttp.ClientSession() as http:
-        viewers = _Viewers(stream, redis, http)
+        viewers = _Viewers(stream, redis, http, counting)
         while line := await reader.readline():
             message = json.loads(line)
             try:
@@ -255,7 +272,7 @@ def main(argv: list[str]) -> int:
     from sfu.aiortc_hooks import restrict_host_candidates
 
     restrict_host_candidates(["127.0.0.1"])  # as the workers' clients: loopback only
-    asyncio.run(_serve(argv[0], argv[1]))
+    asyncio.run(_serve(argv[0], argv[1], argv[2] if len(argv) > 2 else "assembled"))
     return 0
 
 
