@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -55,12 +56,16 @@ from bench.sfu_fanout import TappedViewer  # noqa: E402
 from bench.stack import BenchStack  # noqa: E402
 from tests.media_clients import MovingVideo, client_pc  # noqa: E402
 from vilokanam.admin import grant_dev_funds  # noqa: E402
+from vilokanam.backends import POSTGRES_POOL_MAX, REDIS_MAX_CONNECTIONS  # noqa: E402
 from vilokanam.config import Settings  # noqa: E402
 from vilokanam.services.process import ManagedProcess  # noqa: E402
 
 ROLES = ("sfu", "signaling", "billing")
 WATCH_S = (10.0, 40.0)  # how long one viewer stays
 DRIFT_LIMIT = 10.0  # % (the issue's target for RSS)
+# A role's connections to the stores at most: its Postgres pool, its Redis
+# pool and a few pub/sub connections (vilokanam/backends.py).
+POOL_BOUND = POSTGRES_POOL_MAX + REDIS_MAX_CONNECTIONS + 4
 # Before an idle sample, waited for (up to this long): the worker holds only
 # the publisher, and signaling's keep-alive pool of connections to the worker
 # drained (signaling/sfu_client.py: an idle one closes 15-30 s after its last
@@ -81,6 +86,7 @@ class Sample:
     # what the tasks run and what the files are, per role: what grew names its cause
     coroutines: dict[str, dict[str, int]] = field(default_factory=dict)
     fd_kinds: dict[str, dict[str, int]] = field(default_factory=dict)
+    pooled: dict[str, int] = field(default_factory=dict)  # of fds: connections to the stores
 
 
 @dataclass
@@ -142,6 +148,20 @@ def fd_kinds(pid: int) -> dict[str, int]:
     return counts
 
 
+def store_ports(settings: Settings) -> set[int]:
+    """The Postgres and Redis ports: a role's connections to them are its
+    pools, which grow to their working size under a burst and are bounded by
+    configuration (Postgres `connect_postgres` max_size, Redis
+    REDIS_MAX_CONNECTIONS), unlike a leak."""
+    return {int(urlsplit(url).port or 0) for url in (settings.database_url, settings.redis_url)}
+
+
+def pooled(kinds: dict[str, int], stores: set[int]) -> int:
+    return sum(n for kind, n in kinds.items()
+               if kind.startswith("tcp :") and ">:" in kind
+               and int(kind.rsplit(">:", 1)[1]) in stores)
+
+
 def coroutines(port: int) -> dict[str, int]:
     return {name.split('coroutine="', 1)[1].rstrip('"}'): int(value)
             for name, value in scrape(f"http://127.0.0.1:{port}/metrics").items()
@@ -166,7 +186,7 @@ async def lasting_keys(redis: aioredis.Redis) -> int:
 
 
 async def take_sample(started: float, roles: dict[str, tuple[ManagedProcess, int]],
-                      redis: aioredis.Redis, viewers: int) -> Sample:
+                      redis: aioredis.Redis, viewers: int, stores: set[int]) -> Sample:
     def tasks(port: int) -> int:
         return int(scrape(f"http://127.0.0.1:{port}/metrics")["vilokanam_asyncio_tasks"])
 
@@ -177,7 +197,8 @@ async def take_sample(started: float, roles: dict[str, tuple[ManagedProcess, int
                   {n: open_fds(p) for n, p in pids.items() if p},
                   counts, int(await redis.dbsize()), viewers, await lasting_keys(redis),
                   {n: await asyncio.to_thread(coroutines, port) for n, (_, port) in roles.items()},
-                  {n: fd_kinds(p) for n, p in pids.items() if p})
+                  kinds := {n: fd_kinds(p) for n, p in pids.items() if p},
+                  {n: pooled(k, stores) for n, k in kinds.items()})
 
 
 async def settle(roles: dict[str, tuple[ManagedProcess, int]]) -> None:
@@ -258,10 +279,13 @@ def report(idle: tuple[Sample, Sample], samples: list[Sample], stats: Stats,
     for role in ROLES:
         rss = drift(first.rss_mib[role], last.rss_mib[role])
         flat &= abs(rss) <= DRIFT_LIMIT
-        flat &= after.fds[role] <= before.fds[role] + 2
+        # A store pool is bounded by its configuration; every other file must stay.
+        own = (before.fds[role] - before.pooled[role], after.fds[role] - after.pooled[role])
+        flat &= own[1] <= own[0] + 2 and after.pooled[role] <= POOL_BOUND
         flat &= after.tasks[role] <= before.tasks[role] + 2
         rows.append((role, f"{first.rss_mib[role]:.1f} → {last.rss_mib[role]:.1f} ({rss:+.1f} %)",
-                     f"{before.fds[role]} → {after.fds[role]}",
+                     f"{before.fds[role]} → {after.fds[role]} "
+                     f"({before.pooled[role]} → {after.pooled[role]})",
                      f"{before.tasks[role]} → {after.tasks[role]}"))
     flat &= after.lasting_keys <= before.lasting_keys + 2
     rows.append(("redis keys (without TTL)", "",
@@ -279,11 +303,13 @@ def report(idle: tuple[Sample, Sample], samples: list[Sample], stats: Stats,
         f"the publisher live, after a {args.warmup:g} s warm-up audience left (pools at their "
         "working size) and after the soak's audience left.",
         "",
-        markdown_table(("role", "RSS MiB under churn (drift)", "open files idle",
+        markdown_table(("role", "RSS MiB under churn (drift)",
+                        "open files idle (of them: connections to the stores)",
                         "asyncio tasks idle"), rows),
         "",
         f"Verdict: {'flat' if flat else 'NOT flat'} (RSS within ±{DRIFT_LIMIT:g} %, "
-        "files, tasks and Redis keys without a TTL within +2).",
+        "files other than store-pool connections, tasks and Redis keys without a TTL "
+        f"within +2; store-pool connections within their bound, {POOL_BOUND}).",
         "",
         "    " + " ".join([".venv/bin/python bench/soak.py", *sys.argv[1:]]),
     ])
@@ -327,6 +353,7 @@ async def run(args: argparse.Namespace, settings: Settings,
             for n in range(args.viewers + 1)]
     await grant_dev_funds(settings, [k.ss58_address for k in keys])
     stats, samples, live = Stats(), [], [0]
+    stores = store_ports(settings)
     redis = aioredis.Redis.from_url(settings.redis_url)
     # No keep-alive from us: our own idle connections would count as the
     # server's open files and tasks.
@@ -356,14 +383,14 @@ async def run(args: argparse.Namespace, settings: Settings,
         warm.set()
         await asyncio.gather(*seats, return_exceptions=True)
         await settle(roles)
-        idle_before = await take_sample(started, roles, redis, 0)
+        idle_before = await take_sample(started, roles, redis, 0, stores)
         stop = asyncio.Event()
         seats = audience(stop)
         try:
             await asyncio.sleep(min(args.sample, 30.0))
             end = time.monotonic() + args.minutes * 60 - min(args.sample, 30.0)
             while True:
-                samples.append(await take_sample(started, roles, redis, live[0]))
+                samples.append(await take_sample(started, roles, redis, live[0], stores))
                 s = samples[-1]
                 print(f"{s.t:6.0f} s  viewers {s.viewers:3d}  rss {s.rss_mib}  fds {s.fds}  "
                       f"tasks {s.tasks}  redis keys {s.redis_keys}", flush=True)
@@ -377,7 +404,7 @@ async def run(args: argparse.Namespace, settings: Settings,
             stop.set()
             await asyncio.gather(*seats, return_exceptions=True)
         await settle(roles)  # the last DELETEs' peers closed, the pool drained
-        idle_after = await take_sample(started, roles, redis, 0)
+        idle_after = await take_sample(started, roles, redis, 0, stores)
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
         await publisher[0].close()

@@ -37,7 +37,10 @@ async def connect_postgres_once(url: str) -> asyncpg.Connection:
         raise BackendUnreachable(reason) from None
 
 
-async def connect_postgres(url: str, *, max_size: int = 10) -> asyncpg.Pool:
+POSTGRES_POOL_MAX = 10  # connections per role
+
+
+async def connect_postgres(url: str, *, max_size: int = POSTGRES_POOL_MAX) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(
             url, min_size=1, max_size=max_size, timeout=CONNECT_TIMEOUT,
