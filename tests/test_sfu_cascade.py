@@ -154,9 +154,13 @@ def signal_over(ws: aiohttp.ClientWebSocketResponse, request: dict[str, Any],
     return signal
 
 
-async def try_watch(cluster: Cluster, stream_id: str, token: str) -> Viewer | None:
-    """One watch over the websocket; None when signaling says no (full, or
-    the stream not live where it was)."""
+Watching = tuple[aiohttp.ClientWebSocketResponse, Viewer]
+
+
+async def try_watch(cluster: Cluster, stream_id: str, token: str) -> Watching | None:
+    """One watch over the websocket: its socket and viewer, or None when
+    signaling says no (full, the stream not live where it was, a worker of the
+    loaded machine refusing for its load)."""
     ws = await cluster.socket(0)
     viewer = Viewer()
     cluster.closers.append(viewer.close)
@@ -168,7 +172,12 @@ async def try_watch(cluster: Cluster, stream_id: str, token: str) -> Viewer | No
         await viewer.close()
         await ws.close()
         return None
-    return viewer
+    return ws, viewer
+
+
+async def try_viewer(cluster: Cluster, stream_id: str, token: str) -> Viewer | None:
+    watching = await try_watch(cluster, stream_id, token)
+    return None if watching is None else watching[1]
 
 
 async def watch_until_placed(cluster: Cluster, stream_id: str, token: str,
@@ -176,7 +185,7 @@ async def watch_until_placed(cluster: Cluster, stream_id: str, token: str,
     """A viewer that retries, as the web app does after `no_capacity`."""
     REFUSALS.clear()
     try:
-        return await eventually(lambda: try_watch(cluster, stream_id, token),
+        return await eventually(lambda: try_viewer(cluster, stream_id, token),
                                 "a viewer to be placed", timeout=timeout)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; refused with {sorted(set(REFUSALS))}") from None

@@ -25,15 +25,14 @@ from routing.registry import stream_edges_key, stream_worker_key
 from tests.media_clients import Viewer
 from tests.test_multiprocess import Cluster, Role, next_message
 from tests.test_sfu_cascade import (
-    Refused,
     _load_is,
     eventually,
     funded_viewer_token,
     pinned,
     publish,
-    signal_over,
     start_cluster,
     stream_here,
+    try_watch,
 )
 from vilokanam.config import Settings
 
@@ -46,21 +45,6 @@ async def two(settings: Settings, tmp_path: Path, db: asyncpg.Connection,
     kept = dataclasses.replace(settings, sfu_edge_keep=Decimal(KEEP))
     async for cluster in start_cluster(kept, tmp_path, 2):
         yield cluster
-
-
-async def try_watch(cluster: Cluster, stream_id: str,
-                    token: str) -> tuple[aiohttp.ClientWebSocketResponse, Viewer] | None:
-    ws = await cluster.socket(0)
-    viewer = Viewer()
-    cluster.closers.append(viewer.close)
-    try:
-        await viewer.start(signal_over(ws, {"type": "watch", "stream_id": stream_id,
-                                            "token": token}))
-    except Refused:  # e.g. a worker of the loaded machine refusing for its load
-        await viewer.close()
-        await ws.close()
-        return None
-    return ws, viewer
 
 
 async def watch(cluster: Cluster, stream_id: str,

@@ -72,13 +72,20 @@ async def test_new_viewer_starts_from_the_cached_keyframe_at_once() -> None:
     fanout.close()
 
 
-async def test_a_cache_grown_too_long_asks_for_a_fresh_keyframe_for_the_next_viewer() -> None:
-    upstream = Requests()
+def full_cache(upstream: Requests) -> Fanout:
+    """A video fanout whose GOP cache holds as many frames as it may: a
+    keyframe and the deltas after it."""
     fanout = Fanout("video", upstream)
     fanout.attach(VP8)
     fanout.push(VP8, JitterFrame(VP8_KEY, 0))
     for n in range(1, relay.GOP_CACHE_MAX_FRAMES):
         fanout.push(VP8, JitterFrame(VP8_DELTA, n * 3000))
+    return fanout
+
+
+async def test_a_cache_grown_too_long_asks_for_a_fresh_keyframe_for_the_next_viewer() -> None:
+    upstream = Requests()
+    fanout = full_cache(upstream)
     await asyncio.sleep(0)
     assert upstream.count == 0  # the cache still starts a viewer
     fanout.push(VP8, JitterFrame(VP8_DELTA, relay.GOP_CACHE_MAX_FRAMES * 3000))
@@ -92,11 +99,7 @@ async def test_a_cache_grown_too_long_asks_for_a_fresh_keyframe_for_the_next_vie
 
 async def test_a_new_viewer_offered_the_longest_cache_still_starts_on_its_keyframe() -> None:
     upstream = Requests()
-    fanout = Fanout("video", upstream)
-    fanout.attach(VP8)
-    fanout.push(VP8, JitterFrame(VP8_KEY, 0))
-    for n in range(1, relay.GOP_CACHE_MAX_FRAMES):
-        fanout.push(VP8, JitterFrame(VP8_DELTA, n * 3000))
+    fanout = full_cache(upstream)
     track = fanout.subscribe()
     assert len(track.queued) == relay.GOP_CACHE_MAX_FRAMES and track.queued[0].keyframe
     assert not track.waiting_for_keyframe
