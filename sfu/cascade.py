@@ -28,7 +28,7 @@ from sfu.codecs import CodecMismatch, choose_codec
 from sfu.peers import PUBLISHER_RECEIVE_BUFFER, Peer, PeerError, make_peer_connection
 from sfu.relay import Fanout
 from sfu.udp_mux import UdpMux
-from vilokanam.logs import log_event
+from vilokanam.logs import log_event, ms_since
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ async def open_relay(http: aiohttp.ClientSession, peer: Peer, fanouts: dict[str,
         raise
     log_event(log, "edge.relay_opened", stream_id=peer.stream_id, parent_url=parent_url,
               parent_peer_id=parent_peer_id, session_id=session_id, depth=len(chain),
-              ms=round((time.monotonic() - started) * 1000))  # the offer/answer round
+              ms=ms_since(started))  # the offer/answer round
     return Relayed(RelaySource(peer, parent_url, parent_peer_id, chain), session_id)
 
 

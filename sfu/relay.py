@@ -35,7 +35,7 @@ from sfu.aiortc_hooks import SenderWiring
 from sfu.codecs import Packetizer, is_keyframe
 from sfu.congestion import ViewerTransport, now_us
 from sfu.rtp_out import Extensions, PacketizedFrame, RtpWriter, abs_send_time, ntp_now
-from vilokanam.logs import log_event
+from vilokanam.logs import log_event, ms_since
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class ForwardedTrack(MediaStreamTrack):
             transport=twcc.sequencer if twcc else None)
         self._trim_backlog()
         log_event(log, "viewer.media_started", logging.INFO, **self.log_ids, kind=self.kind,
-                  ssrc=wiring.ssrc, ms=_ms_since(self.subscribed_at),
+                  ssrc=wiring.ssrc, ms=ms_since(self.subscribed_at),
                   rtx=wiring.rtx_payload_type is not None, twcc=twcc is not None,
                   srtp=type(getattr(wiring.protect, "__self__", wiring.protect)).__name__)
         self._on_ready()
@@ -241,7 +241,7 @@ class ForwardedTrack(MediaStreamTrack):
             sent += len(packets)
             if not self.frames_sent:
                 log_event(log, "viewer.first_frame", logging.INFO, **self.log_ids, kind=self.kind,
-                          keyframe=frame.keyframe, ms=_ms_since(self.subscribed_at))
+                          keyframe=frame.keyframe, ms=ms_since(self.subscribed_at))
             self.frames_sent += 1
             self.bytes_sent += frame.size
         self.packets_sent += sent
@@ -289,10 +289,6 @@ class ForwardedTrack(MediaStreamTrack):
     def stop(self) -> None:
         self.detach()
         super().stop()
-
-
-def _ms_since(started: float) -> int:
-    return round((time.monotonic() - started) * 1000)
 
 
 def _uniform(packets: list[bytes]) -> bool:
@@ -371,7 +367,7 @@ class Fanout:
             self._remember(packetized)
             if packetized.keyframe and self._attached_at is not None:
                 log_event(log, "fanout.first_keyframe", stream_id=self.stream_id,
-                          ms=_ms_since(self._attached_at))  # since its source attached
+                          ms=ms_since(self._attached_at))  # since its source attached
                 self._attached_at = None
         for viewer in self.viewers:
             viewer.offer(packetized)

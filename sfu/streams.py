@@ -45,7 +45,7 @@ from sfu.relay import Fanout
 from sfu.thumbnails import LiveThumbnails
 from sfu.udp_mux import UdpMux
 from sfu.write_behind import WriteBehind
-from vilokanam.logs import log_event
+from vilokanam.logs import log_event, ms_between, ms_since
 from vilokanam.money import to_planck
 from vilokanam.tasks import TaskOwner, run_forever
 
@@ -133,10 +133,6 @@ class LiveStream:
         if self.publisher is not None:
             return self.publisher.pc
         return self.source.peer.pc if self.source is not None else None
-
-
-def _ms(start: float, end: float) -> int:
-    return round((end - start) * 1000)
 
 
 def _new_peer_id() -> str:
@@ -357,8 +353,8 @@ class StreamManager:
         log_event(log, "viewer.joined", stream_id=stream_id, peer_id=peer.peer_id,
                   viewer_session_id=peer.viewer_session_id, user_id=user_id, edge=stream.edge,
                   # the watch call's answer; of it, the SDP answer and the row's write
-                  ms=_ms(started, time.monotonic()), sdp_ms=_ms(joining, answered),
-                  store_ms=_ms(answered, stored))
+                  ms=ms_since(started), sdp_ms=ms_between(joining, answered),
+                  store_ms=ms_between(answered, stored))
         return {"peer_id": peer.peer_id, "sdp": answer,
                 "viewer_session_id": peer.viewer_session_id}
 
@@ -583,7 +579,7 @@ class StreamManager:
         def on_state() -> None:
             if peer.pc.connectionState == "connected":
                 log_event(log, "edge.relay_connected", stream_id=peer.stream_id,
-                          peer_id=peer.peer_id, ms=round((time.monotonic() - requested) * 1000))
+                          peer_id=peer.peer_id, ms=ms_since(requested))
 
     async def _drop_source(self, stream: LiveStream) -> None:
         """Close an edge's feed (and free its peer on the parent)."""
@@ -812,6 +808,7 @@ class StreamManager:
         viewers = [p for p in self.peers.values() if p.role == "viewer" and p.viewer_session_id]
         ended, inactive = await self.lifecycle.ended_by_others(
             sessions, [str(p.viewer_session_id) for p in viewers])
+        # Read again after the await: a stream published anew meanwhile has a new session.
         for stream in [s for s in self.streams.values() if s.session_id in ended and not s.edge]:
             await self.end_stream(stream.stream_id, CloseReason.WORKER_DRAINING)
         for peer in viewers:

@@ -66,7 +66,7 @@ from signaling.protocol import (
 from signaling.sfu_client import SFU_CLIENT, PeerGone, PeerRef, SfuError
 from signaling.state import SETTINGS
 from vilokanam.backends import BACKENDS
-from vilokanam.logs import log_event
+from vilokanam.logs import log_event, ms_since
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class Connection:
         log_event(log, "ws.watch_placed", **self._ids(), stream_id=message.stream_id,
                   worker_id=placement.worker.worker_id, new_edge=placement.new_edge,
                   relay_from=placement.relay_from.worker_id if placement.relay_from else None,
-                  ms=_ms_since(received))
+                  ms=ms_since(received))
         call = self._begin(State.WATCHING, message.stream_id)
         answer = await self._answered(call, start_viewer(
             self._sfu, redis, placement, message.stream_id, sdp=message.sdp,
@@ -340,7 +340,7 @@ class Connection:
         call.peer = peer
         self._events.add(peer_channel(peer.peer_id), self)
         self.send(answer)
-        timing = {} if since is None else {"ms": _ms_since(since)}  # since the request
+        timing = {} if since is None else {"ms": ms_since(since)}  # since the request
         log_event(log, "ws.session_started", **self._ids(), **timing)
         held, call.held = call.held, []
         for event in held:
@@ -464,10 +464,6 @@ class Connection:
             if call.peer is not None:
                 ids["peer_id"] = call.peer.peer_id
         return ids
-
-
-def _ms_since(started: float) -> int:
-    return round((time.monotonic() - started) * 1000)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,16 @@ def mask_secrets(text: str) -> str:
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO,
               **fields: Any) -> None:
     logger.log(level, event, extra={"fields": fields})
+
+
+def ms_between(start: float, end: float) -> int:
+    """Whole milliseconds between two `time.monotonic()` readings: the `ms`
+    fields of the timed log lines (a join's steps, docs/benchmarks.md)."""
+    return round((end - start) * 1000)
+
+
+def ms_since(start: float) -> int:
+    return ms_between(start, time.monotonic())
 
 
 class _Formatter(logging.Formatter):
