@@ -6,6 +6,7 @@ kill -9 and restart each server for fault tests. Nothing here is a mock."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -20,7 +21,8 @@ from playwright.async_api import Browser, async_playwright
 from redis.asyncio.cluster import RedisCluster
 from substrateinterface import SubstrateInterface
 
-from tests.test_api import Client, dev_settings, serve
+from tests.api_client import SECRET, Client, dev_settings, serve
+from vilokanam.accounts import address_of
 from vilokanam.config import Settings
 from vilokanam.migrations import migrate
 from vilokanam.redis_client import redis_from_url
@@ -30,7 +32,7 @@ from vilokanam.services.postgres import PostgresServer
 from vilokanam.services.redis import RedisClusterServers, RedisServer, free_cluster_ports
 
 # Fixtures that live beside their helpers; every test module may take them as arguments.
-pytest_plugins = ["tests.processes", "tests.s3_stand_in"]
+pytest_plugins = ["tests.processes", "tests.s3_stand_in", "tests.sfu_in_process"]
 
 REPO = Path(__file__).resolve().parent.parent
 # The test chain's funding: Alice's is above 2^53, so it must survive
@@ -267,6 +269,18 @@ async def client(db: asyncpg.Connection, redis: aioredis.Redis,
     async with serve(dev_settings(settings)) as client:
         yield client
 
+
+
+@pytest.fixture
+async def chain_client(db: asyncpg.Connection, redis: aioredis.Redis, settings: Settings,
+                       chain: ChainNode) -> AsyncIterator[Client]:
+    """The real signaling app bound to the session's chain and the escrow
+    account: what receipts, billing info and the wallet pages read."""
+    signaling = dataclasses.replace(settings, token_secret=SECRET,
+                                    escrow_account=address_of(ESCROW_URI),
+                                    substrate_url=chain.url)
+    async with serve(signaling) as client:
+        yield client
 
 # Every Chromium the tests (and bench/join_time.py) launch: fake camera and
 # microphone, no background traffic (this machine has no internet), and a

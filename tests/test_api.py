@@ -3,11 +3,8 @@ exact amounts, and the stream key never leaving the creation response."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,70 +12,29 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
-from signaling.app import create_app
 from signaling.errors import ApiError
 from signaling.tokens import issue_token, verify_token
+from tests.api_client import (
+    ALICE_2,
+    ALICE_42,
+    BOB_42,
+    SECRET,
+    Client,
+    bearer,
+    create_stream,
+    dev_settings,
+    error_of,
+    login,
+    serve,
+)
 from tests.flushing import flush_all
 from vilokanam.config import Settings
 
-SECRET = "x" * 40
-# //Alice and //Bob: the same keys in SS58 prefix 42 (generic) and 2 (the dev chain's).
-ALICE_42 = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
-ALICE_2 = "HNZata7iMYWmk5RvZRTiAsSDhV8366zq2YGb3tLH5Upf74F"
-BOB_42 = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
 STREAM_FIELDS = {"id", "title", "status", "creator_account", "price_per_second", "viewer_count",
                  "total_ticks", "start_time", "end_time", "watch_url", "whep_url",
                  "category_id", "category", "require_signed_receipts", "record",
                  "recording_video_id", "thumbnail_url"}
-
-
-def dev_settings(settings: Settings, **overrides: Any) -> Settings:
-    return dataclasses.replace(settings, **{"dev_mode": True, "token_secret": SECRET,
-                                            **overrides})
-
-
-@asynccontextmanager
-async def serve(settings: Settings,
-                prepare: Any = None) -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    """The real signaling app on settings.http_port (so base_url is its true
-    address); `prepare(app)` may add test-only routes before it starts."""
-    app = create_app(settings)
-    if prepare is not None:
-        prepare(app)
-    server = TestServer(app, host=settings.http_host, port=settings.http_port)
-    async with TestClient(server) as client:
-        yield client
-
-
-Client = TestClient[web.Request, web.Application]
-
-
-async def error_of(response: Any, status: int) -> str:
-    """Assert the one error shape and status; return the code."""
-    assert response.status == status, await response.text()
-    body = await response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    return str(body["error"]["code"])
-
-
-async def login(client: Client, account: str = ALICE_42) -> dict[str, str]:
-    response = await client.post("/api/dev/token", json={"account": account})
-    assert response.status == 200, await response.text()
-    return dict(await response.json())
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def create_stream(client: Client, token: str, **body: Any) -> dict[str, Any]:
-    response = await client.post("/api/streams", json={"title": "Live", **body},
-                                 headers=bearer(token))
-    assert response.status == 201, await response.text()
-    return dict(await response.json())
 
 
 # -- dev tokens and users ------------------------------------------------------

@@ -11,19 +11,17 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.test_api import (
+from tests.api_client import (
     ALICE_2,
     ALICE_42,
     BOB_42,
-    STREAM_FIELDS,
     Client,
     bearer,
     create_stream,
     error_of,
     login,
-    make_streams,
-    titles,
 )
+from tests.test_api import STREAM_FIELDS, make_streams, titles
 
 
 async def test_search_matches_title_username_or_account(client: Client,

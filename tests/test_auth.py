@@ -23,7 +23,7 @@ from substrateinterface import Keypair, KeypairType
 
 from signaling import auth
 from tests import wallet_stand_in
-from tests.test_api import (
+from tests.api_client import (
     ALICE_2,
     ALICE_42,
     BOB_42,

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from aiohttp import ClientSession
 
-from tests.test_api import ALICE_42, BOB_42, Client, bearer, create_stream, error_of, login
+from tests.api_client import ALICE_42, BOB_42, Client, bearer, create_stream, error_of, login
 from tests.test_migrations import fresh_db
 from vilokanam.migrations import migrate
 

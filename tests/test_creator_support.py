@@ -21,8 +21,8 @@ from substrateinterface import Keypair
 from billing.flush import Flusher
 from billing.reconcile import Reconciler
 from sfu.lifecycle import Lifecycle
+from tests.api_client import Client, bearer, error_of, login
 from tests.flushing import drain
-from tests.test_api import Client, bearer, error_of, login
 from vilokanam.balances import balance_key, can_start_watching, credit
 from vilokanam.metering import Tick, TickBatch, TickWriter
 

@@ -23,17 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.api_client import ALICE_42, BOB_42, Client, create_stream, dev_settings, login, serve
 from tests.conftest import REPO
-from tests.test_api import (
-    ALICE_42,
-    BOB_42,
-    Client,
-    create_stream,
-    dev_settings,
-    login,
-    serve,
-)
-from tests.test_openapi import worker  # noqa: F401 (the real SFU worker fixture)
 from vilokanam.balances import credit
 from vilokanam.config import Settings
 
@@ -47,7 +38,7 @@ REJECTED = ["400", "401", "403", "404", "405", "406", "409", "415", "422", "428"
 
 @pytest.fixture
 async def live(db: Any, redis: Any, settings: Settings,
-               worker: None) -> AsyncIterator[tuple[Client, Settings]]:  # noqa: F811
+               worker_on_settings_port: None) -> AsyncIterator[tuple[Client, Settings]]:
     fuzzed = dev_settings(settings)
     async with serve(fuzzed) as client:
         yield client, fuzzed

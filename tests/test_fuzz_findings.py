@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_api import Client, bearer, error_of, login
+from tests.api_client import Client, bearer, error_of, login
 
 
 async def test_a_missing_static_file_is_the_json_404(client: Client) -> None:

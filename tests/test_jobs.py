@@ -13,9 +13,9 @@ import asyncpg
 import pytest
 
 from media.transcode import ladder_for
+from tests.api_client import ALICE_42, Client, dev_settings, login
 from tests.media_samples import mp4
 from tests.processes import start_role, wait_healthy
-from tests.test_api import ALICE_42, Client, dev_settings, login
 from tests.test_videos import settled, upload
 from vilokanam import jobs
 from vilokanam.config import Settings

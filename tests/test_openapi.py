@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +15,7 @@ from openapi_spec_validator import validate
 
 from signaling.app import create_app
 from signaling.openapi import openapi_document
-from tests.test_api import Client, bearer, error_of
+from tests.api_client import Client, bearer, error_of
 from vilokanam.config import Settings
 
 _METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -187,27 +186,13 @@ async def _offer(direction: str) -> bytes:
     return sdp.encode()
 
 
-@pytest.fixture
-async def worker(settings: Settings) -> AsyncIterator[None]:
-    """The real SFU worker on the port signaling's settings name."""
-    from aiohttp.test_utils import TestServer
-
-    from sfu.app import create_app as create_worker
-
-    server = TestServer(create_worker(settings), host=settings.sfu_host,
-                        port=settings.sfu_port)
-    await server.start_server()
-    yield
-    await server.close()
-
-
 async def test_every_status_a_handler_answers_is_documented(
-        client: Client, worker: None, db: Any, redis: Any) -> None:
+        client: Client, worker_on_settings_port: None, db: Any, redis: Any) -> None:
     """Each operation is tried with bad and real ids (streams, WHIP and WHEP
     sessions), no/bad/good credentials and bodies of every kind, against a real
     worker; whatever it answers must be a status the document lists for it."""
+    from tests.api_client import create_stream, login
     from tests.media_clients import Publisher, Viewer
-    from tests.test_api import create_stream, login
     from vilokanam.balances import credit
 
     login_body = await login(client)

@@ -14,8 +14,8 @@ from typing import Any
 import asyncpg
 from playwright.async_api import ConsoleMessage, Page, WebSocketRoute
 
+from tests.api_client import ALICE_42, Client, create_stream, dev_settings, login, serve
 from tests.conftest import chromium
-from tests.test_api import ALICE_42, Client, create_stream, dev_settings, login, serve
 from tests.web_checks import assert_accessible, serve_axe
 from vilokanam.config import Settings
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_api import ALICE_42, BOB_42, Client, bearer, error_of, login
+from tests.api_client import ALICE_42, BOB_42, Client, bearer, error_of, login
 
 UNKNOWN = "00000000-0000-0000-0000-000000000000"
 OFFSET_MAX = 2**63 - 1

@@ -18,9 +18,9 @@ import redis.asyncio as aioredis
 from billing.flush import Flusher
 from media.process import Attempt, Processor
 from signaling.playback import seconds_of, sign
+from tests.api_client import ALICE_42, BOB_42, Client, bearer, dev_settings, error_of, login, serve
 from tests.media_samples import mp4
 from tests.s3_stand_in import new_bucket
-from tests.test_api import ALICE_42, BOB_42, Client, bearer, dev_settings, error_of, login, serve
 from vilokanam import jobs
 from vilokanam.balances import balance_key, credit
 from vilokanam.config import Settings

@@ -22,7 +22,6 @@ import redis.asyncio as aioredis
 
 from tests.test_receipts import (
     Client,
-    client,  # noqa: F401 - a fixture
     digest_settler,
     get_json,
     settled_show,
@@ -62,9 +61,9 @@ async def verify_receipt(receipt: Any, url: str, tmp_path: Path | None = None,
 
 async def test_a_true_receipt_holds_and_a_tampered_one_does_not(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
-        chain: ChainNode, client: Client, tmp_path: Path) -> None:  # noqa: F811
+        chain: ChainNode, chain_client: Client, tmp_path: Path) -> None:
     show = await settled_show(db, redis, pool, chain, viewers=3)
-    receipt = await get_json(client, f"/api/receipts/{show.viewers[1][0]}",
+    receipt = await get_json(chain_client, f"/api/receipts/{show.viewers[1][0]}",
                              headers=viewer_bearer(show, 1))
 
     from_file = await verify_receipt(receipt, chain.url, tmp_path)
@@ -101,10 +100,10 @@ async def test_a_true_receipt_holds_and_a_tampered_one_does_not(
 
 async def test_an_old_digest_receipt_holds(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
-        chain: ChainNode, client: Client) -> None:  # noqa: F811
+        chain: ChainNode, chain_client: Client) -> None:
     show = await settled_show(db, redis, pool, chain, viewers=2,
                               settler=digest_settler(pool, chain))
-    receipt = await get_json(client, f"/api/receipts/{show.viewers[0][0]}",
+    receipt = await get_json(chain_client, f"/api/receipts/{show.viewers[0][0]}",
                              headers=viewer_bearer(show, 0))
     assert receipt["commitment"] == "digest-v1"
     result = await verify_receipt(receipt, chain.url)
@@ -116,9 +115,9 @@ async def test_an_old_digest_receipt_holds(
 
 async def test_an_unsettled_receipt_bad_input_and_a_silent_chain(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
-        chain: ChainNode, client: Client) -> None:  # noqa: F811
+        chain: ChainNode, chain_client: Client) -> None:
     show = await settled_show(db, redis, pool, chain, viewers=1)
-    receipt = await get_json(client, f"/api/receipts/{show.viewers[0][0]}",
+    receipt = await get_json(chain_client, f"/api/receipts/{show.viewers[0][0]}",
                              headers=viewer_bearer(show, 0))
     nothing_settled = {**receipt, "settlements": []}
     result = await verify_receipt(nothing_settled, chain.url)
@@ -136,19 +135,19 @@ async def test_an_unsettled_receipt_bad_input_and_a_silent_chain(
 
 async def test_a_tip_and_a_subscription_have_receipts_with_only_their_own_line(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
-        chain: ChainNode, client: Client) -> None:  # noqa: F811
+        chain: ChainNode, chain_client: Client) -> None:
     show = await make_show(db, redis, viewers=2)
     await watch(pool, redis, show, seconds=3)  # the same batch settles viewing sessions too
     _, payer, _ = show.viewers[0]
     tip, period = await tip_and_subscribe(pool, redis, show, payer)
     mine = viewer_bearer(show, 0)
-    before = await get_json(client, f"/api/receipts/payments/{tip.payment_id}", headers=mine)
+    before = await get_json(chain_client, f"/api/receipts/payments/{tip.payment_id}", headers=mine)
     assert (before["status"], before["settlements"], before["line"]) == ("pending", [], None)
     assert await new_settler(pool, chain).settle_once() == "completed"
 
     for payment_id, kind, amount in ((tip.payment_id, "tip", "1.000000000007"),
                                      (period.payment_id, "subscription", "2.5")):
-        receipt = await get_json(client, f"/api/receipts/payments/{payment_id}", headers=mine)
+        receipt = await get_json(chain_client, f"/api/receipts/payments/{payment_id}", headers=mine)
         assert (receipt["payment_type"], receipt["charge"], receipt["settled"]) == (
             kind, amount, amount)
         assert receipt["status"] == "completed" and receipt["unsettled"] == "0"
@@ -165,12 +164,12 @@ async def test_a_tip_and_a_subscription_have_receipts_with_only_their_own_line(
         assert (await verify_receipt(forged, chain.url)).returncode == 1
 
     # Someone else's payment is unknown to them; a bad id is 400; no token 401.
-    await get_json(client, f"/api/receipts/payments/{tip.payment_id}", 404,
+    await get_json(chain_client, f"/api/receipts/payments/{tip.payment_id}", 404,
                    viewer_bearer(show, 1))
-    assert (await get_json(client, "/api/receipts/payments/not-a-uuid", 400, mine))["error"][
+    assert (await get_json(chain_client, "/api/receipts/payments/not-a-uuid", 400, mine))["error"][
         "code"] == "invalid_payment_id"
-    await get_json(client, f"/api/receipts/payments/{tip.payment_id}", 401)
+    await get_json(chain_client, f"/api/receipts/payments/{tip.payment_id}", 401)
     # A viewing session's payment has its receipt by session, not here.
     stream_view = await db.fetchval("SELECT id::text FROM payments WHERE from_user_id = $1 "
                                     "AND payment_type = 'stream_view'", payer)
-    await get_json(client, f"/api/receipts/payments/{stream_view}", 404, mine)
+    await get_json(chain_client, f"/api/receipts/payments/{stream_view}", 404, mine)

@@ -7,23 +7,19 @@ escrow's secret."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from substrateinterface import SubstrateInterface
 
 from billing.settlement import Settler
-from signaling.app import create_app
 from signaling.tokens import issue_token
+from tests.api_client import SECRET, Client
 from tests.conftest import ESCROW_URI
 from tests.test_settlement import (
     DECIMALS,
@@ -38,33 +34,18 @@ from tests.test_settlement import (
     watch,
 )
 from tests.test_vilokanam_receipts import ref_mth, ref_path
-from vilokanam.accounts import address_of, canonical_account
-from vilokanam.config import Settings
+from vilokanam.accounts import canonical_account
 from vilokanam.receipts import DIGEST_V1, batch_digest, remark_of, verify_inclusion
 from vilokanam.services.chain import ChainNode
 
 pytestmark = [pytest.mark.chain, pytest.mark.usefixtures("pristine_chain_afterwards")]
 
-SECRET = "r" * 40
 RECEIPT_FIELDS = {
     "stream_viewer_id", "stream_id", "creator_account", "seconds", "price_per_second", "charge",
     "settled", "unsettled", "status", "active", "extrinsic_hash", "block_hash", "block_number",
     "extrinsic_index", "genesis_hash", "commitment", "line", "remark", "root", "proof",
     "leaf_index", "leaf_count", "digest", "lines", "proof_algorithm", "digest_algorithm",
     "settlements"}
-
-Client = TestClient[web.Request, web.Application]
-
-
-@pytest.fixture
-async def client(db: asyncpg.Connection, redis: aioredis.Redis, settings: Settings,
-                 chain: ChainNode) -> AsyncIterator[Client]:
-    signaling = dataclasses.replace(settings, token_secret=SECRET,
-                                    escrow_account=address_of(ESCROW_URI),
-                                    substrate_url=chain.url)
-    async with TestClient(TestServer(create_app(signaling))) as client:
-        yield client
-
 
 def bearer(user_id: str, account: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {issue_token(SECRET, user_id, account)}"}
@@ -92,12 +73,12 @@ def viewer_bearer(show: Show, index: int) -> dict[str, str]:
 
 async def test_a_receipt_proves_its_own_line_against_the_root_on_chain_and_no_other(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
-        chain: ChainNode, api: SubstrateInterface, client: Client) -> None:
+        chain: ChainNode, api: SubstrateInterface, chain_client: Client) -> None:
     show = await settled_show(db, redis, pool, chain, viewers=3)
     viewer_session = show.viewers[0][0]
     mine = viewer_bearer(show, 0)
 
-    response = await client.get(f"/api/receipts/{viewer_session}", headers=mine)
+    response = await chain_client.get(f"/api/receipts/{viewer_session}", headers=mine)
     assert response.status == 200
     text = await response.text()
     receipt = await response.json()
@@ -135,11 +116,11 @@ async def test_a_receipt_proves_its_own_line_against_the_root_on_chain_and_no_ot
     # Nobody else sees it: another viewer, no token, an unknown or malformed id.
     other_session = show.viewers[1][0]
     theirs = viewer_bearer(show, 1)
-    await get_json(client, f"/api/receipts/{viewer_session}", 404, theirs)
-    await get_json(client, f"/api/receipts/{viewer_session}", 401)
-    await get_json(client, "/api/receipts/00000000-0000-4000-8000-000000000000", 404, mine)
-    await get_json(client, "/api/receipts/not-a-uuid", 400, mine)
-    other = await get_json(client, f"/api/receipts/{other_session}", headers=theirs)
+    await get_json(chain_client, f"/api/receipts/{viewer_session}", 404, theirs)
+    await get_json(chain_client, f"/api/receipts/{viewer_session}", 401)
+    await get_json(chain_client, "/api/receipts/00000000-0000-4000-8000-000000000000", 404, mine)
+    await get_json(chain_client, "/api/receipts/not-a-uuid", 400, mine)
+    other = await get_json(chain_client, f"/api/receipts/{other_session}", headers=theirs)
     assert other["root"] == receipt["root"] and other["proof"] != receipt["proof"]
     assert viewer_session not in json.dumps(other)
 
@@ -162,10 +143,10 @@ def digest_settler(pool: asyncpg.Pool, chain: ChainNode) -> Settler:
 
 async def test_an_old_digest_settlement_still_gives_a_checkable_receipt(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
-        chain: ChainNode, api: SubstrateInterface, client: Client) -> None:
+        chain: ChainNode, api: SubstrateInterface, chain_client: Client) -> None:
     show = await settled_show(db, redis, pool, chain, viewers=2,
                               settler=digest_settler(pool, chain))
-    receipt = await get_json(client, f"/api/receipts/{show.viewers[0][0]}",
+    receipt = await get_json(chain_client, f"/api/receipts/{show.viewers[0][0]}",
                              headers=viewer_bearer(show, 0))
     assert receipt["commitment"] == "digest-v1" and receipt["root"] is None
     assert receipt["proof"] == [] and receipt["line"] in receipt["lines"]
@@ -179,14 +160,14 @@ async def test_an_old_digest_settlement_still_gives_a_checkable_receipt(
 
 async def test_a_receipt_follows_a_charge_through_partial_settlements(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool,
-        chain: ChainNode, client: Client) -> None:
+        chain: ChainNode, chain_client: Client) -> None:
     show = await make_show(db, redis, viewers=1)
     viewer_session, user, key = show.viewers[0]
     mine = bearer(user, canonical_account(key.ss58_address, 42))
     late_session = await add_viewer(db, redis, show)
     await watch(pool, redis, show, seconds=2, only=[viewer_session])
 
-    before = await get_json(client, f"/api/receipts/{viewer_session}", headers=mine)
+    before = await get_json(chain_client, f"/api/receipts/{viewer_session}", headers=mine)
     assert before["status"] == "pending" and before["settlements"] == []
     assert before["extrinsic_hash"] is None and before["charge"] == str(2 * PRICE)
     assert before["root"] is None and before["proof"] == []
@@ -194,13 +175,13 @@ async def test_a_receipt_follows_a_charge_through_partial_settlements(
     settler = new_settler(pool, chain)
     assert await settler.settle_once() == "completed"
     await watch(pool, redis, show, seconds=1)  # still watching; the late viewer starts
-    partial = await get_json(client, f"/api/receipts/{viewer_session}", headers=mine)
+    partial = await get_json(chain_client, f"/api/receipts/{viewer_session}", headers=mine)
     assert partial["status"] == "pending" and partial["charge"] == str(3 * PRICE)
     assert partial["settled"] == str(2 * PRICE) and partial["unsettled"] == str(PRICE)
     assert len(partial["settlements"]) == 1
 
     assert await settler.settle_once() == "completed"
-    after = await get_json(client, f"/api/receipts/{viewer_session}", headers=mine)
+    after = await get_json(chain_client, f"/api/receipts/{viewer_session}", headers=mine)
     assert after["status"] == "completed" and after["unsettled"] == "0"
     first, second = after["settlements"]
     assert (first["amount"], second["amount"]) == (str(2 * PRICE), str(PRICE))
@@ -213,8 +194,8 @@ async def test_a_receipt_follows_a_charge_through_partial_settlements(
                                 batch["proof"], batch["root"])
 
 
-async def test_billing_info_says_where_to_deposit(client: Client, chain: ChainNode) -> None:
-    response = await client.get("/api/billing/info")
+async def test_billing_info_says_where_to_deposit(chain_client: Client, chain: ChainNode) -> None:
+    response = await chain_client.get("/api/billing/info")
     assert response.status == 200
     text = await response.text()
     info = await response.json()

@@ -23,12 +23,12 @@ from media.probe import probe
 from sfu.recorder import Recording, Recordings, Timeline, annexb_units, h264_parameters, vp8_size
 from sfu.relay import Fanout
 from signaling.stream_keys import hash_stream_key, new_stream_key
+from tests.api_client import ALICE_42
 from tests.conftest import REPO
 from tests.media_clients import Publisher
 from tests.media_samples import make_clip, webm
 from tests.recorder_feeder import CODECS, encoded_frames, recording_taps
-from tests.test_api import ALICE_42
-from tests.test_sfu_media import Worker, make_stream, worker  # noqa: F401 (the fixture)
+from tests.sfu_in_process import Worker, make_stream
 from tests.waiting import wait_until
 from vilokanam.config import Settings
 from vilokanam.recordings import ORPHAN_AFTER_S, finish_orphans
@@ -264,7 +264,7 @@ async def test_the_recording_of_a_dead_worker_is_finished_by_the_sweep(
 
 
 async def test_an_h264_publisher_is_recorded_aligned_by_its_sender_reports(
-        worker: Worker, db: asyncpg.Connection, settings: Settings,  # noqa: F811
+        worker: Worker, db: asyncpg.Connection, settings: Settings,
         caplog: pytest.LogCaptureFixture) -> None:
     """A real aiortc publisher sending H.264 through a worker: the recording is
     Matroska holding the H.264 frames as sent (no re-encode) with the Opus

@@ -19,7 +19,7 @@ from sfu.write_behind import DEFERRED
 from tests.conftest import Stores
 from tests.flushing import flush_all
 from tests.media_clients import Publisher, Viewer
-from tests.test_sfu_media import Worker, make_stream, make_viewer_user, worker  # noqa: F401
+from tests.sfu_in_process import Worker, make_stream, make_viewer_user
 from tests.waiting import wait_until
 
 
@@ -33,7 +33,7 @@ async def billed_ticks(stores: Stores) -> dict[str, tuple[int, bool]]:
 
 
 async def test_postgres_down_while_a_viewer_runs_out_of_funds(
-        worker: Worker, db: asyncpg.Connection, redis: aioredis.Redis,  # noqa: F811
+        worker: Worker, db: asyncpg.Connection, redis: aioredis.Redis,
         stores: Stores) -> None:
     postgres = stores.owned_postgres()
     stream_id, _ = await make_stream(db)
@@ -89,7 +89,7 @@ async def test_postgres_down_while_a_viewer_runs_out_of_funds(
 
 
 async def test_redis_down_while_the_publisher_goes_silent(
-        worker: Worker, db: asyncpg.Connection, redis: aioredis.Redis,  # noqa: F811
+        worker: Worker, db: asyncpg.Connection, redis: aioredis.Redis,
         stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
     import sfu.streams
 

@@ -7,98 +7,28 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from decimal import Decimal
 
-import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
 from sfu.aiortc_hooks import EncodedFrameTap
-from sfu.app import create_app
-from sfu.control import MANAGER
 from sfu.relay import ForwardedTrack
 from sfu.srtp import GcmProtector
 from sfu.streams import CLOCK_LOOPS, StreamManager
 from tests.conftest import Stores
 from tests.flushing import flush_all
 from tests.media_clients import Publisher, Viewer
+from tests.sfu_in_process import Worker, make_stream, make_viewer_user
 from tests.waiting import wait_until
-from vilokanam.balances import balance_key, credit
-from vilokanam.config import Settings
-
-
-@dataclass
-class Worker:
-    server: TestServer
-    session: aiohttp.ClientSession
-    redis: aioredis.Redis
-
-    @property
-    def manager(self) -> StreamManager:
-        return self.server.app[MANAGER]
-
-    def url(self, path: str) -> str:
-        return str(self.server.make_url(path))
-
-    async def post(self, path: str, body: object) -> tuple[int, dict]:
-        async with self.session.post(self.url(path), json=body) as resp:
-            return resp.status, (await resp.json() if resp.status != 204 else {})
-
-    def signal_publisher(self, stream_id: str):  # type: ignore[no-untyped-def]
-        async def signal(offer: str) -> str:
-            status, body = await self.post(f"/control/streams/{stream_id}/publisher",
-                                           {"sdp": offer, "signaling_url": "http://sig"})
-            assert status == 201, body
-            self.last = body
-            return str(body["sdp"])
-        return signal
-
-    def signal_viewer(self, stream_id: str, user_id: str):  # type: ignore[no-untyped-def]
-        async def signal(offer: str) -> str:
-            status, body = await self.post(f"/control/streams/{stream_id}/viewers",
-                                           {"sdp": offer, "viewer_user_id": user_id})
-            assert status == 201, body
-            self.last = body
-            return str(body["sdp"])
-        return signal
-
-
-@pytest.fixture
-async def worker(settings: Settings, db: asyncpg.Connection,
-                 redis: aioredis.Redis) -> AsyncIterator[Worker]:
-    server = TestServer(create_app(settings))
-    await server.start_server()
-    async with aiohttp.ClientSession() as session:
-        yield Worker(server, session, redis)
-    await server.close()
-
-
-async def make_stream(db: asyncpg.Connection) -> tuple[str, str]:
-    creator = await db.fetchval(
-        "INSERT INTO users (account_id, is_creator) VALUES ('creator', TRUE) RETURNING id")
-    stream = await db.fetchval(
-        "INSERT INTO streams (creator_id, title, stream_key_hash) "
-        "VALUES ($1, 'test stream', sha256('k'::bytea)) RETURNING id", creator)
-    return str(stream), str(creator)
+from vilokanam.balances import balance_key
 
 
 async def stream_status(db: asyncpg.Connection, stream_id: str, status: str) -> bool:
     return bool(await db.fetchval("SELECT status FROM streams WHERE id = $1", stream_id)
                 == status)
-
-
-async def make_viewer_user(worker: Worker, db: asyncpg.Connection, name: str,
-                           funds: Decimal = Decimal(1000)) -> str:
-    """A viewer with a prepaid balance (a viewer without one is cut off)."""
-    user = str(await db.fetchval(
-        "INSERT INTO users (account_id) VALUES ($1) RETURNING id", name))
-    await credit(db, worker.redis, user, funds, "adjustment", "test funds", 12)
-    return user
 
 
 @pytest.fixture

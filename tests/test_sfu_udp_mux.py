@@ -17,7 +17,7 @@ from aioice import stun
 from sfu.app import create_app
 from sfu.udp_mux import MuxRoutes, MuxTransport, stun_username
 from tests.media_clients import Publisher, Viewer
-from tests.test_sfu_media import Worker, make_stream, make_viewer_user
+from tests.sfu_in_process import Worker, make_stream, make_viewer_user
 from vilokanam.config import Settings
 from vilokanam.services.net import free_port
 

@@ -16,9 +16,9 @@ import asyncpg
 import pytest
 from playwright.async_api import Browser, Page
 
+from tests.api_client import BOB_42, create_stream, dev_settings, login, serve
 from tests.media_samples import mp4
 from tests.processes import start_role, wait_healthy
-from tests.test_api import BOB_42, create_stream, dev_settings, login, serve
 from tests.test_pages import chromium, ready, sign_in_dev, watch_for_errors
 from tests.web_checks import assert_accessible, screenshot, serve_axe
 from vilokanam.config import Settings

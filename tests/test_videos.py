@@ -21,9 +21,9 @@ import redis.asyncio as aioredis
 from media.cid import cid_of_file
 from media.probe import probe
 from signaling import videos
+from tests.api_client import ALICE_42, BOB_42, Client, bearer, dev_settings, error_of, login, serve
 from tests.media_samples import make_clip, mp4, webm
 from tests.processes import start_role, wait_healthy
-from tests.test_api import ALICE_42, BOB_42, Client, bearer, dev_settings, error_of, login, serve
 from vilokanam.config import Settings
 from vilokanam.services.process import ManagedProcess
 

@@ -19,7 +19,7 @@ from substrateinterface import Keypair, SubstrateInterface
 from billing.chain import AsyncChain, ChainClient
 from billing.deposits import DepositWatcher
 from tests import wallet_stand_in
-from tests.test_api import serve
+from tests.api_client import serve
 from tests.test_pages import chromium, ready, watch_for_errors
 from tests.test_settlement import ESCROW, free_of
 from tests.web_checks import assert_accessible, serve_axe

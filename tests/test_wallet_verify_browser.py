@@ -22,10 +22,10 @@ import redis.asyncio as aioredis
 from playwright.async_api import BrowserContext, Page, Route
 
 from billing.settlement import Settler
+from tests.api_client import SECRET, serve
 from tests.conftest import ESCROW_URI
-from tests.test_api import serve
 from tests.test_pages import chromium, ready, watch_for_errors
-from tests.test_receipts import SECRET, digest_settler, settled_show
+from tests.test_receipts import digest_settler, settled_show
 from tests.test_settlement import Show
 from tests.web_checks import assert_accessible, screenshot, serve_axe
 from vilokanam.accounts import address_of, canonical_account
