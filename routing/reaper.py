@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 
 from routing.channels import EventBus, StreamEvent
 from routing.registry import (
+    ROUTING_PREFIX,
     WORKERS_KEY,
     draining_key,
     stream_worker_key,
@@ -48,7 +49,7 @@ REAP_EVERY_S = 2.0
 # must not import sfu): the time a dead worker's streams wait for their
 # publisher to come back elsewhere.
 REAP_GRACE_S = 10.0
-LOCK_KEY = "vk:sfu:reaper:lock"
+LOCK_KEY = f"{ROUTING_PREFIX}reaper:lock"
 # Longer than a round normally takes, so two reapers rarely overlap; short
 # enough that a signaling server killed mid-round blocks the others briefly.
 # (An overlap is harmless: every step is idempotent.)
@@ -68,7 +69,7 @@ def _text(value: bytes | str) -> str:
 def dead_since_key(worker_id: str) -> str:
     """When a reaper first saw the worker dead (ms), so the grace is counted
     from then whichever signaling server reaps."""
-    return f"vk:sfu:worker:{worker_id}:dead_since"
+    return f"{ROUTING_PREFIX}worker:{worker_id}:dead_since"
 
 
 async def dead_workers(redis: aioredis.Redis, grace_s: float = 0.0) -> list[str]:

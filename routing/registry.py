@@ -27,19 +27,24 @@ from vilokanam.tasks import run_forever
 
 log = logging.getLogger(__name__)
 
-WORKERS_KEY = "vk:sfu:workers"
+# Every routing key carries one hash tag, so on a Redis Cluster they all live
+# in one slot: placement's scripts and the heartbeat's transactions span a
+# worker's and a stream's keys, which a cluster allows only within a slot.
+# Routing is a few commands per join and per worker-second: one node carries it.
+ROUTING_PREFIX = "vk:{sfu}:"
+WORKERS_KEY = f"{ROUTING_PREFIX}workers"
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TTL_MS = 3000
 
 
 def worker_key(worker_id: str) -> str:
-    return f"vk:sfu:worker:{worker_id}"
+    return f"{ROUTING_PREFIX}worker:{worker_id}"
 
 
 def stream_worker_key(stream_id: str) -> str:
     """Which worker a stream lives on; set by placement, deleted by the worker
     when the stream ends."""
-    return f"vk:stream:{stream_id}:worker"
+    return f"{ROUTING_PREFIX}stream:{stream_id}:worker"
 
 
 def draining_key(worker_id: str) -> str:
@@ -47,7 +52,7 @@ def draining_key(worker_id: str) -> str:
     leaves the worker's streams to it until the mark expires. A worker killed
     mid-drain (kill -9 after SIGTERM) stops nothing else, so the mark running
     out is what hands its unended streams to the reaper."""
-    return f"vk:sfu:worker:{worker_id}:draining"
+    return f"{ROUTING_PREFIX}worker:{worker_id}:draining"
 
 
 # A drain ends within 10 s (docs/architecture.md, "Draining"); the mark
@@ -59,13 +64,13 @@ def stream_edges_key(stream_id: str) -> str:
     """The workers that relay a stream from its origin to their own viewers
     (the cascade); set by placement, each edge leaves it when it stops
     carrying the stream (`unplace`)."""
-    return f"vk:stream:{stream_id}:edges"
+    return f"{ROUTING_PREFIX}stream:{stream_id}:edges"
 
 
 def worker_streams_key(worker_id: str) -> str:
     """The streams pinned to a worker, kept beside the pins so that whoever
     reaps a dead worker finds its streams without scanning every pin."""
-    return f"vk:sfu:worker:{worker_id}:streams"
+    return f"{ROUTING_PREFIX}worker:{worker_id}:streams"
 
 
 # Undo a pin only if it is still this worker's: a stream that has since moved

@@ -50,12 +50,14 @@ from vilokanam.tasks import TaskOwner, run_forever
 
 log = logging.getLogger(__name__)
 
-INDEX_KEY = "vk:http_sessions"
+# One hash tag for the sessions and their index, so that on a Redis Cluster
+# the transactions that write both stay in one slot.
+INDEX_KEY = "vk:{http}:sessions"
 _ORPHANS_PER_PASS = 500  # bounds one refresh's work; the rest wait for the next
 
 
 def session_key(resource_id: str) -> str:
-    return f"vk:http_session:{resource_id}"
+    return f"vk:{{http}}:session:{resource_id}"
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ async def test_a_worker_whose_record_expired_is_not_chosen(redis: aioredis.Redis
     assert await redis.smembers(WORKERS_KEY) == {b"busy", b"idle-but-dead"}
 
 
+@pytest.mark.redis_modes  # its scripts and transactions in one cluster slot
 async def test_a_pin_joins_the_workers_stream_set_and_unpin_leaves_it(
         redis: aioredis.Redis) -> None:
     await register(redis, "a")
@@ -116,6 +117,7 @@ async def test_a_placed_stream_sticks_to_its_live_worker(redis: aioredis.Redis) 
     assert await redis.get(stream_worker_key(stream)) == b"b"
 
 
+@pytest.mark.redis_modes
 async def test_concurrent_placements_of_one_stream_agree(redis: aioredis.Redis) -> None:
     for name in ("a", "b", "c"):
         await register(redis, name)
@@ -141,6 +143,7 @@ async def test_a_malformed_record_is_ignored(redis: aioredis.Redis) -> None:
     assert [w.worker_id for w in await live_workers(redis)] == ["good"]
 
 
+@pytest.mark.redis_modes
 async def test_worker_heartbeat_writes_refreshes_and_deletes(redis: aioredis.Redis) -> None:
     assert (HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_MS) == (1.0, 3000)  # the contract
     load = {"now": 2}
@@ -191,6 +194,7 @@ async def test_a_stopped_heartbeat_expires(redis: aioredis.Redis) -> None:
 
 # -- the cascade: viewers of one stream over several workers -------------------------------
 
+@pytest.mark.redis_modes
 async def test_viewers_fill_the_origin_then_an_edge_then_make_a_new_edge(
         redis: aioredis.Redis) -> None:
     from routing.placement import place_viewer

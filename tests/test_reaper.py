@@ -46,6 +46,7 @@ async def live_stream(db: asyncpg.Connection) -> tuple[str, str]:
     return str(stream), str(session)
 
 
+@pytest.mark.redis_modes  # its scripts and transactions in one cluster slot
 async def test_a_dead_workers_streams_are_ended(db: asyncpg.Connection, redis: aioredis.Redis,
                                                 pool: asyncpg.Pool) -> None:
     await register(redis, "doomed")
@@ -87,6 +88,7 @@ async def test_a_stream_that_moved_on_is_left_alone(db: asyncpg.Connection,
     assert await redis.get(stream_worker_key(stream)) == b"elsewhere"
 
 
+@pytest.mark.redis_modes
 async def test_one_reaper_at_a_time(db: asyncpg.Connection, redis: aioredis.Redis,
                                     pool: asyncpg.Pool) -> None:
     await redis.sadd(WORKERS_KEY, "doomed")
@@ -98,6 +100,7 @@ async def test_one_reaper_at_a_time(db: asyncpg.Connection, redis: aioredis.Redi
     assert not await redis.exists(LOCK_KEY)  # released after the round
 
 
+@pytest.mark.redis_modes
 async def test_a_worker_killed_during_its_drain_is_reaped_when_its_mark_runs_out(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
     """SIGTERM, then kill -9 before the worker ended its streams: the drain's
@@ -192,6 +195,7 @@ async def test_a_worker_seen_alive_again_starts_its_grace_afresh(
     assert await redis.get(stream_worker_key(stream)) == b"flaky"
 
 
+@pytest.mark.redis_modes
 async def test_a_reaped_worker_hears_of_it_at_its_next_beat_until_it_has_dealt_with_it(
         redis: aioredis.Redis) -> None:
     calls: list[str] = []

@@ -26,7 +26,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from routing.registry import stream_edges_key, stream_worker_key, worker_key
+from routing.registry import ROUTING_PREFIX, stream_edges_key, stream_worker_key, worker_key
 from tests.media_clients import Publisher, Viewer
 from tests.processes import http_get, start_role, wait_healthy
 from tests.test_multiprocess import BOB, WS_TIMEOUT, Cluster, Role, next_message
@@ -107,7 +107,7 @@ async def eventually(check: Callable[[], Awaitable[Any]], what: str,
 async def records(redis: aioredis.Redis) -> dict[str, dict[str, Any]]:
     """The live workers' registry records, by control URL."""
     found = {}
-    for key in await redis.keys("vk:sfu:worker:*"):
+    for key in await redis.keys(f"{ROUTING_PREFIX}worker:*"):
         name = key.decode()
         if name.count(":") != 3:
             continue  # a worker's stream set or its dead-since mark

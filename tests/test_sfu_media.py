@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
+from routing.registry import stream_worker_key
 from sfu.aiortc_hooks import EncodedFrameTap
 from sfu.relay import ForwardedTrack
 from sfu.srtp import GcmProtector
@@ -143,7 +144,7 @@ async def test_publisher_leave_ends_stream_and_tells_viewers(
     assert await db.fetchval("SELECT end_time FROM stream_sessions WHERE id = $1",
                              session_id) is not None
     assert not await db.fetchval("SELECT bool_or(is_active) FROM stream_viewers")
-    assert await redis.get(f"vk:stream:{stream_id}:worker") is None
+    assert await redis.get(stream_worker_key(stream_id)) is None
     await viewer.close()
     await publisher.close()
     await peer_events.aclose()

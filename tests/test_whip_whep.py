@@ -35,7 +35,14 @@ from sfu.control import MANAGER
 from sfu.streams import CLOCK_LOOPS
 from signaling import http_sessions
 from signaling.app import create_app as create_signaling_app
-from signaling.http_sessions import HttpSession, Kind, SessionStore, Timing
+from signaling.http_sessions import (
+    INDEX_KEY,
+    HttpSession,
+    Kind,
+    SessionStore,
+    Timing,
+    session_key,
+)
 from signaling.sdpfrag import (
     IceCredentials,
     MalformedFragment,
@@ -173,7 +180,9 @@ class Stack:
         return dict(self.worker.app[MANAGER].stats())
 
     async def session_keys(self) -> list[bytes]:
-        return [key async for key in self.redis.scan_iter("vk:http_session*")]
+        """Every session hash and the index (which goes when it is empty)."""
+        keys = [key async for key in self.redis.scan_iter(session_key("*"))]
+        return keys + ([INDEX_KEY.encode()] if await self.redis.exists(INDEX_KEY) else [])
 
     async def assert_nothing_left(self) -> None:
         """No peer on the worker (its clock is its one task), no session in Redis."""
@@ -252,6 +261,7 @@ def trickle_fragment(created: Created, *candidates: str, end: bool = False,
 
 # --- the media path, the lifecycle rows, and the end ----------------------------------------
 
+@pytest.mark.redis_modes  # on a Redis Cluster too: routing and the sessions' keys
 async def test_whip_publisher_and_two_whep_viewers_then_everything_ends(stack: Stack) -> None:
     stream_id, key = await stack.stream()
     publisher, whip = await stack.publish(stream_id, key)
@@ -284,8 +294,8 @@ async def test_whip_publisher_and_two_whep_viewers_then_everything_ends(stack: S
         rows = await stack.db.fetch("SELECT is_active FROM stream_viewers WHERE stream_id = $1",
                                     stream_id)
         assert [r["is_active"] for r in rows] == [True, True]
-        keys = [k async for k in stack.redis.scan_iter("vk:http_session:*")]
-        assert len(keys) == 3 and await stack.redis.zcard("vk:http_sessions") == 3
+        keys = [k async for k in stack.redis.scan_iter(session_key("*"))]
+        assert len(keys) == 3 and await stack.redis.zcard(INDEX_KEY) == 3
         for key_name in keys:
             assert 0 < await stack.redis.ttl(key_name) <= 30
 
@@ -486,7 +496,7 @@ async def test_a_second_publisher_is_refused_not_swapped_in(stack: Stack) -> Non
         assert "Retry-After" not in second.headers
         seen = viewer.frames["video"]
         await viewer.wait_for_frames("video", seen + 10)  # the first one still streams
-        assert await stack.redis.zcard("vk:http_sessions") == 2
+        assert await stack.redis.zcard(INDEX_KEY) == 2
     finally:
         await stack.delete(whep.url)
         await stack.delete(whip.url)
@@ -640,6 +650,7 @@ async def test_any_signaling_server_serves_any_session(settings: Settings,
         await stack.assert_nothing_left()
 
 
+@pytest.mark.redis_modes
 async def test_sessions_are_adopted_when_their_server_goes_and_dropped_with_their_worker(
         settings: Settings, db: asyncpg.Connection, redis: aioredis.Redis,
         monkeypatch: pytest.MonkeyPatch) -> None:
