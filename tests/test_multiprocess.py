@@ -168,6 +168,8 @@ async def viewer_of(cluster: Cluster, db: asyncpg.Connection, redis: aioredis.Re
     return ws, viewer
 
 
+# Every role as a process on a Redis Cluster too (REDIS_URL redis+cluster://).
+@pytest.mark.redis_modes
 async def test_streams_spread_over_workers_and_a_killed_worker_is_reaped(
         cluster: Cluster, db: asyncpg.Connection, redis: aioredis.Redis) -> None:
     stream_a, key_a = await cluster.stream()
