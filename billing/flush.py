@@ -79,8 +79,11 @@ end
 for i = 2, #KEYS do redis.call('SET', KEYS[i], '', 'PX', ARGV[1]) end
 """
 
-# The sync: ONE statement deletes up to $1 journal rows (the oldest) and applies
-# their ticks to every table a tick touches, set-based; $2 the grace a signed
+# The sync: ONE statement deletes the oldest journal rows -- at most $1 of them,
+# and only while the ticks before a row are fewer than $4 (a row is never
+# split; the first is always taken), so a backed-up sync of big batches stays
+# one bounded statement -- and applies their ticks to every table a tick
+# touches, set-based; $2 the grace a signed
 # session may run past its signed seconds (the ticks beyond are dropped, and
 # refunded to the live balance); $3 the platform fee. A live tick grows its
 # stream_viewers row and `stream_view` payment; a video view's tick (a media
@@ -92,10 +95,16 @@ for i = 2, #KEYS do redis.call('SET', KEYS[i], '', 'PX', ARGV[1]) end
 # Timestamps are the schema's TIMESTAMP, i.e. local time in the session's
 # TimeZone, like now().
 _SYNC = """
-WITH journal AS (
+WITH oldest AS (
+    -- tick_batches.ticks is the row's number of ticks: counting them in the
+    -- journal's arrays would read every array.
+    SELECT j.batch_id, sum(COALESCE(b.ticks, 0)) OVER w - COALESCE(b.ticks, 0) AS before
+      FROM tick_journal j LEFT JOIN tick_batches b USING (batch_id)
+    WINDOW w AS (ORDER BY j.recorded_at, j.batch_id)
+     ORDER BY j.recorded_at, j.batch_id LIMIT $1
+), journal AS (
     DELETE FROM tick_journal
-     WHERE batch_id IN (SELECT batch_id FROM tick_journal
-                         ORDER BY recorded_at, batch_id LIMIT $1)
+     WHERE batch_id IN (SELECT batch_id FROM oldest WHERE before < $4::bigint)
     RETURNING batch_id, second, sessions, users, prices
 ), raw AS MATERIALIZED (
     SELECT t.id, j.second, t.user_id, t.price_planck
@@ -268,7 +277,8 @@ class FlushResult:
     # Planck to give back to each viewer's live balance: the ticks the flush
     # dropped were charged there when the worker wrote them.
     refunds: dict[str, int] = field(default_factory=dict)
-    # A round left batches pending (a shard had more than max_batches).
+    # A round left batches pending (a shard had more than max_batches), or a
+    # sync left journal rows (it took as many as its bounds allow).
     backlog: bool = False
 
 
@@ -286,9 +296,11 @@ class Flusher:
     # whose parts are ~1/16 of a batch): 100k viewers on workers of 300 make
     # ~330 batches a second.
     max_batches: int = 2000
-    # A sync applies at most this many journal rows (the oldest): ~15 s of
-    # 100k viewers on workers of 300 -- bounded memory after a backlog.
+    # A sync applies at most this many journal rows (the oldest) ...
     max_sync_batches: int = 5000
+    # ... and at most this many ticks (a row is never split): ~10 s of 100k
+    # viewers, so a backed-up sync of big batches is one bounded statement.
+    max_sync_ticks: int = 1_000_000
 
     def __post_init__(self) -> None:
         self._forget_script = self.redis.register_script(_FORGET)
@@ -355,12 +367,14 @@ class Flusher:
         result = FlushResult()
         async with self.pg.acquire() as conn, conn.transaction():
             # The aggregate of a sync's 100k+ ticks must not spill to disk.
-            await conn.execute("SET LOCAL work_mem = '64MB'")
+            await conn.execute("SET LOCAL work_mem = '128MB'")
             row = await conn.fetchrow(_SYNC, self.max_sync_batches, GRACE_SECONDS,
-                                      self.platform_fee)
+                                      self.platform_fee, self.max_sync_ticks)
             await self._checkpoint("applied")
         applied = time.time()
         result.synced = int(row["batches"])
+        result.backlog = result.synced >= self.max_sync_batches or (
+            int(row["given"]) >= self.max_sync_ticks)
         result.ticks = int(row["ticks"])
         result.dropped = int(row["given"]) - result.ticks
         if row["dropped"] is not None:
@@ -452,13 +466,25 @@ async def run_flusher(flusher: Flusher, interval: float = FLUSH_INTERVAL) -> Non
     await run_forever("flush", step, every=interval, max_backoff=5 * interval)
 
 
+# After a sync that took T seconds the syncer rests SYNC_REST_RATIO * T before
+# the next: the sync is at most a third of one Postgres backend's time, however
+# far behind it is, and the record step (the flush lag) keeps the rest. A sync
+# writes each viewer's rows once whatever the seconds it holds, so a slower
+# beat under load makes the next sync bigger and its rows per tick fewer.
+SYNC_REST_RATIO = 2.0
+
+
 async def run_syncer(flusher: Flusher, interval: float = SYNC_INTERVAL) -> None:
-    """A sync every `interval` (paced by start times): each takes every journal
-    row recorded since the last, so a slow sync is followed by a bigger one,
-    and rows per viewer fall as the load rises."""
+    """A sync every `interval` (paced by start times), or SYNC_REST_RATIO times
+    its own duration after it when that is longer: each takes every journal
+    row recorded since the last (up to its bounds), so a slow sync is followed
+    by a bigger one, and rows per viewer fall as the load rises."""
+    clock = asyncio.get_running_loop()
 
     async def step() -> bool:
+        began = clock.time()
         result = await flusher.sync_once()
-        return result.synced >= flusher.max_sync_batches  # a backlog: go again at once
+        await asyncio.sleep(SYNC_REST_RATIO * (clock.time() - began))
+        return result.backlog  # go again at once (after the rest)
 
     await run_forever("tick_sync", step, every=interval, max_backoff=5 * interval)

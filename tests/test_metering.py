@@ -180,6 +180,43 @@ async def test_a_sync_applies_many_seconds_with_one_update_per_row(
         "SELECT count(*) FROM tick_batches WHERE batch_id LIKE 'w1:31%'") == 6 * parts
 
 
+async def test_a_sync_is_bounded_in_ticks_and_takes_the_oldest_rows_first(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    """A backed-up journal is applied in bounded statements, oldest first; a row
+    bigger than the bound is still taken whole (never split, never stuck)."""
+    audience = await make_audience(db, redis, viewers=4)
+    writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
+    parts = parts_of(redis, audience)
+    for second in range(3200, 3204):
+        await writer.write(batch("w1", second, audience))
+        await flusher.record_once()
+    flusher.max_sync_ticks = 1  # every row holds more: one row per sync
+    rounds = 0
+    while True:
+        oldest = await db.fetchval("SELECT min(second) FROM tick_journal")
+        rows = "SELECT count(*) FROM tick_journal WHERE second = $1"
+        left = await db.fetchval(rows, oldest)
+        synced = await flusher.sync_once()
+        if not synced.backlog:
+            break
+        assert synced.synced == 1
+        assert await db.fetchval(rows, oldest) == left - 1  # a row of the oldest second
+        rounds += 1
+    assert synced.synced == 0 and rounds == 4 * parts
+    await assert_books_balance(db, audience, seconds=4)
+    # A bound of 5 ticks: rows are taken while fewer than 5 ticks come before them.
+    for second in range(3204, 3208):
+        await writer.write(batch("w1", second, audience))
+        await flusher.record_once()
+    flusher.max_sync_ticks = 5
+    first = await flusher.sync_once()
+    assert first.backlog and 5 <= first.ticks < 5 + 4 and first.ticks < 16
+    while (await flusher.sync_once()).backlog:
+        pass
+    await assert_books_balance(db, audience, seconds=8)
+    assert await db.fetchval("SELECT count(*) FROM tick_journal") == 0
+
+
 async def test_ticks_of_unknown_sessions_are_dropped_not_billed(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
     from billing.flush import TICKS_DROPPED
