@@ -36,7 +36,12 @@ from vilokanam.balances import adjust_live
 from vilokanam.delivery import GRACE_SECONDS
 from vilokanam.keyspace import tick_keys
 from vilokanam.logs import log_event
-from vilokanam.metering import VIDEO_VIEW_BATCH_PREFIX, TickBatch, batch_id_of
+from vilokanam.metering import (
+    VIDEO_VIEW_BATCH_PREFIX,
+    BatchColumns,
+    TickBatch,
+    batch_id_of,
+)
 from vilokanam.redis_client import REDIS_ERRORS
 from vilokanam.tasks import run_forever
 
@@ -254,10 +259,8 @@ class JournalRow:
 
     @classmethod
     def decode(cls, batch_id: str, raw: str | bytes) -> JournalRow:
-        data = json.loads(raw)  # TickBatch.encode's shape, without a Tick per tick
-        ticks = data["ticks"]
-        return cls(batch_id, int(data["second"]), [t[0] for t in ticks], [t[1] for t in ticks],
-                   [int(t[2]) for t in ticks])
+        columns = BatchColumns.decode(raw)  # no Tick per tick
+        return cls(batch_id, columns.second, columns.sessions, columns.users, columns.prices)
 
     @classmethod
     def of(cls, batch: TickBatch, batch_id: str | None = None) -> JournalRow:
