@@ -266,13 +266,13 @@ class Lab:
         self.pg.stop()
 
 
-def start_stores(root: Path, pg_fast: bool,
-                 mode: str) -> tuple[PostgresServer, RedisServer | RedisClusterServers]:
+def start_stores(root: Path, pg_fast: bool, mode: str,
+                 fsync: str = "always") -> tuple[PostgresServer, RedisServer | RedisClusterServers]:
     pg = PostgresServer(root / "pg", free_port(), fast=pg_fast)
     pg.start()
     redis: RedisServer | RedisClusterServers = (
         RedisClusterServers(root / "redis", free_cluster_ports(3)) if mode == "cluster"
-        else RedisServer(root / "redis", free_port()))
+        else RedisServer(root / "redis", free_port(), appendfsync=fsync))
     try:
         redis.start()
     except Exception:
@@ -683,7 +683,7 @@ async def run_plan(plan: Plan, args: argparse.Namespace) -> Result:
     root = Path(tempfile.mkdtemp(prefix="vk-bench-ticks-"))
     print(f"\n== {plan.viewers} viewers, {plan.workers} workers, {plan.seconds} s, "
           f"Redis {plan.redis} (logs in {root})", flush=True)
-    pg, redis_server = start_stores(root, args.pg_fast, plan.redis)
+    pg, redis_server = start_stores(root, args.pg_fast, plan.redis, args.redis_fsync)
     settings = Settings.from_env({}, database_url=pg.url, redis_url=redis_server.url,
                                  billing_port=free_port())
     lab: Lab | None = None
@@ -972,6 +972,7 @@ def _cpu_rows(r: Result) -> list[tuple[str, ...]]:
     machine: MachineCpu = a.cpu.machine
     busy = machine.busy_percent_since(b.cpu.machine) * (os.cpu_count() or 1)
     others = busy - billing - pg - redis - sims
+    per_tick = [pct * elapsed * 1e4 / max(r.sent, 1) for pct in (sims, redis, billing, pg)]
     return [
         ("billing process CPU, % of one core", f"{billing:.1f} %", "", ""),
         ("Postgres (all its processes) / Redis (incl. AOF-rewrite forks), % of one core",
@@ -980,6 +981,12 @@ def _cpu_rows(r: Result) -> list[tuple[str, ...]]:
         # preempted script's µs grow, its CPU does not.
         ("Redis CPU per tick (scripts, the flusher's reads, AOF and its rewrites)",
          f"{1e6 * (a.redis_cpu - b.redis_cpu) / max(r.sent, 1):.2f} µs", "", ""),
+        # CPU seconds per tick hold on a loaded machine, where the % of a core
+        # of a run that fell behind (a longer drain) do not: the cost to cut.
+        ("CPU per tick: simulators / Redis / billing / Postgres (sum)",
+         " / ".join(f"{us:.2f}" for us in per_tick)
+         + f" ({sum(per_tick):.2f} µs: {sum(per_tick) * r.sent / r.plan.seconds / 1e4:.0f} % "
+         "of one core at the offered rate)", "", ""),
         ("machine busy, % of one core (of 200 %): all / not this benchmark; steal",
          f"{busy:.0f} % / {others:.0f} %; "
          f"{machine.steal_percent_since(b.cpu.machine):.1f} %", "", ""),
@@ -1030,8 +1037,10 @@ def report(args: argparse.Namespace, parts: list[str], summaries: list[Summary])
         f"- Machine: {machine_description()} (shared, noisy)\n"
         f"- Date: {utc_now()}\n"
         f"- Postgres {'fsync off (--pg-fast)' if args.pg_fast else 'with fsync on'}; "
-        "Redis with appendonly, appendfsync always (vilokanam.services defaults; "
-        "cluster: 3 primaries, no replicas, each its own process); billing is "
+        f"Redis with appendonly, appendfsync {args.redis_fsync} ("
+        + ("vilokanam.services defaults; " if args.redis_fsync == "always" else
+           "**not the platform's setting: an A/B of the fsync's cost**; ")
+        + "cluster: 3 primaries, no replicas, each its own process); billing is "
         "`python -m vilokanam billing` in its own process; the simulated workers run as "
         f"asyncio tasks in {args.worker_procs} child process(es), each at its own phase "
         "of the second (as real workers' clocks are), so lag includes that phase.\n"
@@ -1069,6 +1078,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-live", action="store_true",
                         help="omit the watch-page live message from each batch write")
     parser.add_argument("--pg-fast", action="store_true", help="Postgres with fsync off")
+    parser.add_argument("--redis-fsync", choices=("always", "everysec"), default="always",
+                        help="standalone Redis's appendfsync: everysec only to measure what "
+                             "`always` (the platform's setting) costs (default: %(default)s)")
     parser.add_argument("--drain-timeout", type=float, default=180.0,
                         help="seconds to wait for the flush to catch up after the last tick")
     parser.add_argument("--out", type=Path, default=RESULTS, help="Markdown file to update")

@@ -301,9 +301,10 @@ class Flusher:
     max_batches: int = 2000
     # A sync applies at most this many journal rows (the oldest) ...
     max_sync_batches: int = 5000
-    # ... and at most this many ticks (a row is never split): ~10 s of 100k
-    # viewers, so a backed-up sync of big batches is one bounded statement.
-    max_sync_ticks: int = 1_000_000
+    # ... and at most this many ticks (a row is never split): ~20 s of 100k
+    # viewers, so a backed-up sync of big batches is one bounded statement
+    # (its ticks, ~70 bytes each, fit the sync's work_mem).
+    max_sync_ticks: int = 2_000_000
 
     def __post_init__(self) -> None:
         self._forget_script = self.redis.register_script(_FORGET)
@@ -369,8 +370,9 @@ class Flusher:
         """Apply the journal to the totals, and refund the ticks it dropped."""
         result = FlushResult()
         async with self.pg.acquire() as conn, conn.transaction():
-            # The aggregate of a sync's 100k+ ticks must not spill to disk.
-            await conn.execute("SET LOCAL work_mem = '128MB'")
+            # The ticks of a sync (up to max_sync_ticks) and their aggregate
+            # must not spill to disk.
+            await conn.execute("SET LOCAL work_mem = '256MB'")
             row = await conn.fetchrow(_SYNC, self.max_sync_batches, GRACE_SECONDS,
                                       self.platform_fee, self.max_sync_ticks)
             await self._checkpoint("applied")
