@@ -182,21 +182,34 @@ async def simulate_worker(redis_url: str, worker: int, viewers: range, start: in
     ticks = [Tick(str(viewer_session_id(i)), str(user_id(i)), price_planck) for i in viewers]
     counts = [0] * len(viewers)
     log = WorkerLog(worker)
+    # Who is skipped depends only on the second mod SKIP_EVERY: each second's
+    # viewers, their ticks and what they make of the write (parts, the script's
+    # MGETs) come from a template made once per residue -- the simulator's own
+    # bookkeeping, which a real worker does not have, costs nothing per tick.
+    templates: dict[int, tuple[list[int], tuple[Tick, ...], int, int]] = {}
+
+    def template(second: int) -> tuple[list[int], tuple[Tick, ...], int, int]:
+        if (residue := second % SKIP_EVERY) not in templates:
+            chosen = [k for k, i in enumerate(viewers) if not skipped(i, second)]
+            groups = keys.group(ticks[k].user_id for k in chosen)
+            templates[residue] = (chosen, tuple(ticks[k] for k in chosen), len(groups),
+                                  sum(-(-len(users) // CHARGE_CHUNK) for users in groups.values()))
+        return templates[residue]
+
     try:
         for second in range(start, start + seconds):
             due = second + 1 + phase
             await asyncio.sleep(max(0.0, due - time.time()))
             began = time.time()
-            chosen = [k for k, i in enumerate(viewers) if not skipped(i, second)]
-            batch = TickBatch(worker_name(worker), second, tuple(ticks[k] for k in chosen))
+            chosen, chosen_ticks, parts, script_mgets = template(second)
+            batch = TickBatch(worker_name(worker), second, chosen_ticks)
             for k in chosen:
                 counts[k] += 1
             message = _live_message(ticks, counts, chosen) if live else None
             sent = time.time()
             log.broke += len(await writer.write(batch, message))
-            groups = keys.group(t.user_id for t in batch.ticks)
-            log.parts += len(groups)
-            log.script_mgets += sum(-(-len(users) // CHARGE_CHUNK) for users in groups.values())
+            log.parts += parts
+            log.script_mgets += script_mgets
             log.seconds.append(second)
             log.lateness.append(began - due)
             log.write_s.append(time.time() - sent)
