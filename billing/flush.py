@@ -267,6 +267,32 @@ class JournalRow:
         return cls.decode(batch_id or batch.batch_id, batch.encode())
 
 
+# A sync statement should take at most about SYNC_TARGET_S: it holds the rows
+# of every viewer it updates until its commit, and one much longer meets its
+# timeout on a loaded machine (rolled back, then tried again the same size,
+# forever). A sync's cost is mostly per viewer (its rows), not per tick, so its
+# bound is cut only when it ran long, never for a small sync's slow pace.
+SYNC_TARGET_S = 15.0
+SYNC_TIMEOUT_S = 60.0
+SYNC_MIN_TICKS = 20_000  # the smallest bound learnt (a sync always takes one row)
+
+
+def bound_after_sync(given: int, took_s: float, bound: int) -> int:
+    """The next sync's bound in ticks: cut to what this one would have taken
+    in SYNC_TARGET_S when it ran longer; doubled after a sync that filled its
+    bound in time (a backlog: back towards max_sync_ticks); else kept."""
+    if took_s > SYNC_TARGET_S:
+        return max(SYNC_MIN_TICKS, int(given * SYNC_TARGET_S / took_s))
+    if given >= bound:
+        return 2 * bound
+    return bound
+
+
+def bound_after_timeout(bound: int) -> int:
+    """A sync that timed out (rolled back) is tried again with half the ticks."""
+    return max(SYNC_MIN_TICKS, bound // 2)
+
+
 @dataclass
 class FlushResult:
     batches: int = 0
@@ -306,6 +332,9 @@ class Flusher:
     max_sync_ticks: int = 2_000_000
 
     def __post_init__(self) -> None:
+        # The ticks the next sync may take, learnt from the last (None: up to
+        # max_sync_ticks): bound_after_sync, bound_after_timeout.
+        self._sync_bound: int | None = None
         self._forget_script = self.redis.register_script(_FORGET)
         self._keys = tick_keys(self.redis)
         # Refunds committed in Postgres but not yet given back live: Redis was
@@ -370,17 +399,27 @@ class Flusher:
     async def sync_once(self) -> FlushResult:
         """Apply the journal to the totals, and refund the ticks it dropped."""
         result = FlushResult()
-        async with self.pg.acquire() as conn, conn.transaction():
-            # The ticks of a sync (up to max_sync_ticks) and their aggregate
-            # must not spill to disk.
-            await conn.execute("SET LOCAL work_mem = '256MB'")
-            row = await conn.fetchrow(_SYNC, self.max_sync_batches, GRACE_SECONDS,
-                                      self.platform_fee, self.max_sync_ticks)
-            await self._checkpoint("applied")
+        bound = min(self.max_sync_ticks, self._sync_bound or self.max_sync_ticks)
+        began = time.monotonic()
+        try:
+            async with self.pg.acquire() as conn, conn.transaction():
+                # The ticks of a sync (up to max_sync_ticks) and their aggregate
+                # must not spill to disk.
+                await conn.execute("SET LOCAL work_mem = '256MB'")
+                row = await conn.fetchrow(_SYNC, self.max_sync_batches, GRACE_SECONDS,
+                                          self.platform_fee, bound, timeout=SYNC_TIMEOUT_S)
+                await self._checkpoint("applied")
+        except (TimeoutError, asyncpg.QueryCanceledError):
+            # Rolled back: the same sync again would time out again, forever.
+            self._sync_bound = bound_after_timeout(bound)
+            log_event(log, "tick_sync.timed_out", logging.WARNING, ticks_bound=bound,
+                      next_bound=self._sync_bound)
+            raise
         applied = time.time()
+        given = int(row["given"])
+        self._sync_bound = bound_after_sync(given, time.monotonic() - began, bound)
         result.synced = int(row["batches"])
-        result.backlog = result.synced >= self.max_sync_batches or (
-            int(row["given"]) >= self.max_sync_ticks)
+        result.backlog = result.synced >= self.max_sync_batches or given >= bound
         result.ticks = int(row["ticks"])
         result.dropped = int(row["given"]) - result.ticks
         if row["dropped"] is not None:

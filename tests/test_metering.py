@@ -209,13 +209,32 @@ async def test_a_sync_is_bounded_in_ticks_and_takes_the_oldest_rows_first(
     for second in range(3204, 3208):
         await writer.write(batch("w1", second, audience))
         await flusher.record_once()
-    flusher.max_sync_ticks = 5
+    flusher = Flusher(pool, redis, FEE, max_sync_ticks=5)  # nothing learnt from the above
     first = await flusher.sync_once()
     assert first.backlog and 5 <= first.ticks < 5 + 4 and first.ticks < 16
     while (await flusher.sync_once()).backlog:
         pass
     await assert_books_balance(db, audience, seconds=8)
     assert await db.fetchval("SELECT count(*) FROM tick_journal") == 0
+
+
+def test_the_sync_bound_is_cut_after_a_long_sync_and_regrows_with_a_backlog() -> None:
+    from billing.flush import (
+        SYNC_MIN_TICKS,
+        SYNC_TARGET_S,
+        bound_after_sync,
+        bound_after_timeout,
+    )
+
+    # Ran twice the target: half the ticks next time.
+    assert bound_after_sync(2_000_000, 2 * SYNC_TARGET_S, 2_000_000) == 1_000_000
+    # A small sync's slow pace (its cost is per viewer) does not cut the bound.
+    assert bound_after_sync(1_000, SYNC_TARGET_S / 2, 2_000_000) == 2_000_000
+    # Filled in time: a backlog, the bound grows back.
+    assert bound_after_sync(500_000, 1.0, 500_000) == 1_000_000
+    assert bound_after_timeout(1_000_000) == 500_000
+    assert bound_after_timeout(SYNC_MIN_TICKS) == SYNC_MIN_TICKS
+    assert bound_after_sync(10, 10 * SYNC_TARGET_S, 2_000_000) == SYNC_MIN_TICKS
 
 
 async def test_ticks_of_unknown_sessions_are_dropped_not_billed(
