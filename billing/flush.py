@@ -115,16 +115,33 @@ WITH oldest AS (
 ), raw AS MATERIALIZED (
     SELECT t.id, j.second, t.user_id, t.price_planck
       FROM journal j, unnest(j.sessions, j.users, j.prices) AS t(id, user_id, price_planck)
-), counted AS (
-    SELECT r.id, count(*)::int AS n, v.billing_rule,
-           -- A signed session is billed at most its signed seconds + the grace.
-           GREATEST(COALESCE(v.signed_seconds, 0) + $2::int - v.total_ticks, 0) AS allowed,
-           to_timestamp(max(r.second) + 1) AT TIME ZONE current_setting('TimeZone') AS last_tick
-      FROM raw r JOIN stream_viewers v ON v.id = r.id
+), per_session AS (
+    -- The ticks counted per session first: every lookup below is one per
+    -- session, not one per tick (a sync holds many seconds of each session).
+    SELECT id, count(*)::int AS n, max(second) AS last_second FROM raw GROUP BY id
+), live_sessions AS (
+    SELECT p.id, p.n, p.last_second, v.billing_rule, v.signed_seconds, v.total_ticks,
+           v.is_active, v.updated_at
+      FROM per_session p JOIN stream_viewers v ON v.id = p.id
      WHERE v.price_per_second IS NOT NULL
-       AND (v.is_active OR to_timestamp(r.second) AT TIME ZONE current_setting('TimeZone')
-                           <= v.updated_at + interval '2 seconds')
-     GROUP BY r.id, v.billing_rule, v.signed_seconds, v.total_ticks
+), kept AS (
+    -- An active session keeps every tick; an ended one (its updated_at is its
+    -- end) only those up to 2 s after it, tick by tick.
+    SELECT id, n, last_second, billing_rule, signed_seconds, total_ticks
+      FROM live_sessions WHERE is_active IS TRUE
+    UNION ALL
+    SELECT s.id, count(*)::int, max(r.second), s.billing_rule, s.signed_seconds, s.total_ticks
+      FROM live_sessions s JOIN raw r ON r.id = s.id
+     WHERE s.is_active IS NOT TRUE
+       AND to_timestamp(r.second) AT TIME ZONE current_setting('TimeZone')
+           <= s.updated_at + interval '2 seconds'
+     GROUP BY s.id, s.billing_rule, s.signed_seconds, s.total_ticks
+), counted AS (
+    SELECT id, n, billing_rule,
+           -- A signed session is billed at most its signed seconds + the grace.
+           GREATEST(COALESCE(signed_seconds, 0) + $2::int - total_ticks, 0) AS allowed,
+           to_timestamp(last_second + 1) AT TIME ZONE current_setting('TimeZone') AS last_tick
+      FROM kept
 ), t AS (
     SELECT id, last_tick,
            CASE WHEN billing_rule = 'signed' THEN LEAST(n, allowed) ELSE n END AS n
@@ -132,10 +149,9 @@ WITH oldest AS (
      WHERE billing_rule <> 'signed' OR allowed > 0
 ), vt AS (
     -- Ticks of video views (signaling/playback.py): one per media second delivered.
-    SELECT r.id, count(*)::int AS n
-      FROM raw r JOIN video_views v ON v.id = r.id
+    SELECT p.id, p.n
+      FROM per_session p JOIN video_views v ON v.id = p.id
      WHERE v.price_per_second IS NOT NULL
-     GROUP BY r.id
 ), vv AS (
     UPDATE video_views vv
        SET view_duration = COALESCE(vv.view_duration, 0) + vt.n,
