@@ -167,6 +167,7 @@ class WorkerLog:
     seconds: list[int] = field(default_factory=list)
     lateness: list[float] = field(default_factory=list)  # write start - its due time
     write_s: list[float] = field(default_factory=list)  # EVALSHA round trip
+    written: list[float] = field(default_factory=list)  # when the write was answered
     broke: int = 0
     parts: int = 0  # batches written: one per second, or one per shard of it in a cluster
     script_mgets: int = 0  # MGETs the write script ran: one per CHARGE_CHUNK viewers of a part
@@ -212,7 +213,8 @@ async def simulate_worker(redis_url: str, worker: int, viewers: range, start: in
             log.script_mgets += script_mgets
             log.seconds.append(second)
             log.lateness.append(began - due)
-            log.write_s.append(time.time() - sent)
+            log.written.append(time.time())
+            log.write_s.append(log.written[-1] - sent)
     finally:
         await redis.aclose()
     return log
@@ -835,6 +837,7 @@ def summarize(r: Result) -> tuple[str, Summary]:
     inner = sum(cmds.get(c, (0, 0))[0] for c in SCRIPT_INNER)
     client = sum(calls for c, (calls, _) in cmds.items() if c not in SCRIPT_INNER + BENCH_OWN)
     lags = [c.seen - (c.second + 1) for c in r.commits.values()]
+    after_write = _lags_after_write(r, logs)
     sync_lags = [c.synced - (c.second + 1) for c in r.commits.values() if c.synced is not None]
     rows_written = sum(w[0] + w[1] for w in r.writes.values())
     summary = Summary(r.plan.viewers, r.plan.redis, quantile(lags, 0.99), quantile(sync_lags, 0.99),
@@ -842,6 +845,10 @@ def summarize(r: Result) -> tuple[str, Summary]:
                       client / max(r.sent, 1), all(c.ok for c in r.checks),
                       r.drained_in is not None)
     rows = (_throughput_rows(r) + _lag_rows(r, lags, sync_lags, summary)
+            + [("flush lag p50 / p99 after the write (its answer → seen committed): the "
+                "platform's part, without the simulators' lateness",
+                f"{quantile(after_write, 0.5):.2f} / {quantile(after_write, 0.99):.2f} s",
+                "", "")]
             + _redis_rows(r, cmds, worker_calls, client, inner, summary)
             + _flush_rows(r) + _cpu_rows(r) + _simulator_rows(r)
             + [("exact totals after drain",
@@ -857,6 +864,15 @@ def summarize(r: Result) -> tuple[str, Summary]:
     if r.code[1].split("; ", 1)[1] != r.code[0].split("; ", 1)[1]:  # the files, not HEAD
         code += f" **The files changed during the run**; at its end: {r.code[1]}."
     return f"{title}\n\n{code}\n\n{table}\n\nExactness checks:\n\n{checks}\n", summary
+
+
+def _lags_after_write(r: Result, logs: list[dict[str, Any]]) -> list[float]:
+    """Per batch: its commit seen minus when its worker's write was answered
+    (a cluster's parts share their second's write)."""
+    written = {f"{worker_name(log['worker'])}:{second}": at for log in logs
+               for second, at in zip(log["seconds"], log.get("written", []), strict=False)}
+    return [c.seen - written[base] for batch_id, c in r.commits.items()
+            if (base := batch_id.split("{", 1)[0]) in written]
 
 
 def _met(ok: bool) -> str:

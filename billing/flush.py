@@ -10,7 +10,7 @@ batches in Redis (their keys stay a while as tombstones, so a late retry of a
 worker's write charges nothing twice). Two rows per batch, whatever its
 number of viewers.
 
-Sync (every few seconds, resting twice its own duration after each): in ONE
+Sync (every few seconds, resting its own duration after each): in ONE
 transaction, delete the oldest journal rows (bounded in rows and in ticks)
 and apply their ticks to the totals with one set-based statement. A viewer's
 rows are written once per sync, however many seconds it holds.
@@ -288,7 +288,7 @@ class JournalRow:
 # timeout on a loaded machine (rolled back, then tried again the same size,
 # forever). A sync's cost is mostly per viewer (its rows), not per tick, so its
 # bound is cut only when it ran long, never for a small sync's slow pace.
-SYNC_TARGET_S = 15.0
+SYNC_TARGET_S = 30.0  # half its timeout: cut only when near it
 SYNC_TIMEOUT_S = 60.0
 SYNC_MIN_TICKS = 20_000  # the smallest bound learnt (a sync always takes one row)
 
@@ -528,11 +528,11 @@ async def run_flusher(flusher: Flusher, interval: float = FLUSH_INTERVAL) -> Non
 
 
 # After a sync that took T seconds the syncer rests SYNC_REST_RATIO * T before
-# the next: the sync is at most a third of one Postgres backend's time, however
+# the next: the sync is at most half of one Postgres backend's time, however
 # far behind it is, and the record step (the flush lag) keeps the rest. A sync
 # writes each viewer's rows once whatever the seconds it holds, so a slower
 # beat under load makes the next sync bigger and its rows per tick fewer.
-SYNC_REST_RATIO = 2.0
+SYNC_REST_RATIO = 1.0
 
 
 async def run_syncer(flusher: Flusher, interval: float = SYNC_INTERVAL) -> None:
