@@ -17,6 +17,7 @@ finally an exactness check of every total once the flush has drained.
     .venv/bin/python bench/ticks.py --viewers 1000 --seconds 10
     .venv/bin/python bench/ticks.py --viewers 200 --seconds 4 --no-write   # the CI's fast form
     .venv/bin/python bench/ticks.py --redis standalone,cluster   # each V on both Redis modes
+    .venv/bin/python bench/ticks.py --viewers 100000 --redis-fsync everysec  # the fsync's cost
 
 `--redis cluster` runs the same measurement on a private 3-node Redis Cluster
 (vilokanam.services.redis.RedisClusterServers; every role connects with the
