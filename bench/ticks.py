@@ -17,6 +17,7 @@ finally an exactness check of every total once the flush has drained.
     .venv/bin/python bench/ticks.py --viewers 1000 --seconds 10
     .venv/bin/python bench/ticks.py --viewers 200 --seconds 4 --no-write   # the CI's fast form
     .venv/bin/python bench/ticks.py --redis standalone,cluster   # each V on both Redis modes
+    .venv/bin/python bench/ticks.py --viewers 100000 --redis-fsync everysec  # the fsync's cost
 
 `--redis cluster` runs the same measurement on a private 3-node Redis Cluster
 (vilokanam.services.redis.RedisClusterServers; every role connects with the
@@ -167,6 +168,7 @@ class WorkerLog:
     seconds: list[int] = field(default_factory=list)
     lateness: list[float] = field(default_factory=list)  # write start - its due time
     write_s: list[float] = field(default_factory=list)  # EVALSHA round trip
+    written: list[float] = field(default_factory=list)  # when the write was answered
     broke: int = 0
     parts: int = 0  # batches written: one per second, or one per shard of it in a cluster
     script_mgets: int = 0  # MGETs the write script ran: one per CHARGE_CHUNK viewers of a part
@@ -182,24 +184,38 @@ async def simulate_worker(redis_url: str, worker: int, viewers: range, start: in
     ticks = [Tick(str(viewer_session_id(i)), str(user_id(i)), price_planck) for i in viewers]
     counts = [0] * len(viewers)
     log = WorkerLog(worker)
+    # Who is skipped depends only on the second mod SKIP_EVERY: each second's
+    # viewers, their ticks and what they make of the write (parts, the script's
+    # MGETs) come from a template made once per residue -- the simulator's own
+    # bookkeeping, which a real worker does not have, costs nothing per tick.
+    templates: dict[int, tuple[list[int], tuple[Tick, ...], int, int]] = {}
+
+    def template(second: int) -> tuple[list[int], tuple[Tick, ...], int, int]:
+        if (residue := second % SKIP_EVERY) not in templates:
+            chosen = [k for k, i in enumerate(viewers) if not skipped(i, second)]
+            groups = keys.group(ticks[k].user_id for k in chosen)
+            templates[residue] = (chosen, tuple(ticks[k] for k in chosen), len(groups),
+                                  sum(-(-len(users) // CHARGE_CHUNK) for users in groups.values()))
+        return templates[residue]
+
     try:
         for second in range(start, start + seconds):
             due = second + 1 + phase
             await asyncio.sleep(max(0.0, due - time.time()))
             began = time.time()
-            chosen = [k for k, i in enumerate(viewers) if not skipped(i, second)]
-            batch = TickBatch(worker_name(worker), second, tuple(ticks[k] for k in chosen))
+            chosen, chosen_ticks, parts, script_mgets = template(second)
+            batch = TickBatch(worker_name(worker), second, chosen_ticks)
             for k in chosen:
                 counts[k] += 1
             message = _live_message(ticks, counts, chosen) if live else None
             sent = time.time()
             log.broke += len(await writer.write(batch, message))
-            groups = keys.group(t.user_id for t in batch.ticks)
-            log.parts += len(groups)
-            log.script_mgets += sum(-(-len(users) // CHARGE_CHUNK) for users in groups.values())
+            log.parts += parts
+            log.script_mgets += script_mgets
             log.seconds.append(second)
             log.lateness.append(began - due)
-            log.write_s.append(time.time() - sent)
+            log.written.append(time.time())
+            log.write_s.append(log.written[-1] - sent)
     finally:
         await redis.aclose()
     return log
@@ -266,13 +282,13 @@ class Lab:
         self.pg.stop()
 
 
-def start_stores(root: Path, pg_fast: bool,
-                 mode: str) -> tuple[PostgresServer, RedisServer | RedisClusterServers]:
+def start_stores(root: Path, pg_fast: bool, mode: str,
+                 fsync: str = "always") -> tuple[PostgresServer, RedisServer | RedisClusterServers]:
     pg = PostgresServer(root / "pg", free_port(), fast=pg_fast)
     pg.start()
     redis: RedisServer | RedisClusterServers = (
         RedisClusterServers(root / "redis", free_cluster_ports(3)) if mode == "cluster"
-        else RedisServer(root / "redis", free_port()))
+        else RedisServer(root / "redis", free_port(), appendfsync=fsync))
     try:
         redis.start()
     except Exception:
@@ -683,7 +699,7 @@ async def run_plan(plan: Plan, args: argparse.Namespace) -> Result:
     root = Path(tempfile.mkdtemp(prefix="vk-bench-ticks-"))
     print(f"\n== {plan.viewers} viewers, {plan.workers} workers, {plan.seconds} s, "
           f"Redis {plan.redis} (logs in {root})", flush=True)
-    pg, redis_server = start_stores(root, args.pg_fast, plan.redis)
+    pg, redis_server = start_stores(root, args.pg_fast, plan.redis, args.redis_fsync)
     settings = Settings.from_env({}, database_url=pg.url, redis_url=redis_server.url,
                                  billing_port=free_port())
     lab: Lab | None = None
@@ -822,6 +838,7 @@ def summarize(r: Result) -> tuple[str, Summary]:
     inner = sum(cmds.get(c, (0, 0))[0] for c in SCRIPT_INNER)
     client = sum(calls for c, (calls, _) in cmds.items() if c not in SCRIPT_INNER + BENCH_OWN)
     lags = [c.seen - (c.second + 1) for c in r.commits.values()]
+    after_write = _lags_after_write(r, logs)
     sync_lags = [c.synced - (c.second + 1) for c in r.commits.values() if c.synced is not None]
     rows_written = sum(w[0] + w[1] for w in r.writes.values())
     summary = Summary(r.plan.viewers, r.plan.redis, quantile(lags, 0.99), quantile(sync_lags, 0.99),
@@ -829,6 +846,10 @@ def summarize(r: Result) -> tuple[str, Summary]:
                       client / max(r.sent, 1), all(c.ok for c in r.checks),
                       r.drained_in is not None)
     rows = (_throughput_rows(r) + _lag_rows(r, lags, sync_lags, summary)
+            + [("flush lag p50 / p99 after the write (its answer → seen committed): the "
+                "platform's part, without the simulators' lateness",
+                f"{quantile(after_write, 0.5):.2f} / {quantile(after_write, 0.99):.2f} s",
+                "", "")]
             + _redis_rows(r, cmds, worker_calls, client, inner, summary)
             + _flush_rows(r) + _cpu_rows(r) + _simulator_rows(r)
             + [("exact totals after drain",
@@ -844,6 +865,15 @@ def summarize(r: Result) -> tuple[str, Summary]:
     if r.code[1].split("; ", 1)[1] != r.code[0].split("; ", 1)[1]:  # the files, not HEAD
         code += f" **The files changed during the run**; at its end: {r.code[1]}."
     return f"{title}\n\n{code}\n\n{table}\n\nExactness checks:\n\n{checks}\n", summary
+
+
+def _lags_after_write(r: Result, logs: list[dict[str, Any]]) -> list[float]:
+    """Per batch: its commit seen minus when its worker's write was answered
+    (a cluster's parts share their second's write)."""
+    written = {f"{worker_name(log['worker'])}:{second}": at for log in logs
+               for second, at in zip(log["seconds"], log.get("written", []), strict=False)}
+    return [c.seen - written[base] for batch_id, c in r.commits.items()
+            if (base := batch_id.split("{", 1)[0]) in written]
 
 
 def _met(ok: bool) -> str:
@@ -972,6 +1002,7 @@ def _cpu_rows(r: Result) -> list[tuple[str, ...]]:
     machine: MachineCpu = a.cpu.machine
     busy = machine.busy_percent_since(b.cpu.machine) * (os.cpu_count() or 1)
     others = busy - billing - pg - redis - sims
+    per_tick = [pct * elapsed * 1e4 / max(r.sent, 1) for pct in (sims, redis, billing, pg)]
     return [
         ("billing process CPU, % of one core", f"{billing:.1f} %", "", ""),
         ("Postgres (all its processes) / Redis (incl. AOF-rewrite forks), % of one core",
@@ -980,6 +1011,12 @@ def _cpu_rows(r: Result) -> list[tuple[str, ...]]:
         # preempted script's µs grow, its CPU does not.
         ("Redis CPU per tick (scripts, the flusher's reads, AOF and its rewrites)",
          f"{1e6 * (a.redis_cpu - b.redis_cpu) / max(r.sent, 1):.2f} µs", "", ""),
+        # CPU seconds per tick hold on a loaded machine, where the % of a core
+        # of a run that fell behind (a longer drain) do not: the cost to cut.
+        ("CPU per tick: simulators / Redis / billing / Postgres (sum)",
+         " / ".join(f"{us:.2f}" for us in per_tick)
+         + f" ({sum(per_tick):.2f} µs: {sum(per_tick) * r.sent / r.plan.seconds / 1e4:.0f} % "
+         "of one core at the offered rate)", "", ""),
         ("machine busy, % of one core (of 200 %): all / not this benchmark; steal",
          f"{busy:.0f} % / {others:.0f} %; "
          f"{machine.steal_percent_since(b.cpu.machine):.1f} %", "", ""),
@@ -1030,8 +1067,10 @@ def report(args: argparse.Namespace, parts: list[str], summaries: list[Summary])
         f"- Machine: {machine_description()} (shared, noisy)\n"
         f"- Date: {utc_now()}\n"
         f"- Postgres {'fsync off (--pg-fast)' if args.pg_fast else 'with fsync on'}; "
-        "Redis with appendonly, appendfsync always (vilokanam.services defaults; "
-        "cluster: 3 primaries, no replicas, each its own process); billing is "
+        f"Redis with appendonly, appendfsync {args.redis_fsync} ("
+        + ("vilokanam.services defaults; " if args.redis_fsync == "always" else
+           "**not the platform's setting: an A/B of the fsync's cost**; ")
+        + "cluster: 3 primaries, no replicas, each its own process); billing is "
         "`python -m vilokanam billing` in its own process; the simulated workers run as "
         f"asyncio tasks in {args.worker_procs} child process(es), each at its own phase "
         "of the second (as real workers' clocks are), so lag includes that phase.\n"
@@ -1069,6 +1108,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-live", action="store_true",
                         help="omit the watch-page live message from each batch write")
     parser.add_argument("--pg-fast", action="store_true", help="Postgres with fsync off")
+    parser.add_argument("--redis-fsync", choices=("always", "everysec"), default="always",
+                        help="standalone Redis's appendfsync: everysec only to measure what "
+                             "`always` (the platform's setting) costs (default: %(default)s)")
     parser.add_argument("--drain-timeout", type=float, default=180.0,
                         help="seconds to wait for the flush to catch up after the last tick")
     parser.add_argument("--out", type=Path, default=RESULTS, help="Markdown file to update")

@@ -10,8 +10,9 @@ batches in Redis (their keys stay a while as tombstones, so a late retry of a
 worker's write charges nothing twice). Two rows per batch, whatever its
 number of viewers.
 
-Sync (every few seconds): in ONE transaction, delete the journal rows and
-apply their ticks to the totals with one set-based statement. A viewer's
+Sync (every few seconds, resting its own duration after each): in ONE
+transaction, delete the oldest journal rows (bounded in rows and in ticks)
+and apply their ticks to the totals with one set-based statement. A viewer's
 rows are written once per sync, however many seconds it holds.
 
 A crash anywhere leaves each batch in Redis only (recorded next round), in
@@ -36,7 +37,12 @@ from vilokanam.balances import adjust_live
 from vilokanam.delivery import GRACE_SECONDS
 from vilokanam.keyspace import tick_keys
 from vilokanam.logs import log_event
-from vilokanam.metering import VIDEO_VIEW_BATCH_PREFIX, TickBatch, batch_id_of
+from vilokanam.metering import (
+    VIDEO_VIEW_BATCH_PREFIX,
+    BatchColumns,
+    TickBatch,
+    batch_id_of,
+)
 from vilokanam.redis_client import REDIS_ERRORS
 from vilokanam.tasks import run_forever
 
@@ -79,8 +85,11 @@ end
 for i = 2, #KEYS do redis.call('SET', KEYS[i], '', 'PX', ARGV[1]) end
 """
 
-# The sync: ONE statement deletes up to $1 journal rows (the oldest) and applies
-# their ticks to every table a tick touches, set-based; $2 the grace a signed
+# The sync: ONE statement deletes the oldest journal rows -- at most $1 of them,
+# and only while the ticks before a row are fewer than $4 (a row is never
+# split; the first is always taken), so a backed-up sync of big batches stays
+# one bounded statement -- and applies their ticks to every table a tick
+# touches, set-based; $2 the grace a signed
 # session may run past its signed seconds (the ticks beyond are dropped, and
 # refunded to the live balance); $3 the platform fee. A live tick grows its
 # stream_viewers row and `stream_view` payment; a video view's tick (a media
@@ -92,24 +101,47 @@ for i = 2, #KEYS do redis.call('SET', KEYS[i], '', 'PX', ARGV[1]) end
 # Timestamps are the schema's TIMESTAMP, i.e. local time in the session's
 # TimeZone, like now().
 _SYNC = """
-WITH journal AS (
+WITH oldest AS (
+    -- tick_batches.ticks is the row's number of ticks: counting them in the
+    -- journal's arrays would read every array.
+    SELECT j.batch_id, sum(COALESCE(b.ticks, 0)) OVER w - COALESCE(b.ticks, 0) AS before
+      FROM tick_journal j LEFT JOIN tick_batches b USING (batch_id)
+    WINDOW w AS (ORDER BY j.recorded_at, j.batch_id)
+     ORDER BY j.recorded_at, j.batch_id LIMIT $1
+), journal AS (
     DELETE FROM tick_journal
-     WHERE batch_id IN (SELECT batch_id FROM tick_journal
-                         ORDER BY recorded_at, batch_id LIMIT $1)
+     WHERE batch_id IN (SELECT batch_id FROM oldest WHERE before < $4::bigint)
     RETURNING batch_id, second, sessions, users, prices
 ), raw AS MATERIALIZED (
     SELECT t.id, j.second, t.user_id, t.price_planck
       FROM journal j, unnest(j.sessions, j.users, j.prices) AS t(id, user_id, price_planck)
-), counted AS (
-    SELECT r.id, count(*)::int AS n, v.billing_rule,
-           -- A signed session is billed at most its signed seconds + the grace.
-           GREATEST(COALESCE(v.signed_seconds, 0) + $2::int - v.total_ticks, 0) AS allowed,
-           to_timestamp(max(r.second) + 1) AT TIME ZONE current_setting('TimeZone') AS last_tick
-      FROM raw r JOIN stream_viewers v ON v.id = r.id
+), per_session AS (
+    -- The ticks counted per session first: every lookup below is one per
+    -- session, not one per tick (a sync holds many seconds of each session).
+    SELECT id, count(*)::int AS n, max(second) AS last_second FROM raw GROUP BY id
+), live_sessions AS (
+    SELECT p.id, p.n, p.last_second, v.billing_rule, v.signed_seconds, v.total_ticks,
+           v.is_active, v.updated_at
+      FROM per_session p JOIN stream_viewers v ON v.id = p.id
      WHERE v.price_per_second IS NOT NULL
-       AND (v.is_active OR to_timestamp(r.second) AT TIME ZONE current_setting('TimeZone')
-                           <= v.updated_at + interval '2 seconds')
-     GROUP BY r.id, v.billing_rule, v.signed_seconds, v.total_ticks
+), kept AS (
+    -- An active session keeps every tick; an ended one (its updated_at is its
+    -- end) only those up to 2 s after it, tick by tick.
+    SELECT id, n, last_second, billing_rule, signed_seconds, total_ticks
+      FROM live_sessions WHERE is_active IS TRUE
+    UNION ALL
+    SELECT s.id, count(*)::int, max(r.second), s.billing_rule, s.signed_seconds, s.total_ticks
+      FROM live_sessions s JOIN raw r ON r.id = s.id
+     WHERE s.is_active IS NOT TRUE
+       AND to_timestamp(r.second) AT TIME ZONE current_setting('TimeZone')
+           <= s.updated_at + interval '2 seconds'
+     GROUP BY s.id, s.billing_rule, s.signed_seconds, s.total_ticks
+), counted AS (
+    SELECT id, n, billing_rule,
+           -- A signed session is billed at most its signed seconds + the grace.
+           GREATEST(COALESCE(signed_seconds, 0) + $2::int - total_ticks, 0) AS allowed,
+           to_timestamp(last_second + 1) AT TIME ZONE current_setting('TimeZone') AS last_tick
+      FROM kept
 ), t AS (
     SELECT id, last_tick,
            CASE WHEN billing_rule = 'signed' THEN LEAST(n, allowed) ELSE n END AS n
@@ -117,10 +149,9 @@ WITH journal AS (
      WHERE billing_rule <> 'signed' OR allowed > 0
 ), vt AS (
     -- Ticks of video views (signaling/playback.py): one per media second delivered.
-    SELECT r.id, count(*)::int AS n
-      FROM raw r JOIN video_views v ON v.id = r.id
+    SELECT p.id, p.n
+      FROM per_session p JOIN video_views v ON v.id = p.id
      WHERE v.price_per_second IS NOT NULL
-     GROUP BY r.id
 ), vv AS (
     UPDATE video_views vv
        SET view_duration = COALESCE(vv.view_duration, 0) + vt.n,
@@ -226,11 +257,9 @@ _RECORD_BATCHES = """
 INSERT INTO tick_batches (batch_id, ticks)
 SELECT * FROM unnest($1::text[], $2::int[]) ON CONFLICT DO NOTHING RETURNING batch_id
 """
-# ... and its journal row, in the same transaction.
-_RECORD_JOURNAL = """
-INSERT INTO tick_journal (batch_id, second, sessions, users, prices)
-VALUES ($1, $2, $3::uuid[], $4::uuid[], $5::bigint[])
-"""
+# ... and its journal row, in the same transaction: every new batch of the
+# round in one COPY (binary; no statement per row).
+_JOURNAL_COLUMNS = ("batch_id", "second", "sessions", "users", "prices")
 
 
 @dataclass(frozen=True)
@@ -245,15 +274,33 @@ class JournalRow:
 
     @classmethod
     def decode(cls, batch_id: str, raw: str | bytes) -> JournalRow:
-        data = json.loads(raw)  # TickBatch.encode's shape, without a Tick per tick
-        ticks = data["ticks"]
-        return cls(batch_id, int(data["second"]), [t[0] for t in ticks], [t[1] for t in ticks],
-                   [int(t[2]) for t in ticks])
+        columns = BatchColumns.decode(raw)  # no Tick per tick
+        return cls(batch_id, columns.second, columns.sessions, columns.users, columns.prices)
 
     @classmethod
     def of(cls, batch: TickBatch, batch_id: str | None = None) -> JournalRow:
         """A batch's row; `batch_id` names a cluster part (TickWriter.parts)."""
         return cls.decode(batch_id or batch.batch_id, batch.encode())
+
+
+# A sync statement that meets its timeout is rolled back, and tried again the
+# same size it would time out again, forever: its bound is halved then. It is
+# never cut for being slow -- a sync's cost is mostly per viewer (its rows),
+# not per tick, so a smaller sync writes more rows per tick and falls further
+# behind (a 100k run on an overloaded machine cut to 70k ticks never drained).
+SYNC_TIMEOUT_S = 60.0
+SYNC_MIN_TICKS = 250_000  # the smallest bound after timeouts (a sync always takes one row)
+
+
+def bound_after_sync(given: int, bound: int) -> int:
+    """The next sync's bound in ticks: doubled after a sync that filled its
+    bound (a backlog: back towards max_sync_ticks after a timeout), else kept."""
+    return 2 * bound if given >= bound else bound
+
+
+def bound_after_timeout(bound: int) -> int:
+    """A sync that timed out (rolled back) is tried again with half the ticks."""
+    return max(SYNC_MIN_TICKS, bound // 2)
 
 
 @dataclass
@@ -268,7 +315,8 @@ class FlushResult:
     # Planck to give back to each viewer's live balance: the ticks the flush
     # dropped were charged there when the worker wrote them.
     refunds: dict[str, int] = field(default_factory=dict)
-    # A round left batches pending (a shard had more than max_batches).
+    # A round left batches pending (a shard had more than max_batches), or a
+    # sync left journal rows (it took as many as its bounds allow).
     backlog: bool = False
 
 
@@ -286,11 +334,17 @@ class Flusher:
     # whose parts are ~1/16 of a batch): 100k viewers on workers of 300 make
     # ~330 batches a second.
     max_batches: int = 2000
-    # A sync applies at most this many journal rows (the oldest): ~15 s of
-    # 100k viewers on workers of 300 -- bounded memory after a backlog.
+    # A sync applies at most this many journal rows (the oldest) ...
     max_sync_batches: int = 5000
+    # ... and at most this many ticks (a row is never split): ~20 s of 100k
+    # viewers, so a backed-up sync of big batches is one bounded statement
+    # (its ticks, ~70 bytes each, fit the sync's work_mem).
+    max_sync_ticks: int = 2_000_000
 
     def __post_init__(self) -> None:
+        # The ticks the next sync may take, learnt from the last (None: up to
+        # max_sync_ticks): bound_after_sync, bound_after_timeout.
+        self._sync_bound: int | None = None
         self._forget_script = self.redis.register_script(_FORGET)
         self._keys = tick_keys(self.redis)
         # Refunds committed in Postgres but not yet given back live: Redis was
@@ -338,8 +392,10 @@ class Flusher:
                 _RECORD_BATCHES, [b.batch_id for b in pending], [len(b.sessions) for b in pending])}
             fresh = [b for b in pending if b.batch_id in new]
             if fresh:
-                await conn.executemany(_RECORD_JOURNAL, [
-                    (b.batch_id, b.second, b.sessions, b.users, b.prices) for b in fresh])
+                await conn.copy_records_to_table(
+                    "tick_journal", columns=_JOURNAL_COLUMNS,
+                    records=[(b.batch_id, b.second, b.sessions, b.users, b.prices)
+                             for b in fresh])
             await self._checkpoint("recorded")
         committed = time.time()
         result.skipped = len(pending) - len(fresh)
@@ -353,14 +409,26 @@ class Flusher:
     async def sync_once(self) -> FlushResult:
         """Apply the journal to the totals, and refund the ticks it dropped."""
         result = FlushResult()
-        async with self.pg.acquire() as conn, conn.transaction():
-            # The aggregate of a sync's 100k+ ticks must not spill to disk.
-            await conn.execute("SET LOCAL work_mem = '64MB'")
-            row = await conn.fetchrow(_SYNC, self.max_sync_batches, GRACE_SECONDS,
-                                      self.platform_fee)
-            await self._checkpoint("applied")
+        bound = min(self.max_sync_ticks, self._sync_bound or self.max_sync_ticks)
+        try:
+            async with self.pg.acquire() as conn, conn.transaction():
+                # The ticks of a sync (up to max_sync_ticks) and their aggregate
+                # must not spill to disk.
+                await conn.execute("SET LOCAL work_mem = '256MB'")
+                row = await conn.fetchrow(_SYNC, self.max_sync_batches, GRACE_SECONDS,
+                                          self.platform_fee, bound, timeout=SYNC_TIMEOUT_S)
+                await self._checkpoint("applied")
+        except (TimeoutError, asyncpg.QueryCanceledError):
+            # Rolled back: the same sync again would time out again, forever.
+            self._sync_bound = bound_after_timeout(bound)
+            log_event(log, "tick_sync.timed_out", logging.WARNING, ticks_bound=bound,
+                      next_bound=self._sync_bound)
+            raise
         applied = time.time()
+        given = int(row["given"])
+        self._sync_bound = bound_after_sync(given, bound)
         result.synced = int(row["batches"])
+        result.backlog = result.synced >= self.max_sync_batches or given >= bound
         result.ticks = int(row["ticks"])
         result.dropped = int(row["given"]) - result.ticks
         if row["dropped"] is not None:
@@ -452,13 +520,25 @@ async def run_flusher(flusher: Flusher, interval: float = FLUSH_INTERVAL) -> Non
     await run_forever("flush", step, every=interval, max_backoff=5 * interval)
 
 
+# After a sync that took T seconds the syncer rests SYNC_REST_RATIO * T before
+# the next: the sync is at most half of one Postgres backend's time, however
+# far behind it is, and the record step (the flush lag) keeps the rest. A sync
+# writes each viewer's rows once whatever the seconds it holds, so a slower
+# beat under load makes the next sync bigger and its rows per tick fewer.
+SYNC_REST_RATIO = 1.0
+
+
 async def run_syncer(flusher: Flusher, interval: float = SYNC_INTERVAL) -> None:
-    """A sync every `interval` (paced by start times): each takes every journal
-    row recorded since the last, so a slow sync is followed by a bigger one,
-    and rows per viewer fall as the load rises."""
+    """A sync every `interval` (paced by start times), or SYNC_REST_RATIO times
+    its own duration after it when that is longer: each takes every journal
+    row recorded since the last (up to its bounds), so a slow sync is followed
+    by a bigger one, and rows per viewer fall as the load rises."""
+    clock = asyncio.get_running_loop()
 
     async def step() -> bool:
+        began = clock.time()
         result = await flusher.sync_once()
-        return result.synced >= flusher.max_sync_batches  # a backlog: go again at once
+        await asyncio.sleep(SYNC_REST_RATIO * (clock.time() - began))
+        return result.backlog  # go again at once (after the rest)
 
     await run_forever("tick_sync", step, every=interval, max_backoff=5 * interval)

@@ -14,10 +14,12 @@ TEST_FEE = Decimal("0.1")
 
 
 async def drain(flusher: Flusher) -> None:
-    """Flush until no batch is left, then sync what the rounds journaled."""
+    """Flush until no batch is left, then sync what the rounds journaled
+    (a sync is bounded: as many as it takes)."""
     while (await flusher.flush_once()).batches:
         pass
-    await flusher.sync_once()
+    while (await flusher.sync_once()).backlog:
+        pass
 
 
 async def flush_all(database_url: str, redis: aioredis.Redis, fee: Decimal = TEST_FEE) -> None:

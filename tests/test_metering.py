@@ -3,6 +3,7 @@ sums in every table, retried writes, unknown sessions, and the money."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from tests.flushing import drain
 from tests.waiting import wait_until
 from vilokanam.balances import balance_key, balance_of, credit
 from vilokanam.keyspace import pending_count, tick_keys
-from vilokanam.metering import Tick, TickBatch, TickWriter, batch_key
+from vilokanam.metering import BatchColumns, Tick, TickBatch, TickWriter, batch_key
 from vilokanam.services.redis import RedisServer
 
 # Every test here runs on a standalone Redis and on a 3-node Redis Cluster.
@@ -180,6 +181,52 @@ async def test_a_sync_applies_many_seconds_with_one_update_per_row(
         "SELECT count(*) FROM tick_batches WHERE batch_id LIKE 'w1:31%'") == 6 * parts
 
 
+async def test_a_sync_is_bounded_in_ticks_and_takes_the_oldest_rows_first(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    """A backed-up journal is applied in bounded statements, oldest first; a row
+    bigger than the bound is still taken whole (never split, never stuck)."""
+    audience = await make_audience(db, redis, viewers=4)
+    writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
+    parts = parts_of(redis, audience)
+    for second in range(3200, 3204):
+        await writer.write(batch("w1", second, audience))
+        await flusher.record_once()
+    flusher.max_sync_ticks = 1  # every row holds more: one row per sync
+    rounds = 0
+    while True:
+        oldest = await db.fetchval("SELECT min(second) FROM tick_journal")
+        rows = "SELECT count(*) FROM tick_journal WHERE second = $1"
+        left = await db.fetchval(rows, oldest)
+        synced = await flusher.sync_once()
+        if not synced.backlog:
+            break
+        assert synced.synced == 1
+        assert await db.fetchval(rows, oldest) == left - 1  # a row of the oldest second
+        rounds += 1
+    assert synced.synced == 0 and rounds == 4 * parts
+    await assert_books_balance(db, audience, seconds=4)
+    # A bound of 5 ticks: rows are taken while fewer than 5 ticks come before them.
+    for second in range(3204, 3208):
+        await writer.write(batch("w1", second, audience))
+        await flusher.record_once()
+    flusher = Flusher(pool, redis, FEE, max_sync_ticks=5)  # nothing learnt from the above
+    first = await flusher.sync_once()
+    assert first.backlog and 5 <= first.ticks < 5 + 4 and first.ticks < 16
+    while (await flusher.sync_once()).backlog:
+        pass
+    await assert_books_balance(db, audience, seconds=8)
+    assert await db.fetchval("SELECT count(*) FROM tick_journal") == 0
+
+
+def test_the_sync_bound_is_halved_after_a_timeout_and_regrows_with_a_backlog() -> None:
+    from billing.flush import SYNC_MIN_TICKS, bound_after_sync, bound_after_timeout
+
+    assert bound_after_timeout(2_000_000) == 1_000_000  # rolled back: half next time
+    assert bound_after_timeout(SYNC_MIN_TICKS) == SYNC_MIN_TICKS  # never below the floor
+    assert bound_after_sync(1_000_000, 1_000_000) == 2_000_000  # filled: a backlog, regrow
+    assert bound_after_sync(1_000, 1_000_000) == 1_000_000  # not filled: kept (never cut)
+
+
 async def test_ticks_of_unknown_sessions_are_dropped_not_billed(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
     from billing.flush import TICKS_DROPPED
@@ -246,9 +293,45 @@ async def test_the_charge_is_exact_per_viewer_at_any_size(redis: aioredis.Redis)
 
 
 def test_batch_encoding_round_trips() -> None:
-    original = TickBatch("host-1-abc", 1700000000, (Tick("s1", "u1", 5), Tick("s2", "u2", 7)))
+    original = TickBatch("host-1-abc", 1700000000, (
+        Tick("s1", "u1", 5), Tick("s2", "u2", 5), Tick("s3", "u3", 7), Tick("s4", "u1", 5)))
     assert TickBatch.decode(original.batch_id, original.encode()) == original
     assert original.batch_id == "host-1-abc:1700000000"
+    # Columns, the prices run-length coded (a batch is mostly one price).
+    assert json.loads(original.encode()) == {
+        "second": 1700000000, "sessions": ["s1", "s2", "s3", "s4"],
+        "users": ["u1", "u2", "u3", "u1"], "prices": [[5, 2], [7, 1], [5, 1]]}
+    assert TickBatch.decode("w:1", TickBatch("w", 1, ()).encode()).ticks == ()
+
+
+def test_a_batch_of_the_older_shape_still_decodes() -> None:
+    """Batches written before an upgrade wait in Redis in the older shape."""
+    older = '{"second":1700000000,"ticks":[["s1","u1",5],["s2","u2",7]]}'
+    assert TickBatch.decode("w:1700000000", older) == TickBatch(
+        "w", 1700000000, (Tick("s1", "u1", 5), Tick("s2", "u2", 7)))
+    assert BatchColumns.decode(older) == BatchColumns(1700000000, ["s1", "s2"], ["u1", "u2"],
+                                                      [5, 7])
+
+
+def test_a_batch_whose_columns_differ_in_length_is_refused() -> None:
+    with pytest.raises(ValueError, match="differ in length"):
+        BatchColumns.decode('{"second":1,"sessions":["s1","s2"],"users":["u1","u2"],'
+                            '"prices":[[5,1]]}')
+
+
+async def test_a_pending_batch_of_the_older_shape_is_flushed_exactly(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    """A batch a worker wrote before the upgrade (its charge already taken
+    then) is journaled and synced like any other."""
+    audience = await make_audience(db, redis, viewers=2)
+    keys = tick_keys(redis)
+    for shard, users in keys.group(user for _, user in audience.viewers).items():
+        ticks = [[s, u, PRICE_PLANCK] for s, u in audience.viewers if u in users]
+        name = batch_key(keys.batch_id("w-old:6000", shard))
+        await redis.set(name, json.dumps({"second": 6000, "ticks": ticks}))
+        await redis.zadd(keys.pending(shard), {name: 6000})
+    await drain(Flusher(pool, redis, FEE))
+    await assert_books_balance(db, audience, seconds=1)
 
 
 async def test_ticks_after_a_session_ended_are_dropped(

@@ -64,16 +64,58 @@ class TickBatch:
         return f"{self.worker_id}:{self.second}"
 
     def encode(self) -> str:
+        """The stored batch, as columns (BatchColumns): the sessions, the
+        viewers, and the prices run-length coded -- a batch is mostly one
+        price, and columns are what the flush needs."""
+        prices: list[list[int]] = []
+        for tick in self.ticks:
+            if prices and prices[-1][0] == tick.price_planck:
+                prices[-1][1] += 1
+            else:
+                prices.append([tick.price_planck, 1])
         return json.dumps({"second": self.second,
-                           "ticks": [[t.viewer_session_id, t.user_id, t.price_planck]
-                                     for t in self.ticks]}, separators=(",", ":"))
+                           "sessions": [t.viewer_session_id for t in self.ticks],
+                           "users": [t.user_id for t in self.ticks],
+                           "prices": prices}, separators=(",", ":"))
 
     @classmethod
     def decode(cls, batch_id: str, raw: str | bytes) -> TickBatch:
-        data = json.loads(raw)
+        columns = BatchColumns.decode(raw)
         worker_id = batch_id.rsplit(":", 1)[0]
-        return cls(worker_id, int(data["second"]),
-                   tuple(Tick(str(s), str(u), int(p)) for s, u, p in data["ticks"]))
+        return cls(worker_id, columns.second, tuple(
+            Tick(s, u, p) for s, u, p in zip(columns.sessions, columns.users, columns.prices,
+                                             strict=True)))
+
+
+@dataclass(frozen=True)
+class BatchColumns:
+    """A stored batch decoded into its columns, with no object per tick: what
+    the flush journals. Reads both shapes: `{"second", "sessions", "users",
+    "prices": [[price, count], ...]}` (TickBatch.encode) and the older
+    `{"second", "ticks": [[session, user, price], ...]}`, which batches
+    written before an upgrade still have while they wait in Redis."""
+
+    second: int
+    sessions: list[str]
+    users: list[str]
+    prices: list[int]
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> BatchColumns:
+        data = json.loads(raw)
+        second = int(data["second"])
+        if "ticks" in data:  # the older shape
+            ticks = data["ticks"]
+            return cls(second, [str(t[0]) for t in ticks], [str(t[1]) for t in ticks],
+                       [int(t[2]) for t in ticks])
+        prices: list[int] = []
+        for price, count in data["prices"]:
+            prices += [int(price)] * int(count)
+        sessions, users = data["sessions"], data["users"]
+        if not len(sessions) == len(users) == len(prices):
+            raise ValueError(f"a tick batch's columns differ in length: {len(sessions)} "
+                             f"sessions, {len(users)} users, {len(prices)} prices")
+        return cls(second, sessions, users, prices)
 
 
 # KEYS: batch key, pending set, then the live balance of each viewer in the
@@ -162,9 +204,10 @@ class TickWriter:
         for part in self.parts(batch):
             charged = Charges.of(part.batch.ticks)
             charges.append(charged)
+            prefix = self._keys.balance_prefix(part.shard)  # a part's viewers share a shard
             writes.append(self._script(
                 keys=[batch_key(part.batch_id), self._keys.pending(part.shard),
-                      *(self._keys.balance(user) for user in charged.users)],
+                      *(prefix + user for user in charged.users)],
                 args=[batch.second, part.batch.encode(), message,
                       *charge_groups(charged.planck)]))
             message = ""  # the watch pages' message goes out once, with the first part

@@ -35,6 +35,9 @@ class RedisServer:
     port: int
     # A node of a Redis Cluster (RedisClusterServers joins the nodes).
     cluster_node: bool = False
+    # "always" (the default, and what the platform needs); "everysec" only for
+    # a benchmark's A/B of the fsync's cost (bench/ticks.py --redis-fsync).
+    appendfsync: str = "always"
     process: ManagedProcess = field(init=False)
 
     def __post_init__(self) -> None:
@@ -47,7 +50,7 @@ class RedisServer:
             name="redis",
             argv=[str(redis_server_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
                   "--dir", str(self.data_dir), "--appendonly", "yes",
-                  "--appendfsync", "always", "--save", "", "--daemonize", "no", *cluster],
+                  "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no", *cluster],
             log_path=self.data_dir / "redis.log",
         )
 
