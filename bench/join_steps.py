@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+RELAY_REQUESTED = "relay requested"  # the join's edge opened a new relay
 # (label, event, required fields): the first matching line after the click.
 STEPS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("ws watch received", "ws.watch_received", {}),
     ("placed", "ws.watch_placed", {}),
-    ("relay requested", "edge.relay_requested", {}),
+    (RELAY_REQUESTED, "edge.relay_requested", {}),
     ("relay answered (offer/answer)", "edge.relay_opened", {}),
     ("no cached keyframe: asked", "fanout.keyframe_wait", {}),
     ("viewer answered by the worker", "viewer.joined", {}),
@@ -101,16 +102,23 @@ def join_steps(lines: list[LogLine], clicks_ms: list[float],
     return joins
 
 
-def summary(joins: list[dict[str, float]]) -> list[str]:
-    """One line per step: its median ms after the click, over the joins that
-    had it, and in how many joins it happened."""
+def medians(joins: list[dict[str, float]]) -> list[tuple[str, str, str]]:
+    """Per step that happened: (label, its median ms after the click over the
+    joins that had it, "n of N")."""
     out = []
     for label in [*(step[0] for step in STEPS), SHOWN]:
         values = [join[label] for join in joins if label in join]
         if values:
-            out.append(f"  {label:<32} p50 {statistics.median(values):6.0f} ms"
-                       f"  ({len(values)} of {len(joins)} joins)")
+            out.append((label, f"{statistics.median(values):.0f} ms",
+                        f"{len(values)} of {len(joins)}"))
     return out
+
+
+def summary(joins: list[dict[str, float]]) -> list[str]:
+    """One line per step: its median ms after the click, over the joins that
+    had it, and in how many joins it happened."""
+    return [f"  {label:<32} p50 {p50:>9}  ({count} joins)"
+            for label, p50, count in medians(joins)]
 
 
 def table(joins: list[dict[str, float]]) -> list[str]:

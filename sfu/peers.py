@@ -206,8 +206,11 @@ async def accept_publisher(peer: Peer, offer: str, fanouts: dict[str, Fanout],
 
 
 async def accept_viewer(peer: Peer, offer: str, fanouts: dict[str, Fanout],
-                        mux: UdpMux | None = None) -> str:
-    """Answer a viewer with the stream's codecs and subscribe it to the fanouts."""
+                        mux: UdpMux | None = None,
+                        accepted: Callable[[], None] | None = None) -> str:
+    """Answer a viewer with the stream's codecs and subscribe it to the fanouts.
+    `accepted` is called once the offer is taken (what is left, the answer and
+    its candidates, seldom fails), so the caller can start what it needs then."""
     description = await _apply_offer(peer.pc, offer)
     for transceiver in _media_transceivers(peer.pc):
         fanout = fanouts.get(transceiver.kind)
@@ -232,6 +235,8 @@ async def accept_viewer(peer: Peer, offer: str, fanouts: dict[str, Fanout],
             report=peer.meter.report_received))
     if not peer.tracks:
         raise NoSupportedCodec("the offer receives none of this stream's tracks")
+    if accepted is not None:
+        accepted()
     return await _answer(peer.pc, mux)
 
 

@@ -19,6 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -327,15 +328,24 @@ class StreamManager:
         self._admitting += 1
         joining = time.monotonic()
         stream.joining += 1  # a kept relay is not dropped under this viewer's answer
+        # The viewer's row is written while the answer is made, once the offer
+        # is taken (a refused offer writes none); a join that fails after
+        # that has its row undone.
+        rows: list[asyncio.Future[tuple[str, Decimal, int]]] = []
+
+        def write_row() -> None:
+            rows.append(asyncio.ensure_future(self.lifecycle.viewer_joined(
+                stream_id, stream.session_id, user_id, self.worker_id)))
+
         try:
-            answer = await accept_viewer(peer, offer, stream.fanouts, self.udp_mux)
+            answer = await accept_viewer(peer, offer, stream.fanouts, self.udp_mux,
+                                         accepted=write_row)
             answered = time.monotonic()
             stream.viewers[peer.peer_id] = peer
             stream.idle_since = None
             self._register(peer)
             self._admitting -= 1
-            peer.viewer_session_id, price, audience = await self.lifecycle.viewer_joined(
-                stream_id, stream.session_id, user_id, self.worker_id)
+            peer.viewer_session_id, price, audience = await asyncio.shield(rows[0])
             stored = time.monotonic()
             peer.meter.price = price
             peer.meter.price_planck = to_planck(price, self.token_decimals)
@@ -344,6 +354,8 @@ class StreamManager:
                 self._admitting -= 1
             stream.viewers.pop(peer.peer_id, None)
             self._unregister(peer)
+            for row in rows:
+                self.tasks.spawn(self._undo_viewer_row(stream, row), "viewer-row-undo")
             await peer.close()
             raise
         finally:
@@ -352,11 +364,22 @@ class StreamManager:
         await self._audience_changed(stream_id, audience)
         log_event(log, "viewer.joined", stream_id=stream_id, peer_id=peer.peer_id,
                   viewer_session_id=peer.viewer_session_id, user_id=user_id, edge=stream.edge,
-                  # the watch call's answer; of it, the SDP answer and the row's write
+                  # the watch call's answer; of it, the SDP answer and the wait after
+                  # it for the row (written meanwhile)
                   ms=ms_since(started), sdp_ms=ms_between(joining, answered),
                   store_ms=ms_between(answered, stored))
         return {"peer_id": peer.peer_id, "sdp": answer,
                 "viewer_session_id": peer.viewer_session_id}
+
+    async def _undo_viewer_row(self, stream: LiveStream,
+                               row: asyncio.Future[tuple[str, Decimal, int]]) -> None:
+        """A join that failed after its row was written: the row goes
+        inactive (no tick was ever counted on it) and the count falls back."""
+        try:
+            viewer_session_id = (await row)[0]
+        except Exception:
+            return  # no row was written (the write itself failed, e.g. the stream ended)
+        await self._write_viewer_left(stream.stream_id, stream.session_id, viewer_session_id)
 
     def _watch_viewer_connection(self, peer: Peer) -> None:
         @peer.pc.on("connectionstatechange")

@@ -248,11 +248,14 @@ class Connection:
         received = time.monotonic()
         log_event(log, "ws.watch_received", **self._ids(), stream_id=message.stream_id)
         claims = verify_viewer_token(self._settings, message.token)
-        await ensure_not_suspended(self._backends, claims.user_id)
-        self._member.identify(claims.user_id)
-        await ensure_viewer_can_pay(self._request.app, claims, message.stream_id)
         delegation = parse_delegation(message.delegation)
-        delegated = await self._check_delegation(claims.account, message.stream_id, delegation)
+        # The checks read apart (Postgres, Redis): at once, each on its own
+        # connection; a refusal is the first in this order, as when in series.
+        _, _, delegated = await first_refusal(
+            ensure_not_suspended(self._backends, claims.user_id),
+            ensure_viewer_can_pay(self._request.app, claims, message.stream_id),
+            self._check_delegation(claims.account, message.stream_id, delegation))
+        self._member.identify(claims.user_id)
         redis = self._backends.redis
         placement = await place_viewer_of(redis, message.stream_id)
         log_event(log, "ws.watch_placed", **self._ids(), stream_id=message.stream_id,
@@ -464,6 +467,16 @@ class Connection:
             if call.peer is not None:
                 ids["peer_id"] = call.peer.peer_id
         return ids
+
+
+async def first_refusal(*checks: Awaitable[Any]) -> list[Any]:
+    """Run `checks` at once; their results, or the exception of the first
+    (in argument order) that raised, once all have finished."""
+    results = await asyncio.gather(*checks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 @dataclass

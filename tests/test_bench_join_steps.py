@@ -8,7 +8,15 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.join_steps import SHOWN, join_steps, parse_line, read_lines, summary, timed
+from bench.join_steps import (
+    SHOWN,
+    join_steps,
+    medians,
+    parse_line,
+    read_lines,
+    summary,
+    timed,
+)
 from vilokanam.logs import _Formatter, log_event
 
 
@@ -74,6 +82,8 @@ def test_each_join_gets_the_steps_between_its_click_and_the_next(tmp_path: Path)
     lines_out = "\n".join(summary([first, second]))
     assert "ws watch received" in lines_out and "(2 of 2 joins)" in lines_out
     assert "relay requested" in lines_out and "(1 of 2 joins)" in lines_out
+    assert ("relay requested", "200 ms", "1 of 2") in medians([first, second])
+    assert ("ws watch received", "90 ms", "2 of 2") in medians([first, second])
     assert "\n".join(timed(lines, clicks)).count("p50") == 4
     assert timed(lines, clicks)[1].split() == ["worker:", "SDP", "answer", "p50", "70", "ms",
                                                 "(2", "times)"]  # the median of 60 and 80

@@ -546,3 +546,47 @@ async def test_concurrent_offers_never_pass_the_capacity(
     # the viewer gauge follows leaves (it once counted each leaving viewer still)
     assert REGISTRY.get_sample_value("vilokanam_sfu_viewers") == 0
     await publisher.close()
+
+
+async def test_a_viewer_row_written_during_a_failed_answer_is_undone(
+        worker: Worker, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The viewer row is written while the answer is made: a refused offer
+    writes none, and a join whose answer fails after the offer was taken
+    (the fault injected here) leaves its row inactive and the count at 0."""
+    import sfu.peers
+
+    stream_id, _ = await make_stream(db)
+    publisher = Publisher()
+    await publisher.start(worker.signal_publisher(stream_id))
+    try:
+        user = await make_viewer_user(worker, db, "viewer-undone")
+        path = f"/control/streams/{stream_id}/viewers"
+        vp9_only = (await _offer(("video",), "recvonly")).replace(
+            "VP8/90000", "VP9/90000").replace("H264/90000", "AV1/90000")
+        status, body = await worker.post(path, {"sdp": vp9_only, "viewer_user_id": user})
+        assert (status, body["error"]["code"]) == (422, "no_supported_codec")
+        assert await db.fetchval("SELECT count(*) FROM stream_viewers WHERE stream_id = $1",
+                                 stream_id) == 0
+
+        async def failing_answer(*_args: object) -> str:
+            raise sfu.peers.BadSdp("injected: the answer failed")
+
+        monkeypatch.setattr(sfu.peers, "_answer", failing_answer)
+        status, body = await worker.post(path, {"sdp": await _offer(direction="recvonly"),
+                                                "viewer_user_id": user})
+        assert (status, body["error"]["code"]) == (400, "bad_sdp")
+        assert "injected" in body["error"]["message"]  # the fault landed
+        rows = await wait_until(lambda: db.fetch(
+            "SELECT is_active FROM stream_viewers WHERE stream_id = $1 AND NOT is_active",
+            stream_id), "the failed join's row undone")
+        assert len(rows) == 1
+        assert await db.fetchval("SELECT count(*) FROM stream_viewers WHERE stream_id = $1",
+                                 stream_id) == 1
+        await wait_until(lambda: stream_count_is(db, stream_id, 0), "the viewer count back")
+    finally:
+        await publisher.close()
+
+
+async def stream_count_is(db: asyncpg.Connection, stream_id: str, count: int) -> bool:
+    return bool(await db.fetchval("SELECT viewer_count FROM streams WHERE id = $1",
+                                  stream_id) == count)

@@ -649,3 +649,33 @@ async def test_a_viewer_hears_its_own_ticks_only(h: Harness) -> None:
                                                       "cost": "0.007"}
     with pytest.raises(asyncio.TimeoutError):
         await ws.receive_json(timeout=0.3)
+
+
+async def test_watch_checks_run_at_once_and_refuse_in_their_order() -> None:
+    """`first_refusal` (the watch's checks): all run together, every one
+    finishes, and the refusal raised is the first in argument order, not the
+    first in time."""
+    finished: list[str] = []
+    both_started = asyncio.Event()
+    started: list[str] = []
+
+    async def check(name: str, delay: float, refusal: ErrorCode | None) -> str:
+        started.append(name)
+        if len(started) == 2:
+            both_started.set()
+        await asyncio.wait_for(both_started.wait(), 5)  # only if they run at once
+        await asyncio.sleep(delay)
+        finished.append(name)
+        if refusal is not None:
+            raise ProtocolError(refusal, name)
+        return name
+
+    assert await ws_module.first_refusal(check("a", 0, None), check("b", 0, None)) == ["a", "b"]
+    started.clear()
+    both_started.clear()
+    finished.clear()
+    with pytest.raises(ProtocolError) as refused:
+        await ws_module.first_refusal(check("slow", 0.05, ErrorCode.SUSPENDED),
+                                      check("fast", 0, ErrorCode.INSUFFICIENT_FUNDS))
+    assert refused.value.code is ErrorCode.SUSPENDED
+    assert finished == ["fast", "slow"]

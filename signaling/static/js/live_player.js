@@ -8,7 +8,7 @@
 import { amountText, api, byId, every, guarded, state, viewer } from "./core.js";
 import { refreshBalance } from "./signin.js";
 import { DeliveryReceipts, delegate } from "./receipts.js";
-import { Session } from "./session.js";
+import { CallWarmer, Session } from "./session.js";
 
 const BALANCE_EVERY_TICKS = 5;  // the live balance, every few billed seconds
 const VIEWERS_EVERY_MS = 10000;  // the viewer count while not watching (watching: pushed)
@@ -29,6 +29,9 @@ export function livePlayer(streamId) {
   }
 
   function attachTrack(event) {
+    // Show frames as they come rather than buffer ahead (live: the first
+    // frame sooner; Chromium still grows the buffer under jitter).
+    if ("jitterBufferTarget" in event.receiver) event.receiver.jitterBufferTarget = 0;
     const stream = video.srcObject || new MediaStream();
     stream.addTrack(event.track);
     video.srcObject = stream;
@@ -51,6 +54,28 @@ export function livePlayer(streamId) {
     if (state.error && state.error.code === "unauthorized") viewer.forget();
     session = null;
     render();
+    warmer.warm();  // for Watch again
+  }
+
+  // The socket and the offer are made ahead (the page opens with one ready),
+  // so Watch only sends the join; nothing is admitted or billed before it.
+  const warmer = new CallWarmer((pc) => {
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    pc.ontrack = attachTrack;
+  });
+
+  // The join message; with a wallet holding the account, its delegation, capped
+  // at the price as it is now (fetched only then).
+  async function joinMessage(current, forSession) {
+    const join = { type: "watch", stream_id: streamId, token: current.token };
+    const price = async () => (await api("GET", `/api/streams/${streamId}`)).price_per_second;
+    const delegation = await delegate(current.account, price, streamId);
+    if (delegation) {
+      join.delegation = delegation.wire;
+      forSession.receipts = new DeliveryReceipts(forSession, delegation);
+    }
+    return join;
   }
 
   async function watch() {
@@ -60,25 +85,8 @@ export function livePlayer(streamId) {
     video.srcObject = null;
     session = new Session({ livePhase: "watching", onEnd: ended, onTick });
     render();
-    const join = { type: "watch", stream_id: streamId, token: current.token };
-    let delegation = null;
-    try {
-      // The price as it is now: the delegation caps receipts at it.
-      const stream = await api("GET", `/api/streams/${streamId}`);
-      delegation = await delegate(current.account, stream.price_per_second, streamId);
-    } catch (err) {
-      session.fail(err.code || "client_error", err.message);
-      return;
-    }
-    if (delegation) {
-      join.delegation = delegation.wire;
-      session.receipts = new DeliveryReceipts(session, delegation);
-    }
-    await session.run(join, (pc) => {
-      pc.addTransceiver("video", { direction: "recvonly" });
-      pc.addTransceiver("audio", { direction: "recvonly" });
-      pc.ontrack = attachTrack;
-    });
+    // The delegation and the call at once.
+    await session.run(joinMessage(current, session), warmer.take());
   }
 
   function toggleMute() {
@@ -104,7 +112,11 @@ export function livePlayer(streamId) {
     byId("balance").textContent = "…";
     render();
   });
-  window.addEventListener("pagehide", () => session && session.leave());
+  window.addEventListener("pagehide", () => {
+    warmer.drop();
+    if (session) session.leave();
+  });
   every(VIEWERS_EVERY_MS, showStream);
   render();
+  warmer.warm();
 }

@@ -39,12 +39,13 @@ export function setSigned(seconds) {
   shown.textContent = `${seconds} s`;
 }
 
-// The delegation for `account` to watch `streamId` at `price`, or null when
-// no wallet holds that account (or this browser has no Ed25519 in WebCrypto).
-export async function delegate(account, price, streamId) {
+// The delegation for `account` to watch `streamId` at the price `pricing()`
+// resolves to (asked only when a wallet can sign), or null when no wallet holds that account (or this browser has no Ed25519 in WebCrypto).
+export async function delegate(account, pricing, streamId) {
   if (!window.injectedWeb3 || !(window.crypto && crypto.subtle)) return null;
   const wallet = await connectWallet();
   if (!wallet.accounts.some((a) => a.address === account)) return null;
+  const price = await pricing();  // only for a wallet that will sign
   const key = await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
   const publicKey = bytesHex(await crypto.subtle.exportKey("raw", key.publicKey));
   const expiresAt = Math.floor(Date.now() / 1000) + DELEGATION_S;

@@ -8,6 +8,9 @@ import { setSigned } from "./receipts.js";
 
 const PROTOCOL_VERSION = 1;
 const HELLO_TIMEOUT_MS = 10000;
+// A call made ahead (CallWarmer) waits this long at most for its host
+// candidates, so its offer carries them and ICE can start on the answer.
+const GATHER_WAIT_MS = 300;
 // Once answered, only these end a session; the server keeps the socket open
 // after other errors (e.g. a refused candidate), and so do we.
 const SESSION_ENDING = new Set([
@@ -81,6 +84,89 @@ export function openSocket() {
   });
 }
 
+// The parts of a call that need nothing from the server but its hello, made
+// at once rather than one after the other: the socket (with hello) and the
+// peer connection with its offer set. With `gather` the offer also waits
+// (GATHER_WAIT_MS at most) for its candidates. Resolves with {ws, pc}.
+export async function prepareCall(preparePeer, { gather = false } = {}) {
+  const pc = new RTCPeerConnection({ iceServers: config.iceServers });
+  const offered = (async () => {
+    preparePeer(pc);
+    await pc.setLocalDescription(await pc.createOffer());
+    if (gather) await gathered(pc, GATHER_WAIT_MS);
+  })();
+  const [socket, offer] = await Promise.allSettled([openSocket(), offered]);
+  if (socket.status === "fulfilled" && offer.status === "fulfilled") return { ws: socket.value, pc };
+  pc.close();
+  if (socket.status === "fulfilled") socket.value.close();
+  throw socket.status === "rejected" ? socket.reason : offer.reason;
+}
+
+function gathered(pc, limitMs) {
+  return new Promise((resolve) => {
+    const check = () => {
+      if (pc.iceGatheringState !== "complete") return;
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    }, limitMs);
+    pc.addEventListener("icegatheringstatechange", check);
+    check();
+  });
+}
+
+function usable(call) {
+  return call.ws.readyState === WebSocket.OPEN && call.pc.signalingState === "have-local-offer";
+}
+
+function discard(call) {
+  call.pc.close();
+  call.ws.onclose = null;
+  call.ws.close();
+}
+
+// A call made before it is asked for (the watch page, before Watch): the
+// socket said hello and the offer is ready, so the click only sends the join.
+// Nothing is admitted or billed until then: the server sees an idle socket.
+export class CallWarmer {
+  constructor(preparePeer) {
+    this.preparePeer = preparePeer;
+    this.pending = null;  // a promise of {ws, pc}, or null
+  }
+
+  warm() {
+    if (this.pending) return;
+    const pending = prepareCall(this.preparePeer, { gather: true });
+    pending.catch(() => {
+      if (this.pending === pending) this.pending = null;  // take() makes a fresh one
+    });
+    this.pending = pending;
+  }
+
+  // The warmed call while it is still good (its socket open, its offer not
+  // used), else one made now.
+  async take() {
+    const pending = this.pending;
+    this.pending = null;
+    if (pending) {
+      const call = await pending.catch(() => null);
+      if (call && usable(call)) return call;
+      if (call) discard(call);
+    }
+    return prepareCall(this.preparePeer);
+  }
+
+  drop() {
+    const pending = this.pending;
+    this.pending = null;
+    if (pending) pending.then(discard, () => {});
+  }
+}
+
 export class Session {
   constructor({ livePhase, onEnd, onTick = () => {}, onMessage = () => {} }) {
     this.livePhase = livePhase;   // "publishing" or "watching" once media flows
@@ -97,33 +183,41 @@ export class Session {
   }
 
   // Never throws: a failed start tears the session down (and resets the buttons).
-  async run(join, preparePeer) {
+  // `join` is the join message or a promise of it (the page's own work at the
+  // click, e.g. a delegation); `call` a promise of {ws, pc} (prepareCall,
+  // CallWarmer.take): both run at once.
+  async run(join, call) {
     try {
-      await this.start(join, preparePeer);
+      await this.start(join, call);
     } catch (err) {
       this.fail(err.code || "client_error", err.message);
     }
   }
 
-  async start(join, preparePeer) {
+  async start(join, call) {
     clearError();
     setPhase("connecting");
-    this.ws = await openSocket();
-    this.ws.onmessage = (event) => this.receive(parseMessage(event.data));
-    this.ws.onclose = () => this.lost();
-    this.pc = this.createPeer();
-    preparePeer(this.pc);
-    await this.pc.setLocalDescription(await this.pc.createOffer());
+    const [joined, ready] = await Promise.allSettled([join, call]);
+    if (ready.status === "fulfilled") this.adopt(ready.value);  // close() now ends them
+    if (joined.status === "rejected") throw joined.reason;
+    if (ready.status === "rejected") throw ready.reason;
+    if (this.closed) return;  // left (or the socket went) while the join was being made
     setPhase("negotiating");
-    this.send({ ...join, sdp: this.pc.localDescription.sdp });
+    // The offer as it is now carries the candidates gathered so far; the rest
+    // trickle after the answer (a repeat is ignored by the server).
+    this.send({ ...joined.value, sdp: this.pc.localDescription.sdp });
+    if (this.pc.iceGatheringState === "complete") this.sendCandidate(null);
   }
 
-  createPeer() {
-    const pc = new RTCPeerConnection({ iceServers: config.iceServers });
+  adopt({ ws, pc }) {
+    this.ws = ws;
+    ws.onmessage = (event) => this.receive(parseMessage(event.data));
+    ws.onclose = () => this.lost();
+    this.pc = pc;
     vilokanam.pc = pc;
     pc.onicecandidate = (event) => this.sendCandidate(event.candidate);
     pc.onconnectionstatechange = () => this.connectionChanged(pc.connectionState);
-    return pc;
+    if (ws.readyState !== WebSocket.OPEN) this.lost();
   }
 
   send(message) {

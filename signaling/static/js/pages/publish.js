@@ -7,7 +7,7 @@ import {
   AppError, amountText, byId, clearBox, config, every, formHandler, guarded, showErrorIn,
   userApi, viewer, wireCopyButtons,
 } from "../core.js";
-import { Session } from "../session.js";
+import { Session, prepareCall } from "../session.js";
 
 const STATS_MS = 3000;
 // The studio hands a just-created stream's key over in sessionStorage (never a
@@ -54,11 +54,11 @@ export function publishPage() {
       onEnd: () => { stopMedia(); setBusy(false); session = null; },
     });
     const join = { type: "publish", stream_id: config.streamId, stream_key: key };
-    await session.run(join, (pc) => {
+    await session.run(join, prepareCall((pc) => {
       for (const track of media.getTracks()) {
         pc.addTransceiver(track, { direction: "sendonly", streams: [media] });
       }
-    });
+    }));
   }
 
   byId("publish-form").addEventListener("submit", guarded(start));
