@@ -86,7 +86,10 @@ from vilokanam.services.process import ManagedProcess
 
 COUNTING = {"assembled": "frames counted as aiortc's jitter buffer assembles them",
             "rtp": "frames counted from RTP headers (bench/rtp_frames.py, a load-generator "
-                   "shortcut: no jitter buffer)"}
+                   "shortcut: no jitter buffer)",
+            "raw": "frames counted from the clear RTP headers at the viewers' sockets "
+                   "(bench/lean_viewer.py, a load-generator shortcut: media dropped before "
+                   "SRTP, receiver reports kept, no NACKs)"}
 
 
 @dataclass

@@ -8,7 +8,10 @@ signaling does (`signaling.admission.place_viewer_of` / `start_viewer`),
 never decodes, and counts the frames it assembles (bench/sfu_fanout.py's
 `TappedViewer`), or with `counting="rtp"` counts them from RTP headers and
 skips aiortc's jitter buffer (bench/rtp_frames.py, a load-generator
-shortcut: the viewers' receiver reports and NACKs are kept). The parent
+shortcut: the viewers' receiver reports and NACKs are kept), or with
+`counting="raw"` reads the clear RTP headers at the socket and drops the
+media there, before SRTP (bench/lean_viewer.py: receiver reports kept, no
+NACKs). The parent
 drives them one command at a time, one JSON line each way over the child's
 stdin/stdout:
 
@@ -155,7 +158,7 @@ class _Viewers:
     stream: str
     redis: Any
     http: Any
-    counting: str = "assembled"  # or "rtp" (bench/rtp_frames.py)
+    counting: str = "assembled"  # or "rtp" (bench/rtp_frames.py), "raw" (bench/lean_viewer.py)
     watching: dict[str, Watching] = field(default_factory=dict)
 
     async def join_once(self, user: str) -> Watching | str:
@@ -172,6 +175,7 @@ class _Viewers:
         try:
             placement = await place_viewer_of(self.redis, self.stream)
             await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
+            viewer.offered()
             answer = await start_viewer(SfuClient(self.http), self.redis, placement, self.stream,
                                         sdp=viewer.pc.localDescription.sdp, viewer_user_id=user)
         except ProtocolError as exc:
