@@ -8,15 +8,22 @@ from __future__ import annotations
 import struct
 from collections.abc import AsyncIterator
 
+import aiohttp
+import asyncpg
 import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestServer
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RtcpRrPacket
 
 from bench.lean_viewer import LeanMedia, _Route
 from bench.sfu_fanout import FrameCounter, TappedViewer
-from tests.media_clients import MovingVideo, client_pc
+from sfu.app import create_app
+from tests.media_clients import MovingVideo, Publisher, client_pc
+from tests.test_sfu_media import Worker, make_stream, make_viewer_user
 from tests.waiting import wait_until
+from vilokanam.config import Settings
 
 VP8, RTX = 97, 98
 
@@ -107,3 +114,36 @@ async def test_a_lean_viewer_counts_frames_without_srtp_and_still_reports(
     await wait_until(lambda: len(set(reported)) >= 2, "two receiver reports that differ",
                      timeout=30)
     assert reported == sorted(reported) and reported[-1] > reported[0]
+
+
+@pytest.fixture
+async def worker(settings: Settings, db: asyncpg.Connection,
+                 redis: aioredis.Redis) -> AsyncIterator[Worker]:
+    server = TestServer(create_app(settings))
+    await server.start_server()
+    async with aiohttp.ClientSession() as session:
+        yield Worker(server, session, redis)
+    await server.close()
+
+
+async def test_a_worker_bills_a_lean_viewer(worker: Worker, db: asyncpg.Connection) -> None:
+    """The worker's metering ticks a viewer only with a receiver report in the
+    last 5 s: a lean viewer is billed second by second like any other."""
+    stream_id, _ = await make_stream(db)
+    publisher = Publisher()
+    await publisher.start(worker.signal_publisher(stream_id))
+    viewer = TappedViewer(pc=client_pc(), counting="raw")
+    await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
+    viewer.offered()
+    answer = await worker.signal_viewer(stream_id, await make_viewer_user(worker, db, "lean"))(
+        viewer.pc.localDescription.sdp)
+    await viewer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    try:
+        await wait_until(lambda: viewer.counters["video"].frames >= 10, "10 frames", timeout=30)
+        peer = next(p for p in worker.manager.peers.values() if p.role == "viewer")
+        await wait_until(lambda: peer.meter.ticks >= 2, "two billed seconds", timeout=30,
+                         interval=0.1)
+        assert viewer.lean is not None and viewer.lean.taken > viewer.counters["video"].frames
+    finally:
+        await viewer.pc.close()
+        await publisher.close()
