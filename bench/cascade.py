@@ -260,7 +260,7 @@ async def run_cascade(args: argparse.Namespace, lab: Lab, stores: Stores,
             doomed = max(edges, key=lambda w: per_worker[w.url])
             killed_at = time.monotonic()
             doomed.proc.kill()
-            played_at, moved_to = await pool.rejoin_stalled(doomed.url)
+            played_at, moved_to, refused = await pool.rejoin_stalled(doomed.url)
             on.update(moved_to)
             after = await pool.fps_over(min(args.window, 10))
         finally:
@@ -275,8 +275,9 @@ async def run_cascade(args: argparse.Namespace, lab: Lab, stores: Stores,
             "cpu": measured.cpu, "machine_cpu": measured.machine_cpu,
             "measured_viewers": len(fps), "fps": list(fps.values()),
             "fps_origin": [f for u, f in fps.items() if on.get(u) == origin] or [0.0],
-            "join_ms": join_ms, "killed_viewers": len(played_at),
+            "join_ms": join_ms, "killed_viewers": len(played_at) + len(refused),
             "replay_s": [t - killed_at for t in played_at.values()],
+            "refused_again": sorted(refused.values()),
             "fps_after": list(after.values())}
 
 
@@ -362,6 +363,11 @@ def cpu_text(r: dict[str, Any]) -> list[str]:
             "", markdown_table(["process", "% of a core"], rows)]
 
 
+def refused_text(codes: list[str]) -> str:
+    """How many were refused, and with what (`3 (no_capacity)`)."""
+    return f"{len(codes)} ({', '.join(sorted(set(codes)))})" if codes else "0"
+
+
 def held_text(r: dict[str, Any]) -> str:
     """The workers' own count of what they hold (GET /control/stats)."""
     held = r["held"]
@@ -374,8 +380,9 @@ def cascade_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
              held_text(r), r["not_connected"], f"{min(fps):.1f}", f"{median(fps):.1f}",
              f"{min(r['fps_origin']):.1f}",
              sum(1 for f in fps if f < 29), f"{median(r['join_ms']):.0f}",
-             r["killed_viewers"], f"{median(replay):.1f}", f"{max(replay):.1f}",
-             f"{min(after):.1f}"]]
+             r["killed_viewers"], len(replay), refused_text(r["refused_again"]),
+             f"{median(replay):.1f}" if replay else "—", f"{max(replay):.1f}" if replay else "—",
+             f"{min(after):.1f}" if after else "—"]]
     return "\n".join([
         f"### Cascade: one stream over {r['workers']} workers ({utc_now()})",
         "",
@@ -388,8 +395,9 @@ def cascade_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
         markdown_table(["workers", "capacity", "viewers", "viewers per worker (joined)",
                         "viewers+relays per worker (its own count)", "viewers not connected",
                         "min fps", "median fps", "min fps on the origin", "viewers < 29 fps",
-                        "join p50 ms", "viewers of the killed edge",
-                        "play again p50 s", "play again max s", "min fps after"], rows),
+                        "join p50 ms", "viewers of the killed edge", "… playing again",
+                        "… not placed again", "play again p50 s", "play again max s",
+                        "min fps after"], rows),
         "",
         "*joined*: where each viewer's client was answered; *its own count*: "
         "the worker's GET /control/stats as the window began (viewers + relays fed "
@@ -398,7 +406,10 @@ def cascade_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
         "*play again*: from the edge's kill -9 to the first frame on the new connection, "
         f"the player reconnecting after {STALL_S:g} s without a frame; the first tries meet "
         "the dead edge's record (3 s TTL) or a full cluster until the edge that fed the "
-        "dead one drops that relay (no receiver report for 5 s) and has room again.",
+        "dead one drops that relay (no receiver report for 5 s) and has room again. "
+        "*not placed again*: refused for a minute (with its codes), e.g. `no_capacity` when "
+        "the workers left have no room for the killed edge's viewers "
+        "(`--workers` × `--capacity` peers less one worker's).",
         *cpu_text(r),
     ])
 

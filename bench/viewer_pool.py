@@ -19,7 +19,8 @@ stdin/stdout:
                                                   or {"ok": false, "code": C}
     {"op": "frames"}                            -> {"at": T, "frames": {U: N, ...},
                                                     "states": {U: connectionState, ...}}
-    {"op": "rejoin_stalled", "worker": URL}     -> {"at": {U: T, ...}, "worker": {U: URL}}
+    {"op": "rejoin_stalled", "worker": URL}     -> {"at": {U: T, ...}, "worker": {U: URL},
+                                                    "refused": {U: C, ...}}
     {"op": "close"}                             -> {"ok": true}
 
 T are `time.monotonic()` readings: CLOCK_MONOTONIC is one clock for every
@@ -122,13 +123,16 @@ class ViewerPool:
         return {u: (after[u][1] - n) / (after[u][0] - at) for u, (at, n) in before.items()
                 if u in after}
 
-    async def rejoin_stalled(self, worker_url: str) -> tuple[dict[str, float], dict[str, str]]:
+    async def rejoin_stalled(self, worker_url: str
+                             ) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
         """Every viewer on `worker_url` waits for its media to stop, joins again;
-        the monotonic time of each one's first frame after, and its new worker."""
+        the monotonic time of each one's first frame after, its new worker, and
+        the refusal of each one the cluster could not take again."""
         replies = await asyncio.gather(*(c.call({"op": "rejoin_stalled", "worker": worker_url})
                                          for c in self.children))
         return ({u: t for r in replies for u, t in r["at"].items()},
-                {u: w for r in replies for u, w in r["worker"].items()})
+                {u: w for r in replies for u, w in r["worker"].items()},
+                {u: c for r in replies for u, c in r["refused"].items()})
 
     async def close(self) -> None:
         for child in self.children:
@@ -204,7 +208,10 @@ class _Viewers:
                 return {"ok": False, "code": ",".join(sorted(refused))}
             await asyncio.sleep(0.3)
 
-    async def rejoin_after_stall(self, user: str) -> float:
+    async def rejoin_after_stall(self, user: str) -> float | str:
+        """When its first frame came on the new connection, or why the cluster
+        could not take it again within REJOIN_TIMEOUT (e.g. `no_capacity`: the
+        workers left are full)."""
         watching = self.watching[user]
         last, last_at = watching.frames, time.monotonic()
         while time.monotonic() - last_at < STALL_S:
@@ -215,7 +222,7 @@ class _Viewers:
         del self.watching[user]
         reply = await self.join(user, retry=True)
         if not reply["ok"]:
-            raise BenchError(f"{user} could not watch again: {reply['code']}")
+            return str(reply["code"])
         return time.monotonic()
 
     async def handle(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -229,9 +236,12 @@ class _Viewers:
                                for u, w in self.watching.items()}}
         if op == "rejoin_stalled":
             users = [u for u, w in self.watching.items() if w.worker_url == message["worker"]]
-            at = await asyncio.gather(*(self.rejoin_after_stall(u) for u in users))
-            return {"at": dict(zip(users, at, strict=True)),
-                    "worker": {u: self.watching[u].worker_url for u in users}}
+            outcome = dict(zip(users, await asyncio.gather(
+                *(self.rejoin_after_stall(u) for u in users)), strict=True))
+            return {"at": {u: t for u, t in outcome.items() if isinstance(t, float)},
+                    "refused": {u: t for u, t in outcome.items() if isinstance(t, str)},
+                    "worker": {u: self.watching[u].worker_url for u in users
+                               if u in self.watching}}
         if op == "close":
             for w in self.watching.values():
                 await w.viewer.pc.close()
