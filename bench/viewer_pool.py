@@ -180,6 +180,7 @@ class _Viewers:
             placement = await place_viewer_of(self.redis, self.stream)
             await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
             viewer.offered()
+            viewer.enlarge_receive_buffers()  # a stall of the shared cores drops nothing here
             answer = await start_viewer(SfuClient(self.http), self.redis, placement, self.stream,
                                         sdp=viewer.pc.localDescription.sdp, viewer_user_id=user)
         except ProtocolError as exc:
