@@ -284,7 +284,14 @@ async def _serve(stream: str, redis_url: str, counting: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    import logging
+
     from sfu.aiortc_hooks import restrict_host_candidates
+
+    # aioice says when a connection's consent expires, on this side (the log
+    # file the pool gives this process): which end gave up is then readable.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("aioice.ice").setLevel(logging.INFO)
 
     restrict_host_candidates(["127.0.0.1"])  # as the workers' clients: loopback only
     asyncio.run(_serve(argv[0], argv[1], argv[2] if len(argv) > 2 else "assembled"))
