@@ -29,12 +29,16 @@ side saturated; and each worker's own count of its peers (GET /control/stats)
 next to where the viewers' clients were answered: a viewer whose connection
 the worker closed (ICE consent expired) is gone from the first, not the second.
 
-`--counting rtp` is a load-generator shortcut: the viewers count frames from
-RTP headers (marker bit, per SSRC) and skip aiortc's jitter buffer and
-depacketizer, still sending the receiver reports and NACKs the workers need
-(bench/rtp_frames.py). `--counting assembled` (the default) counts the frames
-the jitter buffer assembles. Nothing is pinned to a core: on this shared
-machine other sessions' load lands on both cores anyway.
+`--counting raw` is the lean viewer (bench/lean_viewer.py, a load-generator
+shortcut): aiortc makes the connection (offer/answer, ICE, DTLS), then each
+RTP datagram is counted from its clear header at the socket and dropped
+before SRTP; STUN, DTLS and RTCP keep their path and the viewer's receiver
+reports (what metering and relay liveness need) are still sent; no NACKs.
+`--counting rtp` counts frames from RTP headers after SRTP and skips only
+aiortc's jitter buffer and depacketizer (bench/rtp_frames.py).
+`--counting assembled` (the default) counts the frames the jitter buffer
+assembles. `--pin` puts the workers on CPU 0 and the viewer processes and
+the publisher on CPU 1 (other processes of the machine still use both).
 
 Results go to docs/benchmarks.md (sections `cascade`, `overload`)."""
 
@@ -66,8 +70,10 @@ from bench.common import (
 )
 from bench.common import wait_until as wait_sync
 from bench.sfu_fanout import (
+    CLIENT_CPUS,
     FPS,
     REPO,
+    SERVER_CPUS,
     EncodedLoop,
     Lab,
     LoopedTrack,
@@ -77,6 +83,7 @@ from bench.sfu_fanout import (
     client_pc,
     encode_audio,
     encode_video_at,
+    pin,
     require_running,
     start_stores,
 )
@@ -86,7 +93,13 @@ from vilokanam.services.process import ManagedProcess
 
 COUNTING = {"assembled": "frames counted as aiortc's jitter buffer assembles them",
             "rtp": "frames counted from RTP headers (bench/rtp_frames.py, a load-generator "
-                   "shortcut: no jitter buffer)"}
+                   "shortcut: no jitter buffer)",
+            "raw": "frames counted from the clear RTP headers at the viewers' sockets "
+                   "(bench/lean_viewer.py, a load-generator shortcut: media dropped before "
+                   "SRTP, receiver reports kept, no NACKs)"}
+
+PINNED = {True: "workers pinned to CPU 0, viewer processes and publisher to CPU 1",
+          False: "not pinned to cores"}
 
 
 @dataclass
@@ -148,7 +161,8 @@ async def measure(http: aiohttp.ClientSession, pool: ViewerPool, window: float,
                     states)
 
 
-def start_worker(lab: Lab, stores: Stores, n: int, capacity: int, admission: bool) -> Worker:
+def start_worker(lab: Lab, stores: Stores, n: int, capacity: int, admission: bool,
+                 pinned: bool) -> Worker:
     from vilokanam.config import Settings
     from vilokanam.services.net import free_port
 
@@ -165,7 +179,17 @@ def start_worker(lab: Lab, stores: Stores, n: int, capacity: int, admission: boo
     url = settings.sfu_control_url
     wait_sync(f"SFU worker {n} ready", lambda: _get_ok(f"{url}/readyz"), 30,
               require_running(proc))
+    if pinned:
+        pin(proc.pid, SERVER_CPUS)  # its threads so far; later ones inherit it
     return Worker(proc, url)
+
+
+def pin_clients(args: argparse.Namespace, pool: ViewerPool) -> None:
+    """With `--pin`, the viewer processes and this one (the publisher) on the
+    core the workers are not on."""
+    if args.pin:
+        for pid in (os.getpid(), *pool.pids):
+            pin(pid, CLIENT_CPUS)
 
 
 async def publish(http: aiohttp.ClientSession, redis: aioredis.Redis, media: EncodedLoop,
@@ -203,12 +227,13 @@ async def fresh_heartbeats(redis: aioredis.Redis) -> None:
 
 async def run_cascade(args: argparse.Namespace, lab: Lab, stores: Stores,
                       media: EncodedLoop) -> dict[str, Any]:
-    workers = [start_worker(lab, stores, n, args.capacity, args.admission)
+    workers = [start_worker(lab, stores, n, args.capacity, args.admission, args.pin)
                for n in range(args.workers)]
     stream = await _insert_stream(stores.database_url, stores.creator, "bench cascade")
     redis = aioredis.Redis.from_url(stores.redis_url)
     pool = await ViewerPool.start(args.client_procs, stream, stores.redis_url, str(lab.root),
                                   args.counting)
+    pin_clients(args, pool)
     async with aiohttp.ClientSession() as http:
         publisher, origin = await publish(http, redis, media, stream)
         roles = cpu_roles(lab, pool, workers, origin)
@@ -226,13 +251,16 @@ async def run_cascade(args: argparse.Namespace, lab: Lab, stores: Stores,
             await asyncio.sleep(args.warmup)
             measured = await measure(http, pool, args.window, roles, workers)
             fps = measured.fps
+            print(f"cascade window: min {min(fps.values()):.1f} / median "
+                  f"{median(list(fps.values())):.1f} fps over {len(fps)} viewers; "
+                  f"CPU {measured.cpu}", file=sys.stderr, flush=True)
             edges = [w for w in workers if w.url != origin and per_worker[w.url]]
             if not edges:
                 raise BenchError("no viewer on an edge: raise --viewers or lower --capacity")
             doomed = max(edges, key=lambda w: per_worker[w.url])
             killed_at = time.monotonic()
             doomed.proc.kill()
-            played_at, moved_to = await pool.rejoin_stalled(doomed.url)
+            played_at, moved_to, refused = await pool.rejoin_stalled(doomed.url)
             on.update(moved_to)
             after = await pool.fps_over(min(args.window, 10))
         finally:
@@ -245,20 +273,23 @@ async def run_cascade(args: argparse.Namespace, lab: Lab, stores: Stores,
                 workers, key=lambda w: -per_worker[w.url])],
             "not_connected": sum(1 for s in measured.states.values() if s != "connected"),
             "cpu": measured.cpu, "machine_cpu": measured.machine_cpu,
-            "fps": list(fps.values()),
+            "measured_viewers": len(fps), "fps": list(fps.values()),
             "fps_origin": [f for u, f in fps.items() if on.get(u) == origin] or [0.0],
-            "join_ms": join_ms, "killed_viewers": len(played_at),
+            "join_ms": join_ms, "killed_viewers": len(played_at) + len(refused),
             "replay_s": [t - killed_at for t in played_at.values()],
+            "refused_again": sorted(refused.values()),
             "fps_after": list(after.values())}
 
 
 async def run_overload(args: argparse.Namespace, lab: Lab, stores: Stores,
                        media: EncodedLoop) -> dict[str, Any]:
-    worker = start_worker(lab, stores, args.workers, args.overload_capacity, admission=True)
+    worker = start_worker(lab, stores, args.workers, args.overload_capacity, admission=True,
+                          pinned=args.pin)
     stream = await _insert_stream(stores.database_url, stores.creator, "bench overload")
     redis = aioredis.Redis.from_url(stores.redis_url)
     pool = await ViewerPool.start(args.client_procs, stream, stores.redis_url, str(lab.root),
                                   args.counting)
+    pin_clients(args, pool)
     async with aiohttp.ClientSession() as http:
         # Only this worker: the cascade's are gone (killed or stopped) by now.
         publisher, origin = await publish(http, redis, media, stream)
@@ -296,7 +327,8 @@ async def run_overload(args: argparse.Namespace, lab: Lab, stores: Stores,
             "fps": list(fps.values()), "publisher_live": live,
             "held": [measured.held.get(worker.url, {})],
             "not_connected": sum(1 for s in measured.states.values() if s != "connected"),
-            "cpu": measured.cpu, "machine_cpu": measured.machine_cpu}
+            "cpu": measured.cpu, "machine_cpu": measured.machine_cpu,
+            "measured_viewers": len(fps)}
 
 
 async def _knock(http: aiohttp.ClientSession, redis: aioredis.Redis, stream: str,
@@ -315,17 +347,25 @@ def cpu_text(r: dict[str, Any]) -> list[str]:
     saturated: the viewers' clients (and the publisher), the workers, the stores."""
     cpu: dict[str, float] = r["cpu"]
     clients = sum(v for k, v in cpu.items() if k.startswith(("viewer process", "bench")))
+    viewer_procs = sum(v for k, v in cpu.items() if k.startswith("viewer process"))
     workers = sum(v for k, v in cpu.items() if k.startswith("sfu-"))
     stores = sum(v for k, v in cpu.items() if k in ("redis", "postgres"))
     ours = clients + workers + stores
     cores = os.cpu_count() or 1
     rows = [[role, f"{percent:.0f}"] for role, percent in cpu.items()]
+    per_viewer = viewer_procs / max(1, r["measured_viewers"])
     rows += [["**viewer clients + publisher**", f"**{clients:.0f}**"],
+             ["… viewer processes per measured viewer", f"{per_viewer:.2f}"],
              ["**SFU workers**", f"**{workers:.0f}**"], ["**Redis + Postgres**", f"{stores:.0f}"],
              ["**the machine** (all processes)", f"{r['machine_cpu']:.0f} of {100 * cores}"],
              ["other processes (not this run)", f"{max(0.0, r['machine_cpu'] - ours):.0f}"]]
     return ["", "CPU over the measuring window (% of one core; each process with its children):",
             "", markdown_table(["process", "% of a core"], rows)]
+
+
+def refused_text(codes: list[str]) -> str:
+    """How many were refused, and with what (`3 (no_capacity)`)."""
+    return f"{len(codes)} ({', '.join(sorted(set(codes)))})" if codes else "0"
 
 
 def held_text(r: dict[str, Any]) -> str:
@@ -340,8 +380,9 @@ def cascade_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
              held_text(r), r["not_connected"], f"{min(fps):.1f}", f"{median(fps):.1f}",
              f"{min(r['fps_origin']):.1f}",
              sum(1 for f in fps if f < 29), f"{median(r['join_ms']):.0f}",
-             r["killed_viewers"], f"{median(replay):.1f}", f"{max(replay):.1f}",
-             f"{min(after):.1f}"]]
+             r["killed_viewers"], len(replay), refused_text(r["refused_again"]),
+             f"{median(replay):.1f}" if replay else "—", f"{max(replay):.1f}" if replay else "—",
+             f"{min(after):.1f}" if after else "—"]]
     return "\n".join([
         f"### Cascade: one stream over {r['workers']} workers ({utc_now()})",
         "",
@@ -349,13 +390,14 @@ def cascade_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
         f"{machine_description()}. Admission limits "
         f"{'kept' if args.admission else 'lifted (cost runs)'}; video "
         f"{args.bitrate / 1e6:g} Mbit/s; viewers in {args.client_procs} processes, "
-        f"{COUNTING[args.counting]}.",
+        f"{COUNTING[args.counting]}; {PINNED[args.pin]}.",
         "",
         markdown_table(["workers", "capacity", "viewers", "viewers per worker (joined)",
                         "viewers+relays per worker (its own count)", "viewers not connected",
                         "min fps", "median fps", "min fps on the origin", "viewers < 29 fps",
-                        "join p50 ms", "viewers of the killed edge",
-                        "play again p50 s", "play again max s", "min fps after"], rows),
+                        "join p50 ms", "viewers of the killed edge", "… playing again",
+                        "… not placed again", "play again p50 s", "play again max s",
+                        "min fps after"], rows),
         "",
         "*joined*: where each viewer's client was answered; *its own count*: "
         "the worker's GET /control/stats as the window began (viewers + relays fed "
@@ -364,7 +406,10 @@ def cascade_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
         "*play again*: from the edge's kill -9 to the first frame on the new connection, "
         f"the player reconnecting after {STALL_S:g} s without a frame; the first tries meet "
         "the dead edge's record (3 s TTL) or a full cluster until the edge that fed the "
-        "dead one drops that relay (no receiver report for 5 s) and has room again.",
+        "dead one drops that relay (no receiver report for 5 s) and has room again. "
+        "*not placed again*: refused for a minute (with its codes), e.g. `no_capacity` when "
+        "the workers left have no room for the killed edge's viewers "
+        "(`--workers` × `--capacity` peers less one worker's).",
         *cpu_text(r),
     ])
 
@@ -383,7 +428,7 @@ def overload_text(args: argparse.Namespace, r: dict[str, Any]) -> str:
         f"Command: `.venv/bin/python -m bench.cascade {' '.join(args.argv)}`".rstrip() + ". "
         f"{machine_description()}. Default admission limits (VILOKANAM_SFU_MAX_CPU 0.85, "
         f"VILOKANAM_SFU_MAX_LOOP_LAG_MS 100); viewers in {args.client_procs} processes, "
-        f"{COUNTING[args.counting]}.",
+        f"{COUNTING[args.counting]}; {PINNED[args.pin]}.",
         "",
         markdown_table(["capacity", "admitted", "viewers+relays (its own count)",
                         "viewers not connected", "first refused after", "refusals",
@@ -415,8 +460,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--client-procs", type=int, default=2,
                         help="processes the viewers are spread over (bench/viewer_pool.py)")
     parser.add_argument("--counting", choices=tuple(COUNTING), default="assembled",
-                        help="how viewers count frames: aiortc's jitter buffer, or RTP "
-                             "headers (bench/rtp_frames.py, a load-generator shortcut)")
+                        help="how viewers count frames: aiortc's jitter buffer, RTP headers "
+                             "(bench/rtp_frames.py), or clear RTP headers at the socket "
+                             "(bench/lean_viewer.py); the last two are load-generator "
+                             "shortcuts")
+    parser.add_argument("--pin", action="store_true",
+                        help="workers on CPU 0, viewer processes and the publisher on CPU 1 "
+                             "(sched_setaffinity, as bench/sfu_fanout.py)")
     parser.add_argument("--skip", choices=("cascade", "overload"), action="append", default=[])
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--no-doc", action="store_true")

@@ -77,6 +77,7 @@ from bench.common import (
     wait_for_quiet,
     wait_until,
 )
+from bench.lean_viewer import LeanMedia, divert_media
 from bench.rtp_frames import count_from_rtp
 from sfu.aiortc_hooks import tap_receiver
 from vilokanam.services.process import ManagedProcess
@@ -338,12 +339,15 @@ def packet_counts(receiver: RTCRtpReceiver) -> dict[str, int]:
 class TappedViewer:
     """A viewer that never decodes. `counting`: "assembled" counts the frames
     aiortc's jitter buffer assembles; "rtp" counts them from RTP headers and
-    skips the jitter buffer (bench/rtp_frames.py, a load-generator shortcut)."""
+    skips the jitter buffer (bench/rtp_frames.py, a load-generator shortcut);
+    "raw" counts them from the clear RTP headers at the socket and drops the
+    media there (bench/lean_viewer.py, `divert_media` once `offered()`)."""
 
     pc: RTCPeerConnection = field(default_factory=client_pc)
     counters: dict[str, FrameCounter] = field(default_factory=dict)
     receivers: dict[str, RTCRtpReceiver] = field(default_factory=dict)
     counting: str = "assembled"
+    lean: LeanMedia | None = None
 
     def __post_init__(self) -> None:
         for kind, step in STEP.items():  # tapped before negotiation: nothing is decoded
@@ -353,6 +357,12 @@ class TappedViewer:
             tap_receiver(transceiver.receiver, self.counters[kind].on_frame)
             if self.counting == "rtp":
                 count_from_rtp(transceiver.receiver, self.counters[kind], kind)
+
+    def offered(self) -> None:
+        """The local description is set (its sockets exist): a "raw" viewer
+        takes its media off the socket from now on."""
+        if self.counting == "raw" and self.lean is None:
+            self.lean = divert_media(self.receivers, dict(self.counters))
 
     def enlarge_receive_buffers(self) -> None:
         """The viewers are the measuring end: a big socket buffer keeps a

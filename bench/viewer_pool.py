@@ -8,7 +8,10 @@ signaling does (`signaling.admission.place_viewer_of` / `start_viewer`),
 never decodes, and counts the frames it assembles (bench/sfu_fanout.py's
 `TappedViewer`), or with `counting="rtp"` counts them from RTP headers and
 skips aiortc's jitter buffer (bench/rtp_frames.py, a load-generator
-shortcut: the viewers' receiver reports and NACKs are kept). The parent
+shortcut: the viewers' receiver reports and NACKs are kept), or with
+`counting="raw"` reads the clear RTP headers at the socket and drops the
+media there, before SRTP (bench/lean_viewer.py: receiver reports kept, no
+NACKs). The parent
 drives them one command at a time, one JSON line each way over the child's
 stdin/stdout:
 
@@ -16,7 +19,8 @@ stdin/stdout:
                                                   or {"ok": false, "code": C}
     {"op": "frames"}                            -> {"at": T, "frames": {U: N, ...},
                                                     "states": {U: connectionState, ...}}
-    {"op": "rejoin_stalled", "worker": URL}     -> {"at": {U: T, ...}, "worker": {U: URL}}
+    {"op": "rejoin_stalled", "worker": URL}     -> {"at": {U: T, ...}, "worker": {U: URL},
+                                                    "refused": {U: C, ...}}
     {"op": "close"}                             -> {"ok": true}
 
 T are `time.monotonic()` readings: CLOCK_MONOTONIC is one clock for every
@@ -119,13 +123,16 @@ class ViewerPool:
         return {u: (after[u][1] - n) / (after[u][0] - at) for u, (at, n) in before.items()
                 if u in after}
 
-    async def rejoin_stalled(self, worker_url: str) -> tuple[dict[str, float], dict[str, str]]:
+    async def rejoin_stalled(self, worker_url: str
+                             ) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
         """Every viewer on `worker_url` waits for its media to stop, joins again;
-        the monotonic time of each one's first frame after, and its new worker."""
+        the monotonic time of each one's first frame after, its new worker, and
+        the refusal of each one the cluster could not take again."""
         replies = await asyncio.gather(*(c.call({"op": "rejoin_stalled", "worker": worker_url})
                                          for c in self.children))
         return ({u: t for r in replies for u, t in r["at"].items()},
-                {u: w for r in replies for u, w in r["worker"].items()})
+                {u: w for r in replies for u, w in r["worker"].items()},
+                {u: c for r in replies for u, c in r["refused"].items()})
 
     async def close(self) -> None:
         for child in self.children:
@@ -155,7 +162,7 @@ class _Viewers:
     stream: str
     redis: Any
     http: Any
-    counting: str = "assembled"  # or "rtp" (bench/rtp_frames.py)
+    counting: str = "assembled"  # or "rtp" (bench/rtp_frames.py), "raw" (bench/lean_viewer.py)
     watching: dict[str, Watching] = field(default_factory=dict)
 
     async def join_once(self, user: str) -> Watching | str:
@@ -172,6 +179,8 @@ class _Viewers:
         try:
             placement = await place_viewer_of(self.redis, self.stream)
             await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
+            viewer.offered()
+            viewer.enlarge_receive_buffers()  # a stall of the shared cores drops nothing here
             answer = await start_viewer(SfuClient(self.http), self.redis, placement, self.stream,
                                         sdp=viewer.pc.localDescription.sdp, viewer_user_id=user)
         except ProtocolError as exc:
@@ -200,7 +209,10 @@ class _Viewers:
                 return {"ok": False, "code": ",".join(sorted(refused))}
             await asyncio.sleep(0.3)
 
-    async def rejoin_after_stall(self, user: str) -> float:
+    async def rejoin_after_stall(self, user: str) -> float | str:
+        """When its first frame came on the new connection, or why the cluster
+        could not take it again within REJOIN_TIMEOUT (e.g. `no_capacity`: the
+        workers left are full)."""
         watching = self.watching[user]
         last, last_at = watching.frames, time.monotonic()
         while time.monotonic() - last_at < STALL_S:
@@ -211,7 +223,7 @@ class _Viewers:
         del self.watching[user]
         reply = await self.join(user, retry=True)
         if not reply["ok"]:
-            raise BenchError(f"{user} could not watch again: {reply['code']}")
+            return str(reply["code"])
         return time.monotonic()
 
     async def handle(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -225,9 +237,12 @@ class _Viewers:
                                for u, w in self.watching.items()}}
         if op == "rejoin_stalled":
             users = [u for u, w in self.watching.items() if w.worker_url == message["worker"]]
-            at = await asyncio.gather(*(self.rejoin_after_stall(u) for u in users))
-            return {"at": dict(zip(users, at, strict=True)),
-                    "worker": {u: self.watching[u].worker_url for u in users}}
+            outcome = dict(zip(users, await asyncio.gather(
+                *(self.rejoin_after_stall(u) for u in users)), strict=True))
+            return {"at": {u: t for u, t in outcome.items() if isinstance(t, float)},
+                    "refused": {u: t for u, t in outcome.items() if isinstance(t, str)},
+                    "worker": {u: self.watching[u].worker_url for u in users
+                               if u in self.watching}}
         if op == "close":
             for w in self.watching.values():
                 await w.viewer.pc.close()
@@ -269,7 +284,14 @@ async def _serve(stream: str, redis_url: str, counting: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    import logging
+
     from sfu.aiortc_hooks import restrict_host_candidates
+
+    # aioice says when a connection's consent expires, on this side (the log
+    # file the pool gives this process): which end gave up is then readable.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("aioice.ice").setLevel(logging.INFO)
 
     restrict_host_candidates(["127.0.0.1"])  # as the workers' clients: loopback only
     asyncio.run(_serve(argv[0], argv[1], argv[2] if len(argv) > 2 else "assembled"))
