@@ -387,6 +387,7 @@ class ViewerGroup:
     users: list[str]
     out: Path
     tag: str
+    counting: str = "assembled"  # TappedViewer's
     viewers: list[TappedViewer | None] = field(default_factory=list)
     failed: int = 0
     errors: list[str] = field(default_factory=list)
@@ -409,7 +410,7 @@ class ViewerGroup:
     async def connect(self, session: aiohttp.ClientSession, url: str, index: int,
                       limit: asyncio.Semaphore, api: str) -> None:
         async with limit:
-            viewer = TappedViewer()
+            viewer = TappedViewer(counting=self.counting)
             try:
                 if api == "janus":
                     await janus_ref.watch(viewer.pc, session, url)
@@ -417,6 +418,7 @@ class ViewerGroup:
                     await signal_offer(viewer.pc, session, url,
                                        {"viewer_user_id": self.users[index]})
                 viewer.enlarge_receive_buffers()
+                viewer.offered()  # a "raw" viewer takes its media off the socket now
             except Exception as exc:  # a refused viewer is a result, not a crash
                 self.failed += 1
                 self.errors.append(repr(exc)[:300])
@@ -427,7 +429,7 @@ class ViewerGroup:
 
 async def run_viewers(args: argparse.Namespace) -> None:
     users = json.loads(await asyncio.to_thread(Path(args.users).read_text))
-    group = ViewerGroup(users, Path(args.out), args.tag)
+    group = ViewerGroup(users, Path(args.out), args.tag, args.counting)
     group.viewers = [None] * len(group.users)
     stop = stop_event(args.duration)
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, group.snapshot)
@@ -548,7 +550,8 @@ async def _ok() -> web.Response:
 
 CHILD_ROLES: dict[str, tuple[Callable[[argparse.Namespace], Any], Sequence[str]]] = {
     "publisher": (run_publisher, ("control", "stream", "media", "out", "duration")),
-    "viewers": (run_viewers, ("control", "stream", "users", "out", "tag", "duration", "api")),
+    "viewers": (run_viewers, ("control", "stream", "users", "out", "tag", "duration", "api",
+                              "counting")),
     "reencode-worker": (run_reencode_worker, ("port", "duration")),
     "rtp-feeder": (run_rtp_feeder, ("stream", "media", "out", "duration")),
 }
@@ -742,7 +745,8 @@ class Run:
                 f"viewers-{self.out.name}-{tag}", "viewers", control=self.server.control_url,
                 stream=self.server.stream_id, users=users, out=self.out, tag=tag,
                 duration=self.lab.child_lifetime,
-                api="janus" if self.server.mode == "janus" else "vilokanam")
+                api="janus" if self.server.mode == "janus" else "vilokanam",
+                counting=self.lab.args.counting)
             pin(self.groups[tag].pid, CLIENT_CPUS)
 
     def status(self) -> list[dict[str, Any]]:
@@ -1196,7 +1200,11 @@ def report(args: argparse.Namespace, media: EncodedLoop, forward: list[RunResult
                            "(sched_setaffinity)" if PIN else "not pinned"),
         f"- machine: {machine_description()}",
         f"- date: {utc_now()}; warm-up {args.warmup:g} s, measured window {args.window:g} s "
-        f"per N; ≤ {args.per_process} viewers per client process",
+        f"per N; ≤ {args.per_process} viewers per client process; viewers count frames "
+        f"`{args.counting}`" + (" (bench/lean_viewer.py: from the clear RTP headers at the "
+                                "socket, media dropped before SRTP — a load-generator "
+                                "shortcut, the same for both SFUs)"
+                                if args.counting == "raw" else ""),
         f"- media: {WIDTH}x{HEIGHT} VP8 at {media.video_kbps:,.0f} kbit/s (pre-encoded "
         f"{LOOP_SECONDS} s loop, keyframe every {args.gop:g} s), {FPS} fps, Opus 20 ms "
         "(64 kbit/s)",
@@ -1254,6 +1262,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=8.0, help="s after all viewers receive")
     parser.add_argument("--window", type=float, default=20.0, help="measured s per N")
     parser.add_argument("--per-process", type=int, default=25, help="viewers per client process")
+    parser.add_argument("--counting", choices=("assembled", "rtp", "raw"), default="assembled",
+                        help="how the viewers count frames (raw: bench/lean_viewer.py)")
     parser.add_argument("--bitrate", type=int, default=2_000_000, help="VP8 target bit/s")
     parser.add_argument("--gop", type=float, default=2.0, help="s between keyframes")
     parser.add_argument("--quiet-below", type=float, default=25.0,
