@@ -58,7 +58,7 @@ def count_from_rtp(receiver: RTCRtpReceiver, sink: TimestampSink, kind: str) -> 
     """From now on, `receiver` keeps only its receiver-report statistics and
     NACKs, and passes each new frame's RTP timestamp to `sink`."""
     private = "_RTCRtpReceiver__"
-    newest = _Newest(sink)
+    newest: dict[int, _Newest] = {}  # per SSRC: RTP timestamps compare within one
     video = kind == "video"
 
     async def handle_rtp(packet: RtpPacket, arrival_time_ms: int) -> None:
@@ -84,6 +84,6 @@ def count_from_rtp(receiver: RTCRtpReceiver, sink: TimestampSink, kind: str) -> 
         if nack is not None and nack.add(packet):
             await receiver._send_rtcp_nack(packet.ssrc, sorted(nack.missing))
         if packet.marker or not video:
-            newest(packet.timestamp)
+            newest.setdefault(packet.ssrc, _Newest(sink))(packet.timestamp)
 
     receiver._handle_rtp_packet = handle_rtp  # type: ignore[method-assign]
