@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -23,6 +23,28 @@ Signal = Callable[[str], Awaitable[str]]  # offer SDP -> answer SDP
 def client_pc() -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))  # loopback only
 
+
+
+@contextlib.asynccontextmanager
+async def sending_to(viewer: RTCPeerConnection,
+                     offered: Callable[[], None] = lambda: None
+                     ) -> AsyncIterator[RTCPeerConnection]:
+    """An aiortc sender of MovingVideo answering `viewer`'s offer (the viewer
+    offers, as the bench's viewers do); `offered` runs once the viewer's offer
+    is its local description. The sender is closed on the way out."""
+    sender = client_pc()
+    await viewer.setLocalDescription(await viewer.createOffer())
+    offered()
+    await sender.setRemoteDescription(RTCSessionDescription(
+        sdp=viewer.localDescription.sdp, type="offer"))
+    sender.addTrack(MovingVideo())
+    await sender.setLocalDescription(await sender.createAnswer())
+    await viewer.setRemoteDescription(RTCSessionDescription(
+        sdp=sender.localDescription.sdp, type="answer"))
+    try:
+        yield sender
+    finally:
+        await sender.close()
 
 class MovingVideo(VideoStreamTrack):
     """Small frames whose content changes, so the encoder makes real deltas."""

@@ -8,22 +8,17 @@ from __future__ import annotations
 import struct
 from collections.abc import AsyncIterator
 
-import aiohttp
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
-from aiohttp.test_utils import TestServer
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RtcpRrPacket
 
 from bench.lean_viewer import LeanMedia, _Route
 from bench.sfu_fanout import FrameCounter, TappedViewer
-from sfu.app import create_app
-from tests.media_clients import MovingVideo, Publisher, client_pc
-from tests.test_sfu_media import Worker, make_stream, make_viewer_user
+from tests.media_clients import Publisher, client_pc, sending_to
+from tests.sfu_in_process import Worker, make_stream, make_viewer_user
 from tests.waiting import wait_until
-from vilokanam.config import Settings
 
 VP8, RTX = 97, 98
 
@@ -69,18 +64,10 @@ async def watching() -> AsyncIterator[tuple[TappedViewer, RTCPeerConnection]]:
     """A lean viewer connected to an aiortc sender of small moving video (the
     viewer offers, as the bench's viewers do). Its media path is diverted
     before ICE runs, so connecting at all shows STUN and DTLS pass through."""
-    viewer, sender = TappedViewer(pc=client_pc(), counting="raw"), client_pc()
-    await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
-    viewer.offered()
-    await sender.setRemoteDescription(RTCSessionDescription(
-        sdp=viewer.pc.localDescription.sdp, type="offer"))
-    sender.addTrack(MovingVideo())
-    await sender.setLocalDescription(await sender.createAnswer())
-    await viewer.pc.setRemoteDescription(RTCSessionDescription(
-        sdp=sender.localDescription.sdp, type="answer"))
-    yield viewer, sender
-    await viewer.pc.close()
-    await sender.close()
+    viewer = TappedViewer(pc=client_pc(), counting="raw")
+    async with sending_to(viewer.pc, viewer.offered) as sender:
+        yield viewer, sender
+        await viewer.pc.close()
 
 
 async def test_a_lean_viewer_counts_frames_without_srtp_and_still_reports(
@@ -115,16 +102,6 @@ async def test_a_lean_viewer_counts_frames_without_srtp_and_still_reports(
     await wait_until(lambda: len(set(reported)) >= 2, "two receiver reports that differ",
                      timeout=30)
     assert reported == sorted(reported) and reported[-1] > reported[0]
-
-
-@pytest.fixture
-async def worker(settings: Settings, db: asyncpg.Connection,
-                 redis: aioredis.Redis) -> AsyncIterator[Worker]:
-    server = TestServer(create_app(settings))
-    await server.start_server()
-    async with aiohttp.ClientSession() as session:
-        yield Worker(server, session, redis)
-    await server.close()
 
 
 async def test_a_worker_bills_a_lean_viewer(worker: Worker, db: asyncpg.Connection) -> None:

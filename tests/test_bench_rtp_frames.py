@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 from aiortc.rtp import RtpPacket, wrap_rtx
 
 from bench.sfu_fanout import TappedViewer
-from tests.media_clients import MovingVideo, client_pc
+from tests.media_clients import client_pc, sending_to
 from tests.waiting import wait_until
 
 
@@ -19,17 +19,10 @@ from tests.waiting import wait_until
 async def watching() -> AsyncIterator[tuple[TappedViewer, RTCPeerConnection]]:
     """A viewer counting from RTP headers, connected to an aiortc sender of
     small moving video (the viewer offers, as the bench's viewers do)."""
-    viewer, sender = TappedViewer(pc=client_pc(), counting="rtp"), client_pc()
-    await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
-    await sender.setRemoteDescription(RTCSessionDescription(
-        sdp=viewer.pc.localDescription.sdp, type="offer"))
-    sender.addTrack(MovingVideo())
-    await sender.setLocalDescription(await sender.createAnswer())
-    await viewer.pc.setRemoteDescription(RTCSessionDescription(
-        sdp=sender.localDescription.sdp, type="answer"))
-    yield viewer, sender
-    await viewer.pc.close()
-    await sender.close()
+    viewer = TappedViewer(pc=client_pc(), counting="rtp")
+    async with sending_to(viewer.pc) as sender:
+        yield viewer, sender
+        await viewer.pc.close()
 
 
 async def _reported(sender: RTCPeerConnection) -> bool:
