@@ -297,11 +297,30 @@ def test_batch_encoding_round_trips() -> None:
         Tick("s1", "u1", 5), Tick("s2", "u2", 5), Tick("s3", "u3", 7), Tick("s4", "u1", 5)))
     assert TickBatch.decode(original.batch_id, original.encode()) == original
     assert original.batch_id == "host-1-abc:1700000000"
-    # Columns, the prices run-length coded (a batch is mostly one price).
+    # Columns: the ids joined (one string each), the prices run-length coded
+    # (a batch is mostly one price).
     assert json.loads(original.encode()) == {
-        "second": 1700000000, "sessions": ["s1", "s2", "s3", "s4"],
-        "users": ["u1", "u2", "u3", "u1"], "prices": [[5, 2], [7, 1], [5, 1]]}
+        "second": 1700000000, "sessions": "s1,s2,s3,s4",
+        "users": "u1,u2,u3,u1", "prices": [[5, 2], [7, 1], [5, 1]]}
     assert TickBatch.decode("w:1", TickBatch("w", 1, ()).encode()).ticks == ()
+    one = TickBatch("w", 2, (Tick("s1", "u1", 5),))
+    assert TickBatch.decode(one.batch_id, one.encode()) == one
+
+
+@pytest.mark.parametrize("tick", [Tick("s,1", "u1", 5), Tick("s1", "u,1", 5),
+                                  Tick("", "u1", 5), Tick("s1", "", 5)])
+def test_an_id_that_would_shift_the_joined_columns_is_refused(tick: Tick) -> None:
+    """Split again, an id holding the separator (or an empty one) would move
+    every tick after it to another session or viewer: refused at the writer."""
+    with pytest.raises(ValueError, match="empty or holds"):
+        TickBatch("w", 1, (Tick("s0", "u0", 5), tick)).encode()
+
+
+def test_a_batch_with_its_ids_as_lists_still_decodes() -> None:
+    """The shape written before the ids were joined: JSON lists."""
+    listed = '{"second":1700000000,"sessions":["s1","s2"],"users":["u1","u2"],"prices":[[5,2]]}'
+    assert BatchColumns.decode(listed) == BatchColumns(1700000000, ["s1", "s2"], ["u1", "u2"],
+                                                       [5, 5])
 
 
 def test_a_batch_of_the_older_shape_still_decodes() -> None:

@@ -34,7 +34,7 @@ def balance_key(user_id: str, keys: TickKeys = STANDALONE) -> str:
 # time (one MGET, one MSET each): Lua's C stack bounds `unpack`.
 CHARGE_CHUNK = 1000
 
-# Lua: charge the live balances KEYS[keys_from .. keys_from + n - 1] (one per
+# Lua: charge the live balances `keys[1 .. n]` (a table of key names, one per
 # viewer, each once). ARGV[args_from ..] are pairs (charge in planck, count):
 # the first `count` balances are charged `charge` each, the next pair's count
 # the next charge, and so on -- most viewers of a batch pay the same, so the
@@ -42,7 +42,8 @@ CHARGE_CHUNK = 1000
 # (`charge_groups` builds them). Returns the 1-based positions of the viewers
 # who cannot pay as much again (balance left below their charge) or have no
 # live balance at all (nothing charged). Metering embeds it in the script that
-# writes a batch (vilokanam/metering.py).
+# writes a batch (vilokanam/metering.py), which builds `keys` from one
+# argument of joined user ids.
 #
 # Per chunk of viewers ONE MGET reads the balances and ONE MSET writes them
 # back: two Redis commands (and one AOF entry) per 1000 viewers instead of an
@@ -54,12 +55,12 @@ CHARGE_CHUNK = 1000
 # arithmetic) instead, so the money stays exact at any size.
 CHARGE_TICKS_LUA = f"local CHUNK = {CHARGE_CHUNK}\n" + """
 local EXACT = 9007199254740992
-local function charge_live(keys_from, args_from, n)
+local function charge_live(keys, args_from, n)
   local broke, nbroke = {}, 0
   local arg, remaining, charge, text, exact_charge = args_from, 0, 0, '0', true
   for first = 0, n - 1, CHUNK do
     local last = math.min(first + CHUNK, n) - 1
-    local values = redis.call('MGET', unpack(KEYS, keys_from + first, keys_from + last))
+    local values = redis.call('MGET', unpack(keys, first + 1, last + 1))
     local out, nout = {}, 0
     for j = 1, last - first + 1 do
       if remaining == 0 then  -- the next (charge, count) pair
@@ -71,7 +72,7 @@ local function charge_live(keys_from, args_from, n)
       remaining = remaining - 1
       local raw = values[j]
       if raw then
-        local key = KEYS[keys_from + first + j - 1]
+        local key = keys[first + j]
         local have = tonumber(raw)
         local left = have - charge
         if charge == 0 then
@@ -79,7 +80,10 @@ local function charge_live(keys_from, args_from, n)
         elseif exact_charge and have < EXACT and have > -EXACT
            and left < EXACT and left > -EXACT then
           out[nout + 1] = key
-          out[nout + 2] = string.format('%d', left)
+          -- tostring prints an integer below 10^14 exactly (14 digits) and
+          -- is cheaper than string.format; beyond, it would print 1e+14.
+          out[nout + 2] = (left < 1e14 and left > -1e14) and tostring(left)
+                          or string.format('%d', left)
           nout = nout + 2
         else
           left = redis.call('DECRBY', key, text)

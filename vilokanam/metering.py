@@ -25,6 +25,7 @@ truth: balance = credits - stream_view payments (sql/0007)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,11 @@ class Tick:
     price_planck: int
 
 
+# The separator of a batch's joined id columns: ids are UUIDs (the rows'
+# primary keys), which never hold it; TickBatch.columns refuses one that does.
+ID_SEPARATOR = ","
+
+
 @dataclass(frozen=True)
 class TickBatch:
     worker_id: str
@@ -63,20 +69,20 @@ class TickBatch:
     def batch_id(self) -> str:
         return f"{self.worker_id}:{self.second}"
 
+    @functools.cached_property
+    def columns(self) -> JoinedColumns:
+        """The batch as the writer sends it, computed once per batch."""
+        return JoinedColumns.of(self.ticks)
+
     def encode(self) -> str:
-        """The stored batch, as columns (BatchColumns): the sessions, the
-        viewers, and the prices run-length coded -- a batch is mostly one
-        price, and columns are what the flush needs."""
-        prices: list[list[int]] = []
-        for tick in self.ticks:
-            if prices and prices[-1][0] == tick.price_planck:
-                prices[-1][1] += 1
-            else:
-                prices.append([tick.price_planck, 1])
-        return json.dumps({"second": self.second,
-                           "sessions": [t.viewer_session_id for t in self.ticks],
-                           "users": [t.user_id for t in self.ticks],
-                           "prices": prices}, separators=(",", ":"))
+        """The stored batch, as columns (BatchColumns): the sessions and the
+        viewers each ONE string of ids joined by commas -- no JSON string per
+        tick to write or to parse -- and the prices run-length coded (a batch
+        is mostly one price)."""
+        columns = self.columns
+        return json.dumps({"second": self.second, "sessions": columns.sessions,
+                           "users": columns.users, "prices": columns.prices},
+                          separators=(",", ":"))
 
     @classmethod
     def decode(cls, batch_id: str, raw: str | bytes) -> TickBatch:
@@ -88,12 +94,50 @@ class TickBatch:
 
 
 @dataclass(frozen=True)
+class JoinedColumns:
+    """A batch's columns as written: the ids joined, the prices run-length
+    coded, and the users as a list too (the charges need them)."""
+
+    sessions: str
+    users: str
+    user_list: list[str]
+    prices: list[list[int]]
+
+    @classmethod
+    def of(cls, ticks: tuple[Tick, ...]) -> JoinedColumns:
+        prices: list[list[int]] = []
+        for tick in ticks:
+            if prices and prices[-1][0] == tick.price_planck:
+                prices[-1][1] += 1
+            else:
+                prices.append([tick.price_planck, 1])
+        session_list = [tick.viewer_session_id for tick in ticks]
+        user_list = [tick.user_id for tick in ticks]
+        sessions, users = ID_SEPARATOR.join(session_list), ID_SEPARATOR.join(user_list)
+        # One scan each, in C: an empty id or one holding the separator would
+        # shift every id after it when the columns are split again.
+        separators = max(len(ticks) - 1, 0)
+        if (sessions.count(ID_SEPARATOR) != separators or users.count(ID_SEPARATOR) != separators
+                or "" in session_list or "" in user_list):
+            raise ValueError(f"a tick's session or user id is empty or holds {ID_SEPARATOR!r}")
+        return cls(sessions, users, user_list, prices)
+
+
+def _ids(column: str | list[str]) -> list[str]:
+    """A column of ids: joined (the current shape) or a JSON list (older)."""
+    if isinstance(column, str):
+        return column.split(ID_SEPARATOR) if column else []
+    return column
+
+
+@dataclass(frozen=True)
 class BatchColumns:
     """A stored batch decoded into its columns, with no object per tick: what
-    the flush journals. Reads both shapes: `{"second", "sessions", "users",
-    "prices": [[price, count], ...]}` (TickBatch.encode) and the older
-    `{"second", "ticks": [[session, user, price], ...]}`, which batches
-    written before an upgrade still have while they wait in Redis."""
+    the flush journals. Reads every shape a worker has written, since batches
+    written before an upgrade wait in Redis: `{"second", "sessions", "users",
+    "prices": [[price, count], ...]}` with the ids joined by commas
+    (TickBatch.encode) or as JSON lists, and the oldest
+    `{"second", "ticks": [[session, user, price], ...]}`."""
 
     second: int
     sessions: list[str]
@@ -104,34 +148,45 @@ class BatchColumns:
     def decode(cls, raw: str | bytes) -> BatchColumns:
         data = json.loads(raw)
         second = int(data["second"])
-        if "ticks" in data:  # the older shape
+        if "ticks" in data:  # the oldest shape
             ticks = data["ticks"]
             return cls(second, [str(t[0]) for t in ticks], [str(t[1]) for t in ticks],
                        [int(t[2]) for t in ticks])
         prices: list[int] = []
         for price, count in data["prices"]:
             prices += [int(price)] * int(count)
-        sessions, users = data["sessions"], data["users"]
+        sessions, users = _ids(data["sessions"]), _ids(data["users"])
         if not len(sessions) == len(users) == len(prices):
             raise ValueError(f"a tick batch's columns differ in length: {len(sessions)} "
                              f"sessions, {len(users)} users, {len(prices)} prices")
         return cls(second, sessions, users, prices)
 
 
-# KEYS: batch key, pending set, then the live balance of each viewer in the
-# batch (once each). ARGV: second, batch JSON, live JSON (may be ""), then
-# the viewers' charges (planck, the sum of each one's ticks' prices) as
-# (charge, count) pairs: vilokanam/balances.py charge_groups. The batch JSON
-# is opaque here (stored, never decoded: the flush decodes it). Returns the
-# positions (1-based, in the live balance keys) of the viewers whose balance
-# is below their charge after it -- they cannot pay for the next second -- or
-# who have no live balance at all; the charge is vilokanam/balances.py's.
+# KEYS: batch key, pending set. ARGV: second, batch JSON, live message (may
+# be ""), the live balances' key prefix, the viewers charged (user ids joined
+# by commas, each viewer once), then their charges (planck, the sum of each
+# one's ticks' prices) as (charge, count) pairs: vilokanam/balances.py
+# charge_groups. The batch JSON is opaque here (stored, never decoded: the
+# flush decodes it). The viewers come as ONE argument, not a key each: packing
+# and parsing 5,000 arguments cost more than the charge itself; in a cluster
+# the balance keys share the batch key's hash tag, so they are in the script's
+# slot (Redis checks every key a script touches against it). Returns the
+# positions (1-based, in the viewers) of those whose balance is below their
+# charge after it -- they cannot pay for the next second -- or who have no
+# live balance at all; the charge is vilokanam/balances.py's.
 _WRITE_TICKS = CHARGE_TICKS_LUA + """
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX') then
   return {}
 end
 redis.call('ZADD', KEYS[2], ARGV[1], KEYS[1])
-local broke = charge_live(3, 4, #KEYS - 2)
+local balances, n, prefix, users, from = {}, 0, ARGV[4], ARGV[5], 1
+while from <= #users do  -- plain find + sub: cheaper than a pattern's gmatch
+  local comma = string.find(users, ',', from, true) or (#users + 1)
+  n = n + 1
+  balances[n] = prefix .. string.sub(users, from, comma - 1)
+  from = comma + 1
+end
+local broke = charge_live(balances, 6, n)
 if ARGV[3] ~= '' then redis.call('PUBLISH', 'vk:ticks:live', ARGV[3]) end
 return broke
 """
@@ -144,38 +199,42 @@ class Charges:
     sessions on one worker), and which sessions to cut when it is short."""
 
     users: list[str]
-    planck: list[int]
-    sessions: list[list[str]]
+    groups: list[int]  # the script's (charge, count) pairs, flattened
+    # By position: the viewer's one session (the usual batch) or its sessions.
+    sessions: list[str] | list[list[str]]
 
     @classmethod
-    def of(cls, ticks: tuple[Tick, ...]) -> Charges:
+    def of(cls, batch: TickBatch) -> Charges:
         """Viewers in the order of their charges (equal charges together, for
         the script's (charge, count) pairs), otherwise as they come."""
-        users = [tick.user_id for tick in ticks]
-        if len(set(users)) == len(users):  # the usual batch: each viewer once
-            planck = [tick.price_planck for tick in ticks]
-            sessions = [[tick.viewer_session_id] for tick in ticks]
-        else:
-            position: dict[str, int] = {}
-            users, planck, sessions = [], [], []
-            for tick in ticks:
-                at = position.setdefault(tick.user_id, len(users))
-                if at == len(users):
-                    users.append(tick.user_id)
-                    planck.append(0)
-                    sessions.append([])
-                planck[at] += tick.price_planck
-                sessions[at].append(tick.viewer_session_id)
-        if len(set(planck)) > 1:
-            order = sorted(range(len(users)), key=planck.__getitem__)  # stable
-            users = [users[k] for k in order]
-            planck = [planck[k] for k in order]
-            sessions = [sessions[k] for k in order]
-        return cls(users, planck, sessions)
+        columns, ticks = batch.columns, batch.ticks
+        users = columns.user_list
+        if len(columns.prices) <= 1 and len(set(users)) == len(users):
+            # The usual batch: each viewer once, one price -- its columns as they are.
+            return cls(users, [price for group in columns.prices for price in group],
+                       [tick.viewer_session_id for tick in ticks])
+        position: dict[str, int] = {}
+        users, planck = [], []
+        sessions: list[list[str]] = []
+        for tick in ticks:
+            at = position.setdefault(tick.user_id, len(users))
+            if at == len(users):
+                users.append(tick.user_id)
+                planck.append(0)
+                sessions.append([])
+            planck[at] += tick.price_planck
+            sessions[at].append(tick.viewer_session_id)
+        order = sorted(range(len(users)), key=planck.__getitem__)  # stable
+        return cls([users[k] for k in order], charge_groups([planck[k] for k in order]),
+                   [sessions[k] for k in order])
 
     def cut(self, positions: list[int]) -> list[str]:
         """The sessions of the viewers at the script's (1-based) positions."""
-        return [session for at in positions for session in self.sessions[int(at) - 1]]
+        cut: list[str] = []
+        for at in positions:
+            of = self.sessions[int(at) - 1]
+            cut += [of] if isinstance(of, str) else of
+        return cut
 
 
 @dataclass(frozen=True)
@@ -202,14 +261,13 @@ class TickWriter:
         message = json.dumps(live) if live else ""
         writes, charges = [], []
         for part in self.parts(batch):
-            charged = Charges.of(part.batch.ticks)
+            charged = Charges.of(part.batch)
             charges.append(charged)
-            prefix = self._keys.balance_prefix(part.shard)  # a part's viewers share a shard
             writes.append(self._script(
-                keys=[batch_key(part.batch_id), self._keys.pending(part.shard),
-                      *(prefix + user for user in charged.users)],
+                keys=[batch_key(part.batch_id), self._keys.pending(part.shard)],
                 args=[batch.second, part.batch.encode(), message,
-                      *charge_groups(charged.planck)]))
+                      self._keys.balance_prefix(part.shard),  # a part's viewers share a shard
+                      ID_SEPARATOR.join(charged.users), *charged.groups]))
             message = ""  # the watch pages' message goes out once, with the first part
         # The parts are independent (each atomic and idempotent on its own) and
         # live on different nodes: written at once, not one round trip after another.
