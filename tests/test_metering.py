@@ -274,6 +274,9 @@ async def test_the_charge_is_exact_per_viewer_at_any_size(redis: aioredis.Redis)
     start = {u: 10**15 for u in users if u != gone}
     start[big] = 2**60 + 7
     start[broke] = 2 * PRICE_PLANCK - 1  # pays this second, not the next
+    # Either side of 10^14, where the script stops printing a balance with
+    # tostring (14 digits) and uses string.format: both exact.
+    start[users[6]], start[users[7]] = 10**14 + PRICE_PLANCK - 1, 10**14 + PRICE_PLANCK
     for group in keys.group(start).values():
         await redis.mset({balance_key(u, keys): start[u] for u in group})
     price = {dear: 5 * PRICE_PLANCK + 3, free: 0}
