@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
+from billing.journal_copy import as_source, journal_payload
 from vilokanam.balances import adjust_live
 from vilokanam.delivery import GRACE_SECONDS
 from vilokanam.keyspace import tick_keys
@@ -264,18 +265,25 @@ _JOURNAL_COLUMNS = ("batch_id", "second", "sessions", "users", "prices")
 
 @dataclass(frozen=True)
 class JournalRow:
-    """One batch's ticks as columns, decoded once from the worker's JSON."""
+    """One batch's ticks as columns, decoded once from the worker's JSON: the
+    ids as lists, or joined by commas as the batch stores them (decode keeps
+    them so: billing/journal_copy.py turns a joined column into its uuid[]
+    without a Python object per id)."""
 
     batch_id: str
     second: int
-    sessions: list[str]
-    users: list[str]
+    sessions: list[str] | str
+    users: list[str] | str
     prices: list[int]
 
     @classmethod
     def decode(cls, batch_id: str, raw: str | bytes) -> JournalRow:
-        columns = BatchColumns.decode(raw)  # no Tick per tick
+        columns = BatchColumns.decode_joined(raw)  # no object per tick
         return cls(batch_id, columns.second, columns.sessions, columns.users, columns.prices)
+
+    @property
+    def ticks(self) -> int:
+        return len(self.prices)
 
     @classmethod
     def of(cls, batch: TickBatch, batch_id: str | None = None) -> JournalRow:
@@ -389,13 +397,13 @@ class Flusher:
         result = FlushResult(batches=len(pending))
         async with self.pg.acquire() as conn, conn.transaction():
             new = {r["batch_id"] for r in await conn.fetch(
-                _RECORD_BATCHES, [b.batch_id for b in pending], [len(b.sessions) for b in pending])}
+                _RECORD_BATCHES, [b.batch_id for b in pending], [b.ticks for b in pending])}
             fresh = [b for b in pending if b.batch_id in new]
             if fresh:
-                await conn.copy_records_to_table(
-                    "tick_journal", columns=_JOURNAL_COLUMNS,
-                    records=[(b.batch_id, b.second, b.sessions, b.users, b.prices)
-                             for b in fresh])
+                await conn.copy_to_table(
+                    "tick_journal", columns=_JOURNAL_COLUMNS, format="binary",
+                    source=as_source(journal_payload(
+                        (b.batch_id, b.second, b.sessions, b.users, b.prices) for b in fresh)))
             await self._checkpoint("recorded")
         committed = time.time()
         result.skipped = len(pending) - len(fresh)

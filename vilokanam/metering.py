@@ -86,11 +86,11 @@ class TickBatch:
 
     @classmethod
     def decode(cls, batch_id: str, raw: str | bytes) -> TickBatch:
-        columns = BatchColumns.decode(raw)
+        columns = BatchColumns.decode_joined(raw)
+        sessions, users = columns.id_lists()
         worker_id = batch_id.rsplit(":", 1)[0]
         return cls(worker_id, columns.second, tuple(
-            Tick(s, u, p) for s, u, p in zip(columns.sessions, columns.users, columns.prices,
-                                             strict=True)))
+            Tick(s, u, p) for s, u, p in zip(sessions, users, columns.prices, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,10 @@ def _ids(column: str | list[str]) -> list[str]:
     return column
 
 
+def _joined(column: str | list[str]) -> str:
+    return column if isinstance(column, str) else ID_SEPARATOR.join(column)
+
+
 @dataclass(frozen=True)
 class BatchColumns:
     """A stored batch decoded into its columns, with no object per tick: what
@@ -137,29 +141,45 @@ class BatchColumns:
     written before an upgrade wait in Redis: `{"second", "sessions", "users",
     "prices": [[price, count], ...]}` with the ids joined by commas
     (TickBatch.encode) or as JSON lists, and the oldest
-    `{"second", "ticks": [[session, user, price], ...]}`."""
+    `{"second", "ticks": [[session, user, price], ...]}`. The ids come as
+    lists (`decode`) or joined by commas as the batch stores them
+    (`decode_joined`: the flush copies them into Postgres without a Python
+    object per id)."""
 
     second: int
-    sessions: list[str]
-    users: list[str]
+    sessions: list[str] | str
+    users: list[str] | str
     prices: list[int]
 
     @classmethod
     def decode(cls, raw: str | bytes) -> BatchColumns:
+        columns = cls.decode_joined(raw)
+        return cls(columns.second, _ids(columns.sessions), _ids(columns.users), columns.prices)
+
+    @classmethod
+    def decode_joined(cls, raw: str | bytes) -> BatchColumns:
         data = json.loads(raw)
         second = int(data["second"])
         if "ticks" in data:  # the oldest shape
             ticks = data["ticks"]
-            return cls(second, [str(t[0]) for t in ticks], [str(t[1]) for t in ticks],
-                       [int(t[2]) for t in ticks])
+            return cls(second, _joined([str(t[0]) for t in ticks]),
+                       _joined([str(t[1]) for t in ticks]), [int(t[2]) for t in ticks])
         prices: list[int] = []
         for price, count in data["prices"]:
             prices += [int(price)] * int(count)
-        sessions, users = _ids(data["sessions"]), _ids(data["users"])
-        if not len(sessions) == len(users) == len(prices):
-            raise ValueError(f"a tick batch's columns differ in length: {len(sessions)} "
-                             f"sessions, {len(users)} users, {len(prices)} prices")
+        sessions, users = _joined(data["sessions"]), _joined(data["users"])
+        if not _count(sessions) == _count(users) == len(prices):
+            raise ValueError(f"a tick batch's columns differ in length: {_count(sessions)} "
+                             f"sessions, {_count(users)} users, {len(prices)} prices")
         return cls(second, sessions, users, prices)
+
+    def id_lists(self) -> tuple[list[str], list[str]]:
+        return _ids(self.sessions), _ids(self.users)
+
+
+def _count(joined: str) -> int:
+    """How many ids a joined column holds (counted in C, not split)."""
+    return joined.count(ID_SEPARATOR) + 1 if joined else 0
 
 
 # KEYS: batch key, pending set. ARGV: second, batch JSON, live message (may
