@@ -90,6 +90,7 @@ def test_the_workers_peer_ids_never_hold_a_separator() -> None:
 @pytest.mark.parametrize(("peers", "seconds", "prices", "decimals"), [
     (["a,b"], [1], [1], 12),  # a peer id with the separator
     (["a\nb"], [1], [1], 12),  # ... with the line break
+    (["café"], [1], [1], 12),  # not ASCII
     (["a", "b"], [1], [1, 1], 12),  # the sequences differ in length
     (["a"], [-1], [1], 12),
     (["a"], [2**32], [1], 12),

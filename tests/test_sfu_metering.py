@@ -199,3 +199,17 @@ async def test_the_live_message_gives_each_ticked_viewer_its_seconds_and_exact_c
                                  "peer-3": LiveTick(2, "2305843.009213693954")}
     assert dict(messages[2]) == {"peer-0": LiveTick(3, "0.003"), "peer-1": LiveTick(3, "0.003"),
                                  "peer-2": LiveTick(3, "0")}
+
+
+async def test_a_live_message_that_cannot_be_encoded_costs_the_watch_pages_not_the_ticks(
+        redis: aioredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """A peer id the live message cannot carry (never one of the worker's: see
+    tests/test_live_ticks.py): that second's ticks are written all the same,
+    the message is left out and the fault logged."""
+    emitter = TickEmitter("w-unencodable", TickWriter(redis))
+    peers = audience(2)
+    peers[0].peer_id = "a,b"
+    with caplog.at_level(logging.ERROR, logger="sfu.metering"):
+        await emit_seconds(emitter, peers, 1)
+    assert await redis.zcard(PENDING_KEY) == 1 and emitter.unwritten == 0
+    assert [r.getMessage() for r in caplog.records] == ["ticks.live_unencodable"]

@@ -72,7 +72,8 @@ def encode(peers: Sequence[str], seconds: Sequence[int], prices: Sequence[int],
     """The message for `peers` (one entry each, in one order across the three
     sequences: peer id, its session's seconds so far, its price in planck per
     second); "" when there is no peer (nothing to publish). ValueError if a
-    peer id holds a separator or a number is out of the format's range."""
+    peer id holds a separator or is not ASCII, or a number is out of the
+    format's range."""
     if not peers:
         return ""
     if not len(peers) == len(seconds) == len(prices):
@@ -80,8 +81,8 @@ def encode(peers: Sequence[str], seconds: Sequence[int], prices: Sequence[int],
     if not 0 <= decimals <= MAX_DECIMALS:
         raise ValueError(f"decimals out of range: {decimals}")
     joined = SEPARATOR.join(peers)
-    if joined.count(SEPARATOR) != len(peers) - 1 or "\n" in joined:
-        raise ValueError("a peer id holds a separator")
+    if joined.count(SEPARATOR) != len(peers) - 1 or "\n" in joined or not joined.isascii():
+        raise ValueError("a peer id holds a separator or is not ASCII")
     first = prices[0]
     if prices.count(first) == len(prices):  # the usual second: one price for all
         low = high = first
@@ -132,9 +133,10 @@ class CompactTicks(Mapping[str, LiveTick]):
         if len(lines) != 3:
             raise BadLiveMessage(f"{len(lines)} lines, not 3")
         header, peers, counts = lines
-        magic, decimals, runs = (header.split(" ") + ["", "", ""])[:3]
-        if magic != MAGIC or header.count(" ") != 2:
+        fields = header.split(" ")
+        if len(fields) != 3 or fields[0] != MAGIC:
             raise BadLiveMessage("not a vk-ticks/2 header")
+        decimals, runs = fields[1:]
         if not _DECIMALS.fullmatch(decimals) or int(decimals) > MAX_DECIMALS:
             raise BadLiveMessage("bad decimals")
         if not _RUNS.fullmatch(runs):
