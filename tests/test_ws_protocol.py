@@ -668,6 +668,30 @@ async def test_a_viewer_hears_its_own_ticks_only(h: Harness, old: bool) -> None:
         await ws.receive_json(timeout=0.3)
 
 
+async def test_the_hub_hands_a_tick_to_the_listened_peers_of_a_message_only(
+        h: Harness) -> None:
+    """Both ways of matching a message to this server's peers (the message's
+    peers when it is smaller, this server's when they are fewer) find the
+    same; a peer whose listener left hears no more."""
+    hub = h.client.app[EVENTS]
+    seen: dict[str, list[dict[str, Any]]] = {p: [] for p in ("p1", "p2", "p3")}
+    witnesses = {p: Witness(seen[p]) for p in seen}
+    for peer, witness in witnesses.items():
+        hub.add(f"vk:peer:{peer}:events", witness)
+    try:
+        hub.dispatch_ticks(live_message({"p1": (4, 10**9)}, old=False))  # 1 peer < 3 listened
+        crowd = {f"x{k}": (1, 1) for k in range(10)}
+        hub.dispatch_ticks(live_message({**crowd, "p2": (5, 0), "p3": (6, 10**12)}, old=False))
+        hub.remove("vk:peer:p3:events", witnesses["p3"])
+        hub.dispatch_ticks(live_message({**crowd, "p3": (7, 10**12)}, old=False))
+    finally:
+        for peer, witness in witnesses.items():
+            hub.remove(f"vk:peer:{peer}:events", witness)
+    assert seen == {"p1": [{"type": "tick", "seconds": 4, "cost": "0.004"}],
+                    "p2": [{"type": "tick", "seconds": 5, "cost": "0"}],
+                    "p3": [{"type": "tick", "seconds": 6, "cost": "6"}]}
+
+
 async def test_a_bad_live_message_is_logged_once_and_the_next_one_delivered(
         h: Harness, caplog: pytest.LogCaptureFixture) -> None:
     _, stream_id, _ = await h.publishing()
