@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import hashlib
 import json
 import math
@@ -70,12 +69,13 @@ from bench.common import (
     utc_now,
     wait_until,
 )
+from vilokanam import live_ticks
 from vilokanam.balances import CHARGE_CHUNK, balance_key
 from vilokanam.config import Settings
 from vilokanam.keyspace import pending_count, tick_keys
 from vilokanam.metering import Tick, TickBatch, TickWriter, batch_key
 from vilokanam.migrations import migrate
-from vilokanam.money import format_amount, to_planck
+from vilokanam.money import to_planck
 from vilokanam.redis_client import redis_from_url
 from vilokanam.services.net import free_port
 from vilokanam.services.postgres import PostgresServer
@@ -207,7 +207,7 @@ async def simulate_worker(redis_url: str, worker: int, viewers: range, start: in
             batch = TickBatch(worker_name(worker), second, chosen_ticks)
             for k in chosen:
                 counts[k] += 1
-            message = _live_message(ticks, counts, chosen) if live else None
+            message = _live_message(ticks, counts, chosen) if live else ""
             sent = time.time()
             log.broke += len(await writer.write(batch, message))
             log.parts += parts
@@ -221,17 +221,15 @@ async def simulate_worker(redis_url: str, worker: int, viewers: range, start: in
     return log
 
 
-def _live_message(ticks: list[Tick], counts: list[int], chosen: list[int]) -> dict[str, Any]:
-    """What sfu/metering.py publishes for the watch page: seconds and cost so far."""
-    return {ticks[k].viewer_session_id: {"seconds": counts[k], "cost": _cost_text(counts[k])}
-            for k in chosen}
+LIVE_DECIMALS = Settings.from_env({}).token_decimals  # the lab's: its settings are the defaults
 
 
-@functools.lru_cache(maxsize=4096)
-def _cost_text(seconds: int) -> str:
-    """A load generator's shortcut: most viewers share their count of seconds,
-    so the Decimal formatting is done once per count, not once per viewer."""
-    return format_amount(PRICE * seconds)
+def _live_message(ticks: list[Tick], counts: list[int], chosen: list[int]) -> str:
+    """What sfu/metering.py publishes for the watch page, with the same encoder
+    (vilokanam/live_ticks.py): each viewer's seconds so far and its price."""
+    return live_ticks.encode([ticks[k].viewer_session_id for k in chosen],
+                             [counts[k] for k in chosen], [ticks[k].price_planck for k in chosen],
+                             LIVE_DECIMALS)
 
 
 async def run_workers(args: argparse.Namespace) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def create_app(settings: Settings) -> web.Application:
             ice_servers=settings.ice_servers, capacity=settings.sfu_capacity,
             control_url=settings.sfu_control_url, lifecycle=Lifecycle(backends.pg),
             events=EventBus(backends.redis, worker_id),
-            emitter=TickEmitter.for_redis(worker_id, backends.redis),
+            emitter=TickEmitter.for_redis(worker_id, backends.redis, settings.token_decimals),
             token_decimals=settings.token_decimals,
             load_monitor=LoadMonitor(max_cpu=float(settings.sfu_max_cpu),
                                      max_lag=settings.sfu_max_loop_lag_ms / 1000),

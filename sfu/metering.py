@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
 
+from vilokanam import live_ticks
 from vilokanam.logs import log_event
 from vilokanam.metering import Tick, TickBatch, TickWriter
-from vilokanam.money import format_amount
 from vilokanam.redis_client import REDIS_ERRORS
 
 if TYPE_CHECKING:
@@ -72,10 +72,6 @@ class ViewerMeter:
     def report_received(self) -> None:
         self.last_report_at = time.monotonic()
 
-    @property
-    def cost(self) -> Decimal:
-        return self.price * self.ticks
-
 
 def received_this_second(peer: Peer, now: float) -> bool:
     frames = sum(track.frames_sent for _, track in peer.tracks)
@@ -90,12 +86,14 @@ def received_this_second(peer: Peer, now: float) -> bool:
 class TickEmitter:
     worker_id: str
     writer: TickWriter
+    token_decimals: int = 12  # the live message's costs are planck shifted by these
     _last_second: int = 0
     _outbox: list[TickBatch] = field(default_factory=list)
 
     @classmethod
-    def for_redis(cls, worker_id: str, redis: aioredis.Redis) -> TickEmitter:
-        return cls(worker_id, TickWriter(redis))
+    def for_redis(cls, worker_id: str, redis: aioredis.Redis,
+                  token_decimals: int) -> TickEmitter:
+        return cls(worker_id, TickWriter(redis), token_decimals)
 
     def next_second(self) -> int:
         """The second just completed, strictly after the last one labelled:
@@ -113,18 +111,28 @@ class TickEmitter:
             for p in ticked))
         for peer in ticked:
             peer.meter.ticks += 1
-        live = {p.peer_id: {"seconds": p.meter.ticks, "cost": format_amount(p.meter.cost)}
-                for p in ticked}
         if batch.ticks:
             self._outbox.append(batch)
-        return await self._flush_outbox(live)
+        return await self._flush_outbox(self._live_message(ticked))
 
-    async def _flush_outbox(self, live: dict[str, dict[str, object]]) -> list[str]:
+    def _live_message(self, ticked: list[Peer]) -> str:
+        """The watch pages' message for this second (vilokanam/live_ticks.py):
+        no object and no cost per viewer here, signaling computes the costs."""
+        try:
+            return live_ticks.encode([p.peer_id for p in ticked],
+                                     [p.meter.ticks for p in ticked],
+                                     [p.meter.price_planck for p in ticked], self.token_decimals)
+        except ValueError as exc:  # cannot happen with our peer ids; billing goes on
+            log_event(log, "ticks.live_unencodable", logging.ERROR, worker_id=self.worker_id,
+                      error=str(exc))
+            return ""
+
+    async def _flush_outbox(self, live: str) -> list[str]:
         broke: list[str] = []
         while self._outbox:
             batch = self._outbox[0]
             try:
-                broke += await self.writer.write(batch, live if batch is self._outbox[-1] else None)
+                broke += await self.writer.write(batch, live if batch is self._outbox[-1] else "")
             except REDIS_ERRORS as exc:
                 TICK_WRITE_FAILURES.inc()
                 log_event(log, "ticks.write_failed", logging.WARNING, worker_id=self.worker_id,
@@ -159,6 +167,6 @@ class TickEmitter:
         """The worker stops: one last try to write the outbox; what is still
         unwritten is lost, and reported."""
         if self._outbox:
-            await self._flush_outbox({})
+            await self._flush_outbox("")
         self._lose(list(self._outbox), "worker_stopped")
         self._count_unwritten()

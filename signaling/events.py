@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from routing.channels import peer_channel, stream_channel
+from vilokanam import live_ticks
 from vilokanam.backends import BACKENDS
 from vilokanam.logs import log_event
 from vilokanam.metering import LIVE_CHANNEL
@@ -28,13 +29,15 @@ from vilokanam.metering import LIVE_CHANNEL
 log = logging.getLogger(__name__)
 
 # The channel names are the workers' (sfu/events.py, vilokanam/metering.py).
-# A worker's live tick message carries every viewer it billed that second:
-# {peer_id: {"seconds", "cost"}}; it is split here into one "tick" event per
-# peer channel, so a websocket hears only its own.
+# A worker's live tick message carries every viewer it billed that second
+# (vilokanam/live_ticks.py); it is split here into one "tick" event
+# {"seconds", "cost"} per peer this server has listeners for, so a websocket
+# hears only its own.
 # USERS_CHANNEL: per-user events between signaling servers (a suspension).
 USERS_CHANNEL = "vk:users:events"
 PATTERNS = (stream_channel("*"), peer_channel("*"), LIVE_CHANNEL, USERS_CHANNEL)
 _STREAM_PREFIX, _STREAM_SUFFIX = stream_channel("*").split("*")
+_PEER_PREFIX, _PEER_SUFFIX = peer_channel("*").split("*")
 RETRY_S = 1.0
 # get_message wakes up this often, so redis-py's health check PINGs an idle
 # connection and a dead one is noticed.
@@ -51,11 +54,14 @@ class EventHub:
         self._redis = redis
         self._listeners: dict[str, set[Listener]] = {}
         self._every_stream: set[Listener] = set()  # hear every stream's events
+        self._peers: set[str] = set()  # the peer ids whose channel has listeners
         self._pubsub: Any = None  # redis.asyncio.client.PubSub, once started
         self._task: asyncio.Task[None] | None = None
 
     def add(self, channel: str, listener: Listener) -> None:
         self._listeners.setdefault(channel, set()).add(listener)
+        if (peer_id := _peer_of(channel)) is not None:
+            self._peers.add(peer_id)
 
     def remove(self, channel: str, listener: Listener) -> None:
         listeners = self._listeners.get(channel)
@@ -63,6 +69,8 @@ class EventHub:
             listeners.discard(listener)
             if not listeners:
                 del self._listeners[channel]
+                if (peer_id := _peer_of(channel)) is not None:
+                    self._peers.discard(peer_id)
 
     def add_every_stream(self, listener: Listener) -> None:
         """`listener` hears the events of every stream (e.g. each go-live)."""
@@ -130,11 +138,21 @@ class EventHub:
             self._deliver(channel, event, every)
 
     def dispatch_ticks(self, data: bytes | str) -> None:
-        ticks = _decode(LIVE_CHANNEL, data) or {}
-        for peer_id, tick in ticks.items():
-            channel = peer_channel(peer_id)
-            if channel in self._listeners and isinstance(tick, dict):
-                self._deliver(channel, {"type": "tick", **tick})
+        """One worker's live message: a tick event to each of its peers that
+        has a listener here. The message names all the worker's viewers, this
+        server holds a few: each tick (and its cost) is made only for those."""
+        try:
+            ticks = live_ticks.decode(data)
+        except live_ticks.BadLiveMessage as exc:
+            log_event(log, "events.bad_event", logging.WARNING, channel=LIVE_CHANNEL,
+                      error=str(exc))
+            return
+        mine = ([p for p in ticks if p in self._peers] if len(ticks) < len(self._peers)
+                else [p for p in self._peers if p in ticks])
+        for peer_id in mine:
+            seconds, cost = ticks[peer_id]
+            self._deliver(peer_channel(peer_id), {"type": "tick", "seconds": seconds,
+                                                  "cost": cost})
 
     def _deliver(self, channel: str, event: dict[str, Any],
                  every: set[Listener] | None = None) -> None:
@@ -160,6 +178,13 @@ def _decode(channel: str, data: bytes | str) -> dict[str, Any] | None:
 
 def _is_stream_channel(channel: str) -> bool:
     return channel.startswith(_STREAM_PREFIX) and channel.endswith(_STREAM_SUFFIX)
+
+
+def _peer_of(channel: str) -> str | None:
+    """The peer id of a peer's channel; None for any other channel."""
+    if channel.startswith(_PEER_PREFIX) and channel.endswith(_PEER_SUFFIX):
+        return channel[len(_PEER_PREFIX):len(channel) - len(_PEER_SUFFIX)]
+    return None
 
 
 def _text(value: bytes | str) -> str:

@@ -10,7 +10,6 @@ rows (sfu/lifecycle.py); the browser side is tests/test_browser_receipts.py."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -40,11 +39,13 @@ from tests.test_ws_protocol import (
     running,
     watch,
 )
+from vilokanam import live_ticks
 from vilokanam.accounts import canonical_account
 from vilokanam.balances import balance_key, credit
 from vilokanam.config import Settings
 from vilokanam.delivery import GRACE_SECONDS, delegation_text, receipt_text
 from vilokanam.metering import LIVE_CHANNEL, Tick, TickBatch, TickWriter
+from vilokanam.money import to_planck
 
 PRICE = Decimal("0.001")
 
@@ -131,8 +132,8 @@ async def watching(h: Harness, stream_id: str, viewer: Viewer,
 
 async def metered(h: Harness, seconds: int) -> None:
     """What the worker's tick script publishes each second for this viewer."""
-    await h.redis.publish(LIVE_CHANNEL, json.dumps({h.worker.last_peer: {
-        "seconds": seconds, "cost": str(seconds * PRICE)}}))
+    await h.redis.publish(LIVE_CHANNEL, live_ticks.encode(
+        [h.worker.last_peer], [seconds], [to_planck(PRICE, 12)], 12))
 
 
 async def next_message(ws: Socket, kind: str) -> dict[str, Any]:

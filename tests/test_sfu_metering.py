@@ -25,7 +25,9 @@ from redis.backoff import NoBackoff
 
 from sfu import metering
 from sfu.metering import TickEmitter, ViewerMeter
-from vilokanam.metering import PENDING_KEY, TickWriter
+from vilokanam import live_ticks
+from vilokanam.live_ticks import LiveTick
+from vilokanam.metering import LIVE_CHANNEL, PENDING_KEY, TickWriter
 from vilokanam.services.net import free_port
 
 
@@ -164,3 +166,50 @@ async def test_a_tick_soon_after_the_last_still_bills_a_viewer_who_received_in_i
     peer.track.last_sent_at = time.monotonic() - metering.FRAME_WINDOW - 0.5  # media stopped
     await emitter.emit([peer])
     assert peer.meter.ticks == 2  # no tick without media in the second billed
+
+
+async def test_the_live_message_gives_each_ticked_viewer_its_seconds_and_exact_cost(
+        redis: aioredis.Redis) -> None:
+    """What the worker publishes on vk:ticks:live, read as signaling reads it
+    (vilokanam/live_ticks.py): every viewer ticked in that second with its
+    seconds so far and their cost at its own price; a viewer with no media in
+    the second is not in it."""
+    emitter = TickEmitter("w-live", TickWriter(redis), token_decimals=12)
+    peers = audience(4)
+    for peer, price in zip(peers, (10**9, 10**9, 0, 2**60 + 1), strict=True):
+        peer.meter.price_planck = price
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(LIVE_CHANNEL)
+    assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"
+    try:
+        await emit_seconds(emitter, peers, 2)
+        peers[3].track.last_sent_at = time.monotonic() - metering.FRAME_WINDOW - 0.5
+        await emitter.emit(peers)  # the last peer's media stopped: three ticks
+        messages = []
+        deadline = time.monotonic() + 10
+        while len(messages) < 3 and time.monotonic() < deadline:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                messages.append(live_ticks.decode(message["data"]))
+    finally:
+        await pubsub.aclose()
+    assert [len(ticks) for ticks in messages] == [4, 4, 3]
+    assert dict(messages[1]) == {"peer-0": LiveTick(2, "0.002"), "peer-1": LiveTick(2, "0.002"),
+                                 "peer-2": LiveTick(2, "0"),
+                                 "peer-3": LiveTick(2, "2305843.009213693954")}
+    assert dict(messages[2]) == {"peer-0": LiveTick(3, "0.003"), "peer-1": LiveTick(3, "0.003"),
+                                 "peer-2": LiveTick(3, "0")}
+
+
+async def test_a_live_message_that_cannot_be_encoded_costs_the_watch_pages_not_the_ticks(
+        redis: aioredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """A peer id the live message cannot carry (never one of the worker's: see
+    tests/test_live_ticks.py): that second's ticks are written all the same,
+    the message is left out and the fault logged."""
+    emitter = TickEmitter("w-unencodable", TickWriter(redis))
+    peers = audience(2)
+    peers[0].peer_id = "a,b"
+    with caplog.at_level(logging.ERROR, logger="sfu.metering"):
+        await emit_seconds(emitter, peers, 1)
+    assert await redis.zcard(PENDING_KEY) == 1 and emitter.unwritten == 0
+    assert [r.getMessage() for r in caplog.records] == ["ticks.live_unencodable"]

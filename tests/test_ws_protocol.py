@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -39,8 +40,11 @@ from signaling.stream_keys import hash_stream_key, new_stream_key
 from signaling.tokens import issue_token
 from tests.fake_worker import FAKE_ANSWER_SDP, FakeWorker
 from tests.waiting import wait_until
+from vilokanam import live_ticks
 from vilokanam.balances import credit
 from vilokanam.config import Settings
+from vilokanam.metering import LIVE_CHANNEL
+from vilokanam.money import format_amount, from_planck
 from vilokanam.services.net import free_port
 
 SECRET = "x" * 40
@@ -636,19 +640,76 @@ async def test_watch_needs_ten_seconds_of_the_price(h: Harness) -> None:
             assert reply["code"] == "insufficient_funds"
 
 
-async def test_a_viewer_hears_its_own_ticks_only(h: Harness) -> None:
-    """A worker's live tick message names many viewers; each websocket gets its own."""
+def live_message(ticks: dict[str, tuple[int, int]], old: bool) -> str:
+    """A worker's live tick message for {peer: (seconds, price planck)}: this
+    format (vilokanam/live_ticks.py), or the JSON of workers before it."""
+    if old:
+        return json.dumps({peer: {"seconds": seconds, "cost": format_amount(
+            from_planck(price * seconds, 12))} for peer, (seconds, price) in ticks.items()})
+    return live_ticks.encode(list(ticks), [s for s, _ in ticks.values()],
+                             [p for _, p in ticks.values()], 12)
+
+
+@pytest.mark.parametrize("old", [False, True], ids=["compact", "old-json"])
+async def test_a_viewer_hears_its_own_ticks_only(h: Harness, old: bool) -> None:
+    """A worker's live tick message names many viewers; each websocket gets
+    its own, its cost as the worker's format_amount wrote it."""
     _, stream_id, _ = await h.publishing()
     _, token = await h.token()
     ws = await h.connect()
     await ask(ws, watch(stream_id, token))
     mine = h.worker.last_peer
-    await h.event("vk:ticks:live", **{mine: {"seconds": 7, "cost": "0.007"},
-                                      "someone-else": {"seconds": 99, "cost": "9"}})
+    others = {secrets.token_urlsafe(18): (99, 10**12) for _ in range(50)}
+    assert await h.redis.publish(LIVE_CHANNEL, live_message(
+        {**others, mine: (7, 10**9)}, old)) >= 1
     assert await ws.receive_json(timeout=TIMEOUT) == {"type": "tick", "seconds": 7,
                                                       "cost": "0.007"}
     with pytest.raises(asyncio.TimeoutError):
         await ws.receive_json(timeout=0.3)
+
+
+async def test_the_hub_hands_a_tick_to_the_listened_peers_of_a_message_only(
+        h: Harness) -> None:
+    """Both ways of matching a message to this server's peers (the message's
+    peers when it is smaller, this server's when they are fewer) find the
+    same; a peer whose listener left hears no more."""
+    hub = h.client.app[EVENTS]
+    seen: dict[str, list[dict[str, Any]]] = {p: [] for p in ("p1", "p2", "p3")}
+    witnesses = {p: Witness(seen[p]) for p in seen}
+    for peer, witness in witnesses.items():
+        hub.add(f"vk:peer:{peer}:events", witness)
+    try:
+        hub.dispatch_ticks(live_message({"p1": (4, 10**9)}, old=False))  # 1 peer < 3 listened
+        crowd = {f"x{k}": (1, 1) for k in range(10)}
+        hub.dispatch_ticks(live_message({**crowd, "p2": (5, 0), "p3": (6, 10**12)}, old=False))
+        hub.remove("vk:peer:p3:events", witnesses["p3"])
+        hub.dispatch_ticks(live_message({**crowd, "p3": (7, 10**12)}, old=False))
+    finally:
+        for peer, witness in witnesses.items():
+            hub.remove(f"vk:peer:{peer}:events", witness)
+    assert seen == {"p1": [{"type": "tick", "seconds": 4, "cost": "0.004"}],
+                    "p2": [{"type": "tick", "seconds": 5, "cost": "0"}],
+                    "p3": [{"type": "tick", "seconds": 6, "cost": "6"}]}
+
+
+async def test_a_bad_live_message_is_logged_once_and_the_next_one_delivered(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    _, stream_id, _ = await h.publishing()
+    _, token = await h.token()
+    ws = await h.connect()
+    await ask(ws, watch(stream_id, token))
+    mine = h.worker.last_peer
+    good = live_message({mine: (3, 10**9), "other": (3, 0)}, old=False)
+    caplog.set_level(logging.WARNING, logger="signaling.events")
+    for bad in (good.replace(",other", ",oth,er"), "{not json", json.dumps({mine: 3})):
+        assert await h.redis.publish(LIVE_CHANNEL, bad) >= 1
+    assert await h.redis.publish(LIVE_CHANNEL, good) >= 1
+    # the hub reads its messages in order, on: the good one heard, the bad ones were read
+    assert await ws.receive_json(timeout=TIMEOUT) == {"type": "tick", "seconds": 3,
+                                                      "cost": "0.003"}
+    bad_events = [getattr(r, "fields") for r in caplog.records  # noqa: B009
+                  if r.getMessage() == "events.bad_event"]
+    assert len(bad_events) == 3 and all(f["channel"] == LIVE_CHANNEL for f in bad_events)
 
 
 async def test_watch_checks_run_at_once_and_refuse_in_their_order() -> None:

@@ -28,7 +28,6 @@ import asyncio
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -275,10 +274,10 @@ class TickWriter:
         self._script = redis.register_script(_WRITE_TICKS)
         self._keys = tick_keys(redis)
 
-    async def write(self, batch: TickBatch, live: dict[str, Any] | None = None) -> list[str]:
+    async def write(self, batch: TickBatch, live: str = "") -> list[str]:
         """Idempotent: writing the same batch again charges nothing twice and
         returns no sessions to cut."""
-        message = json.dumps(live) if live else ""
+        message = live  # vilokanam/live_ticks.py's message, "" = none
         writes, charges = [], []
         for part in self.parts(batch):
             charged = Charges.of(part.batch)
