@@ -90,7 +90,7 @@ PRICE = Decimal("0.001")  # tokens per second, as the default stream price
 CREDIT = Decimal("1000")  # prepaid per viewer: nobody runs out during a run
 SKIP_EVERY = 50  # viewer i misses second s when (i + s) % 50 == 0: totals differ per viewer
 VIEWERS_PER_WORKER = 5000
-START_DELAY_S = 3  # seconds between launching the simulators and their first tick
+START_DELAY_S = 5  # seconds between launching the simulators and their first tick (their templates)
 POLL_S = 0.1  # how often tick_batches is polled for new commits (lag resolution)
 STATS_SETTLE_S = 11.0  # Postgres backends publish table stats at most every 10 s when idle
 
@@ -186,8 +186,10 @@ async def simulate_worker(redis_url: str, worker: int, viewers: range, start: in
     log = WorkerLog(worker)
     # Who is skipped depends only on the second mod SKIP_EVERY: each second's
     # viewers, their ticks and what they make of the write (parts, the script's
-    # MGETs) come from a template made once per residue -- the simulator's own
-    # bookkeeping, which a real worker does not have, costs nothing per tick.
+    # MGETs) come from a template made once per residue, all of them before the
+    # first second -- the simulator's own bookkeeping, which a real worker does
+    # not have, costs nothing per tick (made on the way, a run shorter than 50 s
+    # made one every second).
     templates: dict[int, tuple[list[int], tuple[Tick, ...], int, int]] = {}
 
     def template(second: int) -> tuple[list[int], tuple[Tick, ...], int, int]:
@@ -198,6 +200,8 @@ async def simulate_worker(redis_url: str, worker: int, viewers: range, start: in
                                   sum(-(-len(users) // CHARGE_CHUNK) for users in groups.values()))
         return templates[residue]
 
+    for second in range(start, start + min(seconds, SKIP_EVERY)):  # before the clock starts
+        template(second)
     try:
         for second in range(start, start + seconds):
             due = second + 1 + phase

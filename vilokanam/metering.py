@@ -11,8 +11,8 @@ script), whatever its number of viewers:
   charge, inside this script: one MGET and one MSET per 1000 viewers, no
   command per viewer), and the script returns the sessions whose viewer cannot
   pay for the next second — the worker cuts them off in this second;
-- one message on `vk:ticks:live` tells signaling each session's seconds and
-  cost so far, for the watch page.
+- one message on `vk:ticks:live` (vilokanam/live_ticks.py) tells signaling
+  each peer's seconds so far and price, for the watch page.
 
 In a Redis Cluster the batch is written as one part per shard of its viewers
 (vilokanam/keyspace.py): each part, its shard's pending index and its viewers'
