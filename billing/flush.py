@@ -506,9 +506,11 @@ async def prune_applied(pg: asyncpg.Pool, older_than_s: int = 86400) -> int:
     return int(status.split()[-1])
 
 
-FLUSH_INTERVAL = 1.0
+# Half a second, not one: a tick waits for the next round after its write,
+# and at 100k viewers that wait was a third of the flush lag's p99.
+FLUSH_INTERVAL = 0.5
 SYNC_INTERVAL = 2.0
-PRUNE_EVERY = 3600  # flush rounds between prunes of old batch ids
+PRUNE_EVERY = 7200  # flush rounds between prunes of old batch ids (an hour at 0.5 s)
 
 
 async def run_flusher(flusher: Flusher, interval: float = FLUSH_INTERVAL) -> None:

@@ -99,9 +99,10 @@ class Settings:
         "Base URL clients reach signaling at; absolute WHIP/WHEP/watch URLs are built "
         "from it. Default `http://<host>:<port>`.")
     flush_interval: Decimal = _setting(
-        "VILOKANAM_FLUSH_INTERVAL", "1",
-        "Seconds between the billing worker's tick flushes (ticks reach Postgres 1-2 s after "
-        "their second).")
+        "VILOKANAM_FLUSH_INTERVAL", "0.5",
+        "Seconds between the billing worker's tick flushes (a tick reaches Postgres ~1-2.5 s "
+        "after its second ends: the worker writes it during the next second, the next round "
+        "takes it).")
     tick_sync_interval: Decimal = _setting(
         "VILOKANAM_TICK_SYNC_INTERVAL", "2",
         "Seconds between the billing worker's syncs of flushed ticks into the totals "
