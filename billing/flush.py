@@ -112,13 +112,13 @@ WITH oldest AS (
     DELETE FROM tick_journal
      WHERE batch_id IN (SELECT batch_id FROM oldest WHERE before < $4::bigint)
     RETURNING batch_id, second, sessions, users, prices
-), raw AS MATERIALIZED (
-    SELECT t.id, j.second, t.user_id, t.price_planck
-      FROM journal j, unnest(j.sessions, j.users, j.prices) AS t(id, user_id, price_planck)
 ), per_session AS (
-    -- The ticks counted per session first: every lookup below is one per
-    -- session, not one per tick (a sync holds many seconds of each session).
-    SELECT id, count(*)::int AS n, max(second) AS last_second FROM raw GROUP BY id
+    -- The ticks counted per session straight from the journal's session
+    -- arrays (the other arrays are not read, and no row per tick is kept):
+    -- every lookup below is one per session, not one per tick (a sync holds
+    -- many seconds of each session).
+    SELECT r.id, count(*)::int AS n, max(j.second) AS last_second
+      FROM journal j, unnest(j.sessions) AS r(id) GROUP BY r.id
 ), live_sessions AS (
     SELECT p.id, p.n, p.last_second, v.billing_rule, v.signed_seconds, v.total_ticks,
            v.is_active, v.updated_at
@@ -126,13 +126,16 @@ WITH oldest AS (
      WHERE v.price_per_second IS NOT NULL
 ), kept AS (
     -- An active session keeps every tick; an ended one (its updated_at is its
-    -- end) only those up to 2 s after it, tick by tick.
+    -- end) only those up to 2 s after it, tick by tick: the journal is read
+    -- tick by tick again only then (the EXISTS skips the branch otherwise).
     SELECT id, n, last_second, billing_rule, signed_seconds, total_ticks
       FROM live_sessions WHERE is_active IS TRUE
     UNION ALL
     SELECT s.id, count(*)::int, max(r.second), s.billing_rule, s.signed_seconds, s.total_ticks
-      FROM live_sessions s JOIN raw r ON r.id = s.id
-     WHERE s.is_active IS NOT TRUE
+      FROM live_sessions s
+      JOIN (SELECT j.second, u.id FROM journal j, unnest(j.sessions) AS u(id)) r ON r.id = s.id
+     WHERE EXISTS (SELECT 1 FROM live_sessions WHERE is_active IS NOT TRUE)
+       AND s.is_active IS NOT TRUE
        AND to_timestamp(r.second) AT TIME ZONE current_setting('TimeZone')
            <= s.updated_at + interval '2 seconds'
      GROUP BY s.id, s.billing_rule, s.signed_seconds, s.total_ticks
@@ -231,7 +234,7 @@ WITH oldest AS (
        SET balance = viewer_balances.balance + EXCLUDED.balance, updated_at = now()
 )
 SELECT (SELECT count(*) FROM journal) AS batches,
-       (SELECT count(*) FROM raw) AS given,
+       (SELECT COALESCE(sum(n), 0) FROM per_session) AS given,
        (SELECT COALESCE(sum(n), 0) FROM sv) + (SELECT COALESCE(sum(n), 0) FROM vv) AS ticks,
        -- The wall seconds of the live batches applied (a video view's batch is
        -- labelled with its media second): the lag from a second to its totals.
@@ -240,12 +243,14 @@ SELECT (SELECT count(*) FROM journal) AS batches,
        -- ticks dropped, given back to their live balance (charged there when
        -- the worker wrote them).
        CASE WHEN (SELECT COALESCE(sum(n), 0) FROM sv) + (SELECT COALESCE(sum(n), 0) FROM vv)
-                 < (SELECT count(*) FROM raw) THEN (
+                 < (SELECT COALESCE(sum(n), 0) FROM per_session) THEN (
            SELECT json_agg(json_build_array(d.user_id::text, d.planck::text)) FROM (
                SELECT user_id, sum(n * price) AS planck FROM (
                    SELECT r.user_id, max(r.price_planck) AS price,
                           count(*) - COALESCE(min(t.n), min(vv.n), 0) AS n
-                     FROM raw r LEFT JOIN t ON t.id = r.id LEFT JOIN vv ON vv.id = r.id
+                     FROM journal j,
+                          unnest(j.sessions, j.users, j.prices) AS r(id, user_id, price_planck)
+                     LEFT JOIN t ON t.id = r.id LEFT JOIN vv ON vv.id = r.id
                     GROUP BY r.id, r.user_id) per_session
                 WHERE n > 0 GROUP BY user_id) d)
        END AS dropped
