@@ -526,15 +526,25 @@ async def run_flusher(flusher: Flusher, interval: float = FLUSH_INTERVAL) -> Non
 
 
 # After a sync that took T seconds the syncer rests SYNC_REST_RATIO * T before
-# the next: the sync is at most half of one Postgres backend's time, however
+# the next: the sync is at most a third of one Postgres backend's time, however
 # far behind it is, and the record step (the flush lag) keeps the rest. A sync
-# writes each viewer's rows once whatever the seconds it holds, so a slower
-# beat under load makes the next sync bigger and its rows per tick fewer.
-SYNC_REST_RATIO = 1.0
+# writes each viewer's rows once whatever the seconds it holds (its cost is
+# ~a x viewers + b x ticks, bench/pg_ticks.py), so this ratio, not the
+# statement, sets the Postgres CPU per tick at scale: at 100k ticks/s a rest
+# of T made syncs of ~1M ticks (5 us a tick), a rest of 2T makes them ~1.9M
+# (3.4 us). A sync that left a backlog (it filled its bound) rests only
+# SYNC_CATCHUP_REST_RATIO * T, so a loaded machine still catches up as it did.
+SYNC_REST_RATIO = 2.0
+SYNC_CATCHUP_REST_RATIO = 1.0
+
+
+def rest_after_sync(took_s: float, backlog: bool) -> float:
+    """The syncer's rest after a sync that took `took_s` seconds."""
+    return (SYNC_CATCHUP_REST_RATIO if backlog else SYNC_REST_RATIO) * took_s
 
 
 async def run_syncer(flusher: Flusher, interval: float = SYNC_INTERVAL) -> None:
-    """A sync every `interval` (paced by start times), or SYNC_REST_RATIO times
+    """A sync every `interval` (paced by start times), or rest_after_sync of
     its own duration after it when that is longer: each takes every journal
     row recorded since the last (up to its bounds), so a slow sync is followed
     by a bigger one, and rows per viewer fall as the load rises."""
@@ -543,7 +553,7 @@ async def run_syncer(flusher: Flusher, interval: float = SYNC_INTERVAL) -> None:
     async def step() -> bool:
         began = clock.time()
         result = await flusher.sync_once()
-        await asyncio.sleep(SYNC_REST_RATIO * (clock.time() - began))
+        await asyncio.sleep(rest_after_sync(clock.time() - began, result.backlog))
         return result.backlog  # go again at once (after the rest)
 
     await run_forever("tick_sync", step, every=interval, max_backoff=5 * interval)

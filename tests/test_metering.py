@@ -227,6 +227,13 @@ def test_the_sync_bound_is_halved_after_a_timeout_and_regrows_with_a_backlog() -
     assert bound_after_sync(1_000, 1_000_000) == 1_000_000  # not filled: kept (never cut)
 
 
+def test_the_syncer_rests_twice_a_sync_and_only_once_while_catching_up() -> None:
+    from billing.flush import rest_after_sync
+
+    assert rest_after_sync(3.0, backlog=False) == 6.0  # a third of a backend at most
+    assert rest_after_sync(3.0, backlog=True) == 3.0  # behind: catch up as fast as before
+
+
 async def test_ticks_of_unknown_sessions_are_dropped_not_billed(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
     from billing.flush import TICKS_DROPPED
