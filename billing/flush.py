@@ -119,22 +119,40 @@ WITH oldest AS (
     -- many seconds of each session).
     SELECT r.id, count(*)::int AS n, max(j.second) AS last_second
       FROM journal j, unnest(j.sessions) AS r(id) GROUP BY r.id
-), live_sessions AS (
+), sv_active AS (
+    -- The usual case: an active, priced session billed by the server's meter
+    -- keeps every tick, applied by the UPDATE that finds its row: one look-up
+    -- per session. (A signed session's cap needs its row's old total, which
+    -- RETURNING cannot give: it goes through `rest` below.)
+    UPDATE stream_viewers sv
+       SET total_ticks = sv.total_ticks + p.n,
+           last_tick_time = GREATEST(sv.last_tick_time, to_timestamp(p.last_second + 1)
+                                                        AT TIME ZONE current_setting('TimeZone')),
+           paid_amount = sv.paid_amount + p.n * sv.price_per_second
+      FROM per_session p
+     WHERE sv.id = p.id AND sv.price_per_second IS NOT NULL AND sv.is_active IS TRUE
+       AND sv.billing_rule <> 'signed'
+    RETURNING sv.id, sv.stream_id, sv.session_id, sv.viewer_id, p.n,
+              p.n * sv.price_per_second AS cost
+), rest AS (
+    -- The other sessions: signed, ended, unknown or unpriced (dropped), or
+    -- ended while this statement ran (the UPDATE above skipped its row: billed
+    -- below as this statement's snapshot saw it, as before that UPDATE).
     SELECT p.id, p.n, p.last_second, v.billing_rule, v.signed_seconds, v.total_ticks,
            v.is_active, v.updated_at
       FROM per_session p JOIN stream_viewers v ON v.id = p.id
-     WHERE v.price_per_second IS NOT NULL
+     WHERE v.price_per_second IS NOT NULL AND p.id NOT IN (SELECT id FROM sv_active)
 ), kept AS (
-    -- An active session keeps every tick; an ended one (its updated_at is its
-    -- end) only those up to 2 s after it, tick by tick: the journal is read
-    -- tick by tick again only then (the EXISTS skips the branch otherwise).
+    -- An ended session (its updated_at is its end) keeps only the ticks up to
+    -- 2 s after it, tick by tick: the journal is read tick by tick again only
+    -- then (the EXISTS skips the branch otherwise).
     SELECT id, n, last_second, billing_rule, signed_seconds, total_ticks
-      FROM live_sessions WHERE is_active IS TRUE
+      FROM rest WHERE is_active IS TRUE
     UNION ALL
     SELECT s.id, count(*)::int, max(r.second), s.billing_rule, s.signed_seconds, s.total_ticks
-      FROM live_sessions s
+      FROM rest s
       JOIN (SELECT j.second, u.id FROM journal j, unnest(j.sessions) AS u(id)) r ON r.id = s.id
-     WHERE EXISTS (SELECT 1 FROM live_sessions WHERE is_active IS NOT TRUE)
+     WHERE EXISTS (SELECT 1 FROM rest WHERE is_active IS NOT TRUE)
        AND s.is_active IS NOT TRUE
        AND to_timestamp(r.second) AT TIME ZONE current_setting('TimeZone')
            <= s.updated_at + interval '2 seconds'
@@ -164,7 +182,7 @@ WITH oldest AS (
      WHERE vv.id = vt.id AND vid.id = vv.video_id
     RETURNING vv.id, vv.viewer_id, vid.creator_id, vt.n, vt.n * vv.price_per_second AS cost,
               trunc(vt.n * vv.price_per_second * (1 - $3::numeric), 18) AS creator_share
-), sv AS (
+), sv_rest AS (
     UPDATE stream_viewers sv
        SET total_ticks = sv.total_ticks + t.n,
            last_tick_time = GREATEST(sv.last_tick_time, t.last_tick),
@@ -173,6 +191,8 @@ WITH oldest AS (
      WHERE sv.id = t.id
     RETURNING sv.id, sv.stream_id, sv.session_id, sv.viewer_id, t.n,
               t.n * sv.price_per_second AS cost
+), sv AS (
+    SELECT * FROM sv_active UNION ALL SELECT * FROM sv_rest
 ), charged AS (
     SELECT sv.*, s.creator_id,
            trunc(sv.cost * (1 - $3::numeric), 18) AS creator_share
@@ -247,10 +267,10 @@ SELECT (SELECT count(*) FROM journal) AS batches,
            SELECT json_agg(json_build_array(d.user_id::text, d.planck::text)) FROM (
                SELECT user_id, sum(n * price) AS planck FROM (
                    SELECT r.user_id, max(r.price_planck) AS price,
-                          count(*) - COALESCE(min(t.n), min(vv.n), 0) AS n
+                          count(*) - COALESCE(min(sv.n), min(vv.n), 0) AS n
                      FROM journal j,
                           unnest(j.sessions, j.users, j.prices) AS r(id, user_id, price_planck)
-                     LEFT JOIN t ON t.id = r.id LEFT JOIN vv ON vv.id = r.id
+                     LEFT JOIN sv ON sv.id = r.id LEFT JOIN vv ON vv.id = r.id
                     GROUP BY r.id, r.user_id) per_session
                 WHERE n > 0 GROUP BY user_id) d)
        END AS dropped
