@@ -73,26 +73,38 @@ def postgres_pids(postmaster: int) -> list[int]:
         return [int(p) for p in f.read().split()]
 
 
-def total_cpu(postmaster: int) -> float:
-    """Every Postgres process: the postmaster with its reaped children, and the live ones."""
-    used = cpu_seconds(postmaster, children=True)
+def process_cpu(postmaster: int) -> dict[str, float]:
+    """Every Postgres process's CPU by its title ("checkpointer", "walwriter",
+    ...; a backend's is "backend <pid>"); "exited" is what the postmaster's
+    reaped children used: the autovacuum workers, which come and go."""
+    used = {"postmaster": cpu_seconds(postmaster),
+            "exited": cpu_seconds(postmaster, children=True) - cpu_seconds(postmaster)}
     for pid in postgres_pids(postmaster):
         try:
-            used += cpu_seconds(pid)
-        except FileNotFoundError:  # exited meanwhile (then in cutime next read)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().split(b"\0")[0].decode(errors="replace")
+            name = title.removeprefix("postgres: ").split(" ")[0] if ":" in title else title
+            if "127.0.0.1" in title or "postgres vilokanam" in title:
+                name = f"backend {pid}"
+            used[name] = used.get(name, 0.0) + cpu_seconds(pid)
+        except FileNotFoundError:  # exited meanwhile (then in "exited" next read)
             pass
     return used
 
 
 @dataclass
 class Cpu:
-    record: float = 0.0
-    sync: float = 0.0
-    total: float = 0.0
+    record: float
+    sync: float
+    processes: dict[str, float]
+
+    @property
+    def total(self) -> float:
+        return sum(self.processes.values())
 
 
 def read_cpu(postmaster: int, record_pid: int, sync_pid: int) -> Cpu:
-    return Cpu(cpu_seconds(record_pid), cpu_seconds(sync_pid), total_cpu(postmaster))
+    return Cpu(cpu_seconds(record_pid), cpu_seconds(sync_pid), process_cpu(postmaster))
 
 
 def rows_of(second: int, viewers: int, batches: int, price: int) -> list[JournalRow]:
@@ -216,6 +228,9 @@ async def measure(args: argparse.Namespace, pg: PostgresServer, redis_server: Re
                         "other": round(1e6 * other / ticks, 2),
                         "total": round(1e6 * (after.total - before.total) / ticks, 2)},
         "cpu_s": {"record": round(record, 2), "sync": round(sync, 2), "other": round(other, 2)},
+        # "other" by process (backends of neither step excluded: the harness's own checks)
+        "other_s": {name: round(after.processes[name] - before.processes.get(name, 0.0), 2)
+                    for name in after.processes if not name.startswith("backend")},
         "problems": problems,
     }
     if explained:
