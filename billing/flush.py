@@ -10,7 +10,7 @@ batches in Redis (their keys stay a while as tombstones, so a late retry of a
 worker's write charges nothing twice). Two rows per batch, whatever its
 number of viewers.
 
-Sync (every few seconds, resting its own duration after each): in ONE
+Sync (every few seconds, resting twice its duration after each): in ONE
 transaction, delete the oldest journal rows (bounded in rows and in ticks)
 and apply their ticks to the totals with one set-based statement. A viewer's
 rows are written once per sync, however many seconds it holds.
