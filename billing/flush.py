@@ -169,10 +169,11 @@ WITH oldest AS (
       FROM counted
      WHERE billing_rule <> 'signed' OR allowed > 0
 ), vt AS (
-    -- Ticks of video views (signaling/playback.py): one per media second delivered.
+    -- Ticks of video views (signaling/playback.py): one per media second
+    -- delivered. A session just billed above is no video view: not looked up.
     SELECT p.id, p.n
       FROM per_session p JOIN video_views v ON v.id = p.id
-     WHERE v.price_per_second IS NOT NULL
+     WHERE v.price_per_second IS NOT NULL AND p.id NOT IN (SELECT id FROM sv_active)
 ), vv AS (
     UPDATE video_views vv
        SET view_duration = COALESCE(vv.view_duration, 0) + vt.n,
