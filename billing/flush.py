@@ -10,7 +10,7 @@ batches in Redis (their keys stay a while as tombstones, so a late retry of a
 worker's write charges nothing twice). Two rows per batch, whatever its
 number of viewers.
 
-Sync (every few seconds, resting its own duration after each): in ONE
+Sync (every few seconds, resting twice its duration after each): in ONE
 transaction, delete the oldest journal rows (bounded in rows and in ticks)
 and apply their ticks to the totals with one set-based statement. A viewer's
 rows are written once per sync, however many seconds it holds.
@@ -113,27 +113,48 @@ WITH oldest AS (
     DELETE FROM tick_journal
      WHERE batch_id IN (SELECT batch_id FROM oldest WHERE before < $4::bigint)
     RETURNING batch_id, second, sessions, users, prices
-), raw AS MATERIALIZED (
-    SELECT t.id, j.second, t.user_id, t.price_planck
-      FROM journal j, unnest(j.sessions, j.users, j.prices) AS t(id, user_id, price_planck)
 ), per_session AS (
-    -- The ticks counted per session first: every lookup below is one per
-    -- session, not one per tick (a sync holds many seconds of each session).
-    SELECT id, count(*)::int AS n, max(second) AS last_second FROM raw GROUP BY id
-), live_sessions AS (
+    -- The ticks counted per session straight from the journal's session
+    -- arrays (the other arrays are not read, and no row per tick is kept):
+    -- every lookup below is one per session, not one per tick (a sync holds
+    -- many seconds of each session).
+    SELECT r.id, count(*)::int AS n, max(j.second) AS last_second
+      FROM journal j, unnest(j.sessions) AS r(id) GROUP BY r.id
+), sv_active AS (
+    -- The usual case: an active, priced session billed by the server's meter
+    -- keeps every tick, applied by the UPDATE that finds its row: one look-up
+    -- per session. (A signed session's cap needs its row's old total, which
+    -- RETURNING cannot give: it goes through `rest` below.)
+    UPDATE stream_viewers sv
+       SET total_ticks = sv.total_ticks + p.n,
+           last_tick_time = GREATEST(sv.last_tick_time, to_timestamp(p.last_second + 1)
+                                                        AT TIME ZONE current_setting('TimeZone')),
+           paid_amount = sv.paid_amount + p.n * sv.price_per_second
+      FROM per_session p
+     WHERE sv.id = p.id AND sv.price_per_second IS NOT NULL AND sv.is_active IS TRUE
+       AND sv.billing_rule <> 'signed'
+    RETURNING sv.id, sv.stream_id, sv.session_id, sv.viewer_id, p.n,
+              p.n * sv.price_per_second AS cost
+), rest AS (
+    -- The other sessions: signed, ended, unknown or unpriced (dropped), or
+    -- ended while this statement ran (the UPDATE above skipped its row: billed
+    -- below as this statement's snapshot saw it, as before that UPDATE).
     SELECT p.id, p.n, p.last_second, v.billing_rule, v.signed_seconds, v.total_ticks,
            v.is_active, v.updated_at
       FROM per_session p JOIN stream_viewers v ON v.id = p.id
-     WHERE v.price_per_second IS NOT NULL
+     WHERE v.price_per_second IS NOT NULL AND p.id NOT IN (SELECT id FROM sv_active)
 ), kept AS (
-    -- An active session keeps every tick; an ended one (its updated_at is its
-    -- end) only those up to 2 s after it, tick by tick.
+    -- An ended session (its updated_at is its end) keeps only the ticks up to
+    -- 2 s after it, tick by tick: the journal is read tick by tick again only
+    -- then (the EXISTS skips the branch otherwise).
     SELECT id, n, last_second, billing_rule, signed_seconds, total_ticks
-      FROM live_sessions WHERE is_active IS TRUE
+      FROM rest WHERE is_active IS TRUE
     UNION ALL
     SELECT s.id, count(*)::int, max(r.second), s.billing_rule, s.signed_seconds, s.total_ticks
-      FROM live_sessions s JOIN raw r ON r.id = s.id
-     WHERE s.is_active IS NOT TRUE
+      FROM rest s
+      JOIN (SELECT j.second, u.id FROM journal j, unnest(j.sessions) AS u(id)) r ON r.id = s.id
+     WHERE EXISTS (SELECT 1 FROM rest WHERE is_active IS NOT TRUE)
+       AND s.is_active IS NOT TRUE
        AND to_timestamp(r.second) AT TIME ZONE current_setting('TimeZone')
            <= s.updated_at + interval '2 seconds'
      GROUP BY s.id, s.billing_rule, s.signed_seconds, s.total_ticks
@@ -149,10 +170,11 @@ WITH oldest AS (
       FROM counted
      WHERE billing_rule <> 'signed' OR allowed > 0
 ), vt AS (
-    -- Ticks of video views (signaling/playback.py): one per media second delivered.
+    -- Ticks of video views (signaling/playback.py): one per media second
+    -- delivered. A session just billed above is no video view: not looked up.
     SELECT p.id, p.n
       FROM per_session p JOIN video_views v ON v.id = p.id
-     WHERE v.price_per_second IS NOT NULL
+     WHERE v.price_per_second IS NOT NULL AND p.id NOT IN (SELECT id FROM sv_active)
 ), vv AS (
     UPDATE video_views vv
        SET view_duration = COALESCE(vv.view_duration, 0) + vt.n,
@@ -162,7 +184,7 @@ WITH oldest AS (
      WHERE vv.id = vt.id AND vid.id = vv.video_id
     RETURNING vv.id, vv.viewer_id, vid.creator_id, vt.n, vt.n * vv.price_per_second AS cost,
               trunc(vt.n * vv.price_per_second * (1 - $3::numeric), 18) AS creator_share
-), sv AS (
+), sv_rest AS (
     UPDATE stream_viewers sv
        SET total_ticks = sv.total_ticks + t.n,
            last_tick_time = GREATEST(sv.last_tick_time, t.last_tick),
@@ -171,6 +193,8 @@ WITH oldest AS (
      WHERE sv.id = t.id
     RETURNING sv.id, sv.stream_id, sv.session_id, sv.viewer_id, t.n,
               t.n * sv.price_per_second AS cost
+), sv AS (
+    SELECT * FROM sv_active UNION ALL SELECT * FROM sv_rest
 ), charged AS (
     SELECT sv.*, s.creator_id,
            trunc(sv.cost * (1 - $3::numeric), 18) AS creator_share
@@ -232,7 +256,7 @@ WITH oldest AS (
        SET balance = viewer_balances.balance + EXCLUDED.balance, updated_at = now()
 )
 SELECT (SELECT count(*) FROM journal) AS batches,
-       (SELECT count(*) FROM raw) AS given,
+       (SELECT COALESCE(sum(n), 0) FROM per_session) AS given,
        (SELECT COALESCE(sum(n), 0) FROM sv) + (SELECT COALESCE(sum(n), 0) FROM vv) AS ticks,
        -- The wall seconds of the live batches applied (a video view's batch is
        -- labelled with its media second): the lag from a second to its totals.
@@ -241,12 +265,14 @@ SELECT (SELECT count(*) FROM journal) AS batches,
        -- ticks dropped, given back to their live balance (charged there when
        -- the worker wrote them).
        CASE WHEN (SELECT COALESCE(sum(n), 0) FROM sv) + (SELECT COALESCE(sum(n), 0) FROM vv)
-                 < (SELECT count(*) FROM raw) THEN (
+                 < (SELECT COALESCE(sum(n), 0) FROM per_session) THEN (
            SELECT json_agg(json_build_array(d.user_id::text, d.planck::text)) FROM (
                SELECT user_id, sum(n * price) AS planck FROM (
                    SELECT r.user_id, max(r.price_planck) AS price,
-                          count(*) - COALESCE(min(t.n), min(vv.n), 0) AS n
-                     FROM raw r LEFT JOIN t ON t.id = r.id LEFT JOIN vv ON vv.id = r.id
+                          count(*) - COALESCE(min(sv.n), min(vv.n), 0) AS n
+                     FROM journal j,
+                          unnest(j.sessions, j.users, j.prices) AS r(id, user_id, price_planck)
+                     LEFT JOIN sv ON sv.id = r.id LEFT JOIN vv ON vv.id = r.id
                     GROUP BY r.id, r.user_id) per_session
                 WHERE n > 0 GROUP BY user_id) d)
        END AS dropped
@@ -531,15 +557,25 @@ async def run_flusher(flusher: Flusher, interval: float = FLUSH_INTERVAL) -> Non
 
 
 # After a sync that took T seconds the syncer rests SYNC_REST_RATIO * T before
-# the next: the sync is at most half of one Postgres backend's time, however
+# the next: the sync is at most a third of one Postgres backend's time, however
 # far behind it is, and the record step (the flush lag) keeps the rest. A sync
-# writes each viewer's rows once whatever the seconds it holds, so a slower
-# beat under load makes the next sync bigger and its rows per tick fewer.
-SYNC_REST_RATIO = 1.0
+# writes each viewer's rows once whatever the seconds it holds (its cost is
+# ~a x viewers + b x ticks, bench/pg_ticks.py), so this ratio, not the
+# statement, sets the Postgres CPU per tick at scale: at 100k ticks/s a rest
+# of T made syncs of ~1M ticks (5 us a tick), a rest of 2T makes them ~1.9M
+# (3.4 us). A sync that left a backlog (it filled its bound) rests only
+# SYNC_CATCHUP_REST_RATIO * T, so a loaded machine still catches up as it did.
+SYNC_REST_RATIO = 2.0
+SYNC_CATCHUP_REST_RATIO = 1.0
+
+
+def rest_after_sync(took_s: float, backlog: bool) -> float:
+    """The syncer's rest after a sync that took `took_s` seconds."""
+    return (SYNC_CATCHUP_REST_RATIO if backlog else SYNC_REST_RATIO) * took_s
 
 
 async def run_syncer(flusher: Flusher, interval: float = SYNC_INTERVAL) -> None:
-    """A sync every `interval` (paced by start times), or SYNC_REST_RATIO times
+    """A sync every `interval` (paced by start times), or rest_after_sync of
     its own duration after it when that is longer: each takes every journal
     row recorded since the last (up to its bounds), so a slow sync is followed
     by a bigger one, and rows per viewer fall as the load rises."""
@@ -548,7 +584,7 @@ async def run_syncer(flusher: Flusher, interval: float = SYNC_INTERVAL) -> None:
     async def step() -> bool:
         began = clock.time()
         result = await flusher.sync_once()
-        await asyncio.sleep(SYNC_REST_RATIO * (clock.time() - began))
+        await asyncio.sleep(rest_after_sync(clock.time() - began, result.backlog))
         return result.backlog  # go again at once (after the rest)
 
     await run_forever("tick_sync", step, every=interval, max_backoff=5 * interval)

@@ -227,6 +227,13 @@ def test_the_sync_bound_is_halved_after_a_timeout_and_regrows_with_a_backlog() -
     assert bound_after_sync(1_000, 1_000_000) == 1_000_000  # not filled: kept (never cut)
 
 
+def test_the_syncer_rests_twice_a_sync_and_only_once_while_catching_up() -> None:
+    from billing.flush import rest_after_sync
+
+    assert rest_after_sync(3.0, backlog=False) == 6.0  # a third of a backend at most
+    assert rest_after_sync(3.0, backlog=True) == 3.0  # behind: catch up as fast as before
+
+
 async def test_ticks_of_unknown_sessions_are_dropped_not_billed(
         db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
     from billing.flush import TICKS_DROPPED
@@ -374,6 +381,47 @@ async def test_ticks_after_a_session_ended_are_dropped(
     user = audience.viewers[0][1]
     assert await live(redis, user) == (FUNDS - PRICE) * 10**12
     assert await balance_of(db, user) == FUNDS - PRICE
+
+
+async def test_one_sync_applies_every_rule_to_its_own_sessions_only(
+        db: asyncpg.Connection, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    """The sync bills an active metered session in the UPDATE that finds its
+    row and every other kind (signed, ended, unpriced, unknown) apart: in one
+    sync holding all of them each session gets exactly its own rule."""
+    from billing.flush import GRACE_SECONDS
+
+    audience = await make_audience(db, redis, viewers=4)
+    (metered, m_user), (signed, s_user), (ended, e_user), (unpriced, u_user) = audience.viewers
+    await db.execute("UPDATE stream_viewers SET billing_rule = 'signed', signed_seconds = 2 "
+                     "WHERE id = $1", signed)
+    ended_at = int(await db.fetchval(
+        "UPDATE stream_viewers SET is_active = FALSE, updated_at = now() "
+        "WHERE id = $1 RETURNING floor(extract(epoch FROM updated_at))::bigint", ended))
+    await db.execute("UPDATE stream_viewers SET price_per_second = NULL WHERE id = $1", unpriced)
+    ghost = (str(uuid.uuid4()), m_user)  # an unknown session, paid by the metered viewer
+    seconds = GRACE_SECONDS + 6
+    first = ended_at - 3  # the ended session keeps the ticks up to 2 s after its end: 6
+    writer, flusher = TickWriter(redis), Flusher(pool, redis, FEE)
+    for second in range(first, first + seconds):
+        await writer.write(TickBatch("w-mix", second, tuple(
+            Tick(s, u, PRICE_PLANCK) for s, u in [*audience.viewers, ghost])))
+    flushed = await flusher.flush_once()
+    want = {metered: seconds, signed: 2 + GRACE_SECONDS, ended: 6, unpriced: 0}
+    assert flushed.ticks == sum(want.values())
+    assert flushed.dropped == 5 * seconds - flushed.ticks
+    for session, ticks in want.items():
+        row = await db.fetchrow("SELECT total_ticks, paid_amount FROM stream_viewers "
+                                "WHERE id = $1", session)
+        assert (row["total_ticks"], row["paid_amount"] or 0) == (ticks, ticks * PRICE), session
+        paid = await db.fetchval("SELECT amount FROM payments WHERE reference_id = $1",
+                                 session)
+        assert (paid or 0) == ticks * PRICE, session
+    assert await db.fetchval("SELECT total_ticks FROM streams WHERE id = $1",
+                             audience.stream_id) == sum(want.values())
+    assert await db.fetchval("SELECT total_earnings FROM creator_earnings WHERE creator_id = $1",
+                             audience.creator_id) == sum(want.values()) * PRICE * (1 - FEE)
+    for user in (m_user, s_user, e_user, u_user):  # the dropped ticks came back live
+        await _live_agrees_with_the_books(db, redis, user)
 
 
 # -- every way a charged tick can fail to be billed gives the charge back --------------
