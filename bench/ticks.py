@@ -724,11 +724,11 @@ class Result:
 
 async def run_plan(plan: Plan, args: argparse.Namespace) -> Result:
     root = Path(tempfile.mkdtemp(prefix="vk-bench-ticks-"))
-    binary = redis_binary(args.redis_server)
     print(f"\n== {plan.viewers} viewers, {plan.workers} workers, {plan.seconds} s, "
-          f"Redis {plan.redis}, Redis {args.redis_server} ({redis_build(binary)}) "
+          f"Redis {plan.redis}, Redis {args.redis_server} ({args.redis_build}) "
           f"(logs in {root})", flush=True)
-    pg, redis_server = start_stores(root, args.pg_fast, plan.redis, args.redis_fsync, binary)
+    pg, redis_server = start_stores(root, args.pg_fast, plan.redis, args.redis_fsync,
+                                    args.redis_binary)
     settings = Settings.from_env({}, database_url=pg.url, redis_url=redis_server.url,
                                  billing_port=free_port())
     lab: Lab | None = None
@@ -1096,7 +1096,7 @@ def report(args: argparse.Namespace, parts: list[str], summaries: list[Summary])
         f"- Machine: {machine_description()} (shared, noisy)\n"
         f"- Date: {utc_now()}\n"
         f"- Postgres {'fsync off (--pg-fast)' if args.pg_fast else 'with fsync on'}; "
-        f"Redis {args.redis_server} ({redis_build(redis_binary(args.redis_server))}) with "
+        f"Redis {args.redis_server} ({args.redis_build}) with "
         f"appendonly, appendfsync {args.redis_fsync} ("
         + ("vilokanam.services defaults; " if args.redis_fsync == "always" else
            "**not the platform's setting: an A/B of the fsync's cost**; ")
@@ -1159,6 +1159,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 async def orchestrate(args: argparse.Namespace) -> int:
+    # The Redis build, found (or installed) once for every point and the report.
+    args.redis_binary = redis_binary(args.redis_server)
+    args.redis_build = redis_build(args.redis_binary)
     parts, summaries = [], []
     failed = False
     points = [(int(v), mode) for v in args.viewers.split(",") for mode in args.redis_modes]

@@ -17,6 +17,8 @@ import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 from itertools import groupby
 
+from vilokanam.metering import ID_SEPARATOR, id_count
+
 # COPY BINARY's signature, flags and header extension length.
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
@@ -46,7 +48,8 @@ def _canonical(joined: str, count: int) -> bool:
     other character that is not a hex digit."""
     block = _UUID_TEXT + 1
     return (len(joined) == block * count - 1
-            and joined.count(",") == count - 1 == joined[_UUID_TEXT::block].count(",")
+            and joined.count(ID_SEPARATOR) == count - 1
+            == joined[_UUID_TEXT::block].count(ID_SEPARATOR)
             and joined.count("-") == 4 * count
             and all(joined[at::block].count("-") == count for at in _DASHES))
 
@@ -56,13 +59,13 @@ def uuid_array(ids: Sequence[str] | str) -> bytes:
     batch stores them): each element's length and its 16 bytes, all from one
     hex string -- the commas become the lengths. Checked first, all at once:
     an id that is not a canonical uuid would shift every element after it."""
-    joined = ids if isinstance(ids, str) else ",".join(ids)
-    count = joined.count(",") + 1 if joined else 0
+    joined = ids if isinstance(ids, str) else ID_SEPARATOR.join(ids)
+    count = id_count(joined)
     if count == 0:
         return _array_header(0, UUID_OID)
     if not _canonical(joined, count):
         raise ValueError("a journal id is not a canonical uuid")
-    hexed = _UUID_LENGTH_HEX + joined.replace("-", "").replace(",", _UUID_LENGTH_HEX)
+    hexed = _UUID_LENGTH_HEX + joined.replace("-", "").replace(ID_SEPARATOR, _UUID_LENGTH_HEX)
     try:
         return _array_header(count, UUID_OID) + binascii.a2b_hex(hexed)
     except binascii.Error as exc:

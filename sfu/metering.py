@@ -22,7 +22,6 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
@@ -63,7 +62,6 @@ TICKS_LOST = Counter(
 class ViewerMeter:
     """What metering knows of one viewer session."""
 
-    price: Decimal = Decimal(0)
     price_planck: int = 0
     ticks: int = 0
     frames_at_last_tick: int = 0

@@ -347,7 +347,6 @@ class StreamManager:
             self._admitting -= 1
             peer.viewer_session_id, price, audience = await asyncio.shield(rows[0])
             stored = time.monotonic()
-            peer.meter.price = price
             peer.meter.price_planck = to_planck(price, self.token_decimals)
         except BaseException:
             if peer.peer_id not in self.peers:

@@ -85,11 +85,11 @@ class TickBatch:
 
     @classmethod
     def decode(cls, batch_id: str, raw: str | bytes) -> TickBatch:
-        columns = BatchColumns.decode_joined(raw)
-        sessions, users = columns.id_lists()
+        columns = BatchColumns.decode(raw)
         worker_id = batch_id.rsplit(":", 1)[0]
         return cls(worker_id, columns.second, tuple(
-            Tick(s, u, p) for s, u, p in zip(sessions, users, columns.prices, strict=True)))
+            Tick(s, u, p) for s, u, p in zip(columns.sessions, columns.users, columns.prices,
+                                             strict=True)))
 
 
 @dataclass(frozen=True)
@@ -167,16 +167,13 @@ class BatchColumns:
         for price, count in data["prices"]:
             prices += [int(price)] * int(count)
         sessions, users = _joined(data["sessions"]), _joined(data["users"])
-        if not _count(sessions) == _count(users) == len(prices):
-            raise ValueError(f"a tick batch's columns differ in length: {_count(sessions)} "
-                             f"sessions, {_count(users)} users, {len(prices)} prices")
+        if not id_count(sessions) == id_count(users) == len(prices):
+            raise ValueError(f"a tick batch's columns differ in length: {id_count(sessions)} "
+                             f"sessions, {id_count(users)} users, {len(prices)} prices")
         return cls(second, sessions, users, prices)
 
-    def id_lists(self) -> tuple[list[str], list[str]]:
-        return _ids(self.sessions), _ids(self.users)
 
-
-def _count(joined: str) -> int:
+def id_count(joined: str) -> int:
     """How many ids a joined column holds (counted in C, not split)."""
     return joined.count(ID_SEPARATOR) + 1 if joined else 0
 
